@@ -1,0 +1,1 @@
+//! The agent flow: plan, execute, repair, compile results.

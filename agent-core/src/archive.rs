@@ -1,0 +1,1 @@
+//! Tar-to-ZIP conversion of exported workspaces.

@@ -1,0 +1,146 @@
+//! The error type of agent-core.
+
+use crate::executor::SandboxError;
+use crate::job::{JobId, JobStatus};
+use crate::llm::LlmError;
+use crate::store::StoreError;
+
+/// `Result` with agent-core's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in agent-core's public API.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Input was refused; `field` names what was wrong.
+    #[error("invalid {field}: {message}")]
+    InvalidInput {
+        /// The offending field (dotted path, e.g. `steps[2].command`).
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A string that is not a job id.
+    #[error("invalid job id {input:?}: {reason}")]
+    InvalidJobId {
+        /// The input (shortened).
+        input: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// No job with this id.
+    #[error("job {0} not found")]
+    JobNotFound(JobId),
+    /// A status change that the lifecycle does not allow.
+    #[error("a job cannot go from {from} to {to}")]
+    InvalidTransition {
+        /// Current status.
+        from: JobStatus,
+        /// Requested status.
+        to: JobStatus,
+    },
+    /// The job already finished; the operation needs a live one.
+    #[error("job {job_id} already finished with status {status}")]
+    AlreadyFinished {
+        /// The job.
+        job_id: JobId,
+        /// Its final status.
+        status: JobStatus,
+    },
+    /// The plan from the LLM could not be used.
+    #[error("invalid plan: {0}")]
+    InvalidPlan(String),
+    /// The job needs an LLM but none is configured.
+    #[error("this job needs an LLM provider (it has a prompt and no steps) but none is configured")]
+    NoLlm,
+    /// The job manager is shutting down and accepts no more jobs.
+    #[error("the job manager is shutting down")]
+    ShuttingDown,
+    /// An LLM provider failed.
+    #[error(transparent)]
+    Llm(#[from] LlmError),
+    /// The executor or a sandbox failed.
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    /// The job store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A flow ran more node transitions than its limit allows.
+    #[error("flow exceeded its limit of {limit} node runs (an endless loop?)")]
+    StepLimitExceeded {
+        /// The limit.
+        limit: usize,
+    },
+    /// The operation was cancelled.
+    #[error("cancelled")]
+    Cancelled,
+    /// The operation ran past its deadline.
+    #[error("timed out after {0:?}")]
+    Timeout(std::time::Duration),
+    /// Local I/O (artifacts, temporary files) failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Anything else, with its cause.
+    #[error("{message}")]
+    Other {
+        /// What failed.
+        message: String,
+        /// The cause.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+}
+
+impl Error {
+    /// An [`Error::InvalidInput`].
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::InvalidInput {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// An [`Error::Io`] with context.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// An [`Error::Other`] without a source.
+    pub fn other(message: impl Into<String>) -> Self {
+        Error::Other {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// Prefixes the field of an [`Error::InvalidInput`] (`command` → `steps[2].command`).
+    pub fn within(self, prefix: &str) -> Self {
+        match self {
+            Error::InvalidInput { field, message } => Error::InvalidInput {
+                field: format!("{prefix}.{field}"),
+                message,
+            },
+            other => other,
+        }
+    }
+
+    /// Whether trying the same operation again may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Llm(e) => e.is_retryable(),
+            Error::Sandbox(e) => e.is_retryable(),
+            Error::Store(e) => e.is_retryable(),
+            Error::Io { .. } | Error::Timeout(_) => true,
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,308 @@
+//! The [`Executor`] and [`Sandbox`] traits: where steps run.
+//!
+//! An executor creates one sandbox per job. A sandbox runs steps one at a time in its workspace,
+//! streams their output, enforces per-step timeouts, output caps and cancellation, moves files in
+//! and out, exports the workspace as a tar stream, and is destroyed at the end of the job.
+//! `agent-docker` is the real implementation; `testing::FakeExecutor` (feature `test-util`) runs
+//! steps as local processes for tests and is **not** a sandbox.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::job::{JobId, JobSpec, OutputStream, Step, StepResult};
+
+/// Default cap on a step's output (stdout + stderr): 10 MiB.
+pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 10 << 20;
+
+/// Default size of the stdout/stderr tails kept in a [`StepResult`]: 8 KiB each.
+pub const DEFAULT_TAIL_BYTES: usize = 8 << 10;
+
+/// The largest file [`Sandbox::get_file`] returns: 16 MiB.
+pub const MAX_GET_FILE_BYTES: u64 = 16 << 20;
+
+/// Receives a step's output as it is produced, in order per stream.
+pub type OutputSink = Arc<dyn Fn(OutputStream, Bytes) + Send + Sync>;
+
+/// A sink that drops everything.
+pub fn discard_output() -> OutputSink {
+    Arc::new(|_, _| {})
+}
+
+/// A workspace archive: tar bytes, streamed.
+pub type TarStream = BoxStream<'static, Result<Bytes, SandboxError>>;
+
+/// A request to run one step.
+#[derive(Clone, Debug)]
+pub struct StepRequest {
+    /// The step's index within the job (names the Python file, labels output).
+    pub index: usize,
+    /// The step.
+    pub step: Step,
+    /// Kill the step after this long.
+    pub timeout: Duration,
+    /// Stop the step once it has written this many bytes (stdout + stderr).
+    pub max_output_bytes: u64,
+    /// How many bytes of each stream to keep in the result's tails.
+    pub tail_bytes: usize,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
+    /// Cancelled → the step is killed and the result says `Cancelled`.
+    pub cancel: CancellationToken,
+}
+
+impl StepRequest {
+    /// A request with default caps and a fresh cancellation token.
+    pub fn new(index: usize, step: Step, timeout: Duration) -> Self {
+        Self {
+            index,
+            step,
+            timeout,
+            max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
+            tail_bytes: DEFAULT_TAIL_BYTES,
+            env: Vec::new(),
+            cancel: CancellationToken::new(),
+        }
+    }
+
+    /// Sets the cancellation token.
+    pub fn with_cancel(mut self, cancel: CancellationToken) -> Self {
+        self.cancel = cancel;
+        self
+    }
+
+    /// Sets the output cap.
+    pub fn with_max_output_bytes(mut self, max: u64) -> Self {
+        self.max_output_bytes = max;
+        self
+    }
+}
+
+/// What an executor can do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// Steps are isolated from the host (false for the fake executor).
+    pub isolated: bool,
+    /// Network modes other than `none` are honoured.
+    pub network: bool,
+    /// Resource limits are enforced.
+    pub resource_limits: bool,
+}
+
+impl Capabilities {
+    /// A fully isolating executor.
+    pub const ISOLATED: Capabilities = Capabilities {
+        isolated: true,
+        network: true,
+        resource_limits: true,
+    };
+    /// No isolation at all.
+    pub const NONE: Capabilities = Capabilities {
+        isolated: false,
+        network: false,
+        resource_limits: false,
+    };
+}
+
+/// What kind of failure a [`SandboxError`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum SandboxErrorKind {
+    /// The backend (e.g. the Docker engine) cannot be reached.
+    Unavailable,
+    /// The image does not exist or cannot be used.
+    Image,
+    /// A path was refused (outside the workspace, `..`, a link pointing out).
+    PathRefused,
+    /// The file does not exist.
+    NotFound,
+    /// A file or archive was larger than allowed.
+    TooLarge,
+    /// The sandbox is gone (destroyed, died).
+    Gone,
+    /// Invalid request.
+    Invalid,
+    /// The backend failed in some other way.
+    Backend,
+}
+
+/// A failure of the executor or sandbox itself — not a step that exited non-zero (that is a
+/// [`StepResult`]).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+#[non_exhaustive]
+pub struct SandboxError {
+    /// What kind.
+    pub kind: SandboxErrorKind,
+    /// What happened, for people.
+    pub message: String,
+    /// The cause.
+    #[source]
+    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl SandboxError {
+    /// A new error.
+    pub fn new(kind: SandboxErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// Sets the cause.
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Box::new(source));
+        self
+    }
+
+    /// A refused path.
+    pub fn path_refused(path: &str, why: &str) -> Self {
+        Self::new(
+            SandboxErrorKind::PathRefused,
+            format!("path {path:?} refused: {why}"),
+        )
+    }
+
+    /// Whether trying again may help.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self.kind,
+            SandboxErrorKind::Unavailable | SandboxErrorKind::Backend
+        )
+    }
+}
+
+/// Creates sandboxes.
+#[async_trait]
+pub trait Executor: Send + Sync + 'static {
+    /// A short name (`"docker"`, `"fake"`).
+    fn name(&self) -> &str;
+
+    /// What this executor can do.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Creates and starts a sandbox for a job, ready to run steps.
+    async fn create(&self, job_id: JobId, spec: &JobSpec) -> Result<Box<dyn Sandbox>, SandboxError>;
+
+    /// Removes sandboxes left by earlier processes whose jobs are not in `live`.
+    /// Returns how many were removed.
+    async fn reap(&self, live: &HashSet<JobId>) -> Result<usize, SandboxError> {
+        let _ = live;
+        Ok(0)
+    }
+
+    /// Whether the backend answers (for health checks).
+    async fn ping(&self) -> Result<(), SandboxError> {
+        Ok(())
+    }
+
+    /// Removes everything this executor created. Call before exiting.
+    async fn shutdown(&self) -> Result<(), SandboxError> {
+        Ok(())
+    }
+}
+
+/// An isolated place where one job's steps run.
+#[async_trait]
+pub trait Sandbox: Send + Sync {
+    /// The backend's id for it (a container id, a directory).
+    fn id(&self) -> &str;
+
+    /// Runs a step to the end, streaming its output to `output`.
+    ///
+    /// A step that exits non-zero, times out, is cancelled, runs out of memory or floods its output
+    /// is an `Ok` [`StepResult`] saying so; `Err` means the sandbox itself failed.
+    async fn run_step(&self, request: StepRequest, output: OutputSink)
+        -> Result<StepResult, SandboxError>;
+
+    /// Writes a file under the workspace (creating parent directories).
+    async fn put_file(&self, path: &str, content: Bytes) -> Result<(), SandboxError>;
+
+    /// Reads a file under the workspace (at most [`MAX_GET_FILE_BYTES`]).
+    async fn get_file(&self, path: &str) -> Result<Bytes, SandboxError>;
+
+    /// Streams the workspace as a tar archive (paths relative to the workspace root, links stored
+    /// as links, never followed).
+    async fn export_workspace(&self) -> Result<TarStream, SandboxError>;
+
+    /// Kills everything and removes the sandbox. Idempotent.
+    async fn destroy(&self) -> Result<(), SandboxError>;
+}
+
+#[async_trait]
+impl<T: Executor + ?Sized> Executor for Arc<T> {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    fn capabilities(&self) -> Capabilities {
+        (**self).capabilities()
+    }
+    async fn create(&self, job_id: JobId, spec: &JobSpec) -> Result<Box<dyn Sandbox>, SandboxError> {
+        (**self).create(job_id, spec).await
+    }
+    async fn reap(&self, live: &HashSet<JobId>) -> Result<usize, SandboxError> {
+        (**self).reap(live).await
+    }
+    async fn ping(&self) -> Result<(), SandboxError> {
+        (**self).ping().await
+    }
+    async fn shutdown(&self) -> Result<(), SandboxError> {
+        (**self).shutdown().await
+    }
+}
+
+/// Checks a workspace-relative path lexically: returns the normalised relative path, or refuses
+/// absolute paths outside `/workspace`, `..` components, empty paths and NUL bytes.
+///
+/// Symlinks must still be checked by the sandbox, where the files are.
+pub fn normalize_workspace_path(path: &str) -> Result<String, SandboxError> {
+    if path.contains('\0') {
+        return Err(SandboxError::path_refused(path, "contains a NUL byte"));
+    }
+    let rel = if let Some(rest) = path.strip_prefix("/workspace") {
+        if !(rest.is_empty() || rest.starts_with('/')) {
+            return Err(SandboxError::path_refused(path, "outside /workspace"));
+        }
+        rest.trim_start_matches('/')
+    } else if path.starts_with('/') {
+        return Err(SandboxError::path_refused(path, "absolute path outside /workspace"));
+    } else {
+        path
+    };
+    let mut parts = Vec::new();
+    for part in rel.split('/') {
+        match part {
+            "" | "." => continue,
+            ".." => return Err(SandboxError::path_refused(path, "contains '..'")),
+            p => parts.push(p),
+        }
+    }
+    if parts.is_empty() {
+        return Err(SandboxError::path_refused(path, "names no file"));
+    }
+    Ok(parts.join("/"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workspace_paths_are_confined() {
+        assert_eq!(normalize_workspace_path("a/b.txt").unwrap(), "a/b.txt");
+        assert_eq!(normalize_workspace_path("./a//b.txt").unwrap(), "a/b.txt");
+        assert_eq!(normalize_workspace_path("/workspace/x").unwrap(), "x");
+        for bad in ["../x", "a/../../x", "/etc/x", "/workspacex/y", "", "/workspace", "a\0b"] {
+            let err = normalize_workspace_path(bad).unwrap_err();
+            assert_eq!(err.kind, SandboxErrorKind::PathRefused, "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! The PocketFlow-style async Node/Flow engine.

@@ -1,0 +1,920 @@
+//! The job model: ids, specs, steps, statuses, results and events.
+//!
+//! Everything here is plain data with serde support; the JSON forms are the ones the REST API and
+//! the LLM plan use (`{"type":"shell","command":"…"}` for a step, `"timed_out"` for a status).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+
+/// Identifies a job: a UUID v4, always parsed, never a bare string.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct JobId(Uuid);
+
+impl JobId {
+    /// A fresh random id.
+    pub fn new() -> Self {
+        Self(Uuid::new_v4())
+    }
+
+    /// The underlying UUID.
+    pub fn as_uuid(&self) -> &Uuid {
+        &self.0
+    }
+}
+
+impl Default for JobId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+impl fmt::Debug for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "JobId({})", self.0.hyphenated())
+    }
+}
+
+impl FromStr for JobId {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let uuid = Uuid::try_parse(s.trim()).map_err(|e| Error::InvalidJobId {
+            input: truncate_for_error(s),
+            reason: e.to_string(),
+        })?;
+        if uuid.get_version_num() != 4 {
+            return Err(Error::InvalidJobId {
+                input: truncate_for_error(s),
+                reason: format!("expected a UUID v4, got version {}", uuid.get_version_num()),
+            });
+        }
+        Ok(Self(uuid))
+    }
+}
+
+impl TryFrom<String> for JobId {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Self> {
+        s.parse()
+    }
+}
+
+impl From<JobId> for String {
+    fn from(id: JobId) -> Self {
+        id.to_string()
+    }
+}
+
+fn truncate_for_error(s: &str) -> String {
+    const MAX: usize = 64;
+    if s.chars().count() <= MAX {
+        s.to_string()
+    } else {
+        let mut out: String = s.chars().take(MAX).collect();
+        out.push('…');
+        out
+    }
+}
+
+/// Network access for a job's sandbox.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    /// No network at all: only the loopback interface. The default.
+    #[default]
+    None,
+    /// The container runtime's default bridge network (outbound access).
+    Bridge,
+}
+
+impl fmt::Display for NetworkMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            NetworkMode::None => "none",
+            NetworkMode::Bridge => "bridge",
+        })
+    }
+}
+
+impl FromStr for NetworkMode {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "none" => Ok(NetworkMode::None),
+            "bridge" => Ok(NetworkMode::Bridge),
+            other => Err(Error::invalid(
+                "network",
+                format!("expected \"none\" or \"bridge\", got {other:?}"),
+            )),
+        }
+    }
+}
+
+/// Resource limits applied to a job's sandbox.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ResourceLimits {
+    /// Memory limit in bytes (swap is set equal to it: no swap). Default 2 GiB.
+    pub memory_bytes: u64,
+    /// CPU limit in cores. Default 1.0.
+    pub cpus: f64,
+    /// Maximum number of processes. Default 256.
+    pub pids: u32,
+    /// Size of the writable `/workspace` in bytes. Default 1 GiB.
+    pub workspace_bytes: u64,
+    /// Size of the writable `/tmp` in bytes. Default 256 MiB.
+    pub tmp_bytes: u64,
+}
+
+impl Default for ResourceLimits {
+    fn default() -> Self {
+        Self {
+            memory_bytes: 2 << 30,
+            cpus: 1.0,
+            pids: 256,
+            workspace_bytes: 1 << 30,
+            tmp_bytes: 256 << 20,
+        }
+    }
+}
+
+impl ResourceLimits {
+    /// Checks the limits are usable.
+    pub fn validate(&self) -> Result<()> {
+        if self.memory_bytes < (16 << 20) {
+            return Err(Error::invalid(
+                "limits.memory_bytes",
+                "must be at least 16 MiB",
+            ));
+        }
+        if !(self.cpus.is_finite() && self.cpus > 0.0 && self.cpus <= 1024.0) {
+            return Err(Error::invalid("limits.cpus", "must be in (0, 1024]"));
+        }
+        if self.pids < 8 {
+            return Err(Error::invalid("limits.pids", "must be at least 8"));
+        }
+        if self.workspace_bytes < (1 << 20) || self.tmp_bytes < (1 << 20) {
+            return Err(Error::invalid(
+                "limits.workspace_bytes",
+                "workspace and tmp sizes must be at least 1 MiB",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What a step does. The JSON form is the plan's: `{"type":"shell","command":"…"}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum StepKind {
+    /// A command run by `bash -c` in `/workspace`.
+    Shell {
+        /// The command line.
+        command: String,
+    },
+    /// Python source, saved in the workspace and run with `python3`.
+    Python {
+        /// The source code.
+        code: String,
+    },
+    /// A file written under `/workspace`.
+    WriteFile {
+        /// Path relative to `/workspace` (or absolute under it).
+        path: String,
+        /// The file's content (UTF-8).
+        content: String,
+    },
+}
+
+impl StepKind {
+    /// `"shell"`, `"python"` or `"write_file"`.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            StepKind::Shell { .. } => "shell",
+            StepKind::Python { .. } => "python",
+            StepKind::WriteFile { .. } => "write_file",
+        }
+    }
+}
+
+/// One step of a plan.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Step {
+    /// What the step does.
+    #[serde(flatten)]
+    pub kind: StepKind,
+    /// A human description, as the planner gave it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// A timeout for this step alone, overriding the job's per-step timeout.
+    #[serde(
+        default,
+        rename = "timeout_secs",
+        with = "crate::serde_duration::opt_secs",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout: Option<Duration>,
+}
+
+impl Step {
+    /// A shell step.
+    pub fn shell(command: impl Into<String>) -> Self {
+        Self::from_kind(StepKind::Shell {
+            command: command.into(),
+        })
+    }
+
+    /// A Python step.
+    pub fn python(code: impl Into<String>) -> Self {
+        Self::from_kind(StepKind::Python { code: code.into() })
+    }
+
+    /// A write_file step.
+    pub fn write_file(path: impl Into<String>, content: impl Into<String>) -> Self {
+        Self::from_kind(StepKind::WriteFile {
+            path: path.into(),
+            content: content.into(),
+        })
+    }
+
+    fn from_kind(kind: StepKind) -> Self {
+        Self {
+            kind,
+            description: None,
+            timeout: None,
+        }
+    }
+
+    /// Sets the description.
+    pub fn with_description(mut self, description: impl Into<String>) -> Self {
+        self.description = Some(description.into());
+        self
+    }
+
+    /// Sets a per-step timeout.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Checks the step is runnable: non-empty command/code/path, a sane timeout.
+    pub fn validate(&self) -> Result<()> {
+        match &self.kind {
+            StepKind::Shell { command } if command.trim().is_empty() => {
+                return Err(Error::invalid("command", "a shell step needs a command"))
+            }
+            StepKind::Python { code } if code.trim().is_empty() => {
+                return Err(Error::invalid("code", "a python step needs code"))
+            }
+            StepKind::WriteFile { path, .. } if path.trim().is_empty() => {
+                return Err(Error::invalid("path", "a write_file step needs a path"))
+            }
+            _ => {}
+        }
+        if self.timeout == Some(Duration::ZERO) {
+            return Err(Error::invalid("timeout_secs", "must be at least 1 second"));
+        }
+        Ok(())
+    }
+}
+
+/// Everything needed to run a job.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct JobSpec {
+    /// The task in plain language. May be empty when `steps` are given.
+    pub prompt: String,
+    /// Explicit steps: when present the job skips planning and repair and needs no LLM.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steps: Option<Vec<Step>>,
+    /// Container image; `None` means the executor's default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Default timeout of each step. Default 5 minutes.
+    #[serde(rename = "step_timeout_secs", with = "crate::serde_duration::secs")]
+    pub step_timeout: Duration,
+    /// Timeout of the whole job, planning included. Default 30 minutes.
+    #[serde(rename = "timeout_secs", with = "crate::serde_duration::secs")]
+    pub job_timeout: Duration,
+    /// Resource limits of the sandbox.
+    pub limits: ResourceLimits,
+    /// Network access of the sandbox. Default none.
+    pub network: NetworkMode,
+    /// Extra environment variables for every step.
+    pub env: BTreeMap<String, String>,
+    /// How many times a failed step may go back to the LLM for a repair. Default 2.
+    pub max_repairs: u32,
+}
+
+impl Default for JobSpec {
+    fn default() -> Self {
+        Self {
+            prompt: String::new(),
+            steps: None,
+            image: None,
+            step_timeout: Duration::from_secs(300),
+            job_timeout: Duration::from_secs(1800),
+            limits: ResourceLimits::default(),
+            network: NetworkMode::None,
+            env: BTreeMap::new(),
+            max_repairs: 2,
+        }
+    }
+}
+
+impl JobSpec {
+    /// A job planned by the LLM from a prompt.
+    pub fn from_prompt(prompt: impl Into<String>) -> Self {
+        Self {
+            prompt: prompt.into(),
+            ..Self::default()
+        }
+    }
+
+    /// A job that runs these steps as given (no LLM).
+    pub fn from_steps(steps: Vec<Step>) -> Self {
+        Self {
+            steps: Some(steps),
+            ..Self::default()
+        }
+    }
+
+    /// Sets the image.
+    pub fn with_image(mut self, image: impl Into<String>) -> Self {
+        self.image = Some(image.into());
+        self
+    }
+
+    /// Sets the whole-job timeout.
+    pub fn with_job_timeout(mut self, timeout: Duration) -> Self {
+        self.job_timeout = timeout;
+        self
+    }
+
+    /// Sets the default per-step timeout.
+    pub fn with_step_timeout(mut self, timeout: Duration) -> Self {
+        self.step_timeout = timeout;
+        self
+    }
+
+    /// Sets the network mode.
+    pub fn with_network(mut self, network: NetworkMode) -> Self {
+        self.network = network;
+        self
+    }
+
+    /// Adds an environment variable.
+    pub fn with_env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.insert(key.into(), value.into());
+        self
+    }
+
+    /// Sets the resource limits.
+    pub fn with_limits(mut self, limits: ResourceLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Sets the repair budget.
+    pub fn with_max_repairs(mut self, max_repairs: u32) -> Self {
+        self.max_repairs = max_repairs;
+        self
+    }
+
+    /// Whether this job needs an LLM (it has no explicit steps).
+    pub fn needs_llm(&self) -> bool {
+        self.steps.is_none()
+    }
+
+    /// Checks the spec: a prompt or steps, valid steps, sane timeouts, limits and env.
+    pub fn validate(&self) -> Result<()> {
+        match &self.steps {
+            None if self.prompt.trim().is_empty() => {
+                return Err(Error::invalid("prompt", "a prompt or steps is required"))
+            }
+            Some(steps) if steps.is_empty() => {
+                return Err(Error::invalid("steps", "must contain at least one step"))
+            }
+            Some(steps) => {
+                for (i, step) in steps.iter().enumerate() {
+                    step.validate().map_err(|e| e.within(&format!("steps[{i}]")))?;
+                }
+            }
+            None => {}
+        }
+        if self.prompt.len() > MAX_PROMPT_BYTES {
+            return Err(Error::invalid(
+                "prompt",
+                format!("longer than {MAX_PROMPT_BYTES} bytes"),
+            ));
+        }
+        if self.step_timeout.is_zero() {
+            return Err(Error::invalid("step_timeout_secs", "must be at least 1"));
+        }
+        if self.job_timeout.is_zero() {
+            return Err(Error::invalid("timeout_secs", "must be at least 1"));
+        }
+        if let Some(image) = &self.image {
+            if image.trim().is_empty() || image.chars().any(char::is_whitespace) {
+                return Err(Error::invalid("image", "not a valid image reference"));
+            }
+        }
+        for key in self.env.keys() {
+            let valid = !key.is_empty()
+                && !key.starts_with(|c: char| c.is_ascii_digit())
+                && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                return Err(Error::invalid(
+                    "env",
+                    format!("{key:?} is not a valid variable name"),
+                ));
+            }
+        }
+        self.limits.validate()
+    }
+}
+
+/// The largest prompt accepted (256 KiB).
+pub const MAX_PROMPT_BYTES: usize = 256 << 10;
+
+/// The lifecycle state of a job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    /// Accepted, waiting for a worker.
+    Queued,
+    /// Planning or running steps.
+    Running,
+    /// Every step succeeded.
+    Succeeded,
+    /// A step failed (after repairs), planning failed, or the infrastructure failed.
+    Failed,
+    /// Cancelled by a user.
+    Cancelled,
+    /// The job ran past its timeout.
+    TimedOut,
+    /// The process running the job stopped (crash or shutdown) while the job ran.
+    Interrupted,
+}
+
+impl JobStatus {
+    /// Every status, in lifecycle order.
+    pub const ALL: [JobStatus; 7] = [
+        JobStatus::Queued,
+        JobStatus::Running,
+        JobStatus::Succeeded,
+        JobStatus::Failed,
+        JobStatus::Cancelled,
+        JobStatus::TimedOut,
+        JobStatus::Interrupted,
+    ];
+
+    /// Whether the job can change no further.
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, JobStatus::Queued | JobStatus::Running)
+    }
+
+    /// The one place that says which transitions are allowed.
+    pub fn can_transition_to(self, to: JobStatus) -> bool {
+        use JobStatus::*;
+        matches!(
+            (self, to),
+            (Queued, Running)
+                | (Queued, Cancelled)
+                | (Queued, Failed)
+                | (Queued, Interrupted)
+                | (Running, Succeeded)
+                | (Running, Failed)
+                | (Running, Cancelled)
+                | (Running, TimedOut)
+                | (Running, Interrupted)
+        )
+    }
+
+    /// Checks a transition, as a typed error.
+    pub fn transition(self, to: JobStatus) -> Result<JobStatus> {
+        if self.can_transition_to(to) {
+            Ok(to)
+        } else {
+            Err(Error::InvalidTransition { from: self, to })
+        }
+    }
+
+    /// The snake_case name used in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Running => "running",
+            JobStatus::Succeeded => "succeeded",
+            JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
+            JobStatus::TimedOut => "timed_out",
+            JobStatus::Interrupted => "interrupted",
+        }
+    }
+}
+
+impl fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for JobStatus {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        JobStatus::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| {
+                Error::invalid(
+                    "status",
+                    format!(
+                        "unknown status {:?}; expected one of queued, running, succeeded, failed, cancelled, timed_out, interrupted",
+                        truncate_for_error(s)
+                    ),
+                )
+            })
+    }
+}
+
+/// How a step's run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Termination {
+    /// The process exited by itself (look at the exit code).
+    Exited,
+    /// Killed at its timeout.
+    TimedOut,
+    /// Killed because the job was cancelled.
+    Cancelled,
+    /// Killed by the kernel's out-of-memory killer.
+    OutOfMemory,
+    /// Stopped because it wrote more than the output cap.
+    OutputLimit,
+}
+
+/// The outcome of running one step.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepResult {
+    /// Exit code; 128+N for a process killed by signal N; -1 when there was no process.
+    pub exit_code: i32,
+    /// How the run ended.
+    pub termination: Termination,
+    /// The last bytes of stdout (lossy UTF-8).
+    pub stdout_tail: String,
+    /// The last bytes of stderr (lossy UTF-8).
+    pub stderr_tail: String,
+    /// Whether stdout was longer than its tail.
+    pub stdout_truncated: bool,
+    /// Whether stderr was longer than its tail.
+    pub stderr_truncated: bool,
+    /// Wall time of the step.
+    #[serde(rename = "duration_ms", with = "crate::serde_duration::millis")]
+    pub duration: Duration,
+}
+
+impl StepResult {
+    /// Whether the step succeeded: it exited by itself with code 0.
+    pub fn success(&self) -> bool {
+        self.termination == Termination::Exited && self.exit_code == 0
+    }
+}
+
+/// The state of one step within a job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    /// Not started.
+    Pending,
+    /// Running now.
+    Running,
+    /// Exited 0.
+    Succeeded,
+    /// Exited non-zero, was killed, or could not run.
+    Failed,
+    /// Replaced by a repair or never reached.
+    Skipped,
+}
+
+/// A step as run within a job, with its result.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepRecord {
+    /// Position in the job (0-based, counting every step ever run, repairs included).
+    pub index: usize,
+    /// The step.
+    pub step: Step,
+    /// Its state.
+    pub status: StepStatus,
+    /// Its result once finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<StepResult>,
+    /// Which repair round produced the step (0 = the original plan).
+    #[serde(default)]
+    pub attempt: u32,
+}
+
+/// Tokens used by LLM calls.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenUsage {
+    /// Prompt (input) tokens.
+    pub prompt_tokens: u64,
+    /// Completion (output) tokens.
+    pub completion_tokens: u64,
+    /// Total tokens.
+    pub total_tokens: u64,
+}
+
+impl TokenUsage {
+    /// Adds another usage to this one.
+    pub fn add(&mut self, other: TokenUsage) {
+        self.prompt_tokens += other.prompt_tokens;
+        self.completion_tokens += other.completion_tokens;
+        self.total_tokens += other.total_tokens;
+    }
+}
+
+/// A plan produced by the LLM (or given explicitly).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    /// The steps, in order.
+    pub steps: Vec<Step>,
+    /// The planner's summary.
+    #[serde(default)]
+    pub summary: String,
+}
+
+/// Information about a job's result archive.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Artifact {
+    /// Where the ZIP is stored (a path or key understood by the job manager's artifact directory).
+    pub path: String,
+    /// Its size in bytes.
+    pub size_bytes: u64,
+    /// Number of files in it.
+    pub files: u64,
+}
+
+/// A job as stored: its spec, state and results.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    /// Its id.
+    pub id: JobId,
+    /// What to run.
+    pub spec: JobSpec,
+    /// Where it is in its lifecycle.
+    pub status: JobStatus,
+    /// When it was submitted.
+    pub created_at: DateTime<Utc>,
+    /// When a worker took it.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it reached a terminal status.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Why it failed, when it did.
+    pub error: Option<String>,
+    /// The plan being run.
+    pub plan: Option<Plan>,
+    /// Every step run so far.
+    pub steps: Vec<StepRecord>,
+    /// Which LLM provider answered (the last one that did).
+    pub provider: Option<String>,
+    /// LLM token usage over the whole job.
+    pub usage: TokenUsage,
+    /// The result archive, once written.
+    pub artifact: Option<Artifact>,
+}
+
+impl Job {
+    /// A new queued job.
+    pub fn new(id: JobId, spec: JobSpec) -> Self {
+        Self {
+            id,
+            spec,
+            status: JobStatus::Queued,
+            created_at: Utc::now(),
+            started_at: None,
+            finished_at: None,
+            error: None,
+            plan: None,
+            steps: Vec::new(),
+            provider: None,
+            usage: TokenUsage::default(),
+            artifact: None,
+        }
+    }
+
+    /// Moves to `to` if allowed, stamping start and finish times.
+    pub fn transition(&mut self, to: JobStatus) -> Result<()> {
+        self.status = self.status.transition(to)?;
+        let now = Utc::now();
+        if to == JobStatus::Running {
+            self.started_at = Some(now);
+        }
+        if to.is_terminal() {
+            self.finished_at = Some(now);
+        }
+        Ok(())
+    }
+}
+
+/// Which output stream a chunk came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputStream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// What happened, as recorded in a job's event log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventKind {
+    /// The job's status changed.
+    Status {
+        /// The new status.
+        status: JobStatus,
+        /// Why, for failures.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    /// Text streamed by the LLM while planning or repairing.
+    Planning {
+        /// A text delta.
+        text: String,
+    },
+    /// A plan (or a repaired remainder of one) was accepted.
+    Plan {
+        /// The steps that will run next.
+        steps: Vec<Step>,
+        /// The planner's summary.
+        summary: String,
+        /// The provider that produced it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        provider: Option<String>,
+        /// Repair round (0 = the first plan).
+        attempt: u32,
+    },
+    /// A step started.
+    StepStarted {
+        /// Its index in the job.
+        index: usize,
+        /// The step.
+        step: Step,
+    },
+    /// Output from a running step.
+    Output {
+        /// The step's index.
+        index: usize,
+        /// stdout or stderr.
+        stream: OutputStream,
+        /// The text (lossy UTF-8).
+        text: String,
+    },
+    /// A step finished.
+    StepFinished {
+        /// Its index.
+        index: usize,
+        /// Its result.
+        result: StepResult,
+    },
+    /// A free-form note from the job manager (e.g. "repairing step 2").
+    Log {
+        /// The message.
+        message: String,
+    },
+}
+
+/// One entry of a job's event log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobEvent {
+    /// The job.
+    pub job_id: JobId,
+    /// Strictly increasing within a job, starting at 1.
+    pub seq: u64,
+    /// When it happened.
+    pub at: DateTime<Utc>,
+    /// What happened.
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+impl JobEvent {
+    /// Whether this event is a terminal status change (the last event of a job).
+    pub fn is_final(&self) -> bool {
+        matches!(&self.kind, EventKind::Status { status, .. } if status.is_terminal())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_id_round_trips_and_rejects_garbage() {
+        let id = JobId::new();
+        let parsed: JobId = id.to_string().parse().unwrap();
+        assert_eq!(id, parsed);
+        assert!(matches!(
+            "not-a-uuid".parse::<JobId>(),
+            Err(Error::InvalidJobId { .. })
+        ));
+        // A valid UUID of another version is refused.
+        assert!("00000000-0000-1000-8000-000000000000"
+            .parse::<JobId>()
+            .is_err());
+        let json = serde_json::to_string(&id).unwrap();
+        assert_eq!(json, format!("\"{id}\""));
+        assert!(serde_json::from_str::<JobId>("\"x\"").is_err());
+    }
+
+    #[test]
+    fn status_transitions_are_checked() {
+        use JobStatus::*;
+        for from in JobStatus::ALL {
+            for to in JobStatus::ALL {
+                let allowed = from.can_transition_to(to);
+                if from.is_terminal() {
+                    assert!(!allowed, "{from} is terminal but may go to {to}");
+                }
+                assert_eq!(from.transition(to).is_ok(), allowed);
+            }
+        }
+        assert!(Queued.can_transition_to(Running));
+        assert!(Running.can_transition_to(TimedOut));
+        assert!(!Queued.can_transition_to(Succeeded));
+        assert!(!Running.can_transition_to(Queued));
+        assert!(!Succeeded.can_transition_to(Cancelled));
+    }
+
+    #[test]
+    fn status_names_round_trip() {
+        for st in JobStatus::ALL {
+            assert_eq!(st.as_str().parse::<JobStatus>().unwrap(), st);
+            assert_eq!(serde_json::to_string(&st).unwrap(), format!("\"{st}\""));
+        }
+        assert!("done".parse::<JobStatus>().is_err());
+    }
+
+    #[test]
+    fn step_json_is_the_plan_format() {
+        let step = Step::shell("echo hi").with_description("greet");
+        let json = serde_json::to_value(&step).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"type":"shell","command":"echo hi","description":"greet"})
+        );
+        let back: Step = serde_json::from_value(json).unwrap();
+        assert_eq!(back, step);
+        let wf: Step =
+            serde_json::from_str(r#"{"type":"write_file","path":"a.txt","content":"x","timeout_secs":5}"#)
+                .unwrap();
+        assert_eq!(wf.timeout, Some(Duration::from_secs(5)));
+        assert!(serde_json::from_str::<Step>(r#"{"type":"rm_rf","path":"/"}"#).is_err());
+    }
+
+    #[test]
+    fn spec_validation() {
+        assert!(JobSpec::default().validate().is_err());
+        assert!(JobSpec::from_prompt("do it").validate().is_ok());
+        assert!(JobSpec::from_steps(vec![]).validate().is_err());
+        assert!(JobSpec::from_steps(vec![Step::shell("  ")]).validate().is_err());
+        assert!(JobSpec::from_steps(vec![Step::shell("true")])
+            .validate()
+            .is_ok());
+        assert!(JobSpec::from_prompt("x")
+            .with_env("BAD-NAME", "1")
+            .validate()
+            .is_err());
+        assert!(JobSpec::from_prompt("x")
+            .with_job_timeout(Duration::ZERO)
+            .validate()
+            .is_err());
+    }
+
+    #[test]
+    fn job_transition_stamps_times() {
+        let mut job = Job::new(JobId::new(), JobSpec::from_prompt("x"));
+        job.transition(JobStatus::Running).unwrap();
+        assert!(job.started_at.is_some());
+        job.transition(JobStatus::Succeeded).unwrap();
+        assert!(job.finished_at.is_some());
+        assert!(job.transition(JobStatus::Failed).is_err());
+    }
+}

@@ -1,0 +1,198 @@
+//! The [`JobStore`] trait: jobs, their event logs and results.
+//!
+//! Implementations: [`MemoryStore`](crate::store::memory::MemoryStore) and, with the `sqlite`
+//! feature (default), [`SqliteStore`](crate::store::sqlite::SqliteStore).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::job::{Job, JobEvent, JobId, JobStatus};
+
+pub mod memory;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
+
+/// The largest page [`JobStore::list_jobs`] returns.
+pub const MAX_PAGE_SIZE: usize = 1000;
+
+/// Which jobs to list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobFilter {
+    /// Only jobs in one of these statuses (empty = all).
+    pub statuses: Vec<JobStatus>,
+    /// Page size (at most [`MAX_PAGE_SIZE`]).
+    pub limit: usize,
+    /// How many to skip (newest first).
+    pub offset: usize,
+}
+
+impl Default for JobFilter {
+    fn default() -> Self {
+        Self {
+            statuses: Vec::new(),
+            limit: 50,
+            offset: 0,
+        }
+    }
+}
+
+impl JobFilter {
+    /// Only jobs with this status.
+    pub fn with_status(mut self, status: JobStatus) -> Self {
+        self.statuses.push(status);
+        self
+    }
+
+    /// Sets the page.
+    pub fn page(mut self, limit: usize, offset: usize) -> Self {
+        self.limit = limit;
+        self.offset = offset;
+        self
+    }
+}
+
+/// One page of jobs, newest first, with the total that matched.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobPage {
+    /// The jobs on this page.
+    pub jobs: Vec<Job>,
+    /// How many jobs matched the filter in all.
+    pub total: u64,
+}
+
+/// What kind of failure a [`StoreError`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum StoreErrorKind {
+    /// Inserting a job whose id exists.
+    AlreadyExists,
+    /// Updating or appending to a job that does not exist.
+    NotFound,
+    /// An event's sequence number is not greater than the last stored one.
+    SequenceConflict,
+    /// The database is busy or temporarily unavailable.
+    Busy,
+    /// Stored data could not be decoded, or the database is unusable.
+    Corrupt,
+    /// Anything else.
+    Backend,
+}
+
+/// A job store failure.
+#[derive(Debug, thiserror::Error)]
+#[error("job store: {message}")]
+#[non_exhaustive]
+pub struct StoreError {
+    /// What kind.
+    pub kind: StoreErrorKind,
+    /// What happened.
+    pub message: String,
+    /// The cause.
+    #[source]
+    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl StoreError {
+    /// A new error.
+    pub fn new(kind: StoreErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// Sets the cause.
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Box::new(source));
+        self
+    }
+
+    /// Whether retrying may help.
+    pub fn is_retryable(&self) -> bool {
+        self.kind == StoreErrorKind::Busy
+    }
+}
+
+/// Persists jobs and their events.
+///
+/// Events of a job have strictly increasing `seq` numbers; the store refuses an event whose `seq`
+/// is not greater than the last one stored for that job.
+#[async_trait]
+pub trait JobStore: Send + Sync + 'static {
+    /// Stores a new job. Fails with `AlreadyExists` if the id is taken.
+    async fn insert_job(&self, job: &Job) -> Result<(), StoreError>;
+
+    /// Replaces a stored job's record. Fails with `NotFound` if absent.
+    async fn update_job(&self, job: &Job) -> Result<(), StoreError>;
+
+    /// One job.
+    async fn get_job(&self, id: JobId) -> Result<Option<Job>, StoreError>;
+
+    /// Jobs matching a filter, newest first.
+    async fn list_jobs(&self, filter: &JobFilter) -> Result<JobPage, StoreError>;
+
+    /// Removes a job and its events. Returns whether it existed.
+    async fn delete_job(&self, id: JobId) -> Result<bool, StoreError>;
+
+    /// Appends events to a job's log (in order).
+    async fn append_events(&self, id: JobId, events: &[JobEvent]) -> Result<(), StoreError>;
+
+    /// Events of a job with `seq > after`, in order, at most `limit`.
+    async fn events(
+        &self,
+        id: JobId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<JobEvent>, StoreError>;
+
+    /// The highest event `seq` stored for a job (0 when none).
+    async fn last_seq(&self, id: JobId) -> Result<u64, StoreError>;
+
+    /// Ids of terminal jobs that finished before `cutoff` (for retention).
+    async fn finished_before(&self, cutoff: DateTime<Utc>) -> Result<Vec<JobId>, StoreError>;
+
+    /// Number of jobs per status (for metrics).
+    async fn count_by_status(&self) -> Result<Vec<(JobStatus, u64)>, StoreError>;
+}
+
+#[async_trait]
+impl<T: JobStore + ?Sized> JobStore for Arc<T> {
+    async fn insert_job(&self, job: &Job) -> Result<(), StoreError> {
+        (**self).insert_job(job).await
+    }
+    async fn update_job(&self, job: &Job) -> Result<(), StoreError> {
+        (**self).update_job(job).await
+    }
+    async fn get_job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
+        (**self).get_job(id).await
+    }
+    async fn list_jobs(&self, filter: &JobFilter) -> Result<JobPage, StoreError> {
+        (**self).list_jobs(filter).await
+    }
+    async fn delete_job(&self, id: JobId) -> Result<bool, StoreError> {
+        (**self).delete_job(id).await
+    }
+    async fn append_events(&self, id: JobId, events: &[JobEvent]) -> Result<(), StoreError> {
+        (**self).append_events(id, events).await
+    }
+    async fn events(
+        &self,
+        id: JobId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<JobEvent>, StoreError> {
+        (**self).events(id, after, limit).await
+    }
+    async fn last_seq(&self, id: JobId) -> Result<u64, StoreError> {
+        (**self).last_seq(id).await
+    }
+    async fn finished_before(&self, cutoff: DateTime<Utc>) -> Result<Vec<JobId>, StoreError> {
+        (**self).finished_before(cutoff).await
+    }
+    async fn count_by_status(&self) -> Result<Vec<(JobStatus, u64)>, StoreError> {
+        (**self).count_by_status().await
+    }
+}

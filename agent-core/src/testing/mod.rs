@@ -1,0 +1,1 @@
+//! Test helpers: a fake executor and conformance suites (feature `test-util`).

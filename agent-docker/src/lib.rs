@@ -1,0 +1,3 @@
+//! agent-docker
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]

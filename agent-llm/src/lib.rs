@@ -1,0 +1,3 @@
+//! agent-llm
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]

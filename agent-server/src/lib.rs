@@ -1,0 +1,3 @@
+//! agent-server
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]

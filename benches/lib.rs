@@ -1,0 +1,1 @@
+//! Benchmarks live in this directory; run them with `cargo bench -p agent-benches`.

@@ -1,0 +1,1 @@
+//! Examples live in this directory; run one with `cargo run -p agent-examples --example NAME`.
