@@ -1,0 +1,2 @@
+//! Example stub; replaced by its owner.
+fn main() {}
