@@ -1,0 +1,603 @@
+//! The conformance suite every [`Executor`] must pass.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Read;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::mpsc;
+
+use crate::executor::{
+    discard_output, Executor, OutputSink, Sandbox, SandboxErrorKind, StepRequest,
+};
+use crate::job::{JobId, JobSpec, OutputStream, Step, StepResult, Termination};
+
+/// Generous bound on steps that should finish quickly; only guards against a hang.
+const QUICK: Duration = Duration::from_secs(30);
+
+/// Runs the executor conformance suite: panics, naming the check, on the first failure.
+///
+/// Every [`Executor`] (the fake one and the Docker one) must pass it. It creates two sandboxes
+/// with the executor's default image and network `none`, and checks:
+///
+/// - shell exit codes (0, 3, 137 for a process killed by SIGKILL) and `Termination::Exited`;
+/// - stdout and stderr kept apart, each in order, in the sink and in the result's tails;
+/// - output streamed while the step runs (the first chunk arrives while the step still waits for
+///   a file the test writes only after receiving it — no timing thresholds);
+/// - a Python step's output and exit code;
+/// - a `write_file` step, then reading the file back with `get_file` and with `cat`; `put_file`;
+/// - environment variables from [`StepRequest::env`];
+/// - tails limited to [`StepRequest::tail_bytes`] with the truncation flag;
+/// - a timeout → `TimedOut` with a non-zero exit code; cancellation → `Cancelled`;
+/// - an output cap → `OutputLimit`, truncated, no more than the cap forwarded;
+/// - paths `../x`, `/etc/x` and links leading out refused with `PathRefused` (`put_file`,
+///   `get_file` and `write_file` steps); a missing file is `NotFound`;
+/// - `export_workspace`: a tar with the written files under relative paths, no `..`, links
+///   stored as links;
+/// - `destroy` is idempotent and the sandbox is unusable afterwards.
+///
+/// It takes a few seconds (one step waits for its 1 s timeout).
+pub async fn executor_suite(executor: Arc<dyn Executor>) {
+    assert!(
+        !executor.name().is_empty(),
+        "executor name must not be empty"
+    );
+    let spec =
+        JobSpec::from_steps(vec![Step::shell("true")]).with_env("AGENT_SUITE_JOB_VAR", "from-job");
+    let sandbox = executor
+        .create(JobId::new(), &spec)
+        .await
+        .unwrap_or_else(|e| panic!("create a sandbox: {e}"));
+    assert!(!sandbox.id().is_empty(), "sandbox id must not be empty");
+
+    exit_codes(&*sandbox).await;
+    separated_streams(&*sandbox).await;
+    streams_while_running(&*sandbox).await;
+    python_step(&*sandbox).await;
+    files(&*sandbox).await;
+    environment(&*sandbox).await;
+    tails(&*sandbox).await;
+    timeout(&*sandbox).await;
+    cancel(&*sandbox).await;
+    output_cap(&*sandbox).await;
+    refused_paths(&*sandbox).await;
+    export(&*sandbox).await;
+
+    sandbox
+        .destroy()
+        .await
+        .unwrap_or_else(|e| panic!("destroy: {e}"));
+    sandbox
+        .destroy()
+        .await
+        .unwrap_or_else(|e| panic!("destroy must be idempotent, the second call failed: {e}"));
+    assert!(
+        sandbox
+            .run_step(request(Step::shell("true")), discard_output())
+            .await
+            .is_err(),
+        "run_step on a destroyed sandbox must fail"
+    );
+
+    // A sandbox destroyed while a step runs: the step ends, destroy succeeds.
+    let sandbox: Arc<dyn Sandbox> = Arc::from(
+        executor
+            .create(JobId::new(), &spec)
+            .await
+            .unwrap_or_else(|e| panic!("create a second sandbox: {e}")),
+    );
+    let (sink, mut rx) = channel_sink();
+    let running = {
+        let sandbox = sandbox.clone();
+        tokio::spawn(async move {
+            let req = StepRequest::new(
+                0,
+                Step::shell("echo started; sleep 60"),
+                Duration::from_secs(120),
+            );
+            sandbox.run_step(req, sink).await
+        })
+    };
+    wait_for_output(&mut rx, "started", "destroy-while-running").await;
+    sandbox
+        .destroy()
+        .await
+        .unwrap_or_else(|e| panic!("destroy while a step runs: {e}"));
+    let outcome = tokio::time::timeout(QUICK, running)
+        .await
+        .expect("a step still runs after its sandbox was destroyed")
+        .unwrap();
+    if let Ok(result) = outcome {
+        assert!(
+            !result.success(),
+            "a step killed by destroy must not succeed: {result:?}"
+        );
+    }
+    sandbox
+        .destroy()
+        .await
+        .unwrap_or_else(|e| panic!("destroy again: {e}"));
+}
+
+fn request(step: Step) -> StepRequest {
+    StepRequest::new(0, step, QUICK)
+}
+
+/// A sink collecting output per stream.
+#[derive(Clone, Default)]
+struct Collected(Arc<Mutex<(Vec<u8>, Vec<u8>)>>);
+
+impl Collected {
+    fn sink(&self) -> OutputSink {
+        let me = self.clone();
+        Arc::new(move |stream, bytes: Bytes| {
+            let mut both = me.0.lock().unwrap();
+            match stream {
+                OutputStream::Stdout => both.0.extend_from_slice(&bytes),
+                OutputStream::Stderr => both.1.extend_from_slice(&bytes),
+            }
+        })
+    }
+    fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap().0).into_owned()
+    }
+    fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap().1).into_owned()
+    }
+}
+
+fn channel_sink() -> (OutputSink, mpsc::UnboundedReceiver<(OutputStream, Bytes)>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let sink: OutputSink = Arc::new(move |stream, bytes| {
+        let _ = tx.send((stream, bytes));
+    });
+    (sink, rx)
+}
+
+async fn wait_for_output(
+    rx: &mut mpsc::UnboundedReceiver<(OutputStream, Bytes)>,
+    needle: &str,
+    check: &str,
+) {
+    let mut seen = Vec::new();
+    loop {
+        let next = tokio::time::timeout(QUICK, rx.recv()).await;
+        match next {
+            Ok(Some((_, bytes))) => {
+                seen.extend_from_slice(&bytes);
+                if String::from_utf8_lossy(&seen).contains(needle) {
+                    return;
+                }
+            }
+            Ok(None) => panic!("{check}: the step ended before printing {needle:?}"),
+            Err(_) => panic!("{check}: no {needle:?} in the output while the step runs"),
+        }
+    }
+}
+
+async fn run(sandbox: &dyn Sandbox, req: StepRequest, check: &str) -> (StepResult, Collected) {
+    let collected = Collected::default();
+    let result = sandbox
+        .run_step(req, collected.sink())
+        .await
+        .unwrap_or_else(|e| panic!("{check}: run_step failed: {e}"));
+    (result, collected)
+}
+
+async fn shell(sandbox: &dyn Sandbox, command: &str, check: &str) -> (StepResult, Collected) {
+    run(sandbox, request(Step::shell(command)), check).await
+}
+
+async fn exit_codes(sandbox: &dyn Sandbox) {
+    let (ok, out) = shell(sandbox, "echo hello", "exit 0").await;
+    assert_eq!(ok.exit_code, 0, "exit 0: {ok:?}");
+    assert_eq!(ok.termination, Termination::Exited, "exit 0: {ok:?}");
+    assert!(ok.success(), "exit 0 must be a success: {ok:?}");
+    assert_eq!(out.stdout(), "hello\n", "exit 0: streamed stdout");
+    assert_eq!(ok.stdout_tail, "hello\n", "exit 0: stdout tail");
+    assert!(
+        !ok.stdout_truncated,
+        "exit 0: a short stdout is not truncated"
+    );
+
+    let (three, _) = shell(sandbox, "exit 3", "exit 3").await;
+    assert_eq!(three.exit_code, 3, "exit 3: {three:?}");
+    assert_eq!(three.termination, Termination::Exited, "exit 3: {three:?}");
+    assert!(!three.success(), "exit 3 is not a success");
+
+    let (killed, _) = shell(sandbox, "kill -KILL $$", "killed by SIGKILL").await;
+    assert_eq!(
+        killed.exit_code, 137,
+        "a step killed by signal 9 exits with 128+9: {killed:?}"
+    );
+    assert!(!killed.success());
+}
+
+async fn separated_streams(sandbox: &dyn Sandbox) {
+    let command = "for i in 1 2 3; do echo out$i; echo err$i >&2; done";
+    let (result, out) = shell(sandbox, command, "stdout/stderr").await;
+    assert!(result.success(), "stdout/stderr: {result:?}");
+    assert_eq!(
+        out.stdout(),
+        "out1\nout2\nout3\n",
+        "stdout/stderr: streamed stdout"
+    );
+    assert_eq!(
+        out.stderr(),
+        "err1\nerr2\nerr3\n",
+        "stdout/stderr: streamed stderr"
+    );
+    assert_eq!(
+        result.stdout_tail, "out1\nout2\nout3\n",
+        "stdout/stderr: stdout tail"
+    );
+    assert_eq!(
+        result.stderr_tail, "err1\nerr2\nerr3\n",
+        "stdout/stderr: stderr tail"
+    );
+}
+
+async fn streams_while_running(sandbox: &dyn Sandbox) {
+    // The step prints, then waits until the test creates a file: it cannot end before the test
+    // has seen its first output, so that output must have been streamed while it ran.
+    sandbox
+        .run_step(request(Step::shell("rm -f .suite-go")), discard_output())
+        .await
+        .unwrap_or_else(|e| panic!("streaming: cleanup: {e}"));
+    let (sink, mut rx) = channel_sink();
+    let step = Step::shell("echo a; while [ ! -e .suite-go ]; do sleep 0.05; done; echo b");
+    let fut = sandbox.run_step(request(step), sink);
+    let probe = async {
+        wait_for_output(&mut rx, "a", "streaming").await;
+        sandbox
+            .put_file(".suite-go", Bytes::from_static(b"go"))
+            .await
+            .unwrap_or_else(|e| panic!("streaming: put_file: {e}"));
+    };
+    let (result, ()) = tokio::join!(fut, probe);
+    let result = result.unwrap_or_else(|e| panic!("streaming: run_step failed: {e}"));
+    assert!(result.success(), "streaming: {result:?}");
+    assert_eq!(result.stdout_tail, "a\nb\n", "streaming: stdout tail");
+    let mut rest = Vec::new();
+    while let Ok((_, bytes)) = rx.try_recv() {
+        rest.extend_from_slice(&bytes);
+    }
+    assert!(
+        String::from_utf8_lossy(&rest).contains('b'),
+        "streaming: the second line must be streamed too"
+    );
+}
+
+async fn python_step(sandbox: &dyn Sandbox) {
+    let code = "import sys\nprint('py', 6 * 7)\nprint('warn', file=sys.stderr)\nsys.exit(4)\n";
+    let mut req = request(Step::python(code));
+    req.index = 7;
+    let (result, out) = run(sandbox, req, "python").await;
+    assert_eq!(result.exit_code, 4, "python: exit code: {result:?}");
+    assert_eq!(
+        result.termination,
+        Termination::Exited,
+        "python: {result:?}"
+    );
+    assert_eq!(out.stdout(), "py 42\n", "python: stdout");
+    assert_eq!(out.stderr(), "warn\n", "python: stderr");
+}
+
+async fn files(sandbox: &dyn Sandbox) {
+    let (result, _) = run(
+        sandbox,
+        request(Step::write_file("suite/dir/a.txt", "hello file\n")),
+        "write_file step",
+    )
+    .await;
+    assert!(result.success(), "write_file step: {result:?}");
+    let content = sandbox
+        .get_file("suite/dir/a.txt")
+        .await
+        .unwrap_or_else(|e| panic!("get_file after write_file: {e}"));
+    assert_eq!(&content[..], b"hello file\n", "get_file after write_file");
+    let same = sandbox
+        .get_file("/workspace/suite/dir/a.txt")
+        .await
+        .unwrap_or_else(|e| panic!("get_file with a /workspace path: {e}"));
+    assert_eq!(
+        &same[..],
+        b"hello file\n",
+        "get_file with a /workspace path"
+    );
+    let (cat, out) = shell(sandbox, "cat suite/dir/a.txt", "cat after write_file").await;
+    assert!(cat.success(), "cat after write_file: {cat:?}");
+    assert_eq!(out.stdout(), "hello file\n", "cat after write_file");
+
+    let binary: Vec<u8> = (0..=255u8).collect();
+    sandbox
+        .put_file("suite/bin.dat", Bytes::from(binary.clone()))
+        .await
+        .unwrap_or_else(|e| panic!("put_file: {e}"));
+    let back = sandbox
+        .get_file("suite/bin.dat")
+        .await
+        .unwrap_or_else(|e| panic!("get_file after put_file: {e}"));
+    assert_eq!(
+        &back[..],
+        &binary[..],
+        "put_file/get_file round trip (binary)"
+    );
+    let (wc, out) = shell(sandbox, "wc -c < suite/bin.dat", "wc after put_file").await;
+    assert!(wc.success(), "wc after put_file: {wc:?}");
+    assert_eq!(out.stdout().trim(), "256", "a put file is visible to steps");
+
+    // Overwrite truncates.
+    sandbox
+        .put_file("suite/dir/a.txt", Bytes::from_static(b"x"))
+        .await
+        .unwrap_or_else(|e| panic!("put_file over a file: {e}"));
+    assert_eq!(
+        &sandbox.get_file("suite/dir/a.txt").await.unwrap()[..],
+        b"x",
+        "overwrite"
+    );
+
+    let missing = sandbox.get_file("suite/missing.txt").await.unwrap_err();
+    assert_eq!(
+        missing.kind,
+        SandboxErrorKind::NotFound,
+        "get_file of a missing file: {missing}"
+    );
+}
+
+async fn environment(sandbox: &dyn Sandbox) {
+    let mut req = request(Step::shell(
+        "echo \"$AGENT_SUITE_VAR|$AGENT_SUITE_JOB_VAR\"",
+    ));
+    req.env
+        .push(("AGENT_SUITE_VAR".into(), "value with spaces".into()));
+    let (result, out) = run(sandbox, req, "env").await;
+    assert!(result.success(), "env: {result:?}");
+    assert_eq!(
+        out.stdout(),
+        "value with spaces|from-job\n",
+        "env: StepRequest.env and JobSpec.env must be visible to the step"
+    );
+}
+
+async fn tails(sandbox: &dyn Sandbox) {
+    let mut req = request(Step::shell(
+        "head -c 5000 /dev/zero | tr '\\0' x; printf END",
+    ));
+    req.tail_bytes = 100;
+    let (result, out) = run(sandbox, req, "tails").await;
+    assert!(result.success(), "tails: {result:?}");
+    assert_eq!(
+        out.stdout().len(),
+        5003,
+        "tails: the sink gets all the output"
+    );
+    assert_eq!(
+        result.stdout_tail.len(),
+        100,
+        "tails: tail_bytes bytes are kept"
+    );
+    assert!(
+        result.stdout_tail.ends_with("xxEND"),
+        "tails: the tail is the end"
+    );
+    assert!(result.stdout_truncated, "tails: stdout_truncated");
+    assert!(!result.stderr_truncated, "tails: stderr was empty");
+}
+
+async fn timeout(sandbox: &dyn Sandbox) {
+    let req = StepRequest::new(
+        0,
+        Step::shell("echo before; sleep 30"),
+        Duration::from_secs(1),
+    );
+    let run_it = sandbox.run_step(req, discard_output());
+    let result = tokio::time::timeout(QUICK, run_it)
+        .await
+        .expect("timeout: the step was not killed at its timeout")
+        .unwrap_or_else(|e| panic!("timeout: run_step failed: {e}"));
+    assert_eq!(
+        result.termination,
+        Termination::TimedOut,
+        "timeout: {result:?}"
+    );
+    assert_ne!(
+        result.exit_code, 0,
+        "timeout: exit code must not be 0: {result:?}"
+    );
+    assert!(!result.success());
+    assert_eq!(
+        result.stdout_tail, "before\n",
+        "timeout: partial output is kept"
+    );
+}
+
+async fn cancel(sandbox: &dyn Sandbox) {
+    let (sink, mut rx) = channel_sink();
+    let req = StepRequest::new(0, Step::shell("echo started; sleep 30"), QUICK);
+    let token = req.cancel.clone();
+    let fut = sandbox.run_step(req, sink);
+    let canceller = async {
+        wait_for_output(&mut rx, "started", "cancel").await;
+        token.cancel();
+    };
+    let (result, ()) = tokio::time::timeout(QUICK, async { tokio::join!(fut, canceller) })
+        .await
+        .expect("cancel: the step was not stopped by its cancellation token");
+    let result = result.unwrap_or_else(|e| panic!("cancel: run_step failed: {e}"));
+    assert_eq!(
+        result.termination,
+        Termination::Cancelled,
+        "cancel: {result:?}"
+    );
+    assert!(!result.success());
+}
+
+async fn output_cap(sandbox: &dyn Sandbox) {
+    let cap = 64 * 1024;
+    let req = request(Step::shell("yes flood")).with_max_output_bytes(cap);
+    let (result, out) = run(sandbox, req, "output cap").await;
+    assert_eq!(
+        result.termination,
+        Termination::OutputLimit,
+        "output cap: {result:?}"
+    );
+    assert!(
+        result.stdout_truncated,
+        "output cap: the capped stream is marked truncated: {result:?}"
+    );
+    let forwarded = out.stdout().len() + out.stderr().len();
+    assert!(
+        forwarded as u64 <= cap,
+        "output cap: {forwarded} bytes forwarded, more than the cap of {cap}"
+    );
+    assert!(
+        forwarded > 0,
+        "output cap: output before the cap is forwarded"
+    );
+}
+
+async fn refused_paths(sandbox: &dyn Sandbox) {
+    for bad in ["../x", "/etc/x", "a/../../x", "/workspace/../etc/x"] {
+        let err = sandbox
+            .put_file(bad, Bytes::from_static(b"x"))
+            .await
+            .expect_err(&format!("put_file({bad:?}) must be refused"));
+        assert_eq!(
+            err.kind,
+            SandboxErrorKind::PathRefused,
+            "put_file({bad:?}): {err}"
+        );
+        let err = sandbox
+            .get_file(bad)
+            .await
+            .expect_err(&format!("get_file({bad:?}) must be refused"));
+        assert_eq!(
+            err.kind,
+            SandboxErrorKind::PathRefused,
+            "get_file({bad:?}): {err}"
+        );
+        let err = sandbox
+            .run_step(request(Step::write_file(bad, "x")), discard_output())
+            .await
+            .expect_err(&format!("a write_file step to {bad:?} must be refused"));
+        assert_eq!(
+            err.kind,
+            SandboxErrorKind::PathRefused,
+            "write_file step {bad:?}: {err}"
+        );
+    }
+    // Links leading out of the workspace.
+    let (ln, _) = shell(
+        sandbox,
+        "ln -sfn /etc suite-escape && ln -sf /etc/hostname suite-host",
+        "symlinks",
+    )
+    .await;
+    assert!(ln.success(), "symlinks: {ln:?}");
+    for bad in ["suite-escape/agent-suite-x", "suite-host"] {
+        let err = sandbox
+            .put_file(bad, Bytes::from_static(b"x"))
+            .await
+            .expect_err(&format!(
+                "put_file through a link leading out ({bad:?}) must be refused"
+            ));
+        assert_eq!(
+            err.kind,
+            SandboxErrorKind::PathRefused,
+            "put_file({bad:?}): {err}"
+        );
+    }
+    for bad in ["suite-escape/hostname", "suite-host"] {
+        let err = sandbox.get_file(bad).await.expect_err(&format!(
+            "get_file through a link leading out ({bad:?}) must be refused"
+        ));
+        assert_eq!(
+            err.kind,
+            SandboxErrorKind::PathRefused,
+            "get_file({bad:?}): {err}"
+        );
+    }
+}
+
+async fn export(sandbox: &dyn Sandbox) {
+    sandbox
+        .put_file("export/top.txt", Bytes::from_static(b"top"))
+        .await
+        .unwrap();
+    sandbox
+        .put_file("export/sub/deep.txt", Bytes::from_static(b"deep"))
+        .await
+        .unwrap();
+    let (ln, _) = shell(
+        sandbox,
+        "ln -sf /etc/hostname export/link",
+        "export: symlink",
+    )
+    .await;
+    assert!(ln.success(), "export: symlink: {ln:?}");
+
+    let mut stream = sandbox
+        .export_workspace()
+        .await
+        .unwrap_or_else(|e| panic!("export_workspace: {e}"));
+    let mut tar_bytes = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.unwrap_or_else(|e| panic!("export_workspace stream: {e}"));
+        tar_bytes.extend_from_slice(&chunk);
+    }
+    let mut archive = tar::Archive::new(&tar_bytes[..]);
+    let mut found = std::collections::BTreeMap::new();
+    for entry in archive.entries().expect("export: not a tar archive") {
+        let mut entry = entry.expect("export: a bad tar entry");
+        let path = entry.path().expect("export: a bad path").into_owned();
+        let name = path.to_string_lossy().into_owned();
+        assert!(!path.is_absolute(), "export: absolute path {name:?}");
+        assert!(
+            !path
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir)),
+            "export: path with '..': {name:?}"
+        );
+        let name = name
+            .trim_start_matches("./")
+            .trim_end_matches('/')
+            .to_string();
+        let kind = entry.header().entry_type();
+        let mut content = Vec::new();
+        if kind.is_file() {
+            entry.read_to_end(&mut content).unwrap();
+        }
+        let link = entry
+            .link_name()
+            .ok()
+            .flatten()
+            .map(|l| l.to_string_lossy().into_owned());
+        found.insert(name, (kind, content, link));
+    }
+    let names: Vec<&String> = found.keys().collect();
+    let (kind, content, _) = found
+        .get("export/top.txt")
+        .unwrap_or_else(|| panic!("export: export/top.txt missing; entries: {names:?}"));
+    assert!(kind.is_file(), "export: top.txt is a file");
+    assert_eq!(content, b"top", "export: top.txt content");
+    let (_, content, _) = found
+        .get("export/sub/deep.txt")
+        .unwrap_or_else(|| panic!("export: export/sub/deep.txt missing; entries: {names:?}"));
+    assert_eq!(content, b"deep", "export: deep.txt content");
+    let (kind, _, link) = found
+        .get("export/link")
+        .unwrap_or_else(|| panic!("export: export/link missing; entries: {names:?}"));
+    assert!(
+        kind.is_symlink(),
+        "export: a link is stored as a link, not followed"
+    );
+    assert_eq!(
+        link.as_deref(),
+        Some("/etc/hostname"),
+        "export: the link's target"
+    );
+}
