@@ -1,1 +1,252 @@
-//! Tar-to-ZIP conversion of exported workspaces.
+//! Turns an exported workspace (a tar stream) into the job's ZIP, safely and without holding it
+//! in memory.
+//!
+//! The tar is spooled to a temporary file next to the destination, then converted entry by entry.
+//! Only regular files and directories are kept: absolute paths, `..` components, symlinks,
+//! hardlinks and device nodes are skipped and counted, so the ZIP can never point outside the
+//! workspace. The ZIP is written to a temporary name and renamed into place, so a reader never
+//! sees a half-written archive — and it lives outside the workspace, so it never contains itself.
+
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Seek, SeekFrom, Write};
+use std::path::{Component, Path, PathBuf};
+
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+use zip::write::SimpleFileOptions;
+
+use crate::error::{Error, Result};
+use crate::executor::TarStream;
+
+/// What went into a ZIP.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchiveSummary {
+    /// Regular files written.
+    pub files: u64,
+    /// Their total uncompressed size.
+    pub bytes: u64,
+    /// Entries left out (links, devices, unsafe paths).
+    pub skipped: u64,
+    /// Size of the ZIP file.
+    pub zip_bytes: u64,
+}
+
+/// Writes the tar `stream` as a ZIP at `dest` (atomically: temp file + rename).
+///
+/// `max_bytes` caps the spooled tar size; past it the export fails rather than filling the disk.
+pub async fn tar_stream_to_zip(
+    mut stream: TarStream,
+    dest: &Path,
+    max_bytes: u64,
+) -> Result<ArchiveSummary> {
+    let dir = dest
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    tokio::fs::create_dir_all(&dir)
+        .await
+        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    let spool = tempfile::NamedTempFile::new_in(&dir)
+        .map_err(|e| Error::io("creating a temporary file for the workspace export", e))?;
+    let (std_file, spool_path) = spool.into_parts();
+    let mut file = tokio::fs::File::from_std(std_file);
+    let mut total = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        total += chunk.len() as u64;
+        if total > max_bytes {
+            return Err(Error::other(format!(
+                "the workspace export is larger than the {max_bytes}-byte limit"
+            )));
+        }
+        file.write_all(&chunk)
+            .await
+            .map_err(|e| Error::io("spooling the workspace export", e))?;
+    }
+    file.flush()
+        .await
+        .map_err(|e| Error::io("spooling the workspace export", e))?;
+    let std_file = file.into_std().await;
+    let dest = dest.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let result = convert(std_file, &dest);
+        drop(spool_path);
+        result
+    })
+    .await
+    .map_err(|e| Error::other(format!("the archive task failed: {e}")))?
+}
+
+fn convert(mut tar_file: File, dest: &Path) -> Result<ArchiveSummary> {
+    let io_err = |what: &str| {
+        let what = what.to_string();
+        move |e: io::Error| Error::io(what, e)
+    };
+    tar_file
+        .seek(SeekFrom::Start(0))
+        .map_err(io_err("rewinding the workspace export"))?;
+    let dir = dest.parent().unwrap_or_else(|| Path::new("."));
+    let out = tempfile::NamedTempFile::new_in(dir).map_err(io_err("creating the ZIP"))?;
+    let mut zip = zip::ZipWriter::new(BufWriter::new(out));
+    let mut summary = ArchiveSummary::default();
+    let mut archive = tar::Archive::new(BufReader::new(tar_file));
+    let entries = archive
+        .entries()
+        .map_err(io_err("reading the workspace export"))?;
+    for entry in entries {
+        let mut entry = entry.map_err(io_err("reading the workspace export"))?;
+        let kind = entry.header().entry_type();
+        let raw_path = entry
+            .path()
+            .map_err(io_err("reading an entry path"))?
+            .into_owned();
+        let Some(name) = safe_name(&raw_path) else {
+            if !is_root(&raw_path) {
+                summary.skipped += 1;
+            }
+            continue;
+        };
+        let mode = entry.header().mode().unwrap_or(0o644) & 0o777;
+        if kind.is_dir() {
+            zip.add_directory(
+                format!("{name}/"),
+                SimpleFileOptions::default().unix_permissions(mode | 0o700),
+            )
+            .map_err(|e| Error::other(format!("writing the ZIP: {e}")))?;
+        } else if kind.is_file() {
+            let options = SimpleFileOptions::default()
+                .compression_method(zip::CompressionMethod::Deflated)
+                .unix_permissions(mode)
+                .large_file(entry.size() >= u32::MAX as u64);
+            zip.start_file(name, options)
+                .map_err(|e| Error::other(format!("writing the ZIP: {e}")))?;
+            summary.bytes += io::copy(&mut entry, &mut zip).map_err(io_err("writing the ZIP"))?;
+            summary.files += 1;
+        } else {
+            summary.skipped += 1;
+        }
+    }
+    let mut writer = zip
+        .finish()
+        .map_err(|e| Error::other(format!("finishing the ZIP: {e}")))?;
+    writer.flush().map_err(io_err("writing the ZIP"))?;
+    let out = writer
+        .into_inner()
+        .map_err(|e| Error::io("writing the ZIP", e.into_error()))?;
+    summary.zip_bytes = out
+        .as_file()
+        .metadata()
+        .map_err(io_err("writing the ZIP"))?
+        .len();
+    out.persist(dest)
+        .map_err(|e| Error::io(format!("moving the ZIP to {}", dest.display()), e.error))?;
+    Ok(summary)
+}
+
+fn is_root(path: &Path) -> bool {
+    path.components().all(|c| matches!(c, Component::CurDir))
+}
+
+/// A relative, `/`-separated name with no `..`, or `None`.
+fn safe_name(path: &Path) -> Option<String> {
+    let mut parts = Vec::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(p) => parts.push(p.to_str()?.to_string()),
+            Component::CurDir => {}
+            Component::ParentDir | Component::RootDir | Component::Prefix(_) => return None,
+        }
+    }
+    if parts.is_empty() {
+        None
+    } else {
+        Some(parts.join("/"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use std::io::Read;
+
+    fn tar_bytes(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        build(&mut b);
+        b.into_inner().unwrap()
+    }
+
+    fn file_header(path: &str, len: usize) -> tar::Header {
+        let mut h = tar::Header::new_gnu();
+        h.set_path(path).unwrap();
+        h.set_size(len as u64);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_cksum();
+        h
+    }
+
+    #[tokio::test]
+    async fn converts_files_and_skips_unsafe_entries() {
+        let data = tar_bytes(|b| {
+            let mut d = tar::Header::new_gnu();
+            d.set_path("./").unwrap();
+            d.set_entry_type(tar::EntryType::Directory);
+            d.set_mode(0o755);
+            d.set_size(0);
+            d.set_cksum();
+            b.append(&d, io::empty()).unwrap();
+            b.append(&file_header("./a/hello.txt", 5), &b"hello"[..])
+                .unwrap();
+            let mut link = tar::Header::new_gnu();
+            link.set_path("evil").unwrap();
+            link.set_link_name("/etc/passwd").unwrap();
+            link.set_entry_type(tar::EntryType::Symlink);
+            link.set_size(0);
+            link.set_cksum();
+            b.append(&link, io::empty()).unwrap();
+            // `set_path` refuses `..`, so write the raw name.
+            let mut bad = file_header("placeholder", 3);
+            bad.as_old_mut().name[..8].copy_from_slice(b"../x.txt");
+            bad.as_old_mut().name[8] = 0;
+            bad.set_cksum();
+            b.append(&bad, &b"bad"[..]).unwrap();
+        });
+        let chunks: Vec<_> = data
+            .chunks(100)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("out.zip");
+        let summary = tar_stream_to_zip(futures::stream::iter(chunks).boxed(), &dest, 1 << 20)
+            .await
+            .unwrap();
+        assert_eq!(summary.files, 1);
+        assert_eq!(summary.skipped, 2);
+        let mut zip = zip::ZipArchive::new(File::open(&dest).unwrap()).unwrap();
+        let names: Vec<_> = zip.file_names().map(str::to_string).collect();
+        assert_eq!(names, vec!["a/hello.txt".to_string()]);
+        let mut s = String::new();
+        zip.by_name("a/hello.txt")
+            .unwrap()
+            .read_to_string(&mut s)
+            .unwrap();
+        assert_eq!(s, "hello");
+        // Nothing but the ZIP is left in the directory (the spool file is gone).
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[tokio::test]
+    async fn refuses_an_export_over_the_limit() {
+        let data = tar_bytes(|b| {
+            b.append(&file_header("big", 4096), &[0u8; 4096][..])
+                .unwrap();
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("out.zip");
+        let stream = futures::stream::iter([Ok(Bytes::from(data))]).boxed();
+        assert!(tar_stream_to_zip(stream, &dest, 1024).await.is_err());
+        assert!(!dest.exists());
+    }
+}

@@ -51,7 +51,9 @@ pub enum Error {
     #[error("invalid plan: {0}")]
     InvalidPlan(String),
     /// The job needs an LLM but none is configured.
-    #[error("this job needs an LLM provider (it has a prompt and no steps) but none is configured")]
+    #[error(
+        "this job needs an LLM provider (it has a prompt and no steps) but none is configured"
+    )]
     NoLlm,
     /// The job manager is shutting down and accepts no more jobs.
     #[error("the job manager is shutting down")]

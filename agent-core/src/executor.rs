@@ -190,7 +190,8 @@ pub trait Executor: Send + Sync + 'static {
     fn capabilities(&self) -> Capabilities;
 
     /// Creates and starts a sandbox for a job, ready to run steps.
-    async fn create(&self, job_id: JobId, spec: &JobSpec) -> Result<Box<dyn Sandbox>, SandboxError>;
+    async fn create(&self, job_id: JobId, spec: &JobSpec)
+        -> Result<Box<dyn Sandbox>, SandboxError>;
 
     /// Removes sandboxes left by earlier processes whose jobs are not in `live`.
     /// Returns how many were removed.
@@ -220,8 +221,11 @@ pub trait Sandbox: Send + Sync {
     ///
     /// A step that exits non-zero, times out, is cancelled, runs out of memory or floods its output
     /// is an `Ok` [`StepResult`] saying so; `Err` means the sandbox itself failed.
-    async fn run_step(&self, request: StepRequest, output: OutputSink)
-        -> Result<StepResult, SandboxError>;
+    async fn run_step(
+        &self,
+        request: StepRequest,
+        output: OutputSink,
+    ) -> Result<StepResult, SandboxError>;
 
     /// Writes a file under the workspace (creating parent directories).
     async fn put_file(&self, path: &str, content: Bytes) -> Result<(), SandboxError>;
@@ -245,7 +249,11 @@ impl<T: Executor + ?Sized> Executor for Arc<T> {
     fn capabilities(&self) -> Capabilities {
         (**self).capabilities()
     }
-    async fn create(&self, job_id: JobId, spec: &JobSpec) -> Result<Box<dyn Sandbox>, SandboxError> {
+    async fn create(
+        &self,
+        job_id: JobId,
+        spec: &JobSpec,
+    ) -> Result<Box<dyn Sandbox>, SandboxError> {
         (**self).create(job_id, spec).await
     }
     async fn reap(&self, live: &HashSet<JobId>) -> Result<usize, SandboxError> {
@@ -273,7 +281,10 @@ pub fn normalize_workspace_path(path: &str) -> Result<String, SandboxError> {
         }
         rest.trim_start_matches('/')
     } else if path.starts_with('/') {
-        return Err(SandboxError::path_refused(path, "absolute path outside /workspace"));
+        return Err(SandboxError::path_refused(
+            path,
+            "absolute path outside /workspace",
+        ));
     } else {
         path
     };
@@ -300,7 +311,15 @@ mod tests {
         assert_eq!(normalize_workspace_path("a/b.txt").unwrap(), "a/b.txt");
         assert_eq!(normalize_workspace_path("./a//b.txt").unwrap(), "a/b.txt");
         assert_eq!(normalize_workspace_path("/workspace/x").unwrap(), "x");
-        for bad in ["../x", "a/../../x", "/etc/x", "/workspacex/y", "", "/workspace", "a\0b"] {
+        for bad in [
+            "../x",
+            "a/../../x",
+            "/etc/x",
+            "/workspacex/y",
+            "",
+            "/workspace",
+            "a\0b",
+        ] {
             let err = normalize_workspace_path(bad).unwrap_err();
             assert_eq!(err.kind, SandboxErrorKind::PathRefused, "{bad:?}");
         }

@@ -412,7 +412,8 @@ impl JobSpec {
             }
             Some(steps) => {
                 for (i, step) in steps.iter().enumerate() {
-                    step.validate().map_err(|e| e.within(&format!("steps[{i}]")))?;
+                    step.validate()
+                        .map_err(|e| e.within(&format!("steps[{i}]")))?;
                 }
             }
             None => {}
@@ -882,9 +883,10 @@ mod tests {
         );
         let back: Step = serde_json::from_value(json).unwrap();
         assert_eq!(back, step);
-        let wf: Step =
-            serde_json::from_str(r#"{"type":"write_file","path":"a.txt","content":"x","timeout_secs":5}"#)
-                .unwrap();
+        let wf: Step = serde_json::from_str(
+            r#"{"type":"write_file","path":"a.txt","content":"x","timeout_secs":5}"#,
+        )
+        .unwrap();
         assert_eq!(wf.timeout, Some(Duration::from_secs(5)));
         assert!(serde_json::from_str::<Step>(r#"{"type":"rm_rf","path":"/"}"#).is_err());
     }
@@ -894,7 +896,9 @@ mod tests {
         assert!(JobSpec::default().validate().is_err());
         assert!(JobSpec::from_prompt("do it").validate().is_ok());
         assert!(JobSpec::from_steps(vec![]).validate().is_err());
-        assert!(JobSpec::from_steps(vec![Step::shell("  ")]).validate().is_err());
+        assert!(JobSpec::from_steps(vec![Step::shell("  ")])
+            .validate()
+            .is_err());
         assert!(JobSpec::from_steps(vec![Step::shell("true")])
             .validate()
             .is_ok());

@@ -16,6 +16,7 @@
 pub mod agent;
 pub mod archive;
 pub mod error;
+pub mod events;
 pub mod executor;
 pub mod flow;
 pub mod job;

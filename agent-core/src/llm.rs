@@ -192,7 +192,11 @@ impl fmt::Display for LlmError {
 
 impl LlmError {
     /// A new error.
-    pub fn new(kind: LlmErrorKind, provider: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn new(
+        kind: LlmErrorKind,
+        provider: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
         Self {
             kind,
             provider: provider.into(),
@@ -223,7 +227,10 @@ impl LlmError {
 
     /// Whether retrying the same provider may help.
     pub fn is_retryable(&self) -> bool {
-        matches!(self.kind, LlmErrorKind::Transient | LlmErrorKind::RateLimited)
+        matches!(
+            self.kind,
+            LlmErrorKind::Transient | LlmErrorKind::RateLimited
+        )
     }
 
     /// Whether another provider may succeed where this one failed (everything but a bad prompt).

@@ -1,1 +1,363 @@
-//! The agent flow: plan, execute, repair, compile results.
+//! The agent flow: plan with the LLM, run the steps in a sandbox in plan order, repair failed
+//! steps, and package the results.
+//!
+//! Built from the [`flow`](crate::flow) engine's nodes:
+//!
+//! ```text
+//!            ┌────────────── next ─────────────┐
+//!            ▼                                 │
+//!  plan ──▶ execute ── failed ──▶ repair ── retry ┘
+//!            │                      │
+//!           done                 give_up
+//!            ▼                      ▼
+//!         compile ◀─────────────────┘
+//! ```
+//!
+//! A job with explicit steps skips planning and repair and needs no LLM. Compilation writes
+//! `result.json` into the workspace and exports the workspace as the job's ZIP; the job manager
+//! also runs it after a cancel or a timeout so partial output is kept.
+
+mod nodes;
+pub mod plan;
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::archive::{tar_stream_to_zip, ArchiveSummary};
+use crate::error::{Error, Result};
+use crate::events::EventSink;
+use crate::executor::{OutputSink, Sandbox, StepRequest};
+use crate::job::{
+    Artifact, EventKind, Job, JobStatus, OutputStream, Plan, Step, StepRecord, StepResult,
+    StepStatus, TokenUsage,
+};
+use crate::llm::{collect_stream, ChatRequest, LlmError, LlmProvider, Message};
+use crate::store::JobStore;
+
+pub use nodes::agent_flow;
+pub use plan::{parse_plan, PlanError, SYSTEM_PROMPT};
+
+/// The name of the result file written into the workspace.
+pub const RESULT_FILE: &str = "result.json";
+
+/// Tunables of one agent run.
+#[derive(Clone, Debug)]
+pub struct AgentSettings {
+    /// Output cap per step.
+    pub max_output_bytes: u64,
+    /// Tail kept per stream in results.
+    pub tail_bytes: usize,
+    /// Largest workspace export accepted.
+    pub max_export_bytes: u64,
+    /// Where the ZIP goes.
+    pub artifact_path: PathBuf,
+}
+
+/// The shared store of the agent flow: one job's state while it runs.
+pub struct AgentState {
+    /// The job record (plan, steps, provider, usage), saved to the store as it changes.
+    pub job: Job,
+    store: Arc<dyn JobStore>,
+    sandbox: Arc<dyn Sandbox>,
+    llm: Option<Arc<dyn LlmProvider>>,
+    events: EventSink,
+    cancel: CancellationToken,
+    settings: AgentSettings,
+    pending: VecDeque<(Step, u32)>,
+    repairs_used: u32,
+    failure: Option<String>,
+}
+
+impl std::fmt::Debug for AgentState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentState")
+            .field("job_id", &self.job.id)
+            .field("pending", &self.pending.len())
+            .field("repairs_used", &self.repairs_used)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AgentState {
+    /// State for running `job` in `sandbox`.
+    pub fn new(
+        job: Job,
+        store: Arc<dyn JobStore>,
+        sandbox: Arc<dyn Sandbox>,
+        llm: Option<Arc<dyn LlmProvider>>,
+        events: EventSink,
+        cancel: CancellationToken,
+        settings: AgentSettings,
+    ) -> Self {
+        Self {
+            job,
+            store,
+            sandbox,
+            llm,
+            events,
+            cancel,
+            settings,
+            pending: VecDeque::new(),
+            repairs_used: 0,
+            failure: None,
+        }
+    }
+
+    /// Why the job failed, if a node decided it did.
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.as_deref()
+    }
+
+    /// The status the flow's outcome calls for (succeeded or failed).
+    pub fn outcome(&self) -> JobStatus {
+        if self.failure.is_some() {
+            JobStatus::Failed
+        } else {
+            JobStatus::Succeeded
+        }
+    }
+
+    pub(crate) fn fail(&mut self, why: impl Into<String>) {
+        self.failure.get_or_insert_with(|| why.into());
+    }
+
+    async fn save(&self) -> Result<()> {
+        self.store.update_job(&self.job).await?;
+        Ok(())
+    }
+
+    /// Marks unfinished steps skipped and writes `result.json` + the ZIP. Runs after every flow,
+    /// whatever its outcome; `status` is the job's final status.
+    pub async fn compile(&mut self, status: JobStatus) -> Result<Artifact> {
+        for record in &mut self.job.steps {
+            if matches!(record.status, StepStatus::Pending | StepStatus::Running) {
+                record.status = StepStatus::Skipped;
+            }
+        }
+        let doc = ResultDocument {
+            job_id: self.job.id.to_string(),
+            prompt: &self.job.spec.prompt,
+            status,
+            error: self.failure.as_deref().or(self.job.error.as_deref()),
+            plan: self.job.plan.as_ref(),
+            steps: &self.job.steps,
+            provider: self.job.provider.as_deref(),
+            usage: self.job.usage,
+            created_at: self.job.created_at,
+            started_at: self.job.started_at,
+        };
+        let json = serde_json::to_vec_pretty(&doc)
+            .map_err(|e| Error::other(format!("serializing {RESULT_FILE}: {e}")))?;
+        self.sandbox
+            .put_file(RESULT_FILE, Bytes::from(json))
+            .await?;
+        let tar = self.sandbox.export_workspace().await?;
+        let summary: ArchiveSummary = tar_stream_to_zip(
+            tar,
+            &self.settings.artifact_path,
+            self.settings.max_export_bytes,
+        )
+        .await?;
+        let artifact = Artifact {
+            path: self.settings.artifact_path.to_string_lossy().into_owned(),
+            size_bytes: summary.zip_bytes,
+            files: summary.files,
+        };
+        self.job.artifact = Some(artifact.clone());
+        Ok(artifact)
+    }
+
+    fn output_sink(&self, index: usize) -> OutputSink {
+        let events = self.events.clone();
+        let carry = Arc::new(Mutex::new(Utf8Carry::default()));
+        Arc::new(move |stream, bytes: Bytes| {
+            let text = match carry.lock() {
+                Ok(mut c) => c.push(stream, &bytes),
+                Err(_) => String::from_utf8_lossy(&bytes).into_owned(),
+            };
+            if !text.is_empty() {
+                events.emit(EventKind::Output {
+                    index,
+                    stream,
+                    text,
+                });
+            }
+        })
+    }
+}
+
+/// Keeps an incomplete UTF-8 sequence at the end of a chunk for the next chunk of the same stream.
+#[derive(Default)]
+struct Utf8Carry {
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+}
+
+impl Utf8Carry {
+    fn push(&mut self, stream: OutputStream, bytes: &[u8]) -> String {
+        let buf = match stream {
+            OutputStream::Stdout => &mut self.stdout,
+            OutputStream::Stderr => &mut self.stderr,
+        };
+        buf.extend_from_slice(bytes);
+        let valid_up_to = match std::str::from_utf8(buf) {
+            Ok(_) => buf.len(),
+            Err(e) if e.error_len().is_none() => e.valid_up_to(),
+            Err(_) => buf.len(),
+        };
+        let rest = buf.split_off(valid_up_to);
+        let text = String::from_utf8_lossy(buf).into_owned();
+        *buf = rest;
+        text
+    }
+}
+
+#[derive(Serialize)]
+struct ResultDocument<'a> {
+    job_id: String,
+    prompt: &'a str,
+    status: JobStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+    plan: Option<&'a Plan>,
+    steps: &'a [StepRecord],
+    provider: Option<&'a str>,
+    usage: TokenUsage,
+    created_at: chrono::DateTime<chrono::Utc>,
+    started_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// The answer of a planning or repair call.
+#[derive(Debug)]
+pub(crate) struct Planned {
+    pub(crate) plan: Plan,
+    pub(crate) provider: String,
+    pub(crate) usage: TokenUsage,
+}
+
+/// Asks the LLM for a plan, streaming its text into the job's events; a reply that does not parse
+/// gets one more try that tells the model the parse error.
+pub(crate) async fn ask_for_plan(
+    llm: &dyn LlmProvider,
+    events: &EventSink,
+    user_message: String,
+) -> Result<Planned> {
+    let mut request = ChatRequest {
+        system: SYSTEM_PROMPT.to_string(),
+        messages: vec![Message::user(user_message)],
+        json_mode: true,
+        temperature: Some(0.2),
+        max_tokens: None,
+    };
+    let mut usage = TokenUsage::default();
+    let mut last_error = None;
+    for attempt in 0..2 {
+        let response = chat_streaming(llm, &request, events).await?;
+        usage.add(response.usage);
+        match parse_plan(&response.text) {
+            Ok(plan) => {
+                return Ok(Planned {
+                    plan,
+                    provider: response.provider,
+                    usage,
+                })
+            }
+            Err(e) if attempt == 0 => {
+                events.emit(EventKind::Log {
+                    message: format!("the plan could not be parsed ({e}); asking again"),
+                });
+                request.messages.push(Message::assistant(response.text));
+                request
+                    .messages
+                    .push(Message::user(plan::reparse_prompt(&e)));
+                last_error = Some(e);
+            }
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(Error::InvalidPlan(
+        last_error.map(|e| e.to_string()).unwrap_or_default(),
+    ))
+}
+
+async fn chat_streaming(
+    llm: &dyn LlmProvider,
+    request: &ChatRequest,
+    events: &EventSink,
+) -> Result<crate::llm::ChatResponse, LlmError> {
+    let stream = llm.chat_stream(request).await?;
+    collect_stream(stream, |delta| {
+        if !delta.is_empty() {
+            events.emit(EventKind::Planning {
+                text: delta.to_string(),
+            });
+        }
+    })
+    .await
+}
+
+/// Runs one step in the sandbox: records it, streams its output, saves the result.
+pub(crate) async fn run_step(
+    state: &mut AgentState,
+    step: Step,
+    attempt: u32,
+) -> Result<StepResult> {
+    let index = state.job.steps.len();
+    state.job.steps.push(StepRecord {
+        index,
+        step: step.clone(),
+        status: StepStatus::Running,
+        result: None,
+        attempt,
+    });
+    state.events.emit(EventKind::StepStarted {
+        index,
+        step: step.clone(),
+    });
+    state.save().await?;
+    let request = StepRequest {
+        index,
+        timeout: step.timeout.unwrap_or(state.job.spec.step_timeout),
+        step,
+        max_output_bytes: state.settings.max_output_bytes,
+        tail_bytes: state.settings.tail_bytes,
+        env: state
+            .job
+            .spec
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        cancel: state.cancel.child_token(),
+    };
+    let sink = state.output_sink(index);
+    let result = state.sandbox.run_step(request, sink).await;
+    let record = &mut state.job.steps[index];
+    match &result {
+        Ok(r) => {
+            record.status = if r.success() {
+                StepStatus::Succeeded
+            } else {
+                StepStatus::Failed
+            };
+            record.result = Some(r.clone());
+            state.events.emit(EventKind::StepFinished {
+                index,
+                result: r.clone(),
+            });
+        }
+        Err(e) => {
+            record.status = StepStatus::Failed;
+            state.events.emit(EventKind::Log {
+                message: format!("step {index} could not run: {e}"),
+            });
+        }
+    }
+    state.save().await?;
+    Ok(result?)
+}

@@ -1,0 +1,299 @@
+//! The agent flow's nodes.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use super::{ask_for_plan, plan, run_step, AgentState, Planned};
+use crate::error::{Error, Result};
+use crate::events::EventSink;
+use crate::flow::{Action, Ctx, Flow, Node};
+use crate::job::{EventKind, Plan, Step, StepStatus, Termination};
+use crate::llm::LlmProvider;
+
+const EXECUTE: &str = "execute";
+const NEXT: &str = "next";
+const REPAIR: &str = "repair";
+const DONE: &str = "done";
+
+/// Builds the agent flow: plan → execute (one step per run, looping) → repair → compile.
+pub fn agent_flow() -> Result<Flow<AgentState>> {
+    let mut flow = Flow::new().with_name("agent");
+    let plan = flow.add(PlanNode);
+    let execute = flow.add(ExecuteNode);
+    let repair = flow.add(RepairNode);
+    let compile = flow.add(CompileNode);
+    flow.connect(plan, EXECUTE, execute)?;
+    flow.connect(execute, NEXT, execute)?;
+    flow.connect(execute, REPAIR, repair)?;
+    flow.connect(execute, DONE, compile)?;
+    flow.connect(repair, EXECUTE, execute)?;
+    flow.connect(repair, DONE, compile)?;
+    flow.set_start(plan)?;
+    Ok(flow)
+}
+
+/// Turns the prompt into a plan (or takes the job's explicit steps).
+struct PlanNode;
+
+enum PlanPrep {
+    Explicit(Vec<Step>),
+    Ask {
+        llm: Arc<dyn LlmProvider>,
+        events: EventSink,
+        message: String,
+    },
+}
+
+#[async_trait]
+impl Node<AgentState> for PlanNode {
+    type Prep = PlanPrep;
+    type Exec = Planned;
+
+    async fn prep(&self, state: &mut AgentState) -> Result<PlanPrep> {
+        if let Some(steps) = &state.job.spec.steps {
+            return Ok(PlanPrep::Explicit(steps.clone()));
+        }
+        let llm = state.llm.clone().ok_or(Error::NoLlm)?;
+        Ok(PlanPrep::Ask {
+            llm,
+            events: state.events.clone(),
+            message: plan::planning_prompt(&state.job.spec.prompt),
+        })
+    }
+
+    async fn exec(&self, prep: &PlanPrep, _ctx: &Ctx) -> Result<Planned> {
+        match prep {
+            PlanPrep::Explicit(steps) => Ok(Planned {
+                plan: Plan {
+                    steps: steps.clone(),
+                    summary: String::new(),
+                },
+                provider: String::new(),
+                usage: Default::default(),
+            }),
+            PlanPrep::Ask {
+                llm,
+                events,
+                message,
+            } => ask_for_plan(&**llm, events, message.clone()).await,
+        }
+    }
+
+    async fn post(&self, state: &mut AgentState, _: PlanPrep, planned: Planned) -> Result<Action> {
+        accept_plan(state, planned, 0).await?;
+        Ok(EXECUTE.into())
+    }
+
+    fn name(&self) -> &str {
+        "plan"
+    }
+}
+
+async fn accept_plan(state: &mut AgentState, planned: Planned, attempt: u32) -> Result<()> {
+    let Planned {
+        plan,
+        provider,
+        usage,
+    } = planned;
+    let provider = (!provider.is_empty()).then_some(provider);
+    state.events.emit(EventKind::Plan {
+        steps: plan.steps.clone(),
+        summary: plan.summary.clone(),
+        provider: provider.clone(),
+        attempt,
+    });
+    state.pending = plan.steps.iter().cloned().map(|s| (s, attempt)).collect();
+    state.job.usage.add(usage);
+    if provider.is_some() {
+        state.job.provider = provider;
+    }
+    match (&mut state.job.plan, attempt) {
+        (Some(existing), a) if a > 0 => {
+            existing.steps.extend(plan.steps);
+            if !plan.summary.is_empty() {
+                existing.summary = plan.summary;
+            }
+        }
+        (slot, _) => *slot = Some(plan),
+    }
+    state.save().await
+}
+
+/// Runs the next pending step.
+struct ExecuteNode;
+
+#[async_trait]
+impl Node<AgentState> for ExecuteNode {
+    type Prep = ();
+    type Exec = ();
+
+    async fn prep(&self, _: &mut AgentState) -> Result<()> {
+        Ok(())
+    }
+
+    async fn exec(&self, _: &(), _: &Ctx) -> Result<()> {
+        Ok(())
+    }
+
+    fn name(&self) -> &str {
+        "execute"
+    }
+
+    /// Runs the step without racing it against cancellation: the step's own cancellation token
+    /// kills it in the sandbox, and its result (with `Cancelled`) is recorded before the flow
+    /// stops.
+    async fn run(&self, state: &mut AgentState, ctx: &Ctx) -> Result<Action> {
+        ctx.check()?;
+        let Some((step, attempt)) = state.pending.pop_front() else {
+            return Ok(DONE.into());
+        };
+        let result = run_step(state, step, attempt).await?;
+        if result.termination == Termination::Cancelled || ctx.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+        if result.success() {
+            return Ok(if state.pending.is_empty() { DONE } else { NEXT }.into());
+        }
+        let index = state.job.steps.len() - 1;
+        let can_repair = state.job.spec.needs_llm()
+            && state.llm.is_some()
+            && state.repairs_used < state.job.spec.max_repairs;
+        if can_repair {
+            return Ok(REPAIR.into());
+        }
+        let why = match result.termination {
+            Termination::Exited => format!("step {index} exited with code {}", result.exit_code),
+            Termination::TimedOut => format!("step {index} timed out"),
+            Termination::OutOfMemory => format!("step {index} ran out of memory"),
+            Termination::OutputLimit => format!("step {index} exceeded the output limit"),
+            Termination::Cancelled => format!("step {index} was cancelled"),
+        };
+        let why = if state.repairs_used > 0 {
+            format!("{why} (after {} repair attempts)", state.repairs_used)
+        } else {
+            why
+        };
+        for (step, attempt) in state.pending.drain(..) {
+            let index = state.job.steps.len();
+            state.job.steps.push(crate::job::StepRecord {
+                index,
+                step,
+                status: StepStatus::Skipped,
+                result: None,
+                attempt,
+            });
+        }
+        state.fail(why);
+        Ok(DONE.into())
+    }
+}
+
+/// Sends the failed step back to the LLM and replaces the rest of the plan with its answer.
+struct RepairNode;
+
+struct RepairPrep {
+    llm: Arc<dyn LlmProvider>,
+    events: EventSink,
+    message: String,
+}
+
+#[async_trait]
+impl Node<AgentState> for RepairNode {
+    type Prep = RepairPrep;
+    type Exec = std::result::Result<Planned, String>;
+
+    async fn prep(&self, state: &mut AgentState) -> Result<RepairPrep> {
+        let llm = state.llm.clone().ok_or(Error::NoLlm)?;
+        let failed = state
+            .job
+            .steps
+            .last()
+            .and_then(|r| r.result.as_ref().map(|res| (r.step.clone(), res.clone())))
+            .ok_or_else(|| Error::other("repair requested without a failed step"))?;
+        let completed: Vec<Step> = state
+            .job
+            .steps
+            .iter()
+            .filter(|r| r.status == StepStatus::Succeeded)
+            .map(|r| r.step.clone())
+            .collect();
+        let remaining: Vec<Step> = state.pending.drain(..).map(|(s, _)| s).collect();
+        let message = plan::repair_prompt(
+            &state.job.spec.prompt,
+            &failed.0,
+            &failed.1,
+            &completed,
+            &remaining,
+        );
+        state.repairs_used += 1;
+        state.events.emit(EventKind::Log {
+            message: format!(
+                "step {} failed; asking for a repair ({} of {})",
+                state.job.steps.len() - 1,
+                state.repairs_used,
+                state.job.spec.max_repairs
+            ),
+        });
+        Ok(RepairPrep {
+            llm,
+            events: state.events.clone(),
+            message,
+        })
+    }
+
+    async fn exec(&self, prep: &RepairPrep, _: &Ctx) -> Result<Self::Exec> {
+        Ok(ask_for_plan(&*prep.llm, &prep.events, prep.message.clone()).await)
+            .map(|r| r.map_err(|e| e.to_string()))
+    }
+
+    async fn post(
+        &self,
+        state: &mut AgentState,
+        _: RepairPrep,
+        planned: Self::Exec,
+    ) -> Result<Action> {
+        match planned {
+            Ok(planned) => {
+                let attempt = state.repairs_used;
+                accept_plan(state, planned, attempt).await?;
+                Ok(EXECUTE.into())
+            }
+            Err(why) => {
+                state.fail(format!("the repair failed: {why}"));
+                Ok(DONE.into())
+            }
+        }
+    }
+
+    fn name(&self) -> &str {
+        "repair"
+    }
+}
+
+/// Writes `result.json` and the ZIP.
+struct CompileNode;
+
+#[async_trait]
+impl Node<AgentState> for CompileNode {
+    type Prep = ();
+    type Exec = ();
+
+    async fn prep(&self, _: &mut AgentState) -> Result<()> {
+        Ok(())
+    }
+
+    async fn exec(&self, _: &(), _: &Ctx) -> Result<()> {
+        Ok(())
+    }
+
+    fn name(&self) -> &str {
+        "compile"
+    }
+
+    async fn run(&self, state: &mut AgentState, _: &Ctx) -> Result<Action> {
+        let status = state.outcome();
+        state.compile(status).await?;
+        Ok(Action::DEFAULT)
+    }
+}

@@ -1,0 +1,239 @@
+//! Job event logs: numbering, batched persistence, live fan-out and replay-then-follow
+//! subscriptions.
+//!
+//! Every event of a job gets the next sequence number at once ([`EventSink::emit`] never waits).
+//! A writer task per job appends events to the [`JobStore`] in batches and only then broadcasts
+//! them, so a subscriber that first listens and then reads the store misses nothing: anything not
+//! yet stored has not been broadcast yet.
+
+use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use chrono::Utc;
+use futures::stream::{self, BoxStream, StreamExt};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tracing::warn;
+
+use crate::error::Result;
+use crate::job::{EventKind, JobEvent, JobId};
+use crate::store::JobStore;
+
+/// How many events a replay reads from the store per query.
+const REPLAY_PAGE: usize = 500;
+
+/// The most events the writer appends in one batch.
+const WRITE_BATCH: usize = 1024;
+
+enum Command {
+    Event(JobEvent),
+    Flush(oneshot::Sender<()>),
+}
+
+/// Emits a job's events. Cheap to clone.
+#[derive(Clone)]
+pub struct EventSink {
+    job_id: JobId,
+    seq: Arc<AtomicU64>,
+    tx: mpsc::UnboundedSender<Command>,
+}
+
+impl std::fmt::Debug for EventSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventSink")
+            .field("job_id", &self.job_id)
+            .field("seq", &self.seq.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl EventSink {
+    /// Starts a writer task for `job_id` whose next event gets `last_seq + 1`. Events are appended
+    /// to `store` and then sent to `live`.
+    pub fn spawn(
+        job_id: JobId,
+        last_seq: u64,
+        store: Arc<dyn JobStore>,
+        live: broadcast::Sender<JobEvent>,
+    ) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(write_loop(job_id, rx, store, live));
+        Self {
+            job_id,
+            seq: Arc::new(AtomicU64::new(last_seq)),
+            tx,
+        }
+    }
+
+    /// The job these events belong to.
+    pub fn job_id(&self) -> JobId {
+        self.job_id
+    }
+
+    /// Records an event; returns its sequence number. Never blocks.
+    pub fn emit(&self, kind: EventKind) -> u64 {
+        let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
+        let event = JobEvent {
+            job_id: self.job_id,
+            seq,
+            at: Utc::now(),
+            kind,
+        };
+        // The writer only stops when every sink is dropped, so a send cannot fail while `self`
+        // exists; if it somehow does, the event is lost and logged rather than panicking.
+        if self.tx.send(Command::Event(event)).is_err() {
+            warn!(job_id = %self.job_id, seq, "event writer is gone; event dropped");
+        }
+        seq
+    }
+
+    /// Waits until every event emitted so far is stored and broadcast.
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Command::Flush(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+async fn write_loop(
+    job_id: JobId,
+    mut rx: mpsc::UnboundedReceiver<Command>,
+    store: Arc<dyn JobStore>,
+    live: broadcast::Sender<JobEvent>,
+) {
+    let mut batch = Vec::new();
+    let mut flushes = Vec::new();
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        while let Some(cmd) = next.take() {
+            match cmd {
+                Command::Event(e) => batch.push(e),
+                Command::Flush(done) => flushes.push(done),
+            }
+            if batch.len() < WRITE_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !batch.is_empty() {
+            if let Err(e) = append_with_retry(&*store, job_id, &batch).await {
+                warn!(%job_id, error = %e, events = batch.len(), "could not store job events");
+            }
+            for event in batch.drain(..) {
+                // No receivers is fine.
+                let _ = live.send(event);
+            }
+        }
+        for done in flushes.drain(..) {
+            let _ = done.send(());
+        }
+    }
+}
+
+async fn append_with_retry(
+    store: &dyn JobStore,
+    job_id: JobId,
+    batch: &[JobEvent],
+) -> Result<(), crate::store::StoreError> {
+    let mut delay = std::time::Duration::from_millis(5);
+    for _ in 0..5 {
+        match store.append_events(job_id, batch).await {
+            Err(e) if e.is_retryable() => {
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            other => return other,
+        }
+    }
+    store.append_events(job_id, batch).await
+}
+
+/// Replays a job's stored events with `seq > after`, then follows `live` until the final status
+/// event (or until `live` closes). Events are delivered once each, in order.
+pub(crate) fn replay_then_follow(
+    store: Arc<dyn JobStore>,
+    job_id: JobId,
+    after: u64,
+    mut live: broadcast::Receiver<JobEvent>,
+    already_final: bool,
+) -> BoxStream<'static, Result<JobEvent>> {
+    let stream = async_stream(move |tx| async move {
+        let mut last = after;
+        if replay(&*store, job_id, &mut last, &tx).await.is_break() || already_final {
+            return;
+        }
+        loop {
+            match live.recv().await {
+                Ok(event) if event.job_id == job_id && event.seq > last => {
+                    last = event.seq;
+                    let is_final = event.is_final();
+                    if tx.send(Ok(event)).await.is_err() || is_final {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                // Fell behind the live channel: catch up from the store.
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    if replay(&*store, job_id, &mut last, &tx).await.is_break() {
+                        return;
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+    stream.boxed()
+}
+
+/// Sends stored events with `seq > *last`; `Break` when the receiver is gone, the final event was
+/// sent, or the store failed (the error is sent).
+async fn replay(
+    store: &dyn JobStore,
+    job_id: JobId,
+    last: &mut u64,
+    tx: &mpsc::Sender<Result<JobEvent>>,
+) -> ControlFlow<()> {
+    loop {
+        let page = match store.events(job_id, *last, REPLAY_PAGE).await {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = tx.send(Err(e.into())).await;
+                return ControlFlow::Break(());
+            }
+        };
+        let n = page.len();
+        for event in page {
+            *last = event.seq;
+            let is_final = event.is_final();
+            if tx.send(Ok(event)).await.is_err() || is_final {
+                return ControlFlow::Break(());
+            }
+        }
+        if n < REPLAY_PAGE {
+            return ControlFlow::Continue(());
+        }
+    }
+}
+
+/// A tiny channel-backed stream generator (avoids a macro dependency).
+fn async_stream<T, F, Fut>(f: F) -> impl futures::Stream<Item = T> + Send + 'static
+where
+    T: Send + 'static,
+    F: FnOnce(mpsc::Sender<T>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(64);
+    let task = tokio::spawn(f(tx));
+    let guard = AbortOnDrop(task);
+    stream::unfold((rx, guard), |(mut rx, guard)| async move {
+        rx.recv().await.map(|item| (item, (rx, guard)))
+    })
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
