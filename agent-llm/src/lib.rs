@@ -1,3 +1,24 @@
-//! agent-llm
+#![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+
+mod config;
+mod fallback;
+mod gemini;
+mod http;
+mod openai;
+mod retry;
+mod secret;
+
+pub use config::{from_env, LlmConfig, ProviderKind, NOT_CONFIGURED_HELP};
+pub use fallback::{AllProvidersFailed, Fallback};
+pub use gemini::{
+    plan_response_schema, Gemini, GeminiConfig, GEMINI_DEFAULT_BASE_URL, GEMINI_DEFAULT_MODEL,
+};
+pub use http::HttpOptions;
+pub use openai::{
+    OpenAiCompatible, OpenAiConfig, ALCHEMYST_DEFAULT_BASE_URL, ALCHEMYST_DEFAULT_MODEL,
+    OPENAI_DEFAULT_MODEL,
+};
+pub use retry::{Retry, RetryPolicy, Sleeper, TokioSleeper};
+pub use secret::SecretString;

@@ -1,0 +1,144 @@
+//! [`Fallback`]: asks a list of providers in order until one answers.
+
+use std::fmt;
+use std::sync::Arc;
+
+use agent_core::llm::ChatStream;
+use agent_core::{ChatRequest, ChatResponse, LlmError, LlmErrorKind, LlmProvider};
+use async_trait::async_trait;
+
+use crate::retry::open_stream;
+
+/// Asks each provider in turn; moves to the next when one fails with an error that
+/// [another provider may not have](LlmError::should_fall_back) (anything but a prompt that is too
+/// long). The answer's `provider` names the one that answered. When all fail, the error lists each
+/// failure (and carries them as an [`AllProvidersFailed`] source).
+///
+/// Wrap each provider in [`Retry`](crate::Retry) to retry it before moving on. A streamed answer
+/// falls back only until its first chunk arrives.
+#[derive(Clone)]
+pub struct Fallback {
+    providers: Vec<Arc<dyn LlmProvider>>,
+    name: String,
+}
+
+impl fmt::Debug for Fallback {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Fallback")
+            .field("providers", &self.provider_names())
+            .finish()
+    }
+}
+
+impl Fallback {
+    /// A chain of `providers`, asked in this order.
+    pub fn new(providers: Vec<Arc<dyn LlmProvider>>) -> Self {
+        let name = providers
+            .iter()
+            .map(|p| p.name())
+            .collect::<Vec<_>>()
+            .join(",");
+        Self { providers, name }
+    }
+
+    /// The providers' names, in order.
+    pub fn provider_names(&self) -> Vec<String> {
+        self.providers.iter().map(|p| p.name().to_owned()).collect()
+    }
+
+    /// The providers, in order.
+    pub fn providers(&self) -> &[Arc<dyn LlmProvider>] {
+        &self.providers
+    }
+
+    fn none_configured(&self) -> LlmError {
+        LlmError::new(
+            LlmErrorKind::NotConfigured,
+            "fallback",
+            "the fallback chain has no providers",
+        )
+    }
+
+    fn all_failed(&self, errors: Vec<LlmError>) -> LlmError {
+        let Some(last) = errors.last() else {
+            return self.none_configured();
+        };
+        let kind = last.kind;
+        let status = last.status;
+        let retry_after = last.retry_after;
+        let failures = AllProvidersFailed { errors };
+        let mut err = LlmError::new(kind, self.name.as_str(), failures.to_string());
+        err.status = status;
+        err.retry_after = retry_after;
+        err.with_source(failures)
+    }
+
+    fn note_failure(&self, index: usize, err: &LlmError) {
+        let next = self.providers.get(index + 1).map(|p| p.name());
+        tracing::warn!(
+            provider = %err.provider,
+            next = next.unwrap_or("none"),
+            error = %err,
+            "LLM provider failed; falling back"
+        );
+    }
+}
+
+#[async_trait]
+impl LlmProvider for Fallback {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn chat(&self, request: &ChatRequest) -> Result<ChatResponse, LlmError> {
+        let mut errors = Vec::new();
+        for (i, provider) in self.providers.iter().enumerate() {
+            match provider.chat(request).await {
+                Ok(reply) => return Ok(reply),
+                Err(err) if !err.should_fall_back() => return Err(err),
+                Err(err) => {
+                    self.note_failure(i, &err);
+                    errors.push(err);
+                }
+            }
+        }
+        Err(self.all_failed(errors))
+    }
+
+    async fn chat_stream(&self, request: &ChatRequest) -> Result<ChatStream, LlmError> {
+        let mut errors = Vec::new();
+        for (i, provider) in self.providers.iter().enumerate() {
+            match open_stream(provider.as_ref(), request).await {
+                Ok(stream) => return Ok(stream),
+                Err(err) if !err.should_fall_back() => return Err(err),
+                Err(err) => {
+                    self.note_failure(i, &err);
+                    errors.push(err);
+                }
+            }
+        }
+        Err(self.all_failed(errors))
+    }
+}
+
+/// Every failure of a [`Fallback`] chain, in order (the source of its final error).
+#[derive(Debug)]
+pub struct AllProvidersFailed {
+    /// One error per provider asked.
+    pub errors: Vec<LlmError>,
+}
+
+impl fmt::Display for AllProvidersFailed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "all {} providers failed: ", self.errors.len())?;
+        for (i, err) in self.errors.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "[{err}]")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for AllProvidersFailed {}

@@ -1,0 +1,500 @@
+//! Google Gemini's native `generateContent` / `streamGenerateContent?alt=sse` API.
+
+use agent_core::llm::{ChatStream, Role};
+use agent_core::{
+    ChatChunk, ChatRequest, ChatResponse, LlmError, LlmErrorKind, LlmProvider, TokenUsage,
+};
+use async_trait::async_trait;
+use eventsource_stream::Event;
+use futures::stream::{self, BoxStream, StreamExt};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::http::{self, HttpOptions};
+use crate::secret::SecretString;
+
+/// Gemini's default base URL.
+pub const GEMINI_DEFAULT_BASE_URL: &str = "https://generativelanguage.googleapis.com";
+/// Gemini's default model.
+pub const GEMINI_DEFAULT_MODEL: &str = "gemini-2.5-flash";
+
+/// The plan's JSON shape as a Gemini `responseSchema` (an OpenAPI-subset schema):
+/// `{"steps":[{"type":"shell|python|write_file","command","code","path","content","description"}],"summary"}`.
+pub fn plan_response_schema() -> Value {
+    json!({
+        "type": "OBJECT",
+        "properties": {
+            "steps": {
+                "type": "ARRAY",
+                "items": {
+                    "type": "OBJECT",
+                    "properties": {
+                        "type": {
+                            "type": "STRING",
+                            "format": "enum",
+                            "enum": ["shell", "python", "write_file"]
+                        },
+                        "command": {"type": "STRING"},
+                        "code": {"type": "STRING"},
+                        "path": {"type": "STRING"},
+                        "content": {"type": "STRING"},
+                        "description": {"type": "STRING"}
+                    },
+                    "required": ["type"],
+                    "propertyOrdering": ["type", "description", "command", "code", "path", "content"]
+                }
+            },
+            "summary": {"type": "STRING"}
+        },
+        "required": ["steps", "summary"],
+        "propertyOrdering": ["steps", "summary"]
+    })
+}
+
+/// Settings of a [`Gemini`] provider.
+#[derive(Clone, Debug)]
+pub struct GeminiConfig {
+    /// The name recorded in answers and errors (default `"gemini"`).
+    pub name: String,
+    /// The base URL (default [`GEMINI_DEFAULT_BASE_URL`]).
+    pub base_url: String,
+    /// The key, sent as `x-goog-api-key`.
+    pub api_key: SecretString,
+    /// The model (default [`GEMINI_DEFAULT_MODEL`]).
+    pub model: String,
+    /// Timeouts.
+    pub http: HttpOptions,
+    /// The `responseSchema` sent with JSON-mode requests (default: [`plan_response_schema`]);
+    /// `None` sends only `responseMimeType: application/json`.
+    pub response_schema: Option<Value>,
+}
+
+impl GeminiConfig {
+    /// Gemini with the default base URL and model.
+    pub fn new(api_key: impl Into<SecretString>) -> Self {
+        Self {
+            name: "gemini".to_owned(),
+            base_url: GEMINI_DEFAULT_BASE_URL.to_owned(),
+            api_key: api_key.into(),
+            model: GEMINI_DEFAULT_MODEL.to_owned(),
+            http: HttpOptions::default(),
+            response_schema: Some(plan_response_schema()),
+        }
+    }
+
+    /// Sets the base URL.
+    pub fn with_base_url(mut self, base_url: impl Into<String>) -> Self {
+        self.base_url = base_url.into();
+        self
+    }
+
+    /// Sets the model (a leading `models/` is accepted).
+    pub fn with_model(mut self, model: impl Into<String>) -> Self {
+        self.model = model.into();
+        self
+    }
+
+    /// Sets the timeouts.
+    pub fn with_http(mut self, http: HttpOptions) -> Self {
+        self.http = http;
+        self
+    }
+
+    /// Sets (or removes) the JSON-mode response schema.
+    pub fn with_response_schema(mut self, schema: Option<Value>) -> Self {
+        self.response_schema = schema;
+        self
+    }
+
+    /// Builds the provider.
+    pub fn build(self) -> Result<Gemini, LlmError> {
+        Gemini::new(self)
+    }
+}
+
+/// Gemini through its native REST API.
+#[derive(Clone, Debug)]
+pub struct Gemini {
+    config: GeminiConfig,
+    client: reqwest::Client,
+    model: String,
+}
+
+impl Gemini {
+    /// A provider from its settings.
+    pub fn new(config: GeminiConfig) -> Result<Self, LlmError> {
+        let client = config.http.client(&config.name)?;
+        let model = config
+            .model
+            .strip_prefix("models/")
+            .unwrap_or(&config.model)
+            .to_owned();
+        Ok(Self {
+            config,
+            client,
+            model,
+        })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &GeminiConfig {
+        &self.config
+    }
+
+    fn url(&self, stream: bool) -> String {
+        let base = self.config.base_url.trim_end_matches('/');
+        if stream {
+            format!(
+                "{base}/v1beta/models/{}:streamGenerateContent?alt=sse",
+                self.model
+            )
+        } else {
+            format!("{base}/v1beta/models/{}:generateContent", self.model)
+        }
+    }
+
+    fn body(&self, request: &ChatRequest) -> Value {
+        let contents: Vec<Value> = request
+            .messages
+            .iter()
+            .map(|m| {
+                let role = match m.role {
+                    Role::User => "user",
+                    Role::Assistant => "model",
+                };
+                json!({"role": role, "parts": [{"text": m.content}]})
+            })
+            .collect();
+        let mut body = json!({ "contents": contents });
+        if !request.system.is_empty() {
+            body["systemInstruction"] = json!({"parts": [{"text": request.system}]});
+        }
+        let mut config = serde_json::Map::new();
+        if let Some(t) = request.temperature {
+            config.insert("temperature".into(), json!(t));
+        }
+        if let Some(n) = request.max_tokens {
+            config.insert("maxOutputTokens".into(), json!(n));
+        }
+        if request.json_mode {
+            config.insert("responseMimeType".into(), json!("application/json"));
+            if let Some(schema) = &self.config.response_schema {
+                config.insert("responseSchema".into(), schema.clone());
+            }
+        }
+        if !config.is_empty() {
+            body["generationConfig"] = Value::Object(config);
+        }
+        body
+    }
+
+    async fn post(
+        &self,
+        request: &ChatRequest,
+        stream: bool,
+    ) -> Result<reqwest::Response, LlmError> {
+        let name = self.config.name.as_str();
+        let url = self.url(stream);
+        tracing::debug!(provider = name, model = %self.model, url = %url, stream, "LLM request");
+        let req = self
+            .client
+            .post(&url)
+            .header("x-goog-api-key", self.config.api_key.expose())
+            .json(&self.body(request));
+        let timeout = (!stream).then_some(self.config.http.timeout);
+        http::send(name, Some(&self.config.api_key), req, timeout).await
+    }
+
+    fn parse(&self, body: &[u8]) -> Result<ChatResponse, LlmError> {
+        let name = self.config.name.as_str();
+        let reply: GenerateContentResponse = serde_json::from_slice(body).map_err(|e| {
+            http::invalid(
+                name,
+                format!("the answer is not a GenerateContentResponse: {e}"),
+            )
+        })?;
+        if let Some(error) = &reply.error {
+            return Err(http::stream_error(
+                name,
+                &json!({ "error": error }).to_string(),
+            ));
+        }
+        check_prompt_feedback(name, &reply)?;
+        let candidate = reply
+            .candidates
+            .first()
+            .ok_or_else(|| http::invalid(name, "the answer has no candidates"))?;
+        let text = candidate_text(candidate);
+        check_finish_reason(name, candidate.finish_reason.as_deref())?;
+        if text.is_empty() {
+            let reason = candidate.finish_reason.as_deref().unwrap_or("none");
+            return Err(http::invalid(
+                name,
+                format!("the answer has no text (finishReason {reason})"),
+            ));
+        }
+        Ok(ChatResponse {
+            text,
+            provider: name.to_owned(),
+            model: reply
+                .model_version
+                .clone()
+                .filter(|m| !m.is_empty())
+                .unwrap_or_else(|| self.model.clone()),
+            usage: reply
+                .usage_metadata
+                .map(UsageMetadata::into_usage)
+                .unwrap_or_default(),
+        })
+    }
+}
+
+#[async_trait]
+impl LlmProvider for Gemini {
+    fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    async fn chat(&self, request: &ChatRequest) -> Result<ChatResponse, LlmError> {
+        let key = Some(&self.config.api_key);
+        let response = self.post(request, false).await?;
+        let body = http::read_body(&self.config.name, key, response).await?;
+        let reply = self.parse(&body).map_err(|e| http::scrub(e, key))?;
+        tracing::debug!(provider = %reply.provider, model = %reply.model, total_tokens = reply.usage.total_tokens, "LLM answer");
+        Ok(reply)
+    }
+
+    async fn chat_stream(&self, request: &ChatRequest) -> Result<ChatStream, LlmError> {
+        let response = self.post(request, true).await?;
+        let state = StreamState {
+            events: http::sse_events(
+                self.config.name.clone(),
+                Some(self.config.api_key.clone()),
+                response,
+            ),
+            provider: self.config.name.clone(),
+            model: self.model.clone(),
+            usage: TokenUsage::default(),
+            finish_reason: None,
+            saw_text: false,
+            done: false,
+            key: self.config.api_key.clone(),
+        };
+        Ok(stream::unfold(state, |mut st| async move {
+            let item = st.next_chunk().await?;
+            Some((item, st))
+        })
+        .boxed())
+    }
+}
+
+/// The finish reasons that mean the answer was blocked.
+const BLOCKED_FINISH_REASONS: &[&str] = &[
+    "SAFETY",
+    "RECITATION",
+    "BLOCKLIST",
+    "PROHIBITED_CONTENT",
+    "SPII",
+    "IMAGE_SAFETY",
+];
+
+fn check_prompt_feedback(name: &str, reply: &GenerateContentResponse) -> Result<(), LlmError> {
+    let Some(feedback) = &reply.prompt_feedback else {
+        return Ok(());
+    };
+    let Some(reason) = &feedback.block_reason else {
+        return Ok(());
+    };
+    let mut message = format!("the prompt was blocked ({reason})");
+    if let Some(detail) = feedback
+        .block_reason_message
+        .as_deref()
+        .filter(|m| !m.is_empty())
+    {
+        message.push_str(": ");
+        message.push_str(detail);
+    }
+    Err(LlmError::new(LlmErrorKind::Blocked, name, message))
+}
+
+fn check_finish_reason(name: &str, reason: Option<&str>) -> Result<(), LlmError> {
+    match reason {
+        Some(r) if BLOCKED_FINISH_REASONS.contains(&r) => Err(LlmError::new(
+            LlmErrorKind::Blocked,
+            name,
+            format!("the answer was blocked (finishReason {r})"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The text of a candidate, without thought parts.
+fn candidate_text(candidate: &Candidate) -> String {
+    candidate
+        .content
+        .iter()
+        .flat_map(|c| c.parts.iter())
+        .filter(|p| !p.thought.unwrap_or(false))
+        .filter_map(|p| p.text.as_deref())
+        .collect()
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GenerateContentResponse {
+    #[serde(default)]
+    candidates: Vec<Candidate>,
+    #[serde(default)]
+    prompt_feedback: Option<PromptFeedback>,
+    #[serde(default)]
+    usage_metadata: Option<UsageMetadata>,
+    #[serde(default)]
+    model_version: Option<String>,
+    #[serde(default)]
+    error: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Candidate {
+    #[serde(default)]
+    content: Option<Content>,
+    #[serde(default)]
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Content {
+    #[serde(default)]
+    parts: Vec<Part>,
+}
+
+#[derive(Deserialize)]
+struct Part {
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    thought: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PromptFeedback {
+    #[serde(default)]
+    block_reason: Option<String>,
+    #[serde(default)]
+    block_reason_message: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UsageMetadata {
+    prompt_token_count: Option<u64>,
+    candidates_token_count: Option<u64>,
+    thoughts_token_count: Option<u64>,
+    total_token_count: Option<u64>,
+}
+
+impl UsageMetadata {
+    /// Completion tokens count the thinking tokens too (they are billed as output).
+    fn into_usage(self) -> TokenUsage {
+        let completion = match (self.candidates_token_count, self.thoughts_token_count) {
+            (None, None) => None,
+            (c, t) => Some(c.unwrap_or(0) + t.unwrap_or(0)),
+        };
+        http::usage(self.prompt_token_count, completion, self.total_token_count)
+    }
+}
+
+struct StreamState {
+    events: BoxStream<'static, Result<Event, LlmError>>,
+    provider: String,
+    model: String,
+    usage: TokenUsage,
+    finish_reason: Option<String>,
+    saw_text: bool,
+    done: bool,
+    key: SecretString,
+}
+
+impl StreamState {
+    fn fail(&mut self, err: LlmError) -> Option<Result<ChatChunk, LlmError>> {
+        self.done = true;
+        Some(Err(http::scrub(err, Some(&self.key))))
+    }
+
+    async fn next_chunk(&mut self) -> Option<Result<ChatChunk, LlmError>> {
+        loop {
+            if self.done {
+                return None;
+            }
+            let event = match self.events.next().await {
+                Some(Ok(event)) => event,
+                Some(Err(e)) => return self.fail(e),
+                // No `[DONE]` in Gemini's streams: the end of the body is the end of the answer.
+                None => {
+                    self.done = true;
+                    if self.finish_reason.is_none() {
+                        let err = LlmError::new(
+                            LlmErrorKind::Transient,
+                            self.provider.as_str(),
+                            "the stream ended without a finishReason",
+                        );
+                        return self.fail(err);
+                    }
+                    if !self.saw_text {
+                        let reason = self.finish_reason.as_deref().unwrap_or("none");
+                        let err = http::invalid(
+                            &self.provider,
+                            format!("the streamed answer has no text (finishReason {reason})"),
+                        );
+                        return self.fail(err);
+                    }
+                    return Some(Ok(ChatChunk::Done {
+                        provider: self.provider.clone(),
+                        model: self.model.clone(),
+                        usage: self.usage,
+                    }));
+                }
+            };
+            let data = event.data.trim();
+            if data.is_empty() {
+                continue;
+            }
+            let chunk: GenerateContentResponse = match serde_json::from_str(data) {
+                Ok(c) => c,
+                Err(e) => {
+                    let err = http::invalid(&self.provider, format!("malformed stream chunk: {e}"));
+                    return self.fail(err);
+                }
+            };
+            if chunk.error.is_some() {
+                let err = http::stream_error(&self.provider, data);
+                return self.fail(err);
+            }
+            if let Err(e) = check_prompt_feedback(&self.provider, &chunk) {
+                return self.fail(e);
+            }
+            if let Some(model) = chunk.model_version.clone().filter(|m| !m.is_empty()) {
+                self.model = model;
+            }
+            if let Some(usage) = chunk.usage_metadata {
+                self.usage = usage.into_usage();
+            }
+            let mut text = String::new();
+            if let Some(candidate) = chunk.candidates.first() {
+                text = candidate_text(candidate);
+                if let Some(reason) = &candidate.finish_reason {
+                    if let Err(e) = check_finish_reason(&self.provider, Some(reason)) {
+                        return self.fail(e);
+                    }
+                    self.finish_reason = Some(reason.clone());
+                }
+            }
+            if !text.is_empty() {
+                self.saw_text = true;
+                return Some(Ok(ChatChunk::Delta(text)));
+            }
+        }
+    }
+}

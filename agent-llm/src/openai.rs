@@ -1,0 +1,424 @@
+//! The OpenAI chat-completions protocol: Alchemyst and any OpenAI-compatible server (Ollama, vLLM,
+//! llama.cpp server, LM Studio).
+
+use agent_core::llm::{ChatStream, Role};
+use agent_core::{
+    ChatChunk, ChatRequest, ChatResponse, LlmError, LlmErrorKind, LlmProvider, TokenUsage,
+};
+use async_trait::async_trait;
+use eventsource_stream::Event;
+use futures::stream::{self, BoxStream, StreamExt};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::http::{self, HttpOptions};
+use crate::secret::SecretString;
+
+/// Alchemyst's default base URL (its OpenAI-compatible proxy).
+pub const ALCHEMYST_DEFAULT_BASE_URL: &str =
+    "https://platform-backend.getalchemystai.com/api/v1/proxy/default";
+/// Alchemyst's default model.
+pub const ALCHEMYST_DEFAULT_MODEL: &str = "alchemyst-ai/alchemyst-c1";
+/// The model asked of a generic OpenAI-compatible server when `OPENAI_MODEL` is not set.
+pub const OPENAI_DEFAULT_MODEL: &str = "gpt-4o-mini";
+
+/// Settings of an [`OpenAiCompatible`] provider.
+#[derive(Clone, Debug)]
+pub struct OpenAiConfig {
+    /// The name recorded in answers and errors (`"alchemyst"`, `"openai"`, …).
+    pub name: String,
+    /// The base URL; requests go to `{base_url}/chat/completions`.
+    pub base_url: String,
+    /// The key sent as `Authorization: Bearer …`; none for servers without auth.
+    pub api_key: Option<SecretString>,
+    /// The model name sent in each request.
+    pub model: String,
+    /// Timeouts.
+    pub http: HttpOptions,
+    /// Ask for usage in streamed answers (`stream_options.include_usage`). On by default; turn it
+    /// off for a server that rejects the field.
+    pub stream_usage: bool,
+}
+
+impl OpenAiConfig {
+    /// A provider named `name` at `base_url`, asking for `model`, without a key.
+    pub fn new(
+        name: impl Into<String>,
+        base_url: impl Into<String>,
+        model: impl Into<String>,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            base_url: base_url.into(),
+            api_key: None,
+            model: model.into(),
+            http: HttpOptions::default(),
+            stream_usage: true,
+        }
+    }
+
+    /// Alchemyst with its default base URL and model.
+    pub fn alchemyst(api_key: impl Into<SecretString>) -> Self {
+        Self::new(
+            "alchemyst",
+            ALCHEMYST_DEFAULT_BASE_URL,
+            ALCHEMYST_DEFAULT_MODEL,
+        )
+        .with_api_key(api_key)
+    }
+
+    /// A generic OpenAI-compatible server (name `"openai"`) at `base_url`.
+    pub fn openai(base_url: impl Into<String>) -> Self {
+        Self::new("openai", base_url, OPENAI_DEFAULT_MODEL)
+    }
+
+    /// Sets the key.
+    pub fn with_api_key(mut self, api_key: impl Into<SecretString>) -> Self {
+        self.api_key = Some(api_key.into());
+        self
+    }
+
+    /// Sets the model.
+    pub fn with_model(mut self, model: impl Into<String>) -> Self {
+        self.model = model.into();
+        self
+    }
+
+    /// Sets the base URL.
+    pub fn with_base_url(mut self, base_url: impl Into<String>) -> Self {
+        self.base_url = base_url.into();
+        self
+    }
+
+    /// Sets the timeouts.
+    pub fn with_http(mut self, http: HttpOptions) -> Self {
+        self.http = http;
+        self
+    }
+
+    /// Turns `stream_options.include_usage` on or off.
+    pub fn with_stream_usage(mut self, on: bool) -> Self {
+        self.stream_usage = on;
+        self
+    }
+
+    /// Builds the provider.
+    pub fn build(self) -> Result<OpenAiCompatible, LlmError> {
+        OpenAiCompatible::new(self)
+    }
+}
+
+/// A provider speaking OpenAI's `POST {base}/chat/completions`, plain and streamed (SSE ending in
+/// `data: [DONE]`).
+#[derive(Clone, Debug)]
+pub struct OpenAiCompatible {
+    config: OpenAiConfig,
+    client: reqwest::Client,
+    url: String,
+}
+
+impl OpenAiCompatible {
+    /// A provider from its settings.
+    pub fn new(config: OpenAiConfig) -> Result<Self, LlmError> {
+        let client = config.http.client(&config.name)?;
+        let url = format!("{}/chat/completions", config.base_url.trim_end_matches('/'));
+        Ok(Self {
+            config,
+            client,
+            url,
+        })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &OpenAiConfig {
+        &self.config
+    }
+
+    fn body(&self, request: &ChatRequest, stream: bool) -> Value {
+        let mut messages = Vec::with_capacity(request.messages.len() + 1);
+        if !request.system.is_empty() {
+            messages.push(json!({"role": "system", "content": request.system}));
+        }
+        for m in &request.messages {
+            let role = match m.role {
+                Role::User => "user",
+                Role::Assistant => "assistant",
+            };
+            messages.push(json!({"role": role, "content": m.content}));
+        }
+        let mut body = json!({
+            "model": self.config.model,
+            "messages": messages,
+            "stream": stream,
+        });
+        if let Some(t) = request.temperature {
+            body["temperature"] = json!(t);
+        }
+        if let Some(n) = request.max_tokens {
+            body["max_tokens"] = json!(n);
+        }
+        if request.json_mode {
+            body["response_format"] = json!({"type": "json_object"});
+        }
+        if stream && self.config.stream_usage {
+            body["stream_options"] = json!({"include_usage": true});
+        }
+        body
+    }
+
+    async fn post(&self, body: &Value, stream: bool) -> Result<reqwest::Response, LlmError> {
+        let name = self.config.name.as_str();
+        tracing::debug!(provider = name, model = %self.config.model, url = %self.url, stream, "LLM request");
+        let mut req = self.client.post(&self.url).json(body);
+        if let Some(key) = &self.config.api_key {
+            req = req.bearer_auth(key.expose());
+        }
+        let timeout = (!stream).then_some(self.config.http.timeout);
+        http::send(name, self.config.api_key.as_ref(), req, timeout).await
+    }
+
+    fn parse(&self, body: &[u8]) -> Result<ChatResponse, LlmError> {
+        let name = &self.config.name;
+        let reply: Completion = serde_json::from_slice(body).map_err(|e| {
+            http::invalid(name, format!("the answer is not a chat completion: {e}"))
+        })?;
+        if let Some(error) = reply.error {
+            return Err(http::stream_error(
+                name,
+                &json!({ "error": error }).to_string(),
+            ));
+        }
+        let choice = reply
+            .choices
+            .into_iter()
+            .next()
+            .ok_or_else(|| http::invalid(name, "the answer has no choices"))?;
+        let message = choice.message.unwrap_or_default();
+        let text = content_text(message.content.as_ref());
+        if choice.finish_reason.as_deref() == Some("content_filter") {
+            return Err(LlmError::new(
+                LlmErrorKind::Blocked,
+                name.as_str(),
+                "the answer was filtered (finish_reason content_filter)",
+            ));
+        }
+        if text.is_empty() {
+            if let Some(refusal) = message.refusal.filter(|r| !r.is_empty()) {
+                return Err(LlmError::new(
+                    LlmErrorKind::Blocked,
+                    name.as_str(),
+                    format!("the model refused: {refusal}"),
+                ));
+            }
+            return Err(http::invalid(name, "the answer has no content"));
+        }
+        Ok(ChatResponse {
+            text,
+            provider: name.clone(),
+            model: reply
+                .model
+                .filter(|m| !m.is_empty())
+                .unwrap_or_else(|| self.config.model.clone()),
+            usage: reply.usage.map(Usage::into_usage).unwrap_or_default(),
+        })
+    }
+}
+
+#[async_trait]
+impl LlmProvider for OpenAiCompatible {
+    fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    async fn chat(&self, request: &ChatRequest) -> Result<ChatResponse, LlmError> {
+        let key = self.config.api_key.as_ref();
+        let response = self.post(&self.body(request, false), false).await?;
+        let body = http::read_body(&self.config.name, key, response).await?;
+        let reply = self.parse(&body).map_err(|e| http::scrub(e, key))?;
+        tracing::debug!(provider = %reply.provider, model = %reply.model, total_tokens = reply.usage.total_tokens, "LLM answer");
+        Ok(reply)
+    }
+
+    async fn chat_stream(&self, request: &ChatRequest) -> Result<ChatStream, LlmError> {
+        let response = self.post(&self.body(request, true), true).await?;
+        let state = StreamState {
+            events: http::sse_events(
+                self.config.name.clone(),
+                self.config.api_key.clone(),
+                response,
+            ),
+            provider: self.config.name.clone(),
+            model: self.config.model.clone(),
+            usage: TokenUsage::default(),
+            finish_reason: None,
+            saw_text: false,
+            done: false,
+            key: self.config.api_key.clone(),
+        };
+        Ok(stream::unfold(state, |mut st| async move {
+            let item = st.next_chunk().await?;
+            Some((item, st))
+        })
+        .boxed())
+    }
+}
+
+/// `content` as a string, or the concatenated `text` of an array of parts.
+fn content_text(content: Option<&Value>) -> String {
+    match content {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect(),
+        _ => String::new(),
+    }
+}
+
+#[derive(Deserialize)]
+struct Completion {
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    choices: Vec<Choice>,
+    #[serde(default)]
+    usage: Option<Usage>,
+    #[serde(default)]
+    error: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct Choice {
+    #[serde(default)]
+    message: Option<ChoiceMessage>,
+    #[serde(default)]
+    delta: Option<ChoiceMessage>,
+    #[serde(default)]
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct ChoiceMessage {
+    #[serde(default)]
+    content: Option<Value>,
+    #[serde(default)]
+    refusal: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Usage {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    total_tokens: Option<u64>,
+}
+
+impl Usage {
+    fn into_usage(self) -> TokenUsage {
+        http::usage(
+            self.prompt_tokens,
+            self.completion_tokens,
+            self.total_tokens,
+        )
+    }
+}
+
+struct StreamState {
+    events: BoxStream<'static, Result<Event, LlmError>>,
+    provider: String,
+    model: String,
+    usage: TokenUsage,
+    finish_reason: Option<String>,
+    saw_text: bool,
+    done: bool,
+    key: Option<SecretString>,
+}
+
+impl StreamState {
+    fn finish(&mut self) -> Result<ChatChunk, LlmError> {
+        self.done = true;
+        if !self.saw_text {
+            return Err(http::invalid(
+                &self.provider,
+                "the streamed answer has no content",
+            ));
+        }
+        Ok(ChatChunk::Done {
+            provider: self.provider.clone(),
+            model: self.model.clone(),
+            usage: self.usage,
+        })
+    }
+
+    fn fail(&mut self, err: LlmError) -> Option<Result<ChatChunk, LlmError>> {
+        self.done = true;
+        Some(Err(http::scrub(err, self.key.as_ref())))
+    }
+
+    async fn next_chunk(&mut self) -> Option<Result<ChatChunk, LlmError>> {
+        loop {
+            if self.done {
+                return None;
+            }
+            let event = match self.events.next().await {
+                Some(Ok(event)) => event,
+                Some(Err(e)) => return self.fail(e),
+                // Some servers close without `[DONE]` after the finishing chunk; accept that, but a
+                // stream cut before any finish_reason is a broken connection.
+                None if self.finish_reason.is_some() => return Some(self.finish()),
+                None => {
+                    let err = LlmError::new(
+                        LlmErrorKind::Transient,
+                        self.provider.as_str(),
+                        "the stream ended before [DONE]",
+                    );
+                    return self.fail(err);
+                }
+            };
+            let data = event.data.trim();
+            if data.is_empty() {
+                continue;
+            }
+            if data == "[DONE]" {
+                return Some(self.finish());
+            }
+            let chunk: Completion = match serde_json::from_str(data) {
+                Ok(c) => c,
+                Err(e) => {
+                    let err = http::invalid(&self.provider, format!("malformed stream chunk: {e}"));
+                    return self.fail(err);
+                }
+            };
+            if chunk.error.is_some() {
+                let err = http::stream_error(&self.provider, data);
+                return self.fail(err);
+            }
+            if let Some(model) = chunk.model.filter(|m| !m.is_empty()) {
+                self.model = model;
+            }
+            if let Some(usage) = chunk.usage {
+                self.usage = usage.into_usage();
+            }
+            let mut text = String::new();
+            if let Some(choice) = chunk.choices.into_iter().next() {
+                if let Some(delta) = choice.delta {
+                    text = content_text(delta.content.as_ref());
+                }
+                if let Some(reason) = choice.finish_reason {
+                    if reason == "content_filter" {
+                        let err = LlmError::new(
+                            LlmErrorKind::Blocked,
+                            self.provider.as_str(),
+                            "the answer was filtered (finish_reason content_filter)",
+                        );
+                        return self.fail(err);
+                    }
+                    self.finish_reason = Some(reason);
+                }
+            }
+            if !text.is_empty() {
+                self.saw_text = true;
+                return Some(Ok(ChatChunk::Delta(text)));
+            }
+        }
+    }
+}
