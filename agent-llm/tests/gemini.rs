@@ -1,0 +1,418 @@
+//! Gemini's native generateContent / streamGenerateContent?alt=sse wire format against a real HTTP
+//! server on 127.0.0.1.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent_core::llm::collect_stream;
+use agent_core::{ChatRequest, LlmErrorKind, LlmProvider, Message};
+use agent_llm::{plan_response_schema, Gemini, GeminiConfig, HttpOptions, Retry};
+use common::*;
+use serde_json::{json, Value};
+use wiremock::matchers::{body_partial_json, header, method, path, query_param};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+const KEY: &str = "gem-test-key-abcdef";
+const GENERATE: &str = "/v1beta/models/gemini-2.5-flash:generateContent";
+const STREAM: &str = "/v1beta/models/gemini-2.5-flash:streamGenerateContent";
+
+fn gemini(server: &MockServer) -> Gemini {
+    GeminiConfig::new(KEY).with_base_url(server.uri()).build().unwrap()
+}
+
+#[tokio::test]
+async fn request_shape_and_happy_path_with_usage() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(GENERATE))
+        .and(header("x-goog-api-key", KEY))
+        .and(body_partial_json(json!({
+            "systemInstruction": {"parts": [{"text": "You plan."}]},
+            "contents": [
+                {"role": "user", "parts": [{"text": "hello"}]},
+                {"role": "model", "parts": [{"text": "hi"}]},
+                {"role": "user", "parts": [{"text": "plan it"}]}
+            ],
+            "generationConfig": {"temperature": 0.5, "maxOutputTokens": 512}
+        })))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "candidates": [{
+                "content": {"role": "model", "parts": [
+                    {"text": "Let me think about this...", "thought": true},
+                    {"text": "the "},
+                    {"text": "plan"}
+                ]},
+                "finishReason": "STOP"
+            }],
+            "usageMetadata": {"promptTokenCount": 21, "candidatesTokenCount": 9,
+                              "thoughtsTokenCount": 4, "totalTokenCount": 34},
+            "modelVersion": "gemini-2.5-flash-001"
+        })))
+        .expect(1)
+        .mount(&server)
+        .await;
+
+    let mut request = ChatRequest::new("You plan.", "hello")
+        .with_temperature(0.5)
+        .with_max_tokens(512);
+    request.messages.push(Message::assistant("hi"));
+    request.messages.push(Message::user("plan it"));
+    let provider = gemini(&server);
+    let reply = provider.chat(&request).await.unwrap();
+    assert_eq!(reply.text, "the plan", "thought parts are skipped");
+    assert_eq!(reply.provider, "gemini");
+    assert_eq!(reply.model, "gemini-2.5-flash-001");
+    assert_eq!(reply.usage.prompt_tokens, 21);
+    assert_eq!(reply.usage.completion_tokens, 13);
+    assert_eq!(reply.usage.total_tokens, 34);
+
+    // No key in the URL, no JSON-mode fields without JSON mode.
+    let requests = server.received_requests().await.unwrap();
+    assert!(requests[0].url.query().is_none());
+    let body: Value = serde_json::from_slice(&requests[0].body).unwrap();
+    assert!(body["generationConfig"].get("responseMimeType").is_none());
+    assert!(body["generationConfig"].get("responseSchema").is_none());
+}
+
+#[tokio::test]
+async fn json_mode_sends_mime_type_and_plan_schema() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1beta/models/gemini-2.0-flash:generateContent"))
+        .and(body_partial_json(json!({
+            "generationConfig": {
+                "responseMimeType": "application/json",
+                "responseSchema": plan_response_schema()
+            }
+        })))
+        .respond_with(ResponseTemplate::new(200).set_body_json(gemini_reply(
+            r#"{"steps":[{"type":"shell","command":"ls"}],"summary":"list"}"#,
+        )))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let provider = GeminiConfig::new(KEY)
+        .with_base_url(format!("{}/", server.uri()))
+        .with_model("models/gemini-2.0-flash")
+        .build()
+        .unwrap();
+    let reply = provider
+        .chat(&ChatRequest::new("sys", "plan").with_json_mode(true))
+        .await
+        .unwrap();
+    let plan: agent_core::Plan = serde_json::from_str(&reply.text).unwrap();
+    assert_eq!(plan.steps.len(), 1);
+    assert_eq!(plan.summary, "list");
+
+    // The schema describes the plan agent-core parses.
+    let schema = plan_response_schema();
+    let step = &schema["properties"]["steps"]["items"];
+    assert_eq!(step["properties"]["type"]["enum"], json!(["shell", "python", "write_file"]));
+    for field in ["command", "code", "path", "content", "description"] {
+        assert_eq!(step["properties"][field]["type"], "STRING", "{field}");
+    }
+}
+
+#[tokio::test]
+async fn sse_stream_without_done_is_assembled() {
+    let server = MockServer::start().await;
+    let chunk = |text: &str| {
+        json!({"candidates": [{"content": {"role": "model", "parts": [{"text": text}]}}],
+               "modelVersion": "gemini-2.5-flash"})
+        .to_string()
+    };
+    let events = vec![
+        json!({"candidates": [{"content": {"role": "model", "parts": [{"text": "hmm", "thought": true}]}}]}).to_string(),
+        chunk("Hel"),
+        chunk("lo"),
+        json!({"candidates": [{"content": {"role": "model", "parts": [{"text": "!"}]}, "finishReason": "STOP"}],
+               "usageMetadata": {"promptTokenCount": 4, "candidatesTokenCount": 3, "totalTokenCount": 7}})
+        .to_string(),
+    ];
+    Mock::given(method("POST"))
+        .and(path(STREAM))
+        .and(query_param("alt", "sse"))
+        .and(header("x-goog-api-key", KEY))
+        .and(body_partial_json(json!({"systemInstruction": {"parts": [{"text": "sys"}]}})))
+        .respond_with(sse_response(&events))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let stream = gemini(&server).chat_stream(&ChatRequest::new("sys", "hi")).await.unwrap();
+    let mut deltas = Vec::new();
+    let reply = collect_stream(stream, |d| deltas.push(d.to_owned())).await.unwrap();
+    assert_eq!(deltas, ["Hel", "lo", "!"]);
+    assert_eq!(reply.text, "Hello!");
+    assert_eq!(reply.provider, "gemini");
+    assert_eq!(reply.usage.total_tokens, 7);
+    assert_eq!(reply.usage.prompt_tokens, 4);
+}
+
+#[tokio::test]
+async fn blocked_prompt_is_blocked() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(GENERATE))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "promptFeedback": {"blockReason": "SAFETY",
+                               "safetyRatings": [{"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH"}]},
+            "usageMetadata": {"promptTokenCount": 8, "totalTokenCount": 8}
+        })))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let sleeper = RecordingSleeper::default();
+    let provider = Retry::with_policy(gemini(&server), fast_policy(3)).with_sleeper(Arc::new(sleeper.clone()));
+    let err = provider.chat(&ChatRequest::new("s", "bad")).await.unwrap_err();
+    assert_eq!(err.kind, LlmErrorKind::Blocked);
+    assert_eq!(err.provider, "gemini");
+    assert!(err.message.contains("SAFETY"), "{err}");
+    assert!(sleeper.delays().is_empty(), "a blocked prompt is not retried");
+}
+
+#[tokio::test]
+async fn blocked_answer_and_empty_candidates() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(GENERATE))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "candidates": [{"finishReason": "SAFETY", "index": 0}]
+        })))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(GENERATE))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "candidates": [],
+            "usageMetadata": {"promptTokenCount": 3, "totalTokenCount": 3}
+        })))
+        .mount(&server)
+        .await;
+    let provider = gemini(&server);
+    let err = provider.chat(&ChatRequest::new("s", "u")).await.unwrap_err();
+    assert_eq!(err.kind, LlmErrorKind::Blocked);
+    assert!(err.message.contains("finishReason SAFETY"), "{err}");
+    let err = provider.chat(&ChatRequest::new("s", "u")).await.unwrap_err();
+    assert_eq!(err.kind, LlmErrorKind::InvalidResponse);
+    assert!(err.message.contains("no candidates"), "{err}");
+}
+
+#[tokio::test]
+async fn blocked_prompt_in_a_stream() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(STREAM))
+        .respond_with(sse_response(&[json!({"promptFeedback": {"blockReason": "PROHIBITED_CONTENT"}}).to_string()]))
+        .mount(&server)
+        .await;
+    let err = gemini(&server)
+        .chat_stream(&ChatRequest::new("s", "u"))
+        .await
+        .map(|s| collect_stream(s, |_| {}));
+    let err = match err {
+        Ok(fut) => fut.await.unwrap_err(),
+        Err(e) => e,
+    };
+    assert_eq!(err.kind, LlmErrorKind::Blocked);
+    assert!(err.message.contains("PROHIBITED_CONTENT"));
+}
+
+#[tokio::test]
+async fn rate_limit_with_retry_info_is_retried_after_the_asked_delay() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(GENERATE))
+        .respond_with(ResponseTemplate::new(429).set_body_json(gemini_error(
+            429,
+            "RESOURCE_EXHAUSTED",
+            "Resource has been exhausted (e.g. check quota).",
+            json!([
+                {"@type": "type.googleapis.com/google.rpc.QuotaFailure",
+                 "violations": [{"quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests",
+                                 "quotaId": "GenerateRequestsPerMinutePerProjectPerModel-FreeTier"}]},
+                {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "1s"}
+            ]),
+        )))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(GENERATE))
+        .respond_with(ResponseTemplate::new(200).set_body_json(gemini_reply("after the wait")))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let sleeper = RecordingSleeper::default();
+    // Backoff base 1 ms: a 1 s delay can only come from RetryInfo.
+    let provider = Retry::with_policy(gemini(&server), fast_policy(3)).with_sleeper(Arc::new(sleeper.clone()));
+    let reply = provider.chat(&ChatRequest::new("s", "u")).await.unwrap();
+    assert_eq!(reply.text, "after the wait");
+    assert_eq!(sleeper.delays(), [Duration::from_secs(1)]);
+}
+
+#[tokio::test]
+async fn retry_info_is_capped_by_the_max_delay() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(GENERATE))
+        .respond_with(ResponseTemplate::new(429).set_body_json(gemini_error(
+            429,
+            "RESOURCE_EXHAUSTED",
+            "slow down",
+            json!([{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "37s"}]),
+        )))
+        .expect(2)
+        .mount(&server)
+        .await;
+    let sleeper = RecordingSleeper::default();
+    let policy = fast_policy(2).with_max_delay(Duration::from_secs(5));
+    let provider = Retry::with_policy(gemini(&server), policy).with_sleeper(Arc::new(sleeper.clone()));
+    let err = provider.chat(&ChatRequest::new("s", "u")).await.unwrap_err();
+    assert_eq!(err.kind, LlmErrorKind::RateLimited);
+    assert_eq!(err.status, Some(429));
+    assert_eq!(err.retry_after, Some(Duration::from_secs(37)));
+    assert_eq!(err.message, "slow down");
+    assert_eq!(sleeper.delays(), [Duration::from_secs(5)]);
+}
+
+#[tokio::test]
+async fn per_day_quota_is_not_retried() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(GENERATE))
+        .respond_with(ResponseTemplate::new(429).set_body_json(gemini_error(
+            429,
+            "RESOURCE_EXHAUSTED",
+            "You exceeded your current quota, please check your plan and billing details.",
+            json!([
+                {"@type": "type.googleapis.com/google.rpc.QuotaFailure",
+                 "violations": [{"quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests",
+                                 "quotaId": "GenerateRequestsPerDayPerProjectPerModel-FreeTier"}]},
+                {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "2s"}
+            ]),
+        )))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let sleeper = RecordingSleeper::default();
+    let provider = Retry::with_policy(gemini(&server), fast_policy(4)).with_sleeper(Arc::new(sleeper.clone()));
+    let err = provider.chat(&ChatRequest::new("s", "u")).await.unwrap_err();
+    assert_eq!(err.kind, LlmErrorKind::QuotaExhausted);
+    assert_eq!(err.status, Some(429));
+    assert!(err.message.contains("exceeded your current quota"));
+    assert!(sleeper.delays().is_empty());
+    assert!(err.should_fall_back());
+}
+
+#[tokio::test]
+async fn unavailable_is_retried_with_backoff_then_answered() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(GENERATE))
+        .respond_with(ResponseTemplate::new(503).set_body_json(gemini_error(
+            503,
+            "UNAVAILABLE",
+            "The model is overloaded. Please try again later.",
+            json!([]),
+        )))
+        .up_to_n_times(2)
+        .with_priority(1)
+        .expect(2)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(GENERATE))
+        .respond_with(ResponseTemplate::new(200).set_body_json(gemini_reply("third time lucky")))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let sleeper = RecordingSleeper::default();
+    let provider = Retry::with_policy(gemini(&server), fast_policy(3)).with_sleeper(Arc::new(sleeper.clone()));
+    let reply = provider.chat(&ChatRequest::new("s", "u")).await.unwrap();
+    assert_eq!(reply.text, "third time lucky");
+    // Exponential backoff from a 1 ms base, no jitter.
+    assert_eq!(sleeper.delays(), [Duration::from_millis(1), Duration::from_millis(2)]);
+}
+
+#[tokio::test]
+async fn not_found_model_is_permanent() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1beta/models/no-such-model:generateContent"))
+        .respond_with(ResponseTemplate::new(404).set_body_json(gemini_error(
+            404,
+            "NOT_FOUND",
+            "models/no-such-model is not found for API version v1beta",
+            json!([]),
+        )))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let provider = Retry::with_policy(
+        GeminiConfig::new(KEY)
+            .with_base_url(server.uri())
+            .with_model("no-such-model")
+            .build()
+            .unwrap(),
+        fast_policy(3),
+    );
+    let err = provider.chat(&ChatRequest::new("s", "u")).await.unwrap_err();
+    assert_eq!(err.kind, LlmErrorKind::Permanent);
+    assert_eq!(err.status, Some(404));
+    assert!(err.message.contains("is not found"));
+}
+
+#[tokio::test]
+async fn input_too_long_is_context_too_long() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(GENERATE))
+        .respond_with(ResponseTemplate::new(400).set_body_json(gemini_error(
+            400,
+            "INVALID_ARGUMENT",
+            "The input token count (1200000) exceeds the maximum number of tokens allowed (1048576).",
+            json!([]),
+        )))
+        .mount(&server)
+        .await;
+    let err = gemini(&server).chat(&ChatRequest::new("s", "u")).await.unwrap_err();
+    assert_eq!(err.kind, LlmErrorKind::ContextTooLong);
+}
+
+#[tokio::test]
+async fn malformed_body_and_timeout() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(GENERATE))
+        .respond_with(ResponseTemplate::new(200).set_body_string("{\"candidates\": [ {"))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(GENERATE))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(gemini_reply("late"))
+                .set_delay(Duration::from_secs(3)),
+        )
+        .mount(&server)
+        .await;
+    let provider = GeminiConfig::new(KEY)
+        .with_base_url(server.uri())
+        .with_http(HttpOptions::with_timeout(Duration::from_millis(200)))
+        .build()
+        .unwrap();
+    let err = provider.chat(&ChatRequest::new("s", "u")).await.unwrap_err();
+    assert_eq!(err.kind, LlmErrorKind::InvalidResponse);
+    let err = provider.chat(&ChatRequest::new("s", "u")).await.unwrap_err();
+    assert_eq!(err.kind, LlmErrorKind::Transient);
+    assert!(err.message.contains("timed out"), "{err}");
+}

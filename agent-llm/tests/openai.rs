@@ -1,0 +1,319 @@
+//! The OpenAI chat-completions wire format (Alchemyst and generic OpenAI-compatible servers)
+//! against a real HTTP server on 127.0.0.1.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use agent_core::llm::collect_stream;
+use agent_core::{ChatChunk, ChatRequest, LlmErrorKind, LlmProvider, Message};
+use agent_llm::{HttpOptions, OpenAiCompatible, OpenAiConfig, Retry};
+use common::*;
+use futures::StreamExt;
+use serde_json::{json, Value};
+use wiremock::matchers::{body_partial_json, header, method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+const KEY: &str = "alc-test-key-123456";
+const CHAT_PATH: &str = "/api/v1/proxy/default/chat/completions";
+
+fn alchemyst(server: &MockServer) -> OpenAiCompatible {
+    OpenAiConfig::alchemyst(KEY)
+        .with_base_url(format!("{}/api/v1/proxy/default", server.uri()))
+        .build()
+        .unwrap()
+}
+
+async fn last_body(server: &MockServer) -> Value {
+    let requests = server.received_requests().await.unwrap();
+    serde_json::from_slice(&requests.last().unwrap().body).unwrap()
+}
+
+#[tokio::test]
+async fn alchemyst_request_and_happy_path_with_usage() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(CHAT_PATH))
+        .and(header("authorization", format!("Bearer {KEY}").as_str()))
+        .and(header("content-type", "application/json"))
+        .and(body_partial_json(json!({
+            "model": "alchemyst-ai/alchemyst-c1",
+            "stream": false,
+            "messages": [
+                {"role": "system", "content": "You plan."},
+                {"role": "user", "content": "hello"},
+                {"role": "assistant", "content": "hi"},
+                {"role": "user", "content": "plan it"}
+            ],
+            "temperature": 0.25,
+            "max_tokens": 256
+        })))
+        .respond_with(ResponseTemplate::new(200).set_body_json(openai_completion(
+            "the plan",
+            "alchemyst-ai/alchemyst-c1",
+        )))
+        .expect(1)
+        .mount(&server)
+        .await;
+
+    let provider = alchemyst(&server);
+    assert_eq!(provider.name(), "alchemyst");
+    let mut request = ChatRequest::new("You plan.", "hello")
+        .with_temperature(0.25)
+        .with_max_tokens(256);
+    request.messages.push(Message::assistant("hi"));
+    request.messages.push(Message::user("plan it"));
+    let reply = provider.chat(&request).await.unwrap();
+
+    assert_eq!(reply.text, "the plan");
+    assert_eq!(reply.provider, "alchemyst");
+    assert_eq!(reply.model, "alchemyst-ai/alchemyst-c1");
+    assert_eq!(reply.usage.prompt_tokens, 11);
+    assert_eq!(reply.usage.completion_tokens, 7);
+    assert_eq!(reply.usage.total_tokens, 18);
+
+    // Without JSON mode there is no response_format; the system prompt is the first message only.
+    let body = last_body(&server).await;
+    assert!(body.get("response_format").is_none());
+    assert!(body.get("stream_options").is_none());
+    assert_eq!(body["messages"].as_array().unwrap().len(), 4);
+}
+
+#[tokio::test]
+async fn json_mode_sends_response_format() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(CHAT_PATH))
+        .and(body_partial_json(json!({"response_format": {"type": "json_object"}})))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(openai_completion(r#"{"steps":[],"summary":"ok"}"#, "m")),
+        )
+        .expect(1)
+        .mount(&server)
+        .await;
+    let reply = alchemyst(&server)
+        .chat(&ChatRequest::new("sys", "plan").with_json_mode(true))
+        .await
+        .unwrap();
+    let plan: Value = serde_json::from_str(&reply.text).unwrap();
+    assert_eq!(plan["summary"], "ok");
+}
+
+#[tokio::test]
+async fn generic_openai_server_without_key_or_system_prompt() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .and(body_partial_json(json!({"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]})))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            // llama.cpp-style: no model, no usage.
+            "choices": [{"message": {"role": "assistant", "content": "hello"}, "finish_reason": "stop"}]
+        })))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let provider = OpenAiConfig::openai(format!("{}/v1/", server.uri()))
+        .with_model("llama3.2")
+        .build()
+        .unwrap();
+    let reply = provider.chat(&ChatRequest::new("", "hi")).await.unwrap();
+    assert_eq!(reply.text, "hello");
+    assert_eq!(reply.provider, "openai");
+    assert_eq!(reply.model, "llama3.2");
+    assert_eq!(reply.usage.total_tokens, 0);
+
+    let requests = server.received_requests().await.unwrap();
+    assert!(requests[0].headers.get("authorization").is_none());
+    let body: Value = serde_json::from_slice(&requests[0].body).unwrap();
+    assert_eq!(body["messages"].as_array().unwrap().len(), 1);
+}
+
+fn delta(text: &str) -> String {
+    json!({"object": "chat.completion.chunk", "model": "alchemyst-ai/alchemyst-c1",
+           "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": null}]})
+    .to_string()
+}
+
+#[tokio::test]
+async fn sse_stream_is_assembled_with_usage_and_done() {
+    let server = MockServer::start().await;
+    let events = vec![
+        json!({"choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": null}]}).to_string(),
+        delta("Hel"),
+        delta("lo, "),
+        delta("world"),
+        json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}).to_string(),
+        json!({"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}}).to_string(),
+        "[DONE]".to_owned(),
+    ];
+    Mock::given(method("POST"))
+        .and(path(CHAT_PATH))
+        .and(header("authorization", format!("Bearer {KEY}").as_str()))
+        .and(body_partial_json(json!({"stream": true, "stream_options": {"include_usage": true}})))
+        .respond_with(sse_response(&events))
+        .expect(1)
+        .mount(&server)
+        .await;
+
+    let stream = alchemyst(&server)
+        .chat_stream(&ChatRequest::new("sys", "hi"))
+        .await
+        .unwrap();
+    let mut deltas = Vec::new();
+    let reply = collect_stream(stream, |d| deltas.push(d.to_owned())).await.unwrap();
+    assert_eq!(deltas, ["Hel", "lo, ", "world"]);
+    assert_eq!(reply.text, "Hello, world");
+    assert_eq!(reply.provider, "alchemyst");
+    assert_eq!(reply.usage.prompt_tokens, 5);
+    assert_eq!(reply.usage.completion_tokens, 3);
+    assert_eq!(reply.usage.total_tokens, 8);
+}
+
+#[tokio::test]
+async fn a_stream_cut_after_text_is_an_error_and_not_retried() {
+    let server = MockServer::start().await;
+    // Text, then the connection ends: no finish_reason, no [DONE].
+    Mock::given(method("POST"))
+        .and(path(CHAT_PATH))
+        .respond_with(sse_response(&[delta("partial")]))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let sleeper = RecordingSleeper::default();
+    let provider = Retry::with_policy(alchemyst(&server), fast_policy(3))
+        .with_sleeper(std::sync::Arc::new(sleeper.clone()));
+    let mut stream = provider.chat_stream(&ChatRequest::new("s", "u")).await.unwrap();
+    assert_eq!(stream.next().await.unwrap().unwrap(), ChatChunk::Delta("partial".into()));
+    let err = stream.next().await.unwrap().unwrap_err();
+    assert_eq!(err.kind, LlmErrorKind::Transient);
+    assert!(err.message.contains("[DONE]"), "{err}");
+    assert!(stream.next().await.is_none());
+    // The text was already out: the wrapper must not have retried.
+    assert!(sleeper.delays().is_empty());
+}
+
+#[tokio::test]
+async fn bad_request_is_permanent_with_the_providers_message_and_not_retried() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(CHAT_PATH))
+        .respond_with(
+            ResponseTemplate::new(400)
+                .set_body_json(openai_error("Invalid value for 'temperature'", None)),
+        )
+        .expect(1)
+        .mount(&server)
+        .await;
+    let sleeper = RecordingSleeper::default();
+    let provider = Retry::with_policy(alchemyst(&server), fast_policy(5))
+        .with_sleeper(std::sync::Arc::new(sleeper.clone()));
+    let err = provider.chat(&ChatRequest::new("s", "u")).await.unwrap_err();
+    assert_eq!(err.kind, LlmErrorKind::Permanent);
+    assert_eq!(err.status, Some(400));
+    assert_eq!(err.provider, "alchemyst");
+    assert_eq!(err.message, "Invalid value for 'temperature'");
+    assert!(sleeper.delays().is_empty());
+    // wiremock checks `.expect(1)` when the server drops.
+}
+
+#[tokio::test]
+async fn unauthorized_and_not_found_are_permanent() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(CHAT_PATH))
+        .respond_with(ResponseTemplate::new(401).set_body_json(openai_error("Invalid API key", None)))
+        .mount(&server)
+        .await;
+    let err = alchemyst(&server).chat(&ChatRequest::new("s", "u")).await.unwrap_err();
+    assert_eq!(err.kind, LlmErrorKind::Permanent);
+    assert_eq!(err.status, Some(401));
+    assert_eq!(err.message, "Invalid API key");
+
+    // A wrong base URL: the server's 404 (plain text) is permanent too.
+    let provider = OpenAiConfig::openai(format!("{}/nowhere", server.uri())).build().unwrap();
+    let err = provider.chat(&ChatRequest::new("s", "u")).await.unwrap_err();
+    assert_eq!(err.kind, LlmErrorKind::Permanent);
+    assert_eq!(err.status, Some(404));
+}
+
+#[tokio::test]
+async fn context_length_exceeded() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(CHAT_PATH))
+        .respond_with(ResponseTemplate::new(400).set_body_json(openai_error(
+            "This model's maximum context length is 8192 tokens. However, your messages resulted in 9000 tokens.",
+            Some("context_length_exceeded"),
+        )))
+        .mount(&server)
+        .await;
+    let err = alchemyst(&server).chat(&ChatRequest::new("s", "u")).await.unwrap_err();
+    assert_eq!(err.kind, LlmErrorKind::ContextTooLong);
+    assert!(!err.should_fall_back());
+}
+
+#[tokio::test]
+async fn malformed_bodies_are_invalid_responses() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(CHAT_PATH))
+        .respond_with(ResponseTemplate::new(200).set_body_string("<html>gateway says hi</html>"))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(CHAT_PATH))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"choices": []})))
+        .mount(&server)
+        .await;
+    let provider = alchemyst(&server);
+    let err = provider.chat(&ChatRequest::new("s", "u")).await.unwrap_err();
+    assert_eq!(err.kind, LlmErrorKind::InvalidResponse);
+    assert_eq!(err.provider, "alchemyst");
+    let err = provider.chat(&ChatRequest::new("s", "u")).await.unwrap_err();
+    assert_eq!(err.kind, LlmErrorKind::InvalidResponse);
+    assert!(err.message.contains("no choices"), "{err}");
+}
+
+#[tokio::test]
+async fn a_slow_server_times_out_as_transient() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(CHAT_PATH))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(openai_completion("late", "m"))
+                .set_delay(Duration::from_secs(3)),
+        )
+        .mount(&server)
+        .await;
+    let provider = OpenAiConfig::alchemyst(KEY)
+        .with_base_url(format!("{}/api/v1/proxy/default", server.uri()))
+        .with_http(HttpOptions::with_timeout(Duration::from_millis(200)))
+        .build()
+        .unwrap();
+    let err = provider.chat(&ChatRequest::new("s", "u")).await.unwrap_err();
+    assert_eq!(err.kind, LlmErrorKind::Transient);
+    assert!(err.message.contains("timed out"), "{err}");
+    assert!(err.status.is_none());
+
+    // Streaming requests time out waiting for the headers too.
+    let err = provider.chat_stream(&ChatRequest::new("s", "u")).await.err().unwrap();
+    assert_eq!(err.kind, LlmErrorKind::Transient);
+}
+
+#[tokio::test]
+async fn connection_refused_is_transient() {
+    // Bind a port, then free it, so nothing listens there.
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let provider = OpenAiConfig::openai(format!("http://127.0.0.1:{port}/v1")).build().unwrap();
+    let err = provider.chat(&ChatRequest::new("s", "u")).await.unwrap_err();
+    assert_eq!(err.kind, LlmErrorKind::Transient);
+    assert!(err.message.contains("connection failed"), "{err}");
+}
