@@ -1,1 +1,648 @@
-//! The SQLite job store.
+//! The SQLite job store (feature `sqlite`, on by default): the embedded default.
+//!
+//! [`SqliteStore`] keeps jobs and their events in one database file (by convention
+//! `<output_dir>/agent.db`, see [`SqliteStore::open_in_dir`]) and survives restarts.
+//!
+//! - **WAL journal** with `synchronous = NORMAL`: a commit costs no `fsync` (the WAL is synced at
+//!   checkpoints; a power cut may lose the last transactions, never corrupt the file), and
+//!   readers never wait for the writer.
+//! - **One writer connection** behind a mutex and a **small pool of read-only connections**; all
+//!   database work runs on tokio's blocking pool (`spawn_blocking`), never on async workers.
+//!   While a job appends events, `get_job`, `list_jobs` and `events` read the last committed
+//!   state without waiting.
+//! - **Versioned migrations** in [`PRAGMA user_version`](https://sqlite.org/pragma.html#pragma_user_version),
+//!   each applied in its own transaction; a database written by a newer version is refused.
+//! - Statements are prepared once per connection and cached; a batch of events is appended in
+//!   one transaction.
+//!
+//! Schema (version 1): `jobs(id TEXT PRIMARY KEY, status TEXT, created_at INTEGER, finished_at
+//! INTEGER, record TEXT)` where `record` is the [`Job`] as JSON and the times are nanoseconds
+//! since the Unix epoch, indexed on `(created_at, id)`, `(status, created_at, id)` and
+//! `finished_at`; `events(job_id, seq, at, kind, PRIMARY KEY (job_id, seq))` where `kind` is the
+//! [`EventKind`] as JSON, deleted with their job (`ON DELETE CASCADE`).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
+
+use crate::job::{EventKind, Job, JobEvent, JobId, JobStatus};
+use crate::store::memory::check_events;
+use crate::store::{JobFilter, JobPage, JobStore, StoreError, StoreErrorKind, MAX_PAGE_SIZE};
+
+/// The database file name used by [`SqliteStore::open_in_dir`].
+pub const DEFAULT_FILE_NAME: &str = "agent.db";
+
+/// The schema version this code writes (the number of migrations).
+pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+/// How long a statement waits for a lock held by another connection before failing with
+/// [`StoreErrorKind::Busy`].
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Idle read connections kept open.
+const MAX_IDLE_READERS: usize = 4;
+
+/// Prepared statements cached per connection.
+const STATEMENT_CACHE: usize = 64;
+
+/// The migrations, in order: migration `i` takes the schema from version `i` to `i + 1`.
+/// Never edit a released migration; append a new one.
+const MIGRATIONS: &[&str] = &[
+    // 1: jobs and events.
+    r#"
+    CREATE TABLE jobs (
+        id          TEXT PRIMARY KEY NOT NULL,
+        status      TEXT NOT NULL,
+        created_at  INTEGER NOT NULL,
+        finished_at INTEGER,
+        record      TEXT NOT NULL
+    );
+    CREATE INDEX jobs_created ON jobs (created_at, id);
+    CREATE INDEX jobs_status_created ON jobs (status, created_at, id);
+    CREATE INDEX jobs_finished ON jobs (finished_at) WHERE finished_at IS NOT NULL;
+    CREATE TABLE events (
+        job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+        seq    INTEGER NOT NULL,
+        at     INTEGER NOT NULL,
+        kind   TEXT NOT NULL,
+        PRIMARY KEY (job_id, seq)
+    ) WITHOUT ROWID;
+    "#,
+];
+
+/// A [`JobStore`] in one SQLite file. Cheap to clone: clones share the connections.
+///
+/// Opening does blocking file I/O (call it at start-up, or inside `spawn_blocking`); every
+/// [`JobStore`] method runs its database work on tokio's blocking pool.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the database at `path`, creating missing parent directories, and
+    /// brings its schema up to date.
+    ///
+    /// Fails with [`StoreErrorKind::Corrupt`] if the file is not a database or was written by a
+    /// newer version of this program (a schema version above [`SCHEMA_VERSION`]).
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                StoreError::new(
+                    StoreErrorKind::Backend,
+                    format!("cannot create the directory {}", parent.display()),
+                )
+                .with_source(e)
+            })?;
+        }
+        let mut writer = Connection::open(&path).map_err(sql("open the database"))?;
+        configure(&writer)?;
+        let mode: String = writer
+            .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+            .map_err(sql("enable the WAL journal"))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::new(
+                StoreErrorKind::Backend,
+                format!(
+                    "{} cannot use a WAL journal (journal mode {mode:?})",
+                    path.display()
+                ),
+            ));
+        }
+        writer
+            .execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
+            .map_err(sql("configure the database"))?;
+        migrate(&mut writer, &path)?;
+        let store = Self {
+            inner: Arc::new(Inner {
+                path,
+                writer: Mutex::new(writer),
+                readers: Mutex::new(Vec::new()),
+            }),
+        };
+        // Open one reader now, so a file that cannot be read fails here rather than later.
+        let reader = store.inner.open_reader()?;
+        lock(&store.inner.readers).push(reader);
+        Ok(store)
+    }
+
+    /// Opens (or creates) `<dir>/agent.db` ([`DEFAULT_FILE_NAME`]), creating `dir` if needed.
+    pub fn open_in_dir(dir: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::open(dir.as_ref().join(DEFAULT_FILE_NAME))
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Runs `f` on the writer connection, on the blocking pool.
+    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = lock(&inner.writer);
+            f(&mut conn)
+        })
+        .await
+        .map_err(join_error)?
+    }
+
+    /// Runs `f` on a read-only connection from the pool, on the blocking pool.
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = match lock(&inner.readers).pop() {
+                Some(conn) => conn,
+                None => inner.open_reader()?,
+            };
+            let result = f(&conn);
+            let mut idle = lock(&inner.readers);
+            if idle.len() < MAX_IDLE_READERS {
+                idle.push(conn);
+            }
+            result
+        })
+        .await
+        .map_err(join_error)?
+    }
+}
+
+impl Inner {
+    fn open_reader(&self) -> Result<Connection, StoreError> {
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(sql("open a read connection"))?;
+        configure(&conn)?;
+        Ok(conn)
+    }
+}
+
+fn configure(conn: &Connection) -> Result<(), StoreError> {
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(sql("set the busy timeout"))?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    Ok(())
+}
+
+fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    loop {
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql("start a migration"))?;
+        // Read the version inside the write lock: another process may have just migrated.
+        let version: i64 = tx
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .map_err(sql("read the schema version"))?;
+        let version = usize::try_from(version).map_err(|_| {
+            StoreError::new(
+                StoreErrorKind::Corrupt,
+                format!("{} has a negative schema version {version}", path.display()),
+            )
+        })?;
+        if version > MIGRATIONS.len() {
+            return Err(StoreError::new(
+                StoreErrorKind::Corrupt,
+                format!(
+                    "{} has schema version {version}, newer than the version {} this program \
+                     knows: it was written by a newer containerized-agent; upgrade, or use \
+                     another database file",
+                    path.display(),
+                    MIGRATIONS.len()
+                ),
+            ));
+        }
+        let Some(migration) = MIGRATIONS.get(version) else {
+            return Ok(()); // up to date
+        };
+        tx.execute_batch(migration)
+            .map_err(|e| map_error(&format!("apply migration {}", version + 1), e))?;
+        tx.pragma_update(None, "user_version", (version + 1) as i64)
+            .map_err(sql("set the schema version"))?;
+        tx.commit().map_err(sql("commit a migration"))?;
+        tracing::info!(path = %path.display(), version = version + 1, "migrated the job database");
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every database change runs in a transaction that rolls back when dropped, so a connection
+    // whose user panicked is still consistent.
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn join_error(e: tokio::task::JoinError) -> StoreError {
+    StoreError::new(StoreErrorKind::Backend, "a database task failed").with_source(e)
+}
+
+/// Maps a rusqlite error to a [`StoreError`] of the right kind.
+fn map_error(context: &str, e: rusqlite::Error) -> StoreError {
+    use rusqlite::Error as E;
+    let kind = match &e {
+        E::SqliteFailure(f, _) => match f.code {
+            ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => StoreErrorKind::Busy,
+            ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase => StoreErrorKind::Corrupt,
+            _ => StoreErrorKind::Backend,
+        },
+        E::FromSqlConversionFailure(..)
+        | E::IntegralValueOutOfRange(..)
+        | E::InvalidColumnType(..)
+        | E::Utf8Error(..) => StoreErrorKind::Corrupt,
+        _ => StoreErrorKind::Backend,
+    };
+    StoreError::new(kind, format!("cannot {context}: {e}")).with_source(e)
+}
+
+fn sql(context: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
+    move |e| map_error(context, e)
+}
+
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.code == ErrorCode::ConstraintViolation
+                && (f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+                    || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE)
+    )
+}
+
+fn corrupt(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::new(
+        StoreErrorKind::Corrupt,
+        format!("cannot decode {what}: {e}"),
+    )
+    .with_source(e)
+}
+
+/// Nanoseconds since the epoch, clamped to the `i64` range (years 1677–2262).
+fn nanos(at: DateTime<Utc>) -> i64 {
+    at.timestamp_nanos_opt().unwrap_or(if at.timestamp() < 0 {
+        i64::MIN
+    } else {
+        i64::MAX
+    })
+}
+
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// A job ready to be written: its columns.
+struct JobRow {
+    id: String,
+    status: &'static str,
+    created_at: i64,
+    finished_at: Option<i64>,
+    record: String,
+}
+
+impl JobRow {
+    fn new(job: &Job) -> Result<Self, StoreError> {
+        let record = serde_json::to_string(job).map_err(|e| {
+            StoreError::new(
+                StoreErrorKind::Backend,
+                format!("cannot encode job {}: {e}", job.id),
+            )
+            .with_source(e)
+        })?;
+        Ok(Self {
+            id: job.id.to_string(),
+            status: job.status.as_str(),
+            created_at: nanos(job.created_at),
+            finished_at: job.finished_at.map(nanos),
+            record,
+        })
+    }
+}
+
+fn decode_job(record: &str) -> Result<Job, StoreError> {
+    serde_json::from_str(record).map_err(|e| corrupt("a stored job", e))
+}
+
+/// An event ready to be written: its columns.
+struct EventRow {
+    seq: i64,
+    at: i64,
+    kind: String,
+}
+
+fn job_exists(conn: &Connection, id: &str) -> Result<bool, StoreError> {
+    conn.prepare_cached("SELECT 1 FROM jobs WHERE id = ?1")
+        .and_then(|mut stmt| stmt.exists([id]))
+        .map_err(sql("look up a job"))
+}
+
+fn last_seq(conn: &Connection, id: &str) -> Result<u64, StoreError> {
+    let seq: i64 = conn
+        .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM events WHERE job_id = ?1")
+        .and_then(|mut stmt| stmt.query_row([id], |row| row.get(0)))
+        .map_err(sql("read the last event sequence number"))?;
+    u64::try_from(seq).map_err(|e| corrupt("an event sequence number", e))
+}
+
+/// `status IN (?2, ?3, …)` for `n` statuses, or nothing.
+fn status_clause(n: usize, first_param: usize) -> String {
+    if n == 0 {
+        return String::new();
+    }
+    let params: Vec<String> = (0..n).map(|i| format!("?{}", first_param + i)).collect();
+    format!("WHERE status IN ({})", params.join(", "))
+}
+
+#[async_trait]
+impl JobStore for SqliteStore {
+    async fn insert_job(&self, job: &Job) -> Result<(), StoreError> {
+        let row = JobRow::new(job)?;
+        self.write(move |conn| {
+            let result = conn
+                .prepare_cached(
+                    "INSERT INTO jobs (id, status, created_at, finished_at, record) \
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .and_then(|mut stmt| {
+                    stmt.execute(params![
+                        row.id,
+                        row.status,
+                        row.created_at,
+                        row.finished_at,
+                        row.record
+                    ])
+                });
+            match result {
+                Ok(_) => Ok(()),
+                Err(e) if is_unique_violation(&e) => Err(StoreError::new(
+                    StoreErrorKind::AlreadyExists,
+                    format!("job {} already exists", row.id),
+                )),
+                Err(e) => Err(map_error("insert a job", e)),
+            }
+        })
+        .await
+    }
+
+    async fn update_job(&self, job: &Job) -> Result<(), StoreError> {
+        let row = JobRow::new(job)?;
+        self.write(move |conn| {
+            let changed = conn
+                .prepare_cached(
+                    "UPDATE jobs SET status = ?2, created_at = ?3, finished_at = ?4, record = ?5 \
+                     WHERE id = ?1",
+                )
+                .and_then(|mut stmt| {
+                    stmt.execute(params![
+                        row.id,
+                        row.status,
+                        row.created_at,
+                        row.finished_at,
+                        row.record
+                    ])
+                })
+                .map_err(sql("update a job"))?;
+            if changed == 0 {
+                return Err(StoreError::new(
+                    StoreErrorKind::NotFound,
+                    format!("job {} not found", row.id),
+                ));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
+        self.read(move |conn| {
+            let record: Option<String> = conn
+                .prepare_cached("SELECT record FROM jobs WHERE id = ?1")
+                .and_then(|mut stmt| {
+                    stmt.query_row([id.to_string()], |row| row.get(0))
+                        .optional()
+                })
+                .map_err(sql("read a job"))?;
+            record.as_deref().map(decode_job).transpose()
+        })
+        .await
+    }
+
+    async fn list_jobs(&self, filter: &JobFilter) -> Result<JobPage, StoreError> {
+        let mut statuses: Vec<&'static str> = filter.statuses.iter().map(|s| s.as_str()).collect();
+        statuses.sort_unstable();
+        statuses.dedup();
+        let limit = to_i64(filter.limit.min(MAX_PAGE_SIZE) as u64);
+        let offset = to_i64(filter.offset as u64);
+        self.read(move |conn| {
+            // One read transaction: the page and the total come from the same snapshot.
+            let tx = conn
+                .unchecked_transaction()
+                .map_err(sql("start a read transaction"))?;
+            let count_sql = format!(
+                "SELECT COUNT(*) FROM jobs {}",
+                status_clause(statuses.len(), 1)
+            );
+            let total: i64 = tx
+                .prepare_cached(&count_sql)
+                .and_then(|mut stmt| {
+                    stmt.query_row(rusqlite::params_from_iter(statuses.iter()), |row| {
+                        row.get(0)
+                    })
+                })
+                .map_err(sql("count jobs"))?;
+            let page_sql = format!(
+                "SELECT record FROM jobs {} ORDER BY created_at DESC, id DESC LIMIT ?1 OFFSET ?2",
+                status_clause(statuses.len(), 3)
+            );
+            let mut stmt = tx.prepare_cached(&page_sql).map_err(sql("list jobs"))?;
+            let mut values: Vec<rusqlite::types::Value> = vec![limit.into(), offset.into()];
+            values.extend(statuses.iter().map(|s| s.to_string().into()));
+            let records = stmt
+                .query_map(rusqlite::params_from_iter(values), |row| {
+                    row.get::<_, String>(0)
+                })
+                .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+                .map_err(sql("list jobs"))?;
+            let jobs = records
+                .iter()
+                .map(|r| decode_job(r))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(JobPage {
+                jobs,
+                total: u64::try_from(total).unwrap_or(0),
+            })
+        })
+        .await
+    }
+
+    async fn delete_job(&self, id: JobId) -> Result<bool, StoreError> {
+        self.write(move |conn| {
+            let deleted = conn
+                .prepare_cached("DELETE FROM jobs WHERE id = ?1")
+                .and_then(|mut stmt| stmt.execute([id.to_string()]))
+                .map_err(sql("delete a job"))?;
+            Ok(deleted > 0)
+        })
+        .await
+    }
+
+    async fn append_events(&self, id: JobId, events: &[JobEvent]) -> Result<(), StoreError> {
+        let rows = events
+            .iter()
+            .map(|event| {
+                let kind = serde_json::to_string(&event.kind).map_err(|e| {
+                    StoreError::new(
+                        StoreErrorKind::Backend,
+                        format!("cannot encode an event of job {id}: {e}"),
+                    )
+                    .with_source(e)
+                })?;
+                Ok(EventRow {
+                    seq: to_i64(event.seq),
+                    at: nanos(event.at),
+                    kind,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let events = events.to_vec();
+        self.write(move |conn| {
+            let key = id.to_string();
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sql("start a transaction"))?;
+            if !job_exists(&tx, &key)? {
+                return Err(StoreError::new(
+                    StoreErrorKind::NotFound,
+                    format!("job {id} not found"),
+                ));
+            }
+            check_events(id, last_seq(&tx, &key)?, &events)?;
+            {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "INSERT INTO events (job_id, seq, at, kind) VALUES (?1, ?2, ?3, ?4)",
+                    )
+                    .map_err(sql("append events"))?;
+                for row in &rows {
+                    stmt.execute(params![key, row.seq, row.at, row.kind])
+                        .map_err(sql("append an event"))?;
+                }
+            }
+            tx.commit().map_err(sql("commit events"))
+        })
+        .await
+    }
+
+    async fn events(
+        &self,
+        id: JobId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<JobEvent>, StoreError> {
+        let after = to_i64(after);
+        let limit = to_i64(limit as u64);
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT seq, at, kind FROM events WHERE job_id = ?1 AND seq > ?2 \
+                     ORDER BY seq LIMIT ?3",
+                )
+                .map_err(sql("read events"))?;
+            let rows = stmt
+                .query_map(params![id.to_string(), after, limit], |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, i64>(1)?,
+                        row.get::<_, String>(2)?,
+                    ))
+                })
+                .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+                .map_err(sql("read events"))?;
+            rows.into_iter()
+                .map(|(seq, at, kind)| {
+                    Ok(JobEvent {
+                        job_id: id,
+                        seq: u64::try_from(seq)
+                            .map_err(|e| corrupt("an event sequence number", e))?,
+                        at: DateTime::from_timestamp_nanos(at),
+                        kind: serde_json::from_str::<EventKind>(&kind)
+                            .map_err(|e| corrupt("a stored event", e))?,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn last_seq(&self, id: JobId) -> Result<u64, StoreError> {
+        self.read(move |conn| last_seq(conn, &id.to_string())).await
+    }
+
+    async fn finished_before(&self, cutoff: DateTime<Utc>) -> Result<Vec<JobId>, StoreError> {
+        let cutoff = nanos(cutoff);
+        self.read(move |conn| {
+            let ids = conn
+                .prepare_cached(
+                    "SELECT id FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ?1 \
+                     AND status NOT IN ('queued', 'running')",
+                )
+                .and_then(|mut stmt| {
+                    stmt.query_map([cutoff], |row| row.get::<_, String>(0))?
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .map_err(sql("find finished jobs"))?;
+            ids.iter()
+                .map(|id| id.parse::<JobId>().map_err(|e| corrupt("a job id", e)))
+                .collect()
+        })
+        .await
+    }
+
+    async fn count_by_status(&self) -> Result<Vec<(JobStatus, u64)>, StoreError> {
+        self.read(|conn| {
+            let rows = conn
+                .prepare_cached("SELECT status, COUNT(*) FROM jobs GROUP BY status")
+                .and_then(|mut stmt| {
+                    stmt.query_map([], |row| {
+                        Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+                    })?
+                    .collect::<Result<Vec<_>, _>>()
+                })
+                .map_err(sql("count jobs by status"))?;
+            let mut counts: Vec<(JobStatus, u64)> =
+                JobStatus::ALL.into_iter().map(|s| (s, 0)).collect();
+            for (status, n) in rows {
+                let status: JobStatus = status.parse().map_err(|e| corrupt("a job status", e))?;
+                if let Some(slot) = counts.iter_mut().find(|(s, _)| *s == status) {
+                    slot.1 = u64::try_from(n).unwrap_or(0);
+                }
+            }
+            Ok(counts)
+        })
+        .await
+    }
+}

@@ -12,6 +12,8 @@
 
 mod executor_suite;
 mod fake_executor;
+mod store_suite;
 
 pub use executor_suite::executor_suite;
 pub use fake_executor::FakeExecutor;
+pub use store_suite::store_suite;

@@ -1,0 +1,702 @@
+//! The conformance suite every [`JobStore`] must pass.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+
+use crate::job::{
+    EventKind, Job, JobEvent, JobId, JobSpec, JobStatus, OutputStream, Plan, Step, StepRecord,
+    StepResult, StepStatus, Termination,
+};
+use crate::store::{JobFilter, JobStore, StoreErrorKind, MAX_PAGE_SIZE};
+
+/// Runs the job store conformance suite: panics, naming the check, on the first failure.
+///
+/// `make` must return a new, empty store each time it is called (the suite calls it once per
+/// group of checks). Every [`JobStore`] (memory and SQLite) must pass it. It checks:
+///
+/// - insert/get round trips a whole [`Job`] exactly; a duplicate insert is `AlreadyExists`;
+/// - update replaces the record; updating a missing job is `NotFound`;
+/// - list: newest first (`created_at` descending, ties in a stable order), status filters (one or
+///   several), paging with `limit`/`offset` that concatenates to the full list, `total`, a limit
+///   above [`MAX_PAGE_SIZE`] clamped;
+/// - delete: returns whether the job existed and removes its events too (a job re-inserted with
+///   the same id has none);
+/// - events: round trip of every event kind, order, `after`/`limit`, `last_seq`, refusal of a
+///   `seq` not above the last one (`SequenceConflict`, the whole batch refused), appending to a
+///   missing job (`NotFound`), events of an unknown job (empty);
+/// - `finished_before` and `count_by_status`;
+/// - concurrent inserts and appends from several tasks to different jobs.
+pub async fn store_suite<F, Fut>(make: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Arc<dyn JobStore>>,
+{
+    crud(make().await).await;
+    listing(make().await).await;
+    events(make().await).await;
+    deletion(make().await).await;
+    retention_and_counts(make().await).await;
+    concurrency(make().await).await;
+}
+
+fn at(secs: i64) -> DateTime<Utc> {
+    // A fixed base with a nanosecond part, so stores must keep full precision.
+    Utc.timestamp_opt(1_700_000_000 + secs, 123_456_789)
+        .single()
+        .unwrap()
+}
+
+fn job_at(secs: i64) -> Job {
+    let mut job = Job::new(JobId::new(), JobSpec::from_prompt(format!("job at {secs}")));
+    job.created_at = at(secs);
+    job
+}
+
+fn event(id: JobId, seq: u64, kind: EventKind) -> JobEvent {
+    JobEvent {
+        job_id: id,
+        seq,
+        at: at(seq as i64),
+        kind,
+    }
+}
+
+fn log(id: JobId, seq: u64) -> JobEvent {
+    event(
+        id,
+        seq,
+        EventKind::Log {
+            message: format!("event {seq}"),
+        },
+    )
+}
+
+fn seqs(events: &[JobEvent]) -> Vec<u64> {
+    events.iter().map(|e| e.seq).collect()
+}
+
+async fn crud(store: Arc<dyn JobStore>) {
+    let mut job = job_at(0);
+    assert_eq!(
+        store.get_job(job.id).await.unwrap(),
+        None,
+        "get of an unknown job is None"
+    );
+    store
+        .insert_job(&job)
+        .await
+        .unwrap_or_else(|e| panic!("insert: {e}"));
+    assert_eq!(
+        store.get_job(job.id).await.unwrap().as_ref(),
+        Some(&job),
+        "get returns the inserted job exactly"
+    );
+
+    let dup = store.insert_job(&job).await.unwrap_err();
+    assert_eq!(
+        dup.kind,
+        StoreErrorKind::AlreadyExists,
+        "duplicate insert: {dup}"
+    );
+
+    job.transition(JobStatus::Running).unwrap();
+    job.plan = Some(Plan {
+        steps: vec![Step::shell("echo 'ünïcödé'"), Step::python("print(1)")],
+        summary: "two steps".into(),
+    });
+    job.steps.push(StepRecord {
+        index: 0,
+        step: Step::shell("echo 'ünïcödé'"),
+        status: StepStatus::Succeeded,
+        result: Some(StepResult {
+            exit_code: 0,
+            termination: Termination::Exited,
+            stdout_tail: "ünïcödé\n".into(),
+            stderr_tail: String::new(),
+            stdout_truncated: false,
+            stderr_truncated: false,
+            duration: Duration::from_millis(12),
+        }),
+        attempt: 0,
+    });
+    job.provider = Some("mock".into());
+    job.usage.prompt_tokens = 10;
+    store
+        .update_job(&job)
+        .await
+        .unwrap_or_else(|e| panic!("update: {e}"));
+    assert_eq!(
+        store.get_job(job.id).await.unwrap().as_ref(),
+        Some(&job),
+        "get returns the updated job exactly"
+    );
+    job.transition(JobStatus::Failed).unwrap();
+    job.error = Some("step 0 failed".into());
+    store.update_job(&job).await.unwrap();
+    assert_eq!(store.get_job(job.id).await.unwrap().as_ref(), Some(&job));
+
+    let missing = job_at(1);
+    let err = store.update_job(&missing).await.unwrap_err();
+    assert_eq!(
+        err.kind,
+        StoreErrorKind::NotFound,
+        "update of a missing job: {err}"
+    );
+    assert_eq!(
+        store.get_job(missing.id).await.unwrap(),
+        None,
+        "a failed update must not insert"
+    );
+}
+
+async fn listing(store: Arc<dyn JobStore>) {
+    // 10 jobs, two of them created at the same instant; statuses vary.
+    let mut jobs = Vec::new();
+    for i in 0..10 {
+        let mut job = job_at(if i == 5 { 4 } else { i });
+        match i % 3 {
+            1 => job.transition(JobStatus::Running).unwrap(),
+            2 => {
+                job.transition(JobStatus::Running).unwrap();
+                job.transition(JobStatus::Succeeded).unwrap();
+            }
+            _ => {}
+        }
+        store.insert_job(&job).await.unwrap();
+        jobs.push(job);
+    }
+    let all = store
+        .list_jobs(&JobFilter::default().page(100, 0))
+        .await
+        .unwrap_or_else(|e| panic!("list: {e}"));
+    assert_eq!(all.total, 10, "list: total");
+    assert_eq!(all.jobs.len(), 10, "list: every job");
+    for pair in all.jobs.windows(2) {
+        assert!(
+            pair[0].created_at >= pair[1].created_at,
+            "list: newest first, got {} before {}",
+            pair[0].created_at,
+            pair[1].created_at
+        );
+    }
+    let listed: BTreeSet<JobId> = all.jobs.iter().map(|j| j.id).collect();
+    let inserted: BTreeSet<JobId> = jobs.iter().map(|j| j.id).collect();
+    assert_eq!(listed, inserted, "list: the same jobs");
+    for job in &all.jobs {
+        let original = jobs.iter().find(|j| j.id == job.id).unwrap();
+        assert_eq!(job, original, "list returns whole jobs");
+    }
+    let again = store
+        .list_jobs(&JobFilter::default().page(100, 0))
+        .await
+        .unwrap();
+    assert_eq!(
+        again.jobs.iter().map(|j| j.id).collect::<Vec<_>>(),
+        all.jobs.iter().map(|j| j.id).collect::<Vec<_>>(),
+        "list: the order is stable (ties broken deterministically)"
+    );
+
+    // Paging concatenates to the full list.
+    let mut paged = Vec::new();
+    for offset in (0..12).step_by(3) {
+        let page = store
+            .list_jobs(&JobFilter::default().page(3, offset))
+            .await
+            .unwrap();
+        assert_eq!(page.total, 10, "list: total with paging");
+        assert!(page.jobs.len() <= 3, "list: page size");
+        paged.extend(page.jobs.into_iter().map(|j| j.id));
+    }
+    assert_eq!(
+        paged,
+        all.jobs.iter().map(|j| j.id).collect::<Vec<_>>(),
+        "list: pages concatenate to the full list"
+    );
+    let beyond = store
+        .list_jobs(&JobFilter::default().page(5, 50))
+        .await
+        .unwrap();
+    assert!(beyond.jobs.is_empty(), "list: offset past the end is empty");
+    assert_eq!(beyond.total, 10, "list: total past the end");
+    let zero = store
+        .list_jobs(&JobFilter::default().page(0, 0))
+        .await
+        .unwrap();
+    assert!(zero.jobs.is_empty(), "list: limit 0 returns no jobs");
+    assert_eq!(zero.total, 10, "list: limit 0 still counts");
+
+    // Filters.
+    let expect = |statuses: &[JobStatus]| -> Vec<JobId> {
+        all.jobs
+            .iter()
+            .filter(|j| statuses.contains(&j.status))
+            .map(|j| j.id)
+            .collect()
+    };
+    for statuses in [
+        vec![JobStatus::Queued],
+        vec![JobStatus::Running],
+        vec![JobStatus::Succeeded, JobStatus::Queued],
+        vec![JobStatus::Failed],
+        vec![JobStatus::Running, JobStatus::Running],
+    ] {
+        let mut filter = JobFilter::default().page(100, 0);
+        filter.statuses = statuses.clone();
+        let page = store.list_jobs(&filter).await.unwrap();
+        let want = expect(&statuses);
+        assert_eq!(
+            page.jobs.iter().map(|j| j.id).collect::<Vec<_>>(),
+            want,
+            "list filtered by {statuses:?}: same order as the full list"
+        );
+        assert_eq!(
+            page.total,
+            want.len() as u64,
+            "list filtered by {statuses:?}: total"
+        );
+        let mut filter = JobFilter::default().page(2, 1);
+        filter.statuses = statuses.clone();
+        let page = store.list_jobs(&filter).await.unwrap();
+        assert_eq!(
+            page.jobs.iter().map(|j| j.id).collect::<Vec<_>>(),
+            want.iter().skip(1).take(2).copied().collect::<Vec<_>>(),
+            "list filtered by {statuses:?}, limit 2 offset 1"
+        );
+        assert_eq!(page.total, want.len() as u64);
+    }
+
+    // A status change moves a job between filters.
+    let mut moved = jobs[0].clone();
+    moved.transition(JobStatus::Cancelled).unwrap();
+    store.update_job(&moved).await.unwrap();
+    let cancelled = store
+        .list_jobs(&JobFilter::default().with_status(JobStatus::Cancelled))
+        .await
+        .unwrap();
+    assert_eq!(
+        cancelled.jobs.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![moved.id],
+        "list: an updated status is filtered by its new value"
+    );
+    let queued = store
+        .list_jobs(&JobFilter::default().with_status(JobStatus::Queued))
+        .await
+        .unwrap();
+    assert!(
+        queued.jobs.iter().all(|j| j.id != moved.id),
+        "list: an updated status leaves its old filter"
+    );
+
+    // The page size is capped.
+    for i in 0..(MAX_PAGE_SIZE as i64 + 5) {
+        store.insert_job(&job_at(100 + i)).await.unwrap();
+    }
+    let big = store
+        .list_jobs(&JobFilter::default().page(MAX_PAGE_SIZE * 10, 0))
+        .await
+        .unwrap();
+    assert_eq!(
+        big.jobs.len(),
+        MAX_PAGE_SIZE,
+        "list: limit is capped at MAX_PAGE_SIZE"
+    );
+    assert_eq!(
+        big.total,
+        MAX_PAGE_SIZE as u64 + 15,
+        "list: total beyond one page"
+    );
+    assert_eq!(
+        big.jobs[0].created_at,
+        at(100 + MAX_PAGE_SIZE as i64 + 4),
+        "list: the newest job comes first"
+    );
+}
+
+fn every_kind(id: JobId) -> Vec<JobEvent> {
+    let step = Step::shell("echo hi").with_description("greet");
+    vec![
+        event(
+            id,
+            1,
+            EventKind::Status {
+                status: JobStatus::Running,
+                error: None,
+            },
+        ),
+        event(
+            id,
+            2,
+            EventKind::Planning {
+                text: "thinking… ✓".into(),
+            },
+        ),
+        event(
+            id,
+            3,
+            EventKind::Plan {
+                steps: vec![step.clone()],
+                summary: "say hi".into(),
+                provider: Some("mock".into()),
+                attempt: 0,
+            },
+        ),
+        event(id, 4, EventKind::StepStarted { index: 0, step }),
+        event(
+            id,
+            5,
+            EventKind::Output {
+                index: 0,
+                stream: OutputStream::Stdout,
+                text: "hi\n".repeat(20_000),
+            },
+        ),
+        event(
+            id,
+            6,
+            EventKind::Output {
+                index: 0,
+                stream: OutputStream::Stderr,
+                text: "warn\n".into(),
+            },
+        ),
+        event(
+            id,
+            7,
+            EventKind::StepFinished {
+                index: 0,
+                result: StepResult {
+                    exit_code: 0,
+                    termination: Termination::Exited,
+                    stdout_tail: "hi\n".into(),
+                    stderr_tail: "warn\n".into(),
+                    stdout_truncated: true,
+                    stderr_truncated: false,
+                    duration: Duration::from_millis(1500),
+                },
+            },
+        ),
+        event(
+            id,
+            8,
+            EventKind::Log {
+                message: "done".into(),
+            },
+        ),
+        event(
+            id,
+            9,
+            EventKind::Status {
+                status: JobStatus::Failed,
+                error: Some("boom".into()),
+            },
+        ),
+    ]
+}
+
+async fn events(store: Arc<dyn JobStore>) {
+    let job = job_at(0);
+    store.insert_job(&job).await.unwrap();
+    let id = job.id;
+    assert_eq!(
+        store.last_seq(id).await.unwrap(),
+        0,
+        "last_seq with no events is 0"
+    );
+    assert!(store.events(id, 0, 100).await.unwrap().is_empty());
+
+    let all = every_kind(id);
+    store
+        .append_events(id, &all[..4])
+        .await
+        .unwrap_or_else(|e| panic!("append: {e}"));
+    store
+        .append_events(id, &all[4..])
+        .await
+        .unwrap_or_else(|e| panic!("append a second batch: {e}"));
+    store
+        .append_events(id, &[])
+        .await
+        .unwrap_or_else(|e| panic!("append an empty batch: {e}"));
+    assert_eq!(
+        store.events(id, 0, 100).await.unwrap(),
+        all,
+        "events round trip exactly, in order"
+    );
+    assert_eq!(store.last_seq(id).await.unwrap(), 9, "last_seq");
+    assert_eq!(
+        seqs(&store.events(id, 3, 100).await.unwrap()),
+        vec![4, 5, 6, 7, 8, 9],
+        "events after 3"
+    );
+    assert_eq!(
+        seqs(&store.events(id, 3, 2).await.unwrap()),
+        vec![4, 5],
+        "events after 3, limit 2"
+    );
+    assert!(
+        store.events(id, 9, 100).await.unwrap().is_empty(),
+        "events after the last"
+    );
+    assert!(store.events(id, 0, 0).await.unwrap().is_empty(), "limit 0");
+
+    for bad in [vec![log(id, 9)], vec![log(id, 3)], vec![log(id, 0)]] {
+        let err = store.append_events(id, &bad).await.unwrap_err();
+        assert_eq!(
+            err.kind,
+            StoreErrorKind::SequenceConflict,
+            "appending seq {} after 9: {err}",
+            bad[0].seq
+        );
+    }
+    // A batch that is not increasing is refused as a whole.
+    for bad in [
+        vec![log(id, 10), log(id, 10)],
+        vec![log(id, 10), log(id, 12), log(id, 11)],
+    ] {
+        let err = store.append_events(id, &bad).await.unwrap_err();
+        assert_eq!(
+            err.kind,
+            StoreErrorKind::SequenceConflict,
+            "batch {:?}: {err}",
+            seqs(&bad)
+        );
+        assert_eq!(
+            store.last_seq(id).await.unwrap(),
+            9,
+            "a refused batch {:?} stores nothing",
+            seqs(&bad)
+        );
+    }
+    // Gaps are allowed.
+    store
+        .append_events(id, &[log(id, 10), log(id, 20)])
+        .await
+        .unwrap();
+    assert_eq!(store.last_seq(id).await.unwrap(), 20);
+    assert_eq!(seqs(&store.events(id, 9, 100).await.unwrap()), vec![10, 20]);
+
+    // Events of other jobs are separate.
+    let other = job_at(1);
+    store.insert_job(&other).await.unwrap();
+    store
+        .append_events(other.id, &[log(other.id, 1)])
+        .await
+        .unwrap_or_else(|e| panic!("seq 1 on another job: {e}"));
+    assert_eq!(
+        seqs(&store.events(other.id, 0, 100).await.unwrap()),
+        vec![1]
+    );
+    assert_eq!(store.last_seq(id).await.unwrap(), 20);
+
+    let unknown = JobId::new();
+    let err = store
+        .append_events(unknown, &[log(unknown, 1)])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.kind,
+        StoreErrorKind::NotFound,
+        "append to an unknown job: {err}"
+    );
+    assert!(
+        store.events(unknown, 0, 10).await.unwrap().is_empty(),
+        "events of an unknown job are empty"
+    );
+    assert_eq!(store.last_seq(unknown).await.unwrap(), 0);
+}
+
+async fn deletion(store: Arc<dyn JobStore>) {
+    let job = job_at(0);
+    let keep = job_at(1);
+    store.insert_job(&job).await.unwrap();
+    store.insert_job(&keep).await.unwrap();
+    store
+        .append_events(job.id, &[log(job.id, 1), log(job.id, 2)])
+        .await
+        .unwrap();
+    store
+        .append_events(keep.id, &[log(keep.id, 1)])
+        .await
+        .unwrap();
+
+    assert!(
+        store.delete_job(job.id).await.unwrap(),
+        "delete of a stored job is true"
+    );
+    assert_eq!(
+        store.get_job(job.id).await.unwrap(),
+        None,
+        "a deleted job is gone"
+    );
+    assert!(
+        store.events(job.id, 0, 10).await.unwrap().is_empty(),
+        "a deleted job's events are gone"
+    );
+    assert_eq!(store.last_seq(job.id).await.unwrap(), 0);
+    assert!(
+        !store.delete_job(job.id).await.unwrap(),
+        "delete again is false"
+    );
+    let err = store
+        .append_events(job.id, &[log(job.id, 3)])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.kind,
+        StoreErrorKind::NotFound,
+        "append to a deleted job: {err}"
+    );
+    let page = store.list_jobs(&JobFilter::default()).await.unwrap();
+    assert_eq!(page.total, 1, "list after delete");
+    assert_eq!(page.jobs[0].id, keep.id);
+
+    // The same id again starts with an empty log: the events were really deleted.
+    store.insert_job(&job).await.unwrap();
+    assert!(
+        store.events(job.id, 0, 10).await.unwrap().is_empty(),
+        "a re-inserted job has no old events"
+    );
+    store
+        .append_events(job.id, &[log(job.id, 1)])
+        .await
+        .unwrap_or_else(|e| panic!("seq 1 on a re-inserted job: {e}"));
+    assert_eq!(
+        seqs(&store.events(keep.id, 0, 10).await.unwrap()),
+        vec![1],
+        "other jobs' events are untouched"
+    );
+}
+
+async fn retention_and_counts(store: Arc<dyn JobStore>) {
+    let now = Utc::now();
+    let finished = |status: JobStatus, ago_mins: i64| {
+        let mut job = job_at(0);
+        job.transition(JobStatus::Running).unwrap();
+        job.transition(status).unwrap();
+        job.finished_at = Some(now - chrono::Duration::minutes(ago_mins));
+        job
+    };
+    let old_ok = finished(JobStatus::Succeeded, 120);
+    let old_failed = finished(JobStatus::Failed, 100);
+    let recent = finished(JobStatus::Cancelled, 10);
+    let mut running = job_at(1);
+    running.transition(JobStatus::Running).unwrap();
+    let queued = job_at(2);
+    for job in [&old_ok, &old_failed, &recent, &running, &queued] {
+        store.insert_job(job).await.unwrap();
+    }
+    let cutoff = now - chrono::Duration::minutes(60);
+    let old: BTreeSet<JobId> = store
+        .finished_before(cutoff)
+        .await
+        .unwrap_or_else(|e| panic!("finished_before: {e}"))
+        .into_iter()
+        .collect();
+    assert_eq!(
+        old,
+        BTreeSet::from([old_ok.id, old_failed.id]),
+        "finished_before returns the terminal jobs finished before the cutoff"
+    );
+    assert!(
+        store
+            .finished_before(now - chrono::Duration::minutes(500))
+            .await
+            .unwrap()
+            .is_empty(),
+        "finished_before an early cutoff"
+    );
+
+    let counts: BTreeMap<JobStatus, u64> = store
+        .count_by_status()
+        .await
+        .unwrap_or_else(|e| panic!("count_by_status: {e}"))
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    assert_eq!(
+        counts,
+        BTreeMap::from([
+            (JobStatus::Queued, 1),
+            (JobStatus::Running, 1),
+            (JobStatus::Succeeded, 1),
+            (JobStatus::Failed, 1),
+            (JobStatus::Cancelled, 1),
+        ]),
+        "count_by_status"
+    );
+    let mut done = running.clone();
+    done.transition(JobStatus::TimedOut).unwrap();
+    store.update_job(&done).await.unwrap();
+    store.delete_job(queued.id).await.unwrap();
+    let counts: BTreeMap<JobStatus, u64> = store
+        .count_by_status()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    assert_eq!(counts.get(&JobStatus::Queued), None, "count after delete");
+    assert_eq!(counts.get(&JobStatus::Running), None, "count after update");
+    assert_eq!(
+        counts.get(&JobStatus::TimedOut),
+        Some(&1),
+        "count after update"
+    );
+}
+
+async fn concurrency(store: Arc<dyn JobStore>) {
+    const TASKS: usize = 8;
+    const BATCHES: u64 = 25;
+    let mut handles = Vec::new();
+    for t in 0..TASKS {
+        let store = store.clone();
+        handles.push(tokio::spawn(async move {
+            let mut job = job_at(t as i64);
+            store.insert_job(&job).await.unwrap();
+            for b in 0..BATCHES {
+                let batch = [log(job.id, 2 * b + 1), log(job.id, 2 * b + 2)];
+                store
+                    .append_events(job.id, &batch)
+                    .await
+                    .unwrap_or_else(|e| panic!("concurrent append: {e}"));
+                if b == BATCHES / 2 {
+                    job.transition(JobStatus::Running).unwrap();
+                    store.update_job(&job).await.unwrap();
+                }
+                // Interleave reads with the other tasks' writes.
+                assert_eq!(store.last_seq(job.id).await.unwrap(), 2 * b + 2);
+            }
+            job.id
+        }));
+    }
+    let mut ids = Vec::new();
+    for handle in handles {
+        ids.push(handle.await.expect("a concurrent task panicked"));
+    }
+    for id in ids {
+        let events = store.events(id, 0, 1000).await.unwrap();
+        assert_eq!(
+            seqs(&events),
+            (1..=2 * BATCHES).collect::<Vec<_>>(),
+            "concurrent appends: every event, in order"
+        );
+        assert!(
+            events.iter().all(|e| e.job_id == id),
+            "events belong to their job"
+        );
+        assert_eq!(
+            store.get_job(id).await.unwrap().map(|j| j.status),
+            Some(JobStatus::Running)
+        );
+    }
+    let page = store.list_jobs(&JobFilter::default()).await.unwrap();
+    assert_eq!(
+        page.total, TASKS as u64,
+        "concurrent inserts: every job listed"
+    );
+}
