@@ -20,7 +20,10 @@ const GENERATE: &str = "/v1beta/models/gemini-2.5-flash:generateContent";
 const STREAM: &str = "/v1beta/models/gemini-2.5-flash:streamGenerateContent";
 
 fn gemini(server: &MockServer) -> Gemini {
-    GeminiConfig::new(KEY).with_base_url(server.uri()).build().unwrap()
+    GeminiConfig::new(KEY)
+        .with_base_url(server.uri())
+        .build()
+        .unwrap()
 }
 
 #[tokio::test]
@@ -110,7 +113,10 @@ async fn json_mode_sends_mime_type_and_plan_schema() {
     // The schema describes the plan agent-core parses.
     let schema = plan_response_schema();
     let step = &schema["properties"]["steps"]["items"];
-    assert_eq!(step["properties"]["type"]["enum"], json!(["shell", "python", "write_file"]));
+    assert_eq!(
+        step["properties"]["type"]["enum"],
+        json!(["shell", "python", "write_file"])
+    );
     for field in ["command", "code", "path", "content", "description"] {
         assert_eq!(step["properties"][field]["type"], "STRING", "{field}");
     }
@@ -136,14 +142,21 @@ async fn sse_stream_without_done_is_assembled() {
         .and(path(STREAM))
         .and(query_param("alt", "sse"))
         .and(header("x-goog-api-key", KEY))
-        .and(body_partial_json(json!({"systemInstruction": {"parts": [{"text": "sys"}]}})))
+        .and(body_partial_json(
+            json!({"systemInstruction": {"parts": [{"text": "sys"}]}}),
+        ))
         .respond_with(sse_response(&events))
         .expect(1)
         .mount(&server)
         .await;
-    let stream = gemini(&server).chat_stream(&ChatRequest::new("sys", "hi")).await.unwrap();
+    let stream = gemini(&server)
+        .chat_stream(&ChatRequest::new("sys", "hi"))
+        .await
+        .unwrap();
     let mut deltas = Vec::new();
-    let reply = collect_stream(stream, |d| deltas.push(d.to_owned())).await.unwrap();
+    let reply = collect_stream(stream, |d| deltas.push(d.to_owned()))
+        .await
+        .unwrap();
     assert_eq!(deltas, ["Hel", "lo", "!"]);
     assert_eq!(reply.text, "Hello!");
     assert_eq!(reply.provider, "gemini");
@@ -165,12 +178,19 @@ async fn blocked_prompt_is_blocked() {
         .mount(&server)
         .await;
     let sleeper = RecordingSleeper::default();
-    let provider = Retry::with_policy(gemini(&server), fast_policy(3)).with_sleeper(Arc::new(sleeper.clone()));
-    let err = provider.chat(&ChatRequest::new("s", "bad")).await.unwrap_err();
+    let provider =
+        Retry::with_policy(gemini(&server), fast_policy(3)).with_sleeper(Arc::new(sleeper.clone()));
+    let err = provider
+        .chat(&ChatRequest::new("s", "bad"))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind, LlmErrorKind::Blocked);
     assert_eq!(err.provider, "gemini");
     assert!(err.message.contains("SAFETY"), "{err}");
-    assert!(sleeper.delays().is_empty(), "a blocked prompt is not retried");
+    assert!(
+        sleeper.delays().is_empty(),
+        "a blocked prompt is not retried"
+    );
 }
 
 #[tokio::test]
@@ -194,10 +214,16 @@ async fn blocked_answer_and_empty_candidates() {
         .mount(&server)
         .await;
     let provider = gemini(&server);
-    let err = provider.chat(&ChatRequest::new("s", "u")).await.unwrap_err();
+    let err = provider
+        .chat(&ChatRequest::new("s", "u"))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind, LlmErrorKind::Blocked);
     assert!(err.message.contains("finishReason SAFETY"), "{err}");
-    let err = provider.chat(&ChatRequest::new("s", "u")).await.unwrap_err();
+    let err = provider
+        .chat(&ChatRequest::new("s", "u"))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind, LlmErrorKind::InvalidResponse);
     assert!(err.message.contains("no candidates"), "{err}");
 }
@@ -207,7 +233,9 @@ async fn blocked_prompt_in_a_stream() {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
         .and(path(STREAM))
-        .respond_with(sse_response(&[json!({"promptFeedback": {"blockReason": "PROHIBITED_CONTENT"}}).to_string()]))
+        .respond_with(sse_response(&[
+            json!({"promptFeedback": {"blockReason": "PROHIBITED_CONTENT"}}).to_string(),
+        ]))
         .mount(&server)
         .await;
     let err = gemini(&server)
@@ -251,7 +279,8 @@ async fn rate_limit_with_retry_info_is_retried_after_the_asked_delay() {
         .await;
     let sleeper = RecordingSleeper::default();
     // Backoff base 1 ms: a 1 s delay can only come from RetryInfo.
-    let provider = Retry::with_policy(gemini(&server), fast_policy(3)).with_sleeper(Arc::new(sleeper.clone()));
+    let provider =
+        Retry::with_policy(gemini(&server), fast_policy(3)).with_sleeper(Arc::new(sleeper.clone()));
     let reply = provider.chat(&ChatRequest::new("s", "u")).await.unwrap();
     assert_eq!(reply.text, "after the wait");
     assert_eq!(sleeper.delays(), [Duration::from_secs(1)]);
@@ -273,8 +302,12 @@ async fn retry_info_is_capped_by_the_max_delay() {
         .await;
     let sleeper = RecordingSleeper::default();
     let policy = fast_policy(2).with_max_delay(Duration::from_secs(5));
-    let provider = Retry::with_policy(gemini(&server), policy).with_sleeper(Arc::new(sleeper.clone()));
-    let err = provider.chat(&ChatRequest::new("s", "u")).await.unwrap_err();
+    let provider =
+        Retry::with_policy(gemini(&server), policy).with_sleeper(Arc::new(sleeper.clone()));
+    let err = provider
+        .chat(&ChatRequest::new("s", "u"))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind, LlmErrorKind::RateLimited);
     assert_eq!(err.status, Some(429));
     assert_eq!(err.retry_after, Some(Duration::from_secs(37)));
@@ -302,8 +335,12 @@ async fn per_day_quota_is_not_retried() {
         .mount(&server)
         .await;
     let sleeper = RecordingSleeper::default();
-    let provider = Retry::with_policy(gemini(&server), fast_policy(4)).with_sleeper(Arc::new(sleeper.clone()));
-    let err = provider.chat(&ChatRequest::new("s", "u")).await.unwrap_err();
+    let provider =
+        Retry::with_policy(gemini(&server), fast_policy(4)).with_sleeper(Arc::new(sleeper.clone()));
+    let err = provider
+        .chat(&ChatRequest::new("s", "u"))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind, LlmErrorKind::QuotaExhausted);
     assert_eq!(err.status, Some(429));
     assert!(err.message.contains("exceeded your current quota"));
@@ -334,11 +371,15 @@ async fn unavailable_is_retried_with_backoff_then_answered() {
         .mount(&server)
         .await;
     let sleeper = RecordingSleeper::default();
-    let provider = Retry::with_policy(gemini(&server), fast_policy(3)).with_sleeper(Arc::new(sleeper.clone()));
+    let provider =
+        Retry::with_policy(gemini(&server), fast_policy(3)).with_sleeper(Arc::new(sleeper.clone()));
     let reply = provider.chat(&ChatRequest::new("s", "u")).await.unwrap();
     assert_eq!(reply.text, "third time lucky");
     // Exponential backoff from a 1 ms base, no jitter.
-    assert_eq!(sleeper.delays(), [Duration::from_millis(1), Duration::from_millis(2)]);
+    assert_eq!(
+        sleeper.delays(),
+        [Duration::from_millis(1), Duration::from_millis(2)]
+    );
 }
 
 #[tokio::test]
@@ -363,7 +404,10 @@ async fn not_found_model_is_permanent() {
             .unwrap(),
         fast_policy(3),
     );
-    let err = provider.chat(&ChatRequest::new("s", "u")).await.unwrap_err();
+    let err = provider
+        .chat(&ChatRequest::new("s", "u"))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind, LlmErrorKind::Permanent);
     assert_eq!(err.status, Some(404));
     assert!(err.message.contains("is not found"));
@@ -382,7 +426,10 @@ async fn input_too_long_is_context_too_long() {
         )))
         .mount(&server)
         .await;
-    let err = gemini(&server).chat(&ChatRequest::new("s", "u")).await.unwrap_err();
+    let err = gemini(&server)
+        .chat(&ChatRequest::new("s", "u"))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind, LlmErrorKind::ContextTooLong);
 }
 
@@ -410,9 +457,15 @@ async fn malformed_body_and_timeout() {
         .with_http(HttpOptions::with_timeout(Duration::from_millis(200)))
         .build()
         .unwrap();
-    let err = provider.chat(&ChatRequest::new("s", "u")).await.unwrap_err();
+    let err = provider
+        .chat(&ChatRequest::new("s", "u"))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind, LlmErrorKind::InvalidResponse);
-    let err = provider.chat(&ChatRequest::new("s", "u")).await.unwrap_err();
+    let err = provider
+        .chat(&ChatRequest::new("s", "u"))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind, LlmErrorKind::Transient);
     assert!(err.message.contains("timed out"), "{err}");
 }

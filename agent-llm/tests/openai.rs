@@ -49,10 +49,10 @@ async fn alchemyst_request_and_happy_path_with_usage() {
             "temperature": 0.25,
             "max_tokens": 256
         })))
-        .respond_with(ResponseTemplate::new(200).set_body_json(openai_completion(
-            "the plan",
-            "alchemyst-ai/alchemyst-c1",
-        )))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(openai_completion("the plan", "alchemyst-ai/alchemyst-c1")),
+        )
         .expect(1)
         .mount(&server)
         .await;
@@ -85,7 +85,9 @@ async fn json_mode_sends_response_format() {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
         .and(path(CHAT_PATH))
-        .and(body_partial_json(json!({"response_format": {"type": "json_object"}})))
+        .and(body_partial_json(
+            json!({"response_format": {"type": "json_object"}}),
+        ))
         .respond_with(
             ResponseTemplate::new(200)
                 .set_body_json(openai_completion(r#"{"steps":[],"summary":"ok"}"#, "m")),
@@ -151,7 +153,9 @@ async fn sse_stream_is_assembled_with_usage_and_done() {
     Mock::given(method("POST"))
         .and(path(CHAT_PATH))
         .and(header("authorization", format!("Bearer {KEY}").as_str()))
-        .and(body_partial_json(json!({"stream": true, "stream_options": {"include_usage": true}})))
+        .and(body_partial_json(
+            json!({"stream": true, "stream_options": {"include_usage": true}}),
+        ))
         .respond_with(sse_response(&events))
         .expect(1)
         .mount(&server)
@@ -162,7 +166,9 @@ async fn sse_stream_is_assembled_with_usage_and_done() {
         .await
         .unwrap();
     let mut deltas = Vec::new();
-    let reply = collect_stream(stream, |d| deltas.push(d.to_owned())).await.unwrap();
+    let reply = collect_stream(stream, |d| deltas.push(d.to_owned()))
+        .await
+        .unwrap();
     assert_eq!(deltas, ["Hel", "lo, ", "world"]);
     assert_eq!(reply.text, "Hello, world");
     assert_eq!(reply.provider, "alchemyst");
@@ -184,8 +190,14 @@ async fn a_stream_cut_after_text_is_an_error_and_not_retried() {
     let sleeper = RecordingSleeper::default();
     let provider = Retry::with_policy(alchemyst(&server), fast_policy(3))
         .with_sleeper(std::sync::Arc::new(sleeper.clone()));
-    let mut stream = provider.chat_stream(&ChatRequest::new("s", "u")).await.unwrap();
-    assert_eq!(stream.next().await.unwrap().unwrap(), ChatChunk::Delta("partial".into()));
+    let mut stream = provider
+        .chat_stream(&ChatRequest::new("s", "u"))
+        .await
+        .unwrap();
+    assert_eq!(
+        stream.next().await.unwrap().unwrap(),
+        ChatChunk::Delta("partial".into())
+    );
     let err = stream.next().await.unwrap().unwrap_err();
     assert_eq!(err.kind, LlmErrorKind::Transient);
     assert!(err.message.contains("[DONE]"), "{err}");
@@ -209,7 +221,10 @@ async fn bad_request_is_permanent_with_the_providers_message_and_not_retried() {
     let sleeper = RecordingSleeper::default();
     let provider = Retry::with_policy(alchemyst(&server), fast_policy(5))
         .with_sleeper(std::sync::Arc::new(sleeper.clone()));
-    let err = provider.chat(&ChatRequest::new("s", "u")).await.unwrap_err();
+    let err = provider
+        .chat(&ChatRequest::new("s", "u"))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind, LlmErrorKind::Permanent);
     assert_eq!(err.status, Some(400));
     assert_eq!(err.provider, "alchemyst");
@@ -223,17 +238,27 @@ async fn unauthorized_and_not_found_are_permanent() {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
         .and(path(CHAT_PATH))
-        .respond_with(ResponseTemplate::new(401).set_body_json(openai_error("Invalid API key", None)))
+        .respond_with(
+            ResponseTemplate::new(401).set_body_json(openai_error("Invalid API key", None)),
+        )
         .mount(&server)
         .await;
-    let err = alchemyst(&server).chat(&ChatRequest::new("s", "u")).await.unwrap_err();
+    let err = alchemyst(&server)
+        .chat(&ChatRequest::new("s", "u"))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind, LlmErrorKind::Permanent);
     assert_eq!(err.status, Some(401));
     assert_eq!(err.message, "Invalid API key");
 
     // A wrong base URL: the server's 404 (plain text) is permanent too.
-    let provider = OpenAiConfig::openai(format!("{}/nowhere", server.uri())).build().unwrap();
-    let err = provider.chat(&ChatRequest::new("s", "u")).await.unwrap_err();
+    let provider = OpenAiConfig::openai(format!("{}/nowhere", server.uri()))
+        .build()
+        .unwrap();
+    let err = provider
+        .chat(&ChatRequest::new("s", "u"))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind, LlmErrorKind::Permanent);
     assert_eq!(err.status, Some(404));
 }
@@ -249,7 +274,10 @@ async fn context_length_exceeded() {
         )))
         .mount(&server)
         .await;
-    let err = alchemyst(&server).chat(&ChatRequest::new("s", "u")).await.unwrap_err();
+    let err = alchemyst(&server)
+        .chat(&ChatRequest::new("s", "u"))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind, LlmErrorKind::ContextTooLong);
     assert!(!err.should_fall_back());
 }
@@ -270,10 +298,16 @@ async fn malformed_bodies_are_invalid_responses() {
         .mount(&server)
         .await;
     let provider = alchemyst(&server);
-    let err = provider.chat(&ChatRequest::new("s", "u")).await.unwrap_err();
+    let err = provider
+        .chat(&ChatRequest::new("s", "u"))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind, LlmErrorKind::InvalidResponse);
     assert_eq!(err.provider, "alchemyst");
-    let err = provider.chat(&ChatRequest::new("s", "u")).await.unwrap_err();
+    let err = provider
+        .chat(&ChatRequest::new("s", "u"))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind, LlmErrorKind::InvalidResponse);
     assert!(err.message.contains("no choices"), "{err}");
 }
@@ -295,13 +329,20 @@ async fn a_slow_server_times_out_as_transient() {
         .with_http(HttpOptions::with_timeout(Duration::from_millis(200)))
         .build()
         .unwrap();
-    let err = provider.chat(&ChatRequest::new("s", "u")).await.unwrap_err();
+    let err = provider
+        .chat(&ChatRequest::new("s", "u"))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind, LlmErrorKind::Transient);
     assert!(err.message.contains("timed out"), "{err}");
     assert!(err.status.is_none());
 
     // Streaming requests time out waiting for the headers too.
-    let err = provider.chat_stream(&ChatRequest::new("s", "u")).await.err().unwrap();
+    let err = provider
+        .chat_stream(&ChatRequest::new("s", "u"))
+        .await
+        .err()
+        .unwrap();
     assert_eq!(err.kind, LlmErrorKind::Transient);
 }
 
@@ -312,8 +353,13 @@ async fn connection_refused_is_transient() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap().port()
     };
-    let provider = OpenAiConfig::openai(format!("http://127.0.0.1:{port}/v1")).build().unwrap();
-    let err = provider.chat(&ChatRequest::new("s", "u")).await.unwrap_err();
+    let provider = OpenAiConfig::openai(format!("http://127.0.0.1:{port}/v1"))
+        .build()
+        .unwrap();
+    let err = provider
+        .chat(&ChatRequest::new("s", "u"))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind, LlmErrorKind::Transient);
     assert!(err.message.contains("connection failed"), "{err}");
 }

@@ -1,0 +1,334 @@
+//! The provider chain: `LlmConfig` from an explicit variable map, Retry inside Fallback, and
+//! streaming through both — against real HTTP servers on 127.0.0.1.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::Arc;
+
+use agent_core::llm::collect_stream;
+use agent_core::{ChatRequest, LlmErrorKind, LlmProvider};
+use agent_llm::{
+    AllProvidersFailed, Fallback, LlmConfig, OpenAiConfig, ProviderKind, Retry,
+    ALCHEMYST_DEFAULT_BASE_URL, ALCHEMYST_DEFAULT_MODEL, GEMINI_DEFAULT_BASE_URL,
+    GEMINI_DEFAULT_MODEL,
+};
+use common::*;
+use serde_json::json;
+use wiremock::matchers::{header, method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+const ALC_PATH: &str = "/api/v1/proxy/default/chat/completions";
+const GEM_PATH: &str = "/v1beta/models/gemini-2.5-flash:generateContent";
+const GEM_STREAM: &str = "/v1beta/models/gemini-2.5-flash:streamGenerateContent";
+
+fn vars(pairs: &[(&str, String)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect()
+}
+
+/// Alchemyst and Gemini, each on its own mock server.
+fn two_provider_config(alchemyst: &MockServer, gemini: &MockServer) -> LlmConfig {
+    LlmConfig::from_vars(vars(&[
+        ("ALCHEMYST_API_KEY", "alc-key-000111".into()),
+        (
+            "ALCHEMYST_BASE_URL",
+            format!("{}/api/v1/proxy/default", alchemyst.uri()),
+        ),
+        ("GEMINI_API_KEY", "gem-key-222333".into()),
+        ("GEMINI_BASE_URL", gemini.uri()),
+    ]))
+    .unwrap()
+    .with_retry(fast_policy(3))
+}
+
+#[tokio::test]
+async fn failing_alchemyst_falls_back_to_gemini_after_its_retries() {
+    let alchemyst = MockServer::start().await;
+    let gemini = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(ALC_PATH))
+        .and(header("authorization", "Bearer alc-key-000111"))
+        .respond_with(
+            ResponseTemplate::new(503)
+                .set_body_json(json!({"error": {"message": "upstream unavailable"}})),
+        )
+        .expect(3) // the first attempt and two retries
+        .mount(&alchemyst)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(GEM_PATH))
+        .and(header("x-goog-api-key", "gem-key-222333"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(gemini_reply("from gemini")))
+        .expect(1)
+        .mount(&gemini)
+        .await;
+
+    let config = two_provider_config(&alchemyst, &gemini);
+    assert_eq!(config.configured(), ["alchemyst", "gemini"]);
+    let chain = config.build().unwrap();
+    assert_eq!(chain.provider_names(), ["alchemyst", "gemini"]);
+    let reply = chain.chat(&ChatRequest::new("s", "u")).await.unwrap();
+    assert_eq!(reply.text, "from gemini");
+    assert_eq!(reply.provider, "gemini", "the answer names who answered");
+    assert_eq!(reply.usage.total_tokens, 30);
+}
+
+#[tokio::test]
+async fn streaming_falls_back_before_the_first_delta() {
+    let alchemyst = MockServer::start().await;
+    let gemini = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(ALC_PATH))
+        .respond_with(ResponseTemplate::new(502).set_body_string("bad gateway"))
+        .expect(3)
+        .mount(&alchemyst)
+        .await;
+    let last = json!({"candidates": [{"content": {"parts": [{"text": "streamed"}]}, "finishReason": "STOP"}],
+                      "usageMetadata": {"promptTokenCount": 2, "candidatesTokenCount": 1, "totalTokenCount": 3}});
+    Mock::given(method("POST"))
+        .and(path(GEM_STREAM))
+        .respond_with(sse_response(&[last.to_string()]))
+        .expect(1)
+        .mount(&gemini)
+        .await;
+    let chain = two_provider_config(&alchemyst, &gemini).build().unwrap();
+    let stream = chain
+        .chat_stream(&ChatRequest::new("s", "u"))
+        .await
+        .unwrap();
+    let reply = collect_stream(stream, |_| {}).await.unwrap();
+    assert_eq!(reply.text, "streamed");
+    assert_eq!(reply.provider, "gemini");
+    assert_eq!(reply.usage.total_tokens, 3);
+}
+
+#[tokio::test]
+async fn streaming_retry_reopens_after_a_503() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .respond_with(ResponseTemplate::new(503))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .expect(1)
+        .mount(&server)
+        .await;
+    let events = [
+        json!({"choices": [{"delta": {"content": "ok"}, "finish_reason": "stop"}]}).to_string(),
+        "[DONE]".to_owned(),
+    ];
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .respond_with(sse_response(&events))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let sleeper = RecordingSleeper::default();
+    let provider = Retry::with_policy(
+        OpenAiConfig::openai(format!("{}/v1", server.uri()))
+            .build()
+            .unwrap(),
+        fast_policy(3),
+    )
+    .with_sleeper(Arc::new(sleeper.clone()));
+    let reply = collect_stream(
+        provider
+            .chat_stream(&ChatRequest::new("s", "u"))
+            .await
+            .unwrap(),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.text, "ok");
+    assert_eq!(reply.provider, "openai");
+    assert_eq!(sleeper.delays().len(), 1);
+}
+
+#[tokio::test]
+async fn all_failing_lists_every_failure() {
+    let alchemyst = MockServer::start().await;
+    let gemini = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(ALC_PATH))
+        .respond_with(
+            ResponseTemplate::new(401).set_body_json(json!({"error": {"message": "bad key"}})),
+        )
+        .expect(1)
+        .mount(&alchemyst)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(GEM_PATH))
+        .respond_with(ResponseTemplate::new(429).set_body_json(gemini_error(
+            429,
+            "RESOURCE_EXHAUSTED",
+            "Quota exceeded for metric: requests per day",
+            json!([]),
+        )))
+        .expect(1)
+        .mount(&gemini)
+        .await;
+    let chain = two_provider_config(&alchemyst, &gemini).build().unwrap();
+    let err = chain.chat(&ChatRequest::new("s", "u")).await.unwrap_err();
+    assert_eq!(
+        err.kind,
+        LlmErrorKind::QuotaExhausted,
+        "the last failure's kind"
+    );
+    assert_eq!(err.status, Some(429));
+    assert!(
+        err.message
+            .contains("alchemyst request refused (HTTP 401): bad key"),
+        "{err}"
+    );
+    assert!(
+        err.message.contains("gemini quota exhausted (HTTP 429)"),
+        "{err}"
+    );
+    let source = std::error::Error::source(&err).unwrap();
+    let all = source.downcast_ref::<AllProvidersFailed>().unwrap();
+    assert_eq!(all.errors.len(), 2);
+    assert_eq!(all.errors[0].provider, "alchemyst");
+    assert_eq!(all.errors[1].provider, "gemini");
+}
+
+#[tokio::test]
+async fn context_too_long_does_not_fall_back() {
+    let alchemyst = MockServer::start().await;
+    let gemini = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(ALC_PATH))
+        .respond_with(ResponseTemplate::new(400).set_body_json(
+            json!({"error": {"message": "too long", "code": "context_length_exceeded"}}),
+        ))
+        .expect(1)
+        .mount(&alchemyst)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(GEM_PATH))
+        .respond_with(ResponseTemplate::new(200).set_body_json(gemini_reply("never")))
+        .expect(0)
+        .mount(&gemini)
+        .await;
+    let chain = two_provider_config(&alchemyst, &gemini).build().unwrap();
+    let err = chain.chat(&ChatRequest::new("s", "u")).await.unwrap_err();
+    assert_eq!(err.kind, LlmErrorKind::ContextTooLong);
+    assert_eq!(err.provider, "alchemyst");
+}
+
+#[tokio::test]
+async fn order_is_overridable() {
+    let alchemyst = MockServer::start().await;
+    let gemini = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(ALC_PATH))
+        .respond_with(ResponseTemplate::new(200).set_body_json(openai_completion("alc", "m")))
+        .expect(0)
+        .mount(&alchemyst)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(GEM_PATH))
+        .respond_with(ResponseTemplate::new(200).set_body_json(gemini_reply("gem")))
+        .expect(1)
+        .mount(&gemini)
+        .await;
+    let config = LlmConfig::from_vars(vars(&[
+        ("ALCHEMYST_AI_API_KEY", "alc-key-000111".into()),
+        (
+            "ALCHEMYST_BASE_URL",
+            format!("{}/api/v1/proxy/default", alchemyst.uri()),
+        ),
+        ("GEMINI_API_KEY", "gem-key-222333".into()),
+        ("GEMINI_BASE_URL", gemini.uri()),
+        ("AGENT_LLM_ORDER", " Gemini , alchemyst ".into()),
+    ]))
+    .unwrap();
+    assert_eq!(config.configured(), ["gemini", "alchemyst"]);
+    let reply = config
+        .build()
+        .unwrap()
+        .chat(&ChatRequest::new("s", "u"))
+        .await
+        .unwrap();
+    assert_eq!(reply.provider, "gemini");
+}
+
+#[test]
+fn nothing_configured_names_the_variables() {
+    let config = LlmConfig::from_vars(vars(&[
+        ("OPENAI_MODEL", "x".into()),
+        ("GEMINI_API_KEY", "  ".into()),
+    ]))
+    .unwrap();
+    assert!(config.configured().is_empty());
+    let err = config.build().unwrap_err();
+    assert_eq!(err.kind, LlmErrorKind::NotConfigured);
+    for var in [
+        "ALCHEMYST_API_KEY",
+        "ALCHEMYST_AI_API_KEY",
+        "GEMINI_API_KEY",
+        "OPENAI_BASE_URL",
+    ] {
+        assert!(err.to_string().contains(var), "{err} should name {var}");
+    }
+
+    // An order naming only unconfigured providers says so.
+    let config = LlmConfig::from_vars(vars(&[
+        ("AGENT_LLM_ORDER", "openai".into()),
+        ("GEMINI_API_KEY", "k-123456".into()),
+    ]))
+    .unwrap();
+    let err = config.build().unwrap_err();
+    assert_eq!(err.kind, LlmErrorKind::NotConfigured);
+    assert!(err.message.contains("AGENT_LLM_ORDER (openai)"), "{err}");
+}
+
+#[test]
+fn defaults_and_invalid_values() {
+    let config = LlmConfig::from_vars(vars(&[
+        ("ALCHEMYST_API_KEY", "a-123456".into()),
+        ("GEMINI_API_KEY", "g-123456".into()),
+        ("OPENAI_BASE_URL", "http://127.0.0.1:11434/v1".into()),
+        ("OPENAI_MODEL", "llama3.2".into()),
+        ("AGENT_LLM_TIMEOUT_SECS", "7.5".into()),
+        ("AGENT_LLM_MAX_ATTEMPTS", "5".into()),
+    ]))
+    .unwrap();
+    assert_eq!(config.configured(), ["alchemyst", "gemini", "openai"]);
+    let alc = config.alchemyst.as_ref().unwrap();
+    assert_eq!(alc.base_url, ALCHEMYST_DEFAULT_BASE_URL);
+    assert_eq!(alc.model, ALCHEMYST_DEFAULT_MODEL);
+    assert_eq!(alc.http.timeout, std::time::Duration::from_millis(7500));
+    let gem = config.gemini.as_ref().unwrap();
+    assert_eq!(gem.base_url, GEMINI_DEFAULT_BASE_URL);
+    assert_eq!(gem.model, GEMINI_DEFAULT_MODEL);
+    let oa = config.openai.as_ref().unwrap();
+    assert!(oa.api_key.is_none());
+    assert_eq!(oa.model, "llama3.2");
+    assert_eq!(config.retry.max_attempts, 5);
+
+    for (var, value) in [
+        ("AGENT_LLM_ORDER", "gemini,claude"),
+        ("AGENT_LLM_TIMEOUT_SECS", "soon"),
+        ("AGENT_LLM_MAX_ATTEMPTS", "0"),
+    ] {
+        let err = LlmConfig::from_vars(vars(&[(var, value.into())])).unwrap_err();
+        assert_eq!(err.kind, LlmErrorKind::NotConfigured);
+        assert!(err.message.contains(var), "{err}");
+    }
+
+    let config = LlmConfig::from_vars(vars(&[("GEMINI_API_KEY", "g-123456".into())]))
+        .unwrap()
+        .with_order(vec![ProviderKind::OpenAi, ProviderKind::Gemini]);
+    assert_eq!(config.configured(), ["gemini"]);
+}
+
+#[tokio::test]
+async fn empty_fallback_is_not_configured() {
+    let chain = Fallback::new(Vec::new());
+    let err = chain.chat(&ChatRequest::new("s", "u")).await.unwrap_err();
+    assert_eq!(err.kind, LlmErrorKind::NotConfigured);
+}
