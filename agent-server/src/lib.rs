@@ -1,3 +1,20 @@
-//! agent-server
+#![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+
+pub mod api;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod logs;
+pub mod metrics;
+pub mod openapi;
+pub mod routes;
+pub mod server;
+
+pub use config::{LogFormat, Secret, ServerConfig};
+pub use error::{ApiError, ErrorBody};
+pub use routes::{app, ApiSettings, AppState};
+pub use server::{build_state, serve, serve_on, ServeError};

@@ -1,0 +1,407 @@
+//! The request and response bodies of the REST API (shared by the server and the `agent` CLI).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use agent_core::{Job, JobId, JobSpec, JobStatus, NetworkMode, Step, StepStatus, Termination};
+
+use crate::error::ApiError;
+
+/// The longest timeout a request may ask for (7 days).
+pub const MAX_TIMEOUT_SECS: u64 = 7 * 86_400;
+
+/// `POST /schedule`: a prompt for the LLM to plan, or explicit steps (or both: the steps run and
+/// the prompt is kept as the job's description).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleRequest {
+    /// The task in plain language. Required unless `steps` are given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    /// Explicit steps, run in order without an LLM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<StepDoc>>)]
+    pub steps: Option<Vec<Step>>,
+    /// Timeout of the whole job in seconds (default: the server's `AGENT_JOB_TIMEOUT_SECS`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
+    /// Timeout of each step in seconds (default: the server's `AGENT_STEP_TIMEOUT_SECS`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_timeout_secs: Option<u64>,
+    /// Sandbox network: `none` (default) or `bridge`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "none")]
+    pub network: Option<NetworkMode>,
+    /// Container image (default: the server's `AGENT_IMAGE`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Extra environment variables for every step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<BTreeMap<String, String>>,
+}
+
+/// Server-side defaults applied to a [`ScheduleRequest`].
+#[derive(Clone, Debug)]
+pub struct JobDefaults {
+    /// Whole-job timeout.
+    pub job_timeout: Duration,
+    /// Per-step timeout.
+    pub step_timeout: Duration,
+    /// Network mode.
+    pub network: NetworkMode,
+}
+
+impl Default for JobDefaults {
+    fn default() -> Self {
+        let spec = JobSpec::default();
+        Self {
+            job_timeout: spec.job_timeout,
+            step_timeout: spec.step_timeout,
+            network: spec.network,
+        }
+    }
+}
+
+fn timeout(field: &str, secs: Option<u64>, default: Duration) -> Result<Duration, ApiError> {
+    match secs {
+        None => Ok(default),
+        Some(0) => Err(ApiError::invalid(
+            field,
+            format!("{field}: must be at least 1"),
+        )),
+        Some(s) if s > MAX_TIMEOUT_SECS => Err(ApiError::invalid(
+            field,
+            format!("{field}: must be at most {MAX_TIMEOUT_SECS}"),
+        )),
+        Some(s) => Ok(Duration::from_secs(s)),
+    }
+}
+
+impl ScheduleRequest {
+    /// A request running explicit steps.
+    pub fn from_steps(steps: Vec<Step>) -> Self {
+        Self {
+            steps: Some(steps),
+            ..Self::default()
+        }
+    }
+
+    /// A request planned from a prompt.
+    pub fn from_prompt(prompt: impl Into<String>) -> Self {
+        Self {
+            prompt: Some(prompt.into()),
+            ..Self::default()
+        }
+    }
+
+    /// The job spec, with the server's defaults filled in; checks what the spec's own validation
+    /// does not (timeout ranges).
+    pub fn into_spec(self, defaults: &JobDefaults) -> Result<JobSpec, ApiError> {
+        let job_timeout = timeout("timeout_secs", self.timeout_secs, defaults.job_timeout)?;
+        let step_timeout = timeout(
+            "step_timeout_secs",
+            self.step_timeout_secs,
+            defaults.step_timeout,
+        )?;
+        if let Some(steps) = &self.steps {
+            for (i, step) in steps.iter().enumerate() {
+                if let Some(t) = step.timeout {
+                    timeout(
+                        &format!("steps[{i}].timeout_secs"),
+                        Some(t.as_secs()),
+                        Duration::ZERO,
+                    )?;
+                }
+            }
+        }
+        let spec = JobSpec {
+            prompt: self.prompt.unwrap_or_default(),
+            steps: self.steps,
+            image: self.image,
+            step_timeout,
+            job_timeout,
+            network: self.network.unwrap_or(defaults.network),
+            env: self.env.unwrap_or_default(),
+            ..JobSpec::default()
+        };
+        Ok(spec)
+    }
+}
+
+/// A step, as the API and the plan files write it (documentation only; the server parses
+/// `agent_core::Step`).
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum StepDoc {
+    /// `bash -c command` in `/workspace`.
+    Shell {
+        /// The command line.
+        command: String,
+        /// What it is for.
+        description: Option<String>,
+        /// Timeout of this step in seconds.
+        timeout_secs: Option<u64>,
+    },
+    /// Python source run with `python3`.
+    Python {
+        /// The source.
+        code: String,
+        /// What it is for.
+        description: Option<String>,
+        /// Timeout of this step in seconds.
+        timeout_secs: Option<u64>,
+    },
+    /// A file written under `/workspace`.
+    WriteFile {
+        /// Path relative to `/workspace`.
+        path: String,
+        /// UTF-8 content.
+        content: String,
+        /// What it is for.
+        description: Option<String>,
+    },
+}
+
+/// `202` answer to `POST /schedule`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ScheduleResponse {
+    /// The new job's id.
+    #[schema(value_type = String, format = Uuid)]
+    pub job_id: JobId,
+    /// Always `queued`.
+    #[schema(value_type = String, example = "queued")]
+    pub status: JobStatus,
+    /// Where to poll.
+    pub status_link: String,
+}
+
+/// One step of a job in `GET /status/{id}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct StepView {
+    /// Position in the job (0-based; repairs continue the numbering).
+    pub index: usize,
+    /// `shell`, `python` or `write_file`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The planner's description.
+    pub description: Option<String>,
+    /// `pending`, `running`, `succeeded`, `failed` or `skipped`.
+    #[schema(value_type = String, example = "succeeded")]
+    pub status: StepStatus,
+    /// Exit code once finished.
+    pub exit_code: Option<i32>,
+    /// Wall time once finished.
+    pub duration_ms: Option<u64>,
+    /// How it ended: `exited`, `timed_out`, `cancelled`, `out_of_memory`, `output_limit`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub termination: Option<Termination>,
+    /// Repair round that produced it (0 = the first plan).
+    #[serde(default)]
+    pub attempt: u32,
+}
+
+/// `GET /status/{id}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct StatusResponse {
+    /// The job.
+    #[schema(value_type = String, format = Uuid)]
+    pub job_id: JobId,
+    /// `queued`, `running`, `succeeded`, `failed`, `cancelled`, `timed_out` or `interrupted`.
+    #[schema(value_type = String, example = "running")]
+    pub status: JobStatus,
+    /// The prompt (empty for explicit-steps jobs).
+    pub prompt: String,
+    /// Submission time (RFC 3339).
+    pub created_at: DateTime<Utc>,
+    /// When a worker took it.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it reached its final status.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// The LLM provider that planned it.
+    pub provider: Option<String>,
+    /// Every step run so far.
+    pub steps: Vec<StepView>,
+    /// The result ZIP, once written.
+    pub download_link: Option<String>,
+    /// The job's log (text; `/stream` appended for Server-Sent Events).
+    pub logs_link: String,
+}
+
+impl StatusResponse {
+    /// The view of a stored job.
+    pub fn from_job(job: &Job) -> Self {
+        let id = job.id;
+        Self {
+            job_id: id,
+            status: job.status,
+            prompt: job.spec.prompt.clone(),
+            created_at: job.created_at,
+            started_at: job.started_at,
+            finished_at: job.finished_at,
+            error: job.error.clone(),
+            provider: job.provider.clone(),
+            steps: job
+                .steps
+                .iter()
+                .map(|rec| StepView {
+                    index: rec.index,
+                    kind: rec.step.kind.type_name().to_string(),
+                    description: rec.step.description.clone(),
+                    status: rec.status,
+                    exit_code: rec.result.as_ref().map(|r| r.exit_code),
+                    duration_ms: rec
+                        .result
+                        .as_ref()
+                        .map(|r| u64::try_from(r.duration.as_millis()).unwrap_or(u64::MAX)),
+                    termination: rec.result.as_ref().map(|r| r.termination),
+                    attempt: rec.attempt,
+                })
+                .collect(),
+            download_link: job.artifact.as_ref().map(|_| format!("/download/{id}")),
+            logs_link: format!("/logs/{id}"),
+        }
+    }
+}
+
+/// One job in `GET /jobs`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct JobSummary {
+    /// The job.
+    #[schema(value_type = String, format = Uuid)]
+    pub job_id: JobId,
+    /// Its status.
+    #[schema(value_type = String, example = "succeeded")]
+    pub status: JobStatus,
+    /// The prompt (shortened to 200 characters).
+    pub prompt: String,
+    /// Number of steps run.
+    pub steps: usize,
+    /// Submission time.
+    pub created_at: DateTime<Utc>,
+    /// Start time.
+    pub started_at: Option<DateTime<Utc>>,
+    /// Finish time.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+impl JobSummary {
+    /// The summary of a stored job.
+    pub fn from_job(job: &Job) -> Self {
+        let mut prompt: String = job.spec.prompt.chars().take(200).collect();
+        if prompt.len() < job.spec.prompt.len() {
+            prompt.push('…');
+        }
+        Self {
+            job_id: job.id,
+            status: job.status,
+            prompt,
+            steps: job.steps.len(),
+            created_at: job.created_at,
+            started_at: job.started_at,
+            finished_at: job.finished_at,
+            error: job.error.clone(),
+        }
+    }
+}
+
+/// `GET /jobs`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct JobsResponse {
+    /// This page, newest first.
+    pub jobs: Vec<JobSummary>,
+    /// How many jobs match in all.
+    pub total: u64,
+}
+
+/// `POST /cancel/{id}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CancelResponse {
+    /// The job.
+    #[schema(value_type = String, format = Uuid)]
+    pub job_id: JobId,
+    /// Always true (a finished job answers 409 instead).
+    pub cancelled: bool,
+    /// `cancelled`.
+    #[schema(value_type = String, example = "cancelled")]
+    pub status: JobStatus,
+}
+
+/// Whether the Docker engine answers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ExecutorHealth {
+    /// The executor (`docker`).
+    pub name: String,
+    /// Whether it answered a ping.
+    pub ok: bool,
+    /// Why not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `GET /`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct HealthResponse {
+    /// `ok`, or `degraded` when the executor does not answer (then the HTTP status is 503).
+    pub status: String,
+    /// `containerized-agent`.
+    pub service: String,
+    /// The server's version.
+    pub version: String,
+    /// The sandbox executor.
+    pub executor: ExecutorHealth,
+    /// The LLM providers configured, in the order they are tried (empty: explicit steps only).
+    pub llm_providers: Vec<String>,
+    /// Jobs waiting.
+    pub queued: usize,
+    /// Jobs running.
+    pub running: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_request_applies_defaults_and_limits() {
+        let defaults = JobDefaults {
+            job_timeout: Duration::from_secs(60),
+            step_timeout: Duration::from_secs(10),
+            network: NetworkMode::None,
+        };
+        let spec = ScheduleRequest::from_prompt("hi")
+            .into_spec(&defaults)
+            .unwrap();
+        assert_eq!(spec.job_timeout, Duration::from_secs(60));
+        assert_eq!(spec.step_timeout, Duration::from_secs(10));
+        let mut req = ScheduleRequest::from_prompt("hi");
+        req.timeout_secs = Some(0);
+        assert_eq!(
+            req.into_spec(&defaults)
+                .unwrap_err()
+                .detail
+                .field
+                .as_deref(),
+            Some("timeout_secs")
+        );
+        let mut req = ScheduleRequest::from_prompt("hi");
+        req.step_timeout_secs = Some(u64::MAX);
+        assert!(req.into_spec(&defaults).is_err());
+        let req: ScheduleRequest = serde_json::from_str(
+            r#"{"steps":[{"type":"shell","command":"echo"}],"network":"bridge","env":{"A":"1"}}"#,
+        )
+        .unwrap();
+        let spec = req.into_spec(&defaults).unwrap();
+        assert_eq!(spec.network, NetworkMode::Bridge);
+        assert_eq!(spec.steps.as_ref().map(Vec::len), Some(1));
+        assert!(serde_json::from_str::<ScheduleRequest>(r#"{"promt":"typo"}"#).is_err());
+    }
+}

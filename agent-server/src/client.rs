@@ -1,0 +1,271 @@
+//! A small client of the REST API (used by the `agent` CLI; usable from any Rust program).
+
+use std::path::Path;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use reqwest::{RequestBuilder, Response, StatusCode};
+use serde::de::DeserializeOwned;
+use tokio::io::AsyncWriteExt;
+
+use agent_core::{JobEvent, JobId};
+
+use crate::api::{
+    CancelResponse, HealthResponse, JobsResponse, ScheduleRequest, ScheduleResponse, StatusResponse,
+};
+use crate::config::Secret;
+use crate::error::{ErrorBody, ErrorDetail};
+
+/// What can go wrong talking to the server.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The server could not be reached.
+    #[error("cannot reach the server at {url}: {message}")]
+    Unreachable {
+        /// The URL tried.
+        url: String,
+        /// Why.
+        message: String,
+    },
+    /// The server answered with an error.
+    #[error("server answered {status}: {} ({})", .error.message, .error.code)]
+    Api {
+        /// The HTTP status.
+        status: u16,
+        /// The error body.
+        error: ErrorDetail,
+    },
+    /// The answer could not be understood.
+    #[error("unexpected answer from the server: {0}")]
+    Protocol(String),
+    /// Writing a local file failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A client for one server.
+#[derive(Clone, Debug)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<Secret>,
+}
+
+impl Client {
+    /// A client of the server at `base_url` (e.g. `http://127.0.0.1:8000`), sending `token` as a
+    /// bearer token when given.
+    pub fn new(base_url: &str, token: Option<Secret>) -> Result<Self, ClientError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| ClientError::Protocol(format!("building the HTTP client: {e}")))?;
+        Ok(Self {
+            http,
+            base: base_url.trim_end_matches('/').to_string(),
+            token: token.filter(|t| !t.expose().is_empty()),
+        })
+    }
+
+    /// The server's base URL.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn auth(&self, rb: RequestBuilder) -> RequestBuilder {
+        match &self.token {
+            Some(t) => rb.bearer_auth(t.expose()),
+            None => rb,
+        }
+    }
+
+    async fn send(&self, rb: RequestBuilder, url: &str) -> Result<Response, ClientError> {
+        let resp = self
+            .auth(rb)
+            .send()
+            .await
+            .map_err(|e| ClientError::Unreachable {
+                url: url.to_string(),
+                message: error_chain(&e),
+            })?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        let error = serde_json::from_str::<ErrorBody>(&text)
+            .map(|b| b.error)
+            .unwrap_or_else(|_| ErrorDetail {
+                code: status
+                    .canonical_reason()
+                    .unwrap_or("error")
+                    .to_ascii_lowercase()
+                    .replace(' ', "_"),
+                message: text.chars().take(500).collect(),
+                field: None,
+                status: None,
+            });
+        Err(ClientError::Api {
+            status: status.as_u16(),
+            error,
+        })
+    }
+
+    async fn json<T: DeserializeOwned>(resp: Response) -> Result<T, ClientError> {
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Protocol(error_chain(&e)))?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// `GET /`. A 503 "degraded" answer (Docker does not answer) is returned too, not an error.
+    pub async fn health(&self) -> Result<HealthResponse, ClientError> {
+        let url = self.url("/");
+        let resp = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| ClientError::Unreachable {
+                url: url.clone(),
+                message: error_chain(&e),
+            })?;
+        if resp.status().is_success() || resp.status() == StatusCode::SERVICE_UNAVAILABLE {
+            return Self::json(resp).await;
+        }
+        Err(ClientError::Protocol(format!(
+            "GET / answered {}",
+            resp.status()
+        )))
+    }
+
+    /// `POST /schedule`.
+    pub async fn schedule(&self, req: &ScheduleRequest) -> Result<ScheduleResponse, ClientError> {
+        let url = self.url("/schedule");
+        Self::json(self.send(self.http.post(&url).json(req), &url).await?).await
+    }
+
+    /// `GET /status/{id}`.
+    pub async fn status(&self, id: JobId) -> Result<StatusResponse, ClientError> {
+        let url = self.url(&format!("/status/{id}"));
+        Self::json(self.send(self.http.get(&url), &url).await?).await
+    }
+
+    /// `GET /jobs`.
+    pub async fn jobs(
+        &self,
+        status: Option<&str>,
+        limit: usize,
+        offset: usize,
+    ) -> Result<JobsResponse, ClientError> {
+        let url = self.url("/jobs");
+        let mut query = vec![("limit", limit.to_string()), ("offset", offset.to_string())];
+        if let Some(s) = status {
+            query.push(("status", s.to_string()));
+        }
+        Self::json(self.send(self.http.get(&url).query(&query), &url).await?).await
+    }
+
+    /// `POST /cancel/{id}`.
+    pub async fn cancel(&self, id: JobId) -> Result<CancelResponse, ClientError> {
+        let url = self.url(&format!("/cancel/{id}"));
+        Self::json(self.send(self.http.post(&url), &url).await?).await
+    }
+
+    /// `GET /logs/{id}`: the whole log as text.
+    pub async fn logs(&self, id: JobId) -> Result<String, ClientError> {
+        let url = self.url(&format!("/logs/{id}"));
+        self.send(self.http.get(&url), &url)
+            .await?
+            .text()
+            .await
+            .map_err(|e| ClientError::Protocol(error_chain(&e)))
+    }
+
+    /// `GET /logs/{id}/stream`: events with `seq > after`, live, until the final status.
+    pub async fn follow(
+        &self,
+        id: JobId,
+        after: u64,
+    ) -> Result<impl Stream<Item = Result<JobEvent, ClientError>>, ClientError> {
+        use eventsource_stream::Eventsource;
+        let url = self.url(&format!("/logs/{id}/stream"));
+        let mut rb = self.http.get(&url).header("accept", "text/event-stream");
+        if after > 0 {
+            rb = rb.header("last-event-id", after.to_string());
+        }
+        let resp = self.send(rb, &url).await?;
+        let events = resp.bytes_stream().eventsource();
+        Ok(events.filter_map(|item| async move {
+            match item {
+                Ok(ev) if ev.event == "error" => Some(Err(ClientError::Protocol(ev.data))),
+                Ok(ev) if ev.data.is_empty() => None,
+                Ok(ev) => Some(
+                    serde_json::from_str::<JobEvent>(&ev.data)
+                        .map_err(|e| ClientError::Protocol(format!("bad event: {e}"))),
+                ),
+                Err(e) => Some(Err(ClientError::Protocol(e.to_string()))),
+            }
+        }))
+    }
+
+    /// `GET /download/{id}`, streamed into `path`. Returns the number of bytes written.
+    pub async fn download(&self, id: JobId, path: &Path) -> Result<u64, ClientError> {
+        let url = self.url(&format!("/download/{id}"));
+        let resp = self.send(self.http.get(&url), &url).await?;
+        if resp.status() != StatusCode::OK {
+            return Err(ClientError::Protocol(format!(
+                "unexpected status {}",
+                resp.status()
+            )));
+        }
+        let io = |context: String| move |source| ClientError::Io { context, source };
+        let tmp = path.with_extension("zip.part");
+        let mut file = tokio::fs::File::create(&tmp)
+            .await
+            .map_err(io(format!("creating {}", tmp.display())))?;
+        let mut body = resp.bytes_stream();
+        let mut written = 0u64;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| ClientError::Protocol(error_chain(&e)))?;
+            file.write_all(&chunk)
+                .await
+                .map_err(io(format!("writing {}", tmp.display())))?;
+            written += chunk.len() as u64;
+        }
+        file.flush()
+            .await
+            .map_err(io(format!("writing {}", tmp.display())))?;
+        drop(file);
+        tokio::fs::rename(&tmp, path)
+            .await
+            .map_err(io(format!("renaming to {}", path.display())))?;
+        Ok(written)
+    }
+}
+
+/// An error and its sources on one line (reqwest hides the useful part in the sources).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}

@@ -1,0 +1,184 @@
+//! Server configuration: environment variables (and a `.env` file), overridable by flags.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use agent_core::NetworkMode;
+
+/// A secret string (the API token): never printed by `Debug` or `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself; do not log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_string()))
+    }
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Everything `agent-server` (and `agent serve`) can be configured with.
+///
+/// Every field reads an environment variable (a `.env` file in the working directory is loaded
+/// first, without overriding variables already set) and can be overridden by its flag.
+/// The LLM providers are configured by agent-llm's own variables (`ALCHEMYST_API_KEY`,
+/// `GEMINI_API_KEY`, …).
+#[derive(Clone, Debug, clap::Args)]
+pub struct ServerConfig {
+    /// Address to listen on (`127.0.0.1:0` picks a free port).
+    #[arg(long, env = "AGENT_BIND", default_value = "127.0.0.1:8000")]
+    pub bind: String,
+
+    /// Directory for the SQLite database, the logs and the result ZIPs.
+    #[arg(long, env = "AGENT_OUTPUT_DIR", default_value = "/tmp/agent_jobs")]
+    pub output_dir: PathBuf,
+
+    /// Image the job sandboxes run.
+    #[arg(
+        long,
+        env = "AGENT_IMAGE",
+        default_value = "containerized-agent:latest"
+    )]
+    pub image: String,
+
+    /// Days a finished job (record, logs, ZIP) is kept; 0 keeps everything forever.
+    #[arg(long, env = "RETENTION_DAYS", default_value_t = 1.0)]
+    pub retention_days: f64,
+
+    /// Jobs run at the same time; the rest wait in the queue.
+    #[arg(long, env = "AGENT_MAX_CONCURRENT_JOBS", default_value_t = 4)]
+    pub max_concurrent_jobs: usize,
+
+    /// Default timeout of a whole job, in seconds (a request's `timeout_secs` overrides it).
+    #[arg(long, env = "AGENT_JOB_TIMEOUT_SECS", default_value_t = 1800)]
+    pub job_timeout_secs: u64,
+
+    /// Default timeout of one step, in seconds.
+    #[arg(long, env = "AGENT_STEP_TIMEOUT_SECS", default_value_t = 300)]
+    pub step_timeout_secs: u64,
+
+    /// Default network of a job's sandbox: `none` or `bridge` (a request's `network` overrides it).
+    #[arg(long, env = "AGENT_NETWORK", default_value = "none")]
+    pub network: NetworkMode,
+
+    /// Sandboxes kept created and started ahead of demand (0 = none).
+    #[arg(long, env = "AGENT_WARM_POOL", default_value_t = 0)]
+    pub warm_pool: usize,
+
+    /// When set, every endpoint but `GET /` needs `Authorization: Bearer <token>`.
+    #[arg(long, env = "AGENT_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<Secret>,
+
+    /// Serve `/docs` and `/openapi.json` without the token.
+    #[arg(long, env = "AGENT_PUBLIC_DOCS", default_value_t = false)]
+    pub public_docs: bool,
+
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "AGENT_MAX_BODY_BYTES", default_value_t = 1 << 20)]
+    pub max_body_bytes: usize,
+
+    /// Seconds running jobs get to finish on SIGTERM/SIGINT before they are interrupted.
+    #[arg(long, env = "AGENT_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
+    pub shutdown_grace_secs: u64,
+
+    /// Log format: `text` or `json` (the level comes from `RUST_LOG`, default `info`).
+    #[arg(long, env = "AGENT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl ServerConfig {
+    /// The configuration from the environment alone (no flags), after loading `.env`.
+    pub fn from_env() -> Result<Self, clap::Error> {
+        load_dotenv();
+        #[derive(clap::Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            config: ServerConfig,
+        }
+        <Wrapper as clap::Parser>::try_parse_from(["agent-server"]).map(|w| w.config)
+    }
+
+    /// The API token, if one is set and not empty.
+    pub fn token(&self) -> Option<&Secret> {
+        self.api_token.as_ref().filter(|t| !t.expose().is_empty())
+    }
+
+    /// How long finished jobs are kept (`None` = forever).
+    pub fn retention(&self) -> Option<Duration> {
+        if self.retention_days.is_finite() && self.retention_days > 0.0 {
+            Some(Duration::from_secs_f64(
+                (self.retention_days * 86_400.0).min(1e10),
+            ))
+        } else {
+            None
+        }
+    }
+
+    /// The grace period given to running jobs at shutdown.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+
+    /// Where the SQLite database lives.
+    pub fn database_path(&self) -> PathBuf {
+        self.output_dir.join("jobs.sqlite3")
+    }
+
+    /// Where result ZIPs are written.
+    pub fn artifact_dir(&self) -> PathBuf {
+        self.output_dir.join("artifacts")
+    }
+}
+
+/// Loads `.env` from the working directory (if any) without overriding variables already set.
+pub fn load_dotenv() {
+    // A missing file is normal; a malformed one is reported on stderr (tracing is not up yet).
+    match dotenvy::dotenv() {
+        Ok(_) => {}
+        Err(e) if e.not_found() => {}
+        Err(e) => eprintln!("warning: ignoring .env: {e}"),
+    }
+}
+
+/// Installs the global tracing subscriber (`RUST_LOG`, default `info`), text or JSON lines on
+/// stderr. Calling it twice is harmless.
+pub fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}

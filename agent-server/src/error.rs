@@ -1,0 +1,155 @@
+//! The API's one error shape: `{"error":{"code","message"}}` (plus `field` or `status` when known).
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use agent_core::{JobStatus, LlmErrorKind, SandboxErrorKind, StoreErrorKind};
+
+/// The body of every error response.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// A stable machine-readable code (`invalid_input`, `not_found`, `already_finished`, …).
+    pub code: String,
+    /// A human-readable message.
+    pub message: String,
+    /// The request field at fault, when one is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// The job's status, for `already_finished` and `not_ready`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub status: Option<JobStatus>,
+}
+
+/// An error answered by the API.
+#[derive(Clone, Debug)]
+pub struct ApiError {
+    /// The HTTP status.
+    pub http: StatusCode,
+    /// The body.
+    pub detail: ErrorDetail,
+}
+
+impl ApiError {
+    /// An error with a status, a code and a message.
+    pub fn new(http: StatusCode, code: &str, message: impl Into<String>) -> Self {
+        Self {
+            http,
+            detail: ErrorDetail {
+                code: code.to_string(),
+                message: message.into(),
+                field: None,
+                status: None,
+            },
+        }
+    }
+
+    /// Names the request field at fault.
+    pub fn with_field(mut self, field: impl Into<String>) -> Self {
+        self.detail.field = Some(field.into());
+        self
+    }
+
+    /// Adds the job's status.
+    pub fn with_status(mut self, status: JobStatus) -> Self {
+        self.detail.status = Some(status);
+        self
+    }
+
+    /// 400 `bad_request` naming a field.
+    pub fn bad_request(field: &str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message).with_field(field)
+    }
+
+    /// 422 `invalid_input` naming a field.
+    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_input", message).with_field(field)
+    }
+
+    /// 404 `not_found`.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    /// 401 `unauthorized`.
+    pub fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "this endpoint needs an `Authorization: Bearer <token>` header with the server's API token",
+        )
+    }
+
+    /// 500 `internal`, with a message that reveals nothing sensitive.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.http.is_server_error() {
+            tracing::error!(code = %self.detail.code, message = %self.detail.message, "request failed");
+        }
+        let unauthorized = self.http == StatusCode::UNAUTHORIZED;
+        let mut resp = (self.http, Json(ErrorBody { error: self.detail })).into_response();
+        if unauthorized {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+impl From<agent_core::Error> for ApiError {
+    fn from(err: agent_core::Error) -> Self {
+        use agent_core::Error as E;
+        match &err {
+            E::InvalidInput { field, message } => {
+                ApiError::invalid(field, format!("{field}: {message}"))
+            }
+            E::InvalidJobId { .. } => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_job_id", err.to_string())
+                    .with_field("id")
+            }
+            E::JobNotFound(_) => ApiError::not_found(err.to_string()),
+            E::AlreadyFinished { status, .. } => {
+                ApiError::new(StatusCode::CONFLICT, "already_finished", err.to_string())
+                    .with_status(*status)
+            }
+            E::NoLlm => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "no_llm", format!(
+                "{err}; send explicit `steps`, or configure a provider on the server (ALCHEMYST_API_KEY, GEMINI_API_KEY, …)"
+            ))
+            .with_field("prompt"),
+            E::ShuttingDown => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", err.to_string())
+            }
+            E::Store(e) if e.kind == StoreErrorKind::Busy => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", "the job store is busy; retry")
+            }
+            E::Store(e) if e.kind == StoreErrorKind::NotFound => ApiError::not_found(e.message.clone()),
+            E::Sandbox(e) if e.kind == SandboxErrorKind::Unavailable => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "executor_unavailable",
+                err.to_string(),
+            ),
+            E::Llm(e) if e.kind == LlmErrorKind::NotConfigured => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "no_llm", err.to_string())
+            }
+            _ => ApiError::internal(err.to_string()),
+        }
+    }
+}
+
+/// `Result` with [`ApiError`].
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,346 @@
+//! Prometheus metrics: jobs by status, queue depth, live sandboxes, step durations, LLM latency and
+//! errors by provider. Rendered by hand in the text exposition format (version 0.0.4).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+
+use agent_core::llm::{ChatStream, LlmErrorKind};
+use agent_core::manager::JobManager;
+use agent_core::{
+    ChatChunk, ChatRequest, ChatResponse, EventKind, JobEvent, LlmError, LlmProvider,
+};
+
+const STEP_BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
+const LLM_BUCKETS: &[f64] = &[0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0];
+
+/// A cumulative histogram with fixed buckets.
+#[derive(Clone, Debug)]
+struct Histogram {
+    bounds: &'static [f64],
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            counts: vec![0; bounds.len()],
+            sum: 0.0,
+            count: 0,
+        }
+    }
+
+    fn observe(&mut self, v: f64) {
+        for (i, b) in self.bounds.iter().enumerate() {
+            if v <= *b {
+                self.counts[i] += 1;
+            }
+        }
+        self.sum += v;
+        self.count += 1;
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        for (b, c) in self.bounds.iter().zip(&self.counts) {
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {c}");
+        }
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}",
+            self.count
+        );
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(out, "{name}_sum{braces} {}", self.sum);
+        let _ = writeln!(out, "{name}_count{braces} {}", self.count);
+    }
+}
+
+#[derive(Debug)]
+struct LlmStats {
+    latency: Histogram,
+    errors: BTreeMap<&'static str, u64>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    step_duration: BTreeMap<&'static str, Histogram>,
+    finished: BTreeMap<&'static str, u64>,
+    llm: BTreeMap<String, LlmStats>,
+}
+
+/// The server's metrics registry. Cheap to share (`Arc`).
+#[derive(Debug)]
+pub struct Metrics {
+    inner: Mutex<Inner>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn error_kind_name(kind: LlmErrorKind) -> &'static str {
+    match kind {
+        LlmErrorKind::Transient => "transient",
+        LlmErrorKind::RateLimited => "rate_limited",
+        LlmErrorKind::QuotaExhausted => "quota_exhausted",
+        LlmErrorKind::Permanent => "permanent",
+        LlmErrorKind::ContextTooLong => "context_too_long",
+        LlmErrorKind::Blocked => "blocked",
+        LlmErrorKind::InvalidResponse => "invalid_response",
+        LlmErrorKind::NotConfigured => "not_configured",
+        _ => "other",
+    }
+}
+
+impl Metrics {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self {
+            inner: Mutex::new(Inner {
+                step_duration: BTreeMap::new(),
+                finished: BTreeMap::new(),
+                llm: BTreeMap::new(),
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding this lock cannot leave the counters inconsistent enough to matter.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records one job event (step durations, finished jobs).
+    pub fn record_event(&self, event: &JobEvent) {
+        let mut inner = self.lock();
+        match &event.kind {
+            EventKind::StepFinished { result, .. } => {
+                let outcome = if result.success() {
+                    "succeeded"
+                } else {
+                    "failed"
+                };
+                inner
+                    .step_duration
+                    .entry(outcome)
+                    .or_insert_with(|| Histogram::new(STEP_BUCKETS))
+                    .observe(result.duration.as_secs_f64());
+            }
+            EventKind::Status { status, .. } if status.is_terminal() => {
+                *inner.finished.entry(status.as_str()).or_insert(0) += 1;
+            }
+            _ => {}
+        }
+    }
+
+    fn llm_entry<'a>(inner: &'a mut Inner, provider: &str) -> &'a mut LlmStats {
+        inner
+            .llm
+            .entry(provider.to_string())
+            .or_insert_with(|| LlmStats {
+                latency: Histogram::new(LLM_BUCKETS),
+                errors: BTreeMap::new(),
+            })
+    }
+
+    /// Records a successful LLM call.
+    pub fn record_llm_ok(&self, provider: &str, seconds: f64) {
+        let mut inner = self.lock();
+        Self::llm_entry(&mut inner, provider)
+            .latency
+            .observe(seconds);
+    }
+
+    /// Records a failed LLM call.
+    pub fn record_llm_error(&self, provider: &str, kind: LlmErrorKind) {
+        let mut inner = self.lock();
+        *Self::llm_entry(&mut inner, provider)
+            .errors
+            .entry(error_kind_name(kind))
+            .or_insert(0) += 1;
+    }
+
+    /// Feeds every event of every job into the registry until the manager stops.
+    pub fn spawn_collector(self: &Arc<Self>, manager: &JobManager) -> tokio::task::JoinHandle<()> {
+        let mut rx = manager.subscribe_all();
+        let metrics = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                match rx.recv().await {
+                    Ok(event) => metrics.record_event(&event),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::debug!(skipped = n, "metrics collector lagged behind job events");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        })
+    }
+
+    /// The registry and the manager's live state in the Prometheus text format.
+    pub async fn render(&self, manager: &JobManager) -> String {
+        let mut out = String::with_capacity(4096);
+        let counts = manager.store().count_by_status().await;
+        let stats = manager.stats();
+
+        out.push_str("# HELP agent_jobs Jobs in the store, by status.\n# TYPE agent_jobs gauge\n");
+        match counts {
+            Ok(counts) => {
+                let map: BTreeMap<_, _> = counts.into_iter().collect();
+                for st in agent_core::JobStatus::ALL {
+                    let n = map.get(&st).copied().unwrap_or(0);
+                    let _ = writeln!(out, "agent_jobs{{status=\"{st}\"}} {n}");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "metrics: counting jobs failed"),
+        }
+        let _ = write!(
+            out,
+            "# HELP agent_queue_depth Jobs waiting for a worker.\n# TYPE agent_queue_depth gauge\nagent_queue_depth {}\n\
+             # HELP agent_jobs_running Jobs running now.\n# TYPE agent_jobs_running gauge\nagent_jobs_running {}\n\
+             # HELP agent_live_sandboxes Sandboxes (containers) alive now.\n# TYPE agent_live_sandboxes gauge\nagent_live_sandboxes {}\n",
+            stats.queued, stats.running, stats.live_sandboxes
+        );
+
+        let inner = self.lock();
+        out.push_str("# HELP agent_jobs_finished_total Jobs that reached a final status since the server started.\n# TYPE agent_jobs_finished_total counter\n");
+        for st in agent_core::JobStatus::ALL
+            .iter()
+            .filter(|s| s.is_terminal())
+        {
+            let n = inner.finished.get(st.as_str()).copied().unwrap_or(0);
+            let _ = writeln!(out, "agent_jobs_finished_total{{status=\"{st}\"}} {n}");
+        }
+        out.push_str("# HELP agent_step_duration_seconds Wall time of steps, by outcome.\n# TYPE agent_step_duration_seconds histogram\n");
+        for outcome in ["succeeded", "failed"] {
+            let empty = Histogram::new(STEP_BUCKETS);
+            let h = inner.step_duration.get(outcome).unwrap_or(&empty);
+            h.render(
+                &mut out,
+                "agent_step_duration_seconds",
+                &format!("outcome=\"{outcome}\""),
+            );
+        }
+        out.push_str("# HELP agent_llm_request_duration_seconds Latency of successful LLM calls, by provider.\n# TYPE agent_llm_request_duration_seconds histogram\n");
+        for (provider, stats) in &inner.llm {
+            stats.latency.render(
+                &mut out,
+                "agent_llm_request_duration_seconds",
+                &format!("provider=\"{}\"", escape_label(provider)),
+            );
+        }
+        out.push_str("# HELP agent_llm_errors_total Failed LLM calls, by provider and kind.\n# TYPE agent_llm_errors_total counter\n");
+        for (provider, stats) in &inner.llm {
+            for (kind, n) in &stats.errors {
+                let _ = writeln!(
+                    out,
+                    "agent_llm_errors_total{{provider=\"{}\",kind=\"{kind}\"}} {n}",
+                    escape_label(provider)
+                );
+            }
+        }
+        out
+    }
+}
+
+/// An [`LlmProvider`] that records the latency and errors of the provider it wraps.
+///
+/// Wrap each provider *before* combining them into a fallback chain so that a primary's errors are
+/// counted even when the fallback answers.
+pub struct MeteredLlm<P> {
+    inner: P,
+    metrics: Arc<Metrics>,
+}
+
+impl<P: LlmProvider> MeteredLlm<P> {
+    /// Wraps a provider.
+    pub fn new(inner: P, metrics: Arc<Metrics>) -> Self {
+        Self { inner, metrics }
+    }
+}
+
+#[async_trait]
+impl<P: LlmProvider> LlmProvider for MeteredLlm<P> {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    async fn chat(&self, request: &ChatRequest) -> Result<ChatResponse, LlmError> {
+        let start = Instant::now();
+        match self.inner.chat(request).await {
+            Ok(resp) => {
+                self.metrics
+                    .record_llm_ok(&resp.provider, start.elapsed().as_secs_f64());
+                Ok(resp)
+            }
+            Err(e) => {
+                self.metrics.record_llm_error(&e.provider, e.kind);
+                Err(e)
+            }
+        }
+    }
+
+    async fn chat_stream(&self, request: &ChatRequest) -> Result<ChatStream, LlmError> {
+        let start = Instant::now();
+        let stream = match self.inner.chat_stream(request).await {
+            Ok(s) => s,
+            Err(e) => {
+                self.metrics.record_llm_error(&e.provider, e.kind);
+                return Err(e);
+            }
+        };
+        let metrics = Arc::clone(&self.metrics);
+        Ok(stream
+            .inspect(move |item| match item {
+                Ok(ChatChunk::Done { provider, .. }) => {
+                    metrics.record_llm_ok(provider, start.elapsed().as_secs_f64())
+                }
+                Ok(ChatChunk::Delta(_)) => {}
+                Err(e) => metrics.record_llm_error(&e.provider, e.kind),
+            })
+            .boxed())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_is_cumulative() {
+        let mut h = Histogram::new(&[1.0, 2.0]);
+        h.observe(0.5);
+        h.observe(1.5);
+        h.observe(3.0);
+        let mut out = String::new();
+        h.render(&mut out, "x", "a=\"b\"");
+        assert!(out.contains("x_bucket{a=\"b\",le=\"1\"} 1\n"), "{out}");
+        assert!(out.contains("x_bucket{a=\"b\",le=\"2\"} 2\n"), "{out}");
+        assert!(out.contains("x_bucket{a=\"b\",le=\"+Inf\"} 3\n"), "{out}");
+        assert!(out.contains("x_count{a=\"b\"} 3\n"), "{out}");
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}

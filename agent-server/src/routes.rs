@@ -1,0 +1,555 @@
+//! The router and its handlers.
+
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{DefaultBodyLimit, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use serde::Deserialize;
+use subtle::ConstantTimeEq;
+use tokio_util::io::ReaderStream;
+use tokio_util::sync::CancellationToken;
+use tower_http::trace::TraceLayer;
+use utoipa::{IntoParams, OpenApi};
+use utoipa_swagger_ui::SwaggerUi;
+
+use agent_core::manager::JobManager;
+use agent_core::{JobFilter, JobStatus};
+
+use crate::api::{
+    CancelResponse, ExecutorHealth, HealthResponse, JobDefaults, JobSummary, JobsResponse,
+    ScheduleRequest, ScheduleResponse, StatusResponse,
+};
+use crate::config::Secret;
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::extract::{ApiJson, JobIdParam};
+use crate::logs::{event_name, LogFormatter};
+use crate::metrics::Metrics;
+use crate::openapi::ApiDoc;
+
+/// Settings of the HTTP layer.
+#[derive(Clone, Debug)]
+pub struct ApiSettings {
+    /// When set, every endpoint but `GET /` needs this bearer token.
+    pub api_token: Option<Secret>,
+    /// Serve `/docs` and `/openapi.json` without the token.
+    pub public_docs: bool,
+    /// Largest request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Defaults for new jobs.
+    pub defaults: JobDefaults,
+    /// The job manager's artifact directory (resolves relative artifact paths).
+    pub artifact_dir: Option<PathBuf>,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        Self {
+            api_token: None,
+            public_docs: false,
+            max_body_bytes: 1 << 20,
+            defaults: JobDefaults::default(),
+            artifact_dir: None,
+        }
+    }
+}
+
+struct Inner {
+    manager: JobManager,
+    metrics: Arc<Metrics>,
+    settings: ApiSettings,
+    llm_providers: Vec<String>,
+    shutdown: CancellationToken,
+}
+
+/// What the handlers share: the job manager, the metrics and the settings. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+impl AppState {
+    /// The state for a manager. `llm_providers` names the configured providers (for `GET /`).
+    /// Starts the metrics collector, so call it inside a Tokio runtime.
+    pub fn new(
+        manager: JobManager,
+        settings: ApiSettings,
+        metrics: Arc<Metrics>,
+        llm_providers: Vec<String>,
+    ) -> Self {
+        metrics.spawn_collector(&manager);
+        Self {
+            inner: Arc::new(Inner {
+                manager,
+                metrics,
+                settings,
+                llm_providers,
+                shutdown: CancellationToken::new(),
+            }),
+        }
+    }
+
+    /// The job manager.
+    pub fn manager(&self) -> &JobManager {
+        &self.inner.manager
+    }
+
+    /// Cancelled when the server shuts down: ends live log streams.
+    pub fn shutdown_token(&self) -> &CancellationToken {
+        &self.inner.shutdown
+    }
+}
+
+/// The API's router, with auth, the body limit, request tracing and the JSON 404/405 fallbacks.
+pub fn app(state: AppState) -> Router {
+    let docs: Router<AppState> = SwaggerUi::new("/docs")
+        .url("/openapi.json", ApiDoc::openapi())
+        .into();
+    Router::new()
+        .route("/", get(health))
+        .route("/schedule", post(schedule))
+        .route("/status/{id}", get(status))
+        .route("/jobs", get(list_jobs))
+        .route("/cancel/{id}", post(cancel))
+        .route("/download/{id}", get(download))
+        .route("/logs/{id}", get(logs_text))
+        .route("/logs/{id}/stream", get(logs_stream))
+        .route("/metrics", get(metrics))
+        .merge(docs)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), auth))
+        .layer(DefaultBodyLimit::max(state.inner.settings.max_body_bytes))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+fn is_public(settings: &ApiSettings, method: &Method, path: &str) -> bool {
+    if path == "/" && (method == Method::GET || method == Method::HEAD) {
+        return true;
+    }
+    settings.public_docs
+        && (path == "/openapi.json" || path == "/docs" || path.starts_with("/docs/"))
+}
+
+/// Whether `headers` carry `Authorization: Bearer <token>`; compares in constant time.
+pub fn bearer_matches(headers: &HeaderMap, token: &Secret) -> bool {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return false;
+    };
+    let value = value.as_bytes();
+    let Some(presented) = value
+        .get(..7)
+        .filter(|scheme| scheme.eq_ignore_ascii_case(b"bearer "))
+        .and_then(|_| value.get(7..))
+    else {
+        return false;
+    };
+    let presented = presented.trim_ascii();
+    bool::from(presented.ct_eq(token.expose().as_bytes()))
+}
+
+async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let settings = &state.inner.settings;
+    if let Some(token) = settings.api_token.as_ref() {
+        if !is_public(settings, req.method(), req.uri().path())
+            && !bearer_matches(req.headers(), token)
+        {
+            return ApiError::unauthorized().into_response();
+        }
+    }
+    next.run(req).await
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such endpoint; see /docs")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not accept that method; see /docs",
+    )
+}
+
+/// Health: version, whether Docker answers, which LLM providers are configured.
+#[utoipa::path(get, path = "/", tag = "service",
+    responses((status = 200, description = "Healthy", body = HealthResponse),
+              (status = 503, description = "The executor does not answer", body = HealthResponse)))]
+pub(crate) async fn health(State(state): State<AppState>) -> (StatusCode, Json<HealthResponse>) {
+    let executor = state.inner.manager.executor();
+    let ping = tokio::time::timeout(Duration::from_secs(3), executor.ping()).await;
+    let (ok, error) = match ping {
+        Ok(Ok(())) => (true, None),
+        Ok(Err(e)) => (false, Some(e.to_string())),
+        Err(_) => (false, Some("no answer within 3 s".to_string())),
+    };
+    let stats = state.inner.manager.stats();
+    let body = HealthResponse {
+        status: if ok { "ok" } else { "degraded" }.to_string(),
+        service: "containerized-agent".to_string(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        executor: ExecutorHealth {
+            name: executor.name().to_string(),
+            ok,
+            error,
+        },
+        llm_providers: state.inner.llm_providers.clone(),
+        queued: stats.queued,
+        running: stats.running,
+    };
+    let code = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body))
+}
+
+/// Submits a job; it is queued at once.
+#[utoipa::path(post, path = "/schedule", tag = "jobs", request_body = ScheduleRequest,
+    responses((status = 202, description = "Queued", body = ScheduleResponse),
+              (status = 400, description = "Malformed JSON", body = ErrorBody),
+              (status = 401, description = "Missing or wrong token", body = ErrorBody),
+              (status = 413, description = "Body over the limit", body = ErrorBody),
+              (status = 415, description = "Not JSON", body = ErrorBody),
+              (status = 422, description = "Invalid field (named in `error.field`)", body = ErrorBody),
+              (status = 503, description = "Shutting down", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn schedule(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<ScheduleRequest>,
+) -> ApiResult<(StatusCode, HeaderMap, Json<ScheduleResponse>)> {
+    let spec = req.into_spec(&state.inner.settings.defaults)?;
+    let job_id = state.inner.manager.submit(spec).await?;
+    let link = format!("/status/{job_id}");
+    let mut headers = HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_str(&link) {
+        headers.insert(header::LOCATION, v);
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        headers,
+        Json(ScheduleResponse {
+            job_id,
+            status: JobStatus::Queued,
+            status_link: link,
+        }),
+    ))
+}
+
+/// A job's status, steps and links.
+#[utoipa::path(get, path = "/status/{id}", tag = "jobs",
+    params(("id" = String, Path, description = "Job id (UUID v4)")),
+    responses((status = 200, body = StatusResponse),
+              (status = 400, description = "Malformed id", body = ErrorBody),
+              (status = 404, description = "Unknown job", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn status(
+    State(state): State<AppState>,
+    JobIdParam(id): JobIdParam,
+) -> ApiResult<Json<StatusResponse>> {
+    let job = state.inner.manager.get(id).await?;
+    Ok(Json(StatusResponse::from_job(&job)))
+}
+
+/// Query of `GET /jobs`.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct JobsQuery {
+    /// Only jobs with this status (several: comma-separated).
+    status: Option<String>,
+    /// Page size, 1–1000 (default 50).
+    limit: Option<String>,
+    /// Jobs to skip (default 0).
+    offset: Option<String>,
+}
+
+fn parse_number(field: &str, value: Option<&str>, default: usize, max: usize) -> ApiResult<usize> {
+    let Some(value) = value else {
+        return Ok(default);
+    };
+    let n: usize = value.trim().parse().map_err(|_| {
+        ApiError::bad_request(
+            field,
+            format!("{field}: expected a whole number, got {value:?}"),
+        )
+    })?;
+    if n > max {
+        return Err(ApiError::bad_request(
+            field,
+            format!("{field}: must be at most {max}"),
+        ));
+    }
+    Ok(n)
+}
+
+/// Lists jobs, newest first.
+#[utoipa::path(get, path = "/jobs", tag = "jobs", params(JobsQuery),
+    responses((status = 200, body = JobsResponse),
+              (status = 400, description = "Bad query parameter (named in `error.field`)", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn list_jobs(
+    State(state): State<AppState>,
+    query: Result<Query<JobsQuery>, QueryRejection>,
+) -> ApiResult<Json<JobsResponse>> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request("query", e.body_text()))?;
+    let mut filter = JobFilter::default();
+    if let Some(statuses) = q.status.as_deref().filter(|s| !s.trim().is_empty()) {
+        for s in statuses.split(',') {
+            let st: JobStatus = s
+                .trim()
+                .parse()
+                .map_err(|e: agent_core::Error| ApiError::bad_request("status", e.to_string()))?;
+            filter.statuses.push(st);
+        }
+    }
+    let limit = parse_number(
+        "limit",
+        q.limit.as_deref(),
+        50,
+        agent_core::store::MAX_PAGE_SIZE,
+    )?;
+    if limit == 0 {
+        return Err(ApiError::bad_request("limit", "limit: must be at least 1"));
+    }
+    let offset = parse_number("offset", q.offset.as_deref(), 0, usize::MAX / 2)?;
+    filter = filter.page(limit, offset);
+    let page = state.inner.manager.list(&filter).await?;
+    Ok(Json(JobsResponse {
+        jobs: page.jobs.iter().map(JobSummary::from_job).collect(),
+        total: page.total,
+    }))
+}
+
+/// Cancels a queued or running job.
+#[utoipa::path(post, path = "/cancel/{id}", tag = "jobs",
+    params(("id" = String, Path, description = "Job id (UUID v4)")),
+    responses((status = 200, body = CancelResponse),
+              (status = 400, description = "Malformed id", body = ErrorBody),
+              (status = 404, description = "Unknown job", body = ErrorBody),
+              (status = 409, description = "Already finished (its status in `error.status`)", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn cancel(
+    State(state): State<AppState>,
+    JobIdParam(id): JobIdParam,
+) -> ApiResult<Json<CancelResponse>> {
+    let job = state.inner.manager.cancel(id).await?;
+    Ok(Json(CancelResponse {
+        job_id: id,
+        cancelled: true,
+        status: job.status,
+    }))
+}
+
+/// The result ZIP (workspace files and `result.json`), streamed.
+#[utoipa::path(get, path = "/download/{id}", tag = "jobs",
+    params(("id" = String, Path, description = "Job id (UUID v4)")),
+    responses((status = 200, description = "The ZIP", content_type = "application/zip", body = Vec<u8>),
+              (status = 400, description = "Malformed id", body = ErrorBody),
+              (status = 404, description = "Unknown job, or no archive", body = ErrorBody),
+              (status = 409, description = "The job has not finished", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn download(
+    State(state): State<AppState>,
+    JobIdParam(id): JobIdParam,
+) -> ApiResult<Response> {
+    let job = state.inner.manager.get(id).await?;
+    let Some(artifact) = job.artifact.as_ref() else {
+        return Err(if job.status.is_terminal() {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no_artifact",
+                format!("job {id} ended {} without a result archive", job.status),
+            )
+            .with_status(job.status)
+        } else {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "not_ready",
+                format!(
+                    "job {id} is {}; its archive is written when it finishes",
+                    job.status
+                ),
+            )
+            .with_status(job.status)
+        });
+    };
+    let mut path = PathBuf::from(&artifact.path);
+    if path.is_relative() {
+        if let Some(dir) = &state.inner.settings.artifact_dir {
+            path = dir.join(path);
+        }
+    }
+    let file = tokio::fs::File::open(&path).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no_artifact",
+                format!("the archive of job {id} is gone (removed by retention?)"),
+            )
+        } else {
+            tracing::error!(job_id = %id, error = %e, "opening an archive failed");
+            ApiError::internal("could not open the archive")
+        }
+    })?;
+    let len = file.metadata().await.ok().map(|m| m.len());
+    let mut resp = Response::new(Body::from_stream(ReaderStream::new(file)));
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/zip"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"job-{id}.zip\"")) {
+        headers.insert(header::CONTENT_DISPOSITION, v);
+    }
+    if let Some(len) = len {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    }
+    Ok(resp)
+}
+
+const LOG_PAGE: usize = 500;
+
+/// The whole log of a job as text (streamed from the store).
+#[utoipa::path(get, path = "/logs/{id}", tag = "logs",
+    params(("id" = String, Path, description = "Job id (UUID v4)")),
+    responses((status = 200, description = "The log", content_type = "text/plain", body = String),
+              (status = 400, description = "Malformed id", body = ErrorBody),
+              (status = 404, description = "Unknown job", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn logs_text(
+    State(state): State<AppState>,
+    JobIdParam(id): JobIdParam,
+) -> ApiResult<Response> {
+    state.inner.manager.get(id).await?;
+    let manager = state.inner.manager.clone();
+    let pages = futures::stream::unfold(
+        Some((manager, 0u64, LogFormatter::new())),
+        move |st| async move {
+            let (manager, after, mut fmt) = st?;
+            match manager.events(id, after, LOG_PAGE).await {
+                Ok(events) if events.is_empty() => None,
+                Ok(events) => {
+                    let last = events.last().map_or(after, |e| e.seq);
+                    let full = events.len() == LOG_PAGE;
+                    let text: String = events.iter().map(|e| fmt.format(e)).collect();
+                    let next = full.then_some((manager, last, fmt));
+                    Some((Ok::<_, std::io::Error>(Bytes::from(text)), next))
+                }
+                Err(e) => {
+                    tracing::error!(job_id = %id, error = %e, "reading a log failed");
+                    Some((Err(std::io::Error::other("reading the log failed")), None))
+                }
+            }
+        },
+    );
+    let mut resp = Response::new(Body::from_stream(pages));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    Ok(resp)
+}
+
+/// Query of `GET /logs/{id}/stream`.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct StreamQuery {
+    /// Start after this event id (like the `Last-Event-ID` header, which wins).
+    after: Option<String>,
+}
+
+fn sse_event(event: &agent_core::JobEvent) -> Event {
+    let data = serde_json::to_string(event).unwrap_or_else(|_| "{}".to_string());
+    Event::default()
+        .id(event.seq.to_string())
+        .event(event_name(&event.kind))
+        .data(data)
+}
+
+/// The job's events as Server-Sent Events: each with an `id` (its sequence number) and an
+/// `event` name (`status`, `plan`, `step_started`, `output`, `step_finished`, `log`, `planning`);
+/// `Last-Event-ID` resumes; the stream ends after the final status.
+#[utoipa::path(get, path = "/logs/{id}/stream", tag = "logs",
+    params(("id" = String, Path, description = "Job id (UUID v4)"),
+           ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event"),
+           StreamQuery),
+    responses((status = 200, description = "An SSE stream", content_type = "text/event-stream", body = String),
+              (status = 400, description = "Malformed id or Last-Event-ID", body = ErrorBody),
+              (status = 404, description = "Unknown job", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn logs_stream(
+    State(state): State<AppState>,
+    JobIdParam(id): JobIdParam,
+    headers: HeaderMap,
+    query: Result<Query<StreamQuery>, QueryRejection>,
+) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request("query", e.body_text()))?;
+    let after = match headers.get("last-event-id") {
+        Some(v) => {
+            let s = v.to_str().unwrap_or("").trim();
+            s.parse::<u64>().map_err(|_| {
+                ApiError::bad_request(
+                    "Last-Event-ID",
+                    "Last-Event-ID: expected an event id (a whole number)",
+                )
+            })?
+        }
+        None => match q.after.as_deref() {
+            Some(s) => s.trim().parse::<u64>().map_err(|_| {
+                ApiError::bad_request("after", "after: expected an event id (a whole number)")
+            })?,
+            None => 0,
+        },
+    };
+    state.inner.manager.get(id).await?;
+    let events = state.inner.manager.subscribe(id, after).await?;
+    let shutdown = state.inner.shutdown.clone();
+    let stream = events
+        .scan(false, move |failed, item| {
+            if *failed {
+                return futures::future::ready(None);
+            }
+            let ev = match item {
+                Ok(ev) => sse_event(&ev),
+                Err(e) => {
+                    *failed = true;
+                    tracing::warn!(job_id = %id, error = %e, "log stream failed");
+                    Event::default().event("error").data(format!(
+                        "{{\"error\":{{\"code\":\"stream_failed\",\"message\":{}}}}}",
+                        serde_json::Value::String(e.to_string())
+                    ))
+                }
+            };
+            futures::future::ready(Some(Ok::<_, Infallible>(ev)))
+        })
+        .take_until(shutdown.cancelled_owned());
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// Prometheus metrics (text exposition format).
+#[utoipa::path(get, path = "/metrics", tag = "service",
+    responses((status = 200, description = "Metrics", content_type = "text/plain", body = String)),
+    security(("bearer" = [])))]
+pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
+    let text = state.inner.metrics.render(&state.inner.manager).await;
+    let mut resp = Response::new(Body::from(text));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    resp
+}

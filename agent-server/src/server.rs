@@ -1,0 +1,229 @@
+//! Wiring: the store, the Docker executor, the LLM chain and the job manager behind the router;
+//! graceful shutdown on SIGTERM/SIGINT.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use agent_core::manager::{JobManager, JobManagerConfig};
+use agent_core::store::sqlite::SqliteStore;
+use agent_core::{Executor, JobStore, LlmErrorKind, LlmProvider};
+use agent_docker::DockerConfig;
+use tokio::net::TcpListener;
+
+use crate::api::JobDefaults;
+use crate::config::ServerConfig;
+use crate::metrics::{MeteredLlm, Metrics};
+use crate::routes::{app, ApiSettings, AppState};
+
+/// Why the server could not start or stopped badly.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The configuration is unusable.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// Binding the address or serving failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The Docker executor could not be set up.
+    #[error("docker executor: {0}")]
+    Executor(#[from] agent_core::SandboxError),
+    /// The LLM configuration is invalid.
+    #[error("LLM configuration: {0}")]
+    Llm(#[from] agent_core::LlmError),
+    /// The job store or manager failed.
+    #[error(transparent)]
+    Core(#[from] agent_core::Error),
+}
+
+/// An LLM chain and the names of its providers, in order.
+pub type LlmChain = (Arc<dyn LlmProvider>, Vec<String>);
+
+/// The LLM chain from agent-llm's environment variables, each provider wrapped to record metrics.
+/// `Ok(None)` when no provider is configured (explicit-steps jobs still run).
+pub fn llm_from_env(metrics: &Arc<Metrics>) -> Result<Option<LlmChain>, agent_core::LlmError> {
+    let chain = match agent_llm::from_env() {
+        Ok(chain) => chain,
+        Err(e) if e.kind == LlmErrorKind::NotConfigured && e.provider == "config" => {
+            // Either nothing is configured (fine) or a variable is malformed (not fine).
+            let config = agent_llm::LlmConfig::from_env()?;
+            if config.configured().is_empty() {
+                return Ok(None);
+            }
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
+    let names = chain.provider_names();
+    let metered: Vec<Arc<dyn LlmProvider>> = chain
+        .providers()
+        .iter()
+        .map(|p| {
+            Arc::new(MeteredLlm::new(Arc::clone(p), Arc::clone(metrics))) as Arc<dyn LlmProvider>
+        })
+        .collect();
+    Ok(Some((
+        Arc::new(agent_llm::Fallback::new(metered)) as Arc<dyn LlmProvider>,
+        names,
+    )))
+}
+
+/// The Docker executor configured from `config` (and `DOCKER_HOST`, `AGENT_DOCKER_RUNTIME`).
+pub async fn docker_executor(config: &ServerConfig) -> Result<Arc<dyn Executor>, ServeError> {
+    let executor = DockerConfig::from_env()
+        .with_image(config.image.clone())
+        .with_warm_pool(config.warm_pool)
+        .build()
+        .await?;
+    Ok(Arc::new(executor))
+}
+
+/// Opens the store, connects to Docker, reads the LLM chain, starts the job manager (with
+/// start-up recovery and the reaper) and returns the handlers' state.
+pub async fn build_state(config: &ServerConfig) -> Result<AppState, ServeError> {
+    if config.max_concurrent_jobs == 0 {
+        return Err(ServeError::Config(
+            "AGENT_MAX_CONCURRENT_JOBS must be at least 1".into(),
+        ));
+    }
+    if config.job_timeout_secs == 0 || config.step_timeout_secs == 0 {
+        return Err(ServeError::Config(
+            "AGENT_JOB_TIMEOUT_SECS and AGENT_STEP_TIMEOUT_SECS must be at least 1".into(),
+        ));
+    }
+    tokio::fs::create_dir_all(&config.output_dir)
+        .await
+        .map_err(|source| ServeError::Io {
+            context: format!("creating {}", config.output_dir.display()),
+            source,
+        })?;
+    let db = config.database_path();
+    let store: Arc<dyn JobStore> =
+        Arc::new(SqliteStore::open(&db).map_err(agent_core::Error::from)?);
+    let executor = docker_executor(config).await?;
+    let metrics = Arc::new(Metrics::new());
+    let llm = llm_from_env(&metrics)?;
+    let manager_config = JobManagerConfig {
+        max_concurrent_jobs: config.max_concurrent_jobs,
+        artifact_dir: config.artifact_dir(),
+        retention: config.retention(),
+        shutdown_grace: config.shutdown_grace(),
+        ..JobManagerConfig::default()
+    };
+    let mut builder = JobManager::builder(executor, store).config(manager_config);
+    let mut names = Vec::new();
+    if let Some((llm, provider_names)) = llm {
+        builder = builder.llm(llm);
+        names = provider_names;
+    }
+    let manager = builder.start().await?;
+    tracing::info!(
+        output_dir = %config.output_dir.display(),
+        image = %config.image,
+        llm = %if names.is_empty() { "none (explicit steps only)".to_string() } else { names.join(" -> ") },
+        auth = config.token().is_some(),
+        "job manager started"
+    );
+    let settings = ApiSettings {
+        api_token: config.token().cloned(),
+        public_docs: config.public_docs,
+        max_body_bytes: config.max_body_bytes,
+        defaults: JobDefaults {
+            job_timeout: std::time::Duration::from_secs(config.job_timeout_secs),
+            step_timeout: std::time::Duration::from_secs(config.step_timeout_secs),
+            network: config.network,
+        },
+        artifact_dir: Some(config.artifact_dir()),
+    };
+    Ok(AppState::new(manager, settings, metrics, names))
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received, shutting down"),
+        _ = term => tracing::info!("SIGTERM received, shutting down"),
+    }
+}
+
+/// Serves `state` on `listener` until `shutdown` resolves; then stops accepting connections,
+/// ends live log streams, gives running jobs `grace` to finish (then marks them interrupted and
+/// removes their sandboxes) and shuts the executor down.
+pub async fn serve_on(
+    listener: TcpListener,
+    state: AppState,
+    grace: std::time::Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let token = state.shutdown_token().clone();
+    let manager = state.manager().clone();
+    let router = app(state);
+    let stop = token.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
+    });
+    shutdown.await;
+    token.cancel();
+    if let Err(e) = manager.shutdown(grace).await {
+        tracing::error!(error = %e, "job manager shutdown failed");
+    }
+    // Open connections (a slow download, a keep-alive) get a few seconds more, then we leave.
+    match tokio::time::timeout(std::time::Duration::from_secs(5), server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server stopped with an error"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server task failed"),
+        Err(_) => tracing::warn!("connections still open after shutdown; closing them"),
+    }
+    tracing::info!("shut down");
+    Ok(())
+}
+
+/// Runs the server until SIGTERM/SIGINT: builds the state, binds `config.bind`, logs
+/// `listening on http://ADDR` and serves.
+pub async fn serve(config: ServerConfig) -> Result<(), ServeError> {
+    let state = build_state(&config).await?;
+    let listener = TcpListener::bind(&config.bind)
+        .await
+        .map_err(|source| ServeError::Io {
+            context: format!("binding {}", config.bind),
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ServeError::Io {
+        context: "reading the bound address".into(),
+        source,
+    })?;
+    tracing::info!(%addr, "listening on http://{addr}");
+    serve_on(listener, state, config.shutdown_grace(), shutdown_signal()).await
+}
