@@ -1,3 +1,18 @@
-//! agent-docker
+#![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+
+mod config;
+mod conn;
+mod executor;
+mod image;
+mod protocol;
+mod sandbox;
+
+pub use config::{DockerConfig, SeccompProfile, DEFAULT_IMAGE};
+pub use executor::{DockerExecutor, LABEL_JOB_ID, LABEL_MANAGED, LABEL_POOL, LABEL_SCOPE};
+pub use image::BUILD_OFFLINE_SCRIPT;
+pub use sandbox::DockerSandbox;
+
+/// The supervisor's Python source, as run inside every container (for inspection and audits).
+pub const SUPERVISOR_SOURCE: &str = executor::SUPERVISOR;

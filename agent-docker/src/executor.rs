@@ -1,0 +1,748 @@
+//! [`DockerExecutor`]: creates hardened containers, keeps an optional warm pool, reaps leftovers.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use agent_core::executor::Capabilities;
+use agent_core::{
+    Executor, JobId, JobSpec, NetworkMode, ResourceLimits, Sandbox, SandboxError, SandboxErrorKind,
+};
+use async_trait::async_trait;
+use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig, ResourcesUlimits};
+use bollard::query_parameters::{
+    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, ListContainersOptionsBuilder,
+    RenameContainerOptionsBuilder, StartContainerOptions,
+};
+use bollard::Docker;
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{DockerConfig, SeccompProfile};
+use crate::conn::{short, Conn};
+use crate::sandbox::{remove_container, Core, DockerSandbox};
+
+/// The supervisor's source, run with `python3 -I -S -c` as the container's command.
+pub(crate) const SUPERVISOR: &str = include_str!("supervisor.py");
+
+/// Label on every container this crate creates.
+pub const LABEL_MANAGED: &str = "agent.managed";
+/// Label naming the job of a container (absent on warm-pool containers).
+pub const LABEL_JOB_ID: &str = "agent.job_id";
+/// Label on warm-pool containers; their job, once taken, is in their name `agent-<job_id>`.
+pub const LABEL_POOL: &str = "agent.pool";
+/// Label carrying [`DockerConfig::scope`], when set.
+pub const LABEL_SCOPE: &str = "agent.scope";
+
+/// A Docker executor: one hardened container per job, steps run by a supervisor inside.
+///
+/// Cheap to clone (an `Arc` inside). See the crate docs for the design and an example.
+#[derive(Clone)]
+pub struct DockerExecutor {
+    inner: Arc<ExecInner>,
+}
+
+impl std::fmt::Debug for DockerExecutor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DockerExecutor")
+            .field("host", &self.inner.host)
+            .field("image", &self.inner.config.image)
+            .field("warm_pool", &self.inner.config.warm_pool_size)
+            .finish()
+    }
+}
+
+pub(crate) struct ExecInner {
+    docker: Docker,
+    config: DockerConfig,
+    host: String,
+    create_permits: Semaphore,
+    /// Containers created by this executor and not yet removed: id → name.
+    owned: Mutex<HashMap<String, String>>,
+    pool: Option<Arc<Pool>>,
+    build_lock: tokio::sync::Mutex<()>,
+    stop: CancellationToken,
+    shut_down: AtomicBool,
+}
+
+impl ExecInner {
+    pub(crate) fn forget_container(&self, id: &str) {
+        lock(&self.owned).remove(id);
+    }
+}
+
+struct Pool {
+    ready: Mutex<VecDeque<Arc<Core>>>,
+    refill: Notify,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn unavailable(host: &str, err: impl std::fmt::Display) -> SandboxError {
+    SandboxError::new(
+        SandboxErrorKind::Unavailable,
+        format!(
+            "no Docker engine answers at {host} ({err}). Start one with `sudo systemctl start docker` \
+             (or `sudo dockerd`, e.g. `(nohup dockerd >/tmp/dockerd.log 2>&1 &)`), or set DOCKER_HOST \
+             to a running engine"
+        ),
+    )
+}
+
+fn backend(what: &str, e: bollard::errors::Error) -> SandboxError {
+    let kind = match &e {
+        bollard::errors::Error::DockerResponseServerError { status_code, .. }
+            if *status_code >= 500 =>
+        {
+            SandboxErrorKind::Backend
+        }
+        bollard::errors::Error::HyperResponseError { .. }
+        | bollard::errors::Error::IOError { .. }
+        | bollard::errors::Error::RequestTimeoutError => SandboxErrorKind::Unavailable,
+        _ => SandboxErrorKind::Backend,
+    };
+    SandboxError::new(kind, format!("{what}: {e}")).with_source(e)
+}
+
+fn is_status(e: &bollard::errors::Error, code: u16) -> bool {
+    matches!(e, bollard::errors::Error::DockerResponseServerError { status_code, .. } if *status_code == code)
+}
+
+/// Which job a managed container belongs to: its `agent.job_id` label, or for a warm-pool
+/// container that was taken, its name `agent-<job_id>`.
+fn job_of(labels: &HashMap<String, String>, names: &[String]) -> Option<JobId> {
+    if let Some(id) = labels.get(LABEL_JOB_ID).and_then(|v| v.parse().ok()) {
+        return Some(id);
+    }
+    names.iter().find_map(|n| {
+        n.trim_start_matches('/')
+            .strip_prefix("agent-")
+            .and_then(|rest| rest.parse().ok())
+    })
+}
+
+/// What a container is made for.
+struct Blueprint<'a> {
+    name: String,
+    image: &'a str,
+    limits: &'a ResourceLimits,
+    network: NetworkMode,
+    job_id: Option<JobId>,
+}
+
+impl DockerExecutor {
+    /// A builder: [`DockerConfig`] with defaults (`with_*` setters, then `.build().await`).
+    pub fn builder() -> DockerConfig {
+        DockerConfig::default()
+    }
+
+    /// Connects with [`DockerConfig::from_env`].
+    pub async fn from_env() -> Result<Self, SandboxError> {
+        Self::connect(DockerConfig::from_env()).await
+    }
+
+    /// Connects to the engine, negotiates the API version and starts the warm pool (if any).
+    ///
+    /// Fails with [`SandboxErrorKind::Unavailable`] and a message saying how to start an engine
+    /// when none answers.
+    pub async fn connect(config: DockerConfig) -> Result<Self, SandboxError> {
+        config.validate()?;
+        let host = config
+            .docker_host
+            .clone()
+            .or_else(|| std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()))
+            .unwrap_or_else(|| "unix:///var/run/docker.sock".to_string());
+        let docker = if host.starts_with("unix://") || host.starts_with('/') {
+            let path = host.trim_start_matches("unix://");
+            Docker::connect_with_unix(path, 120, bollard::API_DEFAULT_VERSION)
+        } else if host.starts_with("tcp://") || host.starts_with("http://") {
+            Docker::connect_with_http(&host, 120, bollard::API_DEFAULT_VERSION)
+        } else {
+            return Err(SandboxError::new(
+                SandboxErrorKind::Invalid,
+                format!("DOCKER_HOST {host:?}: expected unix://PATH, tcp://HOST:PORT or http://"),
+            ));
+        }
+        .map_err(|e| unavailable(&host, e))?;
+        let docker = tokio::time::timeout(Duration::from_secs(10), docker.negotiate_version())
+            .await
+            .map_err(|_| unavailable(&host, "timed out"))?
+            .map_err(|e| unavailable(&host, e))?;
+        tracing::debug!(host = %host, api = %docker.client_version(), "connected to the Docker engine");
+        let pool = (config.warm_pool_size > 0).then(|| {
+            Arc::new(Pool {
+                ready: Mutex::new(VecDeque::new()),
+                refill: Notify::new(),
+            })
+        });
+        let inner = Arc::new(ExecInner {
+            docker,
+            create_permits: Semaphore::new(config.max_concurrent_creates),
+            config,
+            host,
+            owned: Mutex::new(HashMap::new()),
+            pool,
+            build_lock: tokio::sync::Mutex::new(()),
+            stop: CancellationToken::new(),
+            shut_down: AtomicBool::new(false),
+        });
+        if let Some(pool) = &inner.pool {
+            tokio::spawn(refill_loop(Arc::downgrade(&inner), pool.clone()));
+        }
+        Ok(Self { inner })
+    }
+
+    /// The bollard client (for callers that need more of the engine).
+    pub fn docker(&self) -> &Docker {
+        &self.inner.docker
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &DockerConfig {
+        &self.inner.config
+    }
+
+    /// How many warm containers are ready now.
+    pub fn warm_ready(&self) -> usize {
+        self.inner.pool.as_ref().map_or(0, |p| lock(&p.ready).len())
+    }
+
+    /// Waits until the warm pool is full (or `timeout` passes); returns how many are ready.
+    pub async fn wait_warm(&self, timeout: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.warm_ready() < self.inner.config.warm_pool_size
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.warm_ready()
+    }
+
+    /// Makes sure the default image exists; when it does not, builds it with the offline build
+    /// script (`images/agent/build-offline.sh`, embedded in this crate), forwarding its progress
+    /// lines to `tracing` (or stderr when no subscriber is installed). Needs root and
+    /// `debootstrap` on the machine running the engine's CLI.
+    pub async fn ensure_image(&self) -> Result<(), SandboxError> {
+        crate::image::ensure_image(
+            &self.inner.docker,
+            &self.inner.config.image,
+            &self.inner.host,
+            &self.inner.build_lock,
+        )
+        .await
+    }
+}
+
+impl ExecInner {
+    fn labels(&self, bp: &Blueprint<'_>) -> HashMap<String, String> {
+        let mut labels: HashMap<String, String> = self
+            .config
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        labels.insert(LABEL_MANAGED.into(), "true".into());
+        if let Some(scope) = &self.config.scope {
+            labels.insert(LABEL_SCOPE.into(), scope.clone());
+        }
+        match bp.job_id {
+            Some(id) => {
+                labels.insert(LABEL_JOB_ID.into(), id.to_string());
+            }
+            None => {
+                labels.insert(LABEL_POOL.into(), "true".into());
+            }
+        }
+        labels
+    }
+
+    fn container_body(&self, bp: &Blueprint<'_>) -> ContainerCreateBody {
+        let c = &self.config;
+        let limits = bp.limits;
+        let (uid, gid) = c.numeric_ids().unwrap_or((1000, 1000));
+        let memory = i64::try_from(limits.memory_bytes).unwrap_or(i64::MAX);
+        let swap = i64::try_from(limits.memory_bytes.saturating_add(c.extra_swap_bytes))
+            .unwrap_or(i64::MAX);
+        let exec = |on: bool| if on { "exec" } else { "noexec" };
+        let mut tmpfs = HashMap::new();
+        tmpfs.insert(
+            "/workspace".to_string(),
+            format!(
+                "rw,{},nosuid,nodev,size={},uid={uid},gid={gid},mode=0755",
+                exec(c.workspace_exec),
+                limits.workspace_bytes
+            ),
+        );
+        tmpfs.insert(
+            "/tmp".to_string(),
+            format!(
+                "rw,{},nosuid,nodev,size={},mode=1777",
+                exec(c.tmp_exec),
+                limits.tmp_bytes
+            ),
+        );
+        let ulimit = |name: &str, v: u64| {
+            let v = i64::try_from(v).unwrap_or(i64::MAX);
+            ResourcesUlimits {
+                name: Some(name.to_string()),
+                soft: Some(v),
+                hard: Some(v),
+            }
+        };
+        let mut security_opt = Vec::new();
+        if c.no_new_privileges {
+            security_opt.push("no-new-privileges".to_string());
+        }
+        match &c.seccomp {
+            SeccompProfile::Default => {}
+            SeccompProfile::Unconfined => security_opt.push("seccomp=unconfined".to_string()),
+            SeccompProfile::Custom(json) => security_opt.push(format!("seccomp={json}")),
+        }
+        let pids = c.pids_limit.unwrap_or(limits.pids);
+        let host_config = HostConfig {
+            memory: Some(memory),
+            memory_swap: Some(swap),
+            nano_cpus: Some((limits.cpus * 1e9).round() as i64),
+            pids_limit: Some(i64::from(pids)),
+            ulimits: Some(vec![
+                ulimit("nofile", c.nofile),
+                ulimit("fsize", c.fsize_bytes.unwrap_or(limits.workspace_bytes)),
+                ulimit("core", c.core_bytes),
+            ]),
+            init: Some(c.init),
+            network_mode: Some(bp.network.to_string()),
+            privileged: Some(c.privileged),
+            readonly_rootfs: Some(c.read_only_rootfs),
+            cap_drop: Some(c.cap_drop.clone()),
+            cap_add: (!c.cap_add.is_empty()).then(|| c.cap_add.clone()),
+            security_opt: Some(security_opt),
+            tmpfs: Some(tmpfs),
+            log_config: Some(HostConfigLogConfig {
+                typ: Some(c.log_driver.clone()),
+                config: None,
+            }),
+            runtime: c.runtime.clone(),
+            oom_kill_disable: Some(false),
+            binds: None,
+            mounts: None,
+            ..Default::default()
+        };
+        ContainerCreateBody {
+            image: Some(bp.image.to_string()),
+            user: Some(c.user.clone()),
+            entrypoint: Some(vec![
+                "python3".into(),
+                "-I".into(),
+                "-S".into(),
+                "-c".into(),
+                SUPERVISOR.into(),
+            ]),
+            cmd: None,
+            working_dir: Some("/workspace".into()),
+            attach_stdin: Some(true),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            open_stdin: Some(true),
+            stdin_once: Some(false),
+            tty: Some(false),
+            labels: Some(self.labels(bp)),
+            host_config: Some(host_config),
+            ..Default::default()
+        }
+    }
+
+    /// Creates, attaches to and starts a container, and waits for its supervisor.
+    async fn start_container(
+        self: &Arc<Self>,
+        bp: &Blueprint<'_>,
+    ) -> Result<Arc<Core>, SandboxError> {
+        let docker = &self.docker;
+        let body = self.container_body(bp);
+        let permit =
+            self.create_permits.acquire().await.map_err(|_| {
+                SandboxError::new(SandboxErrorKind::Unavailable, "executor shut down")
+            })?;
+        let opts = CreateContainerOptionsBuilder::new().name(&bp.name).build();
+        let mut attempt = 0;
+        let created = loop {
+            attempt += 1;
+            match docker
+                .create_container(Some(opts.clone()), body.clone())
+                .await
+            {
+                Ok(c) => break c,
+                Err(e) if is_status(&e, 404) && attempt == 1 => {
+                    if self.config.auto_build_image && bp.image == self.config.image {
+                        drop(permit);
+                        crate::image::ensure_image(docker, bp.image, &self.host, &self.build_lock)
+                            .await?;
+                        return Box::pin(self.start_container(bp)).await;
+                    }
+                    return Err(SandboxError::new(
+                        SandboxErrorKind::Image,
+                        format!(
+                            "image {:?} not found on the engine; build it with \
+                             images/agent/build-offline.sh (no registry needed) or \
+                             `docker build -t {} images/agent`",
+                            bp.image, bp.image
+                        ),
+                    )
+                    .with_source(e));
+                }
+                Err(e) if is_status(&e, 409) && attempt == 1 => {
+                    // A container left with this name (a crashed run of the same job): replace it.
+                    tracing::warn!(name = %bp.name, "replacing a leftover container with the same name");
+                    remove_container(docker, &bp.name).await?;
+                }
+                Err(e) => return Err(backend("creating the container", e)),
+            }
+        };
+        let id = created.id;
+        lock(&self.owned).insert(id.clone(), bp.name.clone());
+        let result = async {
+            let attach = docker
+                .attach_container(
+                    &id,
+                    Some(
+                        AttachContainerOptionsBuilder::new()
+                            .stream(true)
+                            .stdin(true)
+                            .stdout(true)
+                            .stderr(true)
+                            .build(),
+                    ),
+                )
+                .await
+                .map_err(|e| backend("attaching to the container", e))?;
+            let (conn, ready, reader) = Conn::start(id.clone(), attach.output, attach.input);
+            let core = Arc::new(Core {
+                container_id: id.clone(),
+                docker: docker.clone(),
+                conn,
+                reader,
+                removed: AtomicBool::new(false),
+            });
+            docker
+                .start_container(&id, None::<StartContainerOptions>)
+                .await
+                .map_err(|e| backend("starting the container", e))?;
+            drop(permit);
+            let ready = tokio::time::timeout(self.config.startup_timeout, ready)
+                .await
+                .map_err(|_| {
+                    SandboxError::new(
+                        SandboxErrorKind::Backend,
+                        format!(
+                            "container {} did not become ready within {:?}",
+                            short(&id),
+                            self.config.startup_timeout
+                        ),
+                    )
+                })?
+                .map_err(|_| SandboxError::new(SandboxErrorKind::Backend, "supervisor lost"))?
+                .map_err(|why| {
+                    SandboxError::new(
+                        SandboxErrorKind::Image,
+                        format!(
+                            "container {} (image {:?}) could not start its supervisor: {why}; \
+                             the image needs python3",
+                            short(&id),
+                            bp.image
+                        ),
+                    )
+                })?;
+            tracing::debug!(container = %short(&id), uid = ?ready.uid, "sandbox ready");
+            Ok::<_, SandboxError>(core)
+        }
+        .await;
+        match result {
+            Ok(core) => Ok(core),
+            Err(e) => {
+                let _ = remove_container(docker, &id).await;
+                self.forget_container(&id);
+                Err(e)
+            }
+        }
+    }
+
+    fn take_warm(self: &Arc<Self>, spec: &JobSpec) -> Option<Arc<Core>> {
+        let pool = self.pool.as_ref()?;
+        let image_ok = spec.image.as_deref().is_none_or(|i| i == self.config.image);
+        if !image_ok
+            || spec.network != NetworkMode::None
+            || spec.limits != self.config.default_limits
+        {
+            return None;
+        }
+        let mut ready = lock(&pool.ready);
+        let mut taken = None;
+        while let Some(core) = ready.pop_front() {
+            if core.conn.is_closed() {
+                let core2 = core.clone();
+                let me = self.clone();
+                tokio::spawn(async move {
+                    let _ = core2.remove().await;
+                    me.forget_container(&core2.container_id);
+                });
+                continue;
+            }
+            taken = Some(core);
+            break;
+        }
+        drop(ready);
+        pool.refill.notify_one();
+        taken
+    }
+}
+
+async fn refill_loop(exec: Weak<ExecInner>, pool: Arc<Pool>) {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let Some(inner) = exec.upgrade() else {
+            return;
+        };
+        if inner.stop.is_cancelled() {
+            return;
+        }
+        let missing = inner
+            .config
+            .warm_pool_size
+            .saturating_sub(lock(&pool.ready).len());
+        if missing == 0 {
+            let stop = inner.stop.clone();
+            drop(inner);
+            tokio::select! {
+                _ = pool.refill.notified() => {}
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            }
+            continue;
+        }
+        let limits = inner.config.default_limits.clone();
+        let image = inner.config.image.clone();
+        let starts = (0..missing).map(|_| {
+            let inner = inner.clone();
+            let limits = limits.clone();
+            let image = image.clone();
+            async move {
+                let bp = Blueprint {
+                    name: format!("agent-pool-{}", JobId::new()),
+                    image: &image,
+                    limits: &limits,
+                    network: NetworkMode::None,
+                    job_id: None,
+                };
+                inner.start_container(&bp).await
+            }
+        });
+        let results = futures::future::join_all(starts).await;
+        let mut failed = false;
+        for r in results {
+            match r {
+                Ok(core) => {
+                    if inner.stop.is_cancelled() {
+                        let _ = core.remove().await;
+                        inner.forget_container(&core.container_id);
+                    } else {
+                        lock(&pool.ready).push_back(core);
+                    }
+                }
+                Err(e) => {
+                    failed = true;
+                    tracing::warn!("warm pool: could not start a container: {e}");
+                }
+            }
+        }
+        drop(inner);
+        if failed {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+        } else {
+            backoff = Duration::from_millis(500);
+        }
+    }
+}
+
+#[async_trait]
+impl Executor for DockerExecutor {
+    fn name(&self) -> &str {
+        "docker"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::ISOLATED
+    }
+
+    async fn create(
+        &self,
+        job_id: JobId,
+        spec: &JobSpec,
+    ) -> Result<Box<dyn Sandbox>, SandboxError> {
+        let inner = &self.inner;
+        if inner.shut_down.load(Ordering::Acquire) {
+            return Err(SandboxError::new(
+                SandboxErrorKind::Unavailable,
+                "the Docker executor was shut down",
+            ));
+        }
+        spec.limits
+            .validate()
+            .map_err(|e| SandboxError::new(SandboxErrorKind::Invalid, e.to_string()))?;
+        if spec.network == NetworkMode::Bridge && !inner.config.allow_bridge_network {
+            return Err(SandboxError::new(
+                SandboxErrorKind::Invalid,
+                "this executor does not allow the bridge network (allow_bridge_network = false)",
+            ));
+        }
+        let env: Vec<(String, String)> = spec
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let name = format!("agent-{job_id}");
+        if let Some(core) = inner.take_warm(spec) {
+            // Give the container its job's name in the background; the reaper also recognises
+            // a pool container by this name.
+            let docker = inner.docker.clone();
+            let id = core.container_id.clone();
+            let new_name = name.clone();
+            lock(&inner.owned).insert(id.clone(), new_name.clone());
+            tokio::spawn(async move {
+                let opts = RenameContainerOptionsBuilder::new().name(&new_name).build();
+                if let Err(e) = docker.rename_container(&id, opts).await {
+                    tracing::debug!(container = %short(&id), "rename to {new_name} failed: {e}");
+                }
+            });
+            return Ok(Box::new(DockerSandbox::new(
+                core,
+                job_id,
+                name,
+                env,
+                Arc::downgrade(inner),
+            )));
+        }
+        let image = spec.image.as_deref().unwrap_or(&inner.config.image);
+        let bp = Blueprint {
+            name: name.clone(),
+            image,
+            limits: &spec.limits,
+            network: spec.network,
+            job_id: Some(job_id),
+        };
+        let core = inner.start_container(&bp).await?;
+        Ok(Box::new(DockerSandbox::new(
+            core,
+            job_id,
+            name,
+            env,
+            Arc::downgrade(inner),
+        )))
+    }
+
+    async fn reap(&self, live: &HashSet<JobId>) -> Result<usize, SandboxError> {
+        let inner = &self.inner;
+        let mut filters = HashMap::new();
+        let mut label_filters = vec![format!("{LABEL_MANAGED}=true")];
+        if let Some(scope) = &inner.config.scope {
+            label_filters.push(format!("{LABEL_SCOPE}={scope}"));
+        }
+        filters.insert("label".to_string(), label_filters);
+        let opts = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let list = inner
+            .docker
+            .list_containers(Some(opts))
+            .await
+            .map_err(|e| backend("listing containers", e))?;
+        let owned: HashSet<String> = lock(&inner.owned).keys().cloned().collect();
+        let mut victims = Vec::new();
+        for c in list {
+            let Some(id) = c.id else { continue };
+            if owned.contains(&id) {
+                continue;
+            }
+            let labels = c.labels.unwrap_or_default();
+            let names = c.names.unwrap_or_default();
+            match job_of(&labels, &names) {
+                Some(job) if live.contains(&job) => {}
+                _ => victims.push(id),
+            }
+        }
+        let removals = victims.iter().map(|id| remove_container(&inner.docker, id));
+        let results = futures::future::join_all(removals).await;
+        let mut removed = 0;
+        for r in results {
+            match r {
+                Ok(()) => removed += 1,
+                Err(e) => tracing::warn!("reaper: {e}"),
+            }
+        }
+        if removed > 0 {
+            tracing::info!(removed, "reaped containers left by earlier runs");
+        }
+        Ok(removed)
+    }
+
+    async fn ping(&self) -> Result<(), SandboxError> {
+        self.inner
+            .docker
+            .ping()
+            .await
+            .map(|_| ())
+            .map_err(|e| unavailable(&self.inner.host, e))
+    }
+
+    async fn shutdown(&self) -> Result<(), SandboxError> {
+        let inner = &self.inner;
+        inner.shut_down.store(true, Ordering::Release);
+        inner.stop.cancel();
+        if let Some(pool) = &inner.pool {
+            let cores: Vec<_> = lock(&pool.ready).drain(..).collect();
+            for core in cores {
+                core.removed.store(true, Ordering::Release);
+                core.reader.abort();
+            }
+        }
+        let ids: Vec<String> = lock(&inner.owned).keys().cloned().collect();
+        let results =
+            futures::future::join_all(ids.iter().map(|id| remove_container(&inner.docker, id)))
+                .await;
+        let mut first_err = None;
+        for (id, r) in ids.iter().zip(results) {
+            match r {
+                Ok(()) => inner.forget_container(id),
+                Err(e) => {
+                    tracing::warn!("shutdown: {e}");
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_of_reads_label_or_name() {
+        let id = JobId::new();
+        let mut labels = HashMap::new();
+        labels.insert(LABEL_JOB_ID.to_string(), id.to_string());
+        assert_eq!(job_of(&labels, &[]), Some(id));
+        assert_eq!(job_of(&HashMap::new(), &[format!("/agent-{id}")]), Some(id));
+        assert_eq!(
+            job_of(&HashMap::new(), &[format!("/agent-pool-{id}")]),
+            None
+        );
+    }
+}

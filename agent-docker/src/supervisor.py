@@ -1,0 +1,524 @@
+# The agent-docker supervisor: one long-lived process inside every sandbox container.
+#
+# It runs as `python3 -I -S -c <this file>` under the container's init (PID 1) and speaks a framed
+# protocol with the host over its stdin/stdout:
+#
+#   frame  = header "\n" body
+#   header = one line of JSON; when it has "n", exactly n raw body bytes follow the newline.
+#
+# host -> supervisor: {"op": "run"|"kill"|"write"|"read"|"export"|"ping", "id": N, ...}
+# supervisor -> host: {"ev": "ready"|"started"|"out"|"exit"|"ok"|"data"|"chunk"|"err", "id": N, ...}
+#
+# Steps run in their own session (process group). When a step times out, is cancelled or floods its
+# output, every process in the container except PID 1 and this supervisor is SIGKILLed, so nothing
+# the step started survives. Paths are confined to /workspace: every component is opened with
+# O_NOFOLLOW relative to its parent, and a symbolic link is only followed when it resolves inside.
+import errno
+import json
+import os
+import select
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+
+WS = os.path.realpath("/workspace")
+GRACE = 0.1  # seconds to keep reading pipes held open by background processes after a step exits
+READ_CHUNK = 65536
+
+_out_lock = threading.Lock()
+
+
+def send(hdr, body=b""):
+    if body:
+        hdr["n"] = len(body)
+    data = json.dumps(hdr, separators=(",", ":")).encode() + b"\n" + body
+    with _out_lock:
+        view = memoryview(data)
+        while view:
+            written = os.write(1, view)
+            view = view[written:]
+
+
+def log(msg):
+    try:
+        os.write(2, ("supervisor: %s\n" % msg).encode(errors="replace"))
+    except OSError:
+        pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Killing everything
+# ---------------------------------------------------------------------------------------------
+
+
+def others_alive(me):
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        pid = int(name)
+        if pid == 1 or pid == me:
+            continue
+        try:
+            with open("/proc/%s/stat" % name, "rb") as f:
+                st = f.read()
+        except OSError:
+            continue
+        state = st[st.rindex(b")") + 2:][:1]
+        if state not in (b"Z", b"X"):
+            return True
+    return False
+
+
+def kill_all(pgid=None):
+    """SIGKILLs the step's group and then every process but PID 1 and us, until none is left."""
+    if pgid:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except OSError:
+            pass
+    me = os.getpid()
+    for _ in range(500):
+        try:
+            os.kill(-1, signal.SIGKILL)  # never signals the caller or PID 1
+        except OSError:
+            pass
+        if not others_alive(me):
+            return True
+        time.sleep(0.002)
+    log("processes survived SIGKILL")
+    return False
+
+
+def oom_count():
+    for path in ("/sys/fs/cgroup/memory/memory.oom_control", "/sys/fs/cgroup/memory.events"):
+        try:
+            with open(path) as f:
+                for line in f:
+                    parts = line.split()
+                    if len(parts) == 2 and parts[0] == "oom_kill":
+                        return int(parts[1])
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Steps
+# ---------------------------------------------------------------------------------------------
+
+_steps = {}
+_steps_lock = threading.Lock()
+
+
+class Step:
+    def __init__(self, rid, req):
+        self.rid = rid
+        self.req = req
+        self.reason = None
+        self.pgid = None
+        self.lock = threading.Lock()
+
+    def kill(self, reason):
+        with self.lock:
+            if self.reason is None:
+                self.reason = reason
+            pgid = self.pgid
+        kill_all(pgid)
+
+
+def run_step(step):
+    rid = step.rid
+    try:
+        _run_step(step)
+    except Exception as e:  # never leave the host waiting
+        log("step %s failed: %r" % (rid, e))
+        send({"id": rid, "ev": "err", "kind": "backend", "msg": "supervisor: %r" % (e,)})
+    finally:
+        with _steps_lock:
+            _steps.pop(rid, None)
+
+
+def _run_step(step):
+    rid = step.rid
+    req = step.req
+    argv = req["argv"]
+    env = dict(os.environ)
+    env.update(req.get("env") or {})
+    timeout = req.get("timeout_ms", 300000) / 1000.0
+    cap = req.get("max_output")
+    oom_before = oom_count()
+    t0 = time.monotonic()
+    deadline = t0 + timeout
+    try:
+        proc = subprocess.Popen(
+            argv,
+            cwd=req.get("cwd") or WS,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            close_fds=True,
+        )
+    except OSError as e:
+        msg = ("cannot run %s: %s\n" % (argv[0] if argv else "?", e.strerror or e)).encode()
+        send({"id": rid, "ev": "out", "s": 2}, msg)
+        code = 127 if e.errno == errno.ENOENT else 126
+        send({"id": rid, "ev": "exit", "code": code, "term": "exited"})
+        return
+    with step.lock:
+        step.pgid = proc.pid
+        killed_early = step.reason is not None
+    if killed_early:
+        step.kill(step.reason)
+    try:  # the step, not the supervisor, is the one the OOM killer should pick
+        with open("/proc/%d/oom_score_adj" % proc.pid, "w") as f:
+            f.write("1000")
+    except OSError:
+        pass
+    send({"id": rid, "ev": "started", "pid": proc.pid})
+
+    fds = {proc.stdout.fileno(): 1, proc.stderr.fileno(): 2}
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    pidfd = None
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+        poller.register(pidfd, select.POLLIN)
+    except (AttributeError, OSError):
+        pidfd = None
+    total = 0
+    capped = False
+    exited_at = None
+    while fds:
+        now = time.monotonic()
+        if now >= deadline:
+            step.kill("timed_out")
+            deadline = float("inf")
+        wait = deadline - now
+        if exited_at is not None:
+            wait = min(wait, exited_at + GRACE - now)
+            if wait <= 0:
+                break
+        elif pidfd is None:
+            wait = min(wait, 0.05)
+        events = poller.poll(None if wait == float("inf") else max(0, int(wait * 1000) + 1))
+        for fd, _ in events:
+            if fd == pidfd:
+                poller.unregister(pidfd)
+                exited_at = time.monotonic()
+                continue
+            try:
+                data = os.read(fd, READ_CHUNK)
+            except OSError:
+                data = b""
+            if not data:
+                poller.unregister(fd)
+                del fds[fd]
+                continue
+            if capped:
+                continue
+            if cap is not None and total + len(data) > cap:
+                data = data[: cap - total]
+                total = cap
+                capped = True
+                if data:
+                    send({"id": rid, "ev": "out", "s": fds[fd]}, data)
+                step.kill("output_limit")
+                continue
+            total += len(data)
+            send({"id": rid, "ev": "out", "s": fds[fd]}, data)
+        if pidfd is None and exited_at is None and proc.poll() is not None:
+            exited_at = time.monotonic()
+    proc.stdout.close()
+    proc.stderr.close()
+    if pidfd is not None:
+        os.close(pidfd)
+    # The step closed its pipes but may still run: keep enforcing the timeout.
+    while True:
+        remaining = deadline - time.monotonic()
+        try:
+            proc.wait(timeout=None if remaining == float("inf") else max(remaining, 0))
+            break
+        except subprocess.TimeoutExpired:
+            step.kill("timed_out")
+            deadline = float("inf")
+    rc = proc.returncode
+    code = 128 - rc if rc < 0 else rc
+    with step.lock:
+        reason = step.reason
+    term = reason or "exited"
+    if reason is None and code != 0:
+        oom_after = oom_count()
+        if oom_before is not None and oom_after is not None and oom_after > oom_before:
+            term = "oom"
+    send({"id": rid, "ev": "exit", "code": code, "term": term, "bytes": total})
+
+
+# ---------------------------------------------------------------------------------------------
+# Files, confined to /workspace
+# ---------------------------------------------------------------------------------------------
+
+
+class Refused(Exception):
+    pass
+
+
+class NotFound(Exception):
+    pass
+
+
+def split_rel(path):
+    parts = []
+    for comp in path.split("/"):
+        if comp in ("", "."):
+            continue
+        if comp == "..":
+            raise Refused("contains '..'")
+        parts.append(comp)
+    return parts
+
+
+def inside(path):
+    return path == WS or path.startswith(WS + "/")
+
+
+def resolve(rel, create):
+    """Returns (dir_fd, name): the opened parent directory of the last component, and its name.
+
+    Every directory is opened with O_NOFOLLOW relative to the previous one; a symbolic link is
+    followed only when it resolves inside the workspace.
+    """
+    parts = split_rel(rel)
+    if not parts:
+        raise Refused("names no file")
+    hops = 0
+    while True:
+        fd = os.open(WS, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        cur = WS
+        redo = False
+        try:
+            i = 0
+            while i < len(parts):
+                comp = parts[i]
+                try:
+                    st = os.lstat(comp, dir_fd=fd)
+                except FileNotFoundError:
+                    st = None
+                if st is not None and stat.S_ISLNK(st.st_mode):
+                    target = os.path.realpath(cur + "/" + comp)
+                    if not inside(target):
+                        raise Refused(
+                            "goes through a symbolic link (%s) that points outside /workspace"
+                            % "/".join(parts[: i + 1])
+                        )
+                    hops += 1
+                    if hops > 40:
+                        raise Refused("too many levels of symbolic links")
+                    parts = split_rel(target[len(WS):]) + parts[i + 1:]
+                    if not parts:
+                        raise Refused("names the workspace itself")
+                    redo = True
+                    break
+                if i == len(parts) - 1:
+                    return fd, comp
+                if st is None:
+                    if not create:
+                        raise NotFound()
+                    try:
+                        os.mkdir(comp, 0o755, dir_fd=fd)
+                    except FileExistsError:
+                        pass
+                try:
+                    nfd = os.open(
+                        comp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd
+                    )
+                except NotADirectoryError:
+                    raise Refused("%s is not a directory" % "/".join(parts[: i + 1]))
+                os.close(fd)
+                fd = nfd
+                cur = cur + "/" + comp
+                i += 1
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+        if not redo:
+            raise NotFound()
+
+
+def file_error(rid, e):
+    if isinstance(e, Refused):
+        send({"id": rid, "ev": "err", "kind": "path_refused", "msg": str(e)})
+    elif isinstance(e, (NotFound, FileNotFoundError)):
+        send({"id": rid, "ev": "err", "kind": "not_found", "msg": "no such file"})
+    elif isinstance(e, OSError) and e.errno == errno.ELOOP:
+        send({"id": rid, "ev": "err", "kind": "path_refused", "msg": "is a symbolic link"})
+    elif isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        send({"id": rid, "ev": "err", "kind": "too_large", "msg": "no space left: %s" % e.strerror})
+    elif isinstance(e, OSError):
+        send({"id": rid, "ev": "err", "kind": "invalid", "msg": e.strerror or str(e)})
+    else:
+        send({"id": rid, "ev": "err", "kind": "backend", "msg": "supervisor: %r" % (e,)})
+
+
+def op_write(rid, req, body):
+    try:
+        fd, name = resolve(req["path"], create=True)
+        try:
+            f = os.open(
+                name,
+                os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                req.get("mode", 0o644),
+                dir_fd=fd,
+            )
+        finally:
+            os.close(fd)
+        try:
+            view = memoryview(body)
+            while view:
+                view = view[os.write(f, view):]
+        finally:
+            os.close(f)
+        send({"id": rid, "ev": "ok"})
+    except Exception as e:
+        file_error(rid, e)
+
+
+def op_read(rid, req):
+    try:
+        fd, name = resolve(req["path"], create=False)
+        try:
+            f = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+        finally:
+            os.close(fd)
+        try:
+            st = os.fstat(f)
+            if not stat.S_ISREG(st.st_mode):
+                send({"id": rid, "ev": "err", "kind": "invalid", "msg": "not a regular file"})
+                return
+            limit = req.get("max", 16 << 20)
+            if st.st_size > limit:
+                send({"id": rid, "ev": "err", "kind": "too_large",
+                      "msg": "file is %d bytes, more than %d" % (st.st_size, limit)})
+                return
+            chunks = []
+            size = 0
+            while True:
+                data = os.read(f, 1 << 20)
+                if not data:
+                    break
+                size += len(data)
+                if size > limit:
+                    send({"id": rid, "ev": "err", "kind": "too_large", "msg": "file grew past the limit"})
+                    return
+                chunks.append(data)
+        finally:
+            os.close(f)
+        send({"id": rid, "ev": "data"}, b"".join(chunks))
+    except Exception as e:
+        file_error(rid, e)
+
+
+class ChunkWriter:
+    def __init__(self, rid):
+        self.rid = rid
+
+    def write(self, data):
+        if data:
+            send({"id": self.rid, "ev": "chunk"}, bytes(data))
+        return len(data)
+
+
+def op_export(rid):
+    import tarfile
+
+    try:
+        tar = tarfile.open(fileobj=ChunkWriter(rid), mode="w|", bufsize=1 << 18, format=tarfile.PAX_FORMAT)
+        for root, dirs, files in os.walk(WS, followlinks=False):
+            dirs.sort()
+            files.sort()
+            rel_root = os.path.relpath(root, WS)
+            for name in dirs + files:
+                full = os.path.join(root, name)
+                arc = name if rel_root == "." else rel_root + "/" + name
+                try:
+                    tar.add(full, arcname=arc, recursive=False)
+                except OSError as e:
+                    log("export: skipped %s: %s" % (arc, e.strerror))
+        tar.close()
+        send({"id": rid, "ev": "ok"})
+    except Exception as e:
+        send({"id": rid, "ev": "err", "kind": "backend", "msg": "export failed: %r" % (e,)})
+
+
+# ---------------------------------------------------------------------------------------------
+# Main loop
+# ---------------------------------------------------------------------------------------------
+
+
+def spawn(rid, target, *args):
+    try:
+        threading.Thread(target=target, args=args, daemon=True).start()
+    except RuntimeError:  # no thread left: the pids limit is exhausted
+        with _steps_lock:
+            _steps.pop(rid, None)
+        send({"id": rid, "ev": "err", "kind": "backend",
+              "msg": "the sandbox has no processes left (pids limit reached)"})
+
+
+def main():
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    os.umask(0o022)
+    send({
+        "ev": "ready",
+        "pid": os.getpid(),
+        "uid": os.getuid(),
+        "python": "%d.%d" % sys.version_info[:2],
+        "oom": oom_count() is not None,
+    })
+    inp = sys.stdin.buffer
+    while True:
+        line = inp.readline()
+        if not line:
+            break
+        try:
+            req = json.loads(line)
+        except ValueError:
+            log("bad header, closing")
+            break
+        n = req.get("n") or 0
+        body = inp.read(n) if n else b""
+        if len(body) != n:
+            break
+        op = req.get("op")
+        rid = req.get("id")
+        if op == "run":
+            step = Step(rid, req)
+            with _steps_lock:
+                _steps[rid] = step
+            spawn(rid, run_step, step)
+        elif op == "kill":
+            with _steps_lock:
+                step = _steps.get(req.get("target"))
+            if step is not None:
+                step.kill(req.get("reason") or "cancelled")  # inline: works even without threads
+        elif op == "write":
+            spawn(rid, op_write, rid, req, body)
+        elif op == "read":
+            spawn(rid, op_read, rid, req)
+        elif op == "export":
+            spawn(rid, op_export, rid)
+        elif op == "ping":
+            send({"id": rid, "ev": "ok"})
+        else:
+            send({"id": rid, "ev": "err", "kind": "invalid", "msg": "unknown op %r" % (op,)})
+    kill_all()
+    os._exit(0)
+
+
+main()

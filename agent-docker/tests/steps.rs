@@ -1,0 +1,163 @@
+//! Steps against the real engine: kinds, exit codes, streams, order, live streaming.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent_core::{Executor, JobId, JobSpec, OutputStream, Sandbox, Step, StepRequest, Termination};
+use bytes::Bytes;
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn step_kinds_exit_codes_streams_and_order() {
+    if skipped() {
+        return;
+    }
+    let exec = connect(config("steps")).await;
+    let spec = JobSpec::from_steps(vec![Step::shell("true")]).with_env("GREETING", "hello");
+    let sb = exec.create(JobId::new(), &spec).await.unwrap();
+
+    // shell: stdout vs stderr, exact exit codes, job env.
+    let (r, out, err) = sh(&*sb, "echo to-out; echo to-err >&2; echo $GREETING; exit 3").await;
+    assert_eq!(r.exit_code, 3);
+    assert_eq!(r.termination, Termination::Exited);
+    assert!(!r.success());
+    assert_eq!(out, "to-out\nhello\n");
+    assert_eq!(err, "to-err\n");
+    assert_eq!(r.stdout_tail, "to-out\nhello\n");
+    assert_eq!(r.stderr_tail, "to-err\n");
+
+    let (r, _, _) = sh(&*sb, "true").await;
+    assert!(r.success());
+    let (r, _, _) = sh(&*sb, "kill -TERM $$").await;
+    assert_eq!(r.exit_code, 128 + 15, "signalled → 128+signal");
+    let (r, _, err) = sh(&*sb, "no-such-command-xyz").await;
+    assert_eq!(r.exit_code, 127);
+    assert!(err.contains("not found"), "{err}");
+
+    // order within each stream.
+    let (r, out, err) = sh(
+        &*sb,
+        "for i in $(seq 1 300); do echo out$i; echo err$i >&2; done",
+    )
+    .await;
+    assert!(r.success());
+    let want_out: String = (1..=300).map(|i| format!("out{i}\n")).collect();
+    let want_err: String = (1..=300).map(|i| format!("err{i}\n")).collect();
+    assert_eq!(out, want_out);
+    assert_eq!(err, want_err);
+
+    // python: saved in the workspace, run with python3, exit code kept.
+    let (r, out) = run(
+        &*sb,
+        7,
+        Step::python(
+            "import sys, os\nprint('py', os.getcwd())\nprint('warn', file=sys.stderr)\nsys.exit(5)",
+        ),
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(r.exit_code, 5);
+    assert_eq!(out.text(OutputStream::Stdout), "py /workspace\n");
+    assert_eq!(out.text(OutputStream::Stderr), "warn\n");
+    let saved = sb.get_file(".agent/step-7.py").await.unwrap();
+    assert!(String::from_utf8_lossy(&saved).contains("sys.exit(5)"));
+
+    // write_file: written under /workspace, readable by later steps.
+    let (r, _) = run(
+        &*sb,
+        8,
+        Step::write_file("notes/a.txt", "content\n"),
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(r.success());
+    let (r, out, _) = sh(&*sb, "cat /workspace/notes/a.txt; stat -c %U notes/a.txt").await;
+    assert!(r.success());
+    assert_eq!(out, "content\nagent\n");
+
+    // a write_file step with a bad path fails as a step, with a clear message.
+    let (r, out) = run(
+        &*sb,
+        9,
+        Step::write_file("../x", "no"),
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(r.exit_code, 1);
+    assert!(
+        out.text(OutputStream::Stderr).contains("refused"),
+        "{:?}",
+        r
+    );
+
+    // the tail keeps the end, and says it was truncated.
+    let mut req = StepRequest::new(10, Step::shell("seq 1 5000"), Duration::from_secs(30));
+    req.tail_bytes = 10;
+    let r = sb
+        .run_step(req, agent_core::executor::discard_output())
+        .await
+        .unwrap();
+    assert_eq!(r.stdout_tail, "4999\n5000\n");
+    assert!(r.stdout_truncated);
+    assert!(!r.stderr_truncated);
+
+    sb.destroy().await.unwrap();
+    sb.destroy().await.unwrap(); // idempotent
+    assert!(sh_err(&*sb).await);
+    exec.shutdown().await.unwrap();
+}
+
+async fn sh_err(sb: &dyn Sandbox) -> bool {
+    sb.run_step(
+        StepRequest::new(0, Step::shell("true"), Duration::from_secs(5)),
+        agent_core::executor::discard_output(),
+    )
+    .await
+    .is_err()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_arrives_while_the_step_runs() {
+    if skipped() {
+        return;
+    }
+    let exec = connect(config("live")).await;
+    let sb: Arc<Box<dyn Sandbox>> = Arc::new(
+        exec.create(JobId::new(), &JobSpec::from_prompt("x"))
+            .await
+            .unwrap(),
+    );
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let sink: agent_core::OutputSink = Arc::new(move |s, b: Bytes| {
+        let _ = tx.send((s, b));
+    });
+    let cmd = "echo first; while [ ! -e /workspace/go ]; do sleep 0.02; done; echo second";
+    let runner = {
+        let sb = sb.clone();
+        tokio::spawn(async move {
+            sb.run_step(
+                StepRequest::new(0, Step::shell(cmd), Duration::from_secs(60)),
+                sink,
+            )
+            .await
+        })
+    };
+    let (stream, first) = rx.recv().await.unwrap();
+    assert_eq!(
+        (stream, &first[..]),
+        (OutputStream::Stdout, &b"first\n"[..])
+    );
+    assert!(
+        !runner.is_finished(),
+        "the step cannot end before the test lets it"
+    );
+    sb.put_file("go", Bytes::from_static(b"")).await.unwrap();
+    let r = runner.await.unwrap().unwrap();
+    assert!(r.success());
+    assert_eq!(r.stdout_tail, "first\nsecond\n");
+    sb.destroy().await.unwrap();
+    exec.shutdown().await.unwrap();
+}
