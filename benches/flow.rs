@@ -1,2 +1,252 @@
-//! Benchmark stub; replaced by its owner.
-fn main() {}
+//! Flow engine overhead per node transition, against PocketFlow measured in the same run.
+//!
+//! Two shapes of the same three trivial nodes (prep/exec do nothing, post counts):
+//! - `run`: the flow a → b → c run from start to end, many times (3 transitions per run);
+//! - `cycle`: one run of the cycle a → b → c → a … for many transitions (no per-run cost).
+//!
+//! Criterion reports both; then a plain timed loop measures ns/transition for the comparison, and
+//! `python3 benches/pocketflow_baseline.py` measures PocketFlow's `Flow` and `AsyncFlow` on the same
+//! shapes. Run with `cargo bench -p agent-benches --bench flow`.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use agent_core::flow::{Action, Ctx, Flow, Node};
+use agent_core::Result;
+use async_trait::async_trait;
+use criterion::{Criterion, Throughput};
+
+#[derive(Default)]
+struct Shared {
+    n: u64,
+    limit: u64,
+}
+
+/// Does nothing but count; returns the default action.
+struct Step;
+
+#[async_trait]
+impl Node<Shared> for Step {
+    type Prep = ();
+    type Exec = ();
+
+    async fn prep(&self, _shared: &mut Shared) -> Result<()> {
+        Ok(())
+    }
+    async fn exec(&self, _prep: &(), _ctx: &Ctx) -> Result<()> {
+        Ok(())
+    }
+    async fn post(&self, shared: &mut Shared, _prep: (), _exec: ()) -> Result<Action> {
+        shared.n += 1;
+        Ok(Action::DEFAULT)
+    }
+}
+
+/// Counts; returns "next" until `limit` transitions, then "stop" (no successor: the flow ends).
+struct Looping;
+
+#[async_trait]
+impl Node<Shared> for Looping {
+    type Prep = ();
+    type Exec = ();
+
+    async fn prep(&self, _shared: &mut Shared) -> Result<()> {
+        Ok(())
+    }
+    async fn exec(&self, _prep: &(), _ctx: &Ctx) -> Result<()> {
+        Ok(())
+    }
+    async fn post(&self, shared: &mut Shared, _prep: (), _exec: ()) -> Result<Action> {
+        shared.n += 1;
+        Ok(if shared.n < shared.limit {
+            Action::new("next")
+        } else {
+            Action::new("stop")
+        })
+    }
+}
+
+fn three() -> Flow<Shared> {
+    let mut flow = Flow::new();
+    let a = flow.add(Step);
+    let b = flow.add(Step);
+    let c = flow.add(Step);
+    flow.connect_default(a, b).unwrap();
+    flow.connect_default(b, c).unwrap();
+    flow
+}
+
+fn cycle() -> Flow<Shared> {
+    let mut flow = Flow::new().with_step_limit(usize::MAX);
+    let a = flow.add(Looping);
+    let b = flow.add(Looping);
+    let c = flow.add(Looping);
+    flow.connect(a, "next", b).unwrap();
+    flow.connect(b, "next", c).unwrap();
+    flow.connect(c, "next", a).unwrap();
+    flow
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Runs the 3-node flow `runs` times; returns the elapsed time.
+fn time_runs(rt: &tokio::runtime::Runtime, flow: &Flow<Shared>, runs: u64) -> Duration {
+    rt.block_on(async {
+        let ctx = Ctx::new();
+        let mut shared = Shared::default();
+        let start = Instant::now();
+        for _ in 0..runs {
+            flow.run(&mut shared, &ctx).await.unwrap();
+        }
+        let elapsed = start.elapsed();
+        assert_eq!(shared.n, runs * 3);
+        elapsed
+    })
+}
+
+/// One run of the cycle for `transitions` node runs; returns the elapsed time.
+fn time_cycle(rt: &tokio::runtime::Runtime, flow: &Flow<Shared>, transitions: u64) -> Duration {
+    rt.block_on(async {
+        let ctx = Ctx::new();
+        let mut shared = Shared {
+            n: 0,
+            limit: transitions,
+        };
+        let start = Instant::now();
+        let last = flow.run(&mut shared, &ctx).await.unwrap();
+        let elapsed = start.elapsed();
+        assert_eq!(last, "stop");
+        assert_eq!(shared.n, transitions);
+        elapsed
+    })
+}
+
+fn ns_per(d: Duration, transitions: u64) -> f64 {
+    d.as_nanos() as f64 / transitions as f64
+}
+
+fn best_of(repeats: usize, mut f: impl FnMut() -> f64) -> f64 {
+    (0..repeats).map(|_| f()).fold(f64::INFINITY, f64::min)
+}
+
+fn criterion_benches(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
+    let flow = three();
+    let mut group = c.benchmark_group("flow");
+    group.throughput(Throughput::Elements(3));
+    group.bench_function("3-node run (per run = 3 transitions)", |b| {
+        b.iter_custom(|iters| time_runs(rt, &flow, iters))
+    });
+    let looping = cycle();
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("3-node cycle (per transition)", |b| {
+        b.iter_custom(|iters| time_cycle(rt, &looping, iters.max(1)))
+    });
+    group.finish();
+}
+
+fn pocketflow_baseline(transitions: u64) -> Option<serde_json::Value> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/pocketflow_baseline.py");
+    let output = match Command::new("python3")
+        .arg(script)
+        .arg("--transitions")
+        .arg(transitions.to_string())
+        .output()
+    {
+        Ok(o) => o,
+        Err(e) => {
+            println!("NOTE: PocketFlow baseline skipped: cannot run python3 ({e})");
+            return None;
+        }
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let value: Option<serde_json::Value> = stdout
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok());
+    match value {
+        Some(v) if output.status.success() => Some(v),
+        Some(v) => {
+            println!(
+                "NOTE: PocketFlow baseline skipped: {} (pip install pocketflow)",
+                v["error"].as_str().unwrap_or("the script failed")
+            );
+            None
+        }
+        None => {
+            println!(
+                "NOTE: PocketFlow baseline skipped: the script failed: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+            None
+        }
+    }
+}
+
+fn main() {
+    let rt = runtime();
+    let mut criterion = Criterion::default().configure_from_args();
+    criterion_benches(&mut criterion, &rt);
+    criterion.final_summary();
+
+    // The comparison: a plain timed loop (best of 5), the same shapes in PocketFlow.
+    const TRANSITIONS: u64 = 300_000;
+    let flow = three();
+    let looping = cycle();
+    time_runs(&rt, &flow, TRANSITIONS / 3); // warm-up
+    let ours_run = best_of(5, || {
+        ns_per(time_runs(&rt, &flow, TRANSITIONS / 3), TRANSITIONS)
+    });
+    let ours_cycle = best_of(5, || {
+        ns_per(time_cycle(&rt, &looping, TRANSITIONS), TRANSITIONS)
+    });
+
+    println!();
+    println!("flow overhead per node transition (3 trivial nodes, current-thread runtime)");
+    println!("  agent-core  run   (a→b→c, many runs): {ours_run:>9.1} ns/transition");
+    println!("  agent-core  cycle (a→b→c→a…):         {ours_cycle:>9.1} ns/transition");
+    let target = 2000.0;
+    println!(
+        "  target ≤ {target} ns/transition: {}",
+        if ours_run.max(ours_cycle) <= target {
+            "met"
+        } else {
+            "NOT met"
+        }
+    );
+
+    let Some(py) = pocketflow_baseline(150_000) else {
+        return;
+    };
+    println!(
+        "  PocketFlow {} on Python {} (same shapes, best of 3):",
+        py["pocketflow_version"].as_str().unwrap_or("?"),
+        py["python"].as_str().unwrap_or("?")
+    );
+    for (label, key, ours) in [
+        ("Flow      run  ", "sync_run_ns_per_transition", ours_run),
+        (
+            "Flow      cycle",
+            "sync_cycle_ns_per_transition",
+            ours_cycle,
+        ),
+        ("AsyncFlow run  ", "async_run_ns_per_transition", ours_run),
+        (
+            "AsyncFlow cycle",
+            "async_cycle_ns_per_transition",
+            ours_cycle,
+        ),
+    ] {
+        if let Some(theirs) = py[key].as_f64() {
+            println!(
+                "    {label}: {theirs:>9.1} ns/transition → agent-core is {:.1}× faster",
+                theirs / ours
+            );
+        }
+    }
+}
