@@ -25,7 +25,7 @@ use agent_core::{
 
 use crate::api::{JobDefaults, ScheduleRequest, StatusResponse};
 use crate::client::{Client, ClientError};
-use crate::config::{init_tracing, LogFormat, Secret, ServerConfig};
+use crate::config::{init_tracing, init_tracing_with_default, LogFormat, Secret, ServerConfig};
 use crate::logs::{describe_step, LogFormatter};
 use crate::metrics::Metrics;
 
@@ -656,11 +656,13 @@ impl Progress {
             EventKind::StepFinished { index, result } => {
                 self.flush_output();
                 let mark = if result.success() { "✔" } else { "✘" };
+                let how = match result.termination {
+                    agent_core::Termination::Exited => format!("exit {}", result.exit_code),
+                    other => format!("{other:?} (exit {})", result.exit_code).to_lowercase(),
+                };
                 let line = format!(
-                    "{mark} step {index} exit {} ({:?}) in {:.1}s",
-                    result.exit_code,
-                    result.termination,
-                    result.duration.as_secs_f64()
+                    "{mark} step {index} {how} in {} ms",
+                    result.duration.as_millis()
                 );
                 match self.step.take() {
                     Some((_, bar, _)) => {
@@ -677,7 +679,8 @@ impl Progress {
 
 /// `agent run`: one job on the local Docker engine, with live progress; writes the ZIP.
 async fn run_local(args: &JobArgs, out: Option<&Path>, json: bool) -> Exit {
-    init_tracing(LogFormat::Text);
+    // Progress goes to the terminal; only warnings from the libraries.
+    init_tracing_with_default(LogFormat::Text, "warn");
     let req = match args.request() {
         Ok(r) => r,
         Err(e) => return fail(Exit::Usage, e),

@@ -172,8 +172,14 @@ pub fn load_dotenv() {
 /// Installs the global tracing subscriber (`RUST_LOG`, default `info`), text or JSON lines on
 /// stderr. Calling it twice is harmless.
 pub fn init_tracing(format: LogFormat) {
+    init_tracing_with_default(format, "info");
+}
+
+/// Like [`init_tracing`], with another default filter when `RUST_LOG` is unset.
+pub fn init_tracing_with_default(format: LogFormat, default_filter: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

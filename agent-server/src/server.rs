@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use agent_core::manager::{JobManager, JobManagerConfig};
 use agent_core::store::sqlite::SqliteStore;
-use agent_core::{Executor, JobStore, LlmErrorKind, LlmProvider};
+use agent_core::{Executor, JobStore, LlmProvider};
 use agent_docker::DockerConfig;
 use tokio::net::TcpListener;
 
@@ -49,18 +49,12 @@ pub type LlmChain = (Arc<dyn LlmProvider>, Vec<String>);
 /// The LLM chain from agent-llm's environment variables, each provider wrapped to record metrics.
 /// `Ok(None)` when no provider is configured (explicit-steps jobs still run).
 pub fn llm_from_env(metrics: &Arc<Metrics>) -> Result<Option<LlmChain>, agent_core::LlmError> {
-    let chain = match agent_llm::from_env() {
-        Ok(chain) => chain,
-        Err(e) if e.kind == LlmErrorKind::NotConfigured && e.provider == "config" => {
-            // Either nothing is configured (fine) or a variable is malformed (not fine).
-            let config = agent_llm::LlmConfig::from_env()?;
-            if config.configured().is_empty() {
-                return Ok(None);
-            }
-            return Err(e);
-        }
-        Err(e) => return Err(e),
-    };
+    // A malformed variable is an error; no provider at all is not (explicit-steps jobs still run).
+    let config = agent_llm::LlmConfig::from_env()?;
+    if config.configured().is_empty() {
+        return Ok(None);
+    }
+    let chain = config.build()?;
     let names = chain.provider_names();
     let metered: Vec<Arc<dyn LlmProvider>> = chain
         .providers()
