@@ -1,14 +1,15 @@
 //! Turns an exported workspace (a tar stream) into the job's ZIP, safely and without holding it
 //! in memory.
 //!
-//! The tar is spooled to a temporary file next to the destination, then converted entry by entry.
+//! The tar is spooled (in memory while small, else to an anonymous temporary file next to the
+//! destination), then converted entry by entry.
 //! Only regular files and directories are kept: absolute paths, `..` components, symlinks,
 //! hardlinks and device nodes are skipped and counted, so the ZIP can never point outside the
-//! workspace. The ZIP is written to a temporary name and renamed into place, so a reader never
-//! sees a half-written archive — and it lives outside the workspace, so it never contains itself.
+//! workspace. A failed conversion leaves no file behind. The ZIP lives outside the workspace, so
+//! it never contains itself.
 
 use std::fs::File;
-use std::io::{self, BufReader, BufWriter, Seek, SeekFrom, Write};
+use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Component, Path, PathBuf};
 
 use futures::StreamExt;
@@ -32,7 +33,16 @@ pub struct ArchiveSummary {
     pub zip_bytes: u64,
 }
 
-/// Writes the tar `stream` as a ZIP at `dest` (atomically: temp file + rename).
+/// Exports up to this size are spooled in memory; larger ones go to a temporary file.
+const SPOOL_IN_MEMORY: usize = 1 << 20;
+
+/// The spooled tar: in memory while small, then in a temporary file.
+enum Spool {
+    Memory(Vec<u8>),
+    File(File),
+}
+
+/// Writes the tar `stream` as a ZIP at `dest`. On failure nothing is left at `dest`.
 ///
 /// `max_bytes` caps the spooled tar size; past it the export fails rather than filling the disk.
 pub async fn tar_stream_to_zip(
@@ -44,13 +54,8 @@ pub async fn tar_stream_to_zip(
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
-    tokio::fs::create_dir_all(&dir)
-        .await
-        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-    let spool = tempfile::NamedTempFile::new_in(&dir)
-        .map_err(|e| Error::io("creating a temporary file for the workspace export", e))?;
-    let (std_file, spool_path) = spool.into_parts();
-    let mut file = tokio::fs::File::from_std(std_file);
+    let mut memory = Vec::new();
+    let mut file: Option<tokio::fs::File> = None;
     let mut total = 0u64;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk?;
@@ -60,37 +65,74 @@ pub async fn tar_stream_to_zip(
                 "the workspace export is larger than the {max_bytes}-byte limit"
             )));
         }
-        file.write_all(&chunk)
-            .await
-            .map_err(|e| Error::io("spooling the workspace export", e))?;
+        if file.is_none() && memory.len() + chunk.len() > SPOOL_IN_MEMORY {
+            // An anonymous temporary file next to the ZIP: removed by the OS when closed.
+            tokio::fs::create_dir_all(&dir)
+                .await
+                .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+            let spill = tempfile::tempfile_in(&dir)
+                .map_err(|e| Error::io("creating a temporary file for the workspace export", e))?;
+            let mut spill = tokio::fs::File::from_std(spill);
+            spill
+                .write_all(&memory)
+                .await
+                .map_err(|e| Error::io("spooling the workspace export", e))?;
+            memory = Vec::new();
+            file = Some(spill);
+        }
+        match &mut file {
+            Some(f) => f
+                .write_all(&chunk)
+                .await
+                .map_err(|e| Error::io("spooling the workspace export", e))?,
+            None => memory.extend_from_slice(&chunk),
+        }
     }
-    file.flush()
-        .await
-        .map_err(|e| Error::io("spooling the workspace export", e))?;
-    let std_file = file.into_std().await;
+    let spool = match file {
+        Some(mut f) => {
+            f.flush()
+                .await
+                .map_err(|e| Error::io("spooling the workspace export", e))?;
+            Spool::File(f.into_std().await)
+        }
+        None => Spool::Memory(memory),
+    };
     let dest = dest.to_path_buf();
     tokio::task::spawn_blocking(move || {
-        let result = convert(std_file, &dest);
-        drop(spool_path);
+        let result = match spool {
+            Spool::Memory(bytes) => convert(io::Cursor::new(bytes), &dest),
+            Spool::File(mut f) => f
+                .seek(SeekFrom::Start(0))
+                .map_err(|e| Error::io("rewinding the workspace export", e))
+                .and_then(|_| convert(BufReader::new(f), &dest)),
+        };
+        if result.is_err() {
+            let _ = std::fs::remove_file(&dest);
+        }
         result
     })
     .await
     .map_err(|e| Error::other(format!("the archive task failed: {e}")))?
 }
 
-fn convert(mut tar_file: File, dest: &Path) -> Result<ArchiveSummary> {
+fn convert(tar_data: impl Read, dest: &Path) -> Result<ArchiveSummary> {
     let io_err = |what: &str| {
         let what = what.to_string();
         move |e: io::Error| Error::io(what, e)
     };
-    tar_file
-        .seek(SeekFrom::Start(0))
-        .map_err(io_err("rewinding the workspace export"))?;
-    let dir = dest.parent().unwrap_or_else(|| Path::new("."));
-    let out = tempfile::NamedTempFile::new_in(dir).map_err(io_err("creating the ZIP"))?;
+    let out = match File::create(dest) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if let Some(dir) = dest.parent() {
+                std::fs::create_dir_all(dir).map_err(io_err("creating the artifact directory"))?;
+            }
+            File::create(dest)
+        }
+        other => other,
+    }
+    .map_err(io_err("creating the ZIP"))?;
     let mut zip = zip::ZipWriter::new(BufWriter::new(out));
     let mut summary = ArchiveSummary::default();
-    let mut archive = tar::Archive::new(BufReader::new(tar_file));
+    let mut archive = tar::Archive::new(tar_data);
     let entries = archive
         .entries()
         .map_err(io_err("reading the workspace export"))?;
@@ -134,13 +176,7 @@ fn convert(mut tar_file: File, dest: &Path) -> Result<ArchiveSummary> {
     let out = writer
         .into_inner()
         .map_err(|e| Error::io("writing the ZIP", e.into_error()))?;
-    summary.zip_bytes = out
-        .as_file()
-        .metadata()
-        .map_err(io_err("writing the ZIP"))?
-        .len();
-    out.persist(dest)
-        .map_err(|e| Error::io(format!("moving the ZIP to {}", dest.display()), e.error))?;
+    summary.zip_bytes = out.metadata().map_err(io_err("writing the ZIP"))?.len();
     Ok(summary)
 }
 
@@ -233,8 +269,34 @@ mod tests {
             .read_to_string(&mut s)
             .unwrap();
         assert_eq!(s, "hello");
-        // Nothing but the ZIP is left in the directory (the spool file is gone).
+        // Nothing but the ZIP is in the directory.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_large_export_is_spooled_to_disk_and_converted() {
+        let big = vec![b'x'; SPOOL_IN_MEMORY * 3];
+        let data = tar_bytes(|b| {
+            b.append(&file_header("big.bin", big.len()), &big[..])
+                .unwrap();
+        });
+        let chunks: Vec<_> = data
+            .chunks(64 << 10)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("nested").join("out.zip");
+        let summary = tar_stream_to_zip(futures::stream::iter(chunks).boxed(), &dest, 1 << 30)
+            .await
+            .unwrap();
+        assert_eq!((summary.files, summary.bytes), (1, big.len() as u64));
+        let mut zip = zip::ZipArchive::new(File::open(&dest).unwrap()).unwrap();
+        let mut out = Vec::new();
+        zip.by_name("big.bin")
+            .unwrap()
+            .read_to_end(&mut out)
+            .unwrap();
+        assert_eq!(out, big);
     }
 
     #[tokio::test]

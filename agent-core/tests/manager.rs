@@ -1,0 +1,561 @@
+//! The job manager and the agent flow, end to end against the fake executor, a mockall LLM and
+//! both stores.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Read;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agent_core::llm::MockLlm;
+use agent_core::manager::{JobManager, JobManagerConfig};
+use agent_core::store::memory::MemoryStore;
+use agent_core::testing::FakeExecutor;
+use agent_core::{
+    ChatRequest, ChatResponse, Error, EventKind, Job, JobFilter, JobId, JobSpec, JobStatus,
+    JobStore, LlmError, LlmErrorKind, Step, StepStatus, Termination, TokenUsage,
+};
+use futures::StreamExt;
+
+struct Harness {
+    manager: JobManager,
+    store: Arc<dyn JobStore>,
+    _dir: tempfile::TempDir,
+    requests: Arc<Mutex<Vec<ChatRequest>>>,
+}
+
+fn config(dir: &tempfile::TempDir) -> JobManagerConfig {
+    JobManagerConfig {
+        max_concurrent_jobs: 2,
+        artifact_dir: dir.path().join("artifacts"),
+        ..JobManagerConfig::default()
+    }
+}
+
+/// A mockall LLM that answers with `replies` in order (the last one repeats) and records requests.
+fn scripted_llm(
+    replies: Vec<Result<String, LlmErrorKind>>,
+) -> (MockLlm, Arc<Mutex<Vec<ChatRequest>>>) {
+    let requests = Arc::new(Mutex::new(Vec::new()));
+    let seen = requests.clone();
+    let mut llm = MockLlm::new();
+    llm.expect_name().return_const("mock".to_string());
+    llm.expect_chat().returning(move |req| {
+        let mut seen = seen.lock().unwrap();
+        seen.push(req.clone());
+        let n = seen.len();
+        match &replies[(n - 1).min(replies.len() - 1)] {
+            Ok(text) => Ok(ChatResponse {
+                text: text.clone(),
+                provider: "mock".into(),
+                model: "mock-1".into(),
+                usage: TokenUsage {
+                    prompt_tokens: 10,
+                    completion_tokens: 5,
+                    total_tokens: 15,
+                },
+            }),
+            Err(kind) => Err(LlmError::new(*kind, "mock", "scripted failure")),
+        }
+    });
+    (llm, requests)
+}
+
+async fn harness_with(
+    store: Arc<dyn JobStore>,
+    replies: Option<Vec<Result<String, LlmErrorKind>>>,
+    tweak: impl FnOnce(&mut JobManagerConfig),
+) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&dir);
+    tweak(&mut cfg);
+    let mut builder = JobManager::builder(Arc::new(FakeExecutor::new()), store.clone()).config(cfg);
+    let mut requests = Arc::new(Mutex::new(Vec::new()));
+    if let Some(replies) = replies {
+        let (llm, reqs) = scripted_llm(replies);
+        requests = reqs;
+        builder = builder.llm(Arc::new(llm));
+    }
+    Harness {
+        manager: builder.start().await.unwrap(),
+        store,
+        _dir: dir,
+        requests,
+    }
+}
+
+async fn harness(replies: Option<Vec<Result<String, LlmErrorKind>>>) -> Harness {
+    harness_with(Arc::new(MemoryStore::new()), replies, |_| {}).await
+}
+
+fn zip_names(job: &Job) -> Vec<String> {
+    let path = &job.artifact.as_ref().expect("the job has an artifact").path;
+    let zip = zip::ZipArchive::new(std::fs::File::open(path).unwrap()).unwrap();
+    let mut names: Vec<String> = zip.file_names().map(str::to_string).collect();
+    names.sort();
+    names
+}
+
+fn zip_file(job: &Job, name: &str) -> String {
+    let path = &job.artifact.as_ref().unwrap().path;
+    let mut zip = zip::ZipArchive::new(std::fs::File::open(path).unwrap()).unwrap();
+    let mut s = String::new();
+    zip.by_name(name).unwrap().read_to_string(&mut s).unwrap();
+    s
+}
+
+fn plan(steps: serde_json::Value) -> String {
+    serde_json::json!({"steps": steps, "summary": "test plan"}).to_string()
+}
+
+#[tokio::test]
+async fn explicit_steps_run_in_order_without_an_llm() {
+    let h = harness(None).await;
+    let id = h
+        .manager
+        .submit(JobSpec::from_steps(vec![
+            Step::write_file("notes/a.txt", "first\n"),
+            Step::shell("echo second >> notes/a.txt"),
+            Step::python("open('notes/a.txt','a').write('third\\n')"),
+            Step::shell("cat notes/a.txt"),
+        ]))
+        .await
+        .unwrap();
+    let job = h.manager.wait(id).await.unwrap();
+    assert_eq!(job.status, JobStatus::Succeeded, "{:?}", job.error);
+    assert_eq!(job.steps.len(), 4);
+    assert!(job.steps.iter().all(|s| s.status == StepStatus::Succeeded));
+    assert_eq!(
+        job.steps[3].result.as_ref().unwrap().stdout_tail,
+        "first\nsecond\nthird\n"
+    );
+    assert!(h.requests.lock().unwrap().is_empty());
+    let names = zip_names(&job);
+    assert!(names.contains(&"notes/a.txt".to_string()), "{names:?}");
+    assert!(names.contains(&"result.json".to_string()), "{names:?}");
+    assert!(!names.iter().any(|n| n.ends_with(".zip")), "{names:?}");
+    let result: serde_json::Value = serde_json::from_str(&zip_file(&job, "result.json")).unwrap();
+    assert_eq!(result["status"], "succeeded");
+    assert_eq!(result["steps"].as_array().unwrap().len(), 4);
+    assert_eq!(result["steps"][1]["result"]["exit_code"], 0);
+}
+
+#[tokio::test]
+async fn a_prompt_is_planned_streamed_and_recorded() {
+    let reply = format!(
+        "Here is the plan:\n```json\n{}\n```\nGood luck!",
+        plan(serde_json::json!([
+            {"type": "write_file", "path": "fib.py", "content": "print(55)\n", "description": "script"},
+            {"type": "shell", "command": "python3 fib.py > out.txt"}
+        ]))
+    );
+    let h = harness(Some(vec![Ok(reply)])).await;
+    let id = h
+        .manager
+        .submit(JobSpec::from_prompt(
+            "Create a Python script that prints fib(10)",
+        ))
+        .await
+        .unwrap();
+    let job = h.manager.wait(id).await.unwrap();
+    assert_eq!(job.status, JobStatus::Succeeded, "{:?}", job.error);
+    assert_eq!(job.provider.as_deref(), Some("mock"));
+    assert_eq!(job.usage.total_tokens, 15);
+    assert_eq!(job.plan.as_ref().unwrap().summary, "test plan");
+    assert_eq!(zip_file(&job, "out.txt"), "55\n");
+    let reqs = h.requests.lock().unwrap().clone();
+    assert_eq!(reqs.len(), 1);
+    assert!(reqs[0].json_mode);
+    assert!(reqs[0].system.contains("\"steps\""));
+    assert!(reqs[0].messages[0].content.contains("fib(10)"));
+    let events = h.manager.events(id, 0, 1000).await.unwrap();
+    assert!(events.iter().any(
+        |e| matches!(&e.kind, EventKind::Planning { text } if text.contains("Here is the plan"))
+    ));
+    assert!(events.windows(2).all(|w| w[0].seq < w[1].seq));
+}
+
+#[tokio::test]
+async fn a_failed_step_is_repaired_with_its_stderr() {
+    let first = plan(serde_json::json!([
+        {"type": "shell", "command": "echo made > a.txt"},
+        {"type": "shell", "command": "echo 'ModuleNotFoundError: no module named zorp' >&2; exit 3"},
+        {"type": "shell", "command": "echo never"}
+    ]));
+    let fixed = plan(serde_json::json!([
+        {"type": "shell", "command": "echo repaired > b.txt"}
+    ]));
+    let h = harness(Some(vec![Ok(first), Ok(fixed)])).await;
+    let id = h
+        .manager
+        .submit(JobSpec::from_prompt("make files"))
+        .await
+        .unwrap();
+    let job = h.manager.wait(id).await.unwrap();
+    assert_eq!(job.status, JobStatus::Succeeded, "{:?}", job.error);
+    let reqs = h.requests.lock().unwrap().clone();
+    assert_eq!(reqs.len(), 2, "one plan, one repair");
+    let repair = &reqs[1].messages.last().unwrap().content;
+    assert!(
+        repair.contains("ModuleNotFoundError: no module named zorp"),
+        "{repair}"
+    );
+    assert!(repair.contains("Exit code: 3"), "{repair}");
+    assert!(
+        repair.contains("echo never"),
+        "the remaining steps are listed: {repair}"
+    );
+    let statuses: Vec<_> = job.steps.iter().map(|s| s.status).collect();
+    assert_eq!(
+        statuses,
+        vec![
+            StepStatus::Succeeded,
+            StepStatus::Failed,
+            StepStatus::Succeeded
+        ]
+    );
+    assert_eq!(job.steps[2].attempt, 1);
+    let names = zip_names(&job);
+    assert!(names.contains(&"a.txt".into()) && names.contains(&"b.txt".into()));
+}
+
+#[tokio::test]
+async fn repairs_are_bounded() {
+    let failing = plan(serde_json::json!([{"type": "shell", "command": "exit 7"}]));
+    let h = harness(Some(vec![Ok(failing)])).await;
+    let id = h
+        .manager
+        .submit(JobSpec::from_prompt("fail").with_max_repairs(2))
+        .await
+        .unwrap();
+    let job = h.manager.wait(id).await.unwrap();
+    assert_eq!(job.status, JobStatus::Failed);
+    assert_eq!(h.requests.lock().unwrap().len(), 3, "plan + 2 repairs");
+    let error = job.error.clone().unwrap();
+    assert!(error.contains("exited with code 7"), "{error}");
+    assert!(error.contains("after 2 repair attempts"), "{error}");
+    // Partial results are still packaged.
+    assert!(zip_names(&job).contains(&"result.json".into()));
+}
+
+#[tokio::test]
+async fn an_unparseable_plan_gets_one_retry_with_the_error() {
+    let good = plan(serde_json::json!([{"type": "shell", "command": "true"}]));
+    let h = harness(Some(vec![Ok("Sorry, I can't do JSON.".into()), Ok(good)])).await;
+    let id = h.manager.submit(JobSpec::from_prompt("x")).await.unwrap();
+    let job = h.manager.wait(id).await.unwrap();
+    assert_eq!(job.status, JobStatus::Succeeded, "{:?}", job.error);
+    let reqs = h.requests.lock().unwrap().clone();
+    assert_eq!(reqs.len(), 2);
+    assert_eq!(reqs[1].messages.len(), 3);
+    assert!(reqs[1].messages[2].content.contains("no JSON object"));
+
+    let h = harness(Some(vec![Ok(r#"{"steps":[{"type":"teleport"}]}"#.into())])).await;
+    let id = h.manager.submit(JobSpec::from_prompt("x")).await.unwrap();
+    let job = h.manager.wait(id).await.unwrap();
+    assert_eq!(job.status, JobStatus::Failed);
+    assert!(job.error.unwrap().contains("unknown type \"teleport\""));
+    assert_eq!(h.requests.lock().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn an_llm_failure_fails_the_job_with_its_message() {
+    let h = harness(Some(vec![Err(LlmErrorKind::Permanent)])).await;
+    let id = h.manager.submit(JobSpec::from_prompt("x")).await.unwrap();
+    let job = h.manager.wait(id).await.unwrap();
+    assert_eq!(job.status, JobStatus::Failed);
+    assert!(job.error.unwrap().contains("scripted failure"));
+}
+
+#[tokio::test]
+async fn cancel_stops_a_running_job_and_keeps_partial_output() {
+    let h = harness(None).await;
+    let id = h
+        .manager
+        .submit(JobSpec::from_steps(vec![
+            Step::shell("echo partial > early.txt"),
+            Step::shell("echo started; sleep 100"),
+            Step::shell("echo never > late.txt"),
+        ]))
+        .await
+        .unwrap();
+    wait_for_output(&h.manager, id, "started").await;
+    let job = h.manager.cancel(id).await.unwrap();
+    assert_eq!(job.status, JobStatus::Cancelled);
+    assert_eq!(
+        job.steps[1].result.as_ref().unwrap().termination,
+        Termination::Cancelled
+    );
+    let names = zip_names(&job);
+    assert!(names.contains(&"early.txt".into()) && !names.contains(&"late.txt".into()));
+    assert_eq!(h.manager.stats().live_sandboxes, 0);
+    // A finished job cannot be cancelled again.
+    assert!(matches!(
+        h.manager.cancel(id).await,
+        Err(Error::AlreadyFinished {
+            status: JobStatus::Cancelled,
+            ..
+        })
+    ));
+}
+
+#[tokio::test]
+async fn cancel_withdraws_a_queued_job() {
+    let h = harness_with(Arc::new(MemoryStore::new()), None, |c| {
+        c.max_concurrent_jobs = 1
+    })
+    .await;
+    let blocker = h
+        .manager
+        .submit(JobSpec::from_steps(vec![Step::shell(
+            "echo started; sleep 100",
+        )]))
+        .await
+        .unwrap();
+    let queued = h
+        .manager
+        .submit(JobSpec::from_steps(vec![Step::shell("echo hi")]))
+        .await
+        .unwrap();
+    wait_for_output(&h.manager, blocker, "started").await;
+    assert_eq!(h.manager.stats().queued, 1);
+    let job = h.manager.cancel(queued).await.unwrap();
+    assert_eq!(job.status, JobStatus::Cancelled);
+    assert!(job.started_at.is_none());
+    h.manager.cancel(blocker).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_job_past_its_timeout_is_timed_out_with_partial_output() {
+    let h = harness(None).await;
+    let id = h
+        .manager
+        .submit(
+            JobSpec::from_steps(vec![
+                Step::shell("echo before > before.txt"),
+                Step::shell("sleep 100"),
+            ])
+            .with_job_timeout(Duration::from_secs(1)),
+        )
+        .await
+        .unwrap();
+    let job = h.manager.wait(id).await.unwrap();
+    assert_eq!(job.status, JobStatus::TimedOut);
+    assert!(job.error.as_deref().unwrap().contains("1s timeout"));
+    assert!(zip_names(&job).contains(&"before.txt".into()));
+}
+
+#[tokio::test]
+async fn a_step_timeout_fails_the_step() {
+    let h = harness(None).await;
+    let id = h
+        .manager
+        .submit(JobSpec::from_steps(vec![
+            Step::shell("sleep 100").with_timeout(Duration::from_secs(1))
+        ]))
+        .await
+        .unwrap();
+    let job = h.manager.wait(id).await.unwrap();
+    assert_eq!(job.status, JobStatus::Failed);
+    assert!(job.error.unwrap().contains("timed out"));
+}
+
+#[tokio::test]
+async fn subscribe_replays_then_follows_and_resumes() {
+    let h = harness(None).await;
+    let id = h
+        .manager
+        .submit(JobSpec::from_steps(vec![Step::shell(
+            "for i in 1 2 3; do echo line$i; sleep 0.2; done",
+        )]))
+        .await
+        .unwrap();
+    let events: Vec<_> = h
+        .manager
+        .subscribe(id, 0)
+        .await
+        .unwrap()
+        .map(|e| e.unwrap())
+        .collect()
+        .await;
+    assert!(
+        events.last().unwrap().is_final(),
+        "the stream ends with the final status"
+    );
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+    let text: String = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::Output { text, .. } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(text, "line1\nline2\nline3\n");
+    // Resume after the third event: exactly the rest.
+    let rest: Vec<_> = h
+        .manager
+        .subscribe(id, 3)
+        .await
+        .unwrap()
+        .map(|e| e.unwrap().seq)
+        .collect()
+        .await;
+    assert_eq!(rest, seqs[3..].to_vec());
+}
+
+#[tokio::test]
+async fn bad_input_is_a_typed_error() {
+    let h = harness(None).await;
+    assert!(matches!(
+        h.manager.submit(JobSpec::from_prompt("needs an llm")).await,
+        Err(Error::NoLlm)
+    ));
+    assert!(matches!(
+        h.manager.submit(JobSpec::default()).await,
+        Err(Error::InvalidInput { .. })
+    ));
+    assert!(matches!(
+        h.manager.get(JobId::new()).await,
+        Err(Error::JobNotFound(_))
+    ));
+    assert!(matches!(
+        h.manager.cancel(JobId::new()).await,
+        Err(Error::JobNotFound(_))
+    ));
+    assert!(h
+        .manager
+        .list(&JobFilter::default().page(1_000_000, 0))
+        .await
+        .is_err());
+}
+
+#[tokio::test]
+async fn retention_removes_old_jobs_events_and_artifacts_periodically() {
+    let h = harness_with(Arc::new(MemoryStore::new()), None, |c| {
+        c.retention = Some(Duration::from_millis(300));
+        c.sweep_interval = Duration::from_millis(100);
+    })
+    .await;
+    let id = h
+        .manager
+        .submit(JobSpec::from_steps(vec![Step::shell("echo x > x.txt")]))
+        .await
+        .unwrap();
+    let job = h.manager.wait(id).await.unwrap();
+    let zip = job.artifact.unwrap().path;
+    assert!(std::path::Path::new(&zip).exists());
+    // The sweeper runs on its own (not only at start-up).
+    for _ in 0..100 {
+        if h.store.get_job(id).await.unwrap().is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(h.store.get_job(id).await.unwrap().is_none(), "job swept");
+    assert!(
+        h.store.events(id, 0, 10).await.unwrap().is_empty(),
+        "events swept"
+    );
+    assert!(!std::path::Path::new(&zip).exists(), "artifact swept");
+}
+
+#[tokio::test]
+async fn restart_recovery_requeues_queued_and_interrupts_running() {
+    let store: Arc<dyn JobStore> = Arc::new(MemoryStore::new());
+    let mut running = Job::new(JobId::new(), JobSpec::from_steps(vec![Step::shell("true")]));
+    running.transition(JobStatus::Running).unwrap();
+    store.insert_job(&running).await.unwrap();
+    let queued = Job::new(
+        JobId::new(),
+        JobSpec::from_steps(vec![Step::shell("echo hi")]),
+    );
+    store.insert_job(&queued).await.unwrap();
+
+    let h = harness_with(store, None, |_| {}).await;
+    let job = h.manager.wait(queued.id).await.unwrap();
+    assert_eq!(job.status, JobStatus::Succeeded);
+    let job = h.manager.get(running.id).await.unwrap();
+    assert_eq!(job.status, JobStatus::Interrupted);
+    assert!(job.error.unwrap().contains("stopped"));
+    let events = h.manager.events(running.id, 0, 10).await.unwrap();
+    assert!(events.last().unwrap().is_final());
+}
+
+#[tokio::test]
+async fn shutdown_interrupts_running_jobs_and_keeps_queued_ones() {
+    let store: Arc<dyn JobStore> = Arc::new(MemoryStore::new());
+    let h = harness_with(store.clone(), None, |c| c.max_concurrent_jobs = 1).await;
+    let running = h
+        .manager
+        .submit(JobSpec::from_steps(vec![Step::shell(
+            "echo started; sleep 100",
+        )]))
+        .await
+        .unwrap();
+    let queued = h
+        .manager
+        .submit(JobSpec::from_steps(vec![Step::shell("true")]))
+        .await
+        .unwrap();
+    wait_for_output(&h.manager, running, "started").await;
+    h.manager
+        .shutdown(Duration::from_millis(200))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_job(running).await.unwrap().unwrap().status,
+        JobStatus::Interrupted
+    );
+    assert_eq!(
+        store.get_job(queued).await.unwrap().unwrap().status,
+        JobStatus::Queued
+    );
+    assert!(matches!(
+        h.manager
+            .submit(JobSpec::from_steps(vec![Step::shell("true")]))
+            .await,
+        Err(Error::ShuttingDown)
+    ));
+}
+
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn jobs_run_on_the_sqlite_store_and_survive_a_restart() {
+    use agent_core::store::sqlite::SqliteStore;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("agent.db");
+    let id = {
+        let store: Arc<dyn JobStore> = Arc::new(SqliteStore::open(&db).unwrap());
+        let h = harness_with(store, None, |_| {}).await;
+        let id = h
+            .manager
+            .submit(JobSpec::from_steps(vec![Step::shell("echo persisted")]))
+            .await
+            .unwrap();
+        assert_eq!(
+            h.manager.wait(id).await.unwrap().status,
+            JobStatus::Succeeded
+        );
+        h.manager.shutdown(Duration::from_secs(1)).await.unwrap();
+        id
+    };
+    let store: Arc<dyn JobStore> = Arc::new(SqliteStore::open(&db).unwrap());
+    let job = store.get_job(id).await.unwrap().unwrap();
+    assert_eq!(job.status, JobStatus::Succeeded);
+    let events = store.events(id, 0, 1000).await.unwrap();
+    assert!(events
+        .iter()
+        .any(|e| matches!(&e.kind, EventKind::Output { text, .. } if text == "persisted\n")));
+}
+
+async fn wait_for_output(manager: &JobManager, id: JobId, needle: &str) {
+    let mut events = manager.subscribe(id, 0).await.unwrap();
+    while let Some(event) = events.next().await {
+        if let EventKind::Output { text, .. } = &event.unwrap().kind {
+            if text.contains(needle) {
+                return;
+            }
+        }
+    }
+    panic!("job {id} ended without printing {needle:?}");
+}
