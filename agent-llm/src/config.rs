@@ -15,7 +15,7 @@ use crate::openai::{OpenAiCompatible, OpenAiConfig};
 use crate::retry::{Retry, RetryPolicy};
 
 /// What to set when no provider is configured.
-pub const NOT_CONFIGURED_HELP: &str = "no LLM provider is configured: set ALCHEMYST_API_KEY (or \
+pub const NOT_CONFIGURED_HELP: &str = "set ALCHEMYST_API_KEY (or \
 ALCHEMYST_AI_API_KEY) for Alchemyst, GEMINI_API_KEY for Gemini, or OPENAI_BASE_URL (with optional \
 OPENAI_API_KEY and OPENAI_MODEL) for an OpenAI-compatible server such as Ollama, vLLM or llama.cpp";
 
@@ -70,7 +70,7 @@ impl FromStr for ProviderKind {
 }
 
 fn config_error(message: impl Into<String>) -> LlmError {
-    LlmError::new(LlmErrorKind::NotConfigured, "config", message)
+    LlmError::new(LlmErrorKind::NotConfigured, "llm", message)
 }
 
 /// Which providers to use, in which order, with which retry policy.

@@ -224,3 +224,56 @@ pub(crate) async fn open_stream<P: LlmProvider + ?Sized>(
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn transient() -> LlmError {
+        LlmError::new(LlmErrorKind::Transient, "p", "boom")
+    }
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let policy = RetryPolicy::default()
+            .with_base_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_millis(500))
+            .with_jitter(false);
+        let delays: Vec<_> = (0..5).map(|i| policy.delay(i, &transient())).collect();
+        assert_eq!(
+            delays,
+            [100, 200, 400, 500, 500]
+                .map(Duration::from_millis)
+                .to_vec()
+        );
+        assert_eq!(policy.delay(1000, &transient()), Duration::from_millis(500));
+    }
+
+    #[test]
+    fn jitter_stays_between_half_and_all_of_the_backoff() {
+        let policy = RetryPolicy::default()
+            .with_base_delay(Duration::from_millis(100))
+            .with_jitter(true);
+        for _ in 0..200 {
+            let d = policy.delay(2, &transient());
+            assert!(
+                d >= Duration::from_millis(200) && d <= Duration::from_millis(400),
+                "{d:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn asked_delay_wins_but_is_capped() {
+        let policy = RetryPolicy::default().with_max_delay(Duration::from_secs(10));
+        let err = transient().with_retry_after(Duration::from_secs(3));
+        assert_eq!(policy.delay(0, &err), Duration::from_secs(3));
+        let err = transient().with_retry_after(Duration::from_secs(37));
+        assert_eq!(policy.delay(0, &err), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn at_least_one_attempt() {
+        assert_eq!(RetryPolicy::default().with_max_attempts(0).max_attempts, 1);
+    }
+}

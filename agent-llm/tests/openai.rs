@@ -363,3 +363,66 @@ async fn connection_refused_is_transient() {
     assert_eq!(err.kind, LlmErrorKind::Transient);
     assert!(err.message.contains("connection failed"), "{err}");
 }
+
+#[tokio::test]
+async fn rate_limit_honours_the_retry_after_header() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(CHAT_PATH))
+        .respond_with(
+            ResponseTemplate::new(429)
+                .insert_header("retry-after", "2")
+                .set_body_json(openai_error(
+                    "Rate limit reached for requests",
+                    Some("rate_limit_exceeded"),
+                )),
+        )
+        .up_to_n_times(1)
+        .with_priority(1)
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(CHAT_PATH))
+        .respond_with(ResponseTemplate::new(200).set_body_json(openai_completion("fine", "m")))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let sleeper = RecordingSleeper::default();
+    let provider = Retry::with_policy(alchemyst(&server), fast_policy(3))
+        .with_sleeper(std::sync::Arc::new(sleeper.clone()));
+    let reply = provider.chat(&ChatRequest::new("s", "u")).await.unwrap();
+    assert_eq!(reply.text, "fine");
+    assert_eq!(sleeper.delays(), [Duration::from_secs(2)]);
+}
+
+#[tokio::test]
+async fn retries_stop_after_max_attempts_with_the_last_error() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(CHAT_PATH))
+        .respond_with(
+            ResponseTemplate::new(504).set_body_json(openai_error("gateway timeout", None)),
+        )
+        .expect(4)
+        .mount(&server)
+        .await;
+    let sleeper = RecordingSleeper::default();
+    let provider = Retry::with_policy(alchemyst(&server), fast_policy(4))
+        .with_sleeper(std::sync::Arc::new(sleeper.clone()));
+    let err = provider
+        .chat(&ChatRequest::new("s", "u"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, LlmErrorKind::Transient);
+    assert_eq!(err.status, Some(504));
+    assert_eq!(err.message, "gateway timeout");
+    assert_eq!(
+        sleeper.delays(),
+        [
+            Duration::from_millis(1),
+            Duration::from_millis(2),
+            Duration::from_millis(4)
+        ]
+    );
+}
