@@ -490,6 +490,7 @@ async fn cancellation_stops_a_loop_between_nodes() {
 /// An exec that never finishes on its own (it does not watch the token).
 struct Hangs {
     started: Arc<tokio::sync::Notify>,
+    fell_back: Arc<AtomicUsize>,
 }
 
 #[async_trait]
@@ -504,6 +505,13 @@ impl Node<Shared> for Hangs {
         std::future::pending::<()>().await;
         Ok(())
     }
+    async fn exec_fallback(&self, _prep: &(), err: Error, _ctx: &Ctx) -> Result<()> {
+        self.fell_back.fetch_add(1, Ordering::SeqCst);
+        Err(err)
+    }
+    fn max_retries(&self) -> usize {
+        3
+    }
     async fn post(&self, shared: &mut Shared, _p: (), _e: ()) -> Result<Action> {
         shared.log.push("hangs finished".into());
         Ok(Action::DEFAULT)
@@ -515,8 +523,10 @@ async fn cancellation_reaches_a_running_exec() {
     let started = Arc::new(tokio::sync::Notify::new());
     let mut flow = Flow::new();
     let first = flow.add(Step::new("first"));
+    let fell_back = Arc::new(AtomicUsize::new(0));
     let hangs = flow.add(Hangs {
         started: started.clone(),
+        fell_back: fell_back.clone(),
     });
     let never = flow.add(Step::new("never"));
     flow.connect_default(first, hangs).unwrap();
@@ -534,6 +544,8 @@ async fn cancellation_reaches_a_running_exec() {
     let (result, shared) = run.await.unwrap();
     assert!(matches!(result, Err(Error::Cancelled)), "{result:?}");
     assert_eq!(shared.log, ["first"]);
+    // A cancelled attempt is neither retried nor handed to the fallback.
+    assert_eq!(fell_back.load(Ordering::SeqCst), 0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -900,4 +912,27 @@ mod spans {
             assert!(attempts.contains(&n), "{attempts:?}");
         }
     }
+}
+
+#[tokio::test]
+async fn cancellation_stops_a_batch_flow_between_runs() {
+    let token = CancellationToken::new();
+    let canceller = token.clone();
+    let mut inner = Flow::new();
+    inner.add(UsesParam("run"));
+    let batch = BatchFlow::new(
+        inner,
+        |_shared: &mut Shared| Ok(vec![1, 2, 3]),
+        move |shared: &mut Shared, p: u32| {
+            if p == 2 {
+                canceller.cancel();
+            }
+            shared.param = Some(p);
+            Ok(())
+        },
+    );
+    let mut shared = Shared::default();
+    let result = batch.run(&mut shared, &Ctx::with_cancel(token)).await;
+    assert!(matches!(result, Err(Error::Cancelled)), "{result:?}");
+    assert_eq!(shared.log, ["run 1"]);
 }

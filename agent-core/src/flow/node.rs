@@ -108,9 +108,9 @@ pub(crate) fn short_type_name(full: &'static str) -> &'static str {
 }
 
 /// PocketFlow's retry loop: up to `max_retries` attempts (at least one) with `wait` between them,
-/// then `fallback` with the last error. Cancellation is checked before every attempt, raced against
-/// every attempt and against every wait; a cancelled run returns [`Error::Cancelled`] without
-/// calling `fallback`.
+/// then `fallback` with the last error. Cancellation is checked before every attempt and raced
+/// against every attempt, every wait and the fallback; a run cancelled during an attempt returns
+/// [`Error::Cancelled`] without calling `fallback`.
 pub(crate) async fn exec_with_retries<T, A, AF, F, FF>(
     max_retries: usize,
     wait: Duration,
@@ -145,7 +145,11 @@ where
             if max > 1 {
                 tracing::debug!(attempts = n, error = %err, "exec failed on its last attempt; fallback");
             }
-            return fallback(err).await;
+            return tokio::select! {
+                biased;
+                r = fallback(err) => r,
+                () = ctx.cancelled() => Err(Error::Cancelled),
+            };
         }
         tracing::debug!(attempt = n, max_attempts = max, error = %err, "exec failed; retrying");
         if !wait.is_zero() {
