@@ -34,3 +34,240 @@ async fn sqlite_store_passes_the_store_suite() {
     })
     .await;
 }
+
+#[cfg(feature = "sqlite")]
+mod sqlite {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use agent_core::store::sqlite::{SqliteStore, SCHEMA_VERSION};
+    use agent_core::{
+        EventKind, Job, JobEvent, JobFilter, JobId, JobSpec, JobStatus, JobStore, OutputStream,
+        StoreErrorKind,
+    };
+    use chrono::Utc;
+
+    fn output(id: JobId, seq: u64) -> JobEvent {
+        JobEvent {
+            job_id: id,
+            seq,
+            at: Utc::now(),
+            kind: EventKind::Output {
+                index: 0,
+                stream: OutputStream::Stdout,
+                text: format!("line {seq}\n"),
+            },
+        }
+    }
+
+    /// Generous bound that only guards against a hang.
+    const HANG: Duration = Duration::from_secs(30);
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reopened_store_returns_every_job_and_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out").join("agent.db");
+        let mut jobs = Vec::new();
+        let mut events = Vec::new();
+        {
+            let store = SqliteStore::open(&path).unwrap();
+            for i in 0..20u64 {
+                let mut job = Job::new(JobId::new(), JobSpec::from_prompt(format!("job {i}")));
+                store.insert_job(&job).await.unwrap();
+                let batch: Vec<JobEvent> = (1..=i + 1).map(|seq| output(job.id, seq)).collect();
+                store.append_events(job.id, &batch).await.unwrap();
+                if i % 2 == 0 {
+                    job.transition(JobStatus::Running).unwrap();
+                    job.transition(JobStatus::Succeeded).unwrap();
+                    store.update_job(&job).await.unwrap();
+                }
+                jobs.push(job);
+                events.push(batch);
+            }
+            // The store (and every connection) is dropped here.
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        for (job, batch) in jobs.iter().zip(&events) {
+            assert_eq!(store.get_job(job.id).await.unwrap().as_ref(), Some(job));
+            assert_eq!(&store.events(job.id, 0, 1000).await.unwrap(), batch);
+            assert_eq!(store.last_seq(job.id).await.unwrap(), batch.len() as u64);
+        }
+        let page = store
+            .list_jobs(&JobFilter::default().page(100, 0))
+            .await
+            .unwrap();
+        assert_eq!(page.total, 20);
+        let succeeded = store
+            .list_jobs(&JobFilter::default().with_status(JobStatus::Succeeded))
+            .await
+            .unwrap();
+        assert_eq!(succeeded.total, 10);
+        // And the reopened store keeps working: sequence numbers continue.
+        let first = jobs[0].id;
+        let err = store
+            .append_events(first, &[output(first, 1)])
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, StoreErrorKind::SequenceConflict);
+        store
+            .append_events(first, &[output(first, 2)])
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn readers_are_not_blocked_by_a_writer_holding_a_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.db");
+        let store = SqliteStore::open(&path).unwrap();
+        let job = Job::new(JobId::new(), JobSpec::from_prompt("x"));
+        store.insert_job(&job).await.unwrap();
+        store
+            .append_events(job.id, &[output(job.id, 1)])
+            .await
+            .unwrap();
+
+        // Another connection takes the write lock and writes a batch it does not commit yet.
+        let writer = rusqlite::Connection::open(&path).unwrap();
+        writer.execute_batch("BEGIN IMMEDIATE").unwrap();
+        writer
+            .execute(
+                "INSERT INTO events (job_id, seq, at, kind) VALUES (?1, 2, 0, '{\"type\":\"log\",\"message\":\"pending\"}')",
+                [job.id.to_string()],
+            )
+            .unwrap();
+
+        // Every read completes while the write transaction is open, and sees the committed state.
+        let reads = async {
+            let got = store.get_job(job.id).await.unwrap();
+            assert_eq!(got.as_ref(), Some(&job));
+            assert_eq!(store.events(job.id, 0, 10).await.unwrap().len(), 1);
+            assert_eq!(store.last_seq(job.id).await.unwrap(), 1);
+            assert_eq!(
+                store.list_jobs(&JobFilter::default()).await.unwrap().total,
+                1
+            );
+            store.count_by_status().await.unwrap();
+        };
+        tokio::time::timeout(HANG, reads)
+            .await
+            .expect("reads were blocked by an open write transaction");
+
+        writer.execute_batch("COMMIT").unwrap();
+        assert_eq!(
+            store.last_seq(job.id).await.unwrap(),
+            2,
+            "the commit is visible"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn readers_see_whole_batches_while_a_job_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open_in_dir(dir.path()).unwrap());
+        assert!(store.path().ends_with("agent.db"));
+        let job = Job::new(JobId::new(), JobSpec::from_prompt("x"));
+        store.insert_job(&job).await.unwrap();
+        const BATCHES: u64 = 100;
+        const SIZE: u64 = 20;
+        let writer = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for b in 0..BATCHES {
+                    let batch: Vec<JobEvent> =
+                        (1..=SIZE).map(|i| output(job.id, b * SIZE + i)).collect();
+                    store.append_events(job.id, &batch).await.unwrap();
+                }
+            })
+        };
+        // Read concurrently: every read is a whole number of batches, contiguous from 1.
+        loop {
+            let done = writer.is_finished();
+            let events = store.events(job.id, 0, 10_000).await.unwrap();
+            let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+            assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+            assert_eq!(
+                seqs.len() as u64 % SIZE,
+                0,
+                "a batch is appended atomically"
+            );
+            if done {
+                assert_eq!(seqs.len() as u64, BATCHES * SIZE);
+                break;
+            }
+        }
+        writer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_schema_is_versioned_and_a_newer_database_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.db");
+        drop(SqliteStore::open(&path).unwrap());
+        {
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            let version: u32 = conn
+                .query_row("PRAGMA user_version", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(version, SCHEMA_VERSION);
+            let mode: String = conn
+                .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(mode, "wal");
+            let indexes: Vec<String> = conn
+                .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'jobs' AND sql IS NOT NULL ORDER BY name")
+                .unwrap()
+                .query_map([], |r| r.get(0))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert_eq!(
+                indexes,
+                ["jobs_created", "jobs_finished", "jobs_status_created"]
+            );
+        }
+        // Reopening an up-to-date database changes nothing.
+        drop(SqliteStore::open(&path).unwrap());
+
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        let err = SqliteStore::open(&path).unwrap_err();
+        assert_eq!(err.kind, StoreErrorKind::Corrupt);
+        assert!(err.message.contains("newer"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_file_that_is_not_a_database_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.db");
+        std::fs::write(&path, vec![b'x'; 8192]).unwrap();
+        let err = SqliteStore::open(&path).unwrap_err();
+        assert_eq!(err.kind, StoreErrorKind::Corrupt, "{err}");
+    }
+
+    #[tokio::test]
+    async fn undecodable_rows_are_corrupt_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.db");
+        let store = SqliteStore::open(&path).unwrap();
+        let job = Job::new(JobId::new(), JobSpec::from_prompt("x"));
+        store.insert_job(&job).await.unwrap();
+        store
+            .append_events(job.id, &[output(job.id, 1)])
+            .await
+            .unwrap();
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute("UPDATE jobs SET record = '{not json'", [])
+            .unwrap();
+        conn.execute("UPDATE events SET kind = '{\"type\":\"nope\"}'", [])
+            .unwrap();
+        let err = store.get_job(job.id).await.unwrap_err();
+        assert_eq!(err.kind, StoreErrorKind::Corrupt, "{err}");
+        let err = store.list_jobs(&JobFilter::default()).await.unwrap_err();
+        assert_eq!(err.kind, StoreErrorKind::Corrupt, "{err}");
+        let err = store.events(job.id, 0, 10).await.unwrap_err();
+        assert_eq!(err.kind, StoreErrorKind::Corrupt, "{err}");
+    }
+}

@@ -6,10 +6,14 @@
 //! - **WAL journal** with `synchronous = NORMAL`: a commit costs no `fsync` (the WAL is synced at
 //!   checkpoints; a power cut may lose the last transactions, never corrupt the file), and
 //!   readers never wait for the writer.
-//! - **One writer connection** behind a mutex and a **small pool of read-only connections**; all
-//!   database work runs on tokio's blocking pool (`spawn_blocking`), never on async workers.
-//!   While a job appends events, `get_job`, `list_jobs` and `events` read the last committed
-//!   state without waiting.
+//! - **One writer connection** owned by a dedicated writer thread, and a **small pool of
+//!   read-only connections** used on tokio's blocking pool (`spawn_blocking`): no database work
+//!   runs on async workers. While a job appends events, `get_job`, `list_jobs` and `events` read
+//!   the last committed state without waiting.
+//! - **Group commit**: the writer thread takes every write waiting in its queue (up to 512) and
+//!   applies them in one transaction, each in its own savepoint so one failing write does not
+//!   undo the others; a caller gets its answer only once the transaction has committed. Under
+//!   concurrent load a commit (the expensive part) is shared by many writes.
 //! - **Versioned migrations** in [`PRAGMA user_version`](https://sqlite.org/pragma.html#pragma_user_version),
 //!   each applied in its own transaction; a database written by a newer version is refused.
 //! - Statements are prepared once per connection and cached; a batch of events is appended in
@@ -85,7 +89,8 @@ pub struct SqliteStore {
 
 struct Inner {
     path: PathBuf,
-    writer: Mutex<Connection>,
+    /// The writer thread's queue; the thread stops when the last store is dropped.
+    writer: std::sync::mpsc::Sender<WriteRequest>,
     readers: Mutex<Vec<Connection>>,
 }
 
@@ -132,10 +137,18 @@ impl SqliteStore {
             .execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
             .map_err(sql("configure the database"))?;
         migrate(&mut writer, &path)?;
+        let (queue, requests) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("agent-db-writer".into())
+            .spawn(move || writer_loop(writer, requests))
+            .map_err(|e| {
+                StoreError::new(StoreErrorKind::Backend, "cannot start the database writer")
+                    .with_source(e)
+            })?;
         let store = Self {
             inner: Arc::new(Inner {
                 path,
-                writer: Mutex::new(writer),
+                writer: queue,
                 readers: Mutex::new(Vec::new()),
             }),
         };
@@ -155,19 +168,14 @@ impl SqliteStore {
         &self.inner.path
     }
 
-    /// Runs `f` on the writer connection, on the blocking pool.
-    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
-    {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut conn = lock(&inner.writer);
-            f(&mut conn)
-        })
-        .await
-        .map_err(join_error)?
+    /// Queues a write for the writer thread and waits until it is committed.
+    async fn write(&self, op: WriteOp) -> Result<WriteOutcome, StoreError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.inner
+            .writer
+            .send(WriteRequest { op, reply })
+            .map_err(|_| writer_gone())?;
+        answer.await.map_err(|_| writer_gone())?
     }
 
     /// Runs `f` on a read-only connection from the pool, on the blocking pool.
@@ -315,6 +323,216 @@ fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
+/// The most writes committed in one transaction.
+const MAX_WRITE_BATCH: usize = 512;
+
+/// A write for the writer thread.
+enum WriteOp {
+    Insert(JobRow),
+    Update(JobRow),
+    Delete(JobId),
+    /// Events already checked to be strictly increasing, starting at `first`.
+    Append {
+        id: JobId,
+        first: u64,
+        rows: Vec<EventRow>,
+    },
+}
+
+/// What a committed write did.
+enum WriteOutcome {
+    Done,
+    Deleted(bool),
+}
+
+struct WriteRequest {
+    op: WriteOp,
+    reply: tokio::sync::oneshot::Sender<Result<WriteOutcome, StoreError>>,
+}
+
+fn writer_gone() -> StoreError {
+    StoreError::new(
+        StoreErrorKind::Backend,
+        "the database writer thread stopped",
+    )
+}
+
+/// A copy of an error for every write of a failed transaction.
+fn copy_error(e: &StoreError) -> StoreError {
+    StoreError::new(e.kind, e.message.clone())
+}
+
+/// The writer thread: applies queued writes in batches, one transaction per batch.
+fn writer_loop(conn: Connection, requests: std::sync::mpsc::Receiver<WriteRequest>) {
+    let mut batch = Vec::with_capacity(MAX_WRITE_BATCH);
+    while let Ok(first) = requests.recv() {
+        batch.push(first);
+        while batch.len() < MAX_WRITE_BATCH {
+            match requests.try_recv() {
+                Ok(request) => batch.push(request),
+                Err(_) => break,
+            }
+        }
+        write_batch(&conn, &mut batch);
+    }
+    tracing::debug!("the database writer stopped");
+}
+
+/// Applies a batch of writes in one transaction and answers each once it is committed.
+fn write_batch(conn: &Connection, batch: &mut Vec<WriteRequest>) {
+    let mut applied: Vec<(WriteRequest, Result<WriteOutcome, StoreError>)> =
+        Vec::with_capacity(batch.len());
+    let mut in_tx = false;
+    for request in batch.drain(..) {
+        if !in_tx {
+            if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+                let e = map_error("start a transaction", e);
+                let _ = request.reply.send(Err(e));
+                continue;
+            }
+            in_tx = true;
+        }
+        let result = apply(conn, &request.op);
+        if result.is_err() && conn.is_autocommit() {
+            // SQLite rolled the whole transaction back (I/O error, disk full…): the writes
+            // applied before this one in the batch are lost too.
+            in_tx = false;
+            if let Err(e) = &result {
+                for (_, earlier) in applied.iter_mut().filter(|(_, r)| r.is_ok()) {
+                    *earlier = Err(copy_error(e));
+                }
+            }
+            answer(&mut applied);
+        }
+        applied.push((request, result));
+    }
+    if in_tx {
+        if let Err(e) = conn.execute_batch("COMMIT") {
+            let e = map_error("commit", e);
+            let _ = conn.execute_batch("ROLLBACK");
+            for (_, result) in applied.iter_mut().filter(|(_, r)| r.is_ok()) {
+                *result = Err(copy_error(&e));
+            }
+        }
+    }
+    answer(&mut applied);
+}
+
+fn answer(applied: &mut Vec<(WriteRequest, Result<WriteOutcome, StoreError>)>) {
+    for (request, result) in applied.drain(..) {
+        let _ = request.reply.send(result); // the caller may have gone
+    }
+}
+
+/// Applies one write inside the open transaction. A write that fails leaves no trace.
+fn apply(conn: &Connection, op: &WriteOp) -> Result<WriteOutcome, StoreError> {
+    match op {
+        WriteOp::Insert(row) => {
+            let result = conn
+                .prepare_cached(
+                    "INSERT INTO jobs (id, status, created_at, finished_at, record) \
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .and_then(|mut stmt| {
+                    stmt.execute(params![
+                        row.id,
+                        row.status,
+                        row.created_at,
+                        row.finished_at,
+                        row.record
+                    ])
+                });
+            match result {
+                Ok(_) => Ok(WriteOutcome::Done),
+                Err(e) if is_unique_violation(&e) => Err(StoreError::new(
+                    StoreErrorKind::AlreadyExists,
+                    format!("job {} already exists", row.id),
+                )),
+                Err(e) => Err(map_error("insert a job", e)),
+            }
+        }
+        WriteOp::Update(row) => {
+            let changed = conn
+                .prepare_cached(
+                    "UPDATE jobs SET status = ?2, created_at = ?3, finished_at = ?4, record = ?5 \
+                     WHERE id = ?1",
+                )
+                .and_then(|mut stmt| {
+                    stmt.execute(params![
+                        row.id,
+                        row.status,
+                        row.created_at,
+                        row.finished_at,
+                        row.record
+                    ])
+                })
+                .map_err(sql("update a job"))?;
+            if changed == 0 {
+                return Err(StoreError::new(
+                    StoreErrorKind::NotFound,
+                    format!("job {} not found", row.id),
+                ));
+            }
+            Ok(WriteOutcome::Done)
+        }
+        WriteOp::Delete(id) => {
+            // One statement: the events go with the job (ON DELETE CASCADE), atomically.
+            let deleted = conn
+                .prepare_cached("DELETE FROM jobs WHERE id = ?1")
+                .and_then(|mut stmt| stmt.execute([id.to_string()]))
+                .map_err(sql("delete a job"))?;
+            Ok(WriteOutcome::Deleted(deleted > 0))
+        }
+        WriteOp::Append { id, first, rows } => {
+            let key = id.to_string();
+            if !job_exists(conn, &key)? {
+                return Err(StoreError::new(
+                    StoreErrorKind::NotFound,
+                    format!("job {id} not found"),
+                ));
+            }
+            if rows.is_empty() {
+                return Ok(WriteOutcome::Done);
+            }
+            let last = last_seq(conn, &key)?;
+            if *first <= last {
+                return Err(StoreError::new(
+                    StoreErrorKind::SequenceConflict,
+                    format!("event seq {first} of job {id} is not greater than {last}"),
+                ));
+            }
+            conn.prepare_cached("SAVEPOINT append_events")
+                .and_then(|mut stmt| stmt.execute([]))
+                .map_err(sql("start a savepoint"))?;
+            let inserted = conn
+                .prepare_cached(
+                    "INSERT INTO events (job_id, seq, at, kind) VALUES (?1, ?2, ?3, ?4)",
+                )
+                .and_then(|mut stmt| {
+                    for row in rows {
+                        stmt.execute(params![key, row.seq, row.at, row.kind])?;
+                    }
+                    Ok(())
+                });
+            match inserted {
+                Ok(()) => {
+                    conn.prepare_cached("RELEASE append_events")
+                        .and_then(|mut stmt| stmt.execute([]))
+                        .map_err(sql("release a savepoint"))?;
+                    Ok(WriteOutcome::Done)
+                }
+                Err(e) => {
+                    if !conn.is_autocommit() {
+                        let _ =
+                            conn.execute_batch("ROLLBACK TO append_events; RELEASE append_events");
+                    }
+                    Err(map_error("append events", e))
+                }
+            }
+        }
+    }
+}
+
 /// A job ready to be written: its columns.
 struct JobRow {
     id: String,
@@ -380,61 +598,15 @@ fn status_clause(n: usize, first_param: usize) -> String {
 #[async_trait]
 impl JobStore for SqliteStore {
     async fn insert_job(&self, job: &Job) -> Result<(), StoreError> {
-        let row = JobRow::new(job)?;
-        self.write(move |conn| {
-            let result = conn
-                .prepare_cached(
-                    "INSERT INTO jobs (id, status, created_at, finished_at, record) \
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
-                )
-                .and_then(|mut stmt| {
-                    stmt.execute(params![
-                        row.id,
-                        row.status,
-                        row.created_at,
-                        row.finished_at,
-                        row.record
-                    ])
-                });
-            match result {
-                Ok(_) => Ok(()),
-                Err(e) if is_unique_violation(&e) => Err(StoreError::new(
-                    StoreErrorKind::AlreadyExists,
-                    format!("job {} already exists", row.id),
-                )),
-                Err(e) => Err(map_error("insert a job", e)),
-            }
-        })
-        .await
+        self.write(WriteOp::Insert(JobRow::new(job)?))
+            .await
+            .map(drop)
     }
 
     async fn update_job(&self, job: &Job) -> Result<(), StoreError> {
-        let row = JobRow::new(job)?;
-        self.write(move |conn| {
-            let changed = conn
-                .prepare_cached(
-                    "UPDATE jobs SET status = ?2, created_at = ?3, finished_at = ?4, record = ?5 \
-                     WHERE id = ?1",
-                )
-                .and_then(|mut stmt| {
-                    stmt.execute(params![
-                        row.id,
-                        row.status,
-                        row.created_at,
-                        row.finished_at,
-                        row.record
-                    ])
-                })
-                .map_err(sql("update a job"))?;
-            if changed == 0 {
-                return Err(StoreError::new(
-                    StoreErrorKind::NotFound,
-                    format!("job {} not found", row.id),
-                ));
-            }
-            Ok(())
-        })
-        .await
+        self.write(WriteOp::Update(JobRow::new(job)?))
+            .await
+            .map(drop)
     }
 
     async fn get_job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
@@ -500,14 +672,10 @@ impl JobStore for SqliteStore {
     }
 
     async fn delete_job(&self, id: JobId) -> Result<bool, StoreError> {
-        self.write(move |conn| {
-            let deleted = conn
-                .prepare_cached("DELETE FROM jobs WHERE id = ?1")
-                .and_then(|mut stmt| stmt.execute([id.to_string()]))
-                .map_err(sql("delete a job"))?;
-            Ok(deleted > 0)
-        })
-        .await
+        match self.write(WriteOp::Delete(id)).await? {
+            WriteOutcome::Deleted(existed) => Ok(existed),
+            WriteOutcome::Done => Ok(false),
+        }
     }
 
     async fn append_events(&self, id: JobId, events: &[JobEvent]) -> Result<(), StoreError> {
@@ -528,33 +696,12 @@ impl JobStore for SqliteStore {
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
-        let events = events.to_vec();
-        self.write(move |conn| {
-            let key = id.to_string();
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(sql("start a transaction"))?;
-            if !job_exists(&tx, &key)? {
-                return Err(StoreError::new(
-                    StoreErrorKind::NotFound,
-                    format!("job {id} not found"),
-                ));
-            }
-            check_events(id, last_seq(&tx, &key)?, &events)?;
-            {
-                let mut stmt = tx
-                    .prepare_cached(
-                        "INSERT INTO events (job_id, seq, at, kind) VALUES (?1, ?2, ?3, ?4)",
-                    )
-                    .map_err(sql("append events"))?;
-                for row in &rows {
-                    stmt.execute(params![key, row.seq, row.at, row.kind])
-                        .map_err(sql("append an event"))?;
-                }
-            }
-            tx.commit().map_err(sql("commit events"))
-        })
-        .await
+        // Check the order within the batch here; the writer checks it against the stored log.
+        check_events(id, 0, events)?;
+        let first = events.first().map_or(0, |e| e.seq);
+        self.write(WriteOp::Append { id, first, rows })
+            .await
+            .map(drop)
     }
 
     async fn events(
