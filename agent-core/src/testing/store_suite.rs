@@ -699,4 +699,77 @@ async fn concurrency(store: Arc<dyn JobStore>) {
         page.total, TASKS as u64,
         "concurrent inserts: every job listed"
     );
+    mixed_writes(store, page.jobs[0].clone(), TASKS as u64, 2 * BATCHES).await;
+}
+
+/// Failing writes mixed with good ones, all at once: each gets its own answer and a failure
+/// undoes nothing else (a store that batches writes must isolate them).
+async fn mixed_writes(store: Arc<dyn JobStore>, existing: Job, jobs: u64, existing_last: u64) {
+    let mut handles = Vec::new();
+    for i in 0..32u64 {
+        let store = store.clone();
+        let existing = existing.clone();
+        handles.push(tokio::spawn(async move {
+            match i % 4 {
+                0 => {
+                    let err = store.insert_job(&existing).await.unwrap_err();
+                    assert_eq!(
+                        err.kind,
+                        StoreErrorKind::AlreadyExists,
+                        "mixed writes: {err}"
+                    );
+                    None
+                }
+                1 => {
+                    let err = store
+                        .append_events(existing.id, &[log(existing.id, 1)])
+                        .await
+                        .unwrap_err();
+                    assert_eq!(
+                        err.kind,
+                        StoreErrorKind::SequenceConflict,
+                        "mixed writes: {err}"
+                    );
+                    None
+                }
+                2 => {
+                    let err = store.update_job(&job_at(0)).await.unwrap_err();
+                    assert_eq!(err.kind, StoreErrorKind::NotFound, "mixed writes: {err}");
+                    None
+                }
+                _ => {
+                    let job = job_at(1000 + i as i64);
+                    store.insert_job(&job).await.unwrap();
+                    store
+                        .append_events(job.id, &[log(job.id, 1), log(job.id, 2)])
+                        .await
+                        .unwrap();
+                    Some(job.id)
+                }
+            }
+        }));
+    }
+    let mut good = Vec::new();
+    for handle in handles {
+        if let Some(id) = handle.await.expect("a mixed-writes task panicked") {
+            good.push(id);
+        }
+    }
+    for id in &good {
+        assert_eq!(
+            seqs(&store.events(*id, 0, 10).await.unwrap()),
+            vec![1, 2],
+            "mixed writes: the good writes are all stored"
+        );
+    }
+    assert_eq!(
+        store.list_jobs(&JobFilter::default()).await.unwrap().total,
+        jobs + good.len() as u64,
+        "mixed writes: job count"
+    );
+    assert_eq!(
+        store.last_seq(existing.id).await.unwrap(),
+        existing_last,
+        "mixed writes: refused appends stored nothing"
+    );
 }
