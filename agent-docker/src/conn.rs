@@ -52,6 +52,9 @@ pub(crate) struct Conn {
     routes: Mutex<HashMap<u64, Route>>,
     next_id: AtomicU64,
     closed: AtomicBool,
+    /// Messages that must reach the supervisor before any later request (kills queued from
+    /// `Drop`, where nothing can be awaited).
+    urgent: Mutex<Vec<u8>>,
 }
 
 impl Conn {
@@ -71,6 +74,7 @@ impl Conn {
             routes: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             closed: AtomicBool::new(false),
+            urgent: Mutex::new(Vec::new()),
         });
         let (ready_tx, ready_rx) = oneshot::channel();
         let task = tokio::spawn(read_loop(conn.clone(), output, ready_tx));
@@ -154,6 +158,21 @@ impl Conn {
         self.send_raw(&encode(id, header, b"")).await
     }
 
+    /// Queues a message that goes out before any later request, without waiting; call
+    /// [`Conn::flush_urgent`] (e.g. from a spawned task) to send it even if nothing follows.
+    pub(crate) fn queue_urgent(&self, header: serde_json::Value) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.urgent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend_from_slice(&encode(id, header, b""));
+    }
+
+    /// Sends queued urgent messages.
+    pub(crate) async fn flush_urgent(&self) -> Result<(), SandboxError> {
+        self.send_raw(b"").await
+    }
+
     /// Stops routing replies of a request.
     pub(crate) fn forget(&self, id: u64) {
         self.lock_routes().remove(&id);
@@ -164,7 +183,17 @@ impl Conn {
             return Err(self.gone());
         }
         let mut w = self.writer.lock().await;
+        let urgent = std::mem::take(
+            &mut *self
+                .urgent
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        if urgent.is_empty() && bytes.is_empty() {
+            return Ok(());
+        }
         let res = async {
+            w.write_all(&urgent).await?;
             w.write_all(bytes).await?;
             w.flush().await
         }

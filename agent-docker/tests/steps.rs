@@ -78,20 +78,16 @@ async fn step_kinds_exit_codes_streams_and_order() {
     assert!(r.success());
     assert_eq!(out, "content\nagent\n");
 
-    // a write_file step with a bad path fails as a step, with a clear message.
-    let (r, out) = run(
-        &*sb,
-        9,
-        Step::write_file("../x", "no"),
-        Duration::from_secs(30),
-    )
-    .await;
-    assert_eq!(r.exit_code, 1);
-    assert!(
-        out.text(OutputStream::Stderr).contains("refused"),
-        "{:?}",
-        r
-    );
+    // a write_file step with a bad path is refused with a clear error.
+    let err = sb
+        .run_step(
+            StepRequest::new(9, Step::write_file("../x", "no"), Duration::from_secs(30)),
+            agent_core::executor::discard_output(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, agent_core::SandboxErrorKind::PathRefused);
+    assert!(err.to_string().contains("refused"), "{err}");
 
     // the tail keeps the end, and says it was truncated.
     let mut req = StepRequest::new(10, Step::shell("seq 1 5000"), Duration::from_secs(30));

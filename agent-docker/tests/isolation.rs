@@ -1,0 +1,288 @@
+//! Hardening as seen from inside and from the engine; file confinement; the exported archive.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::Read;
+
+use agent_core::{Executor, JobId, JobSpec, SandboxErrorKind};
+use bytes::Bytes;
+use common::*;
+use futures::StreamExt;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn container_is_hardened() {
+    if skipped() {
+        return;
+    }
+    let exec = connect(config("hardening")).await;
+    let job = JobId::new();
+    let sb = exec.create(job, &JobSpec::from_prompt("x")).await.unwrap();
+
+    // From inside.
+    let (r, out, _) = sh(
+        &*sb,
+        "grep -E '^(CapEff|CapPrm|NoNewPrivs|Seccomp):' /proc/self/status",
+    )
+    .await;
+    assert!(r.success());
+    assert!(out.contains("CapEff:\t0000000000000000"), "{out}");
+    assert!(out.contains("CapPrm:\t0000000000000000"), "{out}");
+    assert!(out.contains("NoNewPrivs:\t1"), "{out}");
+    assert!(out.contains("Seccomp:\t2"), "{out}");
+    let (_, out, _) = sh(&*sb, "id -u; id -g").await;
+    assert_eq!(out, "1000\n1000\n", "runs as the non-root user");
+    let (r, _, err) = sh(&*sb, "touch /etc/x").await;
+    assert_ne!(r.exit_code, 0);
+    assert!(err.contains("Read-only file system"), "{err}");
+    let (r, _, _) = sh(&*sb, "touch /usr/x || touch /x").await;
+    assert_ne!(r.exit_code, 0);
+    let (_, out, _) = sh(
+        &*sb,
+        "ls /sys/class/net; tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '",
+    )
+    .await;
+    assert_eq!(out, "lo\nlo\n", "network none: only the loopback interface");
+    let (_, out, _) = sh(
+        &*sb,
+        "ls -la /var/run/docker.sock /run/docker.sock 2>&1 | grep -c 'No such file'",
+    )
+    .await;
+    assert_eq!(out.trim(), "2", "no Docker socket inside");
+    let (_, out, _) = sh(&*sb, "ps -o pid=,comm= -p 1").await;
+    assert!(
+        out.contains("docker-init"),
+        "an init process is PID 1: {out}"
+    );
+    let (_, out, _) = sh(
+        &*sb,
+        "ulimit -c; ulimit -n; mount | grep -E ' /(workspace|tmp) '",
+    )
+    .await;
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("0"));
+    assert_eq!(lines.next(), Some("4096"));
+    assert!(
+        out.contains("/workspace type tmpfs") && out.contains("size=1048576k"),
+        "{out}"
+    );
+    assert!(
+        out.contains("/tmp type tmpfs") && out.contains("size=262144k"),
+        "{out}"
+    );
+    let (r, _, _) = sh(&*sb, "touch /tmp/ok && touch /workspace/ok").await;
+    assert!(r.success());
+
+    // From the engine.
+    let info = exec
+        .docker()
+        .inspect_container(
+            sb.id(),
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await
+        .unwrap();
+    let hc = info.host_config.unwrap();
+    assert_eq!(hc.privileged, Some(false));
+    assert_eq!(hc.readonly_rootfs, Some(true));
+    assert_eq!(hc.cap_drop, Some(vec!["ALL".to_string()]));
+    assert_eq!(hc.memory, Some(2 << 30));
+    assert_eq!(hc.memory_swap, hc.memory, "no swap beyond memory");
+    assert_eq!(hc.nano_cpus, Some(1_000_000_000));
+    assert_eq!(hc.pids_limit, Some(256));
+    assert_eq!(hc.init, Some(true));
+    assert_eq!(hc.network_mode.as_deref(), Some("none"));
+    assert!(hc
+        .security_opt
+        .unwrap()
+        .iter()
+        .any(|s| s.starts_with("no-new-privileges")));
+    assert!(
+        hc.binds.unwrap_or_default().is_empty(),
+        "nothing from the host is mounted"
+    );
+    assert!(hc.mounts.unwrap_or_default().is_empty());
+    let config = info.config.unwrap();
+    assert_eq!(config.user.as_deref(), Some("1000:1000"));
+    let labels = config.labels.unwrap();
+    assert_eq!(
+        labels.get("agent.managed").map(String::as_str),
+        Some("true")
+    );
+    assert_eq!(labels.get("agent.job_id"), Some(&job.to_string()));
+    assert_eq!(info.name.as_deref(), Some(format!("/agent-{job}").as_str()));
+
+    sb.destroy().await.unwrap();
+    let gone = exec
+        .docker()
+        .inspect_container(
+            sb.id(),
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await;
+    assert!(gone.is_err(), "destroy removes the container");
+    exec.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_are_confined_and_the_export_has_only_the_workspace() {
+    if skipped() {
+        return;
+    }
+    let exec = connect(config("files")).await;
+    let sb = exec
+        .create(JobId::new(), &JobSpec::from_prompt("x"))
+        .await
+        .unwrap();
+
+    // Lexical refusals.
+    for bad in [
+        "../x",
+        "/etc/x",
+        "a/../../x",
+        "/workspace/../etc/passwd",
+        "",
+    ] {
+        let err = sb
+            .put_file(bad, Bytes::from_static(b"no"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, SandboxErrorKind::PathRefused, "{bad:?}: {err}");
+        let err = sb.get_file(bad).await.unwrap_err();
+        assert_eq!(err.kind, SandboxErrorKind::PathRefused, "{bad:?}: {err}");
+    }
+
+    // Links pointing out are refused, in the middle and at the end of a path.
+    let (r, _, _) = sh(
+        &*sb,
+        "mkdir -p sub && ln -s /tmp tmplink && ln -s /etc etclink && ln -s /tmp/outside.txt outfile \
+         && ln -s sub inlink && ln -s ../.. up && echo secret > /tmp/secret.txt",
+    )
+    .await;
+    assert!(r.success());
+    for bad in [
+        "tmplink/x.txt",
+        "etclink/x",
+        "outfile",
+        "up/etc/x",
+        "tmplink/secret.txt",
+    ] {
+        let err = sb
+            .put_file(bad, Bytes::from_static(b"no"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, SandboxErrorKind::PathRefused, "{bad:?}: {err}");
+        assert!(err.to_string().contains("refused"), "{err}");
+    }
+    let err = sb.get_file("tmplink/secret.txt").await.unwrap_err();
+    assert_eq!(err.kind, SandboxErrorKind::PathRefused);
+    let (_, out, _) = sh(&*sb, "ls /tmp").await;
+    assert!(
+        !out.contains("x.txt") && !out.contains("outside.txt"),
+        "{out}"
+    );
+
+    // Links that stay inside work; plain files round-trip; errors have kinds.
+    sb.put_file("inlink/in.txt", Bytes::from_static(b"inside"))
+        .await
+        .unwrap();
+    assert_eq!(&sb.get_file("sub/in.txt").await.unwrap()[..], b"inside");
+    sb.put_file(
+        "/workspace/deep/er/file.bin",
+        Bytes::from(vec![0u8, 1, 2, 255]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        &sb.get_file("deep/er/file.bin").await.unwrap()[..],
+        &[0u8, 1, 2, 255]
+    );
+    assert_eq!(
+        sb.get_file("missing.txt").await.unwrap_err().kind,
+        SandboxErrorKind::NotFound
+    );
+    let (r, _, _) = sh(
+        &*sb,
+        "echo from-step > step.txt; mkdir -p out && echo r > out/result.txt",
+    )
+    .await;
+    assert!(r.success());
+
+    // The export: what the steps wrote, links as links, nothing from outside, no `..`.
+    let mut stream = sb.export_workspace().await.unwrap();
+    let mut tar_bytes = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        tar_bytes.extend_from_slice(&chunk.unwrap());
+    }
+    let mut archive = tar::Archive::new(&tar_bytes[..]);
+    let mut names = Vec::new();
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let path = entry.path().unwrap().to_string_lossy().into_owned();
+        assert!(!path.starts_with('/'), "absolute entry {path}");
+        assert!(
+            !path.split('/').any(|c| c == ".."),
+            "entry with '..': {path}"
+        );
+        let kind = entry.header().entry_type();
+        if path == "step.txt" {
+            let mut s = String::new();
+            entry.read_to_string(&mut s).unwrap();
+            assert_eq!(s, "from-step\n");
+        }
+        if path == "tmplink" {
+            assert!(kind.is_symlink(), "links are stored as links");
+        }
+        names.push(path);
+    }
+    for want in [
+        "step.txt",
+        "out/result.txt",
+        "sub/in.txt",
+        "deep/er/file.bin",
+        "tmplink",
+        "etclink",
+        "up",
+    ] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "{want} missing from {names:?}"
+        );
+    }
+    assert!(
+        !names.iter().any(|n| n.contains("secret")
+            || n.contains("passwd")
+            || n.starts_with("tmplink/")
+            || n.starts_with("etclink/")),
+        "{names:?}"
+    );
+
+    // And as the ZIP the job manager writes.
+    let dir = tempfile::tempdir().unwrap();
+    let zip_path = dir.path().join("ws.zip");
+    {
+        let file = std::fs::File::create(&zip_path).unwrap();
+        let mut zip = zip::ZipWriter::new(file);
+        let mut archive = tar::Archive::new(&tar_bytes[..]);
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            if !entry.header().entry_type().is_file() {
+                continue;
+            }
+            let name = entry.path().unwrap().to_string_lossy().into_owned();
+            zip.start_file(name, zip::write::SimpleFileOptions::default())
+                .unwrap();
+            std::io::copy(&mut entry, &mut zip).unwrap();
+        }
+        zip.finish().unwrap();
+    }
+    let zip = zip::ZipArchive::new(std::fs::File::open(&zip_path).unwrap()).unwrap();
+    let zip_names: Vec<&str> = zip.file_names().collect();
+    assert!(
+        zip_names.contains(&"step.txt") && zip_names.contains(&"out/result.txt"),
+        "{zip_names:?}"
+    );
+
+    sb.destroy().await.unwrap();
+    exec.shutdown().await.unwrap();
+}
