@@ -1,0 +1,250 @@
+//! End-to-end tests of the `agent` CLI: a local run in a real Docker sandbox, and the client
+//! commands against a real `agent-server`, with their exit codes.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::{json, Value};
+use support::*;
+
+fn hello_plan() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/plans/hello.json")
+}
+
+fn agent(cwd: &Path, scope: &str, args: &[&str]) -> Output {
+    let mut cmd = Command::new(agent_binary());
+    for k in [
+        "ALCHEMYST_API_KEY",
+        "ALCHEMYST_AI_API_KEY",
+        "GEMINI_API_KEY",
+        "OPENAI_BASE_URL",
+        "AGENT_API_TOKEN",
+        "AGENT_URL",
+    ] {
+        cmd.env_remove(k);
+    }
+    cmd.current_dir(cwd)
+        .env("AGENT_IMAGE", image())
+        .env("AGENT_DOCKER_SCOPE", scope)
+        .env("NO_COLOR", "1")
+        .args(args)
+        .output()
+        .expect("running agent")
+}
+
+fn code(out: &Output) -> i32 {
+    out.status.code().expect("exit code")
+}
+
+fn stdout_json(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+#[test]
+fn agent_run_executes_the_example_plan_locally_and_writes_the_zip() {
+    require_docker();
+    let dir = tempfile::tempdir().unwrap();
+    let zip_path = dir.path().join("hello.zip");
+    let plan = hello_plan();
+    let out = agent(
+        dir.path(),
+        &unique_scope("cli-run"),
+        &[
+            "run",
+            "--steps",
+            plan.to_str().unwrap(),
+            "--out",
+            zip_path.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert_eq!(
+        code(&out),
+        0,
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = stdout_json(&out);
+    assert_eq!(v["job"]["status"], "succeeded", "{v}");
+    assert_eq!(v["zip"], zip_path.to_str().unwrap());
+    let file = std::fs::File::open(&zip_path).unwrap();
+    let mut zip = zip::ZipArchive::new(file).unwrap();
+    let names: Vec<String> = zip.file_names().map(str::to_string).collect();
+    for f in ["hello.txt", "report.json", "src/fib.py", "result.json"] {
+        assert!(names.iter().any(|n| n == f), "{f} missing: {names:?}");
+    }
+    use std::io::Read;
+    let mut report = String::new();
+    zip.by_name("report.json")
+        .unwrap()
+        .read_to_string(&mut report)
+        .unwrap();
+    let report: Value = serde_json::from_str(&report).unwrap();
+    assert_eq!(report["fib"][14], 377);
+
+    // Text mode: progress on stderr, the ZIP path on stdout.
+    let out = agent(
+        dir.path(),
+        &unique_scope("cli-run-text"),
+        &["run", "--steps", plan.to_str().unwrap()],
+    );
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    let printed = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(printed.ends_with(".zip"), "{printed}");
+    assert!(dir.path().join(&printed).exists(), "{printed}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("hello from Linux"), "{stderr}");
+    assert!(stderr.contains("succeeded"), "{stderr}");
+}
+
+#[test]
+fn agent_run_exit_codes_for_bad_usage() {
+    let dir = tempfile::tempdir().unwrap();
+    let scope = unique_scope("cli-usage");
+    // A prompt with no LLM configured.
+    let out = agent(dir.path(), &scope, &["run", "write a poem"]);
+    assert_eq!(code(&out), 2, "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("GEMINI_API_KEY"));
+    // Neither a prompt nor steps.
+    assert_eq!(code(&agent(dir.path(), &scope, &["run"])), 2);
+    // A plan file that is not a plan.
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, r#"{"steps":[{"type":"shell"}]}"#).unwrap();
+    let out = agent(
+        dir.path(),
+        &scope,
+        &["run", "--steps", bad.to_str().unwrap()],
+    );
+    assert_eq!(code(&out), 2);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("command"));
+    // Unknown flags.
+    assert_eq!(code(&agent(dir.path(), &scope, &["run", "--bogus"])), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_client_commands_against_a_server() {
+    require_docker();
+    let dir = tempfile::tempdir().unwrap();
+    let scope = unique_scope("cli-client");
+    let token = "cli-test-token";
+    let server = TestServer::start(
+        &dir.path().join("out"),
+        &ServerOptions::new(&scope).token(token),
+    );
+    let base = server.base.clone();
+    let cwd = dir.path().to_path_buf();
+    let run = move |args: Vec<String>| {
+        let cwd = cwd.clone();
+        let scope = scope.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                agent(&cwd, &scope, &args)
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let with = |extra: &[&str]| -> Vec<String> {
+        let mut v = vec![
+            "--url".to_string(),
+            base.clone(),
+            "--token".into(),
+            token.into(),
+        ];
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let plan = hello_plan();
+    let plan = plan.to_str().unwrap();
+
+    // submit --wait follows the log and exits 0 when the job succeeds.
+    let out = run(with(&["submit", "--steps", plan, "--wait"])).await;
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("hello from Linux"));
+
+    // submit prints the id; status/jobs/logs/download work with it.
+    let out = run(with(&["submit", "--steps", plan, "--json"])).await;
+    assert_eq!(code(&out), 0);
+    let id = stdout_json(&out)["job_id"].as_str().unwrap().to_string();
+    server.wait_final(&id).await;
+    let out = run(with(&["status", &id, "--json"])).await;
+    assert_eq!(code(&out), 0);
+    assert_eq!(stdout_json(&out)["status"], "succeeded");
+    let out = run(with(&["status", &id])).await;
+    assert!(String::from_utf8_lossy(&out.stdout).contains("succeeded"));
+    let out = run(with(&["jobs", "--json"])).await;
+    assert_eq!(stdout_json(&out)["total"], 2);
+    let out = run(with(&["logs", &id])).await;
+    assert_eq!(code(&out), 0);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("wrote report.json"));
+    let out = run(with(&["logs", "-f", &id])).await;
+    assert_eq!(code(&out), 0);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("status succeeded"));
+    let zip_path = dir.path().join("dl.zip");
+    let out = run(with(&[
+        "download",
+        &id,
+        "--out",
+        zip_path.to_str().unwrap(),
+    ]))
+    .await;
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    let zip = zip::ZipArchive::new(std::fs::File::open(&zip_path).unwrap()).unwrap();
+    assert!(zip.file_names().any(|n| n == "result.json"));
+
+    // A failing job: exit 1.
+    let failing = dir.path().join("fail.json");
+    std::fs::write(
+        &failing,
+        json!([{"type": "shell", "command": "exit 4"}]).to_string(),
+    )
+    .unwrap();
+    let out = run(with(&[
+        "submit",
+        "--steps",
+        failing.to_str().unwrap(),
+        "--wait",
+    ]))
+    .await;
+    assert_eq!(code(&out), 1);
+
+    // Cancel: a running job → 0; a finished one → 2 (409).
+    let sleeper = dir.path().join("sleep.json");
+    std::fs::write(
+        &sleeper,
+        json!([{"type": "shell", "command": "sleep 300"}]).to_string(),
+    )
+    .unwrap();
+    let out = run(with(&["submit", "--steps", sleeper.to_str().unwrap()])).await;
+    let sleeping = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let out = run(with(&["cancel", &sleeping])).await;
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("cancelled"));
+    let out = run(with(&["cancel", &id])).await;
+    assert_eq!(code(&out), 2);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already finished"));
+
+    // Bad id → 2; unknown id → 4; no token → 2 (401); unreachable server → 3.
+    assert_eq!(code(&run(with(&["status", "nope"])).await), 2);
+    let out = run(with(&["status", "3f2b8c1e-9d4a-4c6b-8e2f-1a2b3c4d5e6f"])).await;
+    assert_eq!(code(&out), 4);
+    let out = run(vec!["--url".into(), server.base.clone(), "jobs".into()]).await;
+    assert_eq!(code(&out), 2);
+    let out = run(vec![
+        "--url".into(),
+        "http://127.0.0.1:9".into(),
+        "jobs".into(),
+    ])
+    .await;
+    assert_eq!(code(&out), 3);
+}
