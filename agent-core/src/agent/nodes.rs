@@ -117,7 +117,8 @@ async fn accept_plan(state: &mut AgentState, planned: Planned, attempt: u32) -> 
         }
         (slot, _) => *slot = Some(plan),
     }
-    state.save().await
+    // No save here: the execute node saves the record as the first step starts, right after.
+    Ok(())
 }
 
 /// Runs the next pending step.
