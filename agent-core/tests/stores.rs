@@ -238,6 +238,26 @@ mod sqlite {
         assert!(err.message.contains("newer"), "{err}");
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_lock_held_by_another_process_is_a_retryable_busy_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.db");
+        let store = SqliteStore::open_with_busy_timeout(&path, Duration::from_millis(100)).unwrap();
+        let other = rusqlite::Connection::open(&path).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+
+        let job = Job::new(JobId::new(), JobSpec::from_prompt("x"));
+        let err = store.insert_job(&job).await.unwrap_err();
+        assert_eq!(err.kind, StoreErrorKind::Busy, "{err}");
+        assert!(err.is_retryable());
+        // Reads still work meanwhile.
+        assert_eq!(store.get_job(job.id).await.unwrap(), None);
+
+        other.execute_batch("COMMIT").unwrap();
+        store.insert_job(&job).await.unwrap();
+        assert_eq!(store.get_job(job.id).await.unwrap().as_ref(), Some(&job));
+    }
+
     #[tokio::test]
     async fn a_file_that_is_not_a_database_is_refused() {
         let dir = tempfile::tempdir().unwrap();

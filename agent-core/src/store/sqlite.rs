@@ -43,8 +43,8 @@ pub const DEFAULT_FILE_NAME: &str = "agent.db";
 /// The schema version this code writes (the number of migrations).
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 
-/// How long a statement waits for a lock held by another connection before failing with
-/// [`StoreErrorKind::Busy`].
+/// How long a statement waits by default for a lock held by another connection before failing
+/// with [`StoreErrorKind::Busy`].
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Idle read connections kept open.
@@ -92,6 +92,7 @@ struct Inner {
     /// The writer thread's queue; the thread stops when the last store is dropped.
     writer: std::sync::mpsc::Sender<WriteRequest>,
     readers: Mutex<Vec<Connection>>,
+    busy_timeout: Duration,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -109,6 +110,15 @@ impl SqliteStore {
     /// Fails with [`StoreErrorKind::Corrupt`] if the file is not a database or was written by a
     /// newer version of this program (a schema version above [`SCHEMA_VERSION`]).
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::open_with_busy_timeout(path, BUSY_TIMEOUT)
+    }
+
+    /// Like [`open`](SqliteStore::open), with how long a statement waits for a lock held by
+    /// another process before failing with [`StoreErrorKind::Busy`] (default 5 s).
+    pub fn open_with_busy_timeout(
+        path: impl AsRef<Path>,
+        busy_timeout: Duration,
+    ) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| {
@@ -120,7 +130,7 @@ impl SqliteStore {
             })?;
         }
         let mut writer = Connection::open(&path).map_err(sql("open the database"))?;
-        configure(&writer)?;
+        configure(&writer, busy_timeout)?;
         let mode: String = writer
             .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
             .map_err(sql("enable the WAL journal"))?;
@@ -150,6 +160,7 @@ impl SqliteStore {
                 path,
                 writer: queue,
                 readers: Mutex::new(Vec::new()),
+                busy_timeout,
             }),
         };
         // Open one reader now, so a file that cannot be read fails here rather than later.
@@ -209,13 +220,13 @@ impl Inner {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(sql("open a read connection"))?;
-        configure(&conn)?;
+        configure(&conn, self.busy_timeout)?;
         Ok(conn)
     }
 }
 
-fn configure(conn: &Connection) -> Result<(), StoreError> {
-    conn.busy_timeout(BUSY_TIMEOUT)
+fn configure(conn: &Connection, busy_timeout: Duration) -> Result<(), StoreError> {
+    conn.busy_timeout(busy_timeout)
         .map_err(sql("set the busy timeout"))?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     Ok(())
