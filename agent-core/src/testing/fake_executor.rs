@@ -287,7 +287,7 @@ impl ProcessSandbox {
             )
         })?;
         // Kills the group whatever happens, also when this future is dropped.
-        let _group = GroupGuard::new(pgid, self.running.clone());
+        let group = GroupGuard::new(pgid, self.running.clone());
 
         let state = Arc::new(OutputState {
             written: AtomicU64::new(0),
@@ -323,7 +323,7 @@ impl ProcessSandbox {
             _ = tokio::time::sleep(request.timeout) => (Termination::TimedOut, None),
         };
         // End every process of the step, stragglers of a clean exit included.
-        kill_group(pgid);
+        group.kill();
         let status = match status {
             Some(status) => status,
             None => child.wait().await,
@@ -543,13 +543,18 @@ impl GroupGuard {
         lock(&running).insert(pgid);
         Self { pgid, running }
     }
+
+    /// Kills the group (once).
+    fn kill(&self) {
+        if lock(&self.running).remove(&self.pgid) {
+            kill_group(self.pgid);
+        }
+    }
 }
 
 impl Drop for GroupGuard {
     fn drop(&mut self) {
-        if lock(&self.running).remove(&self.pgid) {
-            kill_group(self.pgid);
-        }
+        self.kill();
     }
 }
 
