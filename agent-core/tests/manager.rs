@@ -219,6 +219,36 @@ async fn a_failed_step_is_repaired_with_its_stderr() {
 }
 
 #[tokio::test]
+async fn a_refused_write_is_a_failed_step_that_can_be_repaired() {
+    // The plan parser refuses `..` paths outright, so escape through a symlink instead.
+    let first = plan(serde_json::json!([
+        {"type": "shell", "command": "ln -s /etc out"},
+        {"type": "write_file", "path": "out/evil.txt", "content": "x"}
+    ]));
+    let fixed = plan(serde_json::json!([
+        {"type": "write_file", "path": "good.txt", "content": "ok"}
+    ]));
+    let h = harness(Some(vec![Ok(first), Ok(fixed)])).await;
+    let id = h
+        .manager
+        .submit(JobSpec::from_prompt("write"))
+        .await
+        .unwrap();
+    let job = h.manager.wait(id).await.unwrap();
+    assert_eq!(job.status, JobStatus::Succeeded, "{:?}", job.error);
+    let refused = job.steps[1].result.as_ref().unwrap();
+    assert_eq!(refused.exit_code, -1);
+    assert!(
+        refused.stderr_tail.contains("refused"),
+        "{}",
+        refused.stderr_tail
+    );
+    let reqs = h.requests.lock().unwrap().clone();
+    assert!(reqs[1].messages[0].content.contains("refused"));
+    assert!(zip_names(&job).contains(&"good.txt".into()));
+}
+
+#[tokio::test]
 async fn repairs_are_bounded() {
     let failing = plan(serde_json::json!([{"type": "shell", "command": "exit 7"}]));
     let h = harness(Some(vec![Ok(failing)])).await;

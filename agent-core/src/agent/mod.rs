@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::archive::{tar_stream_to_zip, ArchiveSummary};
 use crate::error::{Error, Result};
 use crate::events::EventSink;
-use crate::executor::{OutputSink, Sandbox, StepRequest};
+use crate::executor::{OutputSink, Sandbox, SandboxErrorKind, StepRequest};
 use crate::job::{
     Artifact, EventKind, Job, JobStatus, OutputStream, Plan, Step, StepRecord, StepResult,
     StepStatus, TokenUsage,
@@ -336,7 +336,36 @@ pub(crate) async fn run_step(
         cancel: state.cancel.child_token(),
     };
     let sink = state.output_sink(index);
-    let result = state.sandbox.run_step(request, sink).await;
+    let started = std::time::Instant::now();
+    let result = match state.sandbox.run_step(request, sink).await {
+        // The step itself was refused (a path outside the workspace, a file too large): that is
+        // the step failing, which a repair can fix, not the sandbox failing.
+        Err(e)
+            if matches!(
+                e.kind,
+                SandboxErrorKind::PathRefused
+                    | SandboxErrorKind::NotFound
+                    | SandboxErrorKind::TooLarge
+                    | SandboxErrorKind::Invalid
+            ) =>
+        {
+            state.events.emit(EventKind::Output {
+                index,
+                stream: OutputStream::Stderr,
+                text: format!("{e}\n"),
+            });
+            Ok(StepResult {
+                exit_code: -1,
+                termination: crate::job::Termination::Exited,
+                stdout_tail: String::new(),
+                stderr_tail: e.to_string(),
+                stdout_truncated: false,
+                stderr_truncated: false,
+                duration: started.elapsed(),
+            })
+        }
+        other => other,
+    };
     let record = &mut state.job.steps[index];
     match &result {
         Ok(r) => {
