@@ -1,2 +1,645 @@
-//! Benchmark stub; replaced by its owner.
-fn main() {}
+//! REST server load benchmark, on loopback, against a static baseline measured in the same run.
+//!
+//! 1. Stores 10,000 finished jobs (3 steps each) in a SQLite file, then starts the server on it —
+//!    in a child process (this benchmark binary re-executed in "server mode", which runs
+//!    `agent_server::serve` exactly as the `agent-server` binary does) with the real Docker
+//!    executor.
+//! 2. Starts nginx (Debian `nginx-light` or `nginx`) on another loopback port serving the same
+//!    status JSON as a static file.
+//! 3. A Rust load generator (raw HTTP/1.1 keep-alive over N connections, one thread) measures for
+//!    both: peak `GET /status/{id}` throughput (closed loop) and latency at half of our peak rate
+//!    (open loop, latency measured from each request's scheduled time).
+//! 4. Measures `POST /schedule` of explicit no-op jobs, and the server's RSS (`VmRSS`) with the
+//!    10,000 jobs stored.
+//!
+//! Targets: ≥ 0.5× nginx's throughput; p99 < 5 ms at half our peak rate; RSS ≤ 40 MB.
+//! `AGENT_BENCH_STRICT=1` makes a missed target exit non-zero. Without nginx the baseline is
+//! skipped (with how to install it) and the rest still runs.
+//!
+//! `cargo bench -p agent-benches --bench server`
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agent_core::store::sqlite::SqliteStore;
+use agent_core::{
+    Job, JobId, JobSpec, JobStatus, JobStore, Plan, Step, StepRecord, StepResult, StepStatus,
+    Termination,
+};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufStream};
+use tokio::net::TcpStream;
+
+const JOBS: usize = 10_000;
+const CONNECTIONS: usize = 32;
+const WARMUP: Duration = Duration::from_secs(1);
+const MEASURE: Duration = Duration::from_secs(5);
+const SERVER_MODE: &str = "AGENT_BENCH_SERVER_MODE";
+
+fn main() {
+    if std::env::var_os(SERVER_MODE).is_some() {
+        return server_mode();
+    }
+    // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing we care about.
+    if std::env::args().any(|a| a == "--test" || a == "--list") {
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let strict = std::env::var("AGENT_BENCH_STRICT").is_ok_and(|v| v == "1");
+    let ok = rt.block_on(run());
+    if !ok && strict {
+        std::process::exit(1);
+    }
+}
+
+/// The child: the real server, configured from the environment.
+fn server_mode() {
+    let rt = agent_server::server::runtime().unwrap();
+    rt.block_on(async {
+        let config = agent_server::ServerConfig::from_env().unwrap();
+        agent_server::config::init_tracing(config.log_format);
+        if let Err(e) = agent_server::serve(config).await {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+    });
+}
+
+fn stored_job(i: usize) -> Job {
+    let steps = vec![
+        Step::write_file("data/input.txt", "1\n2\n3\n").with_description("input"),
+        Step::python("print(sum(int(l) for l in open('data/input.txt')))").with_description("sum"),
+        Step::shell("ls -l > listing.txt").with_description("list"),
+    ];
+    let mut job = Job::new(
+        JobId::new(),
+        JobSpec::from_prompt(format!("benchmark job number {i}: sum some numbers")),
+    );
+    job.transition(JobStatus::Running).unwrap();
+    job.plan = Some(Plan {
+        steps: steps.clone(),
+        summary: "sum numbers".into(),
+    });
+    job.steps = steps
+        .into_iter()
+        .enumerate()
+        .map(|(index, step)| StepRecord {
+            index,
+            step,
+            status: StepStatus::Succeeded,
+            result: Some(StepResult {
+                exit_code: 0,
+                termination: Termination::Exited,
+                stdout_tail: "6\n".into(),
+                stderr_tail: String::new(),
+                stdout_truncated: false,
+                stderr_truncated: false,
+                duration: Duration::from_millis(40 + index as u64),
+            }),
+            attempt: 0,
+        })
+        .collect();
+    job.provider = Some("gemini".into());
+    job.transition(JobStatus::Succeeded).unwrap();
+    job
+}
+
+async fn fill_store(db: &Path) -> Vec<JobId> {
+    let store = Arc::new(SqliteStore::open(db).unwrap());
+    let mut ids = Vec::with_capacity(JOBS);
+    for chunk in (0..JOBS).collect::<Vec<_>>().chunks(500) {
+        let jobs: Vec<Job> = chunk.iter().map(|i| stored_job(*i)).collect();
+        ids.extend(jobs.iter().map(|j| j.id));
+        let inserts = jobs.iter().map(|j| {
+            let store = Arc::clone(&store);
+            async move { store.insert_job(j).await }
+        });
+        for r in futures::future::join_all(inserts).await {
+            r.unwrap();
+        }
+    }
+    ids
+}
+
+struct ServerChild {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for ServerChild {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server(dir: &Path) -> ServerChild {
+    let scope = format!("bench-{}", std::process::id());
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .env(SERVER_MODE, "1")
+        .env("AGENT_BIND", "127.0.0.1:0")
+        .env("AGENT_OUTPUT_DIR", dir)
+        .env("AGENT_DOCKER_SCOPE", scope)
+        .env("AGENT_MAX_CONCURRENT_JOBS", "1")
+        .env("RETENTION_DAYS", "0")
+        .env("AGENT_SHUTDOWN_GRACE_SECS", "1")
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .env_remove("AGENT_API_TOKEN")
+        .env_remove("ALCHEMYST_API_KEY")
+        .env_remove("GEMINI_API_KEY")
+        .env_remove("OPENAI_BASE_URL")
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if let Some(pos) = line.find("listening on http://") {
+                let addr: String = line[pos + 20..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+                    .collect();
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(addr);
+                }
+            } else if line.contains("ERROR") || line.contains("error:") {
+                eprintln!("server: {line}");
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(120))
+        .expect("the server did not start (is Docker running?)");
+    ServerChild { child, addr }
+}
+
+fn find_nginx() -> Option<PathBuf> {
+    for dir in [
+        "/usr/sbin",
+        "/usr/local/sbin",
+        "/usr/bin",
+        "/usr/local/nginx/sbin",
+    ] {
+        let p = Path::new(dir).join("nginx");
+        if p.exists() {
+            return Some(p);
+        }
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("nginx"))
+            .find(|p| p.exists())
+    })
+}
+
+struct Nginx {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start_nginx(bin: &Path, dir: &Path, json: &[u8]) -> Option<Nginx> {
+    let root = dir.join("www");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("status.json"), json).unwrap();
+    let port = free_port();
+    let d = dir.display();
+    let conf = format!(
+        "daemon off;\nworker_processes 2;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log warn;\n\
+         events {{ worker_connections 1024; }}\n\
+         http {{\n  access_log off;\n  keepalive_requests 10000000;\n  keepalive_timeout 120s;\n\
+           client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n\
+           uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+           server {{\n    listen 127.0.0.1:{port};\n    root {root};\n\
+             location /status/ {{ default_type application/json; try_files /status.json =404; }}\n  }}\n}}\n",
+        root = root.display()
+    );
+    let conf_path = dir.join("nginx.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    let child = Command::new(bin)
+        .args([
+            "-p",
+            &d.to_string(),
+            "-c",
+            conf_path.to_str().unwrap(),
+            "-e",
+            &format!("{d}/nginx-error.log"),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let addr = format!("127.0.0.1:{port}");
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        if std::net::TcpStream::connect(&addr).is_ok() {
+            return Some(Nginx { child, addr });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = std::fs::read_to_string(dir.join("nginx-error.log")).unwrap_or_default();
+    eprintln!("nginx did not start: {log}");
+    None
+}
+
+/// One keep-alive HTTP/1.1 connection.
+struct Conn {
+    addr: String,
+    io: Option<BufStream<TcpStream>>,
+    line: String,
+    body: Vec<u8>,
+}
+
+impl Conn {
+    fn new(addr: &str) -> Self {
+        Self {
+            addr: addr.to_string(),
+            io: None,
+            line: String::new(),
+            body: Vec::new(),
+        }
+    }
+
+    /// Sends one request and reads the whole response; returns its status.
+    async fn request(&mut self, req: &[u8]) -> std::io::Result<u16> {
+        if self.io.is_none() {
+            let s = TcpStream::connect(&self.addr).await?;
+            s.set_nodelay(true)?;
+            self.io = Some(BufStream::new(s));
+        }
+        let io = self.io.as_mut().unwrap();
+        io.write_all(req).await?;
+        io.flush().await?;
+        self.line.clear();
+        if io.read_line(&mut self.line).await? == 0 {
+            self.io = None;
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let status: u16 = self
+            .line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let mut len = 0usize;
+        let mut close = false;
+        loop {
+            self.line.clear();
+            io.read_line(&mut self.line).await?;
+            let l = self.line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = l.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    len = v.trim().parse().unwrap_or(0);
+                } else if k.eq_ignore_ascii_case("connection")
+                    && v.trim().eq_ignore_ascii_case("close")
+                {
+                    close = true;
+                }
+            }
+        }
+        self.body.resize(len, 0);
+        io.read_exact(&mut self.body).await?;
+        if close {
+            self.io = None;
+        }
+        Ok(status)
+    }
+}
+
+#[derive(Default)]
+struct Run {
+    requests: u64,
+    errors: u64,
+    latencies_us: Vec<u32>,
+    elapsed: Duration,
+}
+
+impl Run {
+    fn rate(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+    fn pct(&mut self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return f64::NAN;
+        }
+        self.latencies_us.sort_unstable();
+        let i = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies_us[i] as f64 / 1000.0
+    }
+}
+
+/// Requests from `make(i)` on `connections` connections. `rate`: None = as fast as possible
+/// (closed loop); Some(r) = r requests/s in all, latency counted from each scheduled send time.
+async fn load(
+    addr: &str,
+    connections: usize,
+    duration: Duration,
+    rate: Option<f64>,
+    reqs: Arc<Vec<Vec<u8>>>,
+    expect: u16,
+) -> Run {
+    let start = Instant::now() + Duration::from_millis(20);
+    let deadline = start + duration;
+    let tasks = (0..connections).map(|c| {
+        let reqs = Arc::clone(&reqs);
+        let addr = addr.to_string();
+        tokio::spawn(async move {
+            let mut conn = Conn::new(&addr);
+            let mut run = Run::default();
+            let interval = rate.map(|r| Duration::from_secs_f64(connections as f64 / r));
+            let offset = interval.map(|i| i.mul_f64(c as f64 / connections as f64));
+            tokio::time::sleep_until(start.into()).await;
+            let mut k: u64 = 0;
+            let mut free_since = start;
+            loop {
+                let scheduled = match (interval, offset) {
+                    (Some(i), Some(o)) => {
+                        let t = start + o + i.mul_f64(k as f64);
+                        if t >= deadline {
+                            break;
+                        }
+                        tokio::time::sleep_until(t.into()).await;
+                        t
+                    }
+                    _ => {
+                        let now = Instant::now();
+                        if now >= deadline {
+                            break;
+                        }
+                        now
+                    }
+                };
+                // Latency counts from the scheduled time when the connection was still busy with
+                // the previous answer then (the server's delay), else from when we actually sent
+                // (the timer's late wake-up, about 1 ms granularity, is the load generator's).
+                let from = if free_since > scheduled {
+                    scheduled
+                } else {
+                    Instant::now()
+                };
+                let req = &reqs[(c * 7919 + k as usize) % reqs.len()];
+                match conn.request(req).await {
+                    Ok(s) if s == expect => {
+                        run.requests += 1;
+                        let us = from.elapsed().as_micros().min(u32::MAX as u128) as u32;
+                        run.latencies_us.push(us);
+                    }
+                    _ => run.errors += 1,
+                }
+                free_since = Instant::now();
+                k += 1;
+            }
+            run
+        })
+    });
+    let runs = futures::future::join_all(tasks.collect::<Vec<_>>()).await;
+    let mut all = Run {
+        elapsed: duration,
+        ..Run::default()
+    };
+    for r in runs {
+        let r = r.unwrap();
+        all.requests += r.requests;
+        all.errors += r.errors;
+        all.latencies_us.extend(r.latencies_us);
+    }
+    all
+}
+
+fn get_requests(ids: &[JobId]) -> Arc<Vec<Vec<u8>>> {
+    Arc::new(
+        ids.iter()
+            .map(|id| format!("GET /status/{id} HTTP/1.1\r\nHost: bench\r\n\r\n").into_bytes())
+            .collect(),
+    )
+}
+
+fn rss_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "target met"
+    } else {
+        "TARGET MISSED"
+    }
+}
+
+async fn run() -> bool {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let t = Instant::now();
+    let ids = fill_store(&out.join("jobs.sqlite3")).await;
+    println!("stored {JOBS} jobs in {:.1}s", t.elapsed().as_secs_f64());
+
+    let server = start_server(&out);
+    let pid = server.child.id();
+    println!("server (pid {pid}) on {}", server.addr);
+
+    // The JSON our server answers for one job: the static server serves the same bytes.
+    let mut conn = Conn::new(&server.addr);
+    let status = conn.request(&get_requests(&ids[..1])[0]).await.unwrap();
+    assert_eq!(status, 200);
+    let sample = conn.body.clone();
+    println!("status document: {} bytes", sample.len());
+    let rss_idle = rss_kib(pid, "VmRSS:").unwrap_or(0);
+
+    let reqs = get_requests(&ids);
+    let _ = load(
+        &server.addr,
+        CONNECTIONS,
+        WARMUP,
+        None,
+        Arc::clone(&reqs),
+        200,
+    )
+    .await;
+    let mut ours = load(
+        &server.addr,
+        CONNECTIONS,
+        MEASURE,
+        None,
+        Arc::clone(&reqs),
+        200,
+    )
+    .await;
+    let peak = ours.rate();
+    let mut ours_half = load(
+        &server.addr,
+        CONNECTIONS,
+        MEASURE,
+        Some(peak / 2.0),
+        Arc::clone(&reqs),
+        200,
+    )
+    .await;
+    let rss_after_get = rss_kib(pid, "VmRSS:").unwrap_or(0);
+
+    let mut baseline = None;
+    match find_nginx() {
+        Some(bin) => match start_nginx(&bin, dir.path(), &sample) {
+            Some(nginx) => {
+                let _ = load(
+                    &nginx.addr,
+                    CONNECTIONS,
+                    WARMUP,
+                    None,
+                    Arc::clone(&reqs),
+                    200,
+                )
+                .await;
+                let mut st = load(
+                    &nginx.addr,
+                    CONNECTIONS,
+                    MEASURE,
+                    None,
+                    Arc::clone(&reqs),
+                    200,
+                )
+                .await;
+                let mut st_half = load(
+                    &nginx.addr,
+                    CONNECTIONS,
+                    MEASURE,
+                    Some(peak / 2.0),
+                    Arc::clone(&reqs),
+                    200,
+                )
+                .await;
+                baseline = Some((
+                    st.rate(),
+                    st.pct(0.99),
+                    st_half.pct(0.50),
+                    st_half.pct(0.99),
+                    st.errors,
+                ));
+            }
+            None => println!("nginx baseline skipped: nginx did not start"),
+        },
+        None => println!(
+            "nginx baseline skipped: nginx not found (install it: apt-get install -y nginx-light)"
+        ),
+    }
+
+    // POST /schedule of explicit no-op jobs (they queue behind one worker; we measure intake).
+    let body = r#"{"steps":[{"type":"shell","command":"true"}]}"#;
+    let post = format!(
+        "POST /schedule HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes();
+    let mut posts = load(
+        &server.addr,
+        8,
+        Duration::from_secs(3),
+        None,
+        Arc::new(vec![post]),
+        202,
+    )
+    .await;
+    let rss_hwm = rss_kib(pid, "VmHWM:").unwrap_or(0);
+
+    println!();
+    println!("GET /status/{{id}} with {JOBS} stored jobs, {CONNECTIONS} keep-alive connections, loopback, {}s each:", MEASURE.as_secs());
+    println!(
+        "  agent-server  peak {:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  errors {}",
+        peak,
+        ours.pct(0.50),
+        ours.pct(0.99),
+        ours.errors
+    );
+    println!(
+        "  agent-server  at {:>7.0} req/s (half peak): p50 {:>6.2} ms  p99 {:>6.2} ms  errors {}",
+        peak / 2.0,
+        ours_half.pct(0.50),
+        ours_half.pct(0.99),
+        ours_half.errors
+    );
+    let mut ok = true;
+    if let Some((rate, p99, half_p50, half_p99, errors)) = baseline {
+        println!(
+            "  nginx static  peak {:>9.0} req/s  p99 {:>6.2} ms  errors {errors}; at our half-peak rate p50 {:>6.2} ms  p99 {:>6.2} ms",
+            rate, p99, half_p50, half_p99
+        );
+        let ratio = peak / rate;
+        let met = ratio >= 0.5;
+        ok &= met;
+        println!(
+            "  throughput ratio agent-server / nginx = {ratio:.2} (target >= 0.5: {})",
+            verdict(met)
+        );
+    }
+    let p99 = ours_half.pct(0.99);
+    let met = p99 < 5.0;
+    ok &= met;
+    println!(
+        "  p99 at half peak = {p99:.2} ms (target < 5 ms: {})",
+        verdict(met)
+    );
+    println!(
+        "POST /schedule (explicit no-op job), 8 connections, 3s: {:.0} jobs/s accepted, p50 {:.2} ms, p99 {:.2} ms, errors {}",
+        posts.rate(),
+        posts.pct(0.50),
+        posts.pct(0.99),
+        posts.errors
+    );
+    let rss_mb = rss_after_get as f64 / 1024.0;
+    let met = rss_mb <= 40.0;
+    ok &= met;
+    println!(
+        "server RSS with {JOBS} jobs stored: {:.1} MB at start, {rss_mb:.1} MB after the GET load (target <= 40 MB: {}), peak {:.1} MB after the POST load",
+        rss_idle as f64 / 1024.0,
+        verdict(met),
+        rss_hwm as f64 / 1024.0
+    );
+    drop(server);
+    ok
+}

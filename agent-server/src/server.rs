@@ -139,6 +139,25 @@ pub async fn build_state(config: &ServerConfig) -> Result<AppState, ServeError> 
     Ok(AppState::new(manager, settings, metrics, names))
 }
 
+/// Threads of the blocking pool when `AGENT_BLOCKING_THREADS` is unset. Store reads run there;
+/// the SQLite store keeps 4 idle read connections, so more threads would open and close extra
+/// connections under load.
+pub const DEFAULT_BLOCKING_THREADS: usize = 4;
+
+/// The Tokio runtime the binaries use: one worker per core, a small blocking pool
+/// (`AGENT_BLOCKING_THREADS`, default [`DEFAULT_BLOCKING_THREADS`]).
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let blocking = std::env::var("AGENT_BLOCKING_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|n| *n >= 1)
+        .unwrap_or(DEFAULT_BLOCKING_THREADS);
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(blocking)
+        .build()
+}
+
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).
 pub async fn shutdown_signal() {
     let ctrl_c = async {

@@ -11,12 +11,18 @@ struct Args {
     config: agent_server::ServerConfig,
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     agent_server::config::load_dotenv();
     let args = Args::parse();
     agent_server::config::init_tracing(args.config.log_format);
-    match agent_server::serve(args.config).await {
+    let rt = match agent_server::server::runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(agent_server::serve(args.config)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "agent-server failed");

@@ -3,8 +3,7 @@
 
 use clap::Parser;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     agent_server::config::load_dotenv();
     let cli = match agent_server::cli::Cli::try_parse() {
         Ok(cli) => cli,
@@ -14,6 +13,13 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(code);
         }
     };
-    let exit = agent_server::cli::main(cli).await;
+    let rt = match agent_server::server::runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return std::process::ExitCode::from(5);
+        }
+    };
+    let exit = rt.block_on(agent_server::cli::main(cli));
     std::process::ExitCode::from(exit as u8)
 }
