@@ -119,7 +119,7 @@ async fn main() {
     // 2. Cold sandbox ready to run vs docker run --rm.
     let mut ours = Vec::new();
     let mut base = Vec::new();
-    for i in 0..n.min(20) {
+    for i in 0..=n {
         let t = Instant::now();
         let sb = exec
             .create(JobId::new(), &JobSpec::from_prompt("bench"))

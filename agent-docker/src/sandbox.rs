@@ -41,6 +41,13 @@ impl Core {
     }
 }
 
+impl Drop for Core {
+    fn drop(&mut self) {
+        // The container itself stays until destroy, shutdown or the reaper removes it.
+        self.reader.abort();
+    }
+}
+
 /// Force-removes a container by id or name; a container already gone is not an error.
 pub(crate) async fn remove_container(docker: &Docker, id: &str) -> Result<(), SandboxError> {
     let opts = bollard::query_parameters::RemoveContainerOptionsBuilder::new()

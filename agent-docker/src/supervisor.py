@@ -13,8 +13,8 @@
 # output, every process in the container except PID 1 and this supervisor is SIGKILLed, so nothing
 # the step started survives. Paths are confined to /workspace: every component is opened with
 # O_NOFOLLOW relative to its parent, and a symbolic link is only followed when it resolves inside.
+import _json
 import errno
-import json
 import os
 import select
 import signal
@@ -30,11 +30,86 @@ READ_CHUNK = 65536
 
 _out_lock = threading.Lock()
 
+# A small JSON codec over the C helpers in `_json`: importing the `json` package (and with it
+# `re`, `enum`, ...) would cost more than the rest of the supervisor's start-up.
+_WS = " \t\r\n"
+
+
+def _value(s, i):
+    while s[i] in _WS:
+        i += 1
+    c = s[i]
+    if c == '"':
+        return _json.scanstring(s, i + 1, True)
+    if c == "{":
+        obj = {}
+        i += 1
+        while True:
+            while s[i] in _WS:
+                i += 1
+            if s[i] == "}":
+                return obj, i + 1
+            if s[i] == ",":
+                i += 1
+                continue
+            key, i = _value(s, i)
+            while s[i] in _WS:
+                i += 1
+            if s[i] != ":":
+                raise ValueError("expected ':' at %d" % i)
+            obj[key], i = _value(s, i + 1)
+    if c == "[":
+        arr = []
+        i += 1
+        while True:
+            while s[i] in _WS:
+                i += 1
+            if s[i] == "]":
+                return arr, i + 1
+            if s[i] == ",":
+                i += 1
+                continue
+            v, i = _value(s, i)
+            arr.append(v)
+    for word, val in (("true", True), ("false", False), ("null", None)):
+        if s.startswith(word, i):
+            return val, i + len(word)
+    j = i
+    while j < len(s) and s[j] in "+-0123456789.eE":
+        j += 1
+    if j == i:
+        raise ValueError("unexpected %r at %d" % (c, i))
+    num = s[i:j]
+    return (float(num) if any(ch in num for ch in ".eE") else int(num)), j
+
+
+def loads(data):
+    value, _ = _value(data.decode("utf-8") + " ", 0)
+    return value
+
+
+def dumps(obj):
+    if isinstance(obj, str):
+        return _json.encode_basestring_ascii(obj)
+    if obj is True:
+        return "true"
+    if obj is False:
+        return "false"
+    if obj is None:
+        return "null"
+    if isinstance(obj, (int, float)):
+        return repr(obj)
+    if isinstance(obj, dict):
+        return "{" + ",".join(dumps(str(k)) + ":" + dumps(v) for k, v in obj.items()) + "}"
+    if isinstance(obj, (list, tuple)):
+        return "[" + ",".join(dumps(v) for v in obj) + "]"
+    return dumps(str(obj))
+
 
 def send(hdr, body=b""):
     if body:
         hdr["n"] = len(body)
-    data = json.dumps(hdr, separators=(",", ":")).encode() + b"\n" + body
+    data = dumps(hdr).encode() + b"\n" + body
     with _out_lock:
         view = memoryview(data)
         while view:
@@ -487,8 +562,10 @@ def main():
         if not line:
             break
         try:
-            req = json.loads(line)
-        except ValueError:
+            req = loads(line)
+            if not isinstance(req, dict):
+                raise ValueError("not an object")
+        except (ValueError, IndexError, UnicodeDecodeError):
             log("bad header, closing")
             break
         n = req.get("n") or 0
