@@ -127,10 +127,12 @@ pub enum Command {
         /// The job.
         #[command(flatten)]
         job: JobArgs,
-        /// Where to write the result ZIP (default: ./job-<id>.zip).
+        /// Where to write the result ZIP (default: `./job-<id>.zip`).
         #[arg(long, short = 'o', value_name = "PATH")]
         out: Option<PathBuf>,
     },
+    /// Check the server: exit 0 when it and its Docker engine answer, 3 otherwise.
+    Health,
     /// Submit a job to the server and print its id.
     Submit {
         /// The job.
@@ -174,7 +176,7 @@ pub enum Command {
     Download {
         /// The job id.
         id: String,
-        /// Where to write it (default: ./job-<id>.zip).
+        /// Where to write it (default: `./job-<id>.zip`).
         #[arg(long, short = 'o', value_name = "PATH")]
         out: Option<PathBuf>,
     },
@@ -281,6 +283,44 @@ pub async fn main(cli: Cli) -> Exit {
             }
         }
         Command::Run { ref job, ref out } => run_local(job, out.as_deref(), cli.json).await,
+        Command::Health => {
+            let client = match client() {
+                Ok(c) => c,
+                Err(e) => return client_fail(&e),
+            };
+            match client.health().await {
+                Ok(h) => {
+                    if cli.json {
+                        print_json(&h);
+                    } else {
+                        let llm = if h.llm_providers.is_empty() {
+                            "none".to_string()
+                        } else {
+                            h.llm_providers.join(" -> ")
+                        };
+                        println!(
+                            "{} {} (version {}): {} {}, LLM: {llm}, {} queued, {} running",
+                            h.service,
+                            h.status,
+                            h.version,
+                            h.executor.name,
+                            if h.executor.ok { "ok" } else { "NOT answering" },
+                            h.queued,
+                            h.running
+                        );
+                        if let Some(e) = &h.executor.error {
+                            println!("  {e}");
+                        }
+                    }
+                    if h.executor.ok {
+                        Exit::Ok
+                    } else {
+                        Exit::Unreachable
+                    }
+                }
+                Err(e) => client_fail(&e),
+            }
+        }
         Command::Submit { ref job, wait } => {
             let req = match job.request() {
                 Ok(r) => r,
