@@ -1,1 +1,1 @@
-//! End-to-end tests live in `tests/`.
+//! Cross-crate end-to-end tests (the library path); the server's live in `agent-server/tests`.
