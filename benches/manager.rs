@@ -80,10 +80,14 @@ fn bench(c: &mut Criterion) {
                 }
             })
         });
-        rt.block_on(manager.shutdown(Duration::from_secs(5))).unwrap();
+        rt.block_on(manager.shutdown(Duration::from_secs(5)))
+            .unwrap();
     }
     group.finish();
-    println!("\njob manager throughput (no-op executor, {} jobs per burst):", BURST * 4);
+    println!(
+        "\njob manager throughput (no-op executor, {} jobs per burst):",
+        BURST * 4
+    );
     for (name, rate) in report {
         let target = if name == "memory" { 20_000.0 } else { 2_000.0 };
         println!(
