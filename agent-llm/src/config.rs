@@ -129,16 +129,19 @@ impl LlmConfig {
 
         let mut http = HttpOptions::default();
         if let Some(secs) = get("AGENT_LLM_TIMEOUT_SECS") {
-            let secs: f64 = secs
-                .parse()
+            // `try_from_secs_f64` refuses NaN, negatives and values too large for a `Duration`
+            // (`from_secs_f64` would panic on those).
+            let timeout = secs
+                .parse::<f64>()
                 .ok()
-                .filter(|s: &f64| s.is_finite() && *s > 0.0)
+                .and_then(|s| Duration::try_from_secs_f64(s).ok())
+                .filter(|d| !d.is_zero())
                 .ok_or_else(|| {
                     config_error(format!(
                         "AGENT_LLM_TIMEOUT_SECS must be a positive number of seconds, not {secs:?}"
                     ))
                 })?;
-            http = HttpOptions::with_timeout(Duration::from_secs_f64(secs));
+            http = HttpOptions::with_timeout(timeout);
         }
         let mut retry = RetryPolicy::default();
         if let Some(n) = get("AGENT_LLM_MAX_ATTEMPTS") {

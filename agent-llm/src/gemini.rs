@@ -400,7 +400,7 @@ impl UsageMetadata {
     fn into_usage(self) -> TokenUsage {
         let completion = match (self.candidates_token_count, self.thoughts_token_count) {
             (None, None) => None,
-            (c, t) => Some(c.unwrap_or(0) + t.unwrap_or(0)),
+            (c, t) => Some(c.unwrap_or(0).saturating_add(t.unwrap_or(0))),
         };
         http::usage(self.prompt_token_count, completion, self.total_token_count)
     }

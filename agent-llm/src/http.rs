@@ -64,6 +64,34 @@ impl HttpOptions {
 /// The longest provider message kept in an error.
 const MAX_MESSAGE_CHARS: usize = 2000;
 
+/// The most bytes read of a non-streamed answer. Far above any real chat completion; it keeps a
+/// broken or hostile server from filling our memory.
+pub(crate) const MAX_BODY_BYTES: usize = 32 << 20;
+
+/// The most bytes read of a streamed answer, all events together (its events are buffered until
+/// they are complete, so a stream that never ends an event would otherwise grow without bound).
+pub(crate) const MAX_STREAM_BYTES: usize = 64 << 20;
+
+/// The most bytes of an error answer read (its message is cut to [`MAX_MESSAGE_CHARS`] anyway).
+const MAX_ERROR_BODY_BYTES: usize = 64 << 10;
+
+/// Reads at most `limit` bytes of a body; the flag says whether there was more.
+async fn read_capped(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<(Bytes, bool), reqwest::Error> {
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = response.chunk().await? {
+        let room = limit.saturating_sub(body.len());
+        if chunk.len() > room {
+            body.extend_from_slice(&chunk.slice(..room));
+            return Ok((body.freeze(), true));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((body.freeze(), false))
+}
+
 /// Sends a request and returns the body of a successful (2xx) answer; anything else becomes a
 /// typed error. `timeout` bounds the whole exchange when given (non-streamed requests).
 pub(crate) async fn send(
@@ -85,7 +113,11 @@ pub(crate) async fn send(
         return Ok(response);
     }
     let headers = response.headers().clone();
-    let body = response.bytes().await.unwrap_or_default();
+    // A body cut short (or unreadable) still yields the status's error.
+    let body = read_capped(response, MAX_ERROR_BODY_BYTES)
+        .await
+        .map(|(body, _)| body)
+        .unwrap_or_default();
     let err = status_error(provider, status.as_u16(), &headers, &body);
     tracing::debug!(
         provider,
@@ -96,16 +128,22 @@ pub(crate) async fn send(
     Err(scrub(err, key))
 }
 
-/// Reads the whole body of a successful answer.
+/// Reads the whole body of a successful answer, up to [`MAX_BODY_BYTES`].
 pub(crate) async fn read_body(
     provider: &str,
     key: Option<&SecretString>,
     response: reqwest::Response,
 ) -> Result<Bytes, LlmError> {
-    response
-        .bytes()
+    let (body, cut) = read_capped(response, MAX_BODY_BYTES)
         .await
-        .map_err(|e| scrub(transport_error(provider, e), key))
+        .map_err(|e| scrub(transport_error(provider, e), key))?;
+    if cut {
+        return Err(invalid(
+            provider,
+            format!("the answer is larger than {MAX_BODY_BYTES} bytes"),
+        ));
+    }
+    Ok(body)
 }
 
 /// Replaces the key in an error's message, in case a server echoed it.
@@ -139,20 +177,33 @@ pub(crate) fn transport_error(provider: &str, err: reqwest::Error) -> LlmError {
     LlmError::new(kind, provider, message).with_source(err)
 }
 
-/// The server-sent events of a streamed answer, with transport failures typed.
+/// The server-sent events of a streamed answer, with transport failures typed; a stream longer
+/// than [`MAX_STREAM_BYTES`] fails as an invalid answer.
 pub(crate) fn sse_events(
     provider: String,
     key: Option<SecretString>,
     response: reqwest::Response,
 ) -> BoxStream<'static, Result<Event, LlmError>> {
+    let transport_provider = provider.clone();
+    let mut received = 0usize;
     response
         .bytes_stream()
+        .map(move |chunk| {
+            let chunk =
+                chunk.map_err(|e| scrub(transport_error(&transport_provider, e), key.as_ref()))?;
+            received = received.saturating_add(chunk.len());
+            if received > MAX_STREAM_BYTES {
+                return Err(invalid(
+                    &transport_provider,
+                    format!("the streamed answer is larger than {MAX_STREAM_BYTES} bytes"),
+                ));
+            }
+            Ok(chunk)
+        })
         .eventsource()
         .map(move |item| {
             item.map_err(|e| match e {
-                EventStreamError::Transport(t) => {
-                    scrub(transport_error(&provider, t), key.as_ref())
-                }
+                EventStreamError::Transport(err) => err,
                 other => invalid(&provider, format!("malformed event stream: {other}")),
             })
         })
@@ -346,7 +397,8 @@ pub(crate) fn usage(
     TokenUsage {
         prompt_tokens,
         completion_tokens,
-        total_tokens: total.unwrap_or(prompt_tokens + completion_tokens),
+        // Saturating: the counts come from the provider and must not panic an overflow check.
+        total_tokens: total.unwrap_or(prompt_tokens.saturating_add(completion_tokens)),
     }
 }
 
@@ -425,6 +477,13 @@ mod tests {
         );
         assert_eq!(parse_proto_duration("abc"), None);
         assert_eq!(parse_proto_duration("-1s"), None);
+    }
+
+    #[test]
+    fn usage_sums_without_overflow() {
+        assert_eq!(usage(Some(2), Some(3), None).total_tokens, 5);
+        assert_eq!(usage(Some(2), Some(3), Some(9)).total_tokens, 9);
+        assert_eq!(usage(Some(u64::MAX), Some(1), None).total_tokens, u64::MAX);
     }
 
     #[test]

@@ -313,6 +313,10 @@ fn defaults_and_invalid_values() {
     for (var, value) in [
         ("AGENT_LLM_ORDER", "gemini,claude"),
         ("AGENT_LLM_TIMEOUT_SECS", "soon"),
+        // Too large for a `Duration`: an error, not a panic.
+        ("AGENT_LLM_TIMEOUT_SECS", "1e30"),
+        ("AGENT_LLM_TIMEOUT_SECS", "-1"),
+        ("AGENT_LLM_TIMEOUT_SECS", "0"),
         ("AGENT_LLM_MAX_ATTEMPTS", "0"),
     ] {
         let err = LlmConfig::from_vars(vars(&[(var, value.into())])).unwrap_err();

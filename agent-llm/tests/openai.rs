@@ -313,6 +313,25 @@ async fn malformed_bodies_are_invalid_responses() {
 }
 
 #[tokio::test]
+async fn an_oversized_answer_is_refused_not_buffered() {
+    let server = MockServer::start().await;
+    // 33 MiB of whitespace followed by a valid completion: valid JSON, but over the 32 MiB cap.
+    let mut body = " ".repeat(33 << 20);
+    body.push_str(&openai_completion("x", "m").to_string());
+    Mock::given(method("POST"))
+        .and(path(CHAT_PATH))
+        .respond_with(ResponseTemplate::new(200).set_body_raw(body, "application/json"))
+        .mount(&server)
+        .await;
+    let err = alchemyst(&server)
+        .chat(&ChatRequest::new("s", "u"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, LlmErrorKind::InvalidResponse);
+    assert!(err.message.contains("larger than"), "{err}");
+}
+
+#[tokio::test]
 async fn a_slow_server_times_out_as_transient() {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
