@@ -1,14 +1,14 @@
 //! Job event logs: numbering, batched persistence, live fan-out and replay-then-follow
 //! subscriptions.
 //!
-//! Every event of a job gets the next sequence number at once ([`EventSink::emit`] never waits).
+//! Every event of a job gets the next sequence number at once ([`EventSink::emit`] never waits for
+//! the store), and events reach the writer in sequence order even from concurrent emitters.
 //! A writer task per job appends events to the [`JobStore`] in batches and only then broadcasts
 //! them, so a subscriber that first listens and then reads the store misses nothing: anything not
 //! yet stored has not been broadcast yet.
 
 use std::ops::ControlFlow;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use chrono::Utc;
 use futures::stream::{self, BoxStream, StreamExt};
@@ -30,11 +30,14 @@ enum Command {
     Flush(oneshot::Sender<()>),
 }
 
-/// Emits a job's events. Cheap to clone.
+/// Emits a job's events. Cheap to clone; clones may emit from several threads at once.
 #[derive(Clone)]
 pub struct EventSink {
     job_id: JobId,
-    seq: Arc<AtomicU64>,
+    /// The last sequence number handed out. Held while the event is queued, so that events reach
+    /// the writer in sequence order even when emitted concurrently (the store refuses a batch out
+    /// of order, and a live follower skips an event numbered below one it has seen).
+    seq: Arc<Mutex<u64>>,
     tx: mpsc::UnboundedSender<Command>,
 }
 
@@ -42,7 +45,7 @@ impl std::fmt::Debug for EventSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EventSink")
             .field("job_id", &self.job_id)
-            .field("seq", &self.seq.load(Ordering::Relaxed))
+            .field("seq", &*self.last_seq())
             .finish()
     }
 }
@@ -60,9 +63,14 @@ impl EventSink {
         tokio::spawn(write_loop(job_id, rx, store, live));
         Self {
             job_id,
-            seq: Arc::new(AtomicU64::new(last_seq)),
+            seq: Arc::new(Mutex::new(last_seq)),
             tx,
         }
+    }
+
+    fn last_seq(&self) -> std::sync::MutexGuard<'_, u64> {
+        // The guarded section cannot panic; recover the number rather than cascading.
+        self.seq.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The job these events belong to.
@@ -70,9 +78,12 @@ impl EventSink {
         self.job_id
     }
 
-    /// Records an event; returns its sequence number. Never blocks.
+    /// Records an event; returns its sequence number. Never waits for the store (only for other
+    /// emitters of the same job, for the moment it takes to queue an event).
     pub fn emit(&self, kind: EventKind) -> u64 {
-        let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut last = self.last_seq();
+        let seq = *last + 1;
+        *last = seq;
         let event = JobEvent {
             job_id: self.job_id,
             seq,
@@ -81,7 +92,9 @@ impl EventSink {
         };
         // The writer only stops when every sink is dropped, so a send cannot fail while `self`
         // exists; if it somehow does, the event is lost and logged rather than panicking.
-        if self.tx.send(Command::Event(event)).is_err() {
+        let sent = self.tx.send(Command::Event(event)).is_ok();
+        drop(last);
+        if !sent {
             warn!(job_id = %self.job_id, seq, "event writer is gone; event dropped");
         }
         seq
@@ -235,5 +248,50 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::{Job, JobSpec, Step};
+    use crate::store::memory::MemoryStore;
+
+    /// Emitters on several threads at once (as a sandbox's stdout and stderr readers are): every
+    /// event is stored and broadcast exactly once, in sequence order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_emitters_never_reorder_or_lose_events() {
+        const THREADS: u64 = 8;
+        const PER_THREAD: u64 = 10_000;
+        let store: Arc<dyn JobStore> = Arc::new(MemoryStore::new());
+        let job = Job::new(JobId::new(), JobSpec::from_steps(vec![Step::shell("true")]));
+        store.insert_job(&job).await.unwrap();
+        let (live, mut rx) = broadcast::channel((THREADS * PER_THREAD) as usize + 16);
+        let sink = EventSink::spawn(job.id, 0, store.clone(), live);
+        let threads: Vec<_> = (0..THREADS)
+            .map(|_| {
+                let sink = sink.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..PER_THREAD {
+                        sink.emit(EventKind::Log {
+                            message: String::new(),
+                        });
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        sink.flush().await;
+        let total = THREADS * PER_THREAD;
+        let mut seen = Vec::new();
+        while let Ok(event) = rx.try_recv() {
+            seen.push(event.seq);
+        }
+        assert_eq!(seen, (1..=total).collect::<Vec<_>>(), "broadcast order");
+        let stored = store.events(job.id, 0, usize::MAX).await.unwrap();
+        assert_eq!(stored.len() as u64, total, "every event is stored");
+        assert_eq!(store.last_seq(job.id).await.unwrap(), total);
     }
 }
