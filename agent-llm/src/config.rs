@@ -250,33 +250,31 @@ impl LlmConfig {
     /// [`Fallback`]. Fails with [`LlmErrorKind::NotConfigured`] (naming the variables to set)
     /// when there is none.
     pub fn build(&self) -> Result<Fallback, LlmError> {
+        let policy = self.retry;
         let mut providers: Vec<Arc<dyn LlmProvider>> = Vec::new();
         for kind in &self.order {
-            match kind {
-                ProviderKind::Alchemyst => {
-                    if let Some(c) = &self.alchemyst {
-                        let p = OpenAiCompatible::new(c.clone())?;
-                        providers.push(Arc::new(Retry::with_policy(p, self.retry)));
-                    }
-                }
-                ProviderKind::Gemini => {
-                    if let Some(c) = &self.gemini {
-                        let p = Gemini::new(c.clone())?;
-                        providers.push(Arc::new(Retry::with_policy(p, self.retry)));
-                    }
-                }
-                ProviderKind::OpenAi => {
-                    if let Some(c) = &self.openai {
-                        let p = OpenAiCompatible::new(c.clone())?;
-                        providers.push(Arc::new(Retry::with_policy(p, self.retry)));
-                    }
-                }
+            let provider = match kind {
+                ProviderKind::Alchemyst => self
+                    .alchemyst
+                    .clone()
+                    .map(|c| OpenAiCompatible::new(c).map(|p| retried(p, policy))),
+                ProviderKind::Gemini => self
+                    .gemini
+                    .clone()
+                    .map(|c| Gemini::new(c).map(|p| retried(p, policy))),
+                ProviderKind::OpenAi => self
+                    .openai
+                    .clone()
+                    .map(|c| OpenAiCompatible::new(c).map(|p| retried(p, policy))),
             }
-            if !self.is_configured(*kind) && self.order_from_env {
-                tracing::warn!(
+            .transpose()?;
+            match provider {
+                Some(p) => providers.push(p),
+                None if self.order_from_env => tracing::warn!(
                     provider = kind.name(),
                     "AGENT_LLM_ORDER names a provider that is not configured"
-                );
+                ),
+                None => {}
             }
         }
         if providers.is_empty() {
@@ -295,6 +293,11 @@ impl LlmConfig {
         tracing::info!(providers = %chain.name(), "LLM provider chain");
         Ok(chain)
     }
+}
+
+/// `provider` inside a [`Retry`] with `policy`.
+fn retried<P: LlmProvider>(provider: P, policy: RetryPolicy) -> Arc<dyn LlmProvider> {
+    Arc::new(Retry::with_policy(provider, policy))
 }
 
 /// The provider chain from the process environment: `LlmConfig::from_env()?.build()`.

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-/// A secret (an API key) whose `Debug` and `Display` print `[REDACTED]`.
+/// A secret (an API key, an API token) whose `Debug` and `Display` print `[REDACTED]`.
 ///
 /// The value is only reachable through [`SecretString::expose`], which the providers call when they
 /// set the request header — nowhere else.
@@ -40,6 +40,15 @@ impl fmt::Debug for SecretString {
 impl fmt::Display for SecretString {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("[REDACTED]")
+    }
+}
+
+/// Parses any text (so a secret can be a `clap` argument); never fails.
+impl std::str::FromStr for SecretString {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self::from(s))
     }
 }
 

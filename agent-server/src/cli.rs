@@ -22,10 +22,11 @@ use agent_core::store::memory::MemoryStore;
 use agent_core::{
     EventKind, Executor, JobEvent, JobId, JobStatus, NetworkMode, Plan, Sandbox, SandboxError, Step,
 };
+use agent_llm::SecretString;
 
-use crate::api::{JobDefaults, ScheduleRequest, StatusResponse};
+use crate::api::{ScheduleRequest, StatusResponse};
 use crate::client::{Client, ClientError};
-use crate::config::{init_tracing, init_tracing_with_default, LogFormat, Secret, ServerConfig};
+use crate::config::{init_tracing, init_tracing_with_default, LogFormat, ServerConfig};
 use crate::logs::{describe_step, LogFormatter};
 use crate::metrics::Metrics;
 
@@ -83,7 +84,7 @@ pub struct Cli {
     pub url: String,
     /// Bearer token for the server.
     #[arg(long, global = true, env = "AGENT_API_TOKEN", hide_env_values = true)]
-    pub token: Option<Secret>,
+    pub token: Option<SecretString>,
     /// Print machine-readable JSON on stdout instead of text.
     #[arg(long, global = true)]
     pub json: bool,
@@ -729,10 +730,9 @@ async fn run_local(args: &JobArgs, out: Option<&Path>, json: bool) -> Exit {
         Ok(c) => c,
         Err(e) => return fail(Exit::Usage, e),
     };
-    let defaults = JobDefaults {
-        job_timeout: Duration::from_secs(config.job_timeout_secs.max(1)),
-        step_timeout: Duration::from_secs(config.step_timeout_secs.max(1)),
-        network: config.network,
+    let defaults = match config.job_defaults() {
+        Ok(d) => d,
+        Err(e) => return fail(Exit::Usage, e),
     };
     let spec = match req.into_spec(&defaults) {
         Ok(s) => s,

@@ -13,8 +13,8 @@ use agent_core::{JobEvent, JobId};
 use crate::api::{
     CancelResponse, HealthResponse, JobsResponse, ScheduleRequest, ScheduleResponse, StatusResponse,
 };
-use crate::config::Secret;
 use crate::error::{ErrorBody, ErrorDetail};
+use agent_llm::SecretString;
 
 /// What can go wrong talking to the server.
 #[derive(Debug, thiserror::Error)]
@@ -55,13 +55,13 @@ pub enum ClientError {
 pub struct Client {
     http: reqwest::Client,
     base: String,
-    token: Option<Secret>,
+    token: Option<SecretString>,
 }
 
 impl Client {
     /// A client of the server at `base_url` (e.g. `http://127.0.0.1:8000`), sending `token` as a
     /// bearer token when given.
-    pub fn new(base_url: &str, token: Option<Secret>) -> Result<Self, ClientError> {
+    pub fn new(base_url: &str, token: Option<SecretString>) -> Result<Self, ClientError> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .build()

@@ -1,40 +1,12 @@
 //! Server configuration: environment variables (and a `.env` file), overridable by flags.
 
-use std::fmt;
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::time::Duration;
 
 use agent_core::NetworkMode;
+use agent_llm::SecretString;
 
-/// A secret string (the API token): never printed by `Debug` or `Display`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret.
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The secret itself; do not log it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-impl FromStr for Secret {
-    type Err = std::convert::Infallible;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Self(s.to_string()))
-    }
-}
+use crate::api::{JobDefaults, MAX_TIMEOUT_SECS};
 
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -96,7 +68,7 @@ pub struct ServerConfig {
 
     /// When set, every endpoint but `GET /` needs `Authorization: Bearer <token>`.
     #[arg(long, env = "AGENT_API_TOKEN", hide_env_values = true)]
-    pub api_token: Option<Secret>,
+    pub api_token: Option<SecretString>,
 
     /// Serve `/docs` and `/openapi.json` without the token.
     #[arg(long, env = "AGENT_PUBLIC_DOCS", default_value_t = false)]
@@ -128,7 +100,7 @@ impl ServerConfig {
     }
 
     /// The API token, if one is set and not empty.
-    pub fn token(&self) -> Option<&Secret> {
+    pub fn token(&self) -> Option<&SecretString> {
         self.api_token.as_ref().filter(|t| !t.expose().is_empty())
     }
 
@@ -141,6 +113,25 @@ impl ServerConfig {
         } else {
             None
         }
+    }
+
+    /// The defaults of new jobs. Refuses a default timeout of 0 or over [`MAX_TIMEOUT_SECS`] (the
+    /// same range a request may ask for).
+    pub fn job_defaults(&self) -> Result<JobDefaults, String> {
+        let secs = |name: &str, value: u64| {
+            if (1..=MAX_TIMEOUT_SECS).contains(&value) {
+                Ok(Duration::from_secs(value))
+            } else {
+                Err(format!(
+                    "{name} must be between 1 and {MAX_TIMEOUT_SECS} seconds, not {value}"
+                ))
+            }
+        };
+        Ok(JobDefaults {
+            job_timeout: secs("AGENT_JOB_TIMEOUT_SECS", self.job_timeout_secs)?,
+            step_timeout: secs("AGENT_STEP_TIMEOUT_SECS", self.step_timeout_secs)?,
+            network: self.network,
+        })
     }
 
     /// The grace period given to running jobs at shutdown.
@@ -187,4 +178,51 @@ pub fn init_tracing_with_default(format: LogFormat, default_filter: &str) {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> ServerConfig {
+        #[derive(clap::Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            config: ServerConfig,
+        }
+        let argv = std::iter::once("agent-server").chain(args.iter().copied());
+        <Wrapper as clap::Parser>::try_parse_from(argv)
+            .map(|w| w.config)
+            .unwrap()
+    }
+
+    #[test]
+    fn job_defaults_refuse_zero_and_huge_timeouts() {
+        let ok = parse(&["--job-timeout-secs", "60", "--step-timeout-secs", "5"]);
+        let d = ok.job_defaults().unwrap();
+        assert_eq!(d.job_timeout, Duration::from_secs(60));
+        assert_eq!(d.step_timeout, Duration::from_secs(5));
+        for (flag, value, var) in [
+            ("--job-timeout-secs", "0", "AGENT_JOB_TIMEOUT_SECS"),
+            ("--step-timeout-secs", "0", "AGENT_STEP_TIMEOUT_SECS"),
+            (
+                "--job-timeout-secs",
+                "18446744073709551615",
+                "AGENT_JOB_TIMEOUT_SECS",
+            ),
+        ] {
+            let err = parse(&[flag, value]).job_defaults().unwrap_err();
+            assert!(err.contains(var), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_token_is_not_in_debug_output() {
+        let config = parse(&["--api-token", "tok-very-secret-1234"]);
+        assert_eq!(
+            config.token().map(SecretString::expose),
+            Some("tok-very-secret-1234")
+        );
+        assert!(!format!("{config:?}").contains("tok-very-secret-1234"));
+    }
 }

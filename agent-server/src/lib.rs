@@ -14,7 +14,8 @@ pub mod openapi;
 pub mod routes;
 pub mod server;
 
-pub use config::{LogFormat, Secret, ServerConfig};
+pub use agent_llm::SecretString;
+pub use config::{LogFormat, ServerConfig};
 pub use error::{ApiError, ErrorBody};
 pub use routes::{app, ApiSettings, AppState};
 pub use server::{build_state, serve, serve_on, ServeError};

@@ -30,18 +30,18 @@ use crate::api::{
     CancelResponse, ExecutorHealth, HealthResponse, JobDefaults, JobSummary, JobsResponse,
     ScheduleRequest, ScheduleResponse, StatusResponse,
 };
-use crate::config::Secret;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{ApiJson, JobIdParam};
 use crate::logs::{event_name, LogFormatter};
 use crate::metrics::Metrics;
 use crate::openapi::ApiDoc;
+use agent_llm::SecretString;
 
 /// Settings of the HTTP layer.
 #[derive(Clone, Debug)]
 pub struct ApiSettings {
     /// When set, every endpoint but `GET /` needs this bearer token.
-    pub api_token: Option<Secret>,
+    pub api_token: Option<SecretString>,
     /// Serve `/docs` and `/openapi.json` without the token.
     pub public_docs: bool,
     /// Largest request body, in bytes.
@@ -143,7 +143,7 @@ fn is_public(settings: &ApiSettings, method: &Method, path: &str) -> bool {
 }
 
 /// Whether `headers` carry `Authorization: Bearer <token>`; compares in constant time.
-pub fn bearer_matches(headers: &HeaderMap, token: &Secret) -> bool {
+pub fn bearer_matches(headers: &HeaderMap, token: &SecretString) -> bool {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return false;
     };

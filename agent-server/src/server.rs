@@ -11,7 +11,6 @@ use agent_core::{Executor, JobStore, LlmProvider};
 use agent_docker::DockerConfig;
 use tokio::net::TcpListener;
 
-use crate::api::JobDefaults;
 use crate::config::ServerConfig;
 use crate::metrics::{MeteredLlm, Metrics};
 use crate::routes::{app, ApiSettings, AppState};
@@ -82,16 +81,14 @@ pub async fn docker_executor(config: &ServerConfig) -> Result<Arc<dyn Executor>,
 /// Opens the store, connects to Docker, reads the LLM chain, starts the job manager (with
 /// start-up recovery and the reaper) and returns the handlers' state.
 pub async fn build_state(config: &ServerConfig) -> Result<AppState, ServeError> {
-    if config.max_concurrent_jobs == 0 {
-        return Err(ServeError::Config(
-            "AGENT_MAX_CONCURRENT_JOBS must be at least 1".into(),
-        ));
+    // The job manager's semaphore panics above `MAX_PERMITS`; refuse that here instead.
+    if !(1..=tokio::sync::Semaphore::MAX_PERMITS).contains(&config.max_concurrent_jobs) {
+        return Err(ServeError::Config(format!(
+            "AGENT_MAX_CONCURRENT_JOBS must be at least 1 (and a sane number), not {}",
+            config.max_concurrent_jobs
+        )));
     }
-    if config.job_timeout_secs == 0 || config.step_timeout_secs == 0 {
-        return Err(ServeError::Config(
-            "AGENT_JOB_TIMEOUT_SECS and AGENT_STEP_TIMEOUT_SECS must be at least 1".into(),
-        ));
-    }
+    let defaults = config.job_defaults().map_err(ServeError::Config)?;
     tokio::fs::create_dir_all(&config.output_dir)
         .await
         .map_err(|source| ServeError::Io {
@@ -129,11 +126,7 @@ pub async fn build_state(config: &ServerConfig) -> Result<AppState, ServeError> 
         api_token: config.token().cloned(),
         public_docs: config.public_docs,
         max_body_bytes: config.max_body_bytes,
-        defaults: JobDefaults {
-            job_timeout: std::time::Duration::from_secs(config.job_timeout_secs),
-            step_timeout: std::time::Duration::from_secs(config.step_timeout_secs),
-            network: config.network,
-        },
+        defaults,
         artifact_dir: Some(config.artifact_dir()),
     };
     Ok(AppState::new(manager, settings, metrics, names))
