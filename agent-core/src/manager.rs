@@ -19,6 +19,7 @@
 //! ```
 
 use std::collections::{HashMap, HashSet};
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -26,6 +27,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use futures::stream::BoxStream;
+use futures::FutureExt;
 use tokio::sync::{broadcast, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -487,8 +489,19 @@ impl JobManager {
                         _ => return,
                     }
                 }
-                if let Err(e) = manager.run(id, cancel, events).await {
-                    warn!(error = %e, "job failed to run");
+                // A failure or a panic outside the flow must still end the job: otherwise it
+                // would stay `running` in the store and its waiters would never wake.
+                let outcome = AssertUnwindSafe(manager.run(id, cancel, events.clone()))
+                    .catch_unwind()
+                    .await;
+                let error = match outcome {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(e.to_string()),
+                    Err(panic) => Some(format!("internal error: {}", panic_message(&*panic))),
+                };
+                if let Some(error) = error {
+                    warn!(error = %error, "job failed to run");
+                    manager.settle_failed(id, error, &events).await;
                 }
                 drop(permit);
                 manager.forget(id);
@@ -507,12 +520,14 @@ impl JobManager {
             status: JobStatus::Running,
             error: None,
         });
-        let deadline = tokio::time::Instant::now() + job.spec.job_timeout;
         let timer = {
             let manager = self.clone();
             let cancel = cancel.clone();
+            let timeout = job.spec.job_timeout;
             tokio::spawn(async move {
-                tokio::time::sleep_until(deadline).await;
+                // `sleep` saturates a timeout too large for an `Instant` (`now + timeout` would
+                // panic on overflow).
+                tokio::time::sleep(timeout).await;
                 if let Some(entry) = manager.inner.live().get_mut(&id) {
                     entry.stop_reason.get_or_insert(JobStatus::TimedOut);
                 }
@@ -548,6 +563,23 @@ impl JobManager {
         Ok(())
     }
 
+    /// Marks a job failed after [`JobManager::run`] returned an error or panicked, unless it
+    /// already reached a final status. Best effort: a store that keeps failing is logged.
+    async fn settle_failed(&self, id: JobId, error: String, events: &EventSink) {
+        let settled = async {
+            let mut job = self.get(id).await?;
+            if !job.status.is_terminal() {
+                self.finish_unstarted(&mut job, JobStatus::Failed, Some(error), events)
+                    .await?;
+            }
+            Ok::<_, Error>(())
+        }
+        .await;
+        if let Err(e) = settled {
+            warn!(error = %e, "could not mark the job failed");
+        }
+    }
+
     fn stop_reason(&self, id: JobId) -> Option<JobStatus> {
         self.inner.live().get(&id).and_then(|e| e.stop_reason)
     }
@@ -567,7 +599,7 @@ impl JobManager {
             Ok(s) => Arc::from(s),
             Err(e) => return Err((job, e.into())),
         };
-        inner.live_sandboxes.fetch_add(1, Ordering::Relaxed);
+        let _counted = LiveSandbox::new(&inner.live_sandboxes);
         debug!(sandbox = sandbox.id(), "sandbox ready");
         let settings = AgentSettings {
             max_output_bytes: inner.config.max_output_bytes,
@@ -614,7 +646,6 @@ impl JobManager {
         if let Err(e) = sandbox.destroy().await {
             warn!(error = %e, "could not destroy the sandbox");
         }
-        inner.live_sandboxes.fetch_sub(1, Ordering::Relaxed);
         Ok((state.job, message, status))
     }
 
@@ -731,6 +762,32 @@ impl JobManager {
         }
         Ok(removed)
     }
+}
+
+/// Counts a sandbox in [`ManagerStats::live_sandboxes`] until dropped (also when a panic
+/// unwinds through the job).
+struct LiveSandbox<'a>(&'a AtomicUsize);
+
+impl<'a> LiveSandbox<'a> {
+    fn new(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Self(counter)
+    }
+}
+
+impl Drop for LiveSandbox<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The text of a panic payload (`&str` or `String`), or a placeholder.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic")
 }
 
 fn stop_message(status: JobStatus, timeout: Duration) -> String {

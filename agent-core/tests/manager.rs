@@ -589,3 +589,121 @@ async fn wait_for_output(manager: &JobManager, id: JobId, needle: &str) {
     }
     panic!("job {id} ended without printing {needle:?}");
 }
+
+#[tokio::test]
+async fn timeouts_too_large_for_an_instant_do_not_overflow() {
+    let h = harness(None).await;
+    let huge = Duration::from_secs(u64::MAX);
+    let id = h
+        .manager
+        .submit(
+            JobSpec::from_steps(vec![Step::shell("echo ok")])
+                .with_job_timeout(huge)
+                .with_step_timeout(huge),
+        )
+        .await
+        .unwrap();
+    // A guard against a hang only (the job takes well under a second).
+    let job = tokio::time::timeout(Duration::from_secs(60), h.manager.wait(id))
+        .await
+        .expect("the job ends")
+        .unwrap();
+    assert_eq!(job.status, JobStatus::Succeeded, "{:?}", job.error);
+}
+
+/// A sandbox whose steps panic (a bug in a backend): everything else is the fake executor's.
+struct PanickingSandbox(Box<dyn agent_core::Sandbox>);
+
+#[async_trait::async_trait]
+impl agent_core::Sandbox for PanickingSandbox {
+    fn id(&self) -> &str {
+        self.0.id()
+    }
+    async fn run_step(
+        &self,
+        _request: agent_core::StepRequest,
+        _output: agent_core::OutputSink,
+    ) -> Result<agent_core::StepResult, agent_core::SandboxError> {
+        panic!("backend bug")
+    }
+    async fn put_file(
+        &self,
+        path: &str,
+        content: bytes::Bytes,
+    ) -> Result<(), agent_core::SandboxError> {
+        self.0.put_file(path, content).await
+    }
+    async fn get_file(&self, path: &str) -> Result<bytes::Bytes, agent_core::SandboxError> {
+        self.0.get_file(path).await
+    }
+    async fn export_workspace(
+        &self,
+    ) -> Result<agent_core::executor::TarStream, agent_core::SandboxError> {
+        self.0.export_workspace().await
+    }
+    async fn destroy(&self) -> Result<(), agent_core::SandboxError> {
+        self.0.destroy().await
+    }
+}
+
+struct PanickingExecutor(FakeExecutor);
+
+#[async_trait::async_trait]
+impl agent_core::Executor for PanickingExecutor {
+    fn name(&self) -> &str {
+        "panicking"
+    }
+    fn capabilities(&self) -> agent_core::executor::Capabilities {
+        self.0.capabilities()
+    }
+    async fn create(
+        &self,
+        job_id: JobId,
+        spec: &JobSpec,
+    ) -> Result<Box<dyn agent_core::Sandbox>, agent_core::SandboxError> {
+        Ok(Box::new(PanickingSandbox(
+            self.0.create(job_id, spec).await?,
+        )))
+    }
+}
+
+#[tokio::test]
+async fn a_panic_while_running_fails_the_job_instead_of_leaving_it_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn JobStore> = Arc::new(MemoryStore::new());
+    let manager = JobManager::builder(
+        Arc::new(PanickingExecutor(FakeExecutor::new())),
+        store.clone(),
+    )
+    .config(config(&dir))
+    .start()
+    .await
+    .unwrap();
+    let id = manager
+        .submit(JobSpec::from_steps(vec![Step::shell("true")]))
+        .await
+        .unwrap();
+    let job = tokio::time::timeout(Duration::from_secs(60), manager.wait(id))
+        .await
+        .expect("wait returns after the panic")
+        .unwrap();
+    assert_eq!(job.status, JobStatus::Failed);
+    assert!(
+        job.error.as_deref().unwrap().contains("backend bug"),
+        "{:?}",
+        job.error
+    );
+    let events = store.events(id, 0, 1000).await.unwrap();
+    assert!(
+        events.last().unwrap().is_final(),
+        "the final status is logged"
+    );
+    let stats = manager.stats();
+    assert_eq!((stats.running, stats.live_sandboxes), (0, 0), "{stats:?}");
+    // The job is no longer live: a new one still runs.
+    let next = manager
+        .submit(JobSpec::from_steps(vec![Step::shell("true")]))
+        .await
+        .unwrap();
+    assert_eq!(manager.wait(next).await.unwrap().status, JobStatus::Failed);
+}
