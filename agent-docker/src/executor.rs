@@ -212,9 +212,10 @@ impl DockerExecutor {
 
     /// Waits until the warm pool is full (or `timeout` passes); returns how many are ready.
     pub async fn wait_warm(&self, timeout: Duration) -> usize {
-        let deadline = tokio::time::Instant::now() + timeout;
+        // `None`: a timeout too large for an `Instant`, i.e. no deadline.
+        let deadline = tokio::time::Instant::now().checked_add(timeout);
         while self.warm_ready() < self.inner.config.warm_pool_size
-            && tokio::time::Instant::now() < deadline
+            && deadline.is_none_or(|d| tokio::time::Instant::now() < d)
         {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

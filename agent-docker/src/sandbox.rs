@@ -288,7 +288,10 @@ impl Sandbox for DockerSandbox {
         };
         let mut stdout = Tail::new(request.tail_bytes);
         let mut stderr = Tail::new(request.tail_bytes);
-        let host_deadline = tokio::time::Instant::now() + request.timeout + HOST_GRACE;
+        // `sleep` saturates: a step timeout too large for an `Instant` (user input) must not
+        // panic here.
+        let host_deadline = tokio::time::sleep(request.timeout.saturating_add(HOST_GRACE));
+        tokio::pin!(host_deadline);
         let cancel = request.cancel.clone();
         let mut cancel_sent = false;
         loop {
@@ -351,7 +354,7 @@ impl Sandbox for DockerSandbox {
                     cancel_sent = true;
                     conn.notify(json!({"op": "kill", "target": id, "reason": "cancelled"})).await?;
                 }
-                _ = tokio::time::sleep_until(host_deadline) => {
+                () = &mut host_deadline => {
                     return Err(SandboxError::new(
                         SandboxErrorKind::Backend,
                         format!(

@@ -26,6 +26,7 @@ import time
 
 WS = os.path.realpath("/workspace")
 GRACE = 0.1  # seconds to keep reading pipes held open by background processes after a step exits
+MAX_POLL_MS = 3600 * 1000  # poll() takes a C int: longer waits are done in several polls
 READ_CHUNK = 65536
 
 _out_lock = threading.Lock()
@@ -281,7 +282,7 @@ def _run_step(step):
                 break
         elif pidfd is None:
             wait = min(wait, 0.05)
-        events = poller.poll(None if wait == float("inf") else max(0, int(wait * 1000) + 1))
+        events = poller.poll(None if wait == float("inf") else min(MAX_POLL_MS, max(0, int(wait * 1000) + 1)))
         for fd, _ in events:
             if fd == pidfd:
                 poller.unregister(pidfd)

@@ -111,6 +111,11 @@ async fn shutdown_removes_everything_this_executor_created() {
         1,
         "the pool refills"
     );
+    assert_eq!(
+        exec.wait_warm(Duration::MAX).await,
+        1,
+        "a timeout too large for an Instant does not overflow"
+    );
     assert!(containers_in_scope(&exec).await.len() >= 3);
     exec.shutdown().await.unwrap();
     assert!(containers_in_scope(&exec).await.is_empty());

@@ -157,3 +157,33 @@ async fn output_arrives_while_the_step_runs() {
     sb.destroy().await.unwrap();
     exec.shutdown().await.unwrap();
 }
+
+/// Step timeouts are user input: one too large for an `Instant`, or for a `poll()` timeout in the
+/// supervisor, still runs the step (and a later short one is still enforced).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_step_timeouts_run_the_step() {
+    if skipped() {
+        return;
+    }
+    let exec = connect(config("huge-timeout")).await;
+    let sb = exec
+        .create(
+            JobId::new(),
+            &JobSpec::from_steps(vec![Step::shell("true")]),
+        )
+        .await
+        .unwrap();
+    for timeout in [
+        Duration::MAX,
+        Duration::from_secs(u64::MAX),
+        Duration::from_secs(40 * 86400),
+    ] {
+        let (r, out) = run(&*sb, 0, Step::shell("sleep 0.2; echo ok"), timeout).await;
+        assert_eq!(r.termination, Termination::Exited, "{timeout:?}: {r:?}");
+        assert_eq!(out.text(OutputStream::Stdout), "ok\n", "{timeout:?}");
+    }
+    let (r, _) = run(&*sb, 1, Step::shell("sleep 60"), Duration::from_secs(1)).await;
+    assert_eq!(r.termination, Termination::TimedOut);
+    sb.destroy().await.unwrap();
+    exec.shutdown().await.unwrap();
+}
