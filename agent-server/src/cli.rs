@@ -201,6 +201,11 @@ fn client_fail(e: &ClientError) -> Exit {
     exit
 }
 
+/// A client call's result, its error reported on stderr and turned into the exit code.
+fn reported<T>(result: Result<T, ClientError>) -> Result<T, Exit> {
+    result.map_err(|e| client_fail(&e))
+}
+
 fn print_json(value: &impl serde::Serialize) {
     match serde_json::to_string_pretty(value) {
         Ok(s) => println!("{s}"),
@@ -274,8 +279,13 @@ fn parse_id(id: &str) -> Result<JobId, Exit> {
 
 /// Runs the CLI; returns the process exit code.
 pub async fn main(cli: Cli) -> Exit {
-    let client = || Client::new(&cli.url, cli.token.clone());
-    match cli.command {
+    run_command(cli).await.unwrap_or_else(|exit| exit)
+}
+
+/// The CLI's work; `Err` carries the exit code of a failure already reported on stderr.
+async fn run_command(cli: Cli) -> Result<Exit, Exit> {
+    let client = || Client::new(&cli.url, cli.token.clone()).map_err(|e| client_fail(&e));
+    let exit = match cli.command {
         Command::Serve(config) => {
             init_tracing(config.log_format);
             match crate::server::serve(config).await {
@@ -285,63 +295,46 @@ pub async fn main(cli: Cli) -> Exit {
         }
         Command::Run { ref job, ref out } => run_local(job, out.as_deref(), cli.json).await,
         Command::Health => {
-            let client = match client() {
-                Ok(c) => c,
-                Err(e) => return client_fail(&e),
-            };
-            match client.health().await {
-                Ok(h) => {
-                    if cli.json {
-                        print_json(&h);
-                    } else {
-                        let llm = if h.llm_providers.is_empty() {
-                            "none".to_string()
-                        } else {
-                            h.llm_providers.join(" -> ")
-                        };
-                        println!(
-                            "{} {} (version {}): {} {}, LLM: {llm}, {} queued, {} running",
-                            h.service,
-                            h.status,
-                            h.version,
-                            h.executor.name,
-                            if h.executor.ok { "ok" } else { "NOT answering" },
-                            h.queued,
-                            h.running
-                        );
-                        if let Some(e) = &h.executor.error {
-                            println!("  {e}");
-                        }
-                    }
-                    if h.executor.ok {
-                        Exit::Ok
-                    } else {
-                        Exit::Unreachable
-                    }
+            let h = reported(client()?.health().await)?;
+            if cli.json {
+                print_json(&h);
+            } else {
+                let llm = if h.llm_providers.is_empty() {
+                    "none".to_string()
+                } else {
+                    h.llm_providers.join(" -> ")
+                };
+                println!(
+                    "{} {} (version {}): {} {}, LLM: {llm}, {} queued, {} running",
+                    h.service,
+                    h.status,
+                    h.version,
+                    h.executor.name,
+                    if h.executor.ok { "ok" } else { "NOT answering" },
+                    h.queued,
+                    h.running
+                );
+                if let Some(e) = &h.executor.error {
+                    println!("  {e}");
                 }
-                Err(e) => client_fail(&e),
+            }
+            if h.executor.ok {
+                Exit::Ok
+            } else {
+                Exit::Unreachable
             }
         }
         Command::Submit { ref job, wait } => {
-            let req = match job.request() {
-                Ok(r) => r,
-                Err(e) => return fail(Exit::Usage, e),
-            };
-            let client = match client() {
-                Ok(c) => c,
-                Err(e) => return client_fail(&e),
-            };
-            let resp = match client.schedule(&req).await {
-                Ok(r) => r,
-                Err(e) => return client_fail(&e),
-            };
+            let req = job.request().map_err(|e| fail(Exit::Usage, e))?;
+            let client = client()?;
+            let resp = reported(client.schedule(&req).await)?;
             if !wait {
                 if cli.json {
                     print_json(&resp);
                 } else {
                     println!("{}", resp.job_id);
                 }
-                return Exit::Ok;
+                return Ok(Exit::Ok);
             }
             if !cli.json {
                 eprintln!("job {} queued", resp.job_id);
@@ -349,129 +342,80 @@ pub async fn main(cli: Cli) -> Exit {
             follow_remote(&client, resp.job_id, cli.json, !cli.json).await
         }
         Command::Status { ref id } => {
-            let id = match parse_id(id) {
-                Ok(id) => id,
-                Err(e) => return e,
-            };
-            let client = match client() {
-                Ok(c) => c,
-                Err(e) => return client_fail(&e),
-            };
-            match client.status(id).await {
-                Ok(s) if cli.json => {
-                    print_json(&s);
-                    Exit::Ok
-                }
-                Ok(s) => {
-                    print_status(&s, client.base_url());
-                    Exit::Ok
-                }
-                Err(e) => client_fail(&e),
+            let id = parse_id(id)?;
+            let client = client()?;
+            let status = reported(client.status(id).await)?;
+            if cli.json {
+                print_json(&status);
+            } else {
+                print_status(&status, client.base_url());
             }
+            Exit::Ok
         }
         Command::Jobs {
             ref status,
             limit,
             offset,
         } => {
-            let client = match client() {
-                Ok(c) => c,
-                Err(e) => return client_fail(&e),
-            };
-            match client.jobs(status.as_deref(), limit, offset).await {
-                Ok(page) if cli.json => {
-                    print_json(&page);
-                    Exit::Ok
-                }
-                Ok(page) => {
+            let page = reported(client()?.jobs(status.as_deref(), limit, offset).await)?;
+            if cli.json {
+                print_json(&page);
+            } else {
+                println!(
+                    "{:<36}  {:<11}  {:<20}  {:>5}  PROMPT",
+                    "JOB", "STATUS", "CREATED", "STEPS"
+                );
+                for j in &page.jobs {
+                    let prompt: String = j.prompt.chars().take(60).collect();
                     println!(
-                        "{:<36}  {:<11}  {:<20}  {:>5}  PROMPT",
-                        "JOB", "STATUS", "CREATED", "STEPS"
+                        "{:<36}  {:<11}  {:<20}  {:>5}  {}",
+                        j.job_id,
+                        j.status,
+                        j.created_at.format("%Y-%m-%d %H:%M:%S"),
+                        j.steps,
+                        prompt.replace('\n', " ")
                     );
-                    for j in &page.jobs {
-                        let prompt: String = j.prompt.chars().take(60).collect();
-                        println!(
-                            "{:<36}  {:<11}  {:<20}  {:>5}  {}",
-                            j.job_id,
-                            j.status,
-                            j.created_at.format("%Y-%m-%d %H:%M:%S"),
-                            j.steps,
-                            prompt.replace('\n', " ")
-                        );
-                    }
-                    println!("({} of {} jobs)", page.jobs.len(), page.total);
-                    Exit::Ok
                 }
-                Err(e) => client_fail(&e),
+                println!("({} of {} jobs)", page.jobs.len(), page.total);
             }
+            Exit::Ok
         }
         Command::Logs { ref id, follow } => {
-            let id = match parse_id(id) {
-                Ok(id) => id,
-                Err(e) => return e,
-            };
-            let client = match client() {
-                Ok(c) => c,
-                Err(e) => return client_fail(&e),
-            };
+            let id = parse_id(id)?;
+            let client = client()?;
             if follow {
-                return follow_remote(&client, id, cli.json, true).await;
-            }
-            match client.logs(id).await {
-                Ok(text) => {
-                    print!("{text}");
-                    let _ = std::io::stdout().flush();
-                    Exit::Ok
-                }
-                Err(e) => client_fail(&e),
+                follow_remote(&client, id, cli.json, true).await
+            } else {
+                let mut stdout = tokio::io::stdout();
+                reported(client.logs_to(id, &mut stdout).await)?;
+                Exit::Ok
             }
         }
         Command::Cancel { ref id } => {
-            let id = match parse_id(id) {
-                Ok(id) => id,
-                Err(e) => return e,
-            };
-            let client = match client() {
-                Ok(c) => c,
-                Err(e) => return client_fail(&e),
-            };
-            match client.cancel(id).await {
-                Ok(r) if cli.json => {
-                    print_json(&r);
-                    Exit::Ok
-                }
-                Ok(r) => {
-                    println!("job {} {}", r.job_id, r.status);
-                    Exit::Ok
-                }
-                Err(e) => client_fail(&e),
+            let id = parse_id(id)?;
+            let r = reported(client()?.cancel(id).await)?;
+            if cli.json {
+                print_json(&r);
+            } else {
+                println!("job {} {}", r.job_id, r.status);
             }
+            Exit::Ok
         }
         Command::Download { ref id, ref out } => {
-            let id = match parse_id(id) {
-                Ok(id) => id,
-                Err(e) => return e,
-            };
-            let client = match client() {
-                Ok(c) => c,
-                Err(e) => return client_fail(&e),
-            };
+            let id = parse_id(id)?;
             let path = out
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(format!("job-{id}.zip")));
-            match client.download(id, &path).await {
-                Ok(bytes) if cli.json => {
-                    print_json(&serde_json::json!({"job_id": id, "path": path, "bytes": bytes}));
-                    Exit::Ok
-                }
-                Ok(bytes) => {
-                    println!("{} ({bytes} bytes)", path.display());
-                    Exit::Ok
-                }
-                Err(e) => client_fail(&e),
+            let bytes = reported(client()?.download(id, &path).await)?;
+            if cli.json {
+                print_json(&serde_json::json!({"job_id": id, "path": path, "bytes": bytes}));
+            } else {
+                println!("{} ({bytes} bytes)", path.display());
             }
+            Exit::Ok
         }
-    }
+    };
+    Ok(exit)
 }
 
 async fn follow_remote(client: &Client, id: JobId, json: bool, print_text: bool) -> Exit {
@@ -588,6 +532,9 @@ impl Executor for NoReap {
     }
 }
 
+/// The longest unfinished output line [`Progress`] holds before printing it anyway.
+const MAX_PARTIAL_LINE: usize = 64 << 10;
+
 /// Live progress of a local run: a spinner per step, step output above the bars, elapsed time.
 struct Progress {
     multi: MultiProgress,
@@ -636,6 +583,10 @@ impl Progress {
         while let Some(pos) = self.partial.find('\n') {
             let line: String = self.partial.drain(..=pos).collect();
             self.line(&format!("  │ {}", line.trim_end_matches(['\n', '\r'])));
+        }
+        // Output that never ends its line is printed in pieces rather than held without bound.
+        if self.partial.len() >= MAX_PARTIAL_LINE {
+            self.flush_output();
         }
     }
 
@@ -839,7 +790,7 @@ async fn run_with_manager(
         .unwrap_or_else(|| PathBuf::from(format!("job-{id}.zip")));
     let mut zip_path = None;
     if let Some(artifact) = &job.artifact {
-        match std::fs::copy(&artifact.path, &dest) {
+        match tokio::fs::copy(&artifact.path, &dest).await {
             Ok(_) => zip_path = Some(dest.clone()),
             Err(e) => eprintln!("error: writing {}: {e}", dest.display()),
         }

@@ -102,7 +102,7 @@ impl Client {
             return Ok(resp);
         }
         let status = resp.status();
-        let text = resp.text().await.unwrap_or_default();
+        let text = error_text(resp).await;
         let error = serde_json::from_str::<ErrorBody>(&text)
             .map(|b| b.error)
             .unwrap_or_else(|_| ErrorDetail {
@@ -183,14 +183,21 @@ impl Client {
         Self::json(self.send(self.http.post(&url), &url).await?).await
     }
 
-    /// `GET /logs/{id}`: the whole log as text.
+    /// `GET /logs/{id}`: the whole log as text, in memory (see [`Client::logs_to`] for a long one).
     pub async fn logs(&self, id: JobId) -> Result<String, ClientError> {
+        let mut buf = Vec::new();
+        self.logs_to(id, &mut buf).await?;
+        Ok(String::from_utf8_lossy(&buf).into_owned())
+    }
+
+    /// `GET /logs/{id}`, streamed into `out` as it arrives. Returns the number of bytes written.
+    pub async fn logs_to<W>(&self, id: JobId, out: &mut W) -> Result<u64, ClientError>
+    where
+        W: tokio::io::AsyncWrite + Unpin,
+    {
         let url = self.url(&format!("/logs/{id}"));
-        self.send(self.http.get(&url), &url)
-            .await?
-            .text()
-            .await
-            .map_err(|e| ClientError::Protocol(error_chain(&e)))
+        let resp = self.send(self.http.get(&url), &url).await?;
+        copy_body(resp, out, "writing the log").await
     }
 
     /// `GET /logs/{id}/stream`: events with `seq > after`, live, until the final status.
@@ -235,24 +242,49 @@ impl Client {
         let mut file = tokio::fs::File::create(&tmp)
             .await
             .map_err(io(format!("creating {}", tmp.display())))?;
-        let mut body = resp.bytes_stream();
-        let mut written = 0u64;
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| ClientError::Protocol(error_chain(&e)))?;
-            file.write_all(&chunk)
-                .await
-                .map_err(io(format!("writing {}", tmp.display())))?;
-            written += chunk.len() as u64;
-        }
-        file.flush()
-            .await
-            .map_err(io(format!("writing {}", tmp.display())))?;
+        let written = copy_body(resp, &mut file, &format!("writing {}", tmp.display())).await?;
         drop(file);
         tokio::fs::rename(&tmp, path)
             .await
             .map_err(io(format!("renaming to {}", path.display())))?;
         Ok(written)
     }
+}
+
+/// Streams a response body into `out` and flushes it; returns the number of bytes written.
+async fn copy_body<W>(resp: Response, out: &mut W, context: &str) -> Result<u64, ClientError>
+where
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let io = |source| ClientError::Io {
+        context: context.to_string(),
+        source,
+    };
+    let mut body = resp.bytes_stream();
+    let mut written = 0u64;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| ClientError::Protocol(error_chain(&e)))?;
+        out.write_all(&chunk).await.map_err(io)?;
+        written += chunk.len() as u64;
+    }
+    out.flush().await.map_err(io)?;
+    Ok(written)
+}
+
+/// The most bytes of an error answer read (the server's error bodies are small JSON documents).
+const MAX_ERROR_BODY_BYTES: usize = 64 << 10;
+
+/// The start of an error answer's body, as text (empty if it cannot be read).
+async fn error_text(mut resp: Response) -> String {
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = resp.chunk().await {
+        let room = MAX_ERROR_BODY_BYTES.saturating_sub(body.len());
+        body.extend_from_slice(chunk.get(..room).unwrap_or(&chunk));
+        if body.len() >= MAX_ERROR_BODY_BYTES {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&body).into_owned()
 }
 
 /// An error and its sources on one line (reqwest hides the useful part in the sources).

@@ -41,12 +41,11 @@ impl LogFormatter {
     pub fn format(&mut self, event: &JobEvent) -> String {
         let ts = event.at.format("%Y-%m-%dT%H:%M:%S%.3fZ");
         let line = match &event.kind {
-            EventKind::Output { stream, text, .. } => {
+            // stdout and stderr are interleaved as they were produced.
+            EventKind::Output { text, .. } => {
                 if text.is_empty() {
                     return String::new();
                 }
-                // stdout and stderr are interleaved as they were produced.
-                let _ = stream;
                 self.mid_line = !text.ends_with('\n');
                 return text.clone();
             }
