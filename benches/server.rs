@@ -447,6 +447,25 @@ async fn load(
     all
 }
 
+/// `GET` load as fast as it goes (closed loop) for [`MEASURE`], after a [`WARMUP`].
+async fn peak_load(addr: &str, reqs: &Arc<Vec<Vec<u8>>>) -> Run {
+    let _ = load(addr, CONNECTIONS, WARMUP, None, Arc::clone(reqs), 200).await;
+    load(addr, CONNECTIONS, MEASURE, None, Arc::clone(reqs), 200).await
+}
+
+/// `GET` load at `rate` requests/s (open loop) for [`MEASURE`].
+async fn rated_load(addr: &str, reqs: &Arc<Vec<Vec<u8>>>, rate: f64) -> Run {
+    load(
+        addr,
+        CONNECTIONS,
+        MEASURE,
+        Some(rate),
+        Arc::clone(reqs),
+        200,
+    )
+    .await
+}
+
 fn get_requests(ids: &[JobId]) -> Arc<Vec<Vec<u8>>> {
     Arc::new(
         ids.iter()
@@ -493,67 +512,17 @@ async fn run() -> bool {
     let rss_idle = rss_kib(pid, "VmRSS:").unwrap_or(0);
 
     let reqs = get_requests(&ids);
-    let _ = load(
-        &server.addr,
-        CONNECTIONS,
-        WARMUP,
-        None,
-        Arc::clone(&reqs),
-        200,
-    )
-    .await;
-    let mut ours = load(
-        &server.addr,
-        CONNECTIONS,
-        MEASURE,
-        None,
-        Arc::clone(&reqs),
-        200,
-    )
-    .await;
+    let mut ours = peak_load(&server.addr, &reqs).await;
     let peak = ours.rate();
-    let mut ours_half = load(
-        &server.addr,
-        CONNECTIONS,
-        MEASURE,
-        Some(peak / 2.0),
-        Arc::clone(&reqs),
-        200,
-    )
-    .await;
+    let mut ours_half = rated_load(&server.addr, &reqs, peak / 2.0).await;
     let rss_after_get = rss_kib(pid, "VmRSS:").unwrap_or(0);
 
     let mut baseline = None;
     match find_nginx() {
         Some(bin) => match start_nginx(&bin, dir.path(), &sample) {
             Some(nginx) => {
-                let _ = load(
-                    &nginx.addr,
-                    CONNECTIONS,
-                    WARMUP,
-                    None,
-                    Arc::clone(&reqs),
-                    200,
-                )
-                .await;
-                let mut st = load(
-                    &nginx.addr,
-                    CONNECTIONS,
-                    MEASURE,
-                    None,
-                    Arc::clone(&reqs),
-                    200,
-                )
-                .await;
-                let mut st_half = load(
-                    &nginx.addr,
-                    CONNECTIONS,
-                    MEASURE,
-                    Some(peak / 2.0),
-                    Arc::clone(&reqs),
-                    200,
-                )
-                .await;
+                let mut st = peak_load(&nginx.addr, &reqs).await;
+                let mut st_half = rated_load(&nginx.addr, &reqs, peak / 2.0).await;
                 baseline = Some((
                     st.rate(),
                     st.pct(0.99),
