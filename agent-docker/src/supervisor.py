@@ -348,6 +348,10 @@ class NotFound(Exception):
     pass
 
 
+class NotRegular(Exception):
+    pass
+
+
 def split_rel(path):
     parts = []
     for comp in path.split("/"):
@@ -430,6 +434,8 @@ def resolve(rel, create):
 def file_error(rid, e):
     if isinstance(e, Refused):
         send({"id": rid, "ev": "err", "kind": "path_refused", "msg": str(e)})
+    elif isinstance(e, NotRegular):
+        send({"id": rid, "ev": "err", "kind": "invalid", "msg": "not a regular file"})
     elif isinstance(e, (NotFound, FileNotFoundError)):
         send({"id": rid, "ev": "err", "kind": "not_found", "msg": "no such file"})
     elif isinstance(e, OSError) and e.errno == errno.ELOOP:
@@ -442,16 +448,30 @@ def file_error(rid, e):
         send({"id": rid, "ev": "err", "kind": "backend", "msg": "supervisor: %r" % (e,)})
 
 
+def open_regular(name, flags, dir_fd, mode=0o644):
+    """Opens the regular file `name` in `dir_fd`: never follows a link (ELOOP), never blocks on a
+    FIFO or device a step left there (O_NONBLOCK, then NotRegular). O_NONBLOCK does nothing to
+    regular files."""
+    try:
+        f = os.open(name, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode, dir_fd=dir_fd)
+    except OSError as e:
+        if e.errno in (errno.ENXIO, errno.EISDIR):  # a FIFO without a reader; a directory
+            raise NotRegular()
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(f).st_mode):
+            raise NotRegular()
+    except BaseException:
+        os.close(f)
+        raise
+    return f
+
+
 def op_write(rid, req, body):
     try:
         fd, name = resolve(req["path"], create=True)
         try:
-            f = os.open(
-                name,
-                os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
-                req.get("mode", 0o644),
-                dir_fd=fd,
-            )
+            f = open_regular(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, fd, req.get("mode", 0o644))
         finally:
             os.close(fd)
         try:
@@ -469,14 +489,11 @@ def op_read(rid, req):
     try:
         fd, name = resolve(req["path"], create=False)
         try:
-            f = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            f = open_regular(name, os.O_RDONLY, fd)
         finally:
             os.close(fd)
         try:
             st = os.fstat(f)
-            if not stat.S_ISREG(st.st_mode):
-                send({"id": rid, "ev": "err", "kind": "invalid", "msg": "not a regular file"})
-                return
             limit = req.get("max", 16 << 20)
             if st.st_size > limit:
                 send({"id": rid, "ev": "err", "kind": "too_large",

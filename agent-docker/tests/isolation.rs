@@ -4,6 +4,7 @@
 mod common;
 
 use std::io::Read;
+use std::time::Duration;
 
 use agent_core::{Executor, JobId, JobSpec, SandboxErrorKind};
 use bytes::Bytes;
@@ -283,6 +284,46 @@ async fn files_are_confined_and_the_export_has_only_the_workspace() {
         "{zip_names:?}"
     );
 
+    sb.destroy().await.unwrap();
+    exec.shutdown().await.unwrap();
+}
+
+/// A step can leave a FIFO (or another special file) where a file is read or written: the
+/// supervisor must refuse it rather than block forever opening it (which would hang the job's
+/// `compile` and every later file operation on that path).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn special_files_are_refused_not_waited_on() {
+    if skipped() {
+        return;
+    }
+    let exec = connect(config("fifo")).await;
+    let sb = exec
+        .create(JobId::new(), &JobSpec::from_prompt("x"))
+        .await
+        .unwrap();
+    let (r, _, _) = sh(&*sb, "mkfifo pipe && mkdir -p d && mkfifo d/pipe2").await;
+    assert!(r.success());
+    // A guard against a hang only: the answers come at once.
+    let guard = Duration::from_secs(30);
+    for path in ["pipe", "d/pipe2"] {
+        let err = tokio::time::timeout(guard, sb.get_file(path))
+            .await
+            .expect("get_file answers")
+            .unwrap_err();
+        assert_eq!(err.kind, SandboxErrorKind::Invalid, "{path}: {err}");
+        let err = tokio::time::timeout(guard, sb.put_file(path, Bytes::from_static(b"x")))
+            .await
+            .expect("put_file answers")
+            .unwrap_err();
+        assert_eq!(err.kind, SandboxErrorKind::Invalid, "{path}: {err}");
+    }
+    // Regular files still work, and the FIFO is still a FIFO (nothing replaced it).
+    sb.put_file("d/plain.txt", Bytes::from_static(b"plain"))
+        .await
+        .unwrap();
+    assert_eq!(&sb.get_file("d/plain.txt").await.unwrap()[..], b"plain");
+    let (_, out, _) = sh(&*sb, "test -p pipe && echo fifo").await;
+    assert_eq!(out, "fifo\n");
     sb.destroy().await.unwrap();
     exec.shutdown().await.unwrap();
 }
