@@ -524,138 +524,114 @@ async fn bad_input_is_refused_with_the_error_shape_and_never_a_5xx() {
         .unwrap();
     check(resp, 404, "not_found").await;
 
-    // Bodies.
-    let post = |body: &'static str, ct: Option<&'static str>| {
+    // Bodies: (body, content type, HTTP status, error code, the field named — a trailing `…`
+    // means "starts with" —, a part of the message).
+    type BadBody = (
+        &'static str,
+        Option<&'static str>,
+        u16,
+        &'static str,
+        Option<&'static str>,
+        Option<&'static str>,
+    );
+    let json_ct = Some("application/json");
+    let cases: &[BadBody] = &[
+        ("{\"prompt\": ", json_ct, 400, "invalid_json", None, None),
+        ("", json_ct, 400, "invalid_json", None, None),
+        ("{}", json_ct, 422, "invalid_input", Some("prompt"), None),
+        (
+            "{\"steps\": \"echo\"}",
+            json_ct,
+            422,
+            "invalid_input",
+            Some("steps"),
+            None,
+        ),
+        (
+            "{\"steps\": [{\"type\":\"shell\",\"command\":\"ok\"},{\"type\":\"shell\"}]}",
+            json_ct,
+            422,
+            "invalid_input",
+            Some("steps[1]…"),
+            Some("command"),
+        ),
+        (
+            "{\"steps\": [{\"type\":\"rm_rf\",\"path\":\"/\"}]}",
+            json_ct,
+            422,
+            "invalid_input",
+            Some("steps[0]…"),
+            None,
+        ),
+        (
+            "{\"promt\": \"typo\"}",
+            json_ct,
+            422,
+            "invalid_input",
+            None,
+            Some("promt"),
+        ),
+        (
+            "{\"prompt\": \"x\", \"timeout_secs\": -1}",
+            json_ct,
+            422,
+            "invalid_input",
+            Some("timeout_secs"),
+            None,
+        ),
+        (
+            "{\"steps\": [{\"type\":\"shell\",\"command\":\"x\"}], \"timeout_secs\": 0}",
+            json_ct,
+            422,
+            "invalid_input",
+            Some("timeout_secs"),
+            None,
+        ),
+        (
+            "{\"steps\": [{\"type\":\"shell\",\"command\":\"x\"}], \"timeout_secs\": 18446744073709551615}",
+            json_ct,
+            422,
+            "invalid_input",
+            Some("timeout_secs"),
+            None,
+        ),
+        (
+            "{\"steps\": [{\"type\":\"shell\",\"command\":\"x\"}], \"network\": \"host\"}",
+            json_ct,
+            422,
+            "invalid_input",
+            Some("network"),
+            None,
+        ),
+        (
+            "{\"steps\": [{\"type\":\"shell\",\"command\":\"x\"}], \"env\": {\"BAD-NAME\": \"1\"}}",
+            json_ct,
+            422,
+            "invalid_input",
+            Some("env"),
+            None,
+        ),
+        ("{}", Some("text/plain"), 415, "unsupported_media_type", None, None),
+        ("{}", None, 415, "unsupported_media_type", None, None),
+    ];
+    for &(body, ct, code, error_code, field, message) in cases {
         let mut rb = http.post(server.url("/schedule")).body(body);
         if let Some(ct) = ct {
             rb = rb.header("content-type", ct);
         }
-        rb.send()
-    };
-    let json_ct = Some("application/json");
-    check(
-        post("{\"prompt\": ", json_ct).await.unwrap(),
-        400,
-        "invalid_json",
-    )
-    .await;
-    check(post("", json_ct).await.unwrap(), 400, "invalid_json").await;
-    let b = check(post("{}", json_ct).await.unwrap(), 422, "invalid_input").await;
-    assert_eq!(b["error"]["field"], "prompt", "{b}");
-    let b = check(
-        post("{\"steps\": \"echo\"}", json_ct).await.unwrap(),
-        422,
-        "invalid_input",
-    )
-    .await;
-    assert_eq!(b["error"]["field"], "steps", "{b}");
-    let b = check(
-        post(
-            "{\"steps\": [{\"type\":\"shell\",\"command\":\"ok\"},{\"type\":\"shell\"}]}",
-            json_ct,
-        )
-        .await
-        .unwrap(),
-        422,
-        "invalid_input",
-    )
-    .await;
-    assert!(
-        b["error"]["field"]
-            .as_str()
-            .unwrap()
-            .starts_with("steps[1]"),
-        "{b}"
-    );
-    assert!(
-        b["error"]["message"].as_str().unwrap().contains("command"),
-        "{b}"
-    );
-    let b = check(
-        post(
-            "{\"steps\": [{\"type\":\"rm_rf\",\"path\":\"/\"}]}",
-            json_ct,
-        )
-        .await
-        .unwrap(),
-        422,
-        "invalid_input",
-    )
-    .await;
-    assert!(
-        b["error"]["field"]
-            .as_str()
-            .unwrap()
-            .starts_with("steps[0]"),
-        "{b}"
-    );
-    let b = check(
-        post("{\"promt\": \"typo\"}", json_ct).await.unwrap(),
-        422,
-        "invalid_input",
-    )
-    .await;
-    assert!(
-        b["error"]["message"].as_str().unwrap().contains("promt"),
-        "{b}"
-    );
-    let b = check(
-        post("{\"prompt\": \"x\", \"timeout_secs\": -1}", json_ct)
-            .await
-            .unwrap(),
-        422,
-        "invalid_input",
-    )
-    .await;
-    assert_eq!(b["error"]["field"], "timeout_secs", "{b}");
-    let b = check(
-        post(
-            "{\"steps\": [{\"type\":\"shell\",\"command\":\"x\"}], \"timeout_secs\": 0}",
-            json_ct,
-        )
-        .await
-        .unwrap(),
-        422,
-        "invalid_input",
-    )
-    .await;
-    assert_eq!(b["error"]["field"], "timeout_secs", "{b}");
-    let b = check(
-        post(
-            "{\"steps\": [{\"type\":\"shell\",\"command\":\"x\"}], \"network\": \"host\"}",
-            json_ct,
-        )
-        .await
-        .unwrap(),
-        422,
-        "invalid_input",
-    )
-    .await;
-    assert_eq!(b["error"]["field"], "network", "{b}");
-    let b = check(
-        post(
-            "{\"steps\": [{\"type\":\"shell\",\"command\":\"x\"}], \"env\": {\"BAD-NAME\": \"1\"}}",
-            json_ct,
-        )
-        .await
-        .unwrap(),
-        422,
-        "invalid_input",
-    )
-    .await;
-    assert_eq!(b["error"]["field"], "env", "{b}");
-    check(
-        post("{}", Some("text/plain")).await.unwrap(),
-        415,
-        "unsupported_media_type",
-    )
-    .await;
-    check(
-        post("{}", None).await.unwrap(),
-        415,
-        "unsupported_media_type",
-    )
-    .await;
+        let b = check(rb.send().await.unwrap(), code, error_code).await;
+        if let Some(field) = field {
+            let named = b["error"]["field"].as_str().unwrap_or_default();
+            match field.strip_suffix('…') {
+                Some(prefix) => assert!(named.starts_with(prefix), "{body}: {b}"),
+                None => assert_eq!(named, field, "{body}: {b}"),
+            }
+        }
+        if let Some(part) = message {
+            let text = b["error"]["message"].as_str().unwrap_or_default();
+            assert!(text.contains(part), "{body}: {b}");
+        }
+    }
     let big = format!("{{\"prompt\": \"{}\"}}", "a".repeat(1_100_000));
     let resp = http
         .post(server.url("/schedule"))

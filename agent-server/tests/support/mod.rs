@@ -356,14 +356,18 @@ impl Drop for TestServer {
 
 /// Containers (running or not) labelled with this job id.
 pub fn containers_of(job_id: &str) -> Vec<String> {
+    containers_labelled(&format!("agent.job_id={job_id}"))
+}
+
+/// Containers of a reaping scope.
+pub fn containers_of_scope(scope: &str) -> Vec<String> {
+    containers_labelled(&format!("agent.scope={scope}"))
+}
+
+/// Containers (running or not) with this `key=value` label.
+fn containers_labelled(label: &str) -> Vec<String> {
     let out = Command::new("docker")
-        .args([
-            "ps",
-            "-a",
-            "-q",
-            "--filter",
-            &format!("label=agent.job_id={job_id}"),
-        ])
+        .args(["ps", "-a", "-q", "--filter", &format!("label={label}")])
         .output()
         .expect("docker ps");
     assert!(
@@ -371,25 +375,6 @@ pub fn containers_of(job_id: &str) -> Vec<String> {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .filter(|l| !l.is_empty())
-        .collect()
-}
-
-/// Containers of a reaping scope.
-pub fn containers_of_scope(scope: &str) -> Vec<String> {
-    let out = Command::new("docker")
-        .args([
-            "ps",
-            "-a",
-            "-q",
-            "--filter",
-            &format!("label=agent.scope={scope}"),
-        ])
-        .output()
-        .expect("docker ps");
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(str::to_string)
