@@ -11,8 +11,9 @@
 //!   runs on async workers. While a job appends events, `get_job`, `list_jobs` and `events` read
 //!   the last committed state without waiting.
 //! - **Group commit**: the writer thread takes every write waiting in its queue (up to 512) and
-//!   applies them in one transaction, each in its own savepoint so one failing write does not
-//!   undo the others; a caller gets its answer only once the transaction has committed. Under
+//!   applies them in one transaction; a failing write is undone alone (each write is one
+//!   statement, an event batch is wrapped in a savepoint), so it does not undo the others, and a
+//!   caller gets its answer only once the transaction has committed. Under
 //!   concurrent load a commit (the expensive part) is shared by many writes.
 //! - **Versioned migrations** in [`PRAGMA user_version`](https://sqlite.org/pragma.html#pragma_user_version),
 //!   each applied in its own transaction; a database written by a newer version is refused.
