@@ -84,7 +84,8 @@ pub async fn build_state(config: &ServerConfig) -> Result<AppState, ServeError> 
     // The job manager's semaphore panics above `MAX_PERMITS`; refuse that here instead.
     if !(1..=tokio::sync::Semaphore::MAX_PERMITS).contains(&config.max_concurrent_jobs) {
         return Err(ServeError::Config(format!(
-            "AGENT_MAX_CONCURRENT_JOBS must be at least 1 (and a sane number), not {}",
+            "AGENT_MAX_CONCURRENT_JOBS must be between 1 and {}, not {}",
+            tokio::sync::Semaphore::MAX_PERMITS,
             config.max_concurrent_jobs
         )));
     }
