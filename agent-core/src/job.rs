@@ -410,6 +410,12 @@ impl JobSpec {
             Some(steps) if steps.is_empty() => {
                 return Err(Error::invalid("steps", "must contain at least one step"))
             }
+            Some(steps) if steps.len() > MAX_STEPS => {
+                return Err(Error::invalid(
+                    "steps",
+                    format!("at most {MAX_STEPS} steps are allowed"),
+                ))
+            }
             Some(steps) => {
                 for (i, step) in steps.iter().enumerate() {
                     step.validate()
@@ -422,6 +428,12 @@ impl JobSpec {
             return Err(Error::invalid(
                 "prompt",
                 format!("longer than {MAX_PROMPT_BYTES} bytes"),
+            ));
+        }
+        if self.max_repairs > MAX_REPAIRS {
+            return Err(Error::invalid(
+                "max_repairs",
+                format!("must be at most {MAX_REPAIRS}"),
             ));
         }
         if self.step_timeout.is_zero() {
@@ -452,6 +464,12 @@ impl JobSpec {
 
 /// The largest prompt accepted (256 KiB).
 pub const MAX_PROMPT_BYTES: usize = 256 << 10;
+
+/// The most steps a plan (explicit or from the LLM) may have.
+pub const MAX_STEPS: usize = 1000;
+
+/// The most repair rounds a job may ask for.
+pub const MAX_REPAIRS: u32 = 20;
 
 /// The lifecycle state of a job.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -904,6 +922,15 @@ mod tests {
             .is_ok());
         assert!(JobSpec::from_prompt("x")
             .with_env("BAD-NAME", "1")
+            .validate()
+            .is_err());
+        assert!(
+            JobSpec::from_steps(vec![Step::shell("true"); MAX_STEPS + 1])
+                .validate()
+                .is_err()
+        );
+        assert!(JobSpec::from_prompt("x")
+            .with_max_repairs(MAX_REPAIRS + 1)
             .validate()
             .is_err());
         assert!(JobSpec::from_prompt("x")

@@ -64,6 +64,9 @@ pub struct JobManagerConfig {
     pub tail_bytes: usize,
     /// How long [`JobManager::shutdown`] lets running jobs finish by default. Default 10 s.
     pub shutdown_grace: Duration,
+    /// How long packaging the partial workspace of a cancelled or timed-out job may take.
+    /// Default 2 minutes.
+    pub packaging_timeout: Duration,
 }
 
 impl Default for JobManagerConfig {
@@ -77,6 +80,7 @@ impl Default for JobManagerConfig {
             max_export_bytes: 2 << 30,
             tail_bytes: DEFAULT_TAIL_BYTES,
             shutdown_grace: Duration::from_secs(10),
+            packaging_timeout: Duration::from_secs(120),
         }
     }
 }
@@ -633,7 +637,11 @@ impl JobManager {
                 state.fail(message.clone());
                 // Keep what the job produced so far.
                 if state.job.artifact.is_none() {
-                    if let Err(e) = state.compile(status).await {
+                    let deadline = inner.config.packaging_timeout;
+                    let packaged = tokio::time::timeout(deadline, state.compile(status))
+                        .await
+                        .unwrap_or(Err(Error::Timeout(deadline)));
+                    if let Err(e) = packaged {
                         warn!(error = %e, "could not package the partial workspace");
                         events.emit(EventKind::Log {
                             message: format!("could not package the workspace: {e}"),

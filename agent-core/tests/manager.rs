@@ -707,3 +707,89 @@ async fn a_panic_while_running_fails_the_job_instead_of_leaving_it_running() {
         .unwrap();
     assert_eq!(manager.wait(next).await.unwrap().status, JobStatus::Failed);
 }
+
+/// An executor whose workspace export never ends (a wedged backend).
+struct HangingExport(FakeExecutor);
+
+struct HangingSandbox(Box<dyn agent_core::Sandbox>);
+
+#[async_trait::async_trait]
+impl agent_core::Executor for HangingExport {
+    fn name(&self) -> &str {
+        "hanging-export"
+    }
+    fn capabilities(&self) -> agent_core::executor::Capabilities {
+        self.0.capabilities()
+    }
+    async fn create(
+        &self,
+        job_id: JobId,
+        spec: &JobSpec,
+    ) -> Result<Box<dyn agent_core::Sandbox>, agent_core::SandboxError> {
+        Ok(Box::new(HangingSandbox(self.0.create(job_id, spec).await?)))
+    }
+}
+
+#[async_trait::async_trait]
+impl agent_core::Sandbox for HangingSandbox {
+    fn id(&self) -> &str {
+        self.0.id()
+    }
+    async fn run_step(
+        &self,
+        request: agent_core::StepRequest,
+        output: agent_core::OutputSink,
+    ) -> Result<agent_core::StepResult, agent_core::SandboxError> {
+        self.0.run_step(request, output).await
+    }
+    async fn put_file(
+        &self,
+        path: &str,
+        content: bytes::Bytes,
+    ) -> Result<(), agent_core::SandboxError> {
+        self.0.put_file(path, content).await
+    }
+    async fn get_file(&self, path: &str) -> Result<bytes::Bytes, agent_core::SandboxError> {
+        self.0.get_file(path).await
+    }
+    async fn export_workspace(
+        &self,
+    ) -> Result<agent_core::executor::TarStream, agent_core::SandboxError> {
+        Ok(futures::stream::pending().boxed())
+    }
+    async fn destroy(&self) -> Result<(), agent_core::SandboxError> {
+        self.0.destroy().await
+    }
+}
+
+#[tokio::test]
+async fn a_wedged_export_cannot_hold_a_job_past_its_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let manager = JobManager::builder(
+        Arc::new(HangingExport(FakeExecutor::new())),
+        Arc::new(MemoryStore::new()),
+    )
+    .config(JobManagerConfig {
+        packaging_timeout: Duration::from_millis(200),
+        ..config(&dir)
+    })
+    .start()
+    .await
+    .unwrap();
+    let id = manager
+        .submit(
+            JobSpec::from_steps(vec![Step::shell("true")]).with_job_timeout(Duration::from_secs(1)),
+        )
+        .await
+        .unwrap();
+    let job = tokio::time::timeout(Duration::from_secs(30), manager.wait(id))
+        .await
+        .expect("the job ends although its export never does")
+        .unwrap();
+    assert_eq!(job.status, JobStatus::TimedOut);
+    assert!(job.artifact.is_none());
+    let events = manager.events(id, 0, 1000).await.unwrap();
+    assert!(events.iter().any(
+        |e| matches!(&e.kind, EventKind::Log { message } if message.contains("could not package"))
+    ));
+}

@@ -8,7 +8,7 @@ use super::{ask_for_plan, plan, run_step, AgentState, Planned};
 use crate::error::{Error, Result};
 use crate::events::EventSink;
 use crate::flow::{Action, Ctx, Flow, Node};
-use crate::job::{EventKind, Plan, Step, StepStatus, Termination};
+use crate::job::{EventKind, Plan, Step, StepStatus, Termination, MAX_REPAIRS, MAX_STEPS};
 use crate::llm::LlmProvider;
 
 const EXECUTE: &str = "execute";
@@ -18,7 +18,10 @@ const DONE: &str = "done";
 
 /// Builds the agent flow: plan → execute (one step per run, looping) → repair → compile.
 pub fn agent_flow() -> Result<Flow<AgentState>> {
-    let mut flow = Flow::new().with_name("agent");
+    // Each step is one node run; a plan has at most MAX_STEPS steps and is replaced at most
+    // MAX_REPAIRS times, plus a few runs of the other nodes per round.
+    let limit = (MAX_STEPS + 4) * (MAX_REPAIRS as usize + 1);
+    let mut flow = Flow::new().with_name("agent").with_step_limit(limit);
     let plan = flow.add(PlanNode);
     let execute = flow.add(ExecuteNode);
     let repair = flow.add(RepairNode);
@@ -292,9 +295,14 @@ impl Node<AgentState> for CompileNode {
         "compile"
     }
 
-    async fn run(&self, state: &mut AgentState, _: &Ctx) -> Result<Action> {
+    /// Packaging stops when the job is cancelled or times out; the job manager then packages
+    /// what there is with its own deadline.
+    async fn run(&self, state: &mut AgentState, ctx: &Ctx) -> Result<Action> {
         let status = state.outcome();
-        state.compile(status).await?;
+        tokio::select! {
+            result = state.compile(status) => result?,
+            () = ctx.cancelled() => return Err(Error::Cancelled),
+        };
         Ok(Action::DEFAULT)
     }
 }

@@ -10,7 +10,7 @@ use std::fmt;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::job::{Plan, Step, StepKind, StepResult};
+use crate::job::{Plan, Step, StepKind, StepResult, MAX_STEPS};
 
 /// The system prompt for planning and repair.
 pub const SYSTEM_PROMPT: &str = r#"You are a planning agent that turns a task into steps that run, in order, inside an isolated Linux sandbox (Debian, bash, coreutils, python3 with pip and venv, git, curl). The working directory is /workspace; every file the task produces must be written under /workspace, which is packaged for the user at the end. Steps run as a non-root user; the root filesystem is read-only (write only to /workspace and /tmp); there may be no network access.
@@ -149,6 +149,12 @@ fn parse_candidate(text: &str) -> Result<Plan, PlanError> {
     };
     if raw.steps.is_empty() {
         return Err(PlanError::Empty);
+    }
+    if raw.steps.len() > MAX_STEPS {
+        return Err(PlanError::Shape(format!(
+            "the plan has {} steps; at most {MAX_STEPS} are allowed",
+            raw.steps.len()
+        )));
     }
     let mut steps = Vec::with_capacity(raw.steps.len());
     for (index, value) in raw.steps.into_iter().enumerate() {
@@ -398,6 +404,14 @@ mod tests {
         );
         let err = parse_plan(r#"{"steps":[{"type":"shell"}]}"#).unwrap_err();
         assert!(err.to_string().contains("missing \"command\""), "{err}");
+        let many = format!(
+            "{{\"steps\":[{}]}}",
+            vec![r#"{"type":"shell","command":"true"}"#; MAX_STEPS + 1].join(",")
+        );
+        assert!(parse_plan(&many)
+            .unwrap_err()
+            .to_string()
+            .contains("at most"));
         let err = parse_plan(r#"{"plan":[]}"#).unwrap_err();
         assert!(err.to_string().contains("missing field \"steps\""), "{err}");
     }
