@@ -13,16 +13,9 @@
 use std::io::Write;
 use std::process::ExitCode;
 
+use agent_core::agent::plan::{parse_plan, planning_prompt, SYSTEM_PROMPT};
 use agent_core::llm::collect_stream;
-use agent_core::{ChatRequest, LlmProvider, Plan};
-
-const SYSTEM_PROMPT: &str = r#"You are a planning agent. You turn a task into steps that run, in order, in an isolated Linux sandbox (Debian, bash, python3) whose working directory is /workspace. Every file the task produces must be written under /workspace.
-
-Respond with exactly one JSON object and nothing else, of this shape:
-{"steps":[{"type":"shell","command":"…","description":"…"},{"type":"python","code":"…","description":"…"},{"type":"write_file","path":"…","content":"…","description":"…"}],"summary":"…"}
-
-- "shell" runs "command" with bash -c; "python" runs "code" with python3; "write_file" writes "content" to "path" (relative to /workspace).
-- Keep the plan short; each step should do one thing and succeed on its own."#;
+use agent_core::{ChatRequest, LlmProvider};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -41,7 +34,8 @@ async fn main() -> ExitCode {
     };
     eprintln!("providers: {}", chain.provider_names().join(" → "));
 
-    let request = ChatRequest::new(SYSTEM_PROMPT, task)
+    // The same system prompt and parser the agent uses.
+    let request = ChatRequest::new(SYSTEM_PROMPT, planning_prompt(&task))
         .with_json_mode(true)
         .with_temperature(0.2);
     let reply = match chain.chat_stream(&request).await {
@@ -89,14 +83,4 @@ async fn main() -> ExitCode {
         reply.usage.total_tokens
     );
     ExitCode::SUCCESS
-}
-
-/// The plan in a reply: the outermost JSON object, tolerating code fences or prose around it.
-fn parse_plan(text: &str) -> Result<Plan, String> {
-    let start = text.find('{').ok_or("no JSON object")?;
-    let end = text.rfind('}').ok_or("no JSON object")?;
-    if end < start {
-        return Err("no JSON object".into());
-    }
-    serde_json::from_str(&text[start..=end]).map_err(|e| e.to_string())
 }
