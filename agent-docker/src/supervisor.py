@@ -13,15 +13,18 @@
 # output, every process in the container except PID 1 and this supervisor is SIGKILLed, so nothing
 # the step started survives. Paths are confined to /workspace: every component is opened with
 # O_NOFOLLOW relative to its parent, and a symbolic link is only followed when it resolves inside.
+#
+# Start-up cost matters (it is part of every cold sandbox): only built-in or tiny modules are
+# imported here; `subprocess`, `signal`, `threading` and `json` would pull in selectors, enum,
+# locale, re, ... Steps are started with os.fork()/os.execve() directly.
 import _json
+import _signal
+import _thread
 import errno
 import os
 import select
-import signal
 import stat
-import subprocess
 import sys
-import threading
 import time
 
 WS = os.path.realpath("/workspace")
@@ -29,7 +32,7 @@ GRACE = 0.1  # seconds to keep reading pipes held open by background processes a
 MAX_POLL_MS = 3600 * 1000  # poll() takes a C int: longer waits are done in several polls
 READ_CHUNK = 65536
 
-_out_lock = threading.Lock()
+_out_lock = _thread.allocate_lock()
 
 # A small JSON codec over the C helpers in `_json`: importing the `json` package (and with it
 # `re`, `enum`, ...) would cost more than the rest of the supervisor's start-up.
@@ -152,13 +155,13 @@ def kill_all(pgid=None):
     """SIGKILLs the step's group and then every process but PID 1 and us, until none is left."""
     if pgid:
         try:
-            os.killpg(pgid, signal.SIGKILL)
+            os.killpg(pgid, _signal.SIGKILL)
         except OSError:
             pass
     me = os.getpid()
     for _ in range(500):
         try:
-            os.kill(-1, signal.SIGKILL)  # never signals the caller or PID 1
+            os.kill(-1, _signal.SIGKILL)  # never signals the caller or PID 1
         except OSError:
             pass
         if not others_alive(me):
@@ -186,7 +189,7 @@ def oom_count():
 # ---------------------------------------------------------------------------------------------
 
 _steps = {}
-_steps_lock = threading.Lock()
+_steps_lock = _thread.allocate_lock()
 
 
 class Step:
@@ -195,7 +198,7 @@ class Step:
         self.req = req
         self.reason = None
         self.pgid = None
-        self.lock = threading.Lock()
+        self.lock = _thread.allocate_lock()
 
     def kill(self, reason):
         with self.lock:
@@ -203,6 +206,133 @@ class Step:
                 self.reason = reason
             pgid = self.pgid
         kill_all(pgid)
+
+
+_reaped = {}  # pid -> exit code, for a child reaped by a poll before its final wait
+
+
+def start_process(argv, cwd, env):
+    """Forks and execs `argv` in its own session, in `cwd`, with `env`, stdin from /dev/null and
+    stdout/stderr to new pipes; returns (pid, stdout_fd, stderr_fd). An exec (or chdir) failure is
+    raised here as the child's OSError, reported over a close-on-exec status pipe. The child
+    inherits only fds 0, 1 and 2."""
+    if not argv:
+        raise FileNotFoundError(errno.ENOENT, "empty command")
+    name = argv[0]
+    if "/" in name:
+        paths = (os.fsencode(name),)
+    else:
+        paths = tuple(os.fsencode(os.path.join(d, name)) for d in os.get_exec_path(env))
+    argb = [os.fsencode(a) for a in argv]
+    envb = {os.fsencode(k): os.fsencode(v) for k, v in env.items()}
+    cwdb = os.fsencode(cwd)
+    fds = []
+    try:
+        out_r, out_w = os.pipe()  # close-on-exec (PEP 446)
+        fds += (out_r, out_w)
+        err_r, err_w = os.pipe()
+        fds += (err_r, err_w)
+        st_r, st_w = os.pipe()
+        fds += (st_r, st_w)
+        null = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+        fds.append(null)
+        pid = os.fork()
+        if pid == 0:
+            _child(paths, argb, envb, cwdb, null, out_w, err_w, st_w)
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    for fd in (out_w, err_w, st_w, null):
+        os.close(fd)
+    try:
+        report = b""
+        while True:
+            data = os.read(st_r, 64)
+            if not data:
+                break
+            report += data
+    finally:
+        os.close(st_r)
+    if report:
+        os.close(out_r)
+        os.close(err_r)
+        os.waitpid(pid, 0)
+        try:
+            err = int(report)
+        except ValueError:
+            err = errno.EINVAL
+        raise OSError(err, os.strerror(err))
+    return pid, out_r, err_r
+
+
+def _child(paths, argb, envb, cwdb, null, out_w, err_w, st_w):
+    """In the forked child: never returns. Only simple calls into C (no locks, no imports)."""
+    err = errno.EINVAL
+    try:
+        os.setsid()
+        try:  # the step, not the supervisor, is the one the OOM killer should pick
+            f = os.open("/proc/self/oom_score_adj", os.O_WRONLY)
+            os.write(f, b"1000")
+            os.close(f)
+        except OSError:
+            pass
+        os.chdir(cwdb)
+        os.dup2(null, 0)
+        os.dup2(out_w, 1)
+        os.dup2(err_w, 2)
+        os.closerange(3, st_w)  # everything but 0/1/2 and the (close-on-exec) status pipe
+        os.closerange(st_w + 1, 1 << 20)
+        err = errno.ENOENT
+        for path in paths:
+            try:
+                os.execve(path, argb, envb)
+            except OSError as e:
+                if e.errno not in (errno.ENOENT, errno.ENOTDIR) or err == errno.ENOENT:
+                    err = e.errno or errno.EINVAL
+    except OSError as e:
+        err = e.errno or errno.EINVAL
+    except BaseException:
+        pass
+    try:
+        os.write(st_w, b"%d" % err)
+    finally:
+        os._exit(127)
+
+
+def reap(pid, block, pidfd=None, deadline=float("inf")):
+    """Returns the exit code of `pid` (negative signal number when killed by one), or None when
+    it has not exited (by `deadline`, when blocking)."""
+    if pid in _reaped:
+        return _reaped[pid]
+    if block and deadline != float("inf"):
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return reap(pid, False)
+            if pidfd is not None:
+                p = select.poll()
+                p.register(pidfd, select.POLLIN)
+                p.poll(min(MAX_POLL_MS, int(remaining * 1000) + 1))
+                rc = reap(pid, False)
+                if rc is not None:
+                    return rc
+            else:
+                rc = reap(pid, False)
+                if rc is not None:
+                    return rc
+                time.sleep(min(remaining, 0.05))
+    while True:
+        try:
+            got, status = os.waitpid(pid, 0 if block else os.WNOHANG)
+        except InterruptedError:
+            continue
+        except ChildProcessError:
+            return _reaped.get(pid, 0)
+        if got == 0:
+            return None
+        _reaped[pid] = rc = os.waitstatus_to_exitcode(status)
+        return rc
 
 
 def run_step(step):
@@ -229,16 +359,7 @@ def _run_step(step):
     t0 = time.monotonic()
     deadline = t0 + timeout
     try:
-        proc = subprocess.Popen(
-            argv,
-            cwd=req.get("cwd") or WS,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-            close_fds=True,
-        )
+        pid, out_r, err_r = start_process(argv, req.get("cwd") or WS, env)
     except OSError as e:
         msg = ("cannot run %s: %s\n" % (argv[0] if argv else "?", e.strerror or e)).encode()
         send({"id": rid, "ev": "out", "s": 2}, msg)
@@ -246,24 +367,19 @@ def _run_step(step):
         send({"id": rid, "ev": "exit", "code": code, "term": "exited"})
         return
     with step.lock:
-        step.pgid = proc.pid
+        step.pgid = pid
         killed_early = step.reason is not None
     if killed_early:
         step.kill(step.reason)
-    try:  # the step, not the supervisor, is the one the OOM killer should pick
-        with open("/proc/%d/oom_score_adj" % proc.pid, "w") as f:
-            f.write("1000")
-    except OSError:
-        pass
-    send({"id": rid, "ev": "started", "pid": proc.pid})
+    send({"id": rid, "ev": "started", "pid": pid})
 
-    fds = {proc.stdout.fileno(): 1, proc.stderr.fileno(): 2}
+    fds = {out_r: 1, err_r: 2}
     poller = select.poll()
     for fd in fds:
         poller.register(fd, select.POLLIN)
     pidfd = None
     try:
-        pidfd = os.pidfd_open(proc.pid)
+        pidfd = os.pidfd_open(pid)
         poller.register(pidfd, select.POLLIN)
     except (AttributeError, OSError):
         pidfd = None
@@ -308,22 +424,20 @@ def _run_step(step):
                 continue
             total += len(data)
             send({"id": rid, "ev": "out", "s": fds[fd]}, data)
-        if pidfd is None and exited_at is None and proc.poll() is not None:
+        if pidfd is None and exited_at is None and reap(pid, False) is not None:
             exited_at = time.monotonic()
-    proc.stdout.close()
-    proc.stderr.close()
-    if pidfd is not None:
-        os.close(pidfd)
+    os.close(out_r)
+    os.close(err_r)
     # The step closed its pipes but may still run: keep enforcing the timeout.
     while True:
-        remaining = deadline - time.monotonic()
-        try:
-            proc.wait(timeout=None if remaining == float("inf") else max(remaining, 0))
+        rc = reap(pid, True, pidfd, deadline)
+        if rc is not None:
             break
-        except subprocess.TimeoutExpired:
-            step.kill("timed_out")
-            deadline = float("inf")
-    rc = proc.returncode
+        step.kill("timed_out")
+        deadline = float("inf")
+    if pidfd is not None:
+        os.close(pidfd)
+    _reaped.pop(pid, None)
     code = 128 - rc if rc < 0 else rc
     with step.lock:
         reason = step.reason
@@ -556,7 +670,7 @@ def op_export(rid):
 
 def spawn(rid, target, *args):
     try:
-        threading.Thread(target=target, args=args, daemon=True).start()
+        _thread.start_new_thread(target, args)
     except RuntimeError:  # no thread left: the pids limit is exhausted
         with _steps_lock:
             _steps.pop(rid, None)
@@ -565,7 +679,7 @@ def spawn(rid, target, *args):
 
 
 def main():
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    _signal.signal(_signal.SIGPIPE, _signal.SIG_DFL)
     os.umask(0o022)
     send({
         "ev": "ready",
