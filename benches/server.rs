@@ -157,6 +157,8 @@ fn start_server(dir: &Path) -> ServerChild {
         .env("AGENT_OUTPUT_DIR", dir)
         .env("AGENT_DOCKER_SCOPE", scope)
         .env("AGENT_MAX_CONCURRENT_JOBS", "1")
+        // The POST load queues tens of thousands of jobs; measure acceptance, not the cap.
+        .env("AGENT_MAX_QUEUED_JOBS", "1000000")
         .env("RETENTION_DAYS", "0")
         .env("AGENT_SHUTDOWN_GRACE_SECS", "1")
         .env("RUST_LOG", "info")

@@ -55,6 +55,12 @@ pub enum Error {
         "this job needs an LLM provider (it has a prompt and no steps) but none is configured"
     )]
     NoLlm,
+    /// The queue is full: too many jobs are waiting; try again later.
+    #[error("the job queue is full ({limit} jobs waiting); try again later")]
+    QueueFull {
+        /// The configured limit of waiting jobs.
+        limit: usize,
+    },
     /// The job manager is shutting down and accepts no more jobs.
     #[error("the job manager is shutting down")]
     ShuttingDown,
@@ -141,7 +147,7 @@ impl Error {
             Error::Llm(e) => e.is_retryable(),
             Error::Sandbox(e) => e.is_retryable(),
             Error::Store(e) => e.is_retryable(),
-            Error::Io { .. } | Error::Timeout(_) => true,
+            Error::Io { .. } | Error::Timeout(_) | Error::QueueFull { .. } => true,
             _ => false,
         }
     }

@@ -50,6 +50,9 @@ const LIVE_CHANNEL: usize = 8192;
 pub struct JobManagerConfig {
     /// Jobs that run at once. Default 4.
     pub max_concurrent_jobs: usize,
+    /// Jobs that may wait for a worker; past it [`JobManager::submit`] answers
+    /// [`Error::QueueFull`]. Default 10,000.
+    pub max_queued_jobs: usize,
     /// Where result ZIPs are written (`<dir>/<job_id>.zip`).
     pub artifact_dir: PathBuf,
     /// How long finished jobs, their events and artifacts are kept (`None` = forever). Default 1 day.
@@ -73,6 +76,7 @@ impl Default for JobManagerConfig {
     fn default() -> Self {
         Self {
             max_concurrent_jobs: 4,
+            max_queued_jobs: 10_000,
             artifact_dir: std::env::temp_dir().join("agent_jobs").join("artifacts"),
             retention: Some(Duration::from_secs(24 * 3600)),
             sweep_interval: Duration::from_secs(600),
@@ -130,8 +134,13 @@ impl JobManagerBuilder {
     /// Recovers from a previous run (queued jobs re-queued, running ones marked interrupted),
     /// reaps sandboxes left behind, starts the workers and the retention sweeper.
     pub async fn start(self) -> Result<JobManager> {
-        if self.config.max_concurrent_jobs == 0 {
-            return Err(Error::invalid("max_concurrent_jobs", "must be at least 1"));
+        if self.config.max_concurrent_jobs == 0
+            || self.config.max_concurrent_jobs > Semaphore::MAX_PERMITS
+        {
+            return Err(Error::invalid(
+                "max_concurrent_jobs",
+                format!("must be between 1 and {}", Semaphore::MAX_PERMITS),
+            ));
         }
         tokio::fs::create_dir_all(&self.config.artifact_dir)
             .await
@@ -241,6 +250,10 @@ impl JobManager {
         spec.validate()?;
         if spec.needs_llm() && self.inner.llm.is_none() {
             return Err(Error::NoLlm);
+        }
+        let limit = self.inner.config.max_queued_jobs;
+        if self.inner.live().len() >= self.inner.config.max_concurrent_jobs.saturating_add(limit) {
+            return Err(Error::QueueFull { limit });
         }
         let job = Job::new(JobId::new(), spec);
         self.inner.store.insert_job(&job).await?;

@@ -793,3 +793,50 @@ async fn a_wedged_export_cannot_hold_a_job_past_its_timeout() {
         |e| matches!(&e.kind, EventKind::Log { message } if message.contains("could not package"))
     ));
 }
+
+#[tokio::test]
+async fn a_full_queue_refuses_new_jobs_until_it_drains() {
+    let h = harness_with(Arc::new(MemoryStore::new()), None, |c| {
+        c.max_concurrent_jobs = 1;
+        c.max_queued_jobs = 2;
+    })
+    .await;
+    let blocker = h
+        .manager
+        .submit(JobSpec::from_steps(vec![Step::shell(
+            "echo started; sleep 100",
+        )]))
+        .await
+        .unwrap();
+    wait_for_output(&h.manager, blocker, "started").await;
+    let spec = JobSpec::from_steps(vec![Step::shell("true")]);
+    let queued = [
+        h.manager.submit(spec.clone()).await.unwrap(),
+        h.manager.submit(spec.clone()).await.unwrap(),
+    ];
+    let err = h.manager.submit(spec.clone()).await.unwrap_err();
+    assert!(matches!(err, Error::QueueFull { limit: 2 }), "{err}");
+    assert!(err.is_retryable());
+    h.manager.cancel(blocker).await.unwrap();
+    for id in queued {
+        assert_eq!(
+            h.manager.wait(id).await.unwrap().status,
+            JobStatus::Succeeded
+        );
+    }
+    h.manager.submit(spec).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_impossible_worker_count_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = JobManager::builder(Arc::new(FakeExecutor::new()), Arc::new(MemoryStore::new()))
+        .config(JobManagerConfig {
+            max_concurrent_jobs: usize::MAX,
+            ..config(&dir)
+        })
+        .start()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidInput { ref field, .. } if field == "max_concurrent_jobs"));
+}

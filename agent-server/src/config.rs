@@ -50,6 +50,10 @@ pub struct ServerConfig {
     #[arg(long, env = "AGENT_MAX_CONCURRENT_JOBS", default_value_t = 4)]
     pub max_concurrent_jobs: usize,
 
+    /// Jobs that may wait in the queue; past it `POST /schedule` answers 503 `queue_full`.
+    #[arg(long, env = "AGENT_MAX_QUEUED_JOBS", default_value_t = 10_000)]
+    pub max_queued_jobs: usize,
+
     /// Default timeout of a whole job, in seconds (a request's `timeout_secs` overrides it).
     #[arg(long, env = "AGENT_JOB_TIMEOUT_SECS", default_value_t = 1800)]
     pub job_timeout_secs: u64,

@@ -131,6 +131,9 @@ impl From<agent_core::Error> for ApiError {
                 "{err}; send explicit `steps`, or configure a provider on the server (ALCHEMYST_API_KEY, GEMINI_API_KEY, …)"
             ))
             .with_field("prompt"),
+            E::QueueFull { .. } => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "queue_full", err.to_string())
+            }
             E::ShuttingDown => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", err.to_string())
             }

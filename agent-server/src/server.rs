@@ -104,6 +104,7 @@ pub async fn build_state(config: &ServerConfig) -> Result<AppState, ServeError> 
     let llm = llm_from_env(&metrics)?;
     let manager_config = JobManagerConfig {
         max_concurrent_jobs: config.max_concurrent_jobs,
+        max_queued_jobs: config.max_queued_jobs,
         artifact_dir: config.artifact_dir(),
         retention: config.retention(),
         shutdown_grace: config.shutdown_grace(),

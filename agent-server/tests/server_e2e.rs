@@ -788,3 +788,38 @@ async fn auth_on_and_off() {
     let resp = http.get(open.url("/metrics")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
 }
+
+#[tokio::test]
+async fn a_full_queue_answers_503_queue_full() {
+    require_docker();
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(
+        dir.path(),
+        &ServerOptions::new(&unique_scope("queue-full"))
+            .env("AGENT_MAX_CONCURRENT_JOBS", "1")
+            .env("AGENT_MAX_QUEUED_JOBS", "1"),
+    );
+    let running = server
+        .schedule(json!({"steps": [{"type": "shell", "command": "echo started; sleep 100"}]}))
+        .await;
+    server
+        .wait_for(&running, "running", |s| s["status"] == "running")
+        .await;
+    let queued = server
+        .schedule(json!({"steps": [{"type": "shell", "command": "true"}]}))
+        .await;
+    let (code, body) = server
+        .post_json(
+            "/schedule",
+            &json!({"steps": [{"type": "shell", "command": "true"}]}),
+        )
+        .await;
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(body["error"]["code"], "queue_full", "{body}");
+    // Nothing stored was lost: both accepted jobs are still there.
+    let (code, _) = server
+        .post_json(&format!("/cancel/{running}"), &json!({}))
+        .await;
+    assert_eq!(code, 200);
+    assert_eq!(server.wait_final(&queued).await["status"], "succeeded");
+}
