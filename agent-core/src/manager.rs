@@ -648,6 +648,9 @@ impl JobManager {
                     other => stop_message(other, job_timeout),
                 };
                 state.fail(message.clone());
+                if status == JobStatus::TimedOut {
+                    state.mark_running_step_timed_out();
+                }
                 // Keep what the job produced so far.
                 if state.job.artifact.is_none() {
                     let deadline = inner.config.packaging_timeout;

@@ -371,6 +371,11 @@ async fn a_job_past_its_timeout_is_timed_out_with_partial_output() {
     let job = h.manager.wait(id).await.unwrap();
     assert_eq!(job.status, JobStatus::TimedOut);
     assert!(job.error.as_deref().unwrap().contains("1s timeout"));
+    assert_eq!(
+        job.steps[1].result.as_ref().unwrap().termination,
+        Termination::TimedOut,
+        "the step killed by the job's timeout says so"
+    );
     assert!(zip_names(&job).contains(&"before.txt".into()));
 }
 

@@ -122,6 +122,21 @@ impl AgentState {
         }
     }
 
+    /// The step killed when the whole job ran out of time reads `timed_out`, not `cancelled`.
+    pub(crate) fn mark_running_step_timed_out(&mut self) {
+        let Some(record) = self.job.steps.last_mut() else {
+            return;
+        };
+        if let Some(result) = record.result.as_mut() {
+            if result.termination == crate::job::Termination::Cancelled {
+                result.termination = crate::job::Termination::TimedOut;
+                self.events.emit(EventKind::Log {
+                    message: format!("step {} was stopped by the job's timeout", record.index),
+                });
+            }
+        }
+    }
+
     pub(crate) fn fail(&mut self, why: impl Into<String>) {
         self.failure.get_or_insert_with(|| why.into());
     }
