@@ -548,6 +548,55 @@ async fn cancellation_reaches_a_running_exec() {
     assert_eq!(fell_back.load(Ordering::SeqCst), 0);
 }
 
+/// Waits for cancellation inside `exec` and reports it: a node that cleans up after itself.
+struct ReportsCancellation {
+    started: Arc<tokio::sync::Notify>,
+}
+
+#[async_trait]
+impl Node<Shared> for ReportsCancellation {
+    type Prep = ();
+    type Exec = &'static str;
+    async fn prep(&self, _shared: &mut Shared) -> Result<()> {
+        Ok(())
+    }
+    async fn exec(&self, _prep: &(), ctx: &Ctx) -> Result<&'static str> {
+        self.started.notify_one();
+        ctx.cancelled().await;
+        Ok("stopped cleanly")
+    }
+    async fn post(&self, shared: &mut Shared, _p: (), e: &'static str) -> Result<Action> {
+        shared.log.push(e.into());
+        Ok(Action::DEFAULT)
+    }
+    fn interruptible(&self) -> bool {
+        false
+    }
+}
+
+#[tokio::test]
+async fn a_non_interruptible_exec_finishes_and_is_posted_then_the_flow_stops() {
+    let started = Arc::new(tokio::sync::Notify::new());
+    let mut flow = Flow::new();
+    let node = flow.add(ReportsCancellation {
+        started: started.clone(),
+    });
+    let never = flow.add(Step::new("never"));
+    flow.connect_default(node, never).unwrap();
+    let ctx = Ctx::new();
+    let token = ctx.cancel_token().clone();
+    let run = tokio::spawn(async move {
+        let mut shared = Shared::default();
+        let result = flow.run(&mut shared, &ctx).await;
+        (result, shared)
+    });
+    started.notified().await;
+    token.cancel();
+    let (result, shared) = run.await.unwrap();
+    assert!(matches!(result, Err(Error::Cancelled)), "{result:?}");
+    assert_eq!(shared.log, ["stopped cleanly"]);
+}
+
 #[tokio::test(start_paused = true)]
 async fn cancellation_interrupts_the_wait_between_attempts() {
     let mut node = Flaky::new(usize::MAX, 5);

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::archive::{tar_stream_to_zip, ArchiveSummary};
 use crate::error::{Error, Result};
 use crate::events::EventSink;
-use crate::executor::{OutputSink, Sandbox, SandboxErrorKind, StepRequest};
+use crate::executor::{OutputSink, Sandbox, SandboxError, SandboxErrorKind, StepRequest};
 use crate::job::{
     Artifact, EventKind, Job, JobStatus, OutputStream, Plan, Step, StepRecord, StepResult,
     StepStatus, TokenUsage,
@@ -149,6 +149,14 @@ impl AgentState {
     /// Marks unfinished steps skipped and writes `result.json` + the ZIP. Runs after every flow,
     /// whatever its outcome; `status` is the job's final status.
     pub async fn compile(&mut self, status: JobStatus) -> Result<Artifact> {
+        let packaging = self.prepare_packaging(status)?;
+        let artifact = packaging.run().await?;
+        self.job.artifact = Some(artifact.clone());
+        Ok(artifact)
+    }
+
+    /// Marks unfinished steps skipped and renders `result.json` (the compile node's `prep`).
+    pub(crate) fn prepare_packaging(&mut self, status: JobStatus) -> Result<Packaging> {
         for record in &mut self.job.steps {
             if matches!(record.status, StepStatus::Pending | StepStatus::Running) {
                 record.status = StepStatus::Skipped;
@@ -168,23 +176,12 @@ impl AgentState {
         };
         let json = serde_json::to_vec_pretty(&doc)
             .map_err(|e| Error::other(format!("serializing {RESULT_FILE}: {e}")))?;
-        self.sandbox
-            .put_file(RESULT_FILE, Bytes::from(json))
-            .await?;
-        let tar = self.sandbox.export_workspace().await?;
-        let summary: ArchiveSummary = tar_stream_to_zip(
-            tar,
-            &self.settings.artifact_path,
-            self.settings.max_export_bytes,
-        )
-        .await?;
-        let artifact = Artifact {
-            path: self.settings.artifact_path.to_string_lossy().into_owned(),
-            size_bytes: summary.zip_bytes,
-            files: summary.files,
-        };
-        self.job.artifact = Some(artifact.clone());
-        Ok(artifact)
+        Ok(Packaging {
+            sandbox: self.sandbox.clone(),
+            result_json: Bytes::from(json),
+            artifact_path: self.settings.artifact_path.clone(),
+            max_export_bytes: self.settings.max_export_bytes,
+        })
     }
 
     fn output_sink(&self, index: usize) -> OutputSink {
@@ -245,6 +242,32 @@ struct ResultDocument<'a> {
     usage: TokenUsage,
     created_at: chrono::DateTime<chrono::Utc>,
     started_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// What packaging needs, taken from the state by the compile node's `prep`.
+pub(crate) struct Packaging {
+    sandbox: Arc<dyn Sandbox>,
+    result_json: Bytes,
+    artifact_path: PathBuf,
+    max_export_bytes: u64,
+}
+
+impl Packaging {
+    /// Writes `result.json` into the workspace and exports the workspace as the ZIP (the compile
+    /// node's `exec`).
+    pub(crate) async fn run(&self) -> Result<Artifact> {
+        self.sandbox
+            .put_file(RESULT_FILE, self.result_json.clone())
+            .await?;
+        let tar = self.sandbox.export_workspace().await?;
+        let summary: ArchiveSummary =
+            tar_stream_to_zip(tar, &self.artifact_path, self.max_export_bytes).await?;
+        Ok(Artifact {
+            path: self.artifact_path.to_string_lossy().into_owned(),
+            size_bytes: summary.zip_bytes,
+            files: summary.files,
+        })
+    }
 }
 
 /// The answer of a planning or repair call.
@@ -316,92 +339,126 @@ async fn chat_streaming(
     .await
 }
 
-/// Runs one step in the sandbox: records it, streams its output, saves the result.
-pub(crate) async fn run_step(
-    state: &mut AgentState,
-    step: Step,
-    attempt: u32,
-) -> Result<StepResult> {
-    let index = state.job.steps.len();
-    state.job.steps.push(StepRecord {
-        index,
-        step: step.clone(),
-        status: StepStatus::Running,
-        result: None,
-        attempt,
-    });
-    state.events.emit(EventKind::StepStarted {
-        index,
-        step: step.clone(),
-    });
-    state.save().await?;
-    let request = StepRequest {
-        index,
-        timeout: step.timeout.unwrap_or(state.job.spec.step_timeout),
-        step,
-        max_output_bytes: state.settings.max_output_bytes,
-        tail_bytes: state.settings.tail_bytes,
-        env: state
-            .job
-            .spec
-            .env
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-        cancel: state.cancel.child_token(),
-    };
-    let sink = state.output_sink(index);
-    let started = std::time::Instant::now();
-    let result = match state.sandbox.run_step(request, sink).await {
-        // The step itself was refused (a path outside the workspace, a file too large): that is
-        // the step failing, which a repair can fix, not the sandbox failing.
-        Err(e)
-            if matches!(
-                e.kind,
-                SandboxErrorKind::PathRefused
-                    | SandboxErrorKind::NotFound
-                    | SandboxErrorKind::TooLarge
-                    | SandboxErrorKind::Invalid
-            ) =>
+/// Everything needed to run one step, taken from the state by the execute node's `prep`.
+pub(crate) struct StepRun {
+    pub(crate) index: usize,
+    sandbox: Arc<dyn Sandbox>,
+    events: EventSink,
+    request: StepRequest,
+    sink: OutputSink,
+}
+
+impl StepRun {
+    /// Runs the step (no access to the state: the execute node's `exec`). A step the sandbox
+    /// refuses (a path outside the workspace, a file too large) is a failed step, which a repair
+    /// can fix; any other sandbox error is returned as such.
+    pub(crate) async fn run(&self) -> std::result::Result<StepResult, SandboxError> {
+        let started = std::time::Instant::now();
+        match self
+            .sandbox
+            .run_step(self.request.clone(), self.sink.clone())
+            .await
         {
-            state.events.emit(EventKind::Output {
-                index,
-                stream: OutputStream::Stderr,
-                text: format!("{e}\n"),
-            });
-            Ok(StepResult {
-                exit_code: -1,
-                termination: crate::job::Termination::Exited,
-                stdout_tail: String::new(),
-                stderr_tail: e.to_string(),
-                stdout_truncated: false,
-                stderr_truncated: false,
-                duration: started.elapsed(),
-            })
-        }
-        other => other,
-    };
-    let record = &mut state.job.steps[index];
-    match &result {
-        Ok(r) => {
-            record.status = if r.success() {
-                StepStatus::Succeeded
-            } else {
-                StepStatus::Failed
-            };
-            record.result = Some(r.clone());
-            state.events.emit(EventKind::StepFinished {
-                index,
-                result: r.clone(),
-            });
-        }
-        Err(e) => {
-            record.status = StepStatus::Failed;
-            state.events.emit(EventKind::Log {
-                message: format!("step {index} could not run: {e}"),
-            });
+            Err(e)
+                if matches!(
+                    e.kind,
+                    SandboxErrorKind::PathRefused
+                        | SandboxErrorKind::NotFound
+                        | SandboxErrorKind::TooLarge
+                        | SandboxErrorKind::Invalid
+                ) =>
+            {
+                self.events.emit(EventKind::Output {
+                    index: self.index,
+                    stream: OutputStream::Stderr,
+                    text: format!("{e}\n"),
+                });
+                Ok(StepResult {
+                    exit_code: -1,
+                    termination: crate::job::Termination::Exited,
+                    stdout_tail: String::new(),
+                    stderr_tail: e.to_string(),
+                    stdout_truncated: false,
+                    stderr_truncated: false,
+                    duration: started.elapsed(),
+                })
+            }
+            other => other,
         }
     }
-    state.save().await?;
-    Ok(result?)
+}
+
+impl AgentState {
+    /// Records the next pending step as running and returns what is needed to run it, or `None`
+    /// when no step is left.
+    pub(crate) async fn begin_next_step(&mut self) -> Result<Option<StepRun>> {
+        let Some((step, attempt)) = self.pending.pop_front() else {
+            return Ok(None);
+        };
+        let index = self.job.steps.len();
+        self.job.steps.push(StepRecord {
+            index,
+            step: step.clone(),
+            status: StepStatus::Running,
+            result: None,
+            attempt,
+        });
+        self.events.emit(EventKind::StepStarted {
+            index,
+            step: step.clone(),
+        });
+        self.save().await?;
+        let request = StepRequest {
+            index,
+            timeout: step.timeout.unwrap_or(self.job.spec.step_timeout),
+            step,
+            max_output_bytes: self.settings.max_output_bytes,
+            tail_bytes: self.settings.tail_bytes,
+            env: self
+                .job
+                .spec
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            cancel: self.cancel.child_token(),
+        };
+        Ok(Some(StepRun {
+            index,
+            sandbox: self.sandbox.clone(),
+            events: self.events.clone(),
+            sink: self.output_sink(index),
+            request,
+        }))
+    }
+
+    /// Records a step's outcome (the execute node's `post`).
+    pub(crate) async fn finish_step(
+        &mut self,
+        index: usize,
+        result: &std::result::Result<StepResult, SandboxError>,
+    ) -> Result<()> {
+        let record = &mut self.job.steps[index];
+        match result {
+            Ok(r) => {
+                record.status = if r.success() {
+                    StepStatus::Succeeded
+                } else {
+                    StepStatus::Failed
+                };
+                record.result = Some(r.clone());
+                self.events.emit(EventKind::StepFinished {
+                    index,
+                    result: r.clone(),
+                });
+            }
+            Err(e) => {
+                record.status = StepStatus::Failed;
+                self.events.emit(EventKind::Log {
+                    message: format!("step {index} could not run: {e}"),
+                });
+            }
+        }
+        self.save().await
+    }
 }

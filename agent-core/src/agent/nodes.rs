@@ -4,11 +4,14 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::{ask_for_plan, plan, run_step, AgentState, Planned};
+use super::{ask_for_plan, plan, AgentState, Packaging, Planned, StepRun};
 use crate::error::{Error, Result};
 use crate::events::EventSink;
+use crate::executor::SandboxError;
 use crate::flow::{Action, Ctx, Flow, Node};
-use crate::job::{EventKind, Plan, Step, StepStatus, Termination, MAX_REPAIRS, MAX_STEPS};
+use crate::job::{
+    Artifact, EventKind, Plan, Step, StepResult, StepStatus, Termination, MAX_REPAIRS, MAX_STEPS,
+};
 use crate::llm::LlmProvider;
 
 const EXECUTE: &str = "execute";
@@ -129,37 +132,49 @@ struct ExecuteNode;
 
 #[async_trait]
 impl Node<AgentState> for ExecuteNode {
-    type Prep = ();
-    type Exec = ();
+    type Prep = Option<StepRun>;
+    type Exec = Option<std::result::Result<StepResult, SandboxError>>;
 
-    async fn prep(&self, _: &mut AgentState) -> Result<()> {
-        Ok(())
+    async fn prep(&self, state: &mut AgentState) -> Result<Option<StepRun>> {
+        state.begin_next_step().await
     }
 
-    async fn exec(&self, _: &(), _: &Ctx) -> Result<()> {
-        Ok(())
+    async fn exec(&self, run: &Option<StepRun>, _: &Ctx) -> Result<Self::Exec> {
+        match run {
+            Some(run) => Ok(Some(run.run().await)),
+            None => Ok(None),
+        }
+    }
+
+    /// The step is not abandoned on cancellation: its own cancellation token (a child of the
+    /// job's) kills it in the sandbox, and its result (`Cancelled`) is recorded before the flow
+    /// stops.
+    fn interruptible(&self) -> bool {
+        false
     }
 
     fn name(&self) -> &str {
         "execute"
     }
 
-    /// Runs the step without racing it against cancellation: the step's own cancellation token
-    /// kills it in the sandbox, and its result (with `Cancelled`) is recorded before the flow
-    /// stops.
-    async fn run(&self, state: &mut AgentState, ctx: &Ctx) -> Result<Action> {
-        ctx.check()?;
-        let Some((step, attempt)) = state.pending.pop_front() else {
+    async fn post(
+        &self,
+        state: &mut AgentState,
+        run: Option<StepRun>,
+        result: Self::Exec,
+    ) -> Result<Action> {
+        let (Some(run), Some(result)) = (run, result) else {
             return Ok(DONE.into());
         };
-        let result = run_step(state, step, attempt).await?;
-        if result.termination == Termination::Cancelled || ctx.is_cancelled() {
+        let index = run.index;
+        state.finish_step(index, &result).await?;
+        let result = result?;
+        if result.termination == Termination::Cancelled {
             return Err(Error::Cancelled);
         }
         if result.success() {
             return Ok(if state.pending.is_empty() { DONE } else { NEXT }.into());
         }
-        let index = state.job.steps.len() - 1;
         let can_repair = state.job.spec.needs_llm()
             && state.llm.is_some()
             && state.repairs_used < state.job.spec.max_repairs;
@@ -275,34 +290,35 @@ impl Node<AgentState> for RepairNode {
     }
 }
 
-/// Writes `result.json` and the ZIP.
+/// Writes `result.json` and the ZIP. Raced against cancellation like any exec: when the job is
+/// cancelled or times out, the job manager packages what there is with its own deadline.
 struct CompileNode;
 
 #[async_trait]
 impl Node<AgentState> for CompileNode {
-    type Prep = ();
-    type Exec = ();
+    type Prep = Packaging;
+    type Exec = Artifact;
 
-    async fn prep(&self, _: &mut AgentState) -> Result<()> {
-        Ok(())
+    async fn prep(&self, state: &mut AgentState) -> Result<Packaging> {
+        let status = state.outcome();
+        state.prepare_packaging(status)
     }
 
-    async fn exec(&self, _: &(), _: &Ctx) -> Result<()> {
-        Ok(())
+    async fn exec(&self, packaging: &Packaging, _: &Ctx) -> Result<Artifact> {
+        packaging.run().await
+    }
+
+    async fn post(
+        &self,
+        state: &mut AgentState,
+        _: Packaging,
+        artifact: Artifact,
+    ) -> Result<Action> {
+        state.job.artifact = Some(artifact);
+        Ok(Action::DEFAULT)
     }
 
     fn name(&self) -> &str {
         "compile"
-    }
-
-    /// Packaging stops when the job is cancelled or times out; the job manager then packages
-    /// what there is with its own deadline.
-    async fn run(&self, state: &mut AgentState, ctx: &Ctx) -> Result<Action> {
-        let status = state.outcome();
-        tokio::select! {
-            result = state.compile(status) => result?,
-            () = ctx.cancelled() => return Err(Error::Cancelled),
-        };
-        Ok(Action::DEFAULT)
     }
 }

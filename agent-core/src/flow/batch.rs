@@ -71,6 +71,7 @@ async fn exec_item<S: Send, B: BatchNode<S>>(
     exec_with_retries(
         node.max_retries(),
         node.wait(),
+        true,
         ctx,
         || node.exec(item, ctx),
         |err| node.exec_fallback(item, err, ctx),

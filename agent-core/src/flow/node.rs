@@ -50,6 +50,16 @@ pub trait Node<S: Send>: Send + Sync {
         Duration::ZERO
     }
 
+    /// Whether the engine may abandon a running `exec` when the flow is cancelled (default
+    /// `true`: the attempt is raced against cancellation and dropped).
+    ///
+    /// A node whose `exec` reacts to cancellation itself and whose result must still be recorded
+    /// (a process it kills and reports, say) returns `false`: the engine then lets `exec` finish
+    /// and runs `post`, and the flow stops before the next node.
+    fn interruptible(&self) -> bool {
+        true
+    }
+
     /// The node's name in traces (default: the type's name without its module path).
     fn name(&self) -> &str {
         short_type_name(std::any::type_name::<Self>())
@@ -64,6 +74,7 @@ pub trait Node<S: Send>: Send + Sync {
         let exec = exec_with_retries(
             self.max_retries(),
             self.wait(),
+            self.interruptible(),
             ctx,
             || self.exec(&prep, ctx),
             |err| self.exec_fallback(&prep, err, ctx),
@@ -109,11 +120,14 @@ pub(crate) fn short_type_name(full: &'static str) -> &'static str {
 
 /// PocketFlow's retry loop: up to `max_retries` attempts (at least one) with `wait` between them,
 /// then `fallback` with the last error. Cancellation is checked before every attempt and raced
-/// against every attempt, every wait and the fallback; a run cancelled during an attempt returns
-/// [`Error::Cancelled`] without calling `fallback`.
+/// against every wait and the fallback, and against every attempt when `interruptible`; a run
+/// cancelled during an attempt that failed (or was dropped) returns [`Error::Cancelled`] without
+/// calling `fallback`. An attempt that is not interruptible and succeeds returns its value even
+/// when the flow was cancelled meanwhile, so that `post` can record it.
 pub(crate) async fn exec_with_retries<T, A, AF, F, FF>(
     max_retries: usize,
     wait: Duration,
+    interruptible: bool,
     ctx: &Ctx,
     mut attempt: A,
     fallback: F,
@@ -129,10 +143,14 @@ where
     loop {
         ctx.check()?;
         tracing::debug!(attempt = n, max_attempts = max, "exec");
-        let result = tokio::select! {
-            biased;
-            r = attempt() => r,
-            () = ctx.cancelled() => return Err(Error::Cancelled),
+        let result = if interruptible {
+            tokio::select! {
+                biased;
+                r = attempt() => r,
+                () = ctx.cancelled() => return Err(Error::Cancelled),
+            }
+        } else {
+            attempt().await
         };
         let err = match result {
             Ok(v) => return Ok(v),
