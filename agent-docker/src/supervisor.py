@@ -222,7 +222,9 @@ def start_process(argv, cwd, env):
     if "/" in name:
         paths = (os.fsencode(name),)
     else:
-        paths = tuple(os.fsencode(os.path.join(d, name)) for d in os.get_exec_path(env))
+        # os.get_exec_path() would import `warnings` on the first step.
+        dirs = (env.get("PATH") or os.defpath).split(os.pathsep)
+        paths = tuple(os.fsencode(os.path.join(d or ".", name)) for d in dirs)
     argb = [os.fsencode(a) for a in argv]
     envb = {os.fsencode(k): os.fsencode(v) for k, v in env.items()}
     cwdb = os.fsencode(cwd)
