@@ -57,7 +57,11 @@ async fn a_missing_image_is_built_automatically_then_used() {
     sandbox.destroy().await.unwrap();
     exec.shutdown().await.unwrap();
     docker
-        .remove_image(&image, None::<bollard::query_parameters::RemoveImageOptions>, None)
+        .remove_image(
+            &image,
+            None::<bollard::query_parameters::RemoveImageOptions>,
+            None,
+        )
         .await
         .unwrap();
 }
