@@ -1,15 +1,4 @@
-//! # agent-core
-//!
-//! The heart of containerized-agent, with no Docker, HTTP or database client of its own:
-//!
-//! - [`flow`] — a PocketFlow-style async Node/Flow engine;
-//! - [`job`] — the job model: [`JobId`], [`JobSpec`], [`Step`], [`JobStatus`], events;
-//! - the traits backends implement: [`LlmProvider`], [`Executor`]/[`Sandbox`], [`JobStore`];
-//! - [`agent`] — the agent flow: plan with the LLM, run steps in a sandbox, repair, package;
-//! - [`manager`] — the job manager: queue, workers, cancel, timeouts, live events, retention.
-//!
-//! Backends: `agent-docker` (the Docker executor), `agent-llm` (Alchemyst, Gemini,
-//! OpenAI-compatible), and the stores in [`store`].
+#![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
