@@ -150,16 +150,20 @@ fn convert(tar_data: impl Read, dest: &Path) -> Result<ArchiveSummary> {
             continue;
         };
         let mode = entry.header().mode().unwrap_or(0o644) & 0o777;
+        let modified = zip_time(entry.header().mtime().unwrap_or(0));
         if kind.is_dir() {
             zip.add_directory(
                 format!("{name}/"),
-                SimpleFileOptions::default().unix_permissions(mode | 0o700),
+                SimpleFileOptions::default()
+                    .unix_permissions(mode | 0o700)
+                    .last_modified_time(modified),
             )
             .map_err(|e| Error::other(format!("writing the ZIP: {e}")))?;
         } else if kind.is_file() {
             let options = SimpleFileOptions::default()
                 .compression_method(zip::CompressionMethod::Deflated)
                 .unix_permissions(mode)
+                .last_modified_time(modified)
                 .large_file(entry.size() >= u32::MAX as u64);
             zip.start_file(name, options)
                 .map_err(|e| Error::other(format!("writing the ZIP: {e}")))?;
@@ -178,6 +182,33 @@ fn convert(tar_data: impl Read, dest: &Path) -> Result<ArchiveSummary> {
         .map_err(|e| Error::io("writing the ZIP", e.into_error()))?;
     summary.zip_bytes = out.metadata().map_err(io_err("writing the ZIP"))?.len();
     Ok(summary)
+}
+
+/// A tar mtime (Unix seconds, UTC) as a ZIP time; out-of-range times (before 1980 or after 2107)
+/// become ZIP's earliest time.
+fn zip_time(unix_secs: u64) -> zip::DateTime {
+    use chrono::{Datelike, Timelike};
+    let Some(t) = i64::try_from(unix_secs)
+        .ok()
+        .and_then(|s| chrono::DateTime::from_timestamp(s, 0))
+    else {
+        return zip::DateTime::default();
+    };
+    let part = |v: u32| u8::try_from(v).unwrap_or(0);
+    u16::try_from(t.year())
+        .ok()
+        .and_then(|year| {
+            zip::DateTime::from_date_and_time(
+                year,
+                part(t.month()),
+                part(t.day()),
+                part(t.hour()),
+                part(t.minute()),
+                part(t.second()),
+            )
+            .ok()
+        })
+        .unwrap_or_default()
 }
 
 fn is_root(path: &Path) -> bool {
@@ -218,6 +249,7 @@ mod tests {
         h.set_path(path).unwrap();
         h.set_size(len as u64);
         h.set_mode(0o644);
+        h.set_mtime(1_790_000_000); // 2026-09-21 14:13:20 UTC
         h.set_entry_type(tar::EntryType::Regular);
         h.set_cksum();
         h
@@ -269,6 +301,17 @@ mod tests {
             .read_to_string(&mut s)
             .unwrap();
         assert_eq!(s, "hello");
+        let modified = zip.by_name("a/hello.txt").unwrap().last_modified().unwrap();
+        assert_eq!(
+            (
+                modified.year(),
+                modified.month(),
+                modified.day(),
+                modified.hour()
+            ),
+            (2026, 9, 21, 14),
+            "the file's time is kept"
+        );
         // Nothing but the ZIP is in the directory.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
