@@ -334,19 +334,12 @@ async fn cancel_withdraws_a_queued_job() {
         c.max_concurrent_jobs = 1
     })
     .await;
-    let blocker = h
-        .manager
-        .submit(JobSpec::from_steps(vec![Step::shell(
-            "echo started; sleep 100",
-        )]))
-        .await
-        .unwrap();
+    let blocker = start_blocker(&h.manager).await;
     let queued = h
         .manager
         .submit(JobSpec::from_steps(vec![Step::shell("echo hi")]))
         .await
         .unwrap();
-    wait_for_output(&h.manager, blocker, "started").await;
     assert_eq!(h.manager.stats().queued, 1);
     let job = h.manager.cancel(queued).await.unwrap();
     assert_eq!(job.status, JobStatus::Cancelled);
@@ -520,19 +513,12 @@ async fn restart_recovery_requeues_queued_and_interrupts_running() {
 async fn shutdown_interrupts_running_jobs_and_keeps_queued_ones() {
     let store: Arc<dyn JobStore> = Arc::new(MemoryStore::new());
     let h = harness_with(store.clone(), None, |c| c.max_concurrent_jobs = 1).await;
-    let running = h
-        .manager
-        .submit(JobSpec::from_steps(vec![Step::shell(
-            "echo started; sleep 100",
-        )]))
-        .await
-        .unwrap();
+    let running = start_blocker(&h.manager).await;
     let queued = h
         .manager
         .submit(JobSpec::from_steps(vec![Step::shell("true")]))
         .await
         .unwrap();
-    wait_for_output(&h.manager, running, "started").await;
     h.manager
         .shutdown(Duration::from_millis(200))
         .await
@@ -581,6 +567,19 @@ async fn jobs_run_on_the_sqlite_store_and_survive_a_restart() {
     assert!(events
         .iter()
         .any(|e| matches!(&e.kind, EventKind::Output { text, .. } if text == "persisted\n")));
+}
+
+/// Submits a job that runs until cancelled and waits until it is running: with one worker, it
+/// keeps every later job queued.
+async fn start_blocker(manager: &JobManager) -> JobId {
+    let id = manager
+        .submit(JobSpec::from_steps(vec![Step::shell(
+            "echo started; sleep 100",
+        )]))
+        .await
+        .unwrap();
+    wait_for_output(manager, id, "started").await;
+    id
 }
 
 async fn wait_for_output(manager: &JobManager, id: JobId, needle: &str) {
@@ -806,14 +805,7 @@ async fn a_full_queue_refuses_new_jobs_until_it_drains() {
         c.max_queued_jobs = 2;
     })
     .await;
-    let blocker = h
-        .manager
-        .submit(JobSpec::from_steps(vec![Step::shell(
-            "echo started; sleep 100",
-        )]))
-        .await
-        .unwrap();
-    wait_for_output(&h.manager, blocker, "started").await;
+    let blocker = start_blocker(&h.manager).await;
     let spec = JobSpec::from_steps(vec![Step::shell("true")]);
     let queued = [
         h.manager.submit(spec.clone()).await.unwrap(),
