@@ -1,0 +1,185 @@
+//! The command line's arguments (clap) and the job options they turn into a request.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+
+use agent_core::{NetworkMode, Plan, Step};
+use agent_llm::SecretString;
+
+use crate::api::ScheduleRequest;
+use crate::config::ServerConfig;
+
+/// `agent`: run agent jobs in Docker sandboxes, locally or through an agent server.
+#[derive(Debug, Parser)]
+#[command(name = "agent", version, about, long_about = None)]
+pub struct Cli {
+    /// The server for submit/status/jobs/logs/cancel/download.
+    #[arg(
+        long,
+        global = true,
+        env = "AGENT_URL",
+        default_value = "http://127.0.0.1:8000"
+    )]
+    pub url: String,
+    /// Bearer token for the server.
+    #[arg(long, global = true, env = "AGENT_API_TOKEN", hide_env_values = true)]
+    pub token: Option<SecretString>,
+    /// Print machine-readable JSON on stdout instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options describing a job (shared by `run` and `submit`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct JobArgs {
+    /// The task, planned by the LLM (needs a provider key, e.g. ALCHEMYST_API_KEY or GEMINI_API_KEY).
+    pub prompt: Option<String>,
+    /// A plan file: `{"steps":[…]}` or a bare array of steps; runs without an LLM.
+    #[arg(long, value_name = "FILE")]
+    pub steps: Option<PathBuf>,
+    /// Timeout of the whole job, in seconds.
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<u64>,
+    /// Timeout of each step, in seconds.
+    #[arg(long, value_name = "SECS")]
+    pub step_timeout: Option<u64>,
+    /// Sandbox network: none or bridge.
+    #[arg(long)]
+    pub network: Option<NetworkMode>,
+    /// Container image.
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Environment variable for the steps (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the REST server (same as the `agent-server` binary).
+    Serve(ServerConfig),
+    /// Run one job here, without a server: a sandbox on the local Docker engine; writes the ZIP.
+    Run {
+        /// The job.
+        #[command(flatten)]
+        job: JobArgs,
+        /// Where to write the result ZIP (default: `./job-<id>.zip`).
+        #[arg(long, short = 'o', value_name = "PATH")]
+        out: Option<PathBuf>,
+    },
+    /// Check the server: exit 0 when it and its Docker engine answer, 3 otherwise.
+    Health,
+    /// Submit a job to the server and print its id.
+    Submit {
+        /// The job.
+        #[command(flatten)]
+        job: JobArgs,
+        /// Follow the job's log until it ends; the exit code reflects its status.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Show a job's status.
+    Status {
+        /// The job id.
+        id: String,
+    },
+    /// List jobs, newest first.
+    Jobs {
+        /// Only jobs with this status (comma-separated for several).
+        #[arg(long)]
+        status: Option<String>,
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// How many to skip.
+        #[arg(long, default_value_t = 0)]
+        offset: usize,
+    },
+    /// Print a job's log.
+    Logs {
+        /// The job id.
+        id: String,
+        /// Follow it live until the job ends (Server-Sent Events).
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
+    /// Cancel a queued or running job.
+    Cancel {
+        /// The job id.
+        id: String,
+    },
+    /// Download a job's result ZIP.
+    Download {
+        /// The job id.
+        id: String,
+        /// Where to write it (default: `./job-<id>.zip`).
+        #[arg(long, short = 'o', value_name = "PATH")]
+        out: Option<PathBuf>,
+    },
+}
+
+/// Reads a plan file: `{"steps":[…]}` (a plan, the summary optional) or a bare array of steps.
+pub fn read_plan(path: &Path) -> Result<Vec<Step>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{} is not JSON: {e}", path.display()))?;
+    let steps = if value.is_array() {
+        serde_path_to_error::deserialize::<_, Vec<Step>>(value).map_err(|e| {
+            format!(
+                "{}: steps{}: {}",
+                path.display(),
+                path_suffix(e.path()),
+                e.inner()
+            )
+        })?
+    } else {
+        serde_path_to_error::deserialize::<_, Plan>(value)
+            .map_err(|e| format!("{}: {}: {}", path.display(), e.path(), e.inner()))?
+            .steps
+    };
+    if steps.is_empty() {
+        return Err(format!("{} has no steps", path.display()));
+    }
+    Ok(steps)
+}
+
+fn path_suffix(p: &serde_path_to_error::Path) -> String {
+    let s = p.to_string();
+    if s == "." {
+        String::new()
+    } else {
+        s
+    }
+}
+
+impl JobArgs {
+    pub(super) fn request(&self) -> Result<ScheduleRequest, String> {
+        if self.prompt.is_none() && self.steps.is_none() {
+            return Err("give a prompt or --steps FILE".into());
+        }
+        let steps = self.steps.as_deref().map(read_plan).transpose()?;
+        let mut env = BTreeMap::new();
+        for kv in &self.env {
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| format!("--env {kv:?}: expected KEY=VALUE"))?;
+            env.insert(k.to_string(), v.to_string());
+        }
+        Ok(ScheduleRequest {
+            prompt: self.prompt.clone(),
+            steps,
+            timeout_secs: self.timeout,
+            step_timeout_secs: self.step_timeout,
+            network: self.network,
+            image: self.image.clone(),
+            env: (!env.is_empty()).then_some(env),
+        })
+    }
+}

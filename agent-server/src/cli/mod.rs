@@ -1,0 +1,139 @@
+//! The `agent` command line: run a job locally, serve the API, or talk to a server.
+//!
+//! Exit codes: 0 success; 1 the job ended but did not succeed (failed, cancelled, timed out,
+//! interrupted); 2 usage error or a request the server refused (400/401/409/413/415/422);
+//! 3 the server (or the Docker engine, for `agent run`) cannot be reached; 4 no such job;
+//! 5 an internal error.
+
+mod args;
+mod local;
+mod progress;
+mod remote;
+
+pub use args::{read_plan, Cli, Command, JobArgs};
+
+use agent_core::{JobId, JobStatus};
+
+use crate::client::{Client, ClientError};
+use crate::config::init_tracing;
+
+/// Process exit codes of `agent`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// Success.
+    Ok = 0,
+    /// The job ended without succeeding.
+    JobFailed = 1,
+    /// Bad usage or a refused request.
+    Usage = 2,
+    /// The server or the Docker engine cannot be reached.
+    Unreachable = 3,
+    /// No such job.
+    NotFound = 4,
+    /// Anything else.
+    Internal = 5,
+}
+
+impl Exit {
+    /// The exit code for a job's final status.
+    pub fn for_status(status: JobStatus) -> Self {
+        if status == JobStatus::Succeeded {
+            Exit::Ok
+        } else {
+            Exit::JobFailed
+        }
+    }
+}
+
+impl From<&ClientError> for Exit {
+    fn from(e: &ClientError) -> Self {
+        match e {
+            ClientError::Unreachable { .. } => Exit::Unreachable,
+            ClientError::Api { status: 404, .. } => Exit::NotFound,
+            ClientError::Api { status, .. } if (400..500).contains(status) => Exit::Usage,
+            ClientError::Io { .. } => Exit::Usage,
+            _ => Exit::Internal,
+        }
+    }
+}
+
+fn fail(exit: Exit, message: impl std::fmt::Display) -> Exit {
+    eprintln!("error: {message}");
+    exit
+}
+
+fn client_fail(e: &ClientError) -> Exit {
+    let exit = Exit::from(e);
+    match e {
+        ClientError::Api { error, .. } if error.field.is_some() => eprintln!(
+            "error: {} (field: {})",
+            error.message,
+            error.field.as_deref().unwrap_or("")
+        ),
+        _ => eprintln!("error: {e}"),
+    }
+    exit
+}
+
+/// A client call's result, its error reported on stderr and turned into the exit code.
+fn reported<T>(result: Result<T, ClientError>) -> Result<T, Exit> {
+    result.map_err(|e| client_fail(&e))
+}
+
+fn print_json(value: &impl serde::Serialize) {
+    match serde_json::to_string_pretty(value) {
+        Ok(s) => println!("{s}"),
+        Err(e) => eprintln!("error: {e}"),
+    }
+}
+
+fn parse_id(id: &str) -> Result<JobId, Exit> {
+    id.parse::<JobId>().map_err(|e| fail(Exit::Usage, e))
+}
+
+/// Runs the CLI; returns the process exit code.
+pub async fn main(cli: Cli) -> Exit {
+    run_command(cli).await.unwrap_or_else(|exit| exit)
+}
+
+/// The CLI's work; `Err` carries the exit code of a failure already reported on stderr.
+async fn run_command(cli: Cli) -> Result<Exit, Exit> {
+    let client = || Client::new(&cli.url, cli.token.clone()).map_err(|e| client_fail(&e));
+    let json = cli.json;
+    match cli.command {
+        Command::Serve(config) => {
+            init_tracing(config.log_format);
+            Ok(match crate::server::serve(config).await {
+                Ok(()) => Exit::Ok,
+                Err(e) => fail(Exit::Internal, e),
+            })
+        }
+        Command::Run { ref job, ref out } => Ok(local::run_local(job, out.as_deref(), json).await),
+        Command::Health => remote::health(&client()?, json).await,
+        Command::Submit { ref job, wait } => {
+            let req = job.request().map_err(|e| fail(Exit::Usage, e))?;
+            remote::submit(&client()?, &req, wait, json).await
+        }
+        Command::Status { ref id } => {
+            let id = parse_id(id)?;
+            remote::status(&client()?, id, json).await
+        }
+        Command::Jobs {
+            ref status,
+            limit,
+            offset,
+        } => remote::jobs(&client()?, status.as_deref(), limit, offset, json).await,
+        Command::Logs { ref id, follow } => {
+            let id = parse_id(id)?;
+            remote::logs(&client()?, id, follow, json).await
+        }
+        Command::Cancel { ref id } => {
+            let id = parse_id(id)?;
+            remote::cancel(&client()?, id, json).await
+        }
+        Command::Download { ref id, ref out } => {
+            let id = parse_id(id)?;
+            remote::download(&client()?, id, out.as_deref(), json).await
+        }
+    }
+}
