@@ -1,0 +1,97 @@
+//! Building and starting a manager.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{broadcast, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use super::{Inner, JobManager, JobManagerConfig};
+use crate::agent::agent_flow;
+use crate::error::{Error, Result};
+use crate::executor::Executor;
+use crate::llm::LlmProvider;
+use crate::store::JobStore;
+
+/// Capacity of the live event channel shared by all jobs.
+const LIVE_CHANNEL: usize = 8192;
+
+/// Builds and starts a [`JobManager`].
+pub struct JobManagerBuilder {
+    executor: Arc<dyn Executor>,
+    store: Arc<dyn JobStore>,
+    llm: Option<Arc<dyn LlmProvider>>,
+    config: JobManagerConfig,
+}
+
+impl JobManagerBuilder {
+    /// A builder with the default configuration and no LLM.
+    pub fn new(executor: Arc<dyn Executor>, store: Arc<dyn JobStore>) -> Self {
+        Self {
+            executor,
+            store,
+            llm: None,
+            config: JobManagerConfig::default(),
+        }
+    }
+
+    /// The LLM that plans and repairs prompt jobs.
+    pub fn llm(mut self, llm: Arc<dyn LlmProvider>) -> Self {
+        self.llm = Some(llm);
+        self
+    }
+
+    /// The configuration.
+    pub fn config(mut self, config: JobManagerConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Recovers from a previous run (queued jobs re-queued, running ones marked interrupted),
+    /// reaps sandboxes left behind, starts the workers and the retention sweeper.
+    pub async fn start(self) -> Result<JobManager> {
+        if self.config.max_concurrent_jobs == 0
+            || self.config.max_concurrent_jobs > Semaphore::MAX_PERMITS
+        {
+            return Err(Error::invalid(
+                "max_concurrent_jobs",
+                format!("must be between 1 and {}", Semaphore::MAX_PERMITS),
+            ));
+        }
+        tokio::fs::create_dir_all(&self.config.artifact_dir)
+            .await
+            .map_err(|e| {
+                Error::io(
+                    format!("creating {}", self.config.artifact_dir.display()),
+                    e,
+                )
+            })?;
+        let (events_tx, _) = broadcast::channel(LIVE_CHANNEL);
+        let inner = Arc::new(Inner {
+            flow: agent_flow()?,
+            permits: Arc::new(Semaphore::new(self.config.max_concurrent_jobs)),
+            store: self.store,
+            executor: self.executor,
+            llm: self.llm,
+            config: self.config,
+            live: Mutex::new(HashMap::new()),
+            events_tx,
+            accepting: AtomicBool::new(true),
+            live_sandboxes: AtomicUsize::new(0),
+            stop: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        });
+        let manager = JobManager { inner };
+        let requeued = manager.recover().await?;
+        match manager.inner.executor.reap(&requeued).await {
+            Ok(0) => {}
+            Ok(n) => info!(removed = n, "removed sandboxes left by an earlier run"),
+            Err(e) => warn!(error = %e, "could not reap old sandboxes"),
+        }
+        manager.spawn_sweeper();
+        Ok(manager)
+    }
+}

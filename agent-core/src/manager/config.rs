@@ -1,0 +1,62 @@
+//! The manager's settings and counters.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::executor::{DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_TAIL_BYTES};
+
+/// Settings of a [`JobManager`](super::JobManager).
+#[derive(Clone, Debug)]
+pub struct JobManagerConfig {
+    /// Jobs that run at once. Default 4.
+    pub max_concurrent_jobs: usize,
+    /// Jobs that may wait for a worker; past it [`JobManager::submit`](super::JobManager::submit)
+    /// answers [`Error::QueueFull`](crate::Error::QueueFull). Default 10,000.
+    pub max_queued_jobs: usize,
+    /// Where result ZIPs are written (`<dir>/<job_id>.zip`).
+    pub artifact_dir: PathBuf,
+    /// How long finished jobs, their events and artifacts are kept (`None` = forever). Default 1 day.
+    pub retention: Option<Duration>,
+    /// How often the retention sweep runs. Default 10 minutes.
+    pub sweep_interval: Duration,
+    /// Output cap per step. Default 10 MiB.
+    pub max_output_bytes: u64,
+    /// Largest workspace export turned into a ZIP. Default 2 GiB.
+    pub max_export_bytes: u64,
+    /// How much of each output stream a step result keeps. Default 8 KiB.
+    pub tail_bytes: usize,
+    /// How long [`JobManager::shutdown`](super::JobManager::shutdown) lets running jobs finish by
+    /// default. Default 10 s.
+    pub shutdown_grace: Duration,
+    /// How long packaging the partial workspace of a cancelled or timed-out job may take.
+    /// Default 2 minutes.
+    pub packaging_timeout: Duration,
+}
+
+impl Default for JobManagerConfig {
+    fn default() -> Self {
+        Self {
+            max_concurrent_jobs: 4,
+            max_queued_jobs: 10_000,
+            artifact_dir: std::env::temp_dir().join("agent_jobs").join("artifacts"),
+            retention: Some(Duration::from_secs(24 * 3600)),
+            sweep_interval: Duration::from_secs(600),
+            max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
+            max_export_bytes: 2 << 30,
+            tail_bytes: DEFAULT_TAIL_BYTES,
+            shutdown_grace: Duration::from_secs(10),
+            packaging_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Counters for health checks and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ManagerStats {
+    /// Jobs waiting for a worker.
+    pub queued: usize,
+    /// Jobs running now.
+    pub running: usize,
+    /// Sandboxes that exist now.
+    pub live_sandboxes: usize,
+}

@@ -1,0 +1,231 @@
+//! The job manager: submit, a bounded worker pool, cancel, timeouts, live events, retention and
+//! start-up recovery.
+//!
+//! One module per concern: `config` (settings), `builder` (start-up), `queue` (the worker
+//! pool), `run` (one job in its sandbox, ending in an `Outcome`), `timer` (the job timeout),
+//! `live` (cancel state of queued and running jobs), `recovery` (after a restart), `retention`
+//! (the sweep) and `shutdown`.
+//!
+//! ```no_run
+//! # async fn demo(executor: std::sync::Arc<dyn agent_core::Executor>) -> agent_core::Result<()> {
+//! use std::sync::Arc;
+//! use agent_core::manager::JobManager;
+//! use agent_core::store::memory::MemoryStore;
+//! use agent_core::{JobSpec, Step};
+//!
+//! let manager = JobManager::builder(executor, Arc::new(MemoryStore::new())).start().await?;
+//! let id = manager
+//!     .submit(JobSpec::from_steps(vec![Step::shell("echo hello > hello.txt")]))
+//!     .await?;
+//! let job = manager.wait(id).await?;
+//! println!("{} -> {:?}", job.status, job.artifact);
+//! manager.shutdown(std::time::Duration::from_secs(10)).await?;
+//! # Ok(()) }
+//! ```
+
+mod builder;
+mod config;
+mod live;
+mod queue;
+mod recovery;
+mod retention;
+mod run;
+mod shutdown;
+mod timer;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures::stream::BoxStream;
+use tokio::sync::{broadcast, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::agent::AgentState;
+use crate::error::{Error, Result};
+use crate::events::{replay_then_follow, EventSink};
+use crate::executor::Executor;
+use crate::flow::Flow;
+use crate::job::{EventKind, Job, JobEvent, JobId, JobSpec, JobStatus};
+use crate::llm::LlmProvider;
+use crate::store::{JobFilter, JobPage, JobStore, MAX_PAGE_SIZE};
+
+pub use builder::JobManagerBuilder;
+pub use config::{JobManagerConfig, ManagerStats};
+use live::{LiveJob, Phase};
+
+/// Runs jobs. Cheap to clone; all clones share one manager.
+#[derive(Clone)]
+pub struct JobManager {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for JobManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobManager")
+            .field("executor", &self.inner.executor.name())
+            .field(
+                "llm",
+                &self.inner.llm.as_ref().map(|l| l.name().to_string()),
+            )
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+/// The state all clones of a [`JobManager`] share.
+struct Inner {
+    store: Arc<dyn JobStore>,
+    executor: Arc<dyn Executor>,
+    llm: Option<Arc<dyn LlmProvider>>,
+    config: JobManagerConfig,
+    flow: Flow<AgentState>,
+    permits: Arc<Semaphore>,
+    /// Queued and running jobs (see [`live`]).
+    live: Mutex<HashMap<JobId, LiveJob>>,
+    events_tx: broadcast::Sender<JobEvent>,
+    accepting: AtomicBool,
+    live_sandboxes: AtomicUsize,
+    /// Cancelled at shutdown: stops the sweeper and queued jobs.
+    stop: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl JobManager {
+    /// A builder.
+    pub fn builder(executor: Arc<dyn Executor>, store: Arc<dyn JobStore>) -> JobManagerBuilder {
+        JobManagerBuilder::new(executor, store)
+    }
+
+    /// Validates and queues a job; returns at once.
+    pub async fn submit(&self, spec: JobSpec) -> Result<JobId> {
+        if !self.inner.accepting.load(Ordering::Acquire) {
+            return Err(Error::ShuttingDown);
+        }
+        spec.validate()?;
+        if spec.needs_llm() && self.inner.llm.is_none() {
+            return Err(Error::NoLlm);
+        }
+        let limit = self.inner.config.max_queued_jobs;
+        if self.inner.live().len() >= self.inner.config.max_concurrent_jobs.saturating_add(limit) {
+            return Err(Error::QueueFull { limit });
+        }
+        let job = Job::new(JobId::new(), spec);
+        self.inner.store.insert_job(&job).await?;
+        let id = job.id;
+        let events = self.new_sink(id, 0);
+        events.emit(EventKind::Status {
+            status: JobStatus::Queued,
+            error: None,
+        });
+        self.enqueue(id, events);
+        Ok(id)
+    }
+
+    /// A job by id.
+    pub async fn get(&self, id: JobId) -> Result<Job> {
+        self.inner
+            .store
+            .get_job(id)
+            .await?
+            .ok_or(Error::JobNotFound(id))
+    }
+
+    /// Jobs, newest first.
+    pub async fn list(&self, filter: &JobFilter) -> Result<JobPage> {
+        if filter.limit > MAX_PAGE_SIZE {
+            return Err(Error::invalid(
+                "limit",
+                format!("must be at most {MAX_PAGE_SIZE}"),
+            ));
+        }
+        Ok(self.inner.store.list_jobs(filter).await?)
+    }
+
+    /// A job's stored events with `seq > after`.
+    pub async fn events(&self, id: JobId, after: u64, limit: usize) -> Result<Vec<JobEvent>> {
+        self.get(id).await?;
+        Ok(self.inner.store.events(id, after, limit).await?)
+    }
+
+    /// A job's events with `seq > after`: the stored ones, then live ones as they happen. The
+    /// stream ends after the job's final status event.
+    pub async fn subscribe(
+        &self,
+        id: JobId,
+        after: u64,
+    ) -> Result<BoxStream<'static, Result<JobEvent>>> {
+        let live = self.inner.events_tx.subscribe();
+        let job = self.get(id).await?;
+        Ok(replay_then_follow(
+            self.inner.store.clone(),
+            id,
+            after,
+            live,
+            job.status.is_terminal() && !self.inner.live().contains_key(&id),
+        ))
+    }
+
+    /// Every event of every job, live (for metrics and dashboards).
+    pub fn subscribe_all(&self) -> broadcast::Receiver<JobEvent> {
+        self.inner.events_tx.subscribe()
+    }
+
+    /// Waits until a job is finished and returns it.
+    pub async fn wait(&self, id: JobId) -> Result<Job> {
+        let done = self.inner.live().get(&id).map(|l| l.done.subscribe());
+        if let Some(mut done) = done {
+            // Err means the sender is gone, which also means the job is finished.
+            let _ = done.wait_for(|d| *d).await;
+        }
+        self.get(id).await
+    }
+
+    /// Queue and sandbox counters.
+    pub fn stats(&self) -> ManagerStats {
+        let live = self.inner.live();
+        let mut stats = ManagerStats {
+            live_sandboxes: self.inner.live_sandboxes.load(Ordering::Relaxed),
+            ..ManagerStats::default()
+        };
+        for entry in live.values() {
+            match entry.phase {
+                Phase::Queued => stats.queued += 1,
+                Phase::Running => stats.running += 1,
+                Phase::Withdrawn => {}
+            }
+        }
+        stats
+    }
+
+    /// The LLM, if one is configured.
+    pub fn llm(&self) -> Option<&Arc<dyn LlmProvider>> {
+        self.inner.llm.as_ref()
+    }
+
+    /// The executor.
+    pub fn executor(&self) -> &Arc<dyn Executor> {
+        &self.inner.executor
+    }
+
+    /// The job store.
+    pub fn store(&self) -> &Arc<dyn JobStore> {
+        &self.inner.store
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &JobManagerConfig {
+        &self.inner.config
+    }
+
+    /// An event sink for a job whose last stored event has `last_seq`.
+    fn new_sink(&self, id: JobId, last_seq: u64) -> EventSink {
+        EventSink::spawn(
+            id,
+            last_seq,
+            self.inner.store.clone(),
+            self.inner.events_tx.clone(),
+        )
+    }
+}

@@ -1,0 +1,67 @@
+//! The queue and the bounded worker pool: each queued job waits for a permit, then runs.
+
+use std::panic::AssertUnwindSafe;
+
+use futures::FutureExt;
+use tracing::{info_span, warn, Instrument};
+
+use super::JobManager;
+use crate::events::EventSink;
+use crate::job::JobId;
+
+impl JobManager {
+    /// Queues a stored job: it runs when a worker is free, unless cancelled or shut down first.
+    pub(super) fn enqueue(&self, id: JobId, events: EventSink) {
+        let cancel = self.track(id, events.clone());
+        let manager = self.clone();
+        let span = info_span!("job", job_id = %id);
+        self.inner.tasks.spawn(
+            async move {
+                let permit = tokio::select! {
+                    biased;
+                    // Withdrawn by cancel(), which settles the job itself.
+                    () = cancel.cancelled() => return,
+                    // Shutting down: the job stays queued for the next start.
+                    () = manager.inner.stop.cancelled() => {
+                        events.flush().await;
+                        manager.forget(id);
+                        return;
+                    }
+                    p = manager.inner.permits.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => return,
+                    },
+                };
+                if !manager.mark_running(id) {
+                    return;
+                }
+                // A failure or a panic outside the flow must still end the job: otherwise it
+                // would stay `running` in the store and its waiters would never wake.
+                let outcome = AssertUnwindSafe(manager.run(id, cancel, events.clone()))
+                    .catch_unwind()
+                    .await;
+                let error = match outcome {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(e.to_string()),
+                    Err(panic) => Some(format!("internal error: {}", panic_message(&*panic))),
+                };
+                if let Some(error) = error {
+                    warn!(error = %error, "job failed to run");
+                    manager.settle_failed(id, error, &events).await;
+                }
+                drop(permit);
+                manager.forget(id);
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// The text of a panic payload (`&str` or `String`), or a placeholder.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic")
+}

@@ -1,0 +1,217 @@
+//! One job from running to its final status: the sandbox, the agent flow, packaging.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::timer::JobTimer;
+use super::JobManager;
+use crate::agent::{AgentSettings, AgentState};
+use crate::error::{Error, Result};
+use crate::events::EventSink;
+use crate::executor::Sandbox;
+use crate::flow::Ctx;
+use crate::job::{EventKind, Job, JobId, JobStatus};
+
+/// How a job's run ended: the job as it stands, the status it ends in and why it did not succeed.
+struct Outcome {
+    job: Job,
+    status: JobStatus,
+    /// Kept as the job's error unless the job already has one.
+    error: Option<String>,
+}
+
+impl JobManager {
+    /// Runs one job to its final status.
+    pub(super) async fn run(
+        &self,
+        id: JobId,
+        cancel: CancellationToken,
+        events: EventSink,
+    ) -> Result<()> {
+        let inner = &self.inner;
+        let mut job = self.get(id).await?;
+        job.transition(JobStatus::Running)?;
+        inner.store.update_job(&job).await?;
+        events.emit(EventKind::Status {
+            status: JobStatus::Running,
+            error: None,
+        });
+        let timer = JobTimer::start(self, id, job.spec.job_timeout, cancel.clone());
+        let outcome = self.run_in_sandbox(job, cancel, events.clone()).await;
+        drop(timer);
+        let Outcome {
+            mut job,
+            status,
+            error,
+        } = outcome;
+        if let Some(e) = error {
+            job.error.get_or_insert(e);
+        }
+        job.transition(status)?;
+        inner.store.update_job(&job).await?;
+        events.emit(EventKind::Status {
+            status,
+            error: job.error.clone(),
+        });
+        events.flush().await;
+        info!(status = %status, "job finished");
+        Ok(())
+    }
+
+    /// Creates the sandbox, runs the agent flow, compiles results, destroys the sandbox.
+    async fn run_in_sandbox(
+        &self,
+        mut job: Job,
+        cancel: CancellationToken,
+        events: EventSink,
+    ) -> Outcome {
+        let inner = &self.inner;
+        let id = job.id;
+        let sandbox: Arc<dyn Sandbox> = match inner.executor.create(id, &job.spec).await {
+            Ok(s) => Arc::from(s),
+            Err(e) => {
+                // No sandbox could be created.
+                let reason = self.stop_reason(id);
+                let status = reason.unwrap_or(JobStatus::Failed);
+                job.error = Some(match reason {
+                    Some(_) => stop_message(status, job.spec.job_timeout),
+                    None => Error::from(e).to_string(),
+                });
+                return Outcome {
+                    job,
+                    status,
+                    error: None,
+                };
+            }
+        };
+        let _counted = LiveSandbox::new(&inner.live_sandboxes);
+        debug!(sandbox = sandbox.id(), "sandbox ready");
+        let settings = AgentSettings {
+            max_output_bytes: inner.config.max_output_bytes,
+            tail_bytes: inner.config.tail_bytes,
+            max_export_bytes: inner.config.max_export_bytes,
+            artifact_path: inner.config.artifact_dir.join(format!("{id}.zip")),
+        };
+        let job_timeout = job.spec.job_timeout;
+        let mut state = AgentState::new(
+            job,
+            inner.store.clone(),
+            sandbox.clone(),
+            inner.llm.clone(),
+            events.clone(),
+            cancel.clone(),
+            settings,
+        );
+        let ctx = Ctx::with_cancel(cancel.clone());
+        let (status, error) = match inner.flow.run(&mut state, &ctx).await {
+            Ok(_) => (state.outcome(), state.failure().map(str::to_string)),
+            Err(e) => {
+                let status = match self.stop_reason(id) {
+                    Some(reason) if cancel.is_cancelled() => reason,
+                    _ => JobStatus::Failed,
+                };
+                let message = match status {
+                    JobStatus::Failed => e.to_string(),
+                    other => stop_message(other, job_timeout),
+                };
+                state.fail(message.clone());
+                if status == JobStatus::TimedOut {
+                    state.mark_running_step_timed_out();
+                }
+                self.package_partial(&mut state, status, &events).await;
+                (status, Some(message))
+            }
+        };
+        if let Err(e) = sandbox.destroy().await {
+            warn!(error = %e, "could not destroy the sandbox");
+        }
+        Outcome {
+            job: state.job,
+            status,
+            error,
+        }
+    }
+
+    /// Keeps what a stopped or failed job produced so far, within the packaging deadline.
+    async fn package_partial(&self, state: &mut AgentState, status: JobStatus, events: &EventSink) {
+        if state.job.artifact.is_some() {
+            return;
+        }
+        let deadline = self.inner.config.packaging_timeout;
+        let packaged = tokio::time::timeout(deadline, state.compile(status))
+            .await
+            .unwrap_or(Err(Error::Timeout(deadline)));
+        if let Err(e) = packaged {
+            warn!(error = %e, "could not package the partial workspace");
+            events.emit(EventKind::Log {
+                message: format!("could not package the workspace: {e}"),
+            });
+        }
+    }
+
+    /// Marks a job failed after [`JobManager::run`] returned an error or panicked, unless it
+    /// already reached a final status. Best effort: a store that keeps failing is logged.
+    pub(super) async fn settle_failed(&self, id: JobId, error: String, events: &EventSink) {
+        let settled = async {
+            let mut job = self.get(id).await?;
+            if !job.status.is_terminal() {
+                self.finish_unstarted(&mut job, JobStatus::Failed, Some(error), events)
+                    .await?;
+            }
+            Ok::<_, Error>(())
+        }
+        .await;
+        if let Err(e) = settled {
+            warn!(error = %e, "could not mark the job failed");
+        }
+    }
+
+    /// Moves a job that never ran to a final status.
+    pub(super) async fn finish_unstarted(
+        &self,
+        job: &mut Job,
+        status: JobStatus,
+        error: Option<String>,
+        events: &EventSink,
+    ) -> Result<()> {
+        job.transition(status)?;
+        job.error = error.clone();
+        self.inner.store.update_job(job).await?;
+        events.emit(EventKind::Status { status, error });
+        events.flush().await;
+        Ok(())
+    }
+}
+
+/// Counts a sandbox in [`ManagerStats::live_sandboxes`](super::ManagerStats::live_sandboxes)
+/// until dropped (also when a panic unwinds through the job).
+struct LiveSandbox<'a>(&'a AtomicUsize);
+
+impl<'a> LiveSandbox<'a> {
+    fn new(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Self(counter)
+    }
+}
+
+impl Drop for LiveSandbox<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The error message of a job stopped for `status`.
+fn stop_message(status: JobStatus, timeout: Duration) -> String {
+    match status {
+        JobStatus::TimedOut => {
+            format!("the job ran longer than its {}s timeout", timeout.as_secs())
+        }
+        JobStatus::Cancelled => "cancelled".to_string(),
+        JobStatus::Interrupted => "interrupted by a shutdown".to_string(),
+        other => other.to_string(),
+    }
+}
