@@ -60,7 +60,7 @@ pub struct ChatRequest {
     /// Ask the provider for a JSON object (`response_format` / `responseMimeType`).
     pub json_mode: bool,
     /// Sampling temperature.
-    pub temperature: Option<f32>,
+    pub temperature: Option<f64>,
     /// Cap on output tokens.
     pub max_tokens: Option<u32>,
 }
@@ -82,7 +82,7 @@ impl ChatRequest {
     }
 
     /// Sets the temperature.
-    pub fn with_temperature(mut self, temperature: f32) -> Self {
+    pub fn with_temperature(mut self, temperature: f64) -> Self {
         self.temperature = Some(temperature);
         self
     }
@@ -243,6 +243,13 @@ impl LlmError {
 ///
 /// Only [`chat`](LlmProvider::chat) is required; [`chat_stream`](LlmProvider::chat_stream)
 /// defaults to one delta with the whole answer.
+///
+/// The agent itself always streams (so planning shows up live in the job's log). `chat` stays the
+/// required method because it is the smallest thing a backend can offer (a server or a test
+/// double that cannot stream still works, through the default `chat_stream`) and because
+/// embedders that want one whole answer should not have to collect a stream. Every provider in
+/// `agent-llm` implements both natively, and the conformance suite
+/// (`agent_core::testing::llm_suite`, feature `test-util`, run against each provider) checks both.
 #[async_trait]
 pub trait LlmProvider: Send + Sync + 'static {
     /// A short name recorded in jobs (`"alchemyst"`, `"gemini"`, `"openai"`, …).

@@ -46,7 +46,7 @@ async fn alchemyst_request_and_happy_path_with_usage() {
                 {"role": "assistant", "content": "hi"},
                 {"role": "user", "content": "plan it"}
             ],
-            "temperature": 0.25,
+            "temperature": 0.2,
             "max_tokens": 256
         })))
         .respond_with(
@@ -60,7 +60,7 @@ async fn alchemyst_request_and_happy_path_with_usage() {
     let provider = alchemyst(&server);
     assert_eq!(provider.name(), "alchemyst");
     let mut request = ChatRequest::new("You plan.", "hello")
-        .with_temperature(0.25)
+        .with_temperature(0.2)
         .with_max_tokens(256);
     request.messages.push(Message::assistant("hi"));
     request.messages.push(Message::user("plan it"));
