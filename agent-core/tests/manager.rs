@@ -283,8 +283,18 @@ async fn an_unparseable_plan_gets_one_retry_with_the_error() {
     let id = h.manager.submit(JobSpec::from_prompt("x")).await.unwrap();
     let job = h.manager.wait(id).await.unwrap();
     assert_eq!(job.status, JobStatus::Failed);
-    assert!(job.error.unwrap().contains("unknown type \"teleport\""));
+    assert!(job
+        .error
+        .as_deref()
+        .unwrap()
+        .contains("unknown type \"teleport\""));
     assert_eq!(h.requests.lock().unwrap().len(), 2);
+    // Tokens spent are tokens spent: both answers count though neither became a plan.
+    assert_eq!(job.usage.total_tokens, 30);
+    assert_eq!(job.provider.as_deref(), Some("mock"));
+    let result: serde_json::Value = serde_json::from_str(&zip_file(&job, "result.json")).unwrap();
+    assert_eq!(result["usage"]["total_tokens"], 30);
+    assert_eq!(result["provider"], "mock");
 }
 
 #[tokio::test]

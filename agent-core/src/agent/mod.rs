@@ -278,13 +278,23 @@ pub(crate) struct Planned {
     pub(crate) usage: TokenUsage,
 }
 
+/// A planning or repair call that failed, with what the model's answers cost before it did:
+/// tokens spent are tokens spent.
+#[derive(Debug)]
+pub(crate) struct PlanFailed {
+    pub(crate) error: Error,
+    /// The provider of the last answer, if any answer came.
+    pub(crate) provider: Option<String>,
+    pub(crate) usage: TokenUsage,
+}
+
 /// Asks the LLM for a plan, streaming its text into the job's events; a reply that does not parse
 /// gets one more try that tells the model the parse error.
 pub(crate) async fn ask_for_plan(
     llm: &dyn LlmProvider,
     events: &EventSink,
     user_message: String,
-) -> Result<Planned> {
+) -> std::result::Result<Planned, PlanFailed> {
     let mut request = ChatRequest {
         system: SYSTEM_PROMPT.to_string(),
         messages: vec![Message::user(user_message)],
@@ -293,10 +303,21 @@ pub(crate) async fn ask_for_plan(
         max_tokens: None,
     };
     let mut usage = TokenUsage::default();
+    let mut provider = None;
     let mut last_error = None;
     for attempt in 0..2 {
-        let response = chat_streaming(llm, &request, events).await?;
+        let response = match chat_streaming(llm, &request, events).await {
+            Ok(r) => r,
+            Err(e) => {
+                return Err(PlanFailed {
+                    error: e.into(),
+                    provider,
+                    usage,
+                })
+            }
+        };
         usage.add(response.usage);
+        provider = Some(response.provider.clone());
         match parse_plan(&response.text) {
             Ok(plan) => {
                 return Ok(Planned {
@@ -318,9 +339,11 @@ pub(crate) async fn ask_for_plan(
             Err(e) => last_error = Some(e),
         }
     }
-    Err(Error::InvalidPlan(
-        last_error.map(|e| e.to_string()).unwrap_or_default(),
-    ))
+    Err(PlanFailed {
+        error: Error::InvalidPlan(last_error.map(|e| e.to_string()).unwrap_or_default()),
+        provider,
+        usage,
+    })
 }
 
 async fn chat_streaming(

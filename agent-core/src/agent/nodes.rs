@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::{ask_for_plan, plan, AgentState, Packaging, Planned, StepRun};
+use super::{ask_for_plan, plan, AgentState, Packaging, PlanFailed, Planned, StepRun};
 use crate::error::{Error, Result};
 use crate::events::EventSink;
 use crate::executor::SandboxError;
@@ -54,7 +54,7 @@ enum PlanPrep {
 #[async_trait]
 impl Node<AgentState> for PlanNode {
     type Prep = PlanPrep;
-    type Exec = Planned;
+    type Exec = std::result::Result<Planned, PlanFailed>;
 
     async fn prep(&self, state: &mut AgentState) -> Result<PlanPrep> {
         if let Some(steps) = &state.job.spec.steps {
@@ -68,8 +68,8 @@ impl Node<AgentState> for PlanNode {
         })
     }
 
-    async fn exec(&self, prep: &PlanPrep, _ctx: &Ctx) -> Result<Planned> {
-        match prep {
+    async fn exec(&self, prep: &PlanPrep, _ctx: &Ctx) -> Result<Self::Exec> {
+        Ok(match prep {
             PlanPrep::Explicit(steps) => Ok(Planned {
                 plan: Plan {
                     steps: steps.clone(),
@@ -83,17 +83,42 @@ impl Node<AgentState> for PlanNode {
                 events,
                 message,
             } => ask_for_plan(&**llm, events, message.clone()).await,
-        }
+        })
     }
 
-    async fn post(&self, state: &mut AgentState, _: PlanPrep, planned: Planned) -> Result<Action> {
-        accept_plan(state, planned, 0).await?;
-        Ok(EXECUTE.into())
+    async fn post(
+        &self,
+        state: &mut AgentState,
+        _: PlanPrep,
+        planned: Self::Exec,
+    ) -> Result<Action> {
+        match planned {
+            Ok(planned) => {
+                accept_plan(state, planned, 0).await?;
+                Ok(EXECUTE.into())
+            }
+            Err(failed) => Err(charge_failed_plan(state, failed)),
+        }
     }
 
     fn name(&self) -> &str {
         "plan"
     }
+}
+
+/// Records what a failed planning call cost (usage, the provider that answered) on the job and
+/// gives back its error.
+fn charge_failed_plan(state: &mut AgentState, failed: PlanFailed) -> Error {
+    let PlanFailed {
+        error,
+        provider,
+        usage,
+    } = failed;
+    state.job.usage.add(usage);
+    if provider.is_some() {
+        state.job.provider = provider;
+    }
+    error
 }
 
 async fn accept_plan(state: &mut AgentState, planned: Planned, attempt: u32) -> Result<()> {
@@ -220,7 +245,7 @@ struct RepairPrep {
 #[async_trait]
 impl Node<AgentState> for RepairNode {
     type Prep = RepairPrep;
-    type Exec = std::result::Result<Planned, String>;
+    type Exec = std::result::Result<Planned, PlanFailed>;
 
     async fn prep(&self, state: &mut AgentState) -> Result<RepairPrep> {
         let llm = state.llm.clone().ok_or(Error::NoLlm)?;
@@ -263,7 +288,6 @@ impl Node<AgentState> for RepairNode {
 
     async fn exec(&self, prep: &RepairPrep, _: &Ctx) -> Result<Self::Exec> {
         Ok(ask_for_plan(&*prep.llm, &prep.events, prep.message.clone()).await)
-            .map(|r| r.map_err(|e| e.to_string()))
     }
 
     async fn post(
@@ -278,7 +302,8 @@ impl Node<AgentState> for RepairNode {
                 accept_plan(state, planned, attempt).await?;
                 Ok(EXECUTE.into())
             }
-            Err(why) => {
+            Err(failed) => {
+                let why = charge_failed_plan(state, failed);
                 state.fail(format!("the repair failed: {why}"));
                 Ok(DONE.into())
             }
