@@ -241,7 +241,9 @@ pub trait Sandbox: Send + Sync {
     async fn destroy(&self) -> Result<(), SandboxError>;
 }
 
+/// Forwards every method, provided ones too (the lint names any left out).
 #[async_trait]
+#[deny(clippy::missing_trait_methods)]
 impl<T: Executor + ?Sized> Executor for Arc<T> {
     fn name(&self) -> &str {
         (**self).name()

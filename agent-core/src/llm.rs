@@ -273,7 +273,9 @@ pub trait LlmProvider: Send + Sync + 'static {
     }
 }
 
+/// Forwards every method, provided ones too (the lint names any left out).
 #[async_trait]
+#[deny(clippy::missing_trait_methods)]
 impl<T: LlmProvider + ?Sized> LlmProvider for Arc<T> {
     fn name(&self) -> &str {
         (**self).name()
@@ -286,7 +288,9 @@ impl<T: LlmProvider + ?Sized> LlmProvider for Arc<T> {
     }
 }
 
+/// Forwards every method, provided ones too (the lint names any left out).
 #[async_trait]
+#[deny(clippy::missing_trait_methods)]
 impl<T: LlmProvider + ?Sized> LlmProvider for Box<T> {
     fn name(&self) -> &str {
         (**self).name()

@@ -629,6 +629,7 @@ async fn timeouts_too_large_for_an_instant_do_not_overflow() {
 struct PanickingSandbox(Box<dyn agent_core::Sandbox>);
 
 #[async_trait::async_trait]
+#[deny(clippy::missing_trait_methods)]
 impl agent_core::Sandbox for PanickingSandbox {
     fn id(&self) -> &str {
         self.0.id()
@@ -663,6 +664,7 @@ impl agent_core::Sandbox for PanickingSandbox {
 struct PanickingExecutor(FakeExecutor);
 
 #[async_trait::async_trait]
+#[deny(clippy::missing_trait_methods)]
 impl agent_core::Executor for PanickingExecutor {
     fn name(&self) -> &str {
         "panicking"
@@ -678,6 +680,18 @@ impl agent_core::Executor for PanickingExecutor {
         Ok(Box::new(PanickingSandbox(
             self.0.create(job_id, spec).await?,
         )))
+    }
+    async fn reap(
+        &self,
+        live: &std::collections::HashSet<JobId>,
+    ) -> Result<usize, agent_core::SandboxError> {
+        self.0.reap(live).await
+    }
+    async fn ping(&self) -> Result<(), agent_core::SandboxError> {
+        self.0.ping().await
+    }
+    async fn shutdown(&self) -> Result<(), agent_core::SandboxError> {
+        self.0.shutdown().await
     }
 }
 
@@ -728,6 +742,7 @@ struct HangingExport(FakeExecutor);
 struct HangingSandbox(Box<dyn agent_core::Sandbox>);
 
 #[async_trait::async_trait]
+#[deny(clippy::missing_trait_methods)]
 impl agent_core::Executor for HangingExport {
     fn name(&self) -> &str {
         "hanging-export"
@@ -742,9 +757,22 @@ impl agent_core::Executor for HangingExport {
     ) -> Result<Box<dyn agent_core::Sandbox>, agent_core::SandboxError> {
         Ok(Box::new(HangingSandbox(self.0.create(job_id, spec).await?)))
     }
+    async fn reap(
+        &self,
+        live: &std::collections::HashSet<JobId>,
+    ) -> Result<usize, agent_core::SandboxError> {
+        self.0.reap(live).await
+    }
+    async fn ping(&self) -> Result<(), agent_core::SandboxError> {
+        self.0.ping().await
+    }
+    async fn shutdown(&self) -> Result<(), agent_core::SandboxError> {
+        self.0.shutdown().await
+    }
 }
 
 #[async_trait::async_trait]
+#[deny(clippy::missing_trait_methods)]
 impl agent_core::Sandbox for HangingSandbox {
     fn id(&self) -> &str {
         self.0.id()

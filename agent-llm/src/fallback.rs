@@ -85,6 +85,7 @@ impl Fallback {
 }
 
 #[async_trait]
+#[deny(clippy::missing_trait_methods)]
 impl LlmProvider for Fallback {
     fn name(&self) -> &str {
         &self.name

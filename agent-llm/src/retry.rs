@@ -167,6 +167,7 @@ impl<P: LlmProvider> Retry<P> {
 }
 
 #[async_trait]
+#[deny(clippy::missing_trait_methods)]
 impl<P: LlmProvider> LlmProvider for Retry<P> {
     fn name(&self) -> &str {
         self.inner.name()

@@ -279,6 +279,7 @@ impl<P: LlmProvider> MeteredLlm<P> {
 }
 
 #[async_trait]
+#[deny(clippy::missing_trait_methods)]
 impl<P: LlmProvider> LlmProvider for MeteredLlm<P> {
     fn name(&self) -> &str {
         self.inner.name()

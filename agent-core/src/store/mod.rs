@@ -158,7 +158,9 @@ pub trait JobStore: Send + Sync + 'static {
     async fn count_by_status(&self) -> Result<Vec<(JobStatus, u64)>, StoreError>;
 }
 
+/// Forwards every method, provided ones too (the lint names any left out).
 #[async_trait]
+#[deny(clippy::missing_trait_methods)]
 impl<T: JobStore + ?Sized> JobStore for Arc<T> {
     async fn insert_job(&self, job: &Job) -> Result<(), StoreError> {
         (**self).insert_job(job).await
