@@ -13,7 +13,7 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use agent_core::agent::plan::{parse_plan, planning_prompt, SYSTEM_PROMPT};
+use agent_core::agent::plan::{parse_plan, planning_prompt, system_prompt};
 use agent_core::llm::collect_stream;
 use agent_core::{ChatRequest, LlmProvider};
 
@@ -34,9 +34,9 @@ async fn main() -> ExitCode {
     };
     eprintln!("providers: {}", chain.provider_names().join(" → "));
 
-    // The same system prompt and parser the agent uses.
-    let request = ChatRequest::new(SYSTEM_PROMPT, planning_prompt(&task))
-        .with_json_mode(true)
+    // The same system prompt, response schema and parser the agent uses.
+    let request = ChatRequest::new(system_prompt(), planning_prompt(&task))
+        .with_response_schema(agent_core::schema::plan_schema().clone())
         .with_temperature(0.2);
     let reply = match chain.chat_stream(&request).await {
         Ok(stream) => {

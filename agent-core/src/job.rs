@@ -9,6 +9,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -178,9 +179,8 @@ impl ResourceLimits {
     }
 }
 
-/// What a step does. The JSON form is the plan's: `{"type":"shell","command":"…"}`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+/// What a step does.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StepKind {
     /// A command run by `bash -c` in `/workspace`.
     Shell {
@@ -202,6 +202,9 @@ pub enum StepKind {
 }
 
 impl StepKind {
+    /// Every step type, as the JSON `type` field names it.
+    pub const TYPES: [&'static str; 3] = ["shell", "python", "write_file"];
+
     /// `"shell"`, `"python"` or `"write_file"`.
     pub fn type_name(&self) -> &'static str {
         match self {
@@ -213,22 +216,127 @@ impl StepKind {
 }
 
 /// One step of a plan.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Its JSON form (the API's, the plan's and the stored one) is
+/// `{"type":"shell","command":"…","description":"…","timeout_secs":60}`; unknown fields are refused.
+/// The JSON Schema of that form, generated from this type, is [`crate::schema::step_schema`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(from = "StepJson", into = "StepJson")]
+#[schemars(
+    description = "One step, selected by `type`: `shell` runs `command` with bash, `python` runs `code` with python3, `write_file` writes `content` to `path` under /workspace."
+)]
 pub struct Step {
     /// What the step does.
-    #[serde(flatten)]
     pub kind: StepKind,
     /// A human description, as the planner gave it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     /// A timeout for this step alone, overriding the job's per-step timeout.
-    #[serde(
-        default,
-        rename = "timeout_secs",
-        with = "crate::serde_duration::opt_secs",
-        skip_serializing_if = "Option::is_none"
-    )]
     pub timeout: Option<Duration>,
+}
+
+/// The JSON form of a [`Step`]: the one definition of the step format (serde and the schema).
+#[derive(Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[schemars(rename = "Step")]
+enum StepJson {
+    /// Runs `command` with `bash -c` in `/workspace`.
+    Shell {
+        /// The command line.
+        #[schemars(length(min = 1))]
+        command: String,
+        /// What the step is for.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        description: Option<String>,
+        /// A timeout for this step alone, in seconds (default: the job's per-step timeout).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schemars(range(min = 1, max = MAX_TIMEOUT_SECS))]
+        timeout_secs: Option<u64>,
+    },
+    /// Saves `code` in the workspace and runs it with `python3`.
+    Python {
+        /// The Python source.
+        #[schemars(length(min = 1))]
+        code: String,
+        /// What the step is for.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        description: Option<String>,
+        /// A timeout for this step alone, in seconds (default: the job's per-step timeout).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schemars(range(min = 1, max = MAX_TIMEOUT_SECS))]
+        timeout_secs: Option<u64>,
+    },
+    /// Writes `content` to `path` under `/workspace`.
+    WriteFile {
+        /// Path relative to `/workspace` (or absolute under it).
+        #[schemars(length(min = 1))]
+        path: String,
+        /// The file's content (UTF-8).
+        content: String,
+        /// What the step is for.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        description: Option<String>,
+        /// A timeout for this step alone, in seconds (default: the job's per-step timeout).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schemars(range(min = 1, max = MAX_TIMEOUT_SECS))]
+        timeout_secs: Option<u64>,
+    },
+}
+
+impl From<StepJson> for Step {
+    fn from(json: StepJson) -> Self {
+        let (kind, description, timeout_secs) = match json {
+            StepJson::Shell {
+                command,
+                description,
+                timeout_secs,
+            } => (StepKind::Shell { command }, description, timeout_secs),
+            StepJson::Python {
+                code,
+                description,
+                timeout_secs,
+            } => (StepKind::Python { code }, description, timeout_secs),
+            StepJson::WriteFile {
+                path,
+                content,
+                description,
+                timeout_secs,
+            } => (
+                StepKind::WriteFile { path, content },
+                description,
+                timeout_secs,
+            ),
+        };
+        Step {
+            kind,
+            description,
+            timeout: timeout_secs.map(Duration::from_secs),
+        }
+    }
+}
+
+impl From<Step> for StepJson {
+    fn from(step: Step) -> Self {
+        let description = step.description;
+        let timeout_secs = step.timeout.map(|t| t.as_secs());
+        match step.kind {
+            StepKind::Shell { command } => StepJson::Shell {
+                command,
+                description,
+                timeout_secs,
+            },
+            StepKind::Python { code } => StepJson::Python {
+                code,
+                description,
+                timeout_secs,
+            },
+            StepKind::WriteFile { path, content } => StepJson::WriteFile {
+                path,
+                content,
+                description,
+                timeout_secs,
+            },
+        }
+    }
 }
 
 impl Step {
@@ -462,6 +570,9 @@ impl JobSpec {
     }
 }
 
+/// The longest timeout (job, step or per-step) a job may ask for: 7 days, in seconds.
+pub const MAX_TIMEOUT_SECS: u64 = 7 * 86_400;
+
 /// The largest prompt accepted (256 KiB).
 pub const MAX_PROMPT_BYTES: usize = 256 << 10;
 
@@ -668,12 +779,16 @@ impl TokenUsage {
     }
 }
 
-/// A plan produced by the LLM (or given explicitly).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// A plan produced by the LLM (or given explicitly). Its JSON Schema is
+/// [`crate::schema::plan_schema`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(description = "A plan: steps that run in order inside the sandbox, and a summary.")]
 pub struct Plan {
-    /// The steps, in order.
+    /// The steps, run in order; a step that fails stops the plan.
+    #[schemars(length(min = 1, max = MAX_STEPS))]
     pub steps: Vec<Step>,
-    /// The planner's summary.
+    /// A short summary of what the plan does.
     #[serde(default)]
     pub summary: String,
 }

@@ -11,6 +11,7 @@ pub mod flow;
 pub mod job;
 pub mod llm;
 pub mod manager;
+pub mod schema;
 mod serde_duration;
 pub mod store;
 #[cfg(any(test, feature = "test-util"))]

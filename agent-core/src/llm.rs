@@ -59,6 +59,11 @@ pub struct ChatRequest {
     pub messages: Vec<Message>,
     /// Ask the provider for a JSON object (`response_format` / `responseMimeType`).
     pub json_mode: bool,
+    /// A JSON Schema (2020-12) the answer must match, for providers with structured output; each
+    /// provider translates it to its own field (Gemini `responseJsonSchema`, OpenAI-compatible
+    /// `response_format: json_schema`) or falls back to plain JSON mode. Implies `json_mode`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_schema: Option<serde_json::Value>,
     /// Sampling temperature.
     pub temperature: Option<f64>,
     /// Cap on output tokens.
@@ -79,6 +84,18 @@ impl ChatRequest {
     pub fn with_json_mode(mut self, json: bool) -> Self {
         self.json_mode = json;
         self
+    }
+
+    /// Sets the schema the answer must match (and turns JSON mode on).
+    pub fn with_response_schema(mut self, schema: serde_json::Value) -> Self {
+        self.json_mode = true;
+        self.response_schema = Some(schema);
+        self
+    }
+
+    /// Whether the answer should be JSON: [`json_mode`](Self::json_mode) or a response schema.
+    pub fn wants_json(&self) -> bool {
+        self.json_mode || self.response_schema.is_some()
     }
 
     /// Sets the temperature.

@@ -69,6 +69,18 @@ impl FromStr for ProviderKind {
     }
 }
 
+/// A `true`/`false` variable (`1`/`0`, `yes`/`no` too).
+fn bool_var(get: &impl Fn(&str) -> Option<String>, name: &str) -> Result<Option<bool>, LlmError> {
+    match get(name).map(|v| v.to_ascii_lowercase()).as_deref() {
+        None => Ok(None),
+        Some("true" | "1" | "yes" | "on") => Ok(Some(true)),
+        Some("false" | "0" | "no" | "off") => Ok(Some(false)),
+        Some(other) => Err(config_error(format!(
+            "{name} must be true or false, not {other:?}"
+        ))),
+    }
+}
+
 fn config_error(message: impl Into<String>) -> LlmError {
     LlmError::new(LlmErrorKind::NotConfigured, "llm", message)
 }
@@ -85,6 +97,8 @@ fn config_error(message: impl Into<String>) -> LlmError {
 /// | `GEMINI_BASE_URL`, `GEMINI_MODEL` | override its defaults |
 /// | `OPENAI_BASE_URL` | enables an OpenAI-compatible server |
 /// | `OPENAI_API_KEY`, `OPENAI_MODEL` | its optional key, its model |
+/// | `ALCHEMYST_JSON_SCHEMA`, `OPENAI_JSON_SCHEMA` | `true`/`false`: send response schemas as `json_schema` |
+/// | `GEMINI_SCHEMA_FIELD` | `responseJsonSchema` (default) or `responseSchema` |
 /// | `AGENT_LLM_ORDER` | e.g. `gemini,alchemyst`: the providers to use, in order (others are left out) |
 /// | `AGENT_LLM_TIMEOUT_SECS` | request timeout (default 120) |
 /// | `AGENT_LLM_MAX_ATTEMPTS` | attempts per provider, retries included (default 3) |
@@ -165,6 +179,10 @@ impl LlmConfig {
                 }
                 c
             });
+        let alchemyst = match (alchemyst, bool_var(&get, "ALCHEMYST_JSON_SCHEMA")?) {
+            (Some(c), Some(on)) => Some(c.with_json_schema(on)),
+            (c, _) => c,
+        };
         let gemini = get("GEMINI_API_KEY").map(|key| {
             let mut c = GeminiConfig::new(key).with_http(http);
             if let Some(base) = get("GEMINI_BASE_URL") {
@@ -175,6 +193,16 @@ impl LlmConfig {
             }
             c
         });
+        let gemini = match (gemini, get("GEMINI_SCHEMA_FIELD")) {
+            (Some(c), Some(field)) => Some(
+                c.with_schema_field(
+                    field
+                        .parse()
+                        .map_err(|e| config_error(format!("GEMINI_SCHEMA_FIELD: {e}")))?,
+                ),
+            ),
+            (c, _) => c,
+        };
         let openai = get("OPENAI_BASE_URL").map(|base| {
             let mut c = OpenAiConfig::openai(base).with_http(http);
             if let Some(key) = get("OPENAI_API_KEY") {
@@ -185,6 +213,10 @@ impl LlmConfig {
             }
             c
         });
+        let openai = match (openai, bool_var(&get, "OPENAI_JSON_SCHEMA")?) {
+            (Some(c), Some(on)) => Some(c.with_json_schema(on)),
+            (c, _) => c,
+        };
         if openai.is_none() && get("OPENAI_API_KEY").is_some() {
             tracing::warn!(
                 "OPENAI_API_KEY is set but OPENAI_BASE_URL is not; the OpenAI-compatible provider \

@@ -18,37 +18,119 @@ pub const GEMINI_DEFAULT_BASE_URL: &str = "https://generativelanguage.googleapis
 /// Gemini's default model.
 pub const GEMINI_DEFAULT_MODEL: &str = "gemini-2.5-flash";
 
-/// The plan's JSON shape as a Gemini `responseSchema` (an OpenAPI-subset schema):
-/// `{"steps":[{"type":"shell|python|write_file","command","code","path","content","description"}],"summary"}`.
-pub fn plan_response_schema() -> Value {
-    json!({
-        "type": "OBJECT",
-        "properties": {
-            "steps": {
-                "type": "ARRAY",
-                "items": {
-                    "type": "OBJECT",
-                    "properties": {
-                        "type": {
-                            "type": "STRING",
-                            "format": "enum",
-                            "enum": ["shell", "python", "write_file"]
-                        },
-                        "command": {"type": "STRING"},
-                        "code": {"type": "STRING"},
-                        "path": {"type": "STRING"},
-                        "content": {"type": "STRING"},
-                        "description": {"type": "STRING"}
-                    },
-                    "required": ["type"],
-                    "propertyOrdering": ["type", "description", "command", "code", "path", "content"]
+/// Which `generationConfig` field carries a request's
+/// [`response_schema`](ChatRequest::response_schema).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum GeminiSchemaField {
+    /// `responseJsonSchema`: the JSON Schema as given (Gemini 2.5 and later). The default.
+    #[default]
+    ResponseJsonSchema,
+    /// `responseSchema`: Gemini's OpenAPI-subset schema, translated from the JSON Schema by
+    /// [`openapi_subset`] (for models without `responseJsonSchema`).
+    ResponseSchema,
+}
+
+impl std::str::FromStr for GeminiSchemaField {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "responseJsonSchema" => Ok(Self::ResponseJsonSchema),
+            "responseSchema" => Ok(Self::ResponseSchema),
+            other => Err(format!(
+                "expected responseJsonSchema or responseSchema, not {other:?}"
+            )),
+        }
+    }
+}
+
+/// The keywords Gemini's `responseSchema` (its OpenAPI subset) knows; the others are dropped.
+const OPENAPI_SUBSET_KEYWORDS: &[&str] = &[
+    "type",
+    "format",
+    "description",
+    "nullable",
+    "enum",
+    "items",
+    "minItems",
+    "maxItems",
+    "properties",
+    "required",
+    "minProperties",
+    "maxProperties",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "minimum",
+    "maximum",
+    "anyOf",
+    "propertyOrdering",
+    "default",
+];
+
+/// Translates a JSON Schema into Gemini's OpenAPI-subset `responseSchema`: upper-case types, a
+/// `["T","null"]` type as `T` with `nullable`, `const` as a one-value `enum`, and every keyword
+/// the subset does not know (`additionalProperties`, `title`, `$schema`, …) left out.
+pub fn openapi_subset(schema: &Value) -> Value {
+    let Value::Object(map) = schema else {
+        return schema.clone();
+    };
+    let mut out = serde_json::Map::new();
+    for (key, value) in map {
+        match key.as_str() {
+            "type" => match value {
+                Value::String(t) => {
+                    out.insert("type".into(), json!(t.to_ascii_uppercase()));
                 }
+                Value::Array(types) => {
+                    let mut nullable = false;
+                    for t in types.iter().filter_map(Value::as_str) {
+                        if t == "null" {
+                            nullable = true;
+                        } else if !out.contains_key("type") {
+                            out.insert("type".into(), json!(t.to_ascii_uppercase()));
+                        }
+                    }
+                    if nullable {
+                        out.insert("nullable".into(), json!(true));
+                    }
+                }
+                _ => {}
             },
-            "summary": {"type": "STRING"}
-        },
-        "required": ["steps", "summary"],
-        "propertyOrdering": ["steps", "summary"]
-    })
+            "const" => {
+                out.insert("enum".into(), json!([value]));
+            }
+            "properties" => {
+                let props: serde_json::Map<String, Value> = value
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, v)| (k.clone(), openapi_subset(v)))
+                    .collect();
+                out.insert(key.clone(), Value::Object(props));
+            }
+            "items" => {
+                out.insert(key.clone(), openapi_subset(value));
+            }
+            "anyOf" | "oneOf" => {
+                let variants: Vec<Value> = value
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(openapi_subset)
+                    .collect();
+                out.insert("anyOf".into(), Value::Array(variants));
+            }
+            k if OPENAPI_SUBSET_KEYWORDS.contains(&k) => {
+                out.insert(key.clone(), value.clone());
+            }
+            _ => {}
+        }
+    }
+    if out.get("type").and_then(Value::as_str) == Some("STRING") && out.contains_key("enum") {
+        out.insert("format".into(), json!("enum"));
+    }
+    Value::Object(out)
 }
 
 /// Settings of a [`Gemini`] provider.
@@ -64,9 +146,8 @@ pub struct GeminiConfig {
     pub model: String,
     /// Timeouts.
     pub http: HttpOptions,
-    /// The `responseSchema` sent with JSON-mode requests (default: [`plan_response_schema`]);
-    /// `None` sends only `responseMimeType: application/json`.
-    pub response_schema: Option<Value>,
+    /// Which field carries a request's response schema (default `responseJsonSchema`).
+    pub schema_field: GeminiSchemaField,
 }
 
 impl GeminiConfig {
@@ -78,7 +159,7 @@ impl GeminiConfig {
             api_key: api_key.into(),
             model: GEMINI_DEFAULT_MODEL.to_owned(),
             http: HttpOptions::default(),
-            response_schema: Some(plan_response_schema()),
+            schema_field: GeminiSchemaField::default(),
         }
     }
 
@@ -100,9 +181,9 @@ impl GeminiConfig {
         self
     }
 
-    /// Sets (or removes) the JSON-mode response schema.
-    pub fn with_response_schema(mut self, schema: Option<Value>) -> Self {
-        self.response_schema = schema;
+    /// Sets the field a request's response schema goes in.
+    pub fn with_schema_field(mut self, field: GeminiSchemaField) -> Self {
+        self.schema_field = field;
         self
     }
 
@@ -176,11 +257,15 @@ impl Gemini {
         if let Some(n) = request.max_tokens {
             config.insert("maxOutputTokens".into(), json!(n));
         }
-        if request.json_mode {
+        if request.wants_json() {
             config.insert("responseMimeType".into(), json!("application/json"));
-            if let Some(schema) = &self.config.response_schema {
-                config.insert("responseSchema".into(), schema.clone());
-            }
+        }
+        if let Some(schema) = &request.response_schema {
+            let (field, schema) = match self.config.schema_field {
+                GeminiSchemaField::ResponseJsonSchema => ("responseJsonSchema", schema.clone()),
+                GeminiSchemaField::ResponseSchema => ("responseSchema", openapi_subset(schema)),
+            };
+            config.insert(field.into(), schema);
         }
         if !config.is_empty() {
             body["generationConfig"] = Value::Object(config);

@@ -13,7 +13,8 @@ mod secret;
 pub use config::{from_env, LlmConfig, ProviderKind, NOT_CONFIGURED_HELP};
 pub use fallback::{AllProvidersFailed, Fallback};
 pub use gemini::{
-    plan_response_schema, Gemini, GeminiConfig, GEMINI_DEFAULT_BASE_URL, GEMINI_DEFAULT_MODEL,
+    openapi_subset, Gemini, GeminiConfig, GeminiSchemaField, GEMINI_DEFAULT_BASE_URL,
+    GEMINI_DEFAULT_MODEL,
 };
 pub use http::HttpOptions;
 pub use openai::{

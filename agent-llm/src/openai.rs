@@ -38,6 +38,11 @@ pub struct OpenAiConfig {
     /// Ask for usage in streamed answers (`stream_options.include_usage`). On by default; turn it
     /// off for a server that rejects the field.
     pub stream_usage: bool,
+    /// Send a request's [`response_schema`](ChatRequest::response_schema) as
+    /// `response_format: {"type":"json_schema",…}` (OpenAI, vLLM, llama.cpp server, Ollama do);
+    /// when off, only `{"type":"json_object"}` is asked for. On for [`OpenAiConfig::openai`], off
+    /// for [`OpenAiConfig::alchemyst`] (its proxy is not known to support it).
+    pub json_schema: bool,
 }
 
 impl OpenAiConfig {
@@ -54,6 +59,7 @@ impl OpenAiConfig {
             model: model.into(),
             http: HttpOptions::default(),
             stream_usage: true,
+            json_schema: true,
         }
     }
 
@@ -65,6 +71,7 @@ impl OpenAiConfig {
             ALCHEMYST_DEFAULT_MODEL,
         )
         .with_api_key(api_key)
+        .with_json_schema(false)
     }
 
     /// A generic OpenAI-compatible server (name `"openai"`) at `base_url`.
@@ -99,6 +106,12 @@ impl OpenAiConfig {
     /// Turns `stream_options.include_usage` on or off.
     pub fn with_stream_usage(mut self, on: bool) -> Self {
         self.stream_usage = on;
+        self
+    }
+
+    /// Turns `response_format: json_schema` on or off (off: `json_object`).
+    pub fn with_json_schema(mut self, on: bool) -> Self {
+        self.json_schema = on;
         self
     }
 
@@ -157,8 +170,17 @@ impl OpenAiCompatible {
         if let Some(n) = request.max_tokens {
             body["max_tokens"] = json!(n);
         }
-        if request.json_mode {
-            body["response_format"] = json!({"type": "json_object"});
+        match &request.response_schema {
+            Some(schema) if self.config.json_schema => {
+                body["response_format"] = json!({
+                    "type": "json_schema",
+                    "json_schema": {"name": "response", "schema": schema},
+                });
+            }
+            _ if request.wants_json() => {
+                body["response_format"] = json!({"type": "json_object"});
+            }
+            _ => {}
         }
         if stream && self.config.stream_usage {
             body["stream_options"] = json!({"include_usage": true});

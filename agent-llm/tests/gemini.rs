@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use agent_core::llm::collect_stream;
 use agent_core::{ChatRequest, LlmErrorKind, LlmProvider, Message};
-use agent_llm::{plan_response_schema, Gemini, GeminiConfig, HttpOptions, Retry};
+use agent_llm::{Gemini, GeminiConfig, GeminiSchemaField, HttpOptions, Retry};
 use common::*;
 use serde_json::{json, Value};
 use wiremock::matchers::{body_partial_json, header, method, path, query_param};
@@ -80,20 +80,33 @@ async fn request_shape_and_happy_path_with_usage() {
     assert!(body["generationConfig"].get("responseSchema").is_none());
 }
 
+/// A schema of the kind agent-core generates (JSON Schema 2020-12); the provider knows nothing of
+/// plans, it only carries whatever schema the request has.
+fn schema() -> Value {
+    json!({
+        "type": "object",
+        "additionalProperties": false,
+        "properties": {
+            "items": {"type": "array", "items": {"anyOf": [
+                {"type": "object", "properties": {"kind": {"type": "string", "const": "a"},
+                                                  "note": {"type": ["string", "null"]}},
+                 "required": ["kind"], "additionalProperties": false}
+            ]}},
+            "title": {"type": "string"}
+        },
+        "required": ["items"]
+    })
+}
+
 #[tokio::test]
-async fn json_mode_sends_mime_type_and_plan_schema() {
+async fn json_mode_sends_the_mime_type_and_no_schema_of_its_own() {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
         .and(path("/v1beta/models/gemini-2.0-flash:generateContent"))
         .and(body_partial_json(json!({
-            "generationConfig": {
-                "responseMimeType": "application/json",
-                "responseSchema": plan_response_schema()
-            }
+            "generationConfig": {"responseMimeType": "application/json"}
         })))
-        .respond_with(ResponseTemplate::new(200).set_body_json(gemini_reply(
-            r#"{"steps":[{"type":"shell","command":"ls"}],"summary":"list"}"#,
-        )))
+        .respond_with(ResponseTemplate::new(200).set_body_json(gemini_reply(r#"{"a":1}"#)))
         .expect(1)
         .mount(&server)
         .await;
@@ -106,20 +119,72 @@ async fn json_mode_sends_mime_type_and_plan_schema() {
         .chat(&ChatRequest::new("sys", "plan").with_json_mode(true))
         .await
         .unwrap();
-    let plan: agent_core::Plan = serde_json::from_str(&reply.text).unwrap();
-    assert_eq!(plan.steps.len(), 1);
-    assert_eq!(plan.summary, "list");
+    assert_eq!(reply.text, r#"{"a":1}"#);
+    let requests = server.received_requests().await.unwrap();
+    let body: Value = serde_json::from_slice(&requests[0].body).unwrap();
+    let config = &body["generationConfig"];
+    assert!(config.get("responseSchema").is_none(), "{config}");
+    assert!(config.get("responseJsonSchema").is_none(), "{config}");
+}
 
-    // The schema describes the plan agent-core parses.
-    let schema = plan_response_schema();
-    let step = &schema["properties"]["steps"]["items"];
+#[tokio::test]
+async fn a_response_schema_goes_in_response_json_schema_unchanged() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(GENERATE))
+        .respond_with(ResponseTemplate::new(200).set_body_json(gemini_reply(r#"{"items":[]}"#)))
+        .expect(1)
+        .mount(&server)
+        .await;
+    gemini(&server)
+        .chat(&ChatRequest::new("sys", "go").with_response_schema(schema()))
+        .await
+        .unwrap();
+    let requests = server.received_requests().await.unwrap();
+    let body: Value = serde_json::from_slice(&requests[0].body).unwrap();
+    let config = &body["generationConfig"];
+    assert_eq!(config["responseMimeType"], "application/json");
+    assert_eq!(config["responseJsonSchema"], schema());
+    assert!(config.get("responseSchema").is_none());
+}
+
+#[tokio::test]
+async fn response_schema_field_gets_the_openapi_subset() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(GENERATE))
+        .respond_with(ResponseTemplate::new(200).set_body_json(gemini_reply(r#"{"items":[]}"#)))
+        .expect(1)
+        .mount(&server)
+        .await;
+    GeminiConfig::new(KEY)
+        .with_base_url(server.uri())
+        .with_schema_field(GeminiSchemaField::ResponseSchema)
+        .build()
+        .unwrap()
+        .chat(&ChatRequest::new("sys", "go").with_response_schema(schema()))
+        .await
+        .unwrap();
+    let requests = server.received_requests().await.unwrap();
+    let body: Value = serde_json::from_slice(&requests[0].body).unwrap();
+    let config = &body["generationConfig"];
+    assert!(config.get("responseJsonSchema").is_none());
     assert_eq!(
-        step["properties"]["type"]["enum"],
-        json!(["shell", "python", "write_file"])
+        config["responseSchema"],
+        json!({
+            "type": "OBJECT",
+            "properties": {
+                "items": {"type": "ARRAY", "items": {"anyOf": [
+                    {"type": "OBJECT",
+                     "properties": {"kind": {"type": "STRING", "format": "enum", "enum": ["a"]},
+                                    "note": {"type": "STRING", "nullable": true}},
+                     "required": ["kind"]}
+                ]}},
+                "title": {"type": "STRING"}
+            },
+            "required": ["items"]
+        })
     );
-    for field in ["command", "code", "path", "content", "description"] {
-        assert_eq!(step["properties"][field]["type"], "STRING", "{field}");
-    }
 }
 
 #[tokio::test]

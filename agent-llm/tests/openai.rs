@@ -104,6 +104,38 @@ async fn json_mode_sends_response_format() {
 }
 
 #[tokio::test]
+async fn a_response_schema_is_sent_as_json_schema_where_configured() {
+    let schema = json!({"type": "object", "properties": {"n": {"type": "integer"}},
+                        "required": ["n"], "additionalProperties": false});
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(openai_completion(r#"{"n":1}"#, "m")),
+        )
+        .expect(2)
+        .mount(&server)
+        .await;
+    let request = ChatRequest::new("sys", "go").with_response_schema(schema.clone());
+    // A generic OpenAI-compatible server gets the schema itself.
+    OpenAiConfig::openai(format!("{}/v1", server.uri()))
+        .build()
+        .unwrap()
+        .chat(&request)
+        .await
+        .unwrap();
+    assert_eq!(
+        last_body(&server).await["response_format"],
+        json!({"type": "json_schema", "json_schema": {"name": "response", "schema": schema}})
+    );
+    // Alchemyst (or any server with it turned off) is asked for a JSON object only.
+    alchemyst(&server).chat(&request).await.unwrap();
+    assert_eq!(
+        last_body(&server).await["response_format"],
+        json!({"type": "json_object"})
+    );
+}
+
+#[tokio::test]
 async fn generic_openai_server_without_key_or_system_prompt() {
     let server = MockServer::start().await;
     Mock::given(method("POST"))

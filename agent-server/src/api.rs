@@ -11,8 +11,7 @@ use agent_core::{Job, JobId, JobSpec, JobStatus, NetworkMode, Step, StepStatus, 
 
 use crate::error::ApiError;
 
-/// The longest timeout a request may ask for (7 days).
-pub const MAX_TIMEOUT_SECS: u64 = 7 * 86_400;
+pub use agent_core::job::MAX_TIMEOUT_SECS;
 
 /// `POST /schedule`: a prompt for the LLM to plan, or explicit steps (or both: the steps run and
 /// the prompt is kept as the job's description).
@@ -24,7 +23,7 @@ pub struct ScheduleRequest {
     pub prompt: Option<String>,
     /// Explicit steps, run in order without an LLM.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Vec<StepDoc>>)]
+    #[schema(value_type = Option<Vec<crate::openapi::StepComponent>>)]
     pub steps: Option<Vec<Step>>,
     /// Timeout of the whole job in seconds (default: the server's `AGENT_JOB_TIMEOUT_SECS`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -130,40 +129,6 @@ impl ScheduleRequest {
         };
         Ok(spec)
     }
-}
-
-/// A step, as the API and the plan files write it (documentation only; the server parses
-/// `agent_core::Step`).
-#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum StepDoc {
-    /// `bash -c command` in `/workspace`.
-    Shell {
-        /// The command line.
-        command: String,
-        /// What it is for.
-        description: Option<String>,
-        /// Timeout of this step in seconds.
-        timeout_secs: Option<u64>,
-    },
-    /// Python source run with `python3`.
-    Python {
-        /// The source.
-        code: String,
-        /// What it is for.
-        description: Option<String>,
-        /// Timeout of this step in seconds.
-        timeout_secs: Option<u64>,
-    },
-    /// A file written under `/workspace`.
-    WriteFile {
-        /// Path relative to `/workspace`.
-        path: String,
-        /// UTF-8 content.
-        content: String,
-        /// What it is for.
-        description: Option<String>,
-    },
 }
 
 /// `202` answer to `POST /schedule`.

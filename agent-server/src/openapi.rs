@@ -1,11 +1,19 @@
 //! The OpenAPI document, served at `/openapi.json` and rendered by Swagger UI at `/docs`.
+//!
+//! The handlers and bodies are described by utoipa's derives; the `Step` and `Plan` components are
+//! agent-core's generated schemas ([`agent_core::schema`]), inserted as they are — the same values
+//! the planning prompt and the LLM providers get.
 
+use std::borrow::Cow;
+
+use serde_json::Value;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi};
+use utoipa::openapi::{ObjectBuilder, RefOr, Schema};
+use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
 
 use crate::api::{
     CancelResponse, ExecutorHealth, HealthResponse, JobSummary, JobsResponse, ScheduleRequest,
-    ScheduleResponse, StatusResponse, StepDoc, StepView,
+    ScheduleResponse, StatusResponse, StepView,
 };
 use crate::error::{ErrorBody, ErrorDetail};
 
@@ -29,7 +37,7 @@ use crate::error::{ErrorBody, ErrorDetail};
         crate::routes::metrics,
     ),
     components(schemas(
-        ScheduleRequest, ScheduleResponse, StatusResponse, StepView, StepDoc, JobSummary,
+        ScheduleRequest, ScheduleResponse, StatusResponse, StepView, StepComponent, PlanComponent, JobSummary,
         JobsResponse, CancelResponse, HealthResponse, ExecutorHealth, ErrorBody, ErrorDetail
     )),
     modifiers(&BearerAuth),
@@ -51,4 +59,49 @@ impl Modify for BearerAuth {
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
     }
+}
+
+/// Names the `Step` component in utoipa's derives; [`openapi_json`] puts
+/// [`agent_core::schema::step_schema`] in its place.
+pub struct StepComponent;
+
+impl PartialSchema for StepComponent {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new().into()
+    }
+}
+
+impl ToSchema for StepComponent {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("Step")
+    }
+}
+
+/// Names the `Plan` component; [`openapi_json`] puts [`agent_core::schema::plan_schema`] in its
+/// place.
+pub struct PlanComponent;
+
+impl PartialSchema for PlanComponent {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new().into()
+    }
+}
+
+impl ToSchema for PlanComponent {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("Plan")
+    }
+}
+
+/// The document the server publishes at `/openapi.json`.
+pub fn openapi_json() -> Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    if let Some(schemas) = doc
+        .pointer_mut("/components/schemas")
+        .and_then(Value::as_object_mut)
+    {
+        schemas.insert("Step".into(), agent_core::schema::step_schema().clone());
+        schemas.insert("Plan".into(), agent_core::schema::plan_schema().clone());
+    }
+    doc
 }

@@ -20,7 +20,7 @@ use serde::Deserialize;
 use subtle::ConstantTimeEq;
 use tokio_util::io::ReaderStream;
 use tokio_util::sync::CancellationToken;
-use utoipa::{IntoParams, OpenApi};
+use utoipa::IntoParams;
 use utoipa_swagger_ui::SwaggerUi;
 
 use agent_core::manager::JobManager;
@@ -34,7 +34,7 @@ use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{ApiJson, JobIdParam};
 use crate::logs::{event_name, LogFormatter};
 use crate::metrics::Metrics;
-use crate::openapi::ApiDoc;
+use crate::openapi::openapi_json;
 use agent_llm::SecretString;
 
 /// Settings of the HTTP layer.
@@ -114,7 +114,7 @@ impl AppState {
 /// tracing layer: it cost a noticeable share of `GET /status` throughput; 5xx answers are logged.)
 pub fn app(state: AppState) -> Router {
     let docs: Router<AppState> = SwaggerUi::new("/docs")
-        .url("/openapi.json", ApiDoc::openapi())
+        .external_url_unchecked("/openapi.json", openapi_json())
         .into();
     Router::new()
         .route("/", get(health))

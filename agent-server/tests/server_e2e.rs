@@ -223,6 +223,73 @@ async fn when_the_primary_answers_503_the_fallback_plans_the_job() {
     );
 }
 
+/// The JSON Schema the system prompt carries (the line after "must match this JSON Schema:").
+fn schema_in_prompt(prompt: &str) -> Value {
+    let marker = "The object must match this JSON Schema:\n";
+    let start = prompt.find(marker).expect("the prompt carries a schema") + marker.len();
+    let line = prompt[start..].lines().next().unwrap_or_default();
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_published_step_schema_is_the_one_in_the_prompt_and_the_provider_requests() {
+    require_docker();
+    let dir = tempfile::tempdir().unwrap();
+    let alchemyst = failing_alchemyst_mock().await;
+    let plan = json!({"summary": "s", "steps": [{"type": "shell", "command": "true"}]});
+    let gemini = gemini_mock(&plan, &no_repair()).await;
+    let server = TestServer::start(
+        &dir.path().join("out"),
+        &ServerOptions::new(&unique_scope("schema"))
+            .llm(Some(&alchemyst), Some(&gemini))
+            .env("ALCHEMYST_JSON_SCHEMA", "true"),
+    );
+    let (code, doc) = server.get_json("/openapi.json").await;
+    assert_eq!(code, 200);
+    let components = &doc["components"]["schemas"];
+    let published_plan = &components["Plan"];
+    let published_step = &components["Step"];
+    assert_eq!(
+        &published_plan["properties"]["steps"]["items"],
+        published_step
+    );
+    assert_eq!(
+        components["ScheduleRequest"]["properties"]["steps"]["items"]["$ref"],
+        "#/components/schemas/Step",
+        "{}",
+        components["ScheduleRequest"]
+    );
+    // write_file has its per-step timeout (the hand-written StepDoc lacked it).
+    let variants = published_step["anyOf"].as_array().unwrap();
+    assert_eq!(variants.len(), 3);
+    assert!(variants
+        .iter()
+        .all(|v| v["properties"]["timeout_secs"]["maximum"] == 604_800));
+
+    let id = server.schedule(json!({"prompt": "do nothing"})).await;
+    let st = server.wait_final(&id).await;
+    assert_eq!(st["status"], "succeeded", "{st}\n{}", server.log_text());
+
+    // The OpenAI-format provider: the schema as response_format json_schema, the prompt with it.
+    let first = &received_bodies(&alchemyst).await[0];
+    assert_eq!(first["response_format"]["type"], "json_schema", "{first}");
+    assert_eq!(
+        &first["response_format"]["json_schema"]["schema"],
+        published_plan
+    );
+    let system = first["messages"][0]["content"].as_str().unwrap();
+    assert_eq!(&schema_in_prompt(system), published_plan);
+    // Gemini: the same schema as responseJsonSchema, the same prompt.
+    let planned = &received_bodies(&gemini).await[0];
+    let config = &planned["generationConfig"];
+    assert_eq!(config["responseMimeType"], "application/json");
+    assert_eq!(&config["responseJsonSchema"], published_plan, "{config}");
+    let system = planned["systemInstruction"]["parts"][0]["text"]
+        .as_str()
+        .unwrap();
+    assert_eq!(&schema_in_prompt(system), published_plan);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_mid_step_leaves_status_cancelled_and_no_container() {
     require_docker();

@@ -40,7 +40,7 @@ use crate::llm::{collect_stream, ChatRequest, LlmError, LlmProvider, Message};
 use crate::store::JobStore;
 
 pub use nodes::agent_flow;
-pub use plan::{parse_plan, PlanError, SYSTEM_PROMPT};
+pub use plan::{parse_plan, system_prompt, PlanError};
 
 /// The name of the result file written into the workspace.
 pub const RESULT_FILE: &str = "result.json";
@@ -296,9 +296,10 @@ pub(crate) async fn ask_for_plan(
     user_message: String,
 ) -> std::result::Result<Planned, PlanFailed> {
     let mut request = ChatRequest {
-        system: SYSTEM_PROMPT.to_string(),
+        system: plan::system_prompt().to_string(),
         messages: vec![Message::user(user_message)],
         json_mode: true,
+        response_schema: Some(crate::schema::plan_schema().clone()),
         temperature: Some(0.2),
         max_tokens: None,
     };

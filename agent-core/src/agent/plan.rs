@@ -1,28 +1,45 @@
 //! The plan format the LLM is asked for, the prompts, and a forgiving-but-strict parser.
 //!
-//! The model is asked for exactly
-//! `{"steps":[{"type":"shell","command":"…","description":"…"},{"type":"python","code":"…"},{"type":"write_file","path":"…","content":"…"}],"summary":"…"}`.
-//! [`parse_plan`] accepts it bare, inside a fenced code block, or with prose around it, and
-//! refuses anything else with an error that can be shown to the model for one more try.
+//! The model is asked for a [`Plan`] in its JSON form,
+//! `{"steps":[{"type":"shell","command":"…","description":"…"},{"type":"python","code":"…"},{"type":"write_file","path":"…","content":"…"}],"summary":"…"}`,
+//! described by [`plan_schema`] (put in the system prompt and passed to the provider as the
+//! response schema). [`parse_plan`] accepts it bare, inside a fenced code block, or with prose
+//! around it, and refuses anything else — through the same serde definition the API uses — with an
+//! error that can be shown to the model for one more try.
 
 use std::fmt;
+use std::sync::LazyLock;
 
 use serde::Deserialize;
 use serde_json::Value;
 
 use crate::job::{Plan, Step, StepKind, StepResult, MAX_STEPS};
+use crate::schema::plan_schema;
 
-/// The system prompt for planning and repair.
-pub const SYSTEM_PROMPT: &str = r#"You are a planning agent that turns a task into steps that run, in order, inside an isolated Linux sandbox (Debian, bash, coreutils, python3 with pip and venv, git, curl). The working directory is /workspace; every file the task produces must be written under /workspace, which is packaged for the user at the end. Steps run as a non-root user; the root filesystem is read-only (write only to /workspace and /tmp); there may be no network access.
+/// The system prompt for planning and repair: the sandbox, the rules, and the plan's JSON Schema
+/// ([`plan_schema`], the same value the server documents and the providers are given).
+pub fn system_prompt() -> &'static str {
+    &SYSTEM_PROMPT
+}
 
-Respond with exactly one JSON object and nothing else, in this form:
-{"steps":[{"type":"shell","command":"…","description":"…"},{"type":"python","code":"…","description":"…"},{"type":"write_file","path":"…","content":"…","description":"…"}],"summary":"…"}
+static SYSTEM_PROMPT: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        r#"You are a planning agent that turns a task into steps that run, in order, inside an isolated Linux sandbox (Debian, bash, coreutils, python3 with pip and venv, git, curl). The working directory is /workspace; every file the task produces must be written under /workspace, which is packaged for the user at the end. Steps run as a non-root user; the root filesystem is read-only (write only to /workspace and /tmp); there may be no network access.
+
+Respond with exactly one JSON object and nothing else, for example:
+{{"steps":[{{"type":"write_file","path":"hello.py","content":"print('hi')\n","description":"…"}},{{"type":"shell","command":"python3 hello.py","description":"…"}}],"summary":"…"}}
+
+The object must match this JSON Schema:
+{schema}
 
 Rules:
 - "type" is one of "shell" (run with bash -c), "python" (run with python3), "write_file" (path relative to /workspace).
 - Steps run strictly in the order given; a step that exits non-zero stops the plan.
 - Prefer write_file for creating source files, then shell or python steps to run and check them.
-- Keep the plan short and self-contained; do not ask questions."#;
+- Keep the plan short and self-contained; do not ask questions."#,
+        schema = plan_schema()
+    )
+});
 
 /// The first user message: the task.
 pub fn planning_prompt(task: &str) -> String {
@@ -110,7 +127,9 @@ pub enum PlanError {
     },
 }
 
+/// [`Plan`] with its steps still unparsed, so that each step's error names its index.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawPlan {
     steps: Vec<Value>,
     #[serde(default)]
@@ -190,37 +209,15 @@ fn parse_step(index: usize, value: Value) -> Result<Step, PlanError> {
         }
         None => return Err(PlanError::Shape(format!("step {index}: missing \"type\""))),
     };
-    let required = match ty {
-        "shell" => &["command"][..],
-        "python" => &["code"][..],
-        "write_file" => &["path", "content"][..],
-        other => {
-            return Err(PlanError::UnknownStepType {
-                index,
-                found: other.to_string(),
-            })
-        }
-    };
-    for field in required.iter().chain(["description"].iter()) {
-        match map.get(*field) {
-            Some(Value::String(_)) => {}
-            None if *field == "description" => {}
-            Some(Value::Null) if *field == "description" => {}
-            None => {
-                return Err(PlanError::Shape(format!(
-                    "step {index} ({ty}): missing \"{field}\""
-                )))
-            }
-            Some(other) => {
-                return Err(PlanError::Shape(format!(
-                    "step {index} ({ty}): \"{field}\" must be a string, got {}",
-                    type_name(other)
-                )))
-            }
-        }
+    if !StepKind::TYPES.contains(&ty) {
+        return Err(PlanError::UnknownStepType {
+            index,
+            found: ty.to_string(),
+        });
     }
+    let ty = ty.to_string();
     let step: Step = serde_json::from_value(value)
-        .map_err(|e| PlanError::Shape(format!("step {index}: {e}")))?;
+        .map_err(|e| PlanError::Shape(format!("step {index} ({ty}): {e}")))?;
     step.validate().map_err(|e| PlanError::InvalidStep {
         index,
         message: e.to_string(),
@@ -382,7 +379,7 @@ mod tests {
         let err = parse_plan(r#"{"steps":[{"type":"shell","command":5}]}"#).unwrap_err();
         assert!(
             err.to_string()
-                .contains("\"command\" must be a string, got a number"),
+                .contains("step 0 (shell): invalid type: integer `5`, expected a string"),
             "{err}"
         );
         let err = parse_plan(r#"{"steps":"echo"}"#).unwrap_err();
@@ -403,7 +400,17 @@ mod tests {
             "{err}"
         );
         let err = parse_plan(r#"{"steps":[{"type":"shell"}]}"#).unwrap_err();
-        assert!(err.to_string().contains("missing \"command\""), "{err}");
+        assert!(err.to_string().contains("missing field `command`"), "{err}");
+        // The plan format is the API's: a misspelt field is refused, not ignored.
+        let err = parse_plan(r#"{"steps":[{"type":"shell","command":"x","timeout_sec":1}]}"#)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("unknown field `timeout_sec`"),
+            "{err}"
+        );
+        let err =
+            parse_plan(r#"{"steps":[{"type":"shell","command":"x"}],"sumary":""}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field `sumary`"), "{err}");
         let many = format!(
             "{{\"steps\":[{}]}}",
             vec![r#"{"type":"shell","command":"true"}"#; MAX_STEPS + 1].join(",")
