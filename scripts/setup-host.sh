@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 image="${AGENT_IMAGE:-containerized-agent:latest}"
-packages=(docker.io debootstrap nginx-light wrk)
+packages=(docker.io debootstrap nginx-light wrk python3)
 
 missing=()
 for p in "${packages[@]}"; do

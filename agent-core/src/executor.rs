@@ -83,6 +83,41 @@ impl StepRequest {
     }
 }
 
+/// A request to run one process in a sandbox's workspace.
+#[derive(Clone, Debug)]
+pub struct ExecRequest {
+    /// Program and arguments; `argv[0]` is looked up in the sandbox's `PATH`.
+    pub argv: Vec<String>,
+    /// Environment variables added to the sandbox's own (those given at create).
+    pub env: Vec<(String, String)>,
+    /// Working directory relative to the workspace root; `None` is the root.
+    pub cwd: Option<String>,
+    /// Kill the process (and everything it started) after this long.
+    pub timeout: Duration,
+    /// Stop the process once it has written this many bytes (stdout + stderr).
+    pub max_output_bytes: u64,
+    /// How many bytes of each stream to keep in the result's tails.
+    pub tail_bytes: usize,
+    /// Cancelled → the process is killed and the result says `Cancelled`.
+    pub cancel: CancellationToken,
+}
+
+impl ExecRequest {
+    /// A request with default caps, the workspace root as working directory and a fresh
+    /// cancellation token.
+    pub fn new(argv: Vec<String>, timeout: Duration) -> Self {
+        Self {
+            argv,
+            env: Vec::new(),
+            cwd: None,
+            timeout,
+            max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
+            tail_bytes: DEFAULT_TAIL_BYTES,
+            cancel: CancellationToken::new(),
+        }
+    }
+}
+
 /// What an executor can do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]

@@ -14,6 +14,7 @@ pub mod manager;
 pub mod schema;
 mod serde_duration;
 pub mod store;
+pub mod supervisor;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
 

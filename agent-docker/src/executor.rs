@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use agent_core::executor::Capabilities;
+use agent_core::supervisor::HandshakeError;
 use agent_core::{
     Executor, JobId, JobSpec, NetworkMode, ResourceLimits, Sandbox, SandboxError, SandboxErrorKind,
 };
@@ -20,11 +21,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{DockerConfig, SeccompProfile};
-use crate::conn::{short, Conn};
-use crate::sandbox::{remove_container, Core, DockerSandbox};
-
-/// The supervisor's source, run with `python3 -I -S -c` as the container's command.
-pub(crate) const SUPERVISOR: &str = include_str!("supervisor.py");
+use crate::sandbox::{remove_container, short, Core, DockerSandbox};
 
 /// Label on every container this crate creates.
 pub const LABEL_MANAGED: &str = "agent.managed";
@@ -334,13 +331,7 @@ impl ExecInner {
         ContainerCreateBody {
             image: Some(bp.image.to_string()),
             user: Some(c.user.clone()),
-            entrypoint: Some(vec![
-                "python3".into(),
-                "-I".into(),
-                "-S".into(),
-                "-c".into(),
-                SUPERVISOR.into(),
-            ]),
+            entrypoint: Some(agent_core::supervisor::contained_command()),
             cmd: None,
             working_dir: Some("/workspace".into()),
             attach_stdin: Some(true),
@@ -418,12 +409,15 @@ impl ExecInner {
                 )
                 .await
                 .map_err(|e| backend("attaching to the container", e))?;
-            let (conn, ready, reader) = Conn::start(id.clone(), attach.output, attach.input);
+            let (link, handshake) = crate::attach::link(
+                format!("container {}", short(&id)),
+                attach.output,
+                attach.input,
+            );
             let core = Arc::new(Core {
                 container_id: id.clone(),
                 docker: docker.clone(),
-                conn,
-                reader,
+                link,
                 removed: AtomicBool::new(false),
             });
             docker
@@ -431,21 +425,15 @@ impl ExecInner {
                 .await
                 .map_err(|e| backend("starting the container", e))?;
             drop(permit);
-            let ready = tokio::time::timeout(self.config.startup_timeout, ready)
+            let ready = handshake
+                .wait(self.config.startup_timeout)
                 .await
-                .map_err(|_| {
-                    SandboxError::new(
+                .map_err(|e| match e {
+                    HandshakeError::TimedOut(t) => SandboxError::new(
                         SandboxErrorKind::Backend,
-                        format!(
-                            "container {} did not become ready within {:?}",
-                            short(&id),
-                            self.config.startup_timeout
-                        ),
-                    )
-                })?
-                .map_err(|_| SandboxError::new(SandboxErrorKind::Backend, "supervisor lost"))?
-                .map_err(|why| {
-                    SandboxError::new(
+                        format!("container {} did not become ready within {t:?}", short(&id)),
+                    ),
+                    why => SandboxError::new(
                         SandboxErrorKind::Image,
                         format!(
                             "container {} (image {:?}) could not start its supervisor: {why}; \
@@ -453,7 +441,7 @@ impl ExecInner {
                             short(&id),
                             bp.image
                         ),
-                    )
+                    ),
                 })?;
             tracing::debug!(container = %short(&id), uid = ?ready.uid, "sandbox ready");
             Ok::<_, SandboxError>(core)
@@ -481,7 +469,7 @@ impl ExecInner {
         let mut ready = lock(&pool.ready);
         let mut taken = None;
         while let Some(core) = ready.pop_front() {
-            if core.conn.is_closed() {
+            if core.link.is_closed() {
                 let core2 = core.clone();
                 let me = self.clone();
                 tokio::spawn(async move {
@@ -706,7 +694,6 @@ impl Executor for DockerExecutor {
             let cores: Vec<_> = lock(&pool.ready).drain(..).collect();
             for core in cores {
                 core.removed.store(true, Ordering::Release);
-                core.reader.abort();
             }
         }
         let ids: Vec<String> = lock(&inner.owned).keys().cloned().collect();

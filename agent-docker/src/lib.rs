@@ -2,11 +2,10 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod attach;
 mod config;
-mod conn;
 mod executor;
 mod image;
-mod protocol;
 mod sandbox;
 
 pub use config::{DockerConfig, SeccompProfile, DEFAULT_IMAGE};
@@ -15,4 +14,4 @@ pub use image::BUILD_OFFLINE_SCRIPT;
 pub use sandbox::DockerSandbox;
 
 /// The supervisor's Python source, as run inside every container (for inspection and audits).
-pub const SUPERVISOR_SOURCE: &str = executor::SUPERVISOR;
+pub const SUPERVISOR_SOURCE: &str = agent_core::supervisor::SOURCE;

@@ -1,7 +1,7 @@
-# The agent-docker supervisor: one long-lived process inside every sandbox container.
+# The containerized-agent supervisor: one long-lived process inside every sandbox.
 #
-# It runs as `python3 -I -S -c <this file>` under the container's init (PID 1) and speaks a framed
-# protocol with the host over its stdin/stdout:
+# It runs as `python3 -I -S -c <this file> MODE [WORKSPACE]` and speaks a framed protocol with the
+# host over its stdin/stdout (agent_core::supervisor documents it; the Rust side is the reference):
 #
 #   frame  = header "\n" body
 #   header = one line of JSON; when it has "n", exactly n raw body bytes follow the newline.
@@ -9,14 +9,20 @@
 # host -> supervisor: {"op": "run"|"kill"|"write"|"read"|"export"|"ping", "id": N, ...}
 # supervisor -> host: {"ev": "ready"|"started"|"out"|"exit"|"ok"|"data"|"chunk"|"err", "id": N, ...}
 #
+# MODE is `contained` (inside a container of its own: the workspace is /workspace, and killing a
+# step kills every process but PID 1 and this one) or `local` (a plain host process, for tests: the
+# workspace is the WORKSPACE argument and killing a step kills its process group only). Without a
+# valid MODE it refuses to start; `contained` also refuses unless it or its parent is PID 1, so it
+# can never `kill(-1)` on a host by mistake.
+#
 # Steps run in their own session (process group). When a step times out, is cancelled or floods its
 # output, every process in the container except PID 1 and this supervisor is SIGKILLed, so nothing
-# the step started survives. Paths are confined to /workspace: every component is opened with
+# the step started survives. Paths are confined to the workspace: every component is opened with
 # O_NOFOLLOW relative to its parent, and a symbolic link is only followed when it resolves inside.
 #
 # Start-up cost matters (it is part of every cold sandbox): only built-in or tiny modules are
 # imported here; `subprocess`, `signal`, `threading` and `json` would pull in selectors, enum,
-# locale, re, ... Steps are started with os.fork()/os.execve() directly.
+# locale, re, ... Steps are started with posix_spawn or os.fork()/os.execve() directly.
 import _json
 import _signal
 import _thread
@@ -27,7 +33,8 @@ import stat
 import sys
 import time
 
-WS = os.path.realpath("/workspace")
+WS = "/workspace"  # the workspace (set by main() from MODE)
+CONTAINED = True  # False in `local` mode: kill process groups only, no cgroup counters
 GRACE = 0.1  # seconds to keep reading pipes held open by background processes after a step exits
 MAX_POLL_MS = 3600 * 1000  # poll() takes a C int: longer waits are done in several polls
 READ_CHUNK = 65536
@@ -151,8 +158,43 @@ def others_alive(me):
     return False
 
 
+def group_alive(pgid):
+    """Whether a process of group `pgid` is alive (zombies do not count)."""
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % name, "rb") as f:
+                st = f.read()
+        except OSError:
+            continue
+        fields = st[st.rindex(b")") + 2:].split()
+        if fields[0] not in (b"Z", b"X") and int(fields[2]) == pgid:
+            return True
+    return False
+
+
+def kill_group(pgid):
+    """SIGKILLs a process group until none of it is left (local mode)."""
+    for _ in range(500):
+        try:
+            os.killpg(pgid, _signal.SIGKILL)
+        except ProcessLookupError:
+            return True
+        except OSError:
+            return False
+        if not group_alive(pgid):
+            return True
+        time.sleep(0.002)
+    log("processes of group %d survived SIGKILL" % pgid)
+    return False
+
+
 def kill_all(pgid=None):
-    """SIGKILLs the step's group and then every process but PID 1 and us, until none is left."""
+    """SIGKILLs the step's group and then every process but PID 1 and us, until none is left.
+    In local mode, only the step's group."""
+    if not CONTAINED:
+        return kill_group(pgid) if pgid else True
     if pgid:
         try:
             os.killpg(pgid, _signal.SIGKILL)
@@ -172,6 +214,8 @@ def kill_all(pgid=None):
 
 
 def oom_count():
+    if not CONTAINED:
+        return None
     for path in ("/sys/fs/cgroup/memory/memory.oom_control", "/sys/fs/cgroup/memory.events"):
         try:
             with open(path) as f:
@@ -426,8 +470,11 @@ def _run_step(step):
     t0 = time.monotonic()
     deadline = t0 + timeout
     try:
-        pid, out_r, err_r = start_process(argv, req.get("cwd") or WS, env)
-    except OSError as e:
+        rel = "/".join(split_rel(req.get("cwd") or ""))  # workspace-relative; "" is the root
+        pid, out_r, err_r = start_process(argv, WS + "/" + rel if rel else WS, env)
+    except (OSError, Refused) as e:
+        if isinstance(e, Refused):
+            e = OSError(errno.EINVAL, "working directory %s" % e)
         msg = ("cannot run %s: %s\n" % (argv[0] if argv else "?", e.strerror or e)).encode()
         send({"id": rid, "ev": "out", "s": 2}, msg)
         code = 127 if e.errno == errno.ENOENT else 126
@@ -745,8 +792,26 @@ def spawn(rid, target, *args):
               "msg": "the sandbox has no processes left (pids limit reached)"})
 
 
-def main():
+def configure(args):
+    """Sets the mode and workspace from the command line; returns an error message or None."""
+    global WS, CONTAINED
+    if args == ["contained"]:
+        if os.getpid() != 1 and os.getppid() != 1:
+            return "refusing `contained` mode: neither this process nor its parent is PID 1"
+        WS, CONTAINED = os.path.realpath("/workspace"), True
+        return None
+    if len(args) == 2 and args[0] == "local" and args[1]:
+        WS, CONTAINED = os.path.realpath(args[1]), False
+        return None
+    return "usage: supervisor (contained | local WORKSPACE)"
+
+
+def main(args):
     global _in_ws
+    problem = configure(args)
+    if problem:
+        log(problem)
+        os._exit(2)
     _signal.signal(_signal.SIGPIPE, _signal.SIG_DFL)
     os.umask(0o022)
     try:
@@ -805,8 +870,26 @@ def main():
             send({"id": rid, "ev": "ok"})
         else:
             send({"id": rid, "ev": "err", "kind": "invalid", "msg": "unknown op %r" % (op,)})
-    kill_all()
+    shutdown()
     os._exit(0)
 
 
-main()
+def shutdown():
+    """Kills everything before we exit (the host is gone)."""
+    if CONTAINED:
+        kill_all()
+        return
+    # Local mode: only the steps' groups, so wait (bounded) for steps still starting to have one.
+    deadline = time.monotonic() + 5
+    while True:
+        with _steps_lock:
+            steps = list(_steps.values())
+        for step in steps:
+            step.kill("cancelled")
+        if all(s.pgid for s in steps) or time.monotonic() > deadline:
+            return
+        time.sleep(0.005)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
