@@ -7,7 +7,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use agent_core::{Job, JobId, JobSpec, JobStatus, NetworkMode, Step, StepStatus, Termination};
+use agent_core::{
+    Job, JobId, JobSpec, JobStatus, NetworkMode, Step, StepKind, StepStatus, Termination,
+    TokenUsage,
+};
 
 use crate::error::ApiError;
 
@@ -191,6 +194,9 @@ pub struct StatusResponse {
     pub error: Option<String>,
     /// The LLM provider that planned it.
     pub provider: Option<String>,
+    /// LLM tokens used over the whole job (planning and repairs; zeros for explicit steps).
+    #[serde(default)]
+    pub usage: UsageView,
     /// Every step run so far.
     pub steps: Vec<StepView>,
     /// The result ZIP, once written.
@@ -212,6 +218,7 @@ impl StatusResponse {
             finished_at: job.finished_at,
             error: job.error.clone(),
             provider: job.provider.clone(),
+            usage: UsageView::from(job.usage),
             steps: job
                 .steps
                 .iter()
@@ -232,6 +239,53 @@ impl StatusResponse {
             download_link: job.artifact.as_ref().map(|_| format!("/download/{id}")),
             logs_link: format!("/logs/{id}"),
         }
+    }
+}
+
+/// LLM token usage.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct UsageView {
+    /// Prompt (input) tokens.
+    pub prompt_tokens: u64,
+    /// Completion (output) tokens.
+    pub completion_tokens: u64,
+    /// Total tokens.
+    pub total_tokens: u64,
+}
+
+impl From<TokenUsage> for UsageView {
+    fn from(u: TokenUsage) -> Self {
+        Self {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+            total_tokens: u.total_tokens,
+        }
+    }
+}
+
+/// At most `max` characters of `text`'s first non-empty line, with `…` when cut.
+fn headline(text: &str, max: usize) -> String {
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("");
+    let mut out: String = line.chars().take(max).collect();
+    if out.len() < text.trim().len() {
+        out.push('…');
+    }
+    out
+}
+
+/// One line saying what a step does: its description, else its command, code or path.
+pub fn step_headline(step: &Step) -> String {
+    if let Some(d) = step.description.as_deref().filter(|d| !d.trim().is_empty()) {
+        return headline(d, 120);
+    }
+    match &step.kind {
+        StepKind::Shell { command } => headline(command, 120),
+        StepKind::Python { code } => headline(code, 120),
+        StepKind::WriteFile { path, .. } => format!("write {}", headline(path, 110)),
     }
 }
 
@@ -256,6 +310,13 @@ pub struct JobSummary {
     pub finished_at: Option<DateTime<Utc>>,
     /// Why it failed.
     pub error: Option<String>,
+    /// The LLM provider that planned it.
+    #[serde(default)]
+    pub provider: Option<String>,
+    /// What its first step does (its description, else its command, code or path; at most 120
+    /// characters): names an explicit-steps job, whose prompt is empty.
+    #[serde(default)]
+    pub first_step: Option<String>,
 }
 
 impl JobSummary {
@@ -274,6 +335,13 @@ impl JobSummary {
             started_at: job.started_at,
             finished_at: job.finished_at,
             error: job.error.clone(),
+            provider: job.provider.clone(),
+            first_step: job
+                .steps
+                .first()
+                .map(|r| &r.step)
+                .or_else(|| job.spec.steps.as_ref().and_then(|s| s.first()))
+                .map(step_headline),
         }
     }
 }

@@ -71,6 +71,25 @@ impl Histogram {
 struct LlmStats {
     latency: Histogram,
     errors: BTreeMap<&'static str, u64>,
+    last_ok: Option<chrono::DateTime<chrono::Utc>>,
+    last_error: Option<(chrono::DateTime<chrono::Utc>, &'static str)>,
+}
+
+/// What the server has seen of one LLM provider since it started (no call is made to find out).
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct LlmHealth {
+    /// Successful calls.
+    pub ok: u64,
+    /// Failed calls.
+    pub errors: u64,
+    /// Mean latency of the successful calls, in seconds.
+    pub mean_latency_secs: Option<f64>,
+    /// When the last call succeeded.
+    pub last_ok_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// When the last call failed.
+    pub last_error_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The kind of the last failure (`transient`, `rate_limited`, `quota_exhausted`, …).
+    pub last_error_kind: Option<String>,
 }
 
 #[derive(Debug)]
@@ -159,24 +178,43 @@ impl Metrics {
             .or_insert_with(|| LlmStats {
                 latency: Histogram::new(LLM_BUCKETS),
                 errors: BTreeMap::new(),
+                last_ok: None,
+                last_error: None,
             })
     }
 
     /// Records a successful LLM call.
     pub fn record_llm_ok(&self, provider: &str, seconds: f64) {
         let mut inner = self.lock();
-        Self::llm_entry(&mut inner, provider)
-            .latency
-            .observe(seconds);
+        let entry = Self::llm_entry(&mut inner, provider);
+        entry.latency.observe(seconds);
+        entry.last_ok = Some(chrono::Utc::now());
     }
 
     /// Records a failed LLM call.
     pub fn record_llm_error(&self, provider: &str, kind: LlmErrorKind) {
         let mut inner = self.lock();
-        *Self::llm_entry(&mut inner, provider)
-            .errors
-            .entry(error_kind_name(kind))
-            .or_insert(0) += 1;
+        let entry = Self::llm_entry(&mut inner, provider);
+        let kind = error_kind_name(kind);
+        *entry.errors.entry(kind).or_insert(0) += 1;
+        entry.last_error = Some((chrono::Utc::now(), kind));
+    }
+
+    /// What the server has seen of a provider's calls (all zeros before the first).
+    pub fn llm_health(&self, provider: &str) -> LlmHealth {
+        let inner = self.lock();
+        let Some(stats) = inner.llm.get(provider) else {
+            return LlmHealth::default();
+        };
+        let ok = stats.latency.count;
+        LlmHealth {
+            ok,
+            errors: stats.errors.values().sum(),
+            mean_latency_secs: (ok > 0).then(|| stats.latency.sum / ok as f64),
+            last_ok_at: stats.last_ok,
+            last_error_at: stats.last_error.map(|(at, _)| at),
+            last_error_kind: stats.last_error.map(|(_, k)| k.to_string()),
+        }
     }
 
     /// Feeds every event of every job into the registry until the manager stops.
@@ -338,6 +376,20 @@ mod tests {
         assert!(out.contains("x_bucket{a=\"b\",le=\"2\"} 2\n"), "{out}");
         assert!(out.contains("x_bucket{a=\"b\",le=\"+Inf\"} 3\n"), "{out}");
         assert!(out.contains("x_count{a=\"b\"} 3\n"), "{out}");
+    }
+
+    #[test]
+    fn llm_health_counts_calls_and_remembers_the_last_error() {
+        let m = Metrics::new();
+        assert_eq!(m.llm_health("a"), LlmHealth::default());
+        m.record_llm_ok("a", 1.0);
+        m.record_llm_ok("a", 3.0);
+        m.record_llm_error("a", LlmErrorKind::RateLimited);
+        let h = m.llm_health("a");
+        assert_eq!((h.ok, h.errors), (2, 1));
+        assert_eq!(h.mean_latency_secs, Some(2.0));
+        assert_eq!(h.last_error_kind.as_deref(), Some("rate_limited"));
+        assert!(h.last_ok_at.is_some() && h.last_error_at.is_some());
     }
 
     #[test]
