@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod archive_browse;
 pub mod cli;
 pub mod client;
 pub mod config;
@@ -13,6 +14,10 @@ pub mod metrics;
 pub mod openapi;
 pub mod routes;
 pub mod server;
+pub mod server_events;
+pub mod server_info;
+pub mod session;
+pub mod ui;
 
 pub use agent_llm::SecretString;
 pub use config::{LogFormat, ServerConfig};

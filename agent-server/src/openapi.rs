@@ -13,9 +13,13 @@ use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
 
 use crate::api::{
     CancelResponse, ExecutorHealth, HealthResponse, JobSummary, JobsResponse, ScheduleRequest,
-    ScheduleResponse, StatusResponse, StepView,
+    ScheduleResponse, StatusResponse, StepView, UsageView,
 };
+use crate::archive_browse::{ArchiveEntry, ArchiveListing};
 use crate::error::{ErrorBody, ErrorDetail};
+use crate::server_events::JobStatusEvent;
+use crate::server_info::{InfoCapacity, InfoDefaults, InfoLimits, ProviderInfo, ServerInfo};
+use crate::session::{LoginRequest, SessionInfo};
 
 /// The API description.
 #[derive(OpenApi)]
@@ -35,16 +39,26 @@ use crate::error::{ErrorBody, ErrorDetail};
         crate::routes::logs_text,
         crate::routes::logs_stream,
         crate::routes::metrics,
+        crate::archive_browse::list_files,
+        crate::archive_browse::read_file,
+        crate::server_events::events,
+        crate::server_info::info,
+        crate::session::session_info,
+        crate::session::login,
+        crate::session::logout,
     ),
     components(schemas(
         ScheduleRequest, ScheduleResponse, StatusResponse, StepView, StepComponent, PlanComponent, JobSummary,
-        JobsResponse, CancelResponse, HealthResponse, ExecutorHealth, ErrorBody, ErrorDetail
+        JobsResponse, CancelResponse, HealthResponse, ExecutorHealth, ErrorBody, ErrorDetail,
+        UsageView, ArchiveListing, ArchiveEntry, JobStatusEvent, ServerInfo, InfoDefaults,
+        InfoLimits, InfoCapacity, ProviderInfo, LoginRequest, SessionInfo,
     )),
     modifiers(&BearerAuth),
     tags(
         (name = "jobs", description = "Submit, inspect, cancel and download jobs"),
         (name = "logs", description = "Job logs, whole or live"),
-        (name = "service", description = "Health and metrics"),
+        (name = "service", description = "Health, server information and metrics"),
+        (name = "session", description = "The browser login cookie (for the dashboard at /ui/)"),
     )
 )]
 pub struct ApiDoc;

@@ -50,6 +50,10 @@ pub struct ApiSettings {
     pub defaults: JobDefaults,
     /// The job manager's artifact directory (resolves relative artifact paths).
     pub artifact_dir: Option<PathBuf>,
+    /// The image jobs run by default (shown by `GET /info`).
+    pub image: Option<String>,
+    /// Sandboxes kept started ahead of demand (shown by `GET /info`).
+    pub warm_pool: usize,
 }
 
 impl Default for ApiSettings {
@@ -60,6 +64,8 @@ impl Default for ApiSettings {
             max_body_bytes: 1 << 20,
             defaults: JobDefaults::default(),
             artifact_dir: None,
+            image: None,
+            warm_pool: 0,
         }
     }
 }
@@ -108,11 +114,24 @@ impl AppState {
     pub fn shutdown_token(&self) -> &CancellationToken {
         &self.inner.shutdown
     }
+
+    pub(crate) fn settings(&self) -> &ApiSettings {
+        &self.inner.settings
+    }
+
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    pub(crate) fn llm_providers(&self) -> &[String] {
+        &self.inner.llm_providers
+    }
 }
 
 /// The API's router, with auth, the body limit and the JSON 404/405 fallbacks. (No per-request
 /// tracing layer: it cost a noticeable share of `GET /status` throughput; 5xx answers are logged.)
 pub fn app(state: AppState) -> Router {
+    let sessions = crate::session::Sessions::new(state.inner.settings.api_token.clone());
     let docs: Router<AppState> = SwaggerUi::new("/docs")
         .external_url_unchecked("/openapi.json", openapi_json())
         .into();
@@ -127,15 +146,26 @@ pub fn app(state: AppState) -> Router {
         .route("/logs/{id}/stream", get(logs_stream))
         .route("/metrics", get(metrics))
         .merge(docs)
+        .merge(crate::ui::api_routes())
+        .merge(crate::ui::routes())
+        .merge(crate::session::routes(sessions.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), auth))
+        .layer(middleware::from_fn_with_state(
+            sessions,
+            crate::session::authenticate,
+        ))
+        .layer(middleware::from_fn(crate::ui::redirect_browsers))
         .layer(DefaultBodyLimit::max(state.inner.settings.max_body_bytes))
         .with_state(state)
 }
 
 fn is_public(settings: &ApiSettings, method: &Method, path: &str) -> bool {
     if path == "/" && (method == Method::GET || method == Method::HEAD) {
+        return true;
+    }
+    if crate::ui::is_public(method, path) || crate::session::is_public(path) {
         return true;
     }
     settings.public_docs
@@ -164,6 +194,10 @@ async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Respon
     if let Some(token) = settings.api_token.as_ref() {
         if !is_public(settings, req.method(), req.uri().path())
             && !bearer_matches(req.headers(), token)
+            && req
+                .extensions()
+                .get::<crate::session::SessionAuth>()
+                .is_none()
         {
             return ApiError::unauthorized().into_response();
         }

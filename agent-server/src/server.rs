@@ -130,6 +130,8 @@ pub async fn build_state(config: &ServerConfig) -> Result<AppState, ServeError> 
         max_body_bytes: config.max_body_bytes,
         defaults,
         artifact_dir: Some(config.artifact_dir()),
+        image: Some(config.image.clone()),
+        warm_pool: config.warm_pool,
     };
     Ok(AppState::new(manager, settings, metrics, names))
 }
