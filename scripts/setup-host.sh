@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# Prepares a Debian host to run containerized-agent and its tests: installs the Docker engine and
-# debootstrap, starts dockerd if nothing answers on the socket, and builds the agent image
-# (offline, from a Debian root filesystem) if it is missing. Idempotent; needs root.
+# Prepares a Debian host to run containerized-agent and its tests: installs the Docker engine,
+# debootstrap and Chromium (the dashboard's browser tests), starts dockerd if nothing answers on the
+# socket, builds the agent image (offline, from a Debian root filesystem) if it is missing, and
+# installs the browser tests' npm packages (playwright-core) from the npm registry. Idempotent;
+# needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 image="${AGENT_IMAGE:-containerized-agent:latest}"
-packages=(docker.io debootstrap nginx-light wrk python3)
+packages=(docker.io debootstrap nginx-light wrk python3 chromium)
+# Node.js for the browser tests: Debian's, unless a node is installed already.
+command -v node >/dev/null 2>&1 || packages+=(nodejs npm)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -34,3 +38,12 @@ if ! docker image inspect "$image" >/dev/null 2>&1; then
   images/agent/build-offline.sh "$image"
 fi
 docker image inspect "$image" --format "image $image: {{.Id}}"
+
+# The dashboard's browser tests (agent-server/tests/dashboard_e2e.rs) drive Debian's chromium with
+# playwright-core, pinned by agent-server/ui-tests/package-lock.json.
+ui_tests=agent-server/ui-tests
+if [ ! -d "$ui_tests/node_modules/playwright-core" ]; then
+  echo "installing the browser tests' npm packages"
+  (cd "$ui_tests" && npm ci --no-audit --no-fund)
+fi
+echo "browser tests: $(chromium --version 2>/dev/null | head -n 1), node $(node --version)"
