@@ -350,7 +350,17 @@ async fn the_dashboard_works_in_headless_chromium() {
         "{chromium} is missing: run scripts/setup-host.sh (Debian's chromium)"
     );
     let token = "browser-token-8d2f41";
-    let (_dir, server) = start(ServerOptions::new(&unique_scope("ui-browser")).token(token));
+    // A planned job whose first step fails and whose repair succeeds: the page shows both rounds.
+    let plan = json!({"summary": "print, fail", "steps": [
+        {"type": "shell", "command": "echo planned; exit 4", "description": "print and fail"}]});
+    let repair = json!({"summary": "fixed", "steps": [
+        {"type": "shell", "command": "echo repaired", "description": "the repair"}]});
+    let alchemyst = alchemyst_mock(&plan, &repair).await;
+    let (_dir, server) = start(
+        ServerOptions::new(&unique_scope("ui-browser"))
+            .token(token)
+            .llm(Some(&alchemyst), None),
+    );
     let shots = target_dir().join("ui-screenshots");
     let start = Instant::now();
     let out = tokio::task::spawn_blocking({
@@ -362,6 +372,7 @@ async fn the_dashboard_works_in_headless_chromium() {
                 .current_dir(&tests)
                 .env("BASE_URL", base)
                 .env("AGENT_TOKEN", token)
+                .env("LLM_MOCK", "1")
                 .env("SCREENSHOT_DIR", &shots)
                 .env("CHROMIUM", chromium)
                 .output()

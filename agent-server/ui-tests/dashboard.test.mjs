@@ -211,6 +211,27 @@ try {
     await shot(page, "job-failed");
   });
 
+  if (process.env.LLM_MOCK === "1") {
+    await check("a prompt job shows its plan, the repair round, the provider and the tokens", async () => {
+      await page.goto(`${BASE}/ui/#/submit`);
+      await page.getByLabel("What should the agent do?").fill("print planned, then repair it");
+      await page.getByRole("button", { name: "Submit job" }).click();
+      await page.waitForURL(/#\/jobs\/[0-9a-f-]{36}$/, { timeout: PATIENCE });
+      await waitStatus(page, "succeeded");
+      await page.locator('.round[data-attempt="0"]').filter({ hasText: "Plan" }).waitFor();
+      await page.locator('.round[data-attempt="1"]').filter({ hasText: "Repair round 1" }).waitFor();
+      assert.equal(await page.locator("#step-0").getAttribute("data-status"), "failed");
+      assert.match(await page.locator("#output-0").textContent(), /planned/);
+      assert.equal(await page.locator("#step-1").getAttribute("data-status"), "succeeded");
+      assert.match(await page.locator("#output-1").textContent(), /repaired/);
+      const facts = await page.locator("#job-facts").textContent();
+      assert.match(facts, /alchemyst/);
+      assert.match(facts, /Tokens\s*60 \(20 prompt \+ 40 completion\)/);
+      assert.match(await page.locator("#job-title").textContent(), /print planned, then repair it/);
+      await shot(page, "job-repaired");
+    });
+  }
+
   await check("a long job is cancelled from its page", async () => {
     await submitSteps(page, [{ label: "Shell", type: "shell", text: "echo started; sleep 600" }]);
     await page.locator("#output-0").filter({ hasText: "started" }).waitFor({ timeout: PATIENCE });
