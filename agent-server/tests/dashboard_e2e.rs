@@ -335,6 +335,22 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
 }
 
+#[test]
+fn the_pages_helpers_pass_their_unit_tests() {
+    let tests = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("ui-tests");
+    let out = Command::new("node")
+        .args(["--test", "units.test.mjs"])
+        .current_dir(&tests)
+        .output()
+        .expect("running node (install nodejs)");
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_works_in_headless_chromium() {
     require_docker();

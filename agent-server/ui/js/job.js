@@ -15,19 +15,26 @@ const MAX_OUTPUT_CHARS = 2_000_000;
 const MAX_VIEW_BYTES = 512 * 1024;
 
 /**
- * The live desktop and Jupyter links of a job, when its status carries them (issue 10 adds them to
- * GET /status/{id}). Accepts `services: {desktop: {url}, jupyter: {url}}`, `links: {desktop,
- * jupyter}` or `desktop_url` / `jupyter_url`.
+ * The live desktop and Jupyter of a job (issue 10). A status that carries ready URLs is used as
+ * is (`services: {desktop: {url}, jupyter: {url}}`, `links: {desktop, jupyter}` or
+ * `desktop_url` / `jupyter_url`); a status that only names the services the job asked for
+ * (`services: ["desktop", "jupyter"]`) gets a short-lived signed URL from `POST /access/{id}`.
  */
 export function serviceLinks(st) {
   const pick = (name) => {
-    const s = st.services && st.services[name];
+    const s = st.services && !Array.isArray(st.services) ? st.services[name] : null;
     if (s && typeof s === "object" && s.url) return s.url;
     if (typeof s === "string") return s;
     if (st.links && typeof st.links[name] === "string") return st.links[name];
     return st[`${name}_url`] || st[`${name}_link`] || null;
   };
   return { desktop: pick("desktop"), jupyter: pick("jupyter") };
+}
+
+/** The services a job asked for, when its status lists them by name. */
+export function requestedServices(st) {
+  if (!Array.isArray(st.services)) return [];
+  return st.services.map((s) => (typeof s === "string" ? s : s && (s.name || s.service))).filter(Boolean);
 }
 
 export function renderJob(main, { id }) {
@@ -82,7 +89,7 @@ export function renderJob(main, { id }) {
     }
   });
 
-  function drawFacts() {
+  function drawFacts(withServices = true) {
     if (!st) return;
     replace(statusSlot, badge(st.status));
     statusSlot.dataset.status = st.status;
@@ -113,20 +120,40 @@ export function renderJob(main, { id }) {
     cancelBtn.hidden = TERMINAL.has(st.status);
     downloadLink.hidden = !st.download_link;
     if (st.download_link) downloadLink.href = st.download_link;
-    drawServices();
+    if (withServices) drawServices();
   }
 
-  function drawServices() {
+  const signed = {}; // service -> Promise of a signed URL (asked once per page)
+
+  async function signedUrl(service) {
+    if (!signed[service]) {
+      signed[service] = api(`/access/${id}`, { method: "POST", body: { service } })
+        .then((r) => r.url)
+        .catch((e) => { delete signed[service]; throw e; });
+    }
+    return signed[service];
+  }
+
+  async function drawServices() {
     const links = serviceLinks(st);
-    if (!links.desktop && !links.jupyter) {
+    const live = !TERMINAL.has(st.status) || st.sandbox || st.keep_alive_until;
+    for (const name of requestedServices(st)) {
+      if (!links[name] && live && (name === "desktop" || name === "jupyter")) {
+        try { links[name] = await signedUrl(name); } catch { /* not up (yet) */ }
+      }
+    }
+    if (stopped || (!links.desktop && !links.jupyter)) {
       services.hidden = true;
       return;
     }
+    if (services.dataset.desktop === (links.desktop || "") && services.dataset.jupyter === (links.jupyter || "")) return;
+    services.dataset.desktop = links.desktop || "";
+    services.dataset.jupyter = links.jupyter || "";
     services.hidden = false;
     replace(services,
       h("h2", { id: "services-title" }, "Live sandbox"),
       links.jupyter ? h("p", {}, h("a", { class: "button", href: links.jupyter, target: "_blank", rel: "noopener" }, "Open Jupyter Lab")) : null,
-      links.desktop ? h("iframe", { class: "desktop-frame", src: links.desktop, title: "The job's live desktop (noVNC)" }) : null);
+      links.desktop ? h("iframe", { class: "desktop-frame", src: links.desktop, title: "The job's live desktop (noVNC)", allow: "clipboard-read; clipboard-write" }) : null);
   }
 
   async function refresh() {
@@ -419,7 +446,7 @@ export function renderJob(main, { id }) {
     if (live) live.textContent = "";
   }
 
-  const ticker = setInterval(() => { if (st && !TERMINAL.has(st.status) && st.started_at) drawFacts(); }, 1000);
+  const ticker = setInterval(() => { if (st && !TERMINAL.has(st.status) && st.started_at) drawFacts(false); }, 1000);
   refresh().then(() => { if (!stopped) follow(); });
   return stop;
 }

@@ -276,7 +276,8 @@ export function renderSubmit(main, { query }) {
         body.env[line.slice(0, at)] = line.slice(at + 1);
       }
     }
-    for (const s of servicesBox.querySelectorAll("input[type=checkbox]:checked")) body[s.name] = true;
+    const services = [...servicesBox.querySelectorAll("input[type=checkbox]:checked")].map((c) => c.name);
+    if (services.length) body.services = services;
     submit.disabled = true;
     try {
       const res = await api("/schedule", { method: "POST", body });
