@@ -54,6 +54,30 @@ pub struct ApiSettings {
     pub image: Option<String>,
     /// Sandboxes kept started ahead of demand (shown by `GET /info`).
     pub warm_pool: usize,
+    /// How many warm sandboxes are ready now (shown by `GET /info`), when the executor says.
+    pub warm_ready: Option<WarmProbe>,
+}
+
+/// Asks the executor how many warm sandboxes are ready now.
+#[derive(Clone)]
+pub struct WarmProbe(Arc<dyn Fn() -> usize + Send + Sync>);
+
+impl WarmProbe {
+    /// A probe calling `f`.
+    pub fn new(f: impl Fn() -> usize + Send + Sync + 'static) -> Self {
+        Self(Arc::new(f))
+    }
+
+    /// The number ready now.
+    pub fn ready(&self) -> usize {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for WarmProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WarmProbe")
+    }
 }
 
 impl Default for ApiSettings {
@@ -66,6 +90,7 @@ impl Default for ApiSettings {
             artifact_dir: None,
             image: None,
             warm_pool: 0,
+            warm_ready: None,
         }
     }
 }

@@ -70,12 +70,15 @@ pub fn llm_from_env(metrics: &Arc<Metrics>) -> Result<Option<LlmChain>, agent_co
 
 /// The Docker executor configured from `config` (and `DOCKER_HOST`, `AGENT_DOCKER_RUNTIME`).
 pub async fn docker_executor(config: &ServerConfig) -> Result<Arc<dyn Executor>, ServeError> {
-    let executor = DockerConfig::from_env()
+    Ok(Arc::new(build_docker(config).await?))
+}
+
+async fn build_docker(config: &ServerConfig) -> Result<agent_docker::DockerExecutor, ServeError> {
+    Ok(DockerConfig::from_env()
         .with_image(config.image.clone())
         .with_warm_pool(config.warm_pool)
         .build()
-        .await?;
-    Ok(Arc::new(executor))
+        .await?)
 }
 
 /// Opens the store, connects to Docker, reads the LLM chain, starts the job manager (with
@@ -99,7 +102,9 @@ pub async fn build_state(config: &ServerConfig) -> Result<AppState, ServeError> 
     let db = config.database_path();
     let store: Arc<dyn JobStore> =
         Arc::new(SqliteStore::open(&db).map_err(agent_core::Error::from)?);
-    let executor = docker_executor(config).await?;
+    let docker = build_docker(config).await?;
+    let warm = docker.clone();
+    let executor: Arc<dyn Executor> = Arc::new(docker);
     let metrics = Arc::new(Metrics::new());
     let llm = llm_from_env(&metrics)?;
     let manager_config = JobManagerConfig {
@@ -132,6 +137,7 @@ pub async fn build_state(config: &ServerConfig) -> Result<AppState, ServeError> 
         artifact_dir: Some(config.artifact_dir()),
         image: Some(config.image.clone()),
         warm_pool: config.warm_pool,
+        warm_ready: Some(crate::routes::WarmProbe::new(move || warm.warm_ready())),
     };
     Ok(AppState::new(manager, settings, metrics, names))
 }

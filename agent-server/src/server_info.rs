@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 
 use crate::api::MAX_TIMEOUT_SECS;
 use crate::error::ErrorBody;
-use crate::routes::AppState;
+use crate::routes::{AppState, WarmProbe};
 
 /// The defaults a job gets when its request leaves a field out.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -50,6 +50,8 @@ pub struct InfoCapacity {
     pub live_sandboxes: usize,
     /// Sandboxes kept started ahead of demand (`AGENT_WARM_POOL`; 0 = none).
     pub warm_pool: usize,
+    /// Warm sandboxes ready now (absent when the executor does not say).
+    pub warm_ready: Option<usize>,
 }
 
 /// What the server has seen of one LLM provider since it started (it makes no call to find out).
@@ -135,6 +137,7 @@ pub(crate) async fn info(State(state): State<AppState>) -> Json<ServerInfo> {
             running: stats.running,
             live_sandboxes: stats.live_sandboxes,
             warm_pool: settings.warm_pool,
+            warm_ready: settings.warm_ready.as_ref().map(WarmProbe::ready),
         },
         llm_providers,
     })

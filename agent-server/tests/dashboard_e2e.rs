@@ -141,7 +141,8 @@ async fn info_reports_defaults_capacity_and_provider_health() {
             .llm(Some(&alchemyst), None)
             .env("AGENT_JOB_TIMEOUT_SECS", "77")
             .env("AGENT_STEP_TIMEOUT_SECS", "7")
-            .env("AGENT_MAX_CONCURRENT_JOBS", "3"),
+            .env("AGENT_MAX_CONCURRENT_JOBS", "3")
+            .env("AGENT_WARM_POOL", "1"),
     );
     let (code, info) = server.get_json("/info").await;
     assert_eq!(code, 200, "{info}");
@@ -151,7 +152,20 @@ async fn info_reports_defaults_capacity_and_provider_health() {
     assert_eq!(info["defaults"]["image"], image());
     assert_eq!(info["limits"]["networks"], json!(["none", "bridge"]));
     assert_eq!(info["capacity"]["max_concurrent_jobs"], 3);
-    assert_eq!(info["capacity"]["warm_pool"], 0);
+    assert_eq!(info["capacity"]["warm_pool"], 1);
+    // The warm sandbox is reported once it is up.
+    let start = Instant::now();
+    loop {
+        let (_, info) = server.get_json("/info").await;
+        if info["capacity"]["warm_ready"] == 1 {
+            break;
+        }
+        assert!(
+            start.elapsed() < PATIENCE,
+            "the warm sandbox never got ready: {info}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
     assert_eq!(info["auth_required"], false);
     assert_eq!(info["llm_providers"][0]["name"], "alchemyst");
     assert_eq!(info["llm_providers"][0]["ok"], 0);

@@ -42,7 +42,9 @@ export function renderServer(main) {
         stat("Queued", health.queued, "queued"),
         stat("Running", cap ? `${health.running} / ${cap.max_concurrent_jobs}` : health.running, "running"),
         stat("Sandboxes alive", cap ? cap.live_sandboxes : "—", "sandboxes"),
-        stat("Warm pool", cap ? (cap.warm_pool ? `${cap.warm_pool} kept ready` : "off") : "—", "warm-pool")),
+        stat("Warm pool", !cap ? "—" : !cap.warm_pool ? "off"
+          : cap.warm_ready === null || cap.warm_ready === undefined ? `${cap.warm_pool} kept`
+            : `${cap.warm_ready} / ${cap.warm_pool} ready`, "warm-pool")),
       h("section", { class: "card", "aria-labelledby": "llm-title" },
         h("h2", { id: "llm-title" }, "LLM providers"),
         providers.length === 0
