@@ -262,6 +262,18 @@ try {
     await page.getByRole("button", { name: "all", exact: true }).click();
     await page.locator(`tr[data-job-id="${okJob}"]`).waitFor();
     await shot(page, "jobs");
+    // Pages of two: the second page holds the next two jobs, none of the first page's.
+    await page.goto(`${BASE}/ui/#/jobs?per=2`);
+    await page.locator("#jobs-range").filter({ hasText: /^1–2 of \d+$/ }).waitFor();
+    const firstPage = await page.locator("tbody tr").evaluateAll((rows) => rows.map((r) => r.dataset.jobId));
+    assert.equal(firstPage.length, 2);
+    await page.getByRole("link", { name: "Older →" }).click();
+    await page.locator("#jobs-range").filter({ hasText: /^3–4 of \d+$/ }).waitFor();
+    await page.waitForFunction((ids) => [...document.querySelectorAll("tbody tr")]
+      .every((r) => r.dataset.jobId && !ids.includes(r.dataset.jobId)), firstPage);
+    assert.equal(await page.locator("tbody tr").count(), 2);
+    await page.getByRole("link", { name: "← Newer" }).click();
+    await page.locator("#jobs-range").filter({ hasText: /^1–2 of / }).waitFor();
   });
 
   await check("the server panel shows the engine, the queue and the providers", async () => {

@@ -49,7 +49,7 @@ export function renderJob(main, { id }) {
 
   const title = h("h1", { id: "job-title" }, "Job");
   const sub = h("div", { class: "sub mono" }, id);
-  const statusSlot = h("span", { id: "job-status" });
+  const statusSlot = h("span", { id: "job-status", role: "status", "aria-live": "polite" });
   const cancelBtn = h("button", { type: "button", class: "danger", id: "cancel", hidden: true }, "Cancel job");
   const downloadLink = h("a", { class: "button primary", id: "download", hidden: true, download: "" }, "Download ZIP");
   const logLink = h("a", { class: "button", href: `/logs/${id}`, target: "_blank", rel: "noopener" }, "Raw log");

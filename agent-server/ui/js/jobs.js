@@ -6,10 +6,13 @@ import { ago, badge, duration, h, jobDuration, replace } from "./dom.js";
 
 const STATUSES = ["queued", "running", "succeeded", "failed", "cancelled", "timed_out", "interrupted"];
 const PAGE = 25;
+const MAX_PAGE = 200;
 
 export function renderJobs(main, { query }) {
   const status = STATUSES.includes(query.get("status")) ? query.get("status") : "";
   const page = Math.max(1, parseInt(query.get("page") || "1", 10) || 1);
+  // Page size: ?per=N in the address (default 25).
+  const per = Math.min(MAX_PAGE, Math.max(1, parseInt(query.get("per") || String(PAGE), 10) || PAGE));
   const live = document.getElementById("live");
   let jobs = [];
   let total = 0;
@@ -50,6 +53,7 @@ export function renderJobs(main, { query }) {
     const q = new URLSearchParams();
     if (s) q.set("status", s);
     if (p > 1) q.set("page", String(p));
+    if (per !== PAGE) q.set("per", String(per));
     const qs = q.toString();
     return `#/jobs${qs ? `?${qs}` : ""}`;
   }
@@ -75,15 +79,14 @@ export function renderJobs(main, { query }) {
           h("td", { "data-label": "Duration", class: "small nowrap" }, duration(jobDuration(j, now))));
       }));
     }
-    const first = total === 0 ? 0 : (page - 1) * PAGE + 1;
-    const last = Math.min(total, page * PAGE);
+    const first = total === 0 ? 0 : (page - 1) * per + 1;
+    const last = Math.min(total, page * per);
     document.getElementById("jobs-count").textContent =
       `${total} job${total === 1 ? "" : "s"}${status ? ` ${status.replace("_", " ")}` : ""}`;
     replace(pager,
-      h("span", { class: "muted small", "aria-live": "polite" }, total ? `${first}–${last} of ${total}` : ""),
+      h("span", { class: "muted small", id: "jobs-range", "aria-live": "polite" }, total ? `${first}–${last} of ${total}` : ""),
       h("div", { class: "row" },
-        h("a", { class: "button small", href: link(status, page - 1), "aria-disabled": String(page <= 1),
-          hidden: page <= 1 }, "← Newer"),
+        h("a", { class: "button small", href: link(status, page - 1), hidden: page <= 1 }, "← Newer"),
         h("a", { class: "button small", href: link(status, page + 1), hidden: last >= total }, "Older →")));
   }
 
@@ -91,7 +94,7 @@ export function renderJobs(main, { query }) {
     if (inflight) { again = true; return; }
     inflight = true;
     try {
-      const q = new URLSearchParams({ limit: String(PAGE), offset: String((page - 1) * PAGE) });
+      const q = new URLSearchParams({ limit: String(per), offset: String((page - 1) * per) });
       if (status) q.set("status", status);
       const res = await api(`/jobs?${q}`);
       if (stopped) return;
