@@ -127,6 +127,33 @@ async fn the_server_wide_stream_carries_every_jobs_status_changes() {
         }
     }
     assert_eq!(seen, ["queued", "running", "succeeded"]);
+
+    // The endpoints the dashboard added are in the API's document like the others.
+    let (code, doc) = server.get_json("/openapi.json").await;
+    assert_eq!(code, 200);
+    for (path, method) in [
+        ("/download/{id}/files", "get"),
+        ("/download/{id}/files/{path}", "get"),
+        ("/events", "get"),
+        ("/info", "get"),
+        ("/session", "get"),
+        ("/session", "post"),
+        ("/session", "delete"),
+    ] {
+        assert!(
+            doc["paths"][path][method].is_object(),
+            "{method} {path} is not documented"
+        );
+    }
+    for schema in [
+        "ArchiveListing",
+        "JobStatusEvent",
+        "ServerInfo",
+        "SessionInfo",
+        "UsageView",
+    ] {
+        assert!(doc["components"]["schemas"][schema].is_object(), "{schema}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
