@@ -1,1 +1,64 @@
 //! Benchmarks live in this directory; run them with `cargo bench -p agent-benches`.
+//!
+//! Shared helpers of the benchmarks: the Python virtualenv their baselines run in.
+#![allow(missing_docs)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The target directory of the workspace (`CARGO_TARGET_DIR`, or `target/` beside `benches/`).
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
+    }
+}
+
+/// A Python virtualenv under `target/bench-venv/NAME` with exactly `requirements` (pinned
+/// `name==version` specs) installed from PyPI; made on first use and reused while the pins are
+/// the same. Returns the venv's `python`, or why it could not be made (python3 missing, no
+/// `venv` module — Debian's `python3-venv` —, or pip failing).
+pub fn python_venv(name: &str, requirements: &[&str]) -> Result<PathBuf, String> {
+    let dir = target_dir().join("bench-venv").join(name);
+    let python = dir.join("bin/python");
+    let stamp = dir.join("requirements.txt");
+    let wanted = requirements.join("\n") + "\n";
+    if python.exists() && std::fs::read_to_string(&stamp).is_ok_and(|s| s == wanted) {
+        return Ok(python);
+    }
+    println!(
+        "making the Python venv {} ({})",
+        dir.display(),
+        requirements.join(" ")
+    );
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)
+            .map_err(|e| format!("cannot clear {}: {e}", dir.display()))?;
+    }
+    run(Command::new("python3").args(["-m", "venv"]).arg(&dir)).map_err(|e| {
+        format!("python3 -m venv failed ({e}); on Debian: apt-get install python3-venv")
+    })?;
+    run(Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
+        .args(requirements))
+    .map_err(|e| format!("pip install {} failed: {e}", requirements.join(" ")))?;
+    std::fs::write(&stamp, wanted).map_err(|e| format!("cannot write {}: {e}", stamp.display()))?;
+    Ok(python)
+}
+
+fn run(command: &mut Command) -> Result<(), String> {
+    let output = command.output().map_err(|e| e.to_string())?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
+        Err(tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
+    }
+}

@@ -5,7 +5,7 @@ Prints one JSON object: nanoseconds per node transition for PocketFlow's sync `F
 `AsyncFlow`, both measured two ways like the Rust bench ("run": the 3-node flow run from start to
 end many times; "cycle": one run of a 3-node cycle a -> b -> c -> a ... for many transitions).
 
-Usage: python3 benches/pocketflow_baseline.py [--transitions N]
+Usage: python benches/pocketflow_baseline.py [--transitions N]  (benches/flow.rs runs it in its venv)
 Exit code 2 (with {"error": ...}) when pocketflow is not importable.
 """
 

@@ -73,10 +73,11 @@ pub enum Error {
     /// The job store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// A flow ran more node transitions than its limit allows.
-    #[error("flow exceeded its limit of {limit} node runs (an endless loop?)")]
-    StepLimitExceeded {
-        /// The limit.
+    /// A flow ran more node transitions (node runs) than its limit allows; not about a job's
+    /// steps.
+    #[error("flow exceeded its limit of {limit} node transitions (an endless loop?)")]
+    TransitionLimitExceeded {
+        /// The limit ([`Flow::with_transition_limit`](crate::flow::Flow::with_transition_limit)).
         limit: usize,
     },
     /// The operation was cancelled.

@@ -6,10 +6,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agent_core::flow::{
-    Action, Batch, BatchFlow, BatchNode, CancellationToken, Ctx, DynNode, Flow, Node, ParallelBatch,
+    Action, Batch, BatchFlow, BatchNode, CancellationToken, Ctx, DynNode, Flow, Node,
+    ParallelBatch, ParallelBatchFlow, Params,
 };
 use agent_core::{Error, Result};
-use async_trait::async_trait;
+use futures::future::BoxFuture;
 use tokio::time::Instant;
 
 /// The shared store of most tests: a log of what happened, plus some inputs.
@@ -19,7 +20,6 @@ struct Shared {
     input: i64,
     output: i64,
     branch: &'static str,
-    param: Option<u32>,
     items: Vec<u32>,
     results: Vec<u32>,
 }
@@ -41,19 +41,17 @@ impl Step {
         }
     }
 }
-
-#[async_trait]
 impl Node<Shared> for Step {
     type Prep = ();
     type Exec = ();
 
-    async fn prep(&self, _shared: &mut Shared) -> Result<()> {
+    async fn prep(&self, _shared: &mut Shared, _ctx: &Ctx) -> Result<()> {
         Ok(())
     }
     async fn exec(&self, _prep: &(), _ctx: &Ctx) -> Result<()> {
         Ok(())
     }
-    async fn post(&self, shared: &mut Shared, _prep: (), _exec: ()) -> Result<Action> {
+    async fn post(&self, shared: &mut Shared, _prep: (), _exec: (), _ctx: &Ctx) -> Result<Action> {
         shared.log.push(self.name.to_string());
         Ok(self.action.map(Action::new).into())
     }
@@ -66,13 +64,11 @@ impl Node<Shared> for Step {
 struct Phases {
     seen: Arc<Mutex<Vec<String>>>,
 }
-
-#[async_trait]
 impl Node<Shared> for Phases {
     type Prep = i64;
     type Exec = String;
 
-    async fn prep(&self, shared: &mut Shared) -> Result<i64> {
+    async fn prep(&self, shared: &mut Shared, _ctx: &Ctx) -> Result<i64> {
         self.seen
             .lock()
             .unwrap()
@@ -83,7 +79,13 @@ impl Node<Shared> for Phases {
         self.seen.lock().unwrap().push(format!("exec {prep}"));
         Ok(format!("e{}", prep + 1))
     }
-    async fn post(&self, shared: &mut Shared, prep: i64, exec: String) -> Result<Action> {
+    async fn post(
+        &self,
+        shared: &mut Shared,
+        prep: i64,
+        exec: String,
+        _ctx: &Ctx,
+    ) -> Result<Action> {
         self.seen
             .lock()
             .unwrap()
@@ -133,12 +135,10 @@ fn default_names_and_actions() {
 
 /// A node that overrides nothing but prep/exec: its action is absent.
 struct Silent;
-
-#[async_trait]
 impl Node<Shared> for Silent {
     type Prep = ();
     type Exec = ();
-    async fn prep(&self, shared: &mut Shared) -> Result<()> {
+    async fn prep(&self, shared: &mut Shared, _ctx: &Ctx) -> Result<()> {
         shared.log.push("silent".into());
         Ok(())
     }
@@ -170,6 +170,8 @@ struct Flaky {
     times: Arc<Mutex<Vec<Instant>>>,
     fallback: Option<&'static str>,
     fallback_saw: Arc<Mutex<Option<String>>>,
+    /// `ctx.attempt()` in each exec call, then in the fallback (as `100 + attempt`).
+    seen_attempts: Arc<Mutex<Vec<u32>>>,
 }
 
 impl Flaky {
@@ -182,19 +184,19 @@ impl Flaky {
             times: Arc::default(),
             fallback: None,
             fallback_saw: Arc::default(),
+            seen_attempts: Arc::default(),
         }
     }
 }
-
-#[async_trait]
 impl Node<Shared> for Flaky {
     type Prep = ();
     type Exec = String;
 
-    async fn prep(&self, _shared: &mut Shared) -> Result<()> {
+    async fn prep(&self, _shared: &mut Shared, _ctx: &Ctx) -> Result<()> {
         Ok(())
     }
-    async fn exec(&self, _prep: &(), _ctx: &Ctx) -> Result<String> {
+    async fn exec(&self, _prep: &(), ctx: &Ctx) -> Result<String> {
+        self.seen_attempts.lock().unwrap().push(ctx.attempt());
         let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
         self.times.lock().unwrap().push(Instant::now());
         if n <= self.failures {
@@ -203,18 +205,25 @@ impl Node<Shared> for Flaky {
             Ok(format!("ok on attempt {n}"))
         }
     }
-    async fn exec_fallback(&self, _prep: &(), err: Error, _ctx: &Ctx) -> Result<String> {
+    async fn exec_fallback(&self, _prep: &(), err: Error, ctx: &Ctx) -> Result<String> {
+        self.seen_attempts.lock().unwrap().push(100 + ctx.attempt());
         *self.fallback_saw.lock().unwrap() = Some(err.to_string());
         match self.fallback {
             Some(v) => Ok(v.to_string()),
             None => Err(err),
         }
     }
-    async fn post(&self, shared: &mut Shared, _prep: (), exec: String) -> Result<Action> {
+    async fn post(
+        &self,
+        shared: &mut Shared,
+        _prep: (),
+        exec: String,
+        _ctx: &Ctx,
+    ) -> Result<Action> {
         shared.log.push(exec);
         Ok(Action::DEFAULT)
     }
-    fn max_retries(&self) -> usize {
+    fn max_attempts(&self) -> usize {
         self.attempts
     }
     fn wait(&self) -> Duration {
@@ -223,7 +232,7 @@ impl Node<Shared> for Flaky {
 }
 
 #[tokio::test]
-async fn max_retries_is_the_total_number_of_attempts() {
+async fn max_retries_is_max_attempts_the_total_number_of_attempts() {
     // Fails always: exec runs exactly 3 times, then the default fallback returns the last error.
     let node = Flaky::new(usize::MAX, 3);
     let calls = node.calls.clone();
@@ -244,14 +253,12 @@ async fn max_retries_is_the_total_number_of_attempts() {
     assert_eq!(calls.load(Ordering::SeqCst), 2);
     assert_eq!(shared.log, ["ok on attempt 2"]);
 
-    // The default is one attempt (no retry); 0 counts as 1.
-    for attempts in [1, 0] {
-        let node = Flaky::new(1, attempts);
-        let calls = node.calls.clone();
-        assert!(node.run(&mut Shared::default(), &Ctx::new()).await.is_err());
-        assert_eq!(calls.load(Ordering::SeqCst), 1);
-    }
-    assert_eq!(Node::max_retries(&Silent), 1);
+    // The default is one attempt (no retry).
+    let node = Flaky::new(1, 1);
+    let calls = node.calls.clone();
+    assert!(node.run(&mut Shared::default(), &Ctx::new()).await.is_err());
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(Node::max_attempts(&Silent), 1);
     assert_eq!(Node::wait(&Silent), Duration::ZERO);
 }
 
@@ -296,20 +303,79 @@ async fn exec_fallback_runs_after_the_last_failure_and_its_value_is_used() {
     assert!(saw.lock().unwrap().is_none());
 }
 
+#[tokio::test]
+async fn max_retries_zero_runs_no_attempt_and_the_fallback_decides() {
+    // PocketFlow's `for self.cur_retry in range(0)`: exec never runs. Without a fallback of its
+    // own the node fails with a clear error (PocketFlow would hand post `None`).
+    let node = Flaky::new(0, 0);
+    let calls = node.calls.clone();
+    let saw = node.fallback_saw.clone();
+    let mut shared = Shared::default();
+    let err = node.run(&mut shared, &Ctx::new()).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidInput { .. }), "{err:?}");
+    assert!(err.to_string().contains("0 attempts"), "{err}");
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+    assert!(saw.lock().unwrap().is_some());
+    assert!(shared.log.is_empty());
+
+    // With a fallback, its value goes to post.
+    let mut node = Flaky::new(0, 0);
+    node.fallback = Some("no attempt");
+    let calls = node.calls.clone();
+    let mut shared = Shared::default();
+    node.run(&mut shared, &Ctx::new()).await.unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+    assert_eq!(shared.log, ["no attempt"]);
+
+    // The same for each item of a batch node.
+    let node = Doubler::new(vec![], 0);
+    let attempts = node.attempts.clone();
+    let mut shared = Shared {
+        items: vec![1, 2],
+        ..Shared::default()
+    };
+    Batch(node).run(&mut shared, &Ctx::new()).await.unwrap();
+    assert!(attempts.lock().unwrap().is_empty());
+    assert_eq!(shared.results, [1001, 1002]);
+}
+
+#[tokio::test]
+async fn cur_retry_is_visible_to_exec_as_the_attempt_number() {
+    // Fails twice, succeeds on the third of four attempts.
+    let node = Flaky::new(2, 4);
+    let seen = node.seen_attempts.clone();
+    node.run(&mut Shared::default(), &Ctx::new()).await.unwrap();
+    assert_eq!(*seen.lock().unwrap(), [1, 2, 3]);
+
+    // Always fails: the fallback sees the last attempt's number.
+    let mut node = Flaky::new(usize::MAX, 3);
+    node.fallback = Some("fell back");
+    let seen = node.seen_attempts.clone();
+    node.run(&mut Shared::default(), &Ctx::new()).await.unwrap();
+    assert_eq!(*seen.lock().unwrap(), [1, 2, 3, 103]);
+
+    // Outside exec, and on a fresh context, it is 1.
+    assert_eq!(Ctx::new().attempt(), 1);
+}
+
 /// Returns the action stored in `shared.branch`.
 struct Branch;
-
-#[async_trait]
 impl Node<Shared> for Branch {
     type Prep = &'static str;
     type Exec = &'static str;
-    async fn prep(&self, shared: &mut Shared) -> Result<&'static str> {
+    async fn prep(&self, shared: &mut Shared, _ctx: &Ctx) -> Result<&'static str> {
         Ok(shared.branch)
     }
     async fn exec(&self, branch: &&'static str, _ctx: &Ctx) -> Result<&'static str> {
         Ok(branch)
     }
-    async fn post(&self, shared: &mut Shared, _p: &'static str, e: &'static str) -> Result<Action> {
+    async fn post(
+        &self,
+        shared: &mut Shared,
+        _p: &'static str,
+        e: &'static str,
+        _ctx: &Ctx,
+    ) -> Result<Action> {
         shared.log.push("branch".into());
         Ok(Action::new(e))
     }
@@ -415,18 +481,16 @@ struct Looper {
     runs: Arc<AtomicUsize>,
     cancel_at: Option<(usize, CancellationToken)>,
 }
-
-#[async_trait]
 impl Node<Shared> for Looper {
     type Prep = ();
     type Exec = ();
-    async fn prep(&self, _shared: &mut Shared) -> Result<()> {
+    async fn prep(&self, _shared: &mut Shared, _ctx: &Ctx) -> Result<()> {
         Ok(())
     }
     async fn exec(&self, _prep: &(), _ctx: &Ctx) -> Result<()> {
         Ok(())
     }
-    async fn post(&self, _shared: &mut Shared, _p: (), _e: ()) -> Result<Action> {
+    async fn post(&self, _shared: &mut Shared, _p: (), _e: (), _ctx: &Ctx) -> Result<Action> {
         let n = self.runs.fetch_add(1, Ordering::SeqCst) + 1;
         if let Some((at, token)) = &self.cancel_at {
             if n == *at {
@@ -438,9 +502,9 @@ impl Node<Shared> for Looper {
 }
 
 #[tokio::test]
-async fn a_self_loop_hits_the_step_limit() {
+async fn a_self_loop_hits_the_transition_limit() {
     let runs = Arc::new(AtomicUsize::new(0));
-    let mut flow = Flow::new().with_step_limit(50);
+    let mut flow = Flow::new().with_transition_limit(50);
     let node = flow.add(Looper {
         runs: runs.clone(),
         cancel_at: None,
@@ -448,7 +512,7 @@ async fn a_self_loop_hits_the_step_limit() {
     flow.connect(node, "again", node).unwrap();
     let err = flow.run(&mut Shared::default(), &Ctx::new()).await;
     assert!(
-        matches!(err, Err(Error::StepLimitExceeded { limit: 50 })),
+        matches!(err, Err(Error::TransitionLimitExceeded { limit: 50 })),
         "{err:?}"
     );
     assert_eq!(runs.load(Ordering::SeqCst), 50);
@@ -456,7 +520,10 @@ async fn a_self_loop_hits_the_step_limit() {
     // The default limit.
     let runs = Arc::new(AtomicUsize::new(0));
     let mut flow = Flow::new();
-    assert_eq!(flow.step_limit(), Flow::<Shared>::DEFAULT_STEP_LIMIT);
+    assert_eq!(
+        flow.transition_limit(),
+        Flow::<Shared>::DEFAULT_TRANSITION_LIMIT
+    );
     let node = flow.add(Looper {
         runs: runs.clone(),
         cancel_at: None,
@@ -464,7 +531,7 @@ async fn a_self_loop_hits_the_step_limit() {
     flow.connect(node, "again", node).unwrap();
     let err = flow.run(&mut Shared::default(), &Ctx::new()).await;
     assert!(
-        matches!(err, Err(Error::StepLimitExceeded { limit: 10_000 })),
+        matches!(err, Err(Error::TransitionLimitExceeded { limit: 10_000 })),
         "{err:?}"
     );
     assert_eq!(runs.load(Ordering::SeqCst), 10_000);
@@ -492,12 +559,10 @@ struct Hangs {
     started: Arc<tokio::sync::Notify>,
     fell_back: Arc<AtomicUsize>,
 }
-
-#[async_trait]
 impl Node<Shared> for Hangs {
     type Prep = ();
     type Exec = ();
-    async fn prep(&self, _shared: &mut Shared) -> Result<()> {
+    async fn prep(&self, _shared: &mut Shared, _ctx: &Ctx) -> Result<()> {
         Ok(())
     }
     async fn exec(&self, _prep: &(), _ctx: &Ctx) -> Result<()> {
@@ -509,10 +574,10 @@ impl Node<Shared> for Hangs {
         self.fell_back.fetch_add(1, Ordering::SeqCst);
         Err(err)
     }
-    fn max_retries(&self) -> usize {
+    fn max_attempts(&self) -> usize {
         3
     }
-    async fn post(&self, shared: &mut Shared, _p: (), _e: ()) -> Result<Action> {
+    async fn post(&self, shared: &mut Shared, _p: (), _e: (), _ctx: &Ctx) -> Result<Action> {
         shared.log.push("hangs finished".into());
         Ok(Action::DEFAULT)
     }
@@ -552,12 +617,10 @@ async fn cancellation_reaches_a_running_exec() {
 struct ReportsCancellation {
     started: Arc<tokio::sync::Notify>,
 }
-
-#[async_trait]
 impl Node<Shared> for ReportsCancellation {
     type Prep = ();
     type Exec = &'static str;
-    async fn prep(&self, _shared: &mut Shared) -> Result<()> {
+    async fn prep(&self, _shared: &mut Shared, _ctx: &Ctx) -> Result<()> {
         Ok(())
     }
     async fn exec(&self, _prep: &(), ctx: &Ctx) -> Result<&'static str> {
@@ -565,7 +628,13 @@ impl Node<Shared> for ReportsCancellation {
         ctx.cancelled().await;
         Ok("stopped cleanly")
     }
-    async fn post(&self, shared: &mut Shared, _p: (), e: &'static str) -> Result<Action> {
+    async fn post(
+        &self,
+        shared: &mut Shared,
+        _p: (),
+        e: &'static str,
+        _ctx: &Ctx,
+    ) -> Result<Action> {
         shared.log.push(e.into());
         Ok(Action::DEFAULT)
     }
@@ -634,29 +703,27 @@ async fn a_cancelled_context_runs_nothing() {
 struct Doubler {
     flaky: Vec<u32>,
     attempts: Arc<Mutex<Vec<u32>>>,
-    max_retries: usize,
+    max_attempts: usize,
     in_flight: Arc<AtomicUsize>,
     max_in_flight: Arc<AtomicUsize>,
 }
 
 impl Doubler {
-    fn new(flaky: Vec<u32>, max_retries: usize) -> Self {
+    fn new(flaky: Vec<u32>, max_attempts: usize) -> Self {
         Doubler {
             flaky,
             attempts: Arc::default(),
-            max_retries,
+            max_attempts,
             in_flight: Arc::default(),
             max_in_flight: Arc::default(),
         }
     }
 }
-
-#[async_trait]
 impl BatchNode<Shared> for Doubler {
     type Item = u32;
     type Exec = u32;
 
-    async fn prep(&self, shared: &mut Shared) -> Result<Vec<u32>> {
+    async fn prep(&self, shared: &mut Shared, _ctx: &Ctx) -> Result<Vec<u32>> {
         Ok(shared.items.clone())
     }
     async fn exec(&self, item: &u32, _ctx: &Ctx) -> Result<u32> {
@@ -683,13 +750,14 @@ impl BatchNode<Shared> for Doubler {
         shared: &mut Shared,
         items: Vec<u32>,
         results: Vec<u32>,
+        _ctx: &Ctx,
     ) -> Result<Action> {
         assert_eq!(items, shared.items);
         shared.results = results;
         Ok(Action::new("batched"))
     }
-    fn max_retries(&self) -> usize {
-        self.max_retries
+    fn max_attempts(&self) -> usize {
+        self.max_attempts
     }
 }
 
@@ -752,11 +820,10 @@ async fn parallel_batch_runs_items_concurrently_within_the_bound_in_order() {
 #[tokio::test]
 async fn parallel_batch_fails_when_an_item_fails_for_good() {
     struct Fails;
-    #[async_trait]
     impl BatchNode<Shared> for Fails {
         type Item = u32;
         type Exec = u32;
-        async fn prep(&self, _shared: &mut Shared) -> Result<Vec<u32>> {
+        async fn prep(&self, _shared: &mut Shared, _ctx: &Ctx) -> Result<Vec<u32>> {
             Ok(vec![1, 2, 3])
         }
         async fn exec(&self, item: &u32, _ctx: &Ctx) -> Result<u32> {
@@ -774,23 +841,40 @@ async fn parallel_batch_fails_when_an_item_fails_for_good() {
     assert_eq!(err.to_string(), "two");
 }
 
-/// Logs the installed parameter.
+/// Logs `NAME n base` from the params it runs with, checking that every phase sees the same.
 struct UsesParam(&'static str);
 
-#[async_trait]
+fn param_line(name: &str, params: &Params) -> String {
+    let n = params.get("n").map_or("-".to_string(), |v| v.to_string());
+    let base = params.get_str("base").unwrap_or("-");
+    format!("{name} {n} {base}")
+}
+
 impl Node<Shared> for UsesParam {
-    type Prep = u32;
+    type Prep = String;
     type Exec = String;
-    async fn prep(&self, shared: &mut Shared) -> Result<u32> {
-        Ok(shared.param.unwrap())
+    async fn prep(&self, _shared: &mut Shared, ctx: &Ctx) -> Result<String> {
+        Ok(param_line(self.0, ctx.params()))
     }
-    async fn exec(&self, param: &u32, _ctx: &Ctx) -> Result<String> {
-        Ok(format!("{} {param}", self.0))
+    async fn exec(&self, prep: &String, ctx: &Ctx) -> Result<String> {
+        assert_eq!(*prep, param_line(self.0, ctx.params()));
+        Ok(prep.clone())
     }
-    async fn post(&self, shared: &mut Shared, _p: u32, e: String) -> Result<Action> {
+    async fn post(
+        &self,
+        shared: &mut Shared,
+        prep: String,
+        e: String,
+        ctx: &Ctx,
+    ) -> Result<Action> {
+        assert_eq!(prep, param_line(self.0, ctx.params()));
         shared.log.push(e);
         Ok(Action::DEFAULT)
     }
+}
+
+fn n_sets(ns: &[u32]) -> Vec<Params> {
+    ns.iter().map(|n| Params::new().with("n", *n)).collect()
 }
 
 #[tokio::test]
@@ -799,18 +883,13 @@ async fn batch_flow_runs_the_flow_once_per_parameter_set() {
     let a = inner.add(UsesParam("a"));
     let b = inner.add(UsesParam("b"));
     inner.connect_default(a, b).unwrap();
-    let batch = BatchFlow::new(
-        inner,
-        |shared: &mut Shared| Ok(shared.items.clone()),
-        |shared: &mut Shared, p: u32| {
-            shared.param = Some(p);
-            Ok(())
-        },
-    )
+    let batch = BatchFlow::new(inner, |shared: &mut Shared, _ctx: &Ctx| {
+        Ok(n_sets(&shared.items))
+    })
     .with_name("per_item");
     assert_eq!(
-        batch.flow().step_limit(),
-        Flow::<Shared>::DEFAULT_STEP_LIMIT
+        batch.flow().transition_limit(),
+        Flow::<Shared>::DEFAULT_TRANSITION_LIMIT
     );
 
     let mut outer = Flow::new();
@@ -825,8 +904,368 @@ async fn batch_flow_runs_the_flow_once_per_parameter_set() {
     outer.run(&mut shared, &Ctx::new()).await.unwrap();
     assert_eq!(
         shared.log,
-        ["a 7", "b 7", "a 8", "b 8", "a 9", "b 9", "end"]
+        ["a 7 -", "b 7 -", "a 8 -", "b 8 -", "a 9 -", "b 9 -", "end"]
     );
+}
+
+#[tokio::test]
+async fn params_are_handed_from_a_flow_to_its_nodes() {
+    // PocketFlow's flow.set_params(p): every node of the flow runs with p, in every phase.
+    let mut flow = Flow::new().with_params(Params::new().with("n", 1).with("base", "own"));
+    let a = flow.add(UsesParam("a"));
+    let b = flow.add(UsesParam("b"));
+    flow.connect_default(a, b).unwrap();
+    assert_eq!(flow.params().len(), 2);
+    let mut shared = Shared::default();
+    flow.run(&mut shared, &Ctx::new()).await.unwrap();
+    assert_eq!(shared.log, ["a 1 own", "b 1 own"]);
+
+    // Nested: the parent's params reach the inner flow's nodes, over the inner flow's own.
+    let mut outer = Flow::new().with_params(Params::new().with("n", 2));
+    let inner = outer.add(flow.clone());
+    let c = outer.add(UsesParam("c"));
+    outer.connect_default(inner, c).unwrap();
+    let mut shared = Shared::default();
+    outer.run(&mut shared, &Ctx::new()).await.unwrap();
+    assert_eq!(shared.log, ["a 2 own", "b 2 own", "c 2 -"]);
+
+    // A node run on its own sees the params of its context.
+    let mut shared = Shared::default();
+    let ctx = Ctx::new().with_params(Params::new().with("n", 3));
+    UsesParam("alone").run(&mut shared, &ctx).await.unwrap();
+    assert_eq!(shared.log, ["alone 3 -"]);
+}
+
+#[tokio::test]
+async fn batch_flow_merges_each_parameter_set_over_the_batch_flows_params() {
+    // PocketFlow: `self._orch(shared, {**self.params, **bp})` for each bp.
+    let mut inner = Flow::new();
+    inner.add(UsesParam("run"));
+    let batch = BatchFlow::new(inner, |_shared: &mut Shared, ctx: &Ctx| {
+        // The batch flow's prep sees its own params too.
+        assert_eq!(ctx.params().get_str("base"), Some("outer"));
+        Ok(vec![
+            Params::new().with("n", 1),
+            Params::new().with("n", 2).with("base", "item"),
+            Params::new(),
+        ])
+    })
+    .with_post(|shared: &mut Shared, sets: Vec<Params>, _ctx: &Ctx| {
+        shared.log.push(format!("post {}", sets.len()));
+        Ok(Action::new("merged"))
+    });
+    let mut outer = Flow::new().with_params(Params::new().with("n", 0).with("base", "outer"));
+    let batch = outer.add(batch);
+    let end = outer.add(UsesParam("end"));
+    outer.connect(batch, "merged", end).unwrap();
+    let mut shared = Shared::default();
+    outer.run(&mut shared, &Ctx::new()).await.unwrap();
+    assert_eq!(
+        shared.log,
+        [
+            "run 1 outer",
+            "run 2 item",
+            "run 0 outer",
+            "post 3",
+            "end 0 outer"
+        ]
+    );
+}
+
+/// The child state of one run of a parallel batch flow.
+#[derive(Debug, Default)]
+struct Child {
+    item: u32,
+    log: Vec<String>,
+}
+
+/// Sleeps `100 - item` ms (later items finish first), tracking how many runs are in flight.
+struct ChildWork {
+    in_flight: Arc<AtomicUsize>,
+    max_in_flight: Arc<AtomicUsize>,
+    finished: Arc<Mutex<Vec<u32>>>,
+}
+
+impl Node<Child> for ChildWork {
+    type Prep = (u32, String);
+    type Exec = String;
+    async fn prep(&self, child: &mut Child, ctx: &Ctx) -> Result<(u32, String)> {
+        Ok((child.item, param_line("work", ctx.params())))
+    }
+    async fn exec(&self, prep: &(u32, String), _ctx: &Ctx) -> Result<String> {
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(u64::from(100 - prep.0))).await;
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if prep.0 == 13 {
+            return Err(Error::other("item 13 failed"));
+        }
+        self.finished.lock().unwrap().push(prep.0);
+        Ok(prep.1.clone())
+    }
+    async fn post(
+        &self,
+        child: &mut Child,
+        prep: (u32, String),
+        e: String,
+        _: &Ctx,
+    ) -> Result<Action> {
+        child.log.push(e);
+        Ok(if prep.0 % 2 == 0 { "even" } else { "odd" }.into())
+    }
+}
+
+fn child_flow(work: ChildWork) -> Flow<Child> {
+    let mut flow = Flow::new();
+    let work = flow.add(work);
+    let again = flow.add(UsesChildParam);
+    flow.connect(work, "even", again).unwrap();
+    flow
+}
+
+/// Logs the child's params a second time and returns "twice".
+struct UsesChildParam;
+
+impl Node<Child> for UsesChildParam {
+    type Prep = String;
+    type Exec = ();
+    async fn prep(&self, _child: &mut Child, ctx: &Ctx) -> Result<String> {
+        Ok(param_line("again", ctx.params()))
+    }
+    async fn exec(&self, _prep: &String, _ctx: &Ctx) -> Result<()> {
+        Ok(())
+    }
+    async fn post(&self, child: &mut Child, prep: String, _e: (), _: &Ctx) -> Result<Action> {
+        child.log.push(prep);
+        Ok("twice".into())
+    }
+}
+
+fn work() -> (ChildWork, Arc<AtomicUsize>, Arc<Mutex<Vec<u32>>>) {
+    let max_in_flight = Arc::new(AtomicUsize::new(0));
+    let finished = Arc::new(Mutex::new(Vec::new()));
+    let node = ChildWork {
+        in_flight: Arc::default(),
+        max_in_flight: max_in_flight.clone(),
+        finished: finished.clone(),
+    };
+    (node, max_in_flight, finished)
+}
+
+fn split_items(shared: &mut Shared, _ctx: &Ctx) -> Result<Vec<(Child, Params)>> {
+    Ok(shared
+        .items
+        .iter()
+        .map(|&item| {
+            let child = Child {
+                item,
+                log: Vec::new(),
+            };
+            (child, Params::new().with("n", item))
+        })
+        .collect())
+}
+
+#[tokio::test(start_paused = true)]
+async fn parallel_batch_flow_runs_the_sub_flows_concurrently_on_child_states() {
+    let (node, max_in_flight, finished) = work();
+    let batch = ParallelBatchFlow::new(
+        child_flow(node),
+        split_items,
+        |shared: &mut Shared, children: Vec<(Child, Action)>, _ctx: &Ctx| {
+            // Merged back in input order, each with its run's last action.
+            for (child, action) in children {
+                shared.results.push(child.item);
+                shared
+                    .log
+                    .push(format!("{} {action}: {}", child.item, child.log.join(", ")));
+            }
+            Ok(Action::new("joined"))
+        },
+    )
+    .with_name("fan_out");
+    assert_eq!(batch.concurrency(), usize::MAX);
+    assert_eq!(
+        batch.flow().transition_limit(),
+        Flow::<Child>::DEFAULT_TRANSITION_LIMIT
+    );
+
+    let mut outer = Flow::new().with_params(Params::new().with("base", "outer"));
+    let fan_out = outer.add(batch);
+    let end = outer.add(Step::new("end"));
+    outer.connect(fan_out, "joined", end).unwrap();
+    let mut shared = Shared {
+        items: vec![1, 2, 3, 4],
+        ..Shared::default()
+    };
+    outer.run(&mut shared, &Ctx::new()).await.unwrap();
+    // All four sub-flows were in flight at once (PocketFlow's gather), and they finished in
+    // another order than they started.
+    assert_eq!(max_in_flight.load(Ordering::SeqCst), 4);
+    assert_eq!(*finished.lock().unwrap(), [4, 3, 2, 1]);
+    assert_eq!(shared.results, [1, 2, 3, 4]);
+    assert_eq!(
+        shared.log,
+        [
+            "1 odd: work 1 outer",
+            "2 twice: work 2 outer, again 2 outer",
+            "3 odd: work 3 outer",
+            "4 twice: work 4 outer, again 4 outer",
+            "end",
+        ]
+    );
+
+    // Bounded: at most two at a time.
+    let (node, max_in_flight, _) = work();
+    let bounded = ParallelBatchFlow::new(
+        child_flow(node),
+        split_items,
+        |shared: &mut Shared, children: Vec<(Child, Action)>, _: &Ctx| {
+            shared.results = children.iter().map(|(c, _)| c.item).collect();
+            Ok(Action::DEFAULT)
+        },
+    )
+    .with_concurrency(2);
+    let mut shared = Shared {
+        items: (1..=9).collect(),
+        ..Shared::default()
+    };
+    bounded.run(&mut shared, &Ctx::new()).await.unwrap();
+    assert_eq!(max_in_flight.load(Ordering::SeqCst), 2);
+    assert_eq!(shared.results, (1..=9).collect::<Vec<_>>());
+}
+
+#[tokio::test(start_paused = true)]
+async fn parallel_batch_flow_fails_when_a_sub_flow_fails() {
+    let (node, _, finished) = work();
+    let merged = Arc::new(AtomicUsize::new(0));
+    let merged_in_post = merged.clone();
+    let batch = ParallelBatchFlow::new(
+        child_flow(node),
+        split_items,
+        move |_: &mut Shared, _: Vec<(Child, Action)>, _: &Ctx| {
+            merged_in_post.fetch_add(1, Ordering::SeqCst);
+            Ok(Action::DEFAULT)
+        },
+    );
+    // Item 13 fails after 87 ms, before items 1 and 2 (99 and 98 ms) finish: they are stopped.
+    let mut shared = Shared {
+        items: vec![1, 2, 13, 50],
+        ..Shared::default()
+    };
+    let err = batch.run(&mut shared, &Ctx::new()).await.unwrap_err();
+    assert_eq!(err.to_string(), "item 13 failed");
+    assert_eq!(*finished.lock().unwrap(), [50]);
+    assert_eq!(merged.load(Ordering::SeqCst), 0);
+}
+
+/// A composite of its own: runs its inner flow twice. Implements the object-safe node trait
+/// directly, with no phases to fake.
+struct Twice(Flow<Shared>);
+
+impl DynNode<Shared> for Twice {
+    fn run_dyn<'a>(
+        &'a self,
+        shared: &'a mut Shared,
+        ctx: &'a Ctx,
+    ) -> BoxFuture<'a, Result<Action>> {
+        Box::pin(async move {
+            self.0.run(shared, ctx).await?;
+            self.0.run(shared, ctx).await
+        })
+    }
+    fn node_name(&self) -> &str {
+        "twice"
+    }
+}
+
+#[tokio::test]
+async fn composites_implement_the_object_safe_node_trait_directly() {
+    let mut inner = Flow::new();
+    inner.add(Step::returning("inner", "inner_done"));
+    let mut flow = Flow::new();
+    let twice = flow.add(Twice(inner));
+    let after = flow.add(Step::new("after"));
+    flow.connect(twice, "inner_done", after).unwrap();
+    let mut shared = Shared::default();
+    flow.run(&mut shared, &Ctx::new()).await.unwrap();
+    assert_eq!(shared.log, ["inner", "inner", "after"]);
+    assert!(format!("{flow:?}").contains("twice"));
+}
+
+#[tokio::test]
+async fn a_flows_own_prep_and_post_choose_the_action_its_parent_follows() {
+    // PocketFlow: Flow._run = prep → _orch → post, and post's return is the flow's action.
+    let inner = branching_flow()
+        .with_name("inner")
+        .with_prep(|shared: &mut Shared, _ctx: &Ctx| {
+            shared.log.push("inner prep".into());
+            shared.branch = "right";
+            Ok(())
+        })
+        .with_post(|shared: &mut Shared, last: Action, _ctx: &Ctx| {
+            shared.log.push(format!("inner post saw {last}"));
+            Ok(Action::new("from_post"))
+        });
+    let mut outer = Flow::new();
+    let inner = outer.add(inner);
+    let followed = outer.add(Step::new("followed"));
+    let not_followed = outer.add(Step::new("not followed"));
+    outer.connect(inner, "from_post", followed).unwrap();
+    outer.connect(inner, "finished", not_followed).unwrap();
+    let mut shared = Shared {
+        branch: "left",
+        ..Shared::default()
+    };
+    let last = outer.run(&mut shared, &Ctx::new()).await.unwrap();
+    assert!(last.is_default());
+    assert_eq!(
+        shared.log,
+        [
+            "inner prep",
+            "branch",
+            "right",
+            "end",
+            "inner post saw finished",
+            "followed"
+        ]
+    );
+
+    // An error in the hook is the flow's error.
+    let failing = Flow::new()
+        .with_post(|_: &mut Shared, _: Action, _: &Ctx| Err(Error::other("post hook failed")));
+    let mut failing = failing;
+    failing.add(Step::new("a"));
+    let err = failing
+        .run(&mut Shared::default(), &Ctx::new())
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), "post hook failed");
+}
+
+#[tokio::test]
+async fn empty_action_is_default() {
+    assert!(Action::new("").is_default());
+    assert!(Action::from(String::new()).is_default());
+    assert_eq!(Action::from(""), Action::DEFAULT);
+    // A node returning "" follows the default successor, as PocketFlow's `action or "default"`.
+    let mut flow = Flow::new();
+    let a = flow.add(Step::returning("a", ""));
+    let b = flow.add(Step::new("b"));
+    let other = flow.add(Step::new("other"));
+    flow.connect_default(a, b).unwrap();
+    flow.connect(a, "other", other).unwrap();
+    let mut shared = Shared::default();
+    flow.run(&mut shared, &Ctx::new()).await.unwrap();
+    assert_eq!(shared.log, ["a", "b"]);
+    // And connecting on "" connects on the default action.
+    let mut flow = Flow::new();
+    let a = flow.add(Step::new("a"));
+    let b = flow.add(Step::new("b"));
+    flow.connect(a, "", b).unwrap();
+    let mut shared = Shared::default();
+    flow.run(&mut shared, &Ctx::new()).await.unwrap();
+    assert_eq!(shared.log, ["a", "b"]);
 }
 
 #[tokio::test]
@@ -966,22 +1405,19 @@ mod spans {
 #[tokio::test]
 async fn cancellation_stops_a_batch_flow_between_runs() {
     let token = CancellationToken::new();
-    let canceller = token.clone();
     let mut inner = Flow::new();
-    inner.add(UsesParam("run"));
-    let batch = BatchFlow::new(
-        inner,
-        |_shared: &mut Shared| Ok(vec![1, 2, 3]),
-        move |shared: &mut Shared, p: u32| {
-            if p == 2 {
-                canceller.cancel();
-            }
-            shared.param = Some(p);
-            Ok(())
-        },
-    );
+    let run = inner.add(UsesParam("run"));
+    // Cancels the run on its first pass; its action has no successor, so run 1 ends normally.
+    let cancels = inner.add(Looper {
+        runs: Arc::default(),
+        cancel_at: Some((1, token.clone())),
+    });
+    inner.connect_default(run, cancels).unwrap();
+    let batch = BatchFlow::new(inner, |_shared: &mut Shared, _ctx: &Ctx| {
+        Ok(n_sets(&[1, 2, 3]))
+    });
     let mut shared = Shared::default();
     let result = batch.run(&mut shared, &Ctx::with_cancel(token)).await;
     assert!(matches!(result, Err(Error::Cancelled)), "{result:?}");
-    assert_eq!(shared.log, ["run 1"]);
+    assert_eq!(shared.log, ["run 1 -"]);
 }

@@ -2,8 +2,6 @@
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
-
 use super::{ask_for_plan, plan, AgentState, Packaging, PlanFailed, Planned, StepRun};
 use crate::error::{Error, Result};
 use crate::events::EventSink;
@@ -21,10 +19,10 @@ const DONE: &str = "done";
 
 /// Builds the agent flow: plan → execute (one step per run, looping) → repair → compile.
 pub fn agent_flow() -> Result<Flow<AgentState>> {
-    // Each step is one node run; a plan has at most MAX_STEPS steps and is replaced at most
+    // Each step is one node transition; a plan has at most MAX_STEPS steps and is replaced at most
     // MAX_REPAIRS times, plus a few runs of the other nodes per round.
     let limit = (MAX_STEPS + 4) * (MAX_REPAIRS as usize + 1);
-    let mut flow = Flow::new().with_name("agent").with_step_limit(limit);
+    let mut flow = Flow::new().with_name("agent").with_transition_limit(limit);
     let plan = flow.add(PlanNode);
     let execute = flow.add(ExecuteNode);
     let repair = flow.add(RepairNode);
@@ -51,12 +49,11 @@ enum PlanPrep {
     },
 }
 
-#[async_trait]
 impl Node<AgentState> for PlanNode {
     type Prep = PlanPrep;
     type Exec = std::result::Result<Planned, PlanFailed>;
 
-    async fn prep(&self, state: &mut AgentState) -> Result<PlanPrep> {
+    async fn prep(&self, state: &mut AgentState, _: &Ctx) -> Result<PlanPrep> {
         if let Some(steps) = &state.job.spec.steps {
             return Ok(PlanPrep::Explicit(steps.clone()));
         }
@@ -91,6 +88,7 @@ impl Node<AgentState> for PlanNode {
         state: &mut AgentState,
         _: PlanPrep,
         planned: Self::Exec,
+        _: &Ctx,
     ) -> Result<Action> {
         match planned {
             Ok(planned) => {
@@ -155,12 +153,11 @@ async fn accept_plan(state: &mut AgentState, planned: Planned, attempt: u32) -> 
 /// Runs the next pending step.
 struct ExecuteNode;
 
-#[async_trait]
 impl Node<AgentState> for ExecuteNode {
     type Prep = Option<StepRun>;
     type Exec = Option<std::result::Result<StepResult, SandboxError>>;
 
-    async fn prep(&self, state: &mut AgentState) -> Result<Option<StepRun>> {
+    async fn prep(&self, state: &mut AgentState, _: &Ctx) -> Result<Option<StepRun>> {
         state.begin_next_step().await
     }
 
@@ -187,6 +184,7 @@ impl Node<AgentState> for ExecuteNode {
         state: &mut AgentState,
         run: Option<StepRun>,
         result: Self::Exec,
+        _: &Ctx,
     ) -> Result<Action> {
         let (Some(run), Some(result)) = (run, result) else {
             return Ok(DONE.into());
@@ -242,12 +240,11 @@ struct RepairPrep {
     message: String,
 }
 
-#[async_trait]
 impl Node<AgentState> for RepairNode {
     type Prep = RepairPrep;
     type Exec = std::result::Result<Planned, PlanFailed>;
 
-    async fn prep(&self, state: &mut AgentState) -> Result<RepairPrep> {
+    async fn prep(&self, state: &mut AgentState, _: &Ctx) -> Result<RepairPrep> {
         let llm = state.llm.clone().ok_or(Error::NoLlm)?;
         let failed = state
             .job
@@ -295,6 +292,7 @@ impl Node<AgentState> for RepairNode {
         state: &mut AgentState,
         _: RepairPrep,
         planned: Self::Exec,
+        _: &Ctx,
     ) -> Result<Action> {
         match planned {
             Ok(planned) => {
@@ -319,12 +317,11 @@ impl Node<AgentState> for RepairNode {
 /// cancelled or times out, the job manager packages what there is with its own deadline.
 struct CompileNode;
 
-#[async_trait]
 impl Node<AgentState> for CompileNode {
     type Prep = Packaging;
     type Exec = Artifact;
 
-    async fn prep(&self, state: &mut AgentState) -> Result<Packaging> {
+    async fn prep(&self, state: &mut AgentState, _: &Ctx) -> Result<Packaging> {
         let status = state.outcome();
         state.prepare_packaging(status)
     }
@@ -338,6 +335,7 @@ impl Node<AgentState> for CompileNode {
         state: &mut AgentState,
         _: Packaging,
         artifact: Artifact,
+        _: &Ctx,
     ) -> Result<Action> {
         state.job.artifact = Some(artifact);
         Ok(Action::DEFAULT)

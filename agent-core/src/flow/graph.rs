@@ -5,10 +5,10 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use async_trait::async_trait;
+use futures::future::BoxFuture;
 use tracing::Instrument;
 
-use super::{Action, Ctx, DynNode, Node};
+use super::{Action, Ctx, DynNode, IntoNode, Params};
 use crate::{Error, Result};
 
 /// A node's handle inside the [`Flow`] that returned it from [`Flow::add`].
@@ -35,19 +35,26 @@ impl<S> Clone for Entry<S> {
     }
 }
 
+type PrepHook<S> = dyn Fn(&mut S, &Ctx) -> Result<()> + Send + Sync;
+type PostHook<S> = dyn Fn(&mut S, Action, &Ctx) -> Result<Action> + Send + Sync;
+
 /// A graph of nodes run from a start node, following successors by action.
 ///
 /// Build it with [`add`](Flow::add) (the first node added is the start node unless
 /// [`set_start`](Flow::set_start) says otherwise) and [`connect`](Flow::connect), then
-/// [`run`](Flow::run) it. A flow is itself a [`Node`], so it can be added to another flow; its
-/// result (the last action of its last node) then drives the outer flow. Cloning a flow is cheap
+/// [`run`](Flow::run) it. A flow is itself a node ([`DynNode`]), so it can be added to another
+/// flow; its result (by default the last action of its last node, or what its
+/// [`post`](Flow::with_post) hook returns) then drives the outer flow. Cloning a flow is cheap
 /// (its nodes are shared `Arc`s).
 pub struct Flow<S> {
     id: u64,
     name: Cow<'static, str>,
     nodes: Vec<Entry<S>>,
     start: Option<usize>,
-    step_limit: usize,
+    transition_limit: usize,
+    params: Params,
+    prep: Option<Arc<PrepHook<S>>>,
+    post: Option<Arc<PostHook<S>>>,
 }
 
 impl<S> Clone for Flow<S> {
@@ -57,7 +64,10 @@ impl<S> Clone for Flow<S> {
             name: self.name.clone(),
             nodes: self.nodes.clone(),
             start: self.start,
-            step_limit: self.step_limit,
+            transition_limit: self.transition_limit,
+            params: self.params.clone(),
+            prep: self.prep.clone(),
+            post: self.post.clone(),
         }
     }
 }
@@ -79,7 +89,10 @@ impl<S> fmt::Debug for Flow<S> {
         f.debug_struct("Flow")
             .field("name", &self.name)
             .field("start", &self.start.map(|i| self.nodes[i].node.node_name()))
-            .field("step_limit", &self.step_limit)
+            .field("transition_limit", &self.transition_limit)
+            .field("params", &self.params)
+            .field("prep", &self.prep.is_some())
+            .field("post", &self.post.is_some())
             .field("nodes", &nodes)
             .finish()
     }
@@ -92,8 +105,8 @@ impl<S> Default for Flow<S> {
 }
 
 impl<S> Flow<S> {
-    /// The default maximum number of node runs in one run of a flow.
-    pub const DEFAULT_STEP_LIMIT: usize = 10_000;
+    /// The default maximum number of node transitions (node runs) in one run of a flow.
+    pub const DEFAULT_TRANSITION_LIMIT: usize = 10_000;
 
     /// An empty flow named `"flow"`.
     pub fn new() -> Self {
@@ -102,7 +115,10 @@ impl<S> Flow<S> {
             name: Cow::Borrowed("flow"),
             nodes: Vec::new(),
             start: None,
-            step_limit: Self::DEFAULT_STEP_LIMIT,
+            transition_limit: Self::DEFAULT_TRANSITION_LIMIT,
+            params: Params::new(),
+            prep: None,
+            post: None,
         }
     }
 
@@ -112,23 +128,59 @@ impl<S> Flow<S> {
         self
     }
 
-    /// Sets the maximum number of node runs in one run of this flow (nested flows count as one
-    /// run here and have their own limit); past it the run fails with
-    /// [`Error::StepLimitExceeded`]. 0 is treated as 1.
-    pub fn with_step_limit(mut self, limit: usize) -> Self {
-        self.step_limit = limit.max(1);
+    /// Sets the maximum number of node transitions (node runs) in one run of this flow — a
+    /// guard against an endless loop, unrelated to a job's steps. A nested flow counts as one
+    /// transition here and has its own limit. Past it the run fails with
+    /// [`Error::TransitionLimitExceeded`]. 0 is treated as 1.
+    pub fn with_transition_limit(mut self, limit: usize) -> Self {
+        self.transition_limit = limit.max(1);
         self
     }
 
-    /// The step limit.
-    pub fn step_limit(&self) -> usize {
-        self.step_limit
+    /// The transition limit.
+    pub fn transition_limit(&self) -> usize {
+        self.transition_limit
     }
 
-    /// Adds a node (any [`Node`], including another flow); the first node added becomes the start
-    /// node.
-    pub fn add<N: DynNode<S> + 'static>(&mut self, node: N) -> NodeId {
-        self.add_shared(Arc::new(node))
+    /// The flow's own params (PocketFlow's `flow.set_params`). The flow's nodes run with the
+    /// params the flow is run with merged over these (`{**own, **given}`): a parent flow's or a
+    /// batch item's params win. (PocketFlow replaces a nested flow's own params with its
+    /// parent's; here the keys only the nested flow has are kept.)
+    pub fn with_params(mut self, params: Params) -> Self {
+        self.params = params;
+        self
+    }
+
+    /// The flow's own params.
+    pub fn params(&self) -> &Params {
+        &self.params
+    }
+
+    /// The flow's own `prep` (PocketFlow's `Flow.prep`): runs on the shared store before the
+    /// start node.
+    pub fn with_prep(
+        mut self,
+        prep: impl Fn(&mut S, &Ctx) -> Result<()> + Send + Sync + 'static,
+    ) -> Self {
+        self.prep = Some(Arc::new(prep));
+        self
+    }
+
+    /// The flow's own `post` (PocketFlow's `Flow.post`): gets the last node's action after the
+    /// last node; what it returns is the flow's result — the action a parent flow follows.
+    /// Without it the flow returns the last action.
+    pub fn with_post(
+        mut self,
+        post: impl Fn(&mut S, Action, &Ctx) -> Result<Action> + Send + Sync + 'static,
+    ) -> Self {
+        self.post = Some(Arc::new(post));
+        self
+    }
+
+    /// Adds a node — any [`Node`](super::Node), or a [`DynNode`] such as another flow; the
+    /// first node added becomes the start node.
+    pub fn add<M, N: IntoNode<S, M>>(&mut self, node: N) -> NodeId {
+        self.add_shared(node.into_node())
     }
 
     /// Adds a node that is shared with other flows.
@@ -161,7 +213,8 @@ impl<S> Flow<S> {
     }
 
     /// After `from` returns `action`, run `to`. Replacing an existing successor logs a warning
-    /// (like PocketFlow). Fails when an id comes from another flow.
+    /// (like PocketFlow). Fails when an id comes from another flow. An empty action is
+    /// [`Action::DEFAULT`].
     pub fn connect(&mut self, from: NodeId, action: impl Into<Action>, to: NodeId) -> Result<()> {
         let from = self.index(from, "from")?;
         let to = self.index(to, "to")?;
@@ -181,31 +234,51 @@ impl<S> Flow<S> {
         self.connect(from, Action::DEFAULT, to)
     }
 
-    /// Runs the flow from its start node; returns the last node's action.
+    /// Runs the flow: its `prep` hook, the nodes from the start node, its `post` hook. Returns
+    /// the `post` hook's action, or without one the last node's action.
     ///
-    /// Errors: the first error of a node; [`Error::Cancelled`] when `ctx` is cancelled;
-    /// [`Error::StepLimitExceeded`] past the step limit; [`Error::InvalidInput`] for an empty flow.
+    /// The nodes run with `ctx`'s params merged over the flow's own ([`Flow::with_params`]).
+    ///
+    /// Errors: the first error of a node or hook; [`Error::Cancelled`] when `ctx` is cancelled;
+    /// [`Error::TransitionLimitExceeded`] past the transition limit; [`Error::InvalidInput`] for
+    /// an empty flow.
     pub async fn run(&self, shared: &mut S, ctx: &Ctx) -> Result<Action> {
-        let Some(mut current) = self.start else {
+        let Some(start) = self.start else {
             return Err(Error::invalid("flow", "the flow has no nodes"));
         };
-        let mut steps = 0usize;
+        let merged;
+        let ctx = if self.params.is_empty() {
+            ctx
+        } else {
+            merged = ctx.clone().with_params(self.params.merged(ctx.params()));
+            &merged
+        };
+        if let Some(prep) = &self.prep {
+            ctx.check()?;
+            prep(shared, ctx)?;
+        }
+        let last = self.orchestrate(start, shared, ctx).await?;
+        match &self.post {
+            Some(post) => post(shared, last, ctx),
+            None => Ok(last),
+        }
+    }
+
+    /// PocketFlow's `_orch`: follow the successors from `current` until an action has none.
+    async fn orchestrate(&self, mut current: usize, shared: &mut S, ctx: &Ctx) -> Result<Action> {
+        let mut transitions = 0usize;
         loop {
             ctx.check()?;
-            steps += 1;
-            if steps > self.step_limit {
-                return Err(Error::StepLimitExceeded {
-                    limit: self.step_limit,
+            transitions += 1;
+            if transitions > self.transition_limit {
+                return Err(Error::TransitionLimitExceeded {
+                    limit: self.transition_limit,
                 });
             }
             let entry = &self.nodes[current];
             let span = tracing::info_span!("node", name = entry.node.node_name());
             let action = entry.node.run_dyn(shared, ctx).instrument(span).await?;
-            match entry
-                .successors
-                .iter()
-                .find(|(a, _)| a.as_str() == action.as_str())
-            {
+            match entry.successors.iter().find(|(a, _)| *a == action) {
                 Some(&(_, next)) => current = next,
                 None => {
                     if !entry.successors.is_empty() {
@@ -223,25 +296,13 @@ impl<S> Flow<S> {
     }
 }
 
-/// A flow is a node: `prep`, `exec` and `post` are no-ops and [`Node::run`] runs the flow.
-#[async_trait]
-impl<S: Send> Node<S> for Flow<S> {
-    type Prep = ();
-    type Exec = ();
-
-    async fn prep(&self, _shared: &mut S) -> Result<()> {
-        Ok(())
+/// A flow is a node of its parent flow: its run is [`Flow::run`].
+impl<S: Send> DynNode<S> for Flow<S> {
+    fn run_dyn<'a>(&'a self, shared: &'a mut S, ctx: &'a Ctx) -> BoxFuture<'a, Result<Action>> {
+        Box::pin(self.run(shared, ctx))
     }
 
-    async fn exec(&self, _prep: &(), _ctx: &Ctx) -> Result<()> {
-        Ok(())
-    }
-
-    fn name(&self) -> &str {
+    fn node_name(&self) -> &str {
         &self.name
-    }
-
-    async fn run(&self, shared: &mut S, ctx: &Ctx) -> Result<Action> {
-        Flow::run(self, shared, ctx).await
     }
 }

@@ -1,9 +1,12 @@
-//! The [`Node`] trait, its object-safe form [`DynNode`], and the retry loop.
+//! The [`Node`] trait, the object-safe [`DynNode`] that flows hold, and the retry loop.
 
 use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use futures::future::BoxFuture;
 
 use super::{Action, Ctx};
@@ -11,37 +14,59 @@ use crate::{Error, Result};
 
 /// One step of a flow: `prep` → `exec` (with retries) → `post`.
 ///
-/// `S` is the typed shared store. `exec` never sees it, so it can be retried safely.
-#[async_trait]
+/// `S` is the typed shared store. `exec` never sees it, so it can be retried safely. Every phase
+/// gets the run's [`Ctx`] (its params, its cancellation, in `exec` the attempt number).
+///
+/// Implement the phases with `async fn` (no `#[async_trait]`): the engine runs a node without
+/// boxing its phases, one allocation per node run.
 pub trait Node<S: Send>: Send + Sync {
     /// What `prep` hands to `exec` (and then to `post`).
     type Prep: Send + Sync;
     /// What `exec` produces for `post`.
     type Exec: Send;
 
-    /// Reads what `exec` needs from the shared store.
-    async fn prep(&self, shared: &mut S) -> Result<Self::Prep>;
+    /// Reads what `exec` needs from the shared store (and the params, `ctx.params()`).
+    fn prep(&self, shared: &mut S, ctx: &Ctx) -> impl Future<Output = Result<Self::Prep>> + Send;
 
     /// Does the work. Must not depend on the shared store; may be called up to
-    /// [`max_retries`](Node::max_retries) times. The engine races it against cancellation.
-    async fn exec(&self, prep: &Self::Prep, ctx: &Ctx) -> Result<Self::Exec>;
+    /// [`max_attempts`](Node::max_attempts) times (`ctx.attempt()` says which). The engine races
+    /// it against cancellation.
+    fn exec(&self, prep: &Self::Prep, ctx: &Ctx)
+        -> impl Future<Output = Result<Self::Exec>> + Send;
 
-    /// Runs after the last failed attempt of `exec` with its error; its value is used as `exec`'s.
+    /// Runs after the last failed attempt of `exec` with its error (or at once, without any
+    /// attempt, when [`max_attempts`](Node::max_attempts) is 0); its value is used as `exec`'s.
     /// The default returns the error.
-    async fn exec_fallback(&self, prep: &Self::Prep, err: Error, ctx: &Ctx) -> Result<Self::Exec> {
+    fn exec_fallback(
+        &self,
+        prep: &Self::Prep,
+        err: Error,
+        ctx: &Ctx,
+    ) -> impl Future<Output = Result<Self::Exec>> + Send {
         let _ = (prep, ctx);
-        Err(err)
+        async move { Err(err) }
     }
 
     /// Writes results to the shared store and chooses the successor. The default returns
     /// [`Action::DEFAULT`] (PocketFlow's absent action).
-    async fn post(&self, shared: &mut S, prep: Self::Prep, exec: Self::Exec) -> Result<Action> {
-        let _ = (shared, prep, exec);
-        Ok(Action::DEFAULT)
+    fn post(
+        &self,
+        shared: &mut S,
+        prep: Self::Prep,
+        exec: Self::Exec,
+        ctx: &Ctx,
+    ) -> impl Future<Output = Result<Action>> + Send {
+        let _ = (shared, prep, exec, ctx);
+        async { Ok(Action::DEFAULT) }
     }
 
-    /// The total number of `exec` attempts (1 = no retry; 0 is treated as 1).
-    fn max_retries(&self) -> usize {
+    /// The total number of `exec` attempts — PocketFlow's `max_retries`, which counts attempts,
+    /// not retries (1 = no retry, the default).
+    ///
+    /// 0 runs no attempt, like PocketFlow's `max_retries=0`: `exec` is skipped and
+    /// [`exec_fallback`](Node::exec_fallback) decides the value at once (PocketFlow hands `post`
+    /// `None`; the default fallback here fails with [`Error::InvalidInput`]).
+    fn max_attempts(&self) -> usize {
         1
     }
 
@@ -65,47 +90,84 @@ pub trait Node<S: Send>: Send + Sync {
         short_type_name(std::any::type_name::<Self>())
     }
 
-    /// The whole run of the node: `prep`, `exec` with retries and fallback, `post`.
-    ///
-    /// Keep the default; composite nodes such as [`Flow`](super::Flow) override it (like
-    /// PocketFlow's `_run`).
-    async fn run(&self, shared: &mut S, ctx: &Ctx) -> Result<Action> {
-        let prep = self.prep(shared).await?;
-        let exec = exec_with_retries(
-            self.max_retries(),
-            self.wait(),
-            self.interruptible(),
-            ctx,
-            || self.exec(&prep, ctx),
-            |err| self.exec_fallback(&prep, err, ctx),
-        )
-        .await?;
-        self.post(shared, prep, exec).await
+    /// Runs the node on its own: `prep`, `exec` with retries and fallback, `post`. A flow runs
+    /// its nodes the same way.
+    fn run(&self, shared: &mut S, ctx: &Ctx) -> impl Future<Output = Result<Action>> + Send
+    where
+        Self: Sized,
+    {
+        run_phases(self, shared, ctx)
     }
 }
 
-/// The object-safe form of [`Node`], implemented for every `Node<S>`, so a flow can hold
-/// different node types (as `Arc<dyn DynNode<S>>`).
+/// A node as a flow holds it: object-safe, one boxed future per run.
 ///
-/// Its methods have distinct names so that they never clash with [`Node`]'s when both traits are
-/// in scope.
+/// Every [`Node`] becomes one when added to a flow ([`IntoNode`]). Composite nodes — [`Flow`],
+/// [`BatchFlow`], [`ParallelBatchFlow`] — implement it directly: they have no phases of their own
+/// to run, only a run.
+///
+/// [`Flow`]: super::Flow
+/// [`BatchFlow`]: super::BatchFlow
+/// [`ParallelBatchFlow`]: super::ParallelBatchFlow
 pub trait DynNode<S>: Send + Sync {
-    /// Runs the node ([`Node::run`]).
+    /// Runs the node and returns its action.
     fn run_dyn<'a>(&'a self, shared: &'a mut S, ctx: &'a Ctx) -> BoxFuture<'a, Result<Action>>;
 
-    /// The node's name ([`Node::name`]).
+    /// The node's name in traces.
     fn node_name(&self) -> &str;
 }
 
-impl<S: Send, N: Node<S>> DynNode<S> for N {
+impl<S, D: DynNode<S> + ?Sized> DynNode<S> for Arc<D> {
     #[inline]
     fn run_dyn<'a>(&'a self, shared: &'a mut S, ctx: &'a Ctx) -> BoxFuture<'a, Result<Action>> {
-        Node::run(self, shared, ctx)
+        (**self).run_dyn(shared, ctx)
     }
 
     #[inline]
     fn node_name(&self) -> &str {
-        Node::name(self)
+        (**self).node_name()
+    }
+}
+
+/// A [`Node`] as a [`DynNode`].
+struct Phases<N>(N);
+
+impl<S: Send, N: Node<S>> DynNode<S> for Phases<N> {
+    #[inline]
+    fn run_dyn<'a>(&'a self, shared: &'a mut S, ctx: &'a Ctx) -> BoxFuture<'a, Result<Action>> {
+        Box::pin(Node::run(&self.0, shared, ctx))
+    }
+
+    #[inline]
+    fn node_name(&self) -> &str {
+        Node::name(&self.0)
+    }
+}
+
+/// What [`Flow::add`](super::Flow::add) accepts: any [`Node`] and any [`DynNode`] (a nested
+/// flow, a batch flow). `M` is [`AsNode`] or [`AsDynNode`]; the compiler picks it.
+pub trait IntoNode<S, M> {
+    /// The node as a flow holds it.
+    fn into_node(self) -> Arc<dyn DynNode<S>>;
+}
+
+/// The [`IntoNode`] marker of [`Node`]s.
+#[derive(Debug)]
+pub enum AsNode {}
+
+/// The [`IntoNode`] marker of [`DynNode`]s.
+#[derive(Debug)]
+pub enum AsDynNode {}
+
+impl<S: Send, N: Node<S> + 'static> IntoNode<S, AsNode> for N {
+    fn into_node(self) -> Arc<dyn DynNode<S>> {
+        Arc::new(Phases(self))
+    }
+}
+
+impl<S, D: DynNode<S> + 'static> IntoNode<S, AsDynNode> for D {
+    fn into_node(self) -> Arc<dyn DynNode<S>> {
+        Arc::new(self)
     }
 }
 
@@ -118,39 +180,109 @@ pub(crate) fn short_type_name(full: &'static str) -> &'static str {
     }
 }
 
-/// PocketFlow's retry loop: up to `max_retries` attempts (at least one) with `wait` between them,
-/// then `fallback` with the last error. Cancellation is checked before every attempt and raced
-/// against every wait and the fallback, and against every attempt when `interruptible`; a run
-/// cancelled during an attempt that failed (or was dropped) returns [`Error::Cancelled`] without
-/// calling `fallback`. An attempt that is not interruptible and succeeds returns its value even
-/// when the flow was cancelled meanwhile, so that `post` can record it.
-pub(crate) async fn exec_with_retries<T, A, AF, F, FF>(
-    max_retries: usize,
-    wait: Duration,
-    interruptible: bool,
-    ctx: &Ctx,
-    mut attempt: A,
-    fallback: F,
-) -> Result<T>
-where
-    A: FnMut() -> AF,
-    AF: Future<Output = Result<T>>,
-    F: FnOnce(Error) -> FF,
-    FF: Future<Output = Result<T>>,
-{
-    let max = max_retries.max(1);
-    let mut n = 1;
+/// `prep`, `exec` with retries, `post`.
+async fn run_phases<S: Send, N: Node<S>>(node: &N, shared: &mut S, ctx: &Ctx) -> Result<Action> {
+    let prep = node.prep(shared, ctx).await?;
+    let exec = exec_with_retries(
+        &NodeAttempts {
+            node,
+            prep: &prep,
+            _shared: PhantomData,
+        },
+        ctx,
+    )
+    .await?;
+    node.post(shared, prep, exec, ctx).await
+}
+
+/// What the retry loop retries: a node's `exec` on its prep, a batch node's on one item.
+pub(crate) trait Attempts: Sync {
+    /// The value of a successful attempt.
+    type Output: Send;
+
+    /// The total number of attempts.
+    fn max_attempts(&self) -> usize;
+    /// The pause between attempts.
+    fn wait(&self) -> Duration;
+    /// Whether an attempt may be dropped on cancellation.
+    fn interruptible(&self) -> bool;
+    /// One attempt.
+    fn attempt(&self, ctx: &Ctx) -> impl Future<Output = Result<Self::Output>> + Send;
+    /// The fallback after the last failed attempt.
+    fn fallback(&self, err: Error, ctx: &Ctx) -> impl Future<Output = Result<Self::Output>> + Send;
+}
+
+struct NodeAttempts<'a, S: Send, N: Node<S>> {
+    node: &'a N,
+    prep: &'a N::Prep,
+    _shared: PhantomData<fn(&mut S)>,
+}
+
+impl<S: Send, N: Node<S>> Attempts for NodeAttempts<'_, S, N> {
+    type Output = N::Exec;
+
+    fn max_attempts(&self) -> usize {
+        self.node.max_attempts()
+    }
+    fn wait(&self) -> Duration {
+        self.node.wait()
+    }
+    fn interruptible(&self) -> bool {
+        self.node.interruptible()
+    }
+    fn attempt(&self, ctx: &Ctx) -> impl Future<Output = Result<N::Exec>> + Send {
+        self.node.exec(self.prep, ctx)
+    }
+    fn fallback(&self, err: Error, ctx: &Ctx) -> impl Future<Output = Result<N::Exec>> + Send {
+        self.node.exec_fallback(self.prep, err, ctx)
+    }
+}
+
+/// `future`'s output, or [`Error::Cancelled`] when `ctx` is cancelled first. The future is polled
+/// once before the cancellation is watched at all: a future that is ready at once costs no more
+/// than a poll.
+async fn or_cancelled<F: Future>(future: F, ctx: &Ctx) -> Result<F::Output> {
+    let mut future = pin!(future);
+    if let Poll::Ready(v) = futures::poll!(future.as_mut()) {
+        return Ok(v);
+    }
+    tokio::select! {
+        biased;
+        v = future => Ok(v),
+        () = ctx.cancelled() => Err(Error::Cancelled),
+    }
+}
+
+/// PocketFlow's retry loop: up to `max_attempts` attempts with `wait` between them, then the
+/// fallback with the last error (0 attempts: the fallback at once). Each attempt gets `ctx` with
+/// its number ([`Ctx::attempt`]).
+///
+/// Cancellation is checked before every attempt and raced against every wait and the fallback,
+/// and against every attempt when it is interruptible; a run cancelled during an attempt that
+/// failed (or was dropped) returns [`Error::Cancelled`] without calling the fallback. An attempt
+/// that is not interruptible and succeeds returns its value even when the flow was cancelled
+/// meanwhile, so that `post` can record it.
+pub(crate) async fn exec_with_retries<A: Attempts>(a: &A, ctx: &Ctx) -> Result<A::Output> {
+    let max = a.max_attempts();
+    if max == 0 {
+        let err = Error::invalid(
+            "max_attempts",
+            "the node allows 0 attempts, so exec was not run",
+        );
+        tracing::debug!(max_attempts = 0, "exec skipped; fallback");
+        return or_cancelled(a.fallback(err, ctx), ctx).await?;
+    }
+    let mut retry: u32 = 0;
     loop {
         ctx.check()?;
+        let n = retry as usize + 1;
         tracing::debug!(attempt = n, max_attempts = max, "exec");
-        let result = if interruptible {
-            tokio::select! {
-                biased;
-                r = attempt() => r,
-                () = ctx.cancelled() => return Err(Error::Cancelled),
-            }
+        let attempt_ctx = ctx.for_retry(retry);
+        let attempt_ctx = &*attempt_ctx;
+        let result = if a.interruptible() {
+            or_cancelled(a.attempt(attempt_ctx), ctx).await?
         } else {
-            attempt().await
+            a.attempt(attempt_ctx).await
         };
         let err = match result {
             Ok(v) => return Ok(v),
@@ -163,13 +295,10 @@ where
             if max > 1 {
                 tracing::debug!(attempts = n, error = %err, "exec failed on its last attempt; fallback");
             }
-            return tokio::select! {
-                biased;
-                r = fallback(err) => r,
-                () = ctx.cancelled() => Err(Error::Cancelled),
-            };
+            return or_cancelled(a.fallback(err, attempt_ctx), ctx).await?;
         }
         tracing::debug!(attempt = n, max_attempts = max, error = %err, "exec failed; retrying");
+        let wait = a.wait();
         if !wait.is_zero() {
             tokio::select! {
                 biased;
@@ -177,7 +306,7 @@ where
                 () = tokio::time::sleep(wait) => {}
             }
         }
-        n += 1;
+        retry = retry.saturating_add(1);
     }
 }
 
