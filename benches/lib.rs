@@ -5,6 +5,17 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
+
+/// The CPU time the calling thread has used: unlike the wall clock, it does not count the time
+/// the thread waited for a core, so figures stay comparable on a loaded machine.
+pub fn thread_cpu_time() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(
+        u64::try_from(t.tv_sec).unwrap_or(0),
+        u32::try_from(t.tv_nsec).unwrap_or(0),
+    )
+}
 
 /// The target directory of the workspace (`CARGO_TARGET_DIR`, or `target/` beside `benches/`).
 pub fn target_dir() -> PathBuf {

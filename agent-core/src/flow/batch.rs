@@ -115,7 +115,7 @@ async fn exec_item<S: Send, B: BatchNode<S>>(
         item,
         _shared: PhantomData,
     };
-    exec_with_retries(&attempts, ctx).await
+    exec_with_retries(&attempts, ctx, true).await
 }
 
 /// Runs a [`BatchNode`]'s items one after another (PocketFlow's `BatchNode`).

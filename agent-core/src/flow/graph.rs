@@ -22,6 +22,8 @@ static NEXT_FLOW_ID: AtomicU64 = AtomicU64::new(1);
 
 struct Entry<S> {
     node: Arc<dyn DynNode<S>>,
+    /// The node's name, asked once (a default name is derived from the type's name).
+    name: Arc<str>,
     /// Successors by action: a handful per node, so a linear scan beats hashing.
     successors: Vec<(Action, usize)>,
 }
@@ -30,6 +32,7 @@ impl<S> Clone for Entry<S> {
     fn clone(&self) -> Self {
         Entry {
             node: Arc::clone(&self.node),
+            name: Arc::clone(&self.name),
             successors: self.successors.clone(),
         }
     }
@@ -81,14 +84,14 @@ impl<S> fmt::Debug for Flow<S> {
                 let succ: Vec<_> = e
                     .successors
                     .iter()
-                    .map(|(a, i)| (a.as_str(), self.nodes[*i].node.node_name()))
+                    .map(|(a, i)| (a.as_str(), &*self.nodes[*i].name))
                     .collect();
-                (e.node.node_name(), succ)
+                (&*e.name, succ)
             })
             .collect();
         f.debug_struct("Flow")
             .field("name", &self.name)
-            .field("start", &self.start.map(|i| self.nodes[i].node.node_name()))
+            .field("start", &self.start.map(|i| &*self.nodes[i].name))
             .field("transition_limit", &self.transition_limit)
             .field("params", &self.params)
             .field("prep", &self.prep.is_some())
@@ -186,8 +189,10 @@ impl<S> Flow<S> {
     /// Adds a node that is shared with other flows.
     pub fn add_shared(&mut self, node: Arc<dyn DynNode<S>>) -> NodeId {
         let index = self.nodes.len();
+        let name = Arc::from(node.node_name());
         self.nodes.push(Entry {
             node,
+            name,
             successors: Vec::new(),
         });
         if self.start.is_none() {
@@ -221,7 +226,7 @@ impl<S> Flow<S> {
         let action = action.into();
         let entry = &mut self.nodes[from];
         if let Some(slot) = entry.successors.iter_mut().find(|(a, _)| *a == action) {
-            tracing::warn!(action = %action, node = entry.node.node_name(), "overwriting successor");
+            tracing::warn!(action = %action, node = &*entry.name, "overwriting successor");
             slot.1 = to;
         } else {
             entry.successors.push((action, to));
@@ -276,15 +281,28 @@ impl<S> Flow<S> {
                 });
             }
             let entry = &self.nodes[current];
-            let span = tracing::info_span!("node", name = entry.node.node_name());
-            let action = entry.node.run_dyn(shared, ctx).instrument(span).await?;
+            // Without any tracing subscriber no span can be enabled: skip making one (with
+            // tracing's `log` feature a disabled span still records its fields for `log`, which
+            // would cost more than the rest of the transition).
+            let span = if tracing::dispatcher::has_been_set() {
+                tracing::info_span!("node", name = &*entry.name)
+            } else {
+                tracing::Span::none()
+            };
+            let run = entry.node.run_dyn(shared, ctx);
+            // Nor is a disabled span entered at every poll.
+            let action = if span.is_disabled() {
+                run.await?
+            } else {
+                run.instrument(span).await?
+            };
             match entry.successors.iter().find(|(a, _)| *a == action) {
                 Some(&(_, next)) => current = next,
                 None => {
                     if !entry.successors.is_empty() {
                         tracing::warn!(
                             action = %action,
-                            node = entry.node.node_name(),
+                            node = &*entry.name,
                             successors = ?entry.successors.iter().map(|(a, _)| a.as_str()).collect::<Vec<_>>(),
                             "flow ends: no successor for the action",
                         );

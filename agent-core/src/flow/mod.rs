@@ -119,8 +119,23 @@ pub use graph::{Flow, NodeId};
 pub use node::{AsDynNode, AsNode, DynNode, IntoNode, Node};
 
 /// What a node's `post` returns; it selects the successor. Cheap to create from a `&'static str`.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Eq, PartialOrd, Ord)]
 pub struct Action(Cow<'static, str>);
+
+impl std::hash::Hash for Action {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state)
+    }
+}
+
+impl PartialEq for Action {
+    #[inline]
+    fn eq(&self, other: &Action) -> bool {
+        let (a, b) = (self.as_str(), other.as_str());
+        // The same static string (the usual case: constants) compares without reading it.
+        (a.as_ptr() == b.as_ptr() && a.len() == b.len()) || a == b
+    }
+}
 
 impl Action {
     /// The action of a node that names none: `"default"`.

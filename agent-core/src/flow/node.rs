@@ -96,7 +96,10 @@ pub trait Node<S: Send>: Send + Sync {
     where
         Self: Sized,
     {
-        run_phases(self, shared, ctx)
+        async move {
+            ctx.check()?;
+            run_phases(self, shared, ctx).await
+        }
     }
 }
 
@@ -133,9 +136,10 @@ impl<S, D: DynNode<S> + ?Sized> DynNode<S> for Arc<D> {
 struct Phases<N>(N);
 
 impl<S: Send, N: Node<S>> DynNode<S> for Phases<N> {
+    /// The flow checked the cancellation just before: the phases run at once.
     #[inline]
     fn run_dyn<'a>(&'a self, shared: &'a mut S, ctx: &'a Ctx) -> BoxFuture<'a, Result<Action>> {
-        Box::pin(Node::run(&self.0, shared, ctx))
+        Box::pin(run_phases(&self.0, shared, ctx))
     }
 
     #[inline]
@@ -180,18 +184,23 @@ pub(crate) fn short_type_name(full: &'static str) -> &'static str {
     }
 }
 
-/// `prep`, `exec` with retries, `post`.
+/// `prep`, `exec` with retries, `post`; the caller has just checked the cancellation.
 async fn run_phases<S: Send, N: Node<S>>(node: &N, shared: &mut S, ctx: &Ctx) -> Result<Action> {
-    let prep = node.prep(shared, ctx).await?;
-    let exec = exec_with_retries(
-        &NodeAttempts {
-            node,
-            prep: &prep,
-            _shared: PhantomData,
-        },
-        ctx,
-    )
-    .await?;
+    // A prep that completes without suspending ran in the same instant as the caller's check:
+    // the first attempt needs no check of its own. One that waited does.
+    let (prep, suspended) = {
+        let mut prep = pin!(node.prep(shared, ctx));
+        match futures::poll!(prep.as_mut()) {
+            Poll::Ready(p) => (p?, false),
+            Poll::Pending => (prep.await?, true),
+        }
+    };
+    let attempts = NodeAttempts {
+        node,
+        prep: &prep,
+        _shared: PhantomData,
+    };
+    let exec = exec_with_retries(&attempts, ctx, suspended).await?;
     node.post(shared, prep, exec, ctx).await
 }
 
@@ -246,10 +255,13 @@ async fn or_cancelled<F: Future>(future: F, ctx: &Ctx) -> Result<F::Output> {
     if let Poll::Ready(v) = futures::poll!(future.as_mut()) {
         return Ok(v);
     }
+    // Boxed: the waiter is only needed by a future that waits anyway, and inline it would
+    // grow every node run's future.
+    let cancelled = Box::pin(ctx.cancelled());
     tokio::select! {
         biased;
         v = future => Ok(v),
-        () = ctx.cancelled() => Err(Error::Cancelled),
+        () = cancelled => Err(Error::Cancelled),
     }
 }
 
@@ -262,7 +274,13 @@ async fn or_cancelled<F: Future>(future: F, ctx: &Ctx) -> Result<F::Output> {
 /// failed (or was dropped) returns [`Error::Cancelled`] without calling the fallback. An attempt
 /// that is not interruptible and succeeds returns its value even when the flow was cancelled
 /// meanwhile, so that `post` can record it.
-pub(crate) async fn exec_with_retries<A: Attempts>(a: &A, ctx: &Ctx) -> Result<A::Output> {
+///
+/// `check_first: false` skips the check before the first attempt when the caller has just made it.
+pub(crate) async fn exec_with_retries<A: Attempts>(
+    a: &A,
+    ctx: &Ctx,
+    check_first: bool,
+) -> Result<A::Output> {
     let max = a.max_attempts();
     if max == 0 {
         let err = Error::invalid(
@@ -274,7 +292,9 @@ pub(crate) async fn exec_with_retries<A: Attempts>(a: &A, ctx: &Ctx) -> Result<A
     }
     let mut retry: u32 = 0;
     loop {
-        ctx.check()?;
+        if retry > 0 || check_first {
+            ctx.check()?;
+        }
         let n = retry as usize + 1;
         tracing::debug!(attempt = n, max_attempts = max, "exec");
         let attempt_ctx = ctx.for_retry(retry);
@@ -300,11 +320,9 @@ pub(crate) async fn exec_with_retries<A: Attempts>(a: &A, ctx: &Ctx) -> Result<A
         tracing::debug!(attempt = n, max_attempts = max, error = %err, "exec failed; retrying");
         let wait = a.wait();
         if !wait.is_zero() {
-            tokio::select! {
-                biased;
-                () = ctx.cancelled() => return Err(Error::Cancelled),
-                () = tokio::time::sleep(wait) => {}
-            }
+            // Boxed like the waiter in `or_cancelled`: only retries pay for it.
+            let sleep = Box::pin(tokio::time::sleep(wait));
+            or_cancelled(sleep, ctx).await?;
         }
         retry = retry.saturating_add(1);
     }
