@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Prepares a Debian host to run containerized-agent and its tests: installs the Docker engine,
 # debootstrap and Chromium (the dashboard's browser tests), starts dockerd if nothing answers on the
-# socket, builds the agent image (offline, from a Debian root filesystem) if it is missing, and
-# installs the browser tests' npm packages (playwright-core) from the npm registry. Idempotent;
-# needs root.
+# socket, builds the agent image (offline, from a Debian root filesystem) and the desktop image on
+# top of it (Xvfb, VNC, Jupyter Lab) if they are missing, and installs the browser tests' npm
+# packages (playwright-core) from the npm registry. Idempotent; needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 image="${AGENT_IMAGE:-containerized-agent:latest}"
+desktop_image="${AGENT_DESKTOP_IMAGE:-containerized-agent-desktop:latest}"
 packages=(docker.io debootstrap nginx-light wrk python3 chromium)
 # Node.js for the browser tests: Debian's, unless a node is installed already.
 command -v node >/dev/null 2>&1 || packages+=(nodejs npm)
@@ -47,3 +48,8 @@ if [ ! -d "$ui_tests/node_modules/playwright-core" ]; then
   (cd "$ui_tests" && npm ci --no-audit --no-fund)
 fi
 echo "browser tests: $(chromium --version 2>/dev/null | head -n 1), node $(node --version)"
+if ! docker image inspect "$desktop_image" >/dev/null 2>&1; then
+  echo "building $desktop_image (offline, on $image: Xvfb, x11vnc, Jupyter Lab)"
+  images/desktop/build-offline.sh "$desktop_image" "$image"
+fi
+docker image inspect "$desktop_image" --format "image $desktop_image: {{.Id}} ({{.Size}} bytes)"

@@ -16,7 +16,65 @@ async fn container_is_hardened() {
     if skipped() {
         return;
     }
-    let exec = connect(config("hardening")).await;
+    assert_hardened(config("hardening"))
+        .await
+        .shutdown()
+        .await
+        .unwrap();
+}
+
+/// The desktop image (Xvfb, VNC, Jupyter Lab) keeps every default: the same checks, and its
+/// desktop and Jupyter start under them (non-root, no capabilities, read-only root, network none).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_desktop_image_is_hardened_too_and_its_services_start_under_it() {
+    if skipped() {
+        return;
+    }
+    let image = std::env::var("AGENT_DESKTOP_IMAGE")
+        .unwrap_or_else(|_| "containerized-agent-desktop:latest".to_string());
+    let exec = assert_hardened(config("hardening-desktop").with_image(image)).await;
+    let sb = exec
+        .create(JobId::new(), &JobSpec::from_prompt("x"))
+        .await
+        .unwrap();
+    let script = r#"
+agent-desktop &
+for i in $(seq 200); do
+  banner=$( (exec 3<>/dev/tcp/127.0.0.1/5900 && head -c 12 <&3) 2>/dev/null) && break
+  sleep 0.05
+done
+echo "$banner"
+(exec 3<>/dev/tcp/127.0.0.1/5901 && head -c 12 <&3)
+xsetroot -solid '#123456' && echo xsetroot-ok
+echo "home=$HOME"; test -w "$HOME" && echo home-writable
+# Listening sockets on 5900/5901 (hex 170C/170D): all of them, and those on 127.0.0.1.
+cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | awk '$4 == "0A" && $2 ~ /:170[CD]$/' | wc -l
+cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | awk '$4 == "0A" && $2 ~ /^0100007F:170[CD]$/' | wc -l
+jupyter lab --version
+kill %1
+"#;
+    let (r, out, err) = sh(&*sb, script).await;
+    assert!(r.success(), "{out}\n{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "RFB 003.008", "{out}\n{err}");
+    assert_eq!(lines[1], "RFB 003.008", "the view-only server: {out}");
+    assert_eq!(lines[2], "xsetroot-ok", "{out}\n{err}");
+    assert_eq!(lines[3], "home=/tmp/home");
+    assert_eq!(lines[4], "home-writable");
+    // Both VNC servers listen, and only on 127.0.0.1 (0100007F).
+    assert_eq!(lines[5], "2", "listening sockets on 5900/5901: {out}");
+    assert_eq!(
+        lines[6], "2",
+        "every listener of 5900/5901 is on 127.0.0.1: {out}"
+    );
+    assert!(lines[7].starts_with('4'), "jupyter lab 4.x: {out}");
+    sb.destroy().await.unwrap();
+    exec.shutdown().await.unwrap();
+}
+
+/// The hardening checks, on a sandbox of `config`'s executor (returned for more checks).
+async fn assert_hardened(config: agent_docker::DockerConfig) -> agent_docker::DockerExecutor {
+    let exec = connect(config).await;
     let job = JobId::new();
     let sb = exec.create(job, &JobSpec::from_prompt("x")).await.unwrap();
 
@@ -122,7 +180,7 @@ async fn container_is_hardened() {
         )
         .await;
     assert!(gone.is_err(), "destroy removes the container");
-    exec.shutdown().await.unwrap();
+    exec
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod access;
 pub mod api;
 pub mod archive_browse;
 pub mod cli;
@@ -9,9 +10,12 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod extract;
+pub mod live;
 pub mod logs;
 pub mod metrics;
 pub mod openapi;
+pub mod proxy;
+pub mod relay;
 pub mod routes;
 pub mod server;
 pub mod server_events;

@@ -46,12 +46,14 @@ use crate::session::{LoginRequest, SessionInfo};
         crate::session::session_info,
         crate::session::login,
         crate::session::logout,
+        crate::live::issue_access,
     ),
     components(schemas(
         ScheduleRequest, ScheduleResponse, StatusResponse, StepView, StepComponent, PlanComponent, JobSummary,
         JobsResponse, CancelResponse, HealthResponse, ExecutorHealth, ErrorBody, ErrorDetail,
         UsageView, ArchiveListing, ArchiveEntry, JobStatusEvent, ServerInfo, InfoDefaults,
         InfoLimits, InfoCapacity, ProviderInfo, LoginRequest, SessionInfo,
+        crate::live::AccessRequest, crate::live::AccessResponse, crate::access::AccessService
     )),
     modifiers(&BearerAuth),
     tags(

@@ -101,6 +101,13 @@ struct Inner {
     settings: ApiSettings,
     llm_providers: Vec<String>,
     shutdown: CancellationToken,
+    live: crate::live::LiveState,
+}
+
+impl axum::extract::FromRef<AppState> for crate::live::LiveState {
+    fn from_ref(state: &AppState) -> Self {
+        state.inner.live.clone()
+    }
 }
 
 /// What the handlers share: the job manager, the metrics and the settings. Cheap to clone.
@@ -119,8 +126,14 @@ impl AppState {
         llm_providers: Vec<String>,
     ) -> Self {
         metrics.spawn_collector(&manager);
+        let live = crate::live::LiveState {
+            signer: crate::access::AccessSigner::random(),
+            api_token: settings.api_token.clone(),
+            services: Arc::new(crate::live::ManagerServices::new(manager.clone())),
+        };
         Self {
             inner: Arc::new(Inner {
+                live,
                 manager,
                 metrics,
                 settings,
@@ -170,6 +183,7 @@ pub fn app(state: AppState) -> Router {
         .route("/logs/{id}", get(logs_text))
         .route("/logs/{id}/stream", get(logs_stream))
         .route("/metrics", get(metrics))
+        .merge(crate::live::routes())
         .merge(docs)
         .merge(crate::ui::api_routes())
         .merge(crate::ui::routes())
@@ -191,6 +205,10 @@ fn is_public(settings: &ApiSettings, method: &Method, path: &str) -> bool {
         return true;
     }
     if crate::ui::is_public(method, path) || crate::session::is_public(path) {
+        return true;
+    }
+    // A job's desktop and Jupyter paths check a signed access token (or this bearer) themselves.
+    if crate::live::checks_own_access(path) {
         return true;
     }
     settings.public_docs
