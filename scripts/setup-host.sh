@@ -48,6 +48,7 @@ if [ ! -d "$ui_tests/node_modules/playwright-core" ]; then
   (cd "$ui_tests" && npm ci --no-audit --no-fund)
 fi
 echo "browser tests: $(chromium --version 2>/dev/null | head -n 1), node $(node --version)"
+
 if ! docker image inspect "$desktop_image" >/dev/null 2>&1; then
   echo "building $desktop_image (offline, on $image: Xvfb, x11vnc, Jupyter Lab)"
   images/desktop/build-offline.sh "$desktop_image" "$image"
