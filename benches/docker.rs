@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agent_core::executor::discard_output;
-use agent_core::{Executor, JobId, JobSpec, Sandbox, Step, StepRequest};
+use agent_core::{Executor, JobId, JobSpec, RunStep, Sandbox, SandboxSpec, Step, StepRequest};
 use agent_docker::{DockerConfig, DockerExecutor};
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -94,7 +94,10 @@ async fn main() {
 
     // 1. Per-step overhead vs docker exec, on the same container.
     let sb = exec
-        .create(JobId::new(), &JobSpec::from_prompt("bench"))
+        .create(&SandboxSpec::for_job(
+            JobId::new(),
+            &JobSpec::from_prompt("bench"),
+        ))
         .await
         .expect("create");
     for _ in 0..3 {
@@ -122,7 +125,10 @@ async fn main() {
     for i in 0..=n {
         let t = Instant::now();
         let sb = exec
-            .create(JobId::new(), &JobSpec::from_prompt("bench"))
+            .create(&SandboxSpec::for_job(
+                JobId::new(),
+                &JobSpec::from_prompt("bench"),
+            ))
             .await
             .expect("create");
         let d = t.elapsed();
@@ -150,7 +156,10 @@ async fn main() {
         pool.wait_warm(Duration::from_secs(60)).await;
         let t = Instant::now();
         let sb = pool
-            .create(JobId::new(), &JobSpec::from_prompt("bench"))
+            .create(&SandboxSpec::for_job(
+                JobId::new(),
+                &JobSpec::from_prompt("bench"),
+            ))
             .await
             .expect("create");
         true_step(&*sb).await;
@@ -179,8 +188,11 @@ async fn main() {
         let exec = exec.clone();
         async move {
             let sb: Arc<Box<dyn Sandbox>> = Arc::new(
-                exec.create(JobId::new(), &JobSpec::from_prompt("bench"))
-                    .await?,
+                exec.create(&SandboxSpec::for_job(
+                    JobId::new(),
+                    &JobSpec::from_prompt("bench"),
+                ))
+                .await?,
             );
             let mut ok = true;
             for step in [

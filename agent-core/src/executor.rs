@@ -1,12 +1,14 @@
-//! The [`Executor`] and [`Sandbox`] traits: where steps run.
+//! The [`Executor`] and [`Sandbox`] traits: where processes run.
 //!
-//! An executor creates one sandbox per job. A sandbox runs steps one at a time in its workspace,
-//! streams their output, enforces per-step timeouts, output caps and cancellation, moves files in
-//! and out, exports the workspace as a tar stream, and is destroyed at the end of the job.
-//! `agent-docker` is the real implementation; `testing::FakeExecutor` (feature `test-util`) runs
-//! steps as local processes for tests and is **not** a sandbox.
+//! An executor creates sandboxes from a [`SandboxSpec`] (image, limits, network, environment,
+//! labels). A sandbox runs processes in its workspace ([`Sandbox::exec`]), streams their output,
+//! enforces timeouts, output caps and cancellation, moves files in and out, exports the workspace
+//! as a tar stream, and is destroyed at the end. It knows nothing of job steps: the agent lowers
+//! them to this surface once ([`RunStep`](crate::RunStep)). `agent-docker` is the real
+//! implementation; `testing::FakeExecutor` (feature `test-util`) runs processes locally for
+//! tests and is **not** a sandbox.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +17,7 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::job::{JobId, JobSpec, OutputStream, Step, StepResult};
+use crate::job::{JobId, JobSpec, NetworkMode, OutputStream, ResourceLimits, StepResult};
 
 /// Default cap on a step's output (stdout + stderr): 10 MiB.
 pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 10 << 20;
@@ -26,7 +28,7 @@ pub const DEFAULT_TAIL_BYTES: usize = 8 << 10;
 /// The largest file [`Sandbox::get_file`] returns: 16 MiB.
 pub const MAX_GET_FILE_BYTES: u64 = 16 << 20;
 
-/// Receives a step's output as it is produced, in order per stream.
+/// Receives a process's output as it is produced, in order per stream.
 pub type OutputSink = Arc<dyn Fn(OutputStream, Bytes) + Send + Sync>;
 
 /// A sink that drops everything.
@@ -37,48 +39,89 @@ pub fn discard_output() -> OutputSink {
 /// A workspace archive: tar bytes, streamed.
 pub type TarStream = BoxStream<'static, Result<Bytes, SandboxError>>;
 
-/// A request to run one step.
-#[derive(Clone, Debug)]
-pub struct StepRequest {
-    /// The step's index within the job (names the Python file, labels output).
-    pub index: usize,
-    /// The step.
-    pub step: Step,
-    /// Kill the step after this long.
-    pub timeout: Duration,
-    /// Stop the step once it has written this many bytes (stdout + stderr).
-    pub max_output_bytes: u64,
-    /// How many bytes of each stream to keep in the result's tails.
-    pub tail_bytes: usize,
-    /// Extra environment variables.
-    pub env: Vec<(String, String)>,
-    /// Cancelled → the step is killed and the result says `Cancelled`.
-    pub cancel: CancellationToken,
+/// What a sandbox is made of: given once, at [`Executor::create`].
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct SandboxSpec {
+    /// The job it is for (names and labels the sandbox; the reaper spares live jobs' sandboxes).
+    /// `None`: a sandbox not tied to a job.
+    pub job_id: Option<JobId>,
+    /// The image; `None` is the executor's default.
+    pub image: Option<String>,
+    /// Resource limits.
+    pub limits: ResourceLimits,
+    /// Network access.
+    pub network: NetworkMode,
+    /// Environment variables every process in the sandbox gets.
+    pub env: BTreeMap<String, String>,
+    /// Labels attached to the sandbox (e.g. container labels), for operators' own tooling.
+    pub labels: BTreeMap<String, String>,
 }
 
-impl StepRequest {
-    /// A request with default caps and a fresh cancellation token.
-    pub fn new(index: usize, step: Step, timeout: Duration) -> Self {
+impl Default for SandboxSpec {
+    fn default() -> Self {
         Self {
-            index,
-            step,
-            timeout,
-            max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
-            tail_bytes: DEFAULT_TAIL_BYTES,
-            env: Vec::new(),
-            cancel: CancellationToken::new(),
+            job_id: None,
+            image: None,
+            limits: ResourceLimits::default(),
+            network: NetworkMode::None,
+            env: BTreeMap::new(),
+            labels: BTreeMap::new(),
+        }
+    }
+}
+
+impl SandboxSpec {
+    /// A sandbox with the executor's default image and limits, network `none`, no environment.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The sandbox a job's spec asks for (image, limits, network, environment).
+    pub fn for_job(job_id: JobId, job: &JobSpec) -> Self {
+        Self {
+            job_id: Some(job_id),
+            image: job.image.clone(),
+            limits: job.limits.clone(),
+            network: job.network,
+            env: job.env.clone(),
+            labels: BTreeMap::new(),
         }
     }
 
-    /// Sets the cancellation token.
-    pub fn with_cancel(mut self, cancel: CancellationToken) -> Self {
-        self.cancel = cancel;
+    /// Sets the job.
+    pub fn with_job(mut self, job_id: JobId) -> Self {
+        self.job_id = Some(job_id);
         self
     }
 
-    /// Sets the output cap.
-    pub fn with_max_output_bytes(mut self, max: u64) -> Self {
-        self.max_output_bytes = max;
+    /// Sets the image.
+    pub fn with_image(mut self, image: impl Into<String>) -> Self {
+        self.image = Some(image.into());
+        self
+    }
+
+    /// Sets the resource limits.
+    pub fn with_limits(mut self, limits: ResourceLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Sets the network mode.
+    pub fn with_network(mut self, network: NetworkMode) -> Self {
+        self.network = network;
+        self
+    }
+
+    /// Adds an environment variable.
+    pub fn with_env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.insert(key.into(), value.into());
+        self
+    }
+
+    /// Adds a label.
+    pub fn with_label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.labels.insert(key.into(), value.into());
         self
     }
 }
@@ -224,9 +267,8 @@ pub trait Executor: Send + Sync + 'static {
     /// What this executor can do.
     fn capabilities(&self) -> Capabilities;
 
-    /// Creates and starts a sandbox for a job, ready to run steps.
-    async fn create(&self, job_id: JobId, spec: &JobSpec)
-        -> Result<Box<dyn Sandbox>, SandboxError>;
+    /// Creates and starts a sandbox, ready to run processes.
+    async fn create(&self, spec: &SandboxSpec) -> Result<Box<dyn Sandbox>, SandboxError>;
 
     /// Removes sandboxes left by earlier processes whose jobs are not in `live`.
     /// Returns how many were removed.
@@ -246,19 +288,23 @@ pub trait Executor: Send + Sync + 'static {
     }
 }
 
-/// An isolated place where one job's steps run.
+/// An isolated place where one job's processes run: a process-level surface that knows nothing
+/// of job steps.
 #[async_trait]
 pub trait Sandbox: Send + Sync {
     /// The backend's id for it (a container id, a directory).
     fn id(&self) -> &str;
 
-    /// Runs a step to the end, streaming its output to `output`.
+    /// Runs a process to its end, streaming its output to `output` (in order per stream) while
+    /// it runs, and kills it and everything it started at its timeout, on cancellation, at the
+    /// output cap, or when the future is dropped.
     ///
-    /// A step that exits non-zero, times out, is cancelled, runs out of memory or floods its output
-    /// is an `Ok` [`StepResult`] saying so; `Err` means the sandbox itself failed.
-    async fn run_step(
+    /// A process that exits non-zero, times out, is cancelled, runs out of memory or floods its
+    /// output is an `Ok` [`StepResult`] saying so; `Err` means the sandbox itself failed. Job
+    /// steps are lowered to this by [`RunStep`](crate::RunStep).
+    async fn exec(
         &self,
-        request: StepRequest,
+        request: ExecRequest,
         output: OutputSink,
     ) -> Result<StepResult, SandboxError>;
 
@@ -270,7 +316,7 @@ pub trait Sandbox: Send + Sync {
 
     /// Streams the workspace as a tar archive (paths relative to the workspace root, links stored
     /// as links, never followed).
-    async fn export_workspace(&self) -> Result<TarStream, SandboxError>;
+    async fn export(&self) -> Result<TarStream, SandboxError>;
 
     /// Kills everything and removes the sandbox. Idempotent.
     async fn destroy(&self) -> Result<(), SandboxError>;
@@ -286,12 +332,8 @@ impl<T: Executor + ?Sized> Executor for Arc<T> {
     fn capabilities(&self) -> Capabilities {
         (**self).capabilities()
     }
-    async fn create(
-        &self,
-        job_id: JobId,
-        spec: &JobSpec,
-    ) -> Result<Box<dyn Sandbox>, SandboxError> {
-        (**self).create(job_id, spec).await
+    async fn create(&self, spec: &SandboxSpec) -> Result<Box<dyn Sandbox>, SandboxError> {
+        (**self).create(spec).await
     }
     async fn reap(&self, live: &HashSet<JobId>) -> Result<usize, SandboxError> {
         (**self).reap(live).await

@@ -18,8 +18,11 @@ pub mod supervisor;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
 
+pub use agent::step::{RunStep, StepRequest};
 pub use error::{Error, Result};
-pub use executor::{Executor, OutputSink, Sandbox, SandboxError, SandboxErrorKind, StepRequest};
+pub use executor::{
+    ExecRequest, Executor, OutputSink, Sandbox, SandboxError, SandboxErrorKind, SandboxSpec,
+};
 pub use job::{
     EventKind, Job, JobEvent, JobId, JobSpec, JobStatus, NetworkMode, OutputStream, Plan,
     ResourceLimits, Step, StepKind, StepRecord, StepResult, StepStatus, Termination, TokenUsage,

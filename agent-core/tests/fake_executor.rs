@@ -5,9 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent_core::executor::{discard_output, Capabilities, Executor, StepRequest};
+use agent_core::executor::{discard_output, Capabilities, Executor};
 use agent_core::testing::{executor_suite, FakeExecutor};
-use agent_core::{JobId, JobSpec, SandboxErrorKind, Step, Termination};
+use agent_core::{
+    JobId, JobSpec, RunStep, SandboxErrorKind, SandboxSpec, Step, StepRequest, Termination,
+};
 use bytes::Bytes;
 use futures::StreamExt;
 
@@ -32,7 +34,10 @@ async fn fake_executor_says_it_is_not_a_sandbox() {
 async fn sandboxes_live_under_the_root_and_destroy_removes_them() {
     let root = tempfile::tempdir().unwrap();
     let executor = FakeExecutor::with_root(root.path());
-    let sandbox = executor.create(JobId::new(), &spec()).await.unwrap();
+    let sandbox = executor
+        .create(&SandboxSpec::for_job(JobId::new(), &spec()))
+        .await
+        .unwrap();
     let dir = std::path::PathBuf::from(sandbox.id());
     assert!(dir.starts_with(root.path().canonicalize().unwrap()));
     assert!(dir.is_dir());
@@ -54,7 +59,10 @@ async fn sandboxes_live_under_the_root_and_destroy_removes_them() {
 #[tokio::test]
 async fn a_timeout_kills_the_whole_process_group() {
     let executor = FakeExecutor::new();
-    let sandbox = executor.create(JobId::new(), &spec()).await.unwrap();
+    let sandbox = executor
+        .create(&SandboxSpec::for_job(JobId::new(), &spec()))
+        .await
+        .unwrap();
     // A background grandchild that would write a file after the timeout, if it survived.
     let step = Step::shell("(sleep 2; echo survived > late.txt) & sleep 30");
     let req = StepRequest::new(0, step, Duration::from_millis(300));
@@ -80,7 +88,7 @@ async fn a_timeout_kills_the_whole_process_group() {
 #[tokio::test]
 async fn a_cancelled_token_stops_a_step_before_it_starts() {
     let sandbox = FakeExecutor::new()
-        .create(JobId::new(), &spec())
+        .create(&SandboxSpec::for_job(JobId::new(), &spec()))
         .await
         .unwrap();
     let req = StepRequest::new(
@@ -99,7 +107,10 @@ async fn a_cancelled_token_stops_a_step_before_it_starts() {
 async fn the_noop_executor_runs_nothing() {
     let executor = FakeExecutor::noop();
     assert!(executor.is_noop());
-    let sandbox = executor.create(JobId::new(), &spec()).await.unwrap();
+    let sandbox = executor
+        .create(&SandboxSpec::for_job(JobId::new(), &spec()))
+        .await
+        .unwrap();
     let req = StepRequest::new(0, Step::shell("exit 3"), Duration::from_secs(1));
     let result = sandbox.run_step(req, discard_output()).await.unwrap();
     assert!(result.success(), "every step succeeds: {result:?}");
@@ -117,7 +128,7 @@ async fn the_noop_executor_runs_nothing() {
         SandboxErrorKind::PathRefused
     );
     let mut tar = Vec::new();
-    let mut stream = sandbox.export_workspace().await.unwrap();
+    let mut stream = sandbox.export().await.unwrap();
     while let Some(chunk) = stream.next().await {
         tar.extend_from_slice(&chunk.unwrap());
     }

@@ -634,9 +634,9 @@ impl agent_core::Sandbox for PanickingSandbox {
     fn id(&self) -> &str {
         self.0.id()
     }
-    async fn run_step(
+    async fn exec(
         &self,
-        _request: agent_core::StepRequest,
+        _request: agent_core::ExecRequest,
         _output: agent_core::OutputSink,
     ) -> Result<agent_core::StepResult, agent_core::SandboxError> {
         panic!("backend bug")
@@ -651,10 +651,8 @@ impl agent_core::Sandbox for PanickingSandbox {
     async fn get_file(&self, path: &str) -> Result<bytes::Bytes, agent_core::SandboxError> {
         self.0.get_file(path).await
     }
-    async fn export_workspace(
-        &self,
-    ) -> Result<agent_core::executor::TarStream, agent_core::SandboxError> {
-        self.0.export_workspace().await
+    async fn export(&self) -> Result<agent_core::executor::TarStream, agent_core::SandboxError> {
+        self.0.export().await
     }
     async fn destroy(&self) -> Result<(), agent_core::SandboxError> {
         self.0.destroy().await
@@ -674,12 +672,9 @@ impl agent_core::Executor for PanickingExecutor {
     }
     async fn create(
         &self,
-        job_id: JobId,
-        spec: &JobSpec,
+        spec: &agent_core::SandboxSpec,
     ) -> Result<Box<dyn agent_core::Sandbox>, agent_core::SandboxError> {
-        Ok(Box::new(PanickingSandbox(
-            self.0.create(job_id, spec).await?,
-        )))
+        Ok(Box::new(PanickingSandbox(self.0.create(spec).await?)))
     }
     async fn reap(
         &self,
@@ -752,10 +747,9 @@ impl agent_core::Executor for HangingExport {
     }
     async fn create(
         &self,
-        job_id: JobId,
-        spec: &JobSpec,
+        spec: &agent_core::SandboxSpec,
     ) -> Result<Box<dyn agent_core::Sandbox>, agent_core::SandboxError> {
-        Ok(Box::new(HangingSandbox(self.0.create(job_id, spec).await?)))
+        Ok(Box::new(HangingSandbox(self.0.create(spec).await?)))
     }
     async fn reap(
         &self,
@@ -777,12 +771,12 @@ impl agent_core::Sandbox for HangingSandbox {
     fn id(&self) -> &str {
         self.0.id()
     }
-    async fn run_step(
+    async fn exec(
         &self,
-        request: agent_core::StepRequest,
+        request: agent_core::ExecRequest,
         output: agent_core::OutputSink,
     ) -> Result<agent_core::StepResult, agent_core::SandboxError> {
-        self.0.run_step(request, output).await
+        self.0.exec(request, output).await
     }
     async fn put_file(
         &self,
@@ -794,9 +788,7 @@ impl agent_core::Sandbox for HangingSandbox {
     async fn get_file(&self, path: &str) -> Result<bytes::Bytes, agent_core::SandboxError> {
         self.0.get_file(path).await
     }
-    async fn export_workspace(
-        &self,
-    ) -> Result<agent_core::executor::TarStream, agent_core::SandboxError> {
+    async fn export(&self) -> Result<agent_core::executor::TarStream, agent_core::SandboxError> {
         Ok(futures::stream::pending().boxed())
     }
     async fn destroy(&self) -> Result<(), agent_core::SandboxError> {

@@ -1,6 +1,6 @@
 //! [`DockerExecutor`]: creates hardened containers, keeps an optional warm pool, reaps leftovers.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -8,7 +8,8 @@ use std::time::Duration;
 use agent_core::executor::Capabilities;
 use agent_core::supervisor::HandshakeError;
 use agent_core::{
-    Executor, JobId, JobSpec, NetworkMode, ResourceLimits, Sandbox, SandboxError, SandboxErrorKind,
+    Executor, JobId, NetworkMode, ResourceLimits, Sandbox, SandboxError, SandboxErrorKind,
+    SandboxSpec,
 };
 use async_trait::async_trait;
 use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig, ResourcesUlimits};
@@ -128,6 +129,8 @@ struct Blueprint<'a> {
     limits: &'a ResourceLimits,
     network: NetworkMode,
     job_id: Option<JobId>,
+    /// Labels asked for by the sandbox's spec.
+    extra_labels: Option<&'a BTreeMap<String, String>>,
 }
 
 impl DockerExecutor {
@@ -242,6 +245,9 @@ impl ExecInner {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        for (k, v) in bp.extra_labels.into_iter().flatten() {
+            labels.insert(k.clone(), v.clone());
+        }
         labels.insert(LABEL_MANAGED.into(), "true".into());
         if let Some(scope) = &self.config.scope {
             labels.insert(LABEL_SCOPE.into(), scope.clone());
@@ -457,12 +463,13 @@ impl ExecInner {
         }
     }
 
-    fn take_warm(self: &Arc<Self>, spec: &JobSpec) -> Option<Arc<Core>> {
+    fn take_warm(self: &Arc<Self>, spec: &SandboxSpec) -> Option<Arc<Core>> {
         let pool = self.pool.as_ref()?;
         let image_ok = spec.image.as_deref().is_none_or(|i| i == self.config.image);
         if !image_ok
             || spec.network != NetworkMode::None
             || spec.limits != self.config.default_limits
+            || !spec.labels.is_empty()
         {
             return None;
         }
@@ -523,6 +530,7 @@ async fn refill_loop(exec: Weak<ExecInner>, pool: Arc<Pool>) {
                     limits: &limits,
                     network: NetworkMode::None,
                     job_id: None,
+                    extra_labels: None,
                 };
                 inner.start_container(&bp).await
             }
@@ -565,12 +573,9 @@ impl Executor for DockerExecutor {
         Capabilities::ISOLATED
     }
 
-    async fn create(
-        &self,
-        job_id: JobId,
-        spec: &JobSpec,
-    ) -> Result<Box<dyn Sandbox>, SandboxError> {
+    async fn create(&self, spec: &SandboxSpec) -> Result<Box<dyn Sandbox>, SandboxError> {
         let inner = &self.inner;
+        let job_id = spec.job_id.unwrap_or_default();
         if inner.shut_down.load(Ordering::Acquire) {
             return Err(SandboxError::new(
                 SandboxErrorKind::Unavailable,
@@ -620,6 +625,7 @@ impl Executor for DockerExecutor {
             limits: &spec.limits,
             network: spec.network,
             job_id: Some(job_id),
+            extra_labels: Some(&spec.labels),
         };
         let core = inner.start_container(&bp).await?;
         Ok(Box::new(DockerSandbox::new(

@@ -5,10 +5,7 @@ use std::sync::{Arc, Weak};
 
 use agent_core::executor::{normalize_workspace_path, ExecRequest, TarStream, MAX_GET_FILE_BYTES};
 use agent_core::supervisor::Link;
-use agent_core::{
-    JobId, OutputSink, Sandbox, SandboxError, SandboxErrorKind, StepKind, StepRequest, StepResult,
-    Termination,
-};
+use agent_core::{JobId, OutputSink, Sandbox, SandboxError, SandboxErrorKind, StepResult};
 use async_trait::async_trait;
 use bollard::Docker;
 use bytes::Bytes;
@@ -136,43 +133,20 @@ impl Sandbox for DockerSandbox {
         &self.core.container_id
     }
 
-    async fn run_step(
+    async fn exec(
         &self,
-        request: StepRequest,
+        request: ExecRequest,
         output: OutputSink,
     ) -> Result<StepResult, SandboxError> {
         self.check_alive()?;
-        let argv: Vec<String> = match &request.step.kind {
-            StepKind::Shell { command } => vec!["bash".into(), "-c".into(), command.clone()],
-            StepKind::Python { code } => {
-                let rel = format!(".agent/step-{}.py", request.index);
-                self.write(&rel, code.as_bytes()).await?;
-                vec!["python3".into(), format!("/workspace/{rel}")]
-            }
-            StepKind::WriteFile { path, content } => {
-                // A refused path is an `Err` with `PathRefused` (the conformance suite's contract).
-                self.write(path, content.as_bytes()).await?;
-                return Ok(StepResult {
-                    exit_code: 0,
-                    termination: Termination::Exited,
-                    stdout_tail: String::new(),
-                    stderr_tail: String::new(),
-                    stdout_truncated: false,
-                    stderr_truncated: false,
-                    duration: std::time::Duration::ZERO,
-                });
-            }
-        };
-        let exec = ExecRequest {
-            argv,
-            env: self.env.iter().chain(request.env.iter()).cloned().collect(),
-            cwd: None,
-            timeout: request.timeout,
-            max_output_bytes: request.max_output_bytes,
-            tail_bytes: request.tail_bytes,
-            cancel: request.cancel.clone(),
-        };
-        self.core.link.exec(&exec, output).await
+        let mut request = request;
+        if !self.env.is_empty() {
+            // The sandbox's environment first, so the request's wins.
+            let mut env = self.env.clone();
+            env.append(&mut request.env);
+            request.env = env;
+        }
+        self.core.link.exec(&request, output).await
     }
 
     async fn put_file(&self, path: &str, content: Bytes) -> Result<(), SandboxError> {
@@ -188,7 +162,7 @@ impl Sandbox for DockerSandbox {
             .await
     }
 
-    async fn export_workspace(&self) -> Result<TarStream, SandboxError> {
+    async fn export(&self) -> Result<TarStream, SandboxError> {
         self.check_alive()?;
         self.core.link.export().await
     }

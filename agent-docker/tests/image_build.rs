@@ -5,7 +5,7 @@
 
 mod common;
 
-use agent_core::{Executor, JobId, JobSpec, OutputStream, Step};
+use agent_core::{Executor, JobId, JobSpec, OutputStream, RunStep, SandboxSpec, Step};
 use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -32,7 +32,10 @@ async fn a_missing_image_is_built_automatically_then_used() {
 
     // Creating a sandbox finds the image missing, builds it, and goes on.
     let sandbox = exec
-        .create(JobId::new(), &JobSpec::from_prompt("build"))
+        .create(&SandboxSpec::for_job(
+            JobId::new(),
+            &JobSpec::from_prompt("build"),
+        ))
         .await
         .expect("a sandbox on the freshly built image");
     let out = Collected::default();

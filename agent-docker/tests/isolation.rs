@@ -6,7 +6,7 @@ mod common;
 use std::io::Read;
 use std::time::Duration;
 
-use agent_core::{Executor, JobId, JobSpec, SandboxErrorKind};
+use agent_core::{Executor, JobId, JobSpec, SandboxErrorKind, SandboxSpec};
 use bytes::Bytes;
 use common::*;
 use futures::StreamExt;
@@ -76,7 +76,10 @@ kill %1
 async fn assert_hardened(config: agent_docker::DockerConfig) -> agent_docker::DockerExecutor {
     let exec = connect(config).await;
     let job = JobId::new();
-    let sb = exec.create(job, &JobSpec::from_prompt("x")).await.unwrap();
+    let sb = exec
+        .create(&SandboxSpec::for_job(job, &JobSpec::from_prompt("x")))
+        .await
+        .unwrap();
 
     // From inside.
     let (r, out, _) = sh(
@@ -190,7 +193,10 @@ async fn files_are_confined_and_the_export_has_only_the_workspace() {
     }
     let exec = connect(config("files")).await;
     let sb = exec
-        .create(JobId::new(), &JobSpec::from_prompt("x"))
+        .create(&SandboxSpec::for_job(
+            JobId::new(),
+            &JobSpec::from_prompt("x"),
+        ))
         .await
         .unwrap();
 
@@ -268,7 +274,7 @@ async fn files_are_confined_and_the_export_has_only_the_workspace() {
     assert!(r.success());
 
     // The export: what the steps wrote, links as links, nothing from outside, no `..`.
-    let mut stream = sb.export_workspace().await.unwrap();
+    let mut stream = sb.export().await.unwrap();
     let mut tar_bytes = Vec::new();
     while let Some(chunk) = stream.next().await {
         tar_bytes.extend_from_slice(&chunk.unwrap());
@@ -356,7 +362,10 @@ async fn special_files_are_refused_not_waited_on() {
     }
     let exec = connect(config("fifo")).await;
     let sb = exec
-        .create(JobId::new(), &JobSpec::from_prompt("x"))
+        .create(&SandboxSpec::for_job(
+            JobId::new(),
+            &JobSpec::from_prompt("x"),
+        ))
         .await
         .unwrap();
     let (r, _, _) = sh(&*sb, "mkfifo pipe && mkdir -p d && mkfifo d/pipe2").await;

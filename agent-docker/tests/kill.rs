@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agent_core::{
-    Executor, JobId, JobSpec, OutputStream, ResourceLimits, Sandbox, Step, StepRequest, Termination,
+    Executor, JobId, JobSpec, OutputStream, ResourceLimits, RunStep, Sandbox, SandboxSpec, Step,
+    StepRequest, Termination,
 };
 use bytes::Bytes;
 use common::*;
@@ -35,9 +36,12 @@ async fn timeout_cancel_and_flood_kill_everything() {
     }
     let exec = connect(config("kill")).await;
     let sb: Arc<Box<dyn Sandbox>> = Arc::new(
-        exec.create(JobId::new(), &JobSpec::from_prompt("x"))
-            .await
-            .unwrap(),
+        exec.create(&SandboxSpec::for_job(
+            JobId::new(),
+            &JobSpec::from_prompt("x"),
+        ))
+        .await
+        .unwrap(),
     );
 
     // Timeout: the step, its background child and a setsid'd grandchild are all gone.
@@ -166,7 +170,10 @@ async fn out_of_memory_is_reported_as_such() {
         ..ResourceLimits::default()
     };
     let spec = JobSpec::from_prompt("x").with_limits(limits);
-    let sb = exec.create(JobId::new(), &spec).await.unwrap();
+    let sb = exec
+        .create(&SandboxSpec::for_job(JobId::new(), &spec))
+        .await
+        .unwrap();
     let (r, _) = run(
         &*sb,
         0,
@@ -198,7 +205,10 @@ async fn fork_bomb_is_contained() {
         ..ResourceLimits::default()
     };
     let sb = exec
-        .create(JobId::new(), &JobSpec::from_prompt("x").with_limits(limits))
+        .create(&SandboxSpec::for_job(
+            JobId::new(),
+            &JobSpec::from_prompt("x").with_limits(limits),
+        ))
         .await
         .unwrap();
     let bomb = tokio::spawn({

@@ -6,7 +6,9 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use agent_core::{Executor, JobId, JobSpec, ResourceLimits, SandboxErrorKind, Termination};
+use agent_core::{
+    Executor, JobId, JobSpec, ResourceLimits, RunStep, SandboxErrorKind, SandboxSpec, Termination,
+};
 use bollard::query_parameters::ListContainersOptionsBuilder;
 use common::*;
 
@@ -41,17 +43,17 @@ async fn leftovers_of_a_dropped_executor_are_reaped() {
         let first = connect(cfg.clone()).await;
         assert_eq!(first.wait_warm(Duration::from_secs(60)).await, 1);
         let cold = first
-            .create(
+            .create(&SandboxSpec::for_job(
                 dead_job,
                 &JobSpec::from_prompt("x").with_limits(ResourceLimits {
                     pids: 100,
                     ..Default::default()
                 }),
-            )
+            ))
             .await
             .unwrap();
         let warm = first
-            .create(live_job, &JobSpec::from_prompt("x"))
+            .create(&SandboxSpec::for_job(live_job, &JobSpec::from_prompt("x")))
             .await
             .unwrap();
         // A crash: no destroy, no shutdown, no destructors.
@@ -93,17 +95,20 @@ async fn shutdown_removes_everything_this_executor_created() {
     let exec = connect(config("shutdown").with_warm_pool(1)).await;
     assert_eq!(exec.wait_warm(Duration::from_secs(60)).await, 1);
     let a = exec
-        .create(JobId::new(), &JobSpec::from_prompt("x"))
+        .create(&SandboxSpec::for_job(
+            JobId::new(),
+            &JobSpec::from_prompt("x"),
+        ))
         .await
         .unwrap();
     let b = exec
-        .create(
+        .create(&SandboxSpec::for_job(
             JobId::new(),
             &JobSpec::from_prompt("x").with_limits(ResourceLimits {
                 cpus: 0.5,
                 ..Default::default()
             }),
-        )
+        ))
         .await
         .unwrap();
     assert_eq!(
@@ -131,7 +136,10 @@ async fn shutdown_removes_everything_this_executor_created() {
         .await
         .is_err());
     let err = exec
-        .create(JobId::new(), &JobSpec::from_prompt("x"))
+        .create(&SandboxSpec::for_job(
+            JobId::new(),
+            &JobSpec::from_prompt("x"),
+        ))
         .await
         .err()
         .unwrap();
@@ -148,7 +156,10 @@ async fn warm_pool_hands_out_hardened_containers_once() {
     assert_eq!(exec.wait_warm(Duration::from_secs(60)).await, 2);
     let job = JobId::new();
     let sb = exec
-        .create(job, &JobSpec::from_prompt("x").with_env("JOBVAR", "j"))
+        .create(&SandboxSpec::for_job(
+            job,
+            &JobSpec::from_prompt("x").with_env("JOBVAR", "j"),
+        ))
         .await
         .unwrap();
     let (r, out, _) = sh(&*sb, "echo $JOBVAR; id -u; ls /sys/class/net").await;
@@ -186,7 +197,10 @@ async fn warm_pool_hands_out_hardened_containers_once() {
     sb.destroy().await.unwrap();
     for _ in 0..3 {
         let other = exec
-            .create(JobId::new(), &JobSpec::from_prompt("x"))
+            .create(&SandboxSpec::for_job(
+                JobId::new(),
+                &JobSpec::from_prompt("x"),
+            ))
             .await
             .unwrap();
         assert_ne!(other.id(), id);
@@ -194,13 +208,13 @@ async fn warm_pool_hands_out_hardened_containers_once() {
     }
     // A job with other limits or the bridge network gets a cold container of its own.
     let custom = exec
-        .create(
+        .create(&SandboxSpec::for_job(
             JobId::new(),
             &JobSpec::from_prompt("x").with_limits(ResourceLimits {
                 memory_bytes: 256 << 20,
                 ..Default::default()
             }),
-        )
+        ))
         .await
         .unwrap();
     let info = exec
@@ -226,7 +240,10 @@ async fn many_sandboxes_run_at_once() {
         let exec = exec.clone();
         async move {
             let sb = exec
-                .create(JobId::new(), &JobSpec::from_prompt("x"))
+                .create(&SandboxSpec::for_job(
+                    JobId::new(),
+                    &JobSpec::from_prompt("x"),
+                ))
                 .await?;
             let (r, out, _) = sh(&*sb, &format!("echo {i}")).await;
             sb.destroy().await?;
@@ -269,10 +286,10 @@ async fn a_missing_image_is_an_image_error() {
     }
     let exec = connect(config("image")).await;
     let err = exec
-        .create(
+        .create(&SandboxSpec::for_job(
             JobId::new(),
             &JobSpec::from_prompt("x").with_image("containerized-agent-missing:nope"),
-        )
+        ))
         .await
         .err()
         .unwrap();

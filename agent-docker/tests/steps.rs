@@ -6,7 +6,10 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent_core::{Executor, JobId, JobSpec, OutputStream, Sandbox, Step, StepRequest, Termination};
+use agent_core::{
+    Executor, JobId, JobSpec, OutputStream, RunStep, Sandbox, SandboxSpec, Step, StepRequest,
+    Termination,
+};
 use bytes::Bytes;
 use common::*;
 
@@ -17,7 +20,10 @@ async fn step_kinds_exit_codes_streams_and_order() {
     }
     let exec = connect(config("steps")).await;
     let spec = JobSpec::from_steps(vec![Step::shell("true")]).with_env("GREETING", "hello");
-    let sb = exec.create(JobId::new(), &spec).await.unwrap();
+    let sb = exec
+        .create(&SandboxSpec::for_job(JobId::new(), &spec))
+        .await
+        .unwrap();
 
     // shell: stdout vs stderr, exact exit codes, job env.
     let (r, out, err) = sh(&*sb, "echo to-out; echo to-err >&2; echo $GREETING; exit 3").await;
@@ -122,9 +128,12 @@ async fn output_arrives_while_the_step_runs() {
     }
     let exec = connect(config("live")).await;
     let sb: Arc<Box<dyn Sandbox>> = Arc::new(
-        exec.create(JobId::new(), &JobSpec::from_prompt("x"))
-            .await
-            .unwrap(),
+        exec.create(&SandboxSpec::for_job(
+            JobId::new(),
+            &JobSpec::from_prompt("x"),
+        ))
+        .await
+        .unwrap(),
     );
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let sink: agent_core::OutputSink = Arc::new(move |s, b: Bytes| {
@@ -167,10 +176,10 @@ async fn huge_step_timeouts_run_the_step() {
     }
     let exec = connect(config("huge-timeout")).await;
     let sb = exec
-        .create(
+        .create(&SandboxSpec::for_job(
             JobId::new(),
             &JobSpec::from_steps(vec![Step::shell("true")]),
-        )
+        ))
         .await
         .unwrap();
     for timeout in [

@@ -19,6 +19,7 @@
 
 mod nodes;
 pub mod plan;
+pub mod step;
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -31,13 +32,14 @@ use tokio_util::sync::CancellationToken;
 use crate::archive::{tar_stream_to_zip, ArchiveSummary};
 use crate::error::{Error, Result};
 use crate::events::EventSink;
-use crate::executor::{OutputSink, Sandbox, SandboxError, SandboxErrorKind, StepRequest};
+use crate::executor::{OutputSink, Sandbox, SandboxError, SandboxErrorKind};
 use crate::job::{
     Artifact, EventKind, Job, JobStatus, OutputStream, Plan, Step, StepRecord, StepResult,
     StepStatus, TokenUsage,
 };
 use crate::llm::{collect_stream, ChatRequest, LlmError, LlmProvider, Message};
 use crate::store::JobStore;
+use step::{RunStep, StepRequest};
 
 pub use nodes::agent_flow;
 pub use plan::{parse_plan, system_prompt, PlanError};
@@ -259,7 +261,7 @@ impl Packaging {
         self.sandbox
             .put_file(RESULT_FILE, self.result_json.clone())
             .await?;
-        let tar = self.sandbox.export_workspace().await?;
+        let tar = self.sandbox.export().await?;
         let summary: ArchiveSummary =
             tar_stream_to_zip(tar, &self.artifact_path, self.max_export_bytes).await?;
         Ok(Artifact {
@@ -438,13 +440,8 @@ impl AgentState {
             step,
             max_output_bytes: self.settings.max_output_bytes,
             tail_bytes: self.settings.tail_bytes,
-            env: self
-                .job
-                .spec
-                .env
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            // The job's environment went to the sandbox once, at create.
+            env: Vec::new(),
             cancel: self.cancel.child_token(),
         };
         Ok(Some(StepRun {

@@ -12,7 +12,7 @@ use super::JobManager;
 use crate::agent::{AgentSettings, AgentState};
 use crate::error::{Error, Result};
 use crate::events::EventSink;
-use crate::executor::Sandbox;
+use crate::executor::{Sandbox, SandboxSpec};
 use crate::flow::Ctx;
 use crate::job::{EventKind, Job, JobId, JobStatus};
 
@@ -71,7 +71,11 @@ impl JobManager {
     ) -> Outcome {
         let inner = &self.inner;
         let id = job.id;
-        let sandbox: Arc<dyn Sandbox> = match inner.executor.create(id, &job.spec).await {
+        let sandbox: Arc<dyn Sandbox> = match inner
+            .executor
+            .create(&SandboxSpec::for_job(id, &job.spec))
+            .await
+        {
             Ok(s) => Arc::from(s),
             Err(e) => {
                 // No sandbox could be created.

@@ -9,10 +9,11 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
+use crate::agent::step::{RunStep, StepRequest};
 use crate::executor::{
-    discard_output, Executor, OutputSink, Sandbox, SandboxErrorKind, StepRequest,
+    discard_output, ExecRequest, Executor, OutputSink, Sandbox, SandboxErrorKind, SandboxSpec,
 };
-use crate::job::{JobId, JobSpec, OutputStream, Step, StepResult, Termination};
+use crate::job::{JobId, OutputStream, Step, StepResult, Termination};
 
 /// Generous bound on steps that should finish quickly; only guards against a hang.
 const QUICK: Duration = Duration::from_secs(30);
@@ -20,21 +21,25 @@ const QUICK: Duration = Duration::from_secs(30);
 /// Runs the executor conformance suite: panics, naming the check, on the first failure.
 ///
 /// Every [`Executor`] (the fake one and the Docker one) must pass it. It creates two sandboxes
-/// with the executor's default image and network `none`, and checks:
+/// with the executor's default image and network `none`, and checks, through
+/// [`Sandbox::exec`] directly and through job steps lowered to it by [`RunStep`]:
 ///
+/// - `exec`: argv passed as is (no shell), the working directory, the sandbox's environment
+///   (from [`SandboxSpec::env`]) with the request's added and overriding it, a missing program
+///   as exit code 127;
 /// - shell exit codes (0, 3, 137 for a process killed by SIGKILL) and `Termination::Exited`;
 /// - stdout and stderr kept apart, each in order, in the sink and in the result's tails;
 /// - output streamed while the step runs (the first chunk arrives while the step still waits for
 ///   a file the test writes only after receiving it — no timing thresholds);
 /// - a Python step's output and exit code;
 /// - a `write_file` step, then reading the file back with `get_file` and with `cat`; `put_file`;
-/// - environment variables from [`StepRequest::env`];
+/// - environment variables from [`StepRequest::env`] and from the sandbox's spec;
 /// - tails limited to [`StepRequest::tail_bytes`] with the truncation flag;
 /// - a timeout → `TimedOut` with a non-zero exit code; cancellation → `Cancelled`;
 /// - an output cap → `OutputLimit`, truncated, no more than the cap forwarded;
 /// - paths `../x`, `/etc/x` and links leading out refused with `PathRefused` (`put_file`,
 ///   `get_file` and `write_file` steps); a missing file is `NotFound`;
-/// - `export_workspace`: a tar with the written files under relative paths, no `..`, links
+/// - `export`: a tar with the written files under relative paths, no `..`, links
 ///   stored as links;
 /// - `destroy` is idempotent and the sandbox is unusable afterwards.
 ///
@@ -44,14 +49,16 @@ pub async fn executor_suite(executor: Arc<dyn Executor>) {
         !executor.name().is_empty(),
         "executor name must not be empty"
     );
-    let spec =
-        JobSpec::from_steps(vec![Step::shell("true")]).with_env("AGENT_SUITE_JOB_VAR", "from-job");
+    let spec = SandboxSpec::new()
+        .with_job(JobId::new())
+        .with_env("AGENT_SUITE_JOB_VAR", "from-job");
     let sandbox = executor
-        .create(JobId::new(), &spec)
+        .create(&spec)
         .await
         .unwrap_or_else(|e| panic!("create a sandbox: {e}"));
     assert!(!sandbox.id().is_empty(), "sandbox id must not be empty");
 
+    processes(&*sandbox).await;
     exit_codes(&*sandbox).await;
     separated_streams(&*sandbox).await;
     streams_while_running(&*sandbox).await;
@@ -80,11 +87,21 @@ pub async fn executor_suite(executor: Arc<dyn Executor>) {
             .is_err(),
         "run_step on a destroyed sandbox must fail"
     );
+    assert!(
+        sandbox
+            .exec(
+                ExecRequest::new(vec!["true".into()], QUICK),
+                discard_output()
+            )
+            .await
+            .is_err(),
+        "exec on a destroyed sandbox must fail"
+    );
 
     // A sandbox destroyed while a step runs: the step ends, destroy succeeds.
     let sandbox: Arc<dyn Sandbox> = Arc::from(
         executor
-            .create(JobId::new(), &spec)
+            .create(&spec.clone().with_job(JobId::new()))
             .await
             .unwrap_or_else(|e| panic!("create a second sandbox: {e}")),
     );
@@ -188,6 +205,88 @@ async fn run(sandbox: &dyn Sandbox, req: StepRequest, check: &str) -> (StepResul
 
 async fn shell(sandbox: &dyn Sandbox, command: &str, check: &str) -> (StepResult, Collected) {
     run(sandbox, request(Step::shell(command)), check).await
+}
+
+async fn exec(sandbox: &dyn Sandbox, req: ExecRequest, check: &str) -> (StepResult, Collected) {
+    let collected = Collected::default();
+    let result = sandbox
+        .exec(req, collected.sink())
+        .await
+        .unwrap_or_else(|e| panic!("{check}: exec failed: {e}"));
+    (result, collected)
+}
+
+fn argv(args: &[&str]) -> ExecRequest {
+    ExecRequest::new(args.iter().map(|a| a.to_string()).collect(), QUICK)
+}
+
+async fn processes(sandbox: &dyn Sandbox) {
+    // argv reaches the program as is: no shell splits or expands it.
+    let (r, out) = exec(
+        sandbox,
+        argv(&["printf", "[%s]", "a b", "$HOME", "*", ""]),
+        "exec argv",
+    )
+    .await;
+    assert!(r.success(), "exec argv: {r:?}");
+    assert_eq!(out.stdout(), "[a b][$HOME][*][]", "exec argv");
+
+    // The working directory, relative to the workspace root.
+    sandbox
+        .put_file("suite-cwd/sub/marker", Bytes::from_static(b"m"))
+        .await
+        .unwrap_or_else(|e| panic!("exec cwd: put_file: {e}"));
+    let mut req = argv(&["ls"]);
+    req.cwd = Some("suite-cwd/sub".into());
+    let (r, out) = exec(sandbox, req, "exec cwd").await;
+    assert!(r.success(), "exec cwd: {r:?}");
+    assert_eq!(
+        out.stdout(),
+        "marker
+",
+        "exec cwd: ls runs in the directory"
+    );
+    let (_, out) = exec(sandbox, argv(&["ls", "suite-cwd"]), "exec cwd default").await;
+    assert_eq!(
+        out.stdout(),
+        "sub
+",
+        "exec: the default cwd is the workspace root"
+    );
+
+    // The sandbox's environment, and the request's on top of it.
+    let (_, out) = exec(
+        sandbox,
+        argv(&["sh", "-c", "echo \"$AGENT_SUITE_JOB_VAR\""]),
+        "exec env",
+    )
+    .await;
+    assert_eq!(out.stdout(), "from-job\n", "exec: the sandbox's env");
+    let mut req = argv(&["sh", "-c", "echo \"$AGENT_SUITE_JOB_VAR|$AGENT_SUITE_X\""]);
+    req.env = vec![
+        ("AGENT_SUITE_JOB_VAR".into(), "overridden".into()),
+        ("AGENT_SUITE_X".into(), "x".into()),
+    ];
+    let (_, out) = exec(sandbox, req, "exec env override").await;
+    assert_eq!(
+        out.stdout(),
+        "overridden|x\n",
+        "exec: the request's env is added and wins"
+    );
+
+    // A program that does not exist: exit code 127, like a shell, not a sandbox failure.
+    let (r, out) = exec(
+        sandbox,
+        argv(&["agent-suite-no-such-program"]),
+        "exec missing program",
+    )
+    .await;
+    assert_eq!(r.exit_code, 127, "exec missing program: {r:?}");
+    assert!(
+        out.stderr().contains("agent-suite-no-such-program"),
+        "exec missing program: stderr names it: {:?}",
+        out.stderr()
+    );
 }
 
 async fn exit_codes(sandbox: &dyn Sandbox) {
@@ -359,7 +458,7 @@ async fn environment(sandbox: &dyn Sandbox) {
     assert_eq!(
         out.stdout(),
         "value with spaces|from-job\n",
-        "env: StepRequest.env and JobSpec.env must be visible to the step"
+        "env: StepRequest.env and SandboxSpec.env must be visible to the step"
     );
 }
 
@@ -541,12 +640,12 @@ async fn export(sandbox: &dyn Sandbox) {
     assert!(ln.success(), "export: symlink: {ln:?}");
 
     let mut stream = sandbox
-        .export_workspace()
+        .export()
         .await
-        .unwrap_or_else(|e| panic!("export_workspace: {e}"));
+        .unwrap_or_else(|e| panic!("export: {e}"));
     let mut tar_bytes = Vec::new();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.unwrap_or_else(|e| panic!("export_workspace stream: {e}"));
+        let chunk = chunk.unwrap_or_else(|e| panic!("export stream: {e}"));
         tar_bytes.extend_from_slice(&chunk);
     }
     let mut archive = tar::Archive::new(&tar_bytes[..]);

@@ -17,10 +17,10 @@ use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
 use crate::executor::{
-    normalize_workspace_path, Capabilities, Executor, OutputSink, Sandbox, SandboxError,
-    SandboxErrorKind, StepRequest, TarStream, MAX_GET_FILE_BYTES,
+    normalize_workspace_path, Capabilities, ExecRequest, Executor, OutputSink, Sandbox,
+    SandboxError, SandboxErrorKind, SandboxSpec, TarStream, MAX_GET_FILE_BYTES,
 };
-use crate::job::{JobId, JobSpec, OutputStream, StepKind, StepResult, Termination};
+use crate::job::{OutputStream, StepResult, Termination};
 
 /// Host environment variables passed through to steps (everything else is cleared).
 const PASSTHROUGH_ENV: &[&str] = &[
@@ -46,11 +46,11 @@ static EMPTY_TAR: [u8; 1024] = [0; 1024];
 
 /// An executor for tests that runs each step as a plain local process. **It is not a sandbox.**
 ///
-/// Each sandbox is a fresh temporary directory. Shell steps run as `bash -c <command>` and Python
-/// steps as `python3 .agent/step-<index>.py`, both in that directory, as the current user, with
-/// full access to the host (files, network, processes). Nothing is isolated and no resource
-/// limit is enforced ([`Capabilities::NONE`]); only the host environment variables needed to find
-/// programs (`PATH`, `HOME`, locale, pyenv) are passed on, plus the job's and the step's `env`.
+/// Each sandbox is a fresh temporary directory. Processes run in that directory, as the current
+/// user, with full access to the host (files, network, processes). Nothing is isolated and no
+/// resource limit is enforced ([`Capabilities::NONE`]); only the host environment variables
+/// needed to find programs (`PATH`, `HOME`, locale, pyenv) are passed on, plus the sandbox's and
+/// the request's `env`.
 ///
 /// What it does implement faithfully, so the job manager and agent flow can be tested against
 /// it: streamed output, exact exit codes (128+N for signal N), per-step timeouts, cancellation and
@@ -108,11 +108,8 @@ impl Executor for FakeExecutor {
         Capabilities::NONE
     }
 
-    async fn create(
-        &self,
-        job_id: JobId,
-        spec: &JobSpec,
-    ) -> Result<Box<dyn Sandbox>, SandboxError> {
+    async fn create(&self, spec: &SandboxSpec) -> Result<Box<dyn Sandbox>, SandboxError> {
+        let job_id = spec.job_id.unwrap_or_default();
         if self.noop {
             return Ok(Box::new(NoopSandbox {
                 id: format!("noop-{job_id}"),
@@ -173,15 +170,12 @@ impl Sandbox for NoopSandbox {
         &self.id
     }
 
-    async fn run_step(
+    async fn exec(
         &self,
-        request: StepRequest,
+        _request: ExecRequest,
         _output: OutputSink,
     ) -> Result<StepResult, SandboxError> {
         self.check_alive()?;
-        if let StepKind::WriteFile { path, .. } = &request.step.kind {
-            normalize_workspace_path(path)?;
-        }
         Ok(exited(0, Tail::default(), Tail::default(), Duration::ZERO))
     }
 
@@ -201,7 +195,7 @@ impl Sandbox for NoopSandbox {
             .ok_or_else(|| not_found(path))
     }
 
-    async fn export_workspace(&self) -> Result<TarStream, SandboxError> {
+    async fn export(&self) -> Result<TarStream, SandboxError> {
         self.check_alive()?;
         Ok(futures::stream::once(async { Ok(Bytes::from_static(&EMPTY_TAR)) }).boxed())
     }
@@ -246,7 +240,7 @@ impl ProcessSandbox {
     async fn run_process(
         &self,
         mut cmd: Command,
-        request: &StepRequest,
+        request: &ExecRequest,
         output: OutputSink,
         started: Instant,
     ) -> Result<StepResult, SandboxError> {
@@ -261,14 +255,21 @@ impl ProcessSandbox {
                 duration: started.elapsed(),
             });
         }
-        cmd.current_dir(&self.root)
+        let cwd = match request.cwd.as_deref() {
+            None | Some("") | Some(".") => self.root.clone(),
+            Some(dir) => {
+                let rel = normalize_workspace_path(dir)?;
+                resolve_inside(&self.root, dir, &self.root.join(rel))?
+            }
+        };
+        cmd.current_dir(&cwd)
             .env_clear()
             .envs(
                 PASSTHROUGH_ENV
                     .iter()
                     .filter_map(|k| Some((*k, std::env::var_os(k)?))),
             )
-            .env("PWD", &self.root)
+            .env("PWD", &cwd)
             .env("PYTHONUNBUFFERED", "1")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .envs(request.env.iter().map(|(k, v)| (k, v)))
@@ -277,9 +278,33 @@ impl ProcessSandbox {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| io_error("start the step's process", e))?;
+        let mut child = match cmd.spawn() {
+            Ok(child) => child,
+            // Like a shell (and the supervisor): a program that cannot run is exit 127/126.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+                ) =>
+            {
+                let code = if e.kind() == std::io::ErrorKind::NotFound {
+                    127
+                } else {
+                    126
+                };
+                let message = format!("cannot run {}: {e}\n", request.argv[0]);
+                output(
+                    OutputStream::Stderr,
+                    Bytes::from(message.clone().into_bytes()),
+                );
+                let stderr = Tail {
+                    bytes: message.into_bytes(),
+                    truncated: false,
+                };
+                return Ok(exited(code, Tail::default(), stderr, started.elapsed()));
+            }
+            Err(e) => return Err(io_error("start the process", e)),
+        };
         let pgid = child.id().ok_or_else(|| {
             SandboxError::new(
                 SandboxErrorKind::Backend,
@@ -351,38 +376,21 @@ impl Sandbox for ProcessSandbox {
         &self.id
     }
 
-    async fn run_step(
+    async fn exec(
         &self,
-        request: StepRequest,
+        request: ExecRequest,
         output: OutputSink,
     ) -> Result<StepResult, SandboxError> {
         self.check_alive()?;
         let started = Instant::now();
-        let cmd = match &request.step.kind {
-            StepKind::WriteFile { path, content } => {
-                self.write(path, Bytes::from(content.clone().into_bytes()))
-                    .await?;
-                return Ok(exited(
-                    0,
-                    Tail::default(),
-                    Tail::default(),
-                    started.elapsed(),
-                ));
-            }
-            StepKind::Shell { command } => {
-                let mut cmd = Command::new("bash");
-                cmd.arg("-c").arg(command);
-                cmd
-            }
-            StepKind::Python { code } => {
-                let file = format!(".agent/step-{}.py", request.index);
-                self.write(&file, Bytes::from(code.clone().into_bytes()))
-                    .await?;
-                let mut cmd = Command::new("python3");
-                cmd.arg(file);
-                cmd
-            }
+        let Some(program) = request.argv.first() else {
+            return Err(SandboxError::new(
+                SandboxErrorKind::Invalid,
+                "exec: an empty command",
+            ));
         };
+        let mut cmd = Command::new(program);
+        cmd.args(&request.argv[1..]);
         self.run_process(cmd, &request, output, started).await
     }
 
@@ -397,7 +405,7 @@ impl Sandbox for ProcessSandbox {
         blocking(move || read_confined(&root, &path)).await
     }
 
-    async fn export_workspace(&self) -> Result<TarStream, SandboxError> {
+    async fn export(&self) -> Result<TarStream, SandboxError> {
         self.check_alive()?;
         let root = self.root.clone();
         let file = blocking(move || tar_workspace(&root)).await?;

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agent_core::{OutputSink, OutputStream, Sandbox, Step, StepRequest, StepResult};
+use agent_core::{OutputSink, OutputStream, RunStep, Sandbox, Step, StepRequest, StepResult};
 use agent_docker::{DockerConfig, DockerExecutor};
 use bytes::Bytes;
 

@@ -35,10 +35,9 @@ impl Executor for NoReap {
     }
     async fn create(
         &self,
-        job_id: JobId,
-        spec: &agent_core::JobSpec,
+        spec: &agent_core::SandboxSpec,
     ) -> Result<Box<dyn Sandbox>, SandboxError> {
-        self.0.create(job_id, spec).await
+        self.0.create(spec).await
     }
     /// The one method not forwarded: reaps nothing.
     async fn reap(&self, _live: &HashSet<JobId>) -> Result<usize, SandboxError> {
