@@ -34,7 +34,10 @@ async fn the_desktop_image_is_hardened_too_and_its_services_start_under_it() {
         .unwrap_or_else(|_| "containerized-agent-desktop:latest".to_string());
     let exec = assert_hardened(config("hardening-desktop").with_image(image)).await;
     let sb = exec
-        .create(JobId::new(), &JobSpec::from_prompt("x"))
+        .create(&SandboxSpec::for_job(
+            JobId::new(),
+            &JobSpec::from_prompt("x"),
+        ))
         .await
         .unwrap();
     let script = r#"
