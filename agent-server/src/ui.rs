@@ -1,6 +1,6 @@
 //! The web dashboard: static files from `agent-server/ui/` served at `/ui/`, embedded in the
-//! binary (release builds; debug builds read them from the source tree, so an edit shows on
-//! reload). Plain ES modules and CSS, no build step, nothing loaded from elsewhere. The page uses
+//! binary by `rust-embed` (in every build, `debug-embed`: the tests serve what ships). Plain ES
+//! modules and CSS, no build step, nothing loaded from elsewhere. The page uses
 //! only the public API (with the login cookie of [`crate::session`] when a token is set).
 //!
 //! `GET /` answers a browser (one whose `Accept` prefers `text/html`) with a redirect to `/ui/`;
