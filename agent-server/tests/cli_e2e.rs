@@ -104,6 +104,26 @@ fn agent_run_executes_the_example_plan_locally_and_writes_the_zip() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("hello from Linux"), "{stderr}");
     assert!(stderr.contains("succeeded"), "{stderr}");
+
+    // A failing step, stderr not a terminal: the final message says why.
+    let failing = dir.path().join("fail.json");
+    std::fs::write(
+        &failing,
+        json!([{"type": "shell", "command": "exit 3"}]).to_string(),
+    )
+    .unwrap();
+    let out = agent(
+        dir.path(),
+        &unique_scope("cli-run-fail"),
+        &["run", "--steps", failing.to_str().unwrap()],
+    );
+    assert_eq!(code(&out), 1, "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.lines().last().unwrap_or("");
+    assert!(
+        last.contains("failed") && last.contains("step 0 exited with code 3"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -217,6 +237,15 @@ async fn agent_client_commands_against_a_server() {
     ]))
     .await;
     assert_eq!(code(&out), 1);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr
+            .lines()
+            .last()
+            .unwrap_or("")
+            .contains("failed: step 0 exited with code 4"),
+        "{stderr}"
+    );
 
     // Cancel: a running job → 0; a finished one → 2 (409).
     let sleeper = dir.path().join("sleep.json");

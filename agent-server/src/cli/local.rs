@@ -185,19 +185,22 @@ async fn run_with_manager(
             "elapsed_ms": started.elapsed().as_millis() as u64,
         }));
     } else {
+        // The reason is part of the final message whether or not stderr is a terminal: scripts
+        // and CI logs see no progress bars.
+        let why = job
+            .error
+            .as_deref()
+            .map(|e| format!(": {e}"))
+            .unwrap_or_default();
+        let elapsed = started.elapsed().as_secs_f64();
         match &zip_path {
             Some(p) => {
-                eprintln!(
-                    "job {id} {} in {:.1}s; result:",
-                    job.status,
-                    started.elapsed().as_secs_f64()
-                );
+                eprintln!("job {id} {} in {elapsed:.1}s{why}; result:", job.status);
                 println!("{}", p.display());
             }
             None => eprintln!(
-                "job {id} {} in {:.1}s; no result archive",
-                job.status,
-                started.elapsed().as_secs_f64()
+                "job {id} {} in {elapsed:.1}s{why}; no result archive",
+                job.status
             ),
         }
     }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use futures::StreamExt;
 
-use agent_core::{EventKind, JobId};
+use agent_core::{EventKind, JobId, JobStatus};
 
 use super::{client_fail, fail, print_json, reported, Exit};
 use crate::api::{ScheduleRequest, StatusResponse};
@@ -167,8 +167,8 @@ async fn follow_remote(client: &Client, id: JobId, json: bool, print_text: bool)
     while let Some(item) = events.next().await {
         match item {
             Ok(ev) => {
-                if let EventKind::Status { status, .. } = &ev.kind {
-                    last_status = Some(*status);
+                if let EventKind::Status { status, error } = &ev.kind {
+                    last_status = Some((*status, error.clone()));
                 }
                 if json {
                     if let Ok(line) = serde_json::to_string(&ev) {
@@ -186,10 +186,10 @@ async fn follow_remote(client: &Client, id: JobId, json: bool, print_text: bool)
         }
     }
     match last_status {
-        Some(st) if st.is_terminal() => Exit::for_status(st),
+        Some((st, error)) if st.is_terminal() => finished(id, st, error.as_deref(), json),
         // The stream ended early (server shutting down): report the status as it is now.
         _ => match client.status(id).await {
-            Ok(s) if s.status.is_terminal() => Exit::for_status(s.status),
+            Ok(s) if s.status.is_terminal() => finished(id, s.status, s.error.as_deref(), json),
             Ok(s) => fail(
                 Exit::Unreachable,
                 format!("the log stream ended while the job is {}", s.status),
@@ -197,6 +197,18 @@ async fn follow_remote(client: &Client, id: JobId, json: bool, print_text: bool)
             Err(e) => client_fail(&e),
         },
     }
+}
+
+/// The exit code of a followed job that ended; in text mode a job that did not succeed gets a
+/// last line on stderr saying why (the log said it too, but that went to stdout).
+fn finished(id: JobId, status: JobStatus, error: Option<&str>, json: bool) -> Exit {
+    if !json && status != JobStatus::Succeeded {
+        match error {
+            Some(e) => eprintln!("job {id} {status}: {e}"),
+            None => eprintln!("job {id} {status}"),
+        }
+    }
+    Exit::for_status(status)
 }
 
 fn print_status(s: &StatusResponse, base: &str) {
