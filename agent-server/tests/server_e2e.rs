@@ -221,6 +221,10 @@ async fn when_the_primary_answers_503_the_fallback_plans_the_job() {
         m.contains("agent_llm_request_duration_seconds_count{provider=\"gemini\"} 1"),
         "{m}"
     );
+    // The log goes to a pipe: WARN lines with fields, and not one colour code.
+    let log = server.log_text();
+    assert!(log.contains("falling back"), "{log}");
+    assert!(!log.contains('\x1b'), "ANSI escapes in a piped log:\n{log}");
 }
 
 /// The JSON Schema the system prompt carries (the line after "must match this JSON Schema:").

@@ -157,7 +157,6 @@ impl TestServer {
             .env("AGENT_DOCKER_SCOPE", &opts.scope)
             .env("AGENT_SHUTDOWN_GRACE_SECS", "2")
             .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
