@@ -185,10 +185,25 @@ pub struct LlmError {
     /// The cause.
     #[source]
     pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    /// For the error of a chain of providers (a fallback) that all failed: each provider's
+    /// failure, in the order they were asked; the error's own kind, status and retry delay are
+    /// the last one's. Empty for the error of a single provider.
+    pub failures: Vec<LlmError>,
 }
 
 impl fmt::Display for LlmError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A chain lists each failure once, each with its own provider, kind and status.
+        if !self.failures.is_empty() {
+            write!(f, "all {} LLM providers failed: ", self.failures.len())?;
+            for (i, err) in self.failures.iter().enumerate() {
+                if i > 0 {
+                    f.write_str("; ")?;
+                }
+                write!(f, "{err}")?;
+            }
+            return Ok(());
+        }
         write!(f, "{} ", self.provider)?;
         match self.kind {
             LlmErrorKind::Transient => f.write_str("transient error")?,
@@ -221,7 +236,25 @@ impl LlmError {
             message: message.into(),
             retry_after: None,
             source: None,
+            failures: Vec::new(),
         }
+    }
+
+    /// The error of a chain named `chain` whose providers all failed with `failures` (in order):
+    /// the last failure's kind, status and retry delay, a message listing each failure once.
+    /// `None` when `failures` is empty.
+    pub fn all_failed(chain: impl Into<String>, failures: Vec<LlmError>) -> Option<Self> {
+        let last = failures.last()?;
+        let mut err = Self::new(last.kind, chain, String::new());
+        err.status = last.status;
+        err.retry_after = last.retry_after;
+        err.message = failures
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
+        err.failures = failures;
+        Some(err)
     }
 
     /// Sets the HTTP status.

@@ -12,7 +12,8 @@ use crate::retry::open_stream;
 /// Asks each provider in turn; moves to the next when one fails with an error that
 /// [another provider may not have](LlmError::should_fall_back) (anything but a prompt that is too
 /// long). The answer's `provider` names the one that answered. When all fail, the error lists each
-/// failure (and carries them as an [`AllProvidersFailed`] source).
+/// failure once (and holds them in [`LlmError::failures`]); a chain of one provider gives back
+/// that provider's error unchanged.
 ///
 /// Wrap each provider in [`Retry`](crate::Retry) to retry it before moving on. A streamed answer
 /// falls back only until its first chunk arrives.
@@ -59,28 +60,28 @@ impl Fallback {
         )
     }
 
-    fn all_failed(&self, errors: Vec<LlmError>) -> LlmError {
-        let Some(last) = errors.last() else {
-            return self.none_configured();
-        };
-        let kind = last.kind;
-        let status = last.status;
-        let retry_after = last.retry_after;
-        let failures = AllProvidersFailed { errors };
-        let mut err = LlmError::new(kind, self.name.as_str(), failures.to_string());
-        err.status = status;
-        err.retry_after = retry_after;
-        err.with_source(failures)
+    /// The error when every provider failed: a single provider's own error as it is; for
+    /// several, one error listing each failure once (see [`LlmError::all_failed`]).
+    fn all_failed(&self, mut errors: Vec<LlmError>) -> LlmError {
+        if errors.len() == 1 {
+            if let Some(only) = errors.pop() {
+                return only;
+            }
+        }
+        LlmError::all_failed(self.name.as_str(), errors).unwrap_or_else(|| self.none_configured())
     }
 
+    /// Logs a failure that moves the chain to the next provider (none is logged for the last
+    /// one: its error is the chain's answer).
     fn note_failure(&self, index: usize, err: &LlmError) {
-        let next = self.providers.get(index + 1).map(|p| p.name());
-        tracing::warn!(
-            provider = %err.provider,
-            next = next.unwrap_or("none"),
-            error = %err,
-            "LLM provider failed; falling back"
-        );
+        if let Some(next) = self.providers.get(index + 1) {
+            tracing::warn!(
+                provider = %err.provider,
+                next = next.name(),
+                error = %err,
+                "LLM provider failed; falling back"
+            );
+        }
     }
 }
 
@@ -121,25 +122,3 @@ impl LlmProvider for Fallback {
         Err(self.all_failed(errors))
     }
 }
-
-/// Every failure of a [`Fallback`] chain, in order (the source of its final error).
-#[derive(Debug)]
-pub struct AllProvidersFailed {
-    /// One error per provider asked.
-    pub errors: Vec<LlmError>,
-}
-
-impl fmt::Display for AllProvidersFailed {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "all {} providers failed: ", self.errors.len())?;
-        for (i, err) in self.errors.iter().enumerate() {
-            if i > 0 {
-                f.write_str("; ")?;
-            }
-            write!(f, "[{err}]")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for AllProvidersFailed {}

@@ -11,7 +11,7 @@ mod retry;
 mod secret;
 
 pub use config::{from_env, LlmConfig, ProviderKind, NOT_CONFIGURED_HELP};
-pub use fallback::{AllProvidersFailed, Fallback};
+pub use fallback::Fallback;
 pub use gemini::{
     openapi_subset, Gemini, GeminiConfig, GeminiSchemaField, GEMINI_DEFAULT_BASE_URL,
     GEMINI_DEFAULT_MODEL,

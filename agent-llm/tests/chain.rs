@@ -9,9 +9,8 @@ use std::sync::Arc;
 use agent_core::llm::collect_stream;
 use agent_core::{ChatRequest, LlmErrorKind, LlmProvider};
 use agent_llm::{
-    AllProvidersFailed, Fallback, LlmConfig, OpenAiConfig, ProviderKind, Retry,
-    ALCHEMYST_DEFAULT_BASE_URL, ALCHEMYST_DEFAULT_MODEL, GEMINI_DEFAULT_BASE_URL,
-    GEMINI_DEFAULT_MODEL,
+    Fallback, LlmConfig, OpenAiConfig, ProviderKind, Retry, ALCHEMYST_DEFAULT_BASE_URL,
+    ALCHEMYST_DEFAULT_MODEL, GEMINI_DEFAULT_BASE_URL, GEMINI_DEFAULT_MODEL,
 };
 use common::*;
 use serde_json::json;
@@ -188,11 +187,54 @@ async fn all_failing_lists_every_failure() {
         err.message.contains("gemini quota exhausted (HTTP 429)"),
         "{err}"
     );
-    let source = std::error::Error::source(&err).unwrap();
-    let all = source.downcast_ref::<AllProvidersFailed>().unwrap();
-    assert_eq!(all.errors.len(), 2);
-    assert_eq!(all.errors[0].provider, "alchemyst");
-    assert_eq!(all.errors[1].provider, "gemini");
+    assert_eq!(err.failures.len(), 2);
+    assert_eq!(err.failures[0].provider, "alchemyst");
+    assert_eq!(err.failures[1].provider, "gemini");
+    // Each failure once: no provider, kind or status repeated around the list.
+    let text = err.to_string();
+    assert!(
+        text.starts_with("all 2 LLM providers failed: alchemyst request refused (HTTP 401): bad key; gemini quota exhausted (HTTP 429)"),
+        "{text}"
+    );
+    assert_eq!(text.matches("gemini").count(), 1, "{text}");
+    assert_eq!(text.matches("alchemyst").count(), 1, "{text}");
+}
+
+#[tokio::test]
+async fn a_chain_of_one_gives_back_its_error_unchanged() {
+    let (logs, _guard) = capture_logs();
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/chat/completions"))
+        .respond_with(
+            ResponseTemplate::new(400).set_body_json(json!({"error": {"message": "bad field"}})),
+        )
+        .expect(2)
+        .mount(&server)
+        .await;
+    let chain = Fallback::new(vec![Arc::new(
+        OpenAiConfig::openai(server.uri()).build().unwrap(),
+    )]);
+    for streamed in [false, true] {
+        let err = if streamed {
+            chain
+                .chat_stream(&ChatRequest::new("s", "u"))
+                .await
+                .err()
+                .unwrap()
+        } else {
+            chain.chat(&ChatRequest::new("s", "u")).await.unwrap_err()
+        };
+        assert_eq!(
+            err.to_string(),
+            "openai request refused (HTTP 400): bad field"
+        );
+        assert!(err.failures.is_empty());
+        assert_eq!(err.provider, "openai");
+    }
+    // Nothing to fall back to, so no "falling back" line.
+    let logs = logs.contents();
+    assert!(!logs.contains("falling back"), "{logs}");
 }
 
 #[tokio::test]
