@@ -317,6 +317,9 @@ pub struct JobSummary {
     /// characters): names an explicit-steps job, whose prompt is empty.
     #[serde(default)]
     pub first_step: Option<String>,
+    /// Tokens its LLM calls used.
+    #[serde(default)]
+    pub usage: UsageView,
 }
 
 impl JobSummary {
@@ -342,6 +345,7 @@ impl JobSummary {
                 .map(|r| &r.step)
                 .or_else(|| job.spec.steps.as_ref().and_then(|s| s.first()))
                 .map(step_headline),
+            usage: job.usage.into(),
         }
     }
 }

@@ -1,5 +1,5 @@
-//! Prometheus metrics: jobs by status, queue depth, live sandboxes, step durations, LLM latency and
-//! errors by provider. Rendered by hand in the text exposition format (version 0.0.4).
+//! Prometheus metrics: jobs by status, queue depth, live sandboxes, step durations, LLM latency,
+//! tokens and errors by provider. Rendered by hand in the text exposition format (version 0.0.4).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -12,7 +12,7 @@ use futures::StreamExt;
 use agent_core::llm::{ChatStream, LlmErrorKind};
 use agent_core::manager::JobManager;
 use agent_core::{
-    ChatChunk, ChatRequest, ChatResponse, EventKind, JobEvent, LlmError, LlmProvider,
+    ChatChunk, ChatRequest, ChatResponse, EventKind, JobEvent, LlmError, LlmProvider, TokenUsage,
 };
 
 const STEP_BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
@@ -73,6 +73,8 @@ struct LlmStats {
     errors: BTreeMap<&'static str, u64>,
     last_ok: Option<chrono::DateTime<chrono::Utc>>,
     last_error: Option<(chrono::DateTime<chrono::Utc>, &'static str)>,
+    prompt_tokens: u64,
+    completion_tokens: u64,
 }
 
 /// What the server has seen of one LLM provider since it started (no call is made to find out).
@@ -180,15 +182,21 @@ impl Metrics {
                 errors: BTreeMap::new(),
                 last_ok: None,
                 last_error: None,
+                prompt_tokens: 0,
+                completion_tokens: 0,
             })
     }
 
-    /// Records a successful LLM call.
-    pub fn record_llm_ok(&self, provider: &str, seconds: f64) {
+    /// Records a successful LLM call: its latency and the tokens it used.
+    pub fn record_llm_ok(&self, provider: &str, seconds: f64, usage: TokenUsage) {
         let mut inner = self.lock();
         let entry = Self::llm_entry(&mut inner, provider);
         entry.latency.observe(seconds);
         entry.last_ok = Some(chrono::Utc::now());
+        entry.prompt_tokens = entry.prompt_tokens.saturating_add(usage.prompt_tokens);
+        entry.completion_tokens = entry
+            .completion_tokens
+            .saturating_add(usage.completion_tokens);
     }
 
     /// Records a failed LLM call.
@@ -286,6 +294,20 @@ impl Metrics {
                 &format!("provider=\"{}\"", escape_label(provider)),
             );
         }
+        out.push_str("# HELP agent_llm_tokens_total Tokens used by LLM calls that answered, by provider and type (prompt, completion).\n# TYPE agent_llm_tokens_total counter\n");
+        for (provider, stats) in &inner.llm {
+            let provider = escape_label(provider);
+            let _ = writeln!(
+                out,
+                "agent_llm_tokens_total{{provider=\"{provider}\",type=\"prompt\"}} {}",
+                stats.prompt_tokens
+            );
+            let _ = writeln!(
+                out,
+                "agent_llm_tokens_total{{provider=\"{provider}\",type=\"completion\"}} {}",
+                stats.completion_tokens
+            );
+        }
         out.push_str("# HELP agent_llm_errors_total Failed LLM calls, by provider and kind.\n# TYPE agent_llm_errors_total counter\n");
         for (provider, stats) in &inner.llm {
             for (kind, n) in &stats.errors {
@@ -327,8 +349,11 @@ impl<P: LlmProvider> LlmProvider for MeteredLlm<P> {
         let start = Instant::now();
         match self.inner.chat(request).await {
             Ok(resp) => {
-                self.metrics
-                    .record_llm_ok(&resp.provider, start.elapsed().as_secs_f64());
+                self.metrics.record_llm_ok(
+                    &resp.provider,
+                    start.elapsed().as_secs_f64(),
+                    resp.usage,
+                );
                 Ok(resp)
             }
             Err(e) => {
@@ -350,9 +375,9 @@ impl<P: LlmProvider> LlmProvider for MeteredLlm<P> {
         let metrics = Arc::clone(&self.metrics);
         Ok(stream
             .inspect(move |item| match item {
-                Ok(ChatChunk::Done { provider, .. }) => {
-                    metrics.record_llm_ok(provider, start.elapsed().as_secs_f64())
-                }
+                Ok(ChatChunk::Done {
+                    provider, usage, ..
+                }) => metrics.record_llm_ok(provider, start.elapsed().as_secs_f64(), *usage),
                 Ok(ChatChunk::Delta(_)) => {}
                 Err(e) => metrics.record_llm_error(&e.provider, e.kind),
             })
@@ -382,8 +407,8 @@ mod tests {
     fn llm_health_counts_calls_and_remembers_the_last_error() {
         let m = Metrics::new();
         assert_eq!(m.llm_health("a"), LlmHealth::default());
-        m.record_llm_ok("a", 1.0);
-        m.record_llm_ok("a", 3.0);
+        m.record_llm_ok("a", 1.0, TokenUsage::default());
+        m.record_llm_ok("a", 3.0, TokenUsage::default());
         m.record_llm_error("a", LlmErrorKind::RateLimited);
         let h = m.llm_health("a");
         assert_eq!((h.ok, h.errors), (2, 1));

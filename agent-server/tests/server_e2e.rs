@@ -53,6 +53,11 @@ async fn prompt_job_succeeds_and_its_zip_holds_the_plan_files_and_result_json() 
     let st = server.wait_final(&id).await;
     assert_eq!(st["status"], "succeeded", "{st}\n{}", server.log_text());
     assert_eq!(st["provider"], "alchemyst");
+    // Token usage from the stream's usage chunk, on /status and /jobs.
+    let usage = json!({"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30});
+    assert_eq!(st["usage"], usage, "{st}");
+    let (_, list) = server.get_json("/jobs").await;
+    assert_eq!(list["jobs"][0]["usage"], usage, "{list}");
     assert_eq!(st["prompt"], "sum the numbers 3, 4 and 5 into sum.txt");
     assert_eq!(st["steps"].as_array().unwrap().len(), 3);
     for step in st["steps"].as_array().unwrap() {
@@ -102,6 +107,14 @@ async fn prompt_job_succeeds_and_its_zip_holds_the_plan_files_and_result_json() 
     );
     assert!(
         m.contains("agent_llm_request_duration_seconds_count{provider=\"alchemyst\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("agent_llm_tokens_total{provider=\"alchemyst\",type=\"prompt\"} 10"),
+        "{m}"
+    );
+    assert!(
+        m.contains("agent_llm_tokens_total{provider=\"alchemyst\",type=\"completion\"} 20"),
         "{m}"
     );
     assert!(containers_of(&id).is_empty());

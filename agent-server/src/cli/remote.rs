@@ -234,6 +234,12 @@ fn print_status(s: &StatusResponse, base: &str) {
     if let Some(err) = &s.error {
         println!("error: {err}");
     }
+    if s.usage.total_tokens > 0 {
+        println!(
+            "tokens: {} prompt + {} completion = {} total",
+            s.usage.prompt_tokens, s.usage.completion_tokens, s.usage.total_tokens
+        );
+    }
     for st in &s.steps {
         println!(
             "  {:>3}  {:<10}  {:<9}  exit {:>4}  {:>8}  {}",
