@@ -160,8 +160,13 @@ pub(crate) fn transport_error(provider: &str, err: reqwest::Error) -> LlmError {
         (LlmErrorKind::Transient, "request timed out")
     } else if err.is_connect() {
         (LlmErrorKind::Transient, "connection failed")
-    } else if err.is_decode() {
-        (LlmErrorKind::InvalidResponse, "cannot decode the answer")
+    } else if err.is_decode() || err.is_body() {
+        // We decode JSON ourselves, so a body error here is the transport's: a chunked body or a
+        // stream cut short because the connection was lost. Asking again may well work.
+        (
+            LlmErrorKind::Transient,
+            "the connection was lost while reading the answer",
+        )
     } else if err.is_builder() {
         (LlmErrorKind::NotConfigured, "cannot build the request")
     } else {

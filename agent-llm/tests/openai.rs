@@ -477,3 +477,57 @@ async fn retries_stop_after_max_attempts_with_the_last_error() {
         ]
     );
 }
+
+/// A raw HTTP/1.1 server on 127.0.0.1 that answers one request with a chunked event stream,
+/// sends `events`, and then drops the connection without the final chunk.
+async fn cutting_server(events: Vec<String>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut buf = vec![0u8; 64 << 10];
+        let mut seen = Vec::new();
+        // Read the request head and its (small) body.
+        while !String::from_utf8_lossy(&seen).contains("\r\n\r\n") {
+            let n = socket.read(&mut buf).await.unwrap();
+            if n == 0 {
+                return;
+            }
+            seen.extend_from_slice(&buf[..n]);
+        }
+        let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+        socket.write_all(head.as_bytes()).await.unwrap();
+        for e in events {
+            let data = format!("data: {e}\n\n");
+            let chunk = format!("{:x}\r\n{data}\r\n", data.len());
+            socket.write_all(chunk.as_bytes()).await.unwrap();
+        }
+        socket.flush().await.unwrap();
+        // Gone mid-stream: no terminating 0-length chunk.
+        drop(socket);
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn a_stream_cut_mid_answer_is_transient() {
+    let base = cutting_server(vec![delta("{\"steps\":")]).await;
+    let provider = OpenAiConfig::openai(base).build().unwrap();
+    let mut stream = provider
+        .chat_stream(&ChatRequest::new("s", "u"))
+        .await
+        .unwrap();
+    match stream.next().await {
+        Some(Ok(ChatChunk::Delta(d))) => assert_eq!(d, "{\"steps\":"),
+        other => panic!("expected the first delta, got {other:?}"),
+    }
+    let err = match stream.next().await {
+        Some(Err(e)) => e,
+        other => panic!("expected the cut to be an error, got {other:?}"),
+    };
+    assert_eq!(err.kind, LlmErrorKind::Transient, "{err}");
+    assert!(err.is_retryable());
+    assert!(err.message.contains("connection was lost"), "{err}");
+    assert!(stream.next().await.is_none());
+}

@@ -308,17 +308,33 @@ pub(crate) async fn ask_for_plan(
     let mut usage = TokenUsage::default();
     let mut provider = None;
     let mut last_error = None;
-    for attempt in 0..2 {
+    let mut cut_streams = 0;
+    let mut attempt = 0;
+    while attempt < 2 {
         let response = match chat_streaming(llm, &request, events).await {
             Ok(r) => r,
-            Err(e) => {
+            // An answer cut off mid-stream (the connection lost after some text came) is asked
+            // again: its text was only shown, never used. A failure before any text is the
+            // provider wrapper's to retry.
+            Err(Streamed {
+                error,
+                mid_stream: true,
+            }) if error.is_retryable() && cut_streams < MAX_CUT_STREAMS => {
+                cut_streams += 1;
+                events.emit(EventKind::Log {
+                    message: format!("the answer was cut off ({error}); asking again"),
+                });
+                continue;
+            }
+            Err(Streamed { error, .. }) => {
                 return Err(PlanFailed {
-                    error: e.into(),
+                    error: error.into(),
                     provider,
                     usage,
                 })
             }
         };
+        attempt += 1;
         usage.add(response.usage);
         provider = Some(response.provider.clone());
         match parse_plan(&response.text) {
@@ -329,7 +345,7 @@ pub(crate) async fn ask_for_plan(
                     usage,
                 })
             }
-            Err(e) if attempt == 0 => {
+            Err(e) if attempt == 1 => {
                 events.emit(EventKind::Log {
                     message: format!("the plan could not be parsed ({e}); asking again"),
                 });
@@ -349,20 +365,38 @@ pub(crate) async fn ask_for_plan(
     })
 }
 
+/// How many answers cut off mid-stream one planning call asks again.
+const MAX_CUT_STREAMS: u32 = 2;
+
+/// A failed streamed answer, and whether it failed after some text had arrived.
+struct Streamed {
+    error: LlmError,
+    mid_stream: bool,
+}
+
 async fn chat_streaming(
     llm: &dyn LlmProvider,
     request: &ChatRequest,
     events: &EventSink,
-) -> Result<crate::llm::ChatResponse, LlmError> {
-    let stream = llm.chat_stream(request).await?;
+) -> std::result::Result<crate::llm::ChatResponse, Streamed> {
+    let stream = llm.chat_stream(request).await.map_err(|error| Streamed {
+        error,
+        mid_stream: false,
+    })?;
+    let mut saw_text = false;
     collect_stream(stream, |delta| {
         if !delta.is_empty() {
+            saw_text = true;
             events.emit(EventKind::Planning {
                 text: delta.to_string(),
             });
         }
     })
     .await
+    .map_err(|error| Streamed {
+        error,
+        mid_stream: saw_text,
+    })
 }
 
 /// Everything needed to run one step, taken from the state by the execute node's `prep`.
@@ -481,5 +515,103 @@ impl AgentState {
             }
         }
         self.save().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+    use futures::stream::{self, StreamExt};
+
+    use super::*;
+    use crate::job::JobId;
+    use crate::llm::{ChatChunk, ChatResponse, ChatStream, LlmErrorKind};
+    use crate::store::memory::MemoryStore;
+
+    /// Streams half a plan and then loses the connection `cuts` times; answers in full after.
+    struct CutThenAnswer {
+        cuts: usize,
+        calls: AtomicUsize,
+        kind: LlmErrorKind,
+    }
+
+    const PLAN: &str = r#"{"summary":"s","steps":[{"type":"shell","command":"true"}]}"#;
+
+    #[async_trait]
+    impl LlmProvider for CutThenAnswer {
+        fn name(&self) -> &str {
+            "cut"
+        }
+        async fn chat(&self, _: &ChatRequest) -> std::result::Result<ChatResponse, LlmError> {
+            Err(LlmError::new(LlmErrorKind::Permanent, "cut", "stream only"))
+        }
+        async fn chat_stream(&self, _: &ChatRequest) -> std::result::Result<ChatStream, LlmError> {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst);
+            let usage = TokenUsage {
+                prompt_tokens: 1,
+                completion_tokens: 2,
+                total_tokens: 3,
+            };
+            let (a, b) = PLAN.split_at(10);
+            let items = if n < self.cuts {
+                vec![
+                    Ok(ChatChunk::Delta(a.into())),
+                    Err(LlmError::new(self.kind, "cut", "connection lost")),
+                ]
+            } else {
+                vec![
+                    Ok(ChatChunk::Delta(a.into())),
+                    Ok(ChatChunk::Delta(b.into())),
+                    Ok(ChatChunk::Done {
+                        provider: "cut".into(),
+                        model: "m".into(),
+                        usage,
+                    }),
+                ]
+            };
+            Ok(stream::iter(items).boxed())
+        }
+    }
+
+    fn sink() -> EventSink {
+        let (live, _) = tokio::sync::broadcast::channel(64);
+        EventSink::spawn(JobId::new(), 0, Arc::new(MemoryStore::new()), live)
+    }
+
+    fn provider(cuts: usize, kind: LlmErrorKind) -> CutThenAnswer {
+        CutThenAnswer {
+            cuts,
+            calls: AtomicUsize::new(0),
+            kind,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_answer_cut_mid_stream_is_asked_again() {
+        let llm = provider(2, LlmErrorKind::Transient);
+        let planned = ask_for_plan(&llm, &sink(), "x".into()).await.unwrap();
+        assert_eq!(planned.plan.steps.len(), 1);
+        assert_eq!(planned.usage.total_tokens, 3);
+        assert_eq!(llm.calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn cut_streams_are_asked_again_a_bounded_number_of_times() {
+        let llm = provider(usize::MAX, LlmErrorKind::Transient);
+        let failed = ask_for_plan(&llm, &sink(), "x".into()).await.unwrap_err();
+        assert!(matches!(failed.error, Error::Llm(ref e) if e.kind == LlmErrorKind::Transient));
+        assert_eq!(
+            llm.calls.load(Ordering::SeqCst),
+            1 + MAX_CUT_STREAMS as usize
+        );
+    }
+
+    #[tokio::test]
+    async fn a_permanent_failure_mid_stream_is_not_asked_again() {
+        let llm = provider(1, LlmErrorKind::InvalidResponse);
+        assert!(ask_for_plan(&llm, &sink(), "x".into()).await.is_err());
+        assert_eq!(llm.calls.load(Ordering::SeqCst), 1);
     }
 }
