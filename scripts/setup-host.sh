@@ -54,3 +54,6 @@ if ! docker image inspect "$desktop_image" >/dev/null 2>&1; then
   images/desktop/build-offline.sh "$desktop_image" "$image"
 fi
 docker image inspect "$desktop_image" --format "image $desktop_image: {{.Id}} ({{.Size}} bytes)"
+
+# The LiteLLM proxy for the LLM compatibility tests.
+scripts/setup-litellm.sh
