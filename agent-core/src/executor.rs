@@ -161,11 +161,16 @@ impl ExecRequest {
     }
 }
 
-/// What an executor can do.
+/// What an executor can do. The job manager refuses, at submit, a job whose sandbox asks for
+/// something its executor cannot honour ([`Capabilities::check`]), and executors refuse such a
+/// [`SandboxSpec`] at create.
+///
+/// A new kind of request a sandbox can make (ports and tunnels, desktop or notebook services)
+/// comes with a new field here, `false` in [`Capabilities::NONE`], and a rule in `check`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Capabilities {
-    /// Steps are isolated from the host (false for the fake executor).
+    /// Processes are isolated from the host (false for the fake executor).
     pub isolated: bool,
     /// Network modes other than `none` are honoured.
     pub network: bool,
@@ -186,6 +191,42 @@ impl Capabilities {
         network: false,
         resource_limits: false,
     };
+
+    /// Sets whether network modes other than `none` are honoured.
+    pub const fn with_network(mut self, network: bool) -> Self {
+        self.network = network;
+        self
+    }
+
+    /// Sets whether resource limits are enforced.
+    pub const fn with_resource_limits(mut self, enforced: bool) -> Self {
+        self.resource_limits = enforced;
+        self
+    }
+
+    /// Whether a sandbox made from `spec` can be what it asks for: a network other than `none`
+    /// needs [`Capabilities::network`]; limits other than the defaults need
+    /// [`Capabilities::resource_limits`]. The error names the field (`network`, `limits`).
+    pub fn check(&self, spec: &SandboxSpec) -> crate::Result<()> {
+        if spec.network != NetworkMode::None && !self.network {
+            return Err(crate::Error::invalid(
+                "network",
+                format!(
+                    "this server's executor cannot give sandboxes network access \
+                     (asked for {:?}); use \"none\"",
+                    spec.network.to_string()
+                ),
+            ));
+        }
+        if spec.limits != ResourceLimits::default() && !self.resource_limits {
+            return Err(crate::Error::invalid(
+                "limits",
+                "this server's executor does not enforce resource limits; leave them at their \
+                 defaults",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// What kind of failure a [`SandboxError`] is.

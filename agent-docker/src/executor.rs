@@ -570,7 +570,7 @@ impl Executor for DockerExecutor {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::ISOLATED
+        Capabilities::ISOLATED.with_network(self.inner.config.allow_bridge_network)
     }
 
     async fn create(&self, spec: &SandboxSpec) -> Result<Box<dyn Sandbox>, SandboxError> {

@@ -28,3 +28,28 @@ async fn warm_pool_sandboxes_pass_the_conformance_suite() {
     agent_core::testing::executor_suite(Arc::new(exec.clone())).await;
     exec.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capabilities_follow_the_configuration() {
+    if skipped() {
+        return;
+    }
+    let exec = connect(config("caps")).await;
+    let caps = exec.capabilities();
+    assert!(
+        caps.isolated && caps.resource_limits && caps.network,
+        "{caps:?}"
+    );
+    let closed = connect(config("caps-closed").with_allow_bridge_network(false)).await;
+    assert!(!closed.capabilities().network);
+    let bridge = agent_core::SandboxSpec::new().with_network(agent_core::NetworkMode::Bridge);
+    assert!(closed.capabilities().check(&bridge).is_err());
+    // The executor itself refuses it too (for callers that skip the manager).
+    let err = match closed.create(&bridge).await {
+        Ok(_) => panic!("a bridge sandbox on an executor that does not allow it"),
+        Err(e) => e,
+    };
+    assert_eq!(err.kind, agent_core::SandboxErrorKind::Invalid);
+    exec.shutdown().await.unwrap();
+    closed.shutdown().await.unwrap();
+}

@@ -45,7 +45,7 @@ use tokio_util::task::TaskTracker;
 use crate::agent::AgentState;
 use crate::error::{Error, Result};
 use crate::events::{replay_then_follow, EventSink};
-use crate::executor::Executor;
+use crate::executor::{Executor, SandboxSpec};
 use crate::flow::Flow;
 use crate::job::{EventKind, Job, JobEvent, JobId, JobSpec, JobStatus};
 use crate::llm::LlmProvider;
@@ -111,7 +111,13 @@ impl JobManager {
         if self.inner.live().len() >= self.inner.config.max_concurrent_jobs.saturating_add(limit) {
             return Err(Error::QueueFull { limit });
         }
-        let job = Job::new(JobId::new(), spec);
+        let id = JobId::new();
+        // Refused at the door: what the executor cannot honour.
+        self.inner
+            .executor
+            .capabilities()
+            .check(&SandboxSpec::for_job(id, &spec))?;
+        let job = Job::new(id, spec);
         self.inner.store.insert_job(&job).await?;
         let id = job.id;
         let events = self.new_sink(id, 0);

@@ -109,6 +109,9 @@ impl Executor for FakeExecutor {
     }
 
     async fn create(&self, spec: &SandboxSpec) -> Result<Box<dyn Sandbox>, SandboxError> {
+        self.capabilities()
+            .check(spec)
+            .map_err(|e| SandboxError::new(SandboxErrorKind::Invalid, e.to_string()))?;
         let job_id = spec.job_id.unwrap_or_default();
         if self.noop {
             return Ok(Box::new(NoopSandbox {
