@@ -82,6 +82,17 @@ pub struct ServerConfig {
     #[arg(long, env = "AGENT_MAX_BODY_BYTES", default_value_t = 1 << 20)]
     pub max_body_bytes: usize,
 
+    /// Client connections served at once (default: the open-files limit, raised to its hard
+    /// limit at start-up, less 1,024). When full, the connection that has waited longest without
+    /// sending a request is closed for a newcomer; if none is waiting, new connections wait.
+    #[arg(long, env = "AGENT_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+
+    /// Seconds a client has to send a request's headers, from when it connects or its last
+    /// response was sent (so also the idle timeout of a kept-alive connection).
+    #[arg(long, env = "AGENT_HEADER_TIMEOUT_SECS", default_value_t = 10)]
+    pub header_timeout_secs: u64,
+
     /// Seconds running jobs get to finish on SIGTERM/SIGINT before they are interrupted.
     #[arg(long, env = "AGENT_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,

@@ -2,7 +2,6 @@
 //! graceful shutdown on SIGTERM/SIGINT.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use agent_core::manager::{JobManager, JobManagerConfig};
@@ -11,6 +10,7 @@ use agent_core::{Executor, JobStore, LlmProvider};
 use agent_docker::DockerConfig;
 use tokio::net::TcpListener;
 
+use crate::accept::ConnectionLimits;
 use crate::config::ServerConfig;
 use crate::metrics::{MeteredLlm, Metrics};
 use crate::routes::{app, ApiSettings, AppState};
@@ -191,25 +191,20 @@ pub async fn shutdown_signal() {
 
 /// Serves `state` on `listener` until `shutdown` resolves; then stops accepting connections,
 /// ends live log streams, gives running jobs `grace` to finish (then marks them interrupted and
-/// removes their sandboxes) and shuts the executor down.
+/// removes their sandboxes) and shuts the executor down. Connections are handled as
+/// [`crate::accept`] describes, within `limits`.
 pub async fn serve_on(
     listener: TcpListener,
     state: AppState,
     grace: std::time::Duration,
+    limits: ConnectionLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let token = state.shutdown_token().clone();
     let manager = state.manager().clone();
     let router = app(state);
     let stop = token.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await
-    });
+    let server = tokio::spawn(crate::accept::serve(listener, router, limits, stop));
     shutdown.await;
     token.cancel();
     if let Err(e) = manager.shutdown(grace).await {
@@ -217,8 +212,7 @@ pub async fn serve_on(
     }
     // Open connections (a slow download, a keep-alive) get a few seconds more, then we leave.
     match tokio::time::timeout(std::time::Duration::from_secs(5), server).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server stopped with an error"),
+        Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server task failed"),
         Err(_) => tracing::warn!("connections still open after shutdown; closing them"),
     }
@@ -226,9 +220,45 @@ pub async fn serve_on(
     Ok(())
 }
 
+/// The connection limits of `config`, after raising the open-files limit.
+pub fn connection_limits(config: &ServerConfig) -> Result<ConnectionLimits, ServeError> {
+    if config.header_timeout_secs == 0 || config.header_timeout_secs > 3600 {
+        return Err(ServeError::Config(format!(
+            "AGENT_HEADER_TIMEOUT_SECS must be between 1 and 3600, not {}",
+            config.header_timeout_secs
+        )));
+    }
+    let fd_limit = crate::accept::raise_fd_limit();
+    let fit = crate::accept::max_connections_for(fd_limit);
+    let max_connections = match config.max_connections {
+        Some(0) => {
+            return Err(ServeError::Config(
+                "AGENT_MAX_CONNECTIONS must be at least 1".into(),
+            ))
+        }
+        Some(n) if n > fit => {
+            tracing::warn!(
+                asked = n,
+                fd_limit,
+                using = fit,
+                "AGENT_MAX_CONNECTIONS is above what the open-files limit allows"
+            );
+            fit
+        }
+        Some(n) => n,
+        None => fit,
+    };
+    Ok(ConnectionLimits {
+        max_connections,
+        header_timeout: std::time::Duration::from_secs(config.header_timeout_secs),
+        max_body_bytes: config.max_body_bytes,
+    })
+}
+
 /// Runs the server until SIGTERM/SIGINT: builds the state, binds `config.bind`, logs
 /// `listening on http://ADDR` and serves.
 pub async fn serve(config: ServerConfig) -> Result<(), ServeError> {
+    let limits = connection_limits(&config)?;
     let state = build_state(&config).await?;
     let listener = TcpListener::bind(&config.bind)
         .await
@@ -240,6 +270,18 @@ pub async fn serve(config: ServerConfig) -> Result<(), ServeError> {
         context: "reading the bound address".into(),
         source,
     })?;
-    tracing::info!(%addr, "listening on http://{addr}");
-    serve_on(listener, state, config.shutdown_grace(), shutdown_signal()).await
+    tracing::info!(
+        %addr,
+        max_connections = limits.max_connections,
+        header_timeout_secs = limits.header_timeout.as_secs(),
+        "listening on http://{addr}"
+    );
+    serve_on(
+        listener,
+        state,
+        config.shutdown_grace(),
+        limits,
+        shutdown_signal(),
+    )
+    .await
 }
