@@ -27,9 +27,17 @@ fn gemini_reply(text: &str) -> serde_json::Value {
     })
 }
 
-fn zip_text(job: &Job, name: &str) -> String {
-    let file = std::fs::File::open(&job.artifact.as_ref().unwrap().path).unwrap();
-    let mut zip = zip::ZipArchive::new(file).unwrap();
+/// A file of the job's ZIP, copied out of the manager's artifact store as the CLI does.
+async fn zip_text(manager: &JobManager, job: &Job, name: &str) -> String {
+    let copy = tempfile::NamedTempFile::new().unwrap();
+    let stored = &job.artifact.as_ref().unwrap().path;
+    let size = manager
+        .artifacts()
+        .download_to(stored, copy.path())
+        .await
+        .unwrap();
+    assert_eq!(size, Some(job.artifact.as_ref().unwrap().size_bytes));
+    let mut zip = zip::ZipArchive::new(copy.reopen().unwrap()).unwrap();
     let mut s = String::new();
     zip.by_name(name).unwrap().read_to_string(&mut s).unwrap();
     s
@@ -106,8 +114,9 @@ async fn a_prompt_job_falls_back_to_gemini_and_runs_in_docker() {
     assert_eq!(job.status, JobStatus::Succeeded, "{:?}", job.error);
     assert_eq!(job.provider.as_deref(), Some("gemini"));
     assert_eq!(job.usage.total_tokens, 50);
-    assert_eq!(zip_text(&job, "out.txt"), "6765\n");
-    let result: serde_json::Value = serde_json::from_str(&zip_text(&job, "result.json")).unwrap();
+    assert_eq!(zip_text(&manager, &job, "out.txt").await, "6765\n");
+    let result: serde_json::Value =
+        serde_json::from_str(&zip_text(&manager, &job, "result.json").await).unwrap();
     assert_eq!(result["status"], "succeeded");
     assert_eq!(result["provider"], "gemini");
     assert_eq!(result["steps"][1]["result"]["stdout_tail"], "6765\n");

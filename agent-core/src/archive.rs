@@ -1,22 +1,26 @@
-//! Turns an exported workspace (a tar stream) into the job's ZIP, safely and without holding it
-//! in memory.
+//! Turns an exported workspace (a tar stream) into the job's ZIP in the artifact store, safely
+//! and without holding it in memory.
 //!
-//! The tar is spooled (in memory while small, else to an anonymous temporary file next to the
-//! destination), then converted entry by entry.
+//! The tar is read as it arrives and converted entry by entry into a temporary file that the
+//! [`ArtifactStore`] then commits; files made on the host (the job's `result.json`) are added
+//! first, so they need no space in the sandbox, and a workspace file of the same name is left out.
 //! Only regular files and directories are kept: absolute paths, `..` components, symlinks,
 //! hardlinks and device nodes are skipped and counted, so the ZIP can never point outside the
-//! workspace. A failed conversion leaves no file behind. The ZIP lives outside the workspace, so
+//! workspace. A failed conversion leaves nothing behind. The ZIP lives outside the workspace, so
 //! it never contains itself.
 
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Component, Path};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
+use bytes::Bytes;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncWriteExt;
 use zip::write::SimpleFileOptions;
 
+use crate::artifacts::ArtifactStore;
 use crate::error::{Error, Result};
 use crate::executor::TarStream;
 
@@ -33,105 +37,230 @@ pub struct ArchiveSummary {
     pub zip_bytes: u64,
 }
 
-/// Exports up to this size are spooled in memory; larger ones go to a temporary file.
-const SPOOL_IN_MEMORY: usize = 1 << 20;
-
-/// The spooled tar: in memory while small, then in a temporary file.
-enum Spool {
-    Memory(Vec<u8>),
-    File(File),
+/// A file made on the host and added to the ZIP beside the workspace's files.
+#[derive(Clone, Debug)]
+pub struct HostFile {
+    /// Its name in the ZIP (relative, `/`-separated).
+    pub name: String,
+    /// Its content.
+    pub content: Bytes,
 }
 
-/// Writes the tar `stream` as a ZIP at `dest`. On failure nothing is left at `dest`.
+/// Converts the tar `stream` (plus `host_files`, written first) into a ZIP stored under `key` in
+/// `store`. On failure nothing is stored.
 ///
-/// `max_bytes` caps the spooled tar size; past it the export fails rather than filling the disk.
-pub async fn tar_stream_to_zip(
-    mut stream: TarStream,
-    dest: &Path,
+/// `max_bytes` caps the tar size read; past it the export fails rather than filling the disk.
+pub async fn package(
+    stream: TarStream,
+    host_files: &[HostFile],
+    store: &ArtifactStore,
+    key: &str,
     max_bytes: u64,
 ) -> Result<ArchiveSummary> {
-    let dir = dest
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
-    let mut memory = Vec::new();
-    let mut file: Option<tokio::fs::File> = None;
-    let mut total = 0u64;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk?;
-        total += chunk.len() as u64;
-        if total > max_bytes {
-            return Err(Error::other(format!(
-                "the workspace export is larger than the {max_bytes}-byte limit"
-            )));
+    let staging = store.staging_file()?;
+    let (file, path) = staging.into_parts();
+    // The conversion runs on a blocking thread and reads the export through a small channel: if
+    // this future is dropped (a packaging deadline), the channel closes and the thread ends.
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let host_files = host_files.to_vec();
+    let converting = tokio::task::spawn_blocking(move || {
+        let tar =
+            BufReader::with_capacity(64 << 10, Capped::new(ChannelReader::new(rx), max_bytes));
+        convert(tar, &host_files, file)
+    });
+    let pump = async move {
+        let mut stream = stream;
+        while let Some(item) = stream.next().await {
+            if tx.send(item.map_err(io::Error::other)).await.is_err() {
+                break;
+            }
         }
-        if file.is_none() && memory.len() + chunk.len() > SPOOL_IN_MEMORY {
-            // An anonymous temporary file next to the ZIP: removed by the OS when closed.
-            tokio::fs::create_dir_all(&dir)
-                .await
-                .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-            let spill = tempfile::tempfile_in(&dir)
-                .map_err(|e| Error::io("creating a temporary file for the workspace export", e))?;
-            let mut spill = tokio::fs::File::from_std(spill);
-            spill
-                .write_all(&memory)
-                .await
-                .map_err(|e| Error::io("spooling the workspace export", e))?;
-            memory = Vec::new();
-            file = Some(spill);
-        }
-        match &mut file {
-            Some(f) => f
-                .write_all(&chunk)
-                .await
-                .map_err(|e| Error::io("spooling the workspace export", e))?,
-            None => memory.extend_from_slice(&chunk),
-        }
-    }
-    let spool = match file {
-        Some(mut f) => {
-            f.flush()
-                .await
-                .map_err(|e| Error::io("spooling the workspace export", e))?;
-            Spool::File(f.into_std().await)
-        }
-        None => Spool::Memory(memory),
     };
-    let dest = dest.to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        let result = match spool {
-            Spool::Memory(bytes) => convert(io::Cursor::new(bytes), &dest),
-            Spool::File(mut f) => f
-                .seek(SeekFrom::Start(0))
-                .map_err(|e| Error::io("rewinding the workspace export", e))
-                .and_then(|_| convert(BufReader::new(f), &dest)),
-        };
-        if result.is_err() {
-            let _ = std::fs::remove_file(&dest);
+    let ((), converted) = tokio::join!(pump, converting);
+    let converted = converted.map_err(|e| Error::other(format!("the archive task failed: {e}")))?;
+    let (summary, file) = converted.map_err(|e| match e {
+        Error::Io { source, .. } if source.get_ref().is_some_and(|e| e.is::<TooLarge>()) => {
+            Error::other(format!(
+                "the workspace export is larger than the {max_bytes}-byte limit"
+            ))
         }
-        result
-    })
-    .await
-    .map_err(|e| Error::other(format!("the archive task failed: {e}")))?
+        other => other,
+    })?;
+    store
+        .commit(key, tempfile::NamedTempFile::from_parts(file, path))
+        .await?;
+    Ok(summary)
 }
 
-fn convert(tar_data: impl Read, dest: &Path) -> Result<ArchiveSummary> {
+/// Reads the chunks of an export sent from the async side; ends when the sender is gone.
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<io::Result<Bytes>>,
+    chunk: Bytes,
+}
+
+impl ChannelReader {
+    fn new(rx: tokio::sync::mpsc::Receiver<io::Result<Bytes>>) -> Self {
+        Self {
+            rx,
+            chunk: Bytes::new(),
+        }
+    }
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.chunk.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(chunk)) => self.chunk = chunk,
+                Some(Err(e)) => return Err(e),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk.split_to(n));
+        Ok(n)
+    }
+}
+
+/// The error a [`Capped`] reader gives past its limit.
+#[derive(Debug)]
+struct TooLarge;
+
+impl std::fmt::Display for TooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the workspace export is over its size limit")
+    }
+}
+
+impl std::error::Error for TooLarge {}
+
+/// A reader that fails once more than `left` bytes came through.
+struct Capped<R> {
+    inner: R,
+    left: u64,
+}
+
+impl<R> Capped<R> {
+    fn new(inner: R, limit: u64) -> Self {
+        Self { inner, left: limit }
+    }
+}
+
+impl<R: Read> Read for Capped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.left = self
+            .left
+            .checked_sub(n as u64)
+            .ok_or_else(|| io::Error::other(TooLarge))?;
+        Ok(n)
+    }
+}
+
+/// Writes the ZIP into `out`. The ZIP writer never prints: on any failure its writes are
+/// swallowed (the zip crate's `Drop` would otherwise finish the archive and print the error of
+/// that second attempt to stderr), and the failure is returned.
+fn convert(
+    tar_data: impl Read,
+    host_files: &[HostFile],
+    out: File,
+) -> Result<(ArchiveSummary, File)> {
+    let swallow = Arc::new(AtomicBool::new(false));
+    let mut zip = zip::ZipWriter::new(BufWriter::new(Quiet {
+        inner: out,
+        swallow: swallow.clone(),
+    }));
+    let mut summary = match write_entries(&mut zip, tar_data, host_files) {
+        Ok(summary) => summary,
+        Err(e) => {
+            swallow.store(true, Ordering::Relaxed);
+            return Err(e);
+        }
+    };
+    let writer = zip
+        .finish()
+        .map_err(|e| Error::other(format!("finishing the ZIP: {e}")))?;
+    let quiet = writer
+        .into_inner()
+        .map_err(|e| Error::io("writing the ZIP", e.into_error()))?;
+    if quiet.swallow.load(Ordering::Relaxed) {
+        return Err(Error::other("writing the ZIP failed"));
+    }
+    let out = quiet.inner;
+    summary.zip_bytes = out
+        .metadata()
+        .map_err(|e| Error::io("writing the ZIP", e))?
+        .len();
+    Ok((summary, out))
+}
+
+/// A file whose writes, after the first failure (or once told to), succeed without writing.
+struct Quiet {
+    inner: File,
+    swallow: Arc<AtomicBool>,
+}
+
+impl Write for Quiet {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.swallow.load(Ordering::Relaxed) {
+            return Ok(buf.len());
+        }
+        self.inner.write(buf).inspect_err(|_| {
+            self.swallow.store(true, Ordering::Relaxed);
+        })
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.swallow.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        self.inner.flush()
+    }
+}
+
+impl Seek for Quiet {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        self.inner.seek(pos)
+    }
+}
+
+fn write_entries<W: Write + Seek>(
+    zip: &mut zip::ZipWriter<W>,
+    tar_data: impl Read,
+    host_files: &[HostFile],
+) -> Result<ArchiveSummary> {
     let io_err = |what: &str| {
         let what = what.to_string();
         move |e: io::Error| Error::io(what, e)
     };
-    let out = match File::create(dest) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            if let Some(dir) = dest.parent() {
-                std::fs::create_dir_all(dir).map_err(io_err("creating the artifact directory"))?;
-            }
-            File::create(dest)
-        }
-        other => other,
-    }
-    .map_err(io_err("creating the ZIP"))?;
-    let mut zip = zip::ZipWriter::new(BufWriter::new(out));
+    let zip_err = |e: zip::result::ZipError| Error::other(format!("writing the ZIP: {e}"));
     let mut summary = ArchiveSummary::default();
+    let now = zip_time(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    );
+    for host in host_files {
+        let options = SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated)
+            .unix_permissions(0o644)
+            .last_modified_time(now);
+        zip.start_file(host.name.as_str(), options)
+            .map_err(zip_err)?;
+        zip.write_all(&host.content)
+            .map_err(io_err("writing the ZIP"))?;
+        summary.files += 1;
+        summary.bytes += host.content.len() as u64;
+    }
+    let replaced = |name: &str| {
+        host_files.iter().any(|h| {
+            name == h.name
+                || name
+                    .strip_prefix(h.name.as_str())
+                    .is_some_and(|rest| rest.starts_with('/'))
+        })
+    };
     let mut archive = tar::Archive::new(tar_data);
     let entries = archive
         .entries()
@@ -149,6 +278,9 @@ fn convert(tar_data: impl Read, dest: &Path) -> Result<ArchiveSummary> {
             }
             continue;
         };
+        if replaced(&name) {
+            continue;
+        }
         let mode = entry.header().mode().unwrap_or(0o644) & 0o777;
         let modified = zip_time(entry.header().mtime().unwrap_or(0));
         if kind.is_dir() {
@@ -158,29 +290,20 @@ fn convert(tar_data: impl Read, dest: &Path) -> Result<ArchiveSummary> {
                     .unix_permissions(mode | 0o700)
                     .last_modified_time(modified),
             )
-            .map_err(|e| Error::other(format!("writing the ZIP: {e}")))?;
+            .map_err(zip_err)?;
         } else if kind.is_file() {
             let options = SimpleFileOptions::default()
                 .compression_method(zip::CompressionMethod::Deflated)
                 .unix_permissions(mode)
                 .last_modified_time(modified)
                 .large_file(entry.size() >= u32::MAX as u64);
-            zip.start_file(name, options)
-                .map_err(|e| Error::other(format!("writing the ZIP: {e}")))?;
-            summary.bytes += io::copy(&mut entry, &mut zip).map_err(io_err("writing the ZIP"))?;
+            zip.start_file(name, options).map_err(zip_err)?;
+            summary.bytes += io::copy(&mut entry, zip).map_err(io_err("writing the ZIP"))?;
             summary.files += 1;
         } else {
             summary.skipped += 1;
         }
     }
-    let mut writer = zip
-        .finish()
-        .map_err(|e| Error::other(format!("finishing the ZIP: {e}")))?;
-    writer.flush().map_err(io_err("writing the ZIP"))?;
-    let out = writer
-        .into_inner()
-        .map_err(|e| Error::io("writing the ZIP", e.into_error()))?;
-    summary.zip_bytes = out.metadata().map_err(io_err("writing the ZIP"))?.len();
     Ok(summary)
 }
 
@@ -244,6 +367,18 @@ mod tests {
         b.into_inner().unwrap()
     }
 
+    fn chunked(data: &[u8], size: usize) -> TarStream {
+        let chunks: Vec<_> = data
+            .chunks(size)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        futures::stream::iter(chunks).boxed()
+    }
+
+    fn open_zip(dir: &Path, key: &str) -> zip::ZipArchive<File> {
+        zip::ZipArchive::new(File::open(dir.join(key)).unwrap()).unwrap()
+    }
+
     fn file_header(path: &str, len: usize) -> tar::Header {
         let mut h = tar::Header::new_gnu();
         h.set_path(path).unwrap();
@@ -281,18 +416,14 @@ mod tests {
             bad.set_cksum();
             b.append(&bad, &b"bad"[..]).unwrap();
         });
-        let chunks: Vec<_> = data
-            .chunks(100)
-            .map(|c| Ok(Bytes::copy_from_slice(c)))
-            .collect();
         let dir = tempfile::tempdir().unwrap();
-        let dest = dir.path().join("out.zip");
-        let summary = tar_stream_to_zip(futures::stream::iter(chunks).boxed(), &dest, 1 << 20)
+        let store = ArtifactStore::local(dir.path()).unwrap();
+        let summary = package(chunked(&data, 100), &[], &store, "out.zip", 1 << 20)
             .await
             .unwrap();
         assert_eq!(summary.files, 1);
         assert_eq!(summary.skipped, 2);
-        let mut zip = zip::ZipArchive::new(File::open(&dest).unwrap()).unwrap();
+        let mut zip = open_zip(dir.path(), "out.zip");
         let names: Vec<_> = zip.file_names().map(str::to_string).collect();
         assert_eq!(names, vec!["a/hello.txt".to_string()]);
         let mut s = String::new();
@@ -317,23 +448,25 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_large_export_is_spooled_to_disk_and_converted() {
-        let big = vec![b'x'; SPOOL_IN_MEMORY * 3];
+    async fn a_large_export_is_streamed_and_converted() {
+        let big = vec![b'x'; 3 << 20];
         let data = tar_bytes(|b| {
             b.append(&file_header("big.bin", big.len()), &big[..])
                 .unwrap();
         });
-        let chunks: Vec<_> = data
-            .chunks(64 << 10)
-            .map(|c| Ok(Bytes::copy_from_slice(c)))
-            .collect();
         let dir = tempfile::tempdir().unwrap();
-        let dest = dir.path().join("nested").join("out.zip");
-        let summary = tar_stream_to_zip(futures::stream::iter(chunks).boxed(), &dest, 1 << 30)
-            .await
-            .unwrap();
+        let store = ArtifactStore::local(dir.path()).unwrap();
+        let summary = package(
+            chunked(&data, 64 << 10),
+            &[],
+            &store,
+            "nested/out.zip",
+            1 << 30,
+        )
+        .await
+        .unwrap();
         assert_eq!((summary.files, summary.bytes), (1, big.len() as u64));
-        let mut zip = zip::ZipArchive::new(File::open(&dest).unwrap()).unwrap();
+        let mut zip = open_zip(dir.path(), "nested/out.zip");
         let mut out = Vec::new();
         zip.by_name("big.bin")
             .unwrap()
@@ -349,9 +482,67 @@ mod tests {
                 .unwrap();
         });
         let dir = tempfile::tempdir().unwrap();
-        let dest = dir.path().join("out.zip");
-        let stream = futures::stream::iter([Ok(Bytes::from(data))]).boxed();
-        assert!(tar_stream_to_zip(stream, &dest, 1024).await.is_err());
-        assert!(!dest.exists());
+        let store = ArtifactStore::local(dir.path()).unwrap();
+        let err = package(chunked(&data, 512), &[], &store, "out.zip", 1024)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("1024-byte limit"), "{err}");
+        // Nothing is left: neither the ZIP nor its temporary file.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn host_files_come_first_and_replace_a_workspace_file_of_the_same_name() {
+        let data = tar_bytes(|b| {
+            b.append(&file_header("result.json", 4), &b"fake"[..])
+                .unwrap();
+            b.append(&file_header("out.txt", 2), &b"ok"[..]).unwrap();
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::local(dir.path()).unwrap();
+        let host = HostFile {
+            name: "result.json".into(),
+            content: Bytes::from_static(b"{\"real\":true}"),
+        };
+        let summary = package(chunked(&data, 1000), &[host], &store, "j.zip", 1 << 20)
+            .await
+            .unwrap();
+        assert_eq!((summary.files, summary.skipped), (2, 0));
+        let mut zip = open_zip(dir.path(), "j.zip");
+        let names: Vec<_> = zip.file_names().map(str::to_string).collect();
+        assert_eq!(names, ["result.json", "out.txt"]);
+        let mut s = String::new();
+        zip.by_name("result.json")
+            .unwrap()
+            .read_to_string(&mut s)
+            .unwrap();
+        assert_eq!(s, "{\"real\":true}");
+    }
+
+    #[tokio::test]
+    async fn a_failing_export_stores_nothing() {
+        let data = tar_bytes(|b| {
+            b.append(&file_header("a.txt", 2048), &[b'a'; 2048][..])
+                .unwrap();
+        });
+        let mut items: Vec<std::result::Result<Bytes, crate::SandboxError>> =
+            vec![Ok(Bytes::copy_from_slice(&data[..1024]))];
+        items.push(Err(crate::SandboxError::new(
+            crate::SandboxErrorKind::Unavailable,
+            "the sandbox went away",
+        )));
+        let dir = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::local(dir.path()).unwrap();
+        let err = package(
+            futures::stream::iter(items).boxed(),
+            &[],
+            &store,
+            "x.zip",
+            1 << 20,
+        )
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains("went away"), "{err}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 }

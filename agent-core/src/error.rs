@@ -95,6 +95,15 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The artifact store failed.
+    #[error("{context}: {source}")]
+    Artifact {
+        /// What was being done.
+        context: String,
+        /// The store's error.
+        #[source]
+        source: object_store::Error,
+    },
     /// Anything else, with its cause.
     #[error("{message}")]
     Other {
@@ -148,7 +157,10 @@ impl Error {
             Error::Llm(e) => e.is_retryable(),
             Error::Sandbox(e) => e.is_retryable(),
             Error::Store(e) => e.is_retryable(),
-            Error::Io { .. } | Error::Timeout(_) | Error::QueueFull { .. } => true,
+            Error::Io { .. }
+            | Error::Artifact { .. }
+            | Error::Timeout(_)
+            | Error::QueueFull { .. } => true,
             _ => false,
         }
     }

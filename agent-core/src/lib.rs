@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod archive;
+pub mod artifacts;
 pub mod error;
 pub mod events;
 pub mod executor;

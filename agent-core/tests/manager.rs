@@ -87,17 +87,33 @@ async fn harness(replies: Option<Vec<Result<String, LlmErrorKind>>>) -> Harness 
     harness_with(Arc::new(MemoryStore::new()), replies, |_| {}).await
 }
 
-fn zip_names(job: &Job) -> Vec<String> {
+/// A job's ZIP, read back through the manager's artifact store.
+async fn zip_of(h: &Harness, job: &Job) -> zip::ZipArchive<std::io::Cursor<Vec<u8>>> {
     let path = &job.artifact.as_ref().expect("the job has an artifact").path;
-    let zip = zip::ZipArchive::new(std::fs::File::open(path).unwrap()).unwrap();
+    let mut reader = h
+        .manager
+        .artifacts()
+        .open(path)
+        .await
+        .unwrap()
+        .expect("stored");
+    let mut bytes = Vec::new();
+    while let Some(chunk) = reader.stream.next().await {
+        bytes.extend_from_slice(&chunk.unwrap());
+    }
+    assert_eq!(bytes.len() as u64, reader.size);
+    zip::ZipArchive::new(std::io::Cursor::new(bytes)).unwrap()
+}
+
+async fn zip_names(h: &Harness, job: &Job) -> Vec<String> {
+    let zip = zip_of(h, job).await;
     let mut names: Vec<String> = zip.file_names().map(str::to_string).collect();
     names.sort();
     names
 }
 
-fn zip_file(job: &Job, name: &str) -> String {
-    let path = &job.artifact.as_ref().unwrap().path;
-    let mut zip = zip::ZipArchive::new(std::fs::File::open(path).unwrap()).unwrap();
+async fn zip_file(h: &Harness, job: &Job, name: &str) -> String {
+    let mut zip = zip_of(h, job).await;
     let mut s = String::new();
     zip.by_name(name).unwrap().read_to_string(&mut s).unwrap();
     s
@@ -129,11 +145,12 @@ async fn explicit_steps_run_in_order_without_an_llm() {
         "first\nsecond\nthird\n"
     );
     assert!(h.requests.lock().unwrap().is_empty());
-    let names = zip_names(&job);
+    let names = zip_names(&h, &job).await;
     assert!(names.contains(&"notes/a.txt".to_string()), "{names:?}");
     assert!(names.contains(&"result.json".to_string()), "{names:?}");
     assert!(!names.iter().any(|n| n.ends_with(".zip")), "{names:?}");
-    let result: serde_json::Value = serde_json::from_str(&zip_file(&job, "result.json")).unwrap();
+    let result: serde_json::Value =
+        serde_json::from_str(&zip_file(&h, &job, "result.json").await).unwrap();
     assert_eq!(result["status"], "succeeded");
     assert_eq!(result["steps"].as_array().unwrap().len(), 4);
     assert_eq!(result["steps"][1]["result"]["exit_code"], 0);
@@ -161,7 +178,7 @@ async fn a_prompt_is_planned_streamed_and_recorded() {
     assert_eq!(job.provider.as_deref(), Some("mock"));
     assert_eq!(job.usage.total_tokens, 15);
     assert_eq!(job.plan.as_ref().unwrap().summary, "test plan");
-    assert_eq!(zip_file(&job, "out.txt"), "55\n");
+    assert_eq!(zip_file(&h, &job, "out.txt").await, "55\n");
     let reqs = h.requests.lock().unwrap().clone();
     assert_eq!(reqs.len(), 1);
     assert!(reqs[0].json_mode);
@@ -214,7 +231,7 @@ async fn a_failed_step_is_repaired_with_its_stderr() {
         ]
     );
     assert_eq!(job.steps[2].attempt, 1);
-    let names = zip_names(&job);
+    let names = zip_names(&h, &job).await;
     assert!(names.contains(&"a.txt".into()) && names.contains(&"b.txt".into()));
 }
 
@@ -245,7 +262,7 @@ async fn a_refused_write_is_a_failed_step_that_can_be_repaired() {
     );
     let reqs = h.requests.lock().unwrap().clone();
     assert!(reqs[1].messages[0].content.contains("refused"));
-    assert!(zip_names(&job).contains(&"good.txt".into()));
+    assert!(zip_names(&h, &job).await.contains(&"good.txt".into()));
 }
 
 #[tokio::test]
@@ -264,7 +281,7 @@ async fn repairs_are_bounded() {
     assert!(error.contains("exited with code 7"), "{error}");
     assert!(error.contains("after 2 repair attempts"), "{error}");
     // Partial results are still packaged.
-    assert!(zip_names(&job).contains(&"result.json".into()));
+    assert!(zip_names(&h, &job).await.contains(&"result.json".into()));
 }
 
 #[tokio::test]
@@ -292,7 +309,8 @@ async fn an_unparseable_plan_gets_one_retry_with_the_error() {
     // Tokens spent are tokens spent: both answers count though neither became a plan.
     assert_eq!(job.usage.total_tokens, 30);
     assert_eq!(job.provider.as_deref(), Some("mock"));
-    let result: serde_json::Value = serde_json::from_str(&zip_file(&job, "result.json")).unwrap();
+    let result: serde_json::Value =
+        serde_json::from_str(&zip_file(&h, &job, "result.json").await).unwrap();
     assert_eq!(result["usage"]["total_tokens"], 30);
     assert_eq!(result["provider"], "mock");
 }
@@ -325,7 +343,7 @@ async fn cancel_stops_a_running_job_and_keeps_partial_output() {
         job.steps[1].result.as_ref().unwrap().termination,
         Termination::Cancelled
     );
-    let names = zip_names(&job);
+    let names = zip_names(&h, &job).await;
     assert!(names.contains(&"early.txt".into()) && !names.contains(&"late.txt".into()));
     assert_eq!(h.manager.stats().live_sandboxes, 0);
     // A finished job cannot be cancelled again.
@@ -379,7 +397,7 @@ async fn a_job_past_its_timeout_is_timed_out_with_partial_output() {
         Termination::TimedOut,
         "the step killed by the job's timeout says so"
     );
-    assert!(zip_names(&job).contains(&"before.txt".into()));
+    assert!(zip_names(&h, &job).await.contains(&"before.txt".into()));
 }
 
 #[tokio::test]
@@ -481,7 +499,7 @@ async fn retention_removes_old_jobs_events_and_artifacts_periodically() {
         .unwrap();
     let job = h.manager.wait(id).await.unwrap();
     let zip = job.artifact.unwrap().path;
-    assert!(std::path::Path::new(&zip).exists());
+    assert!(h.manager.artifacts().open(&zip).await.unwrap().is_some());
     // The sweeper runs on its own (not only at start-up).
     for _ in 0..100 {
         if h.store.get_job(id).await.unwrap().is_none() {
@@ -494,7 +512,10 @@ async fn retention_removes_old_jobs_events_and_artifacts_periodically() {
         h.store.events(id, 0, 10).await.unwrap().is_empty(),
         "events swept"
     );
-    assert!(!std::path::Path::new(&zip).exists(), "artifact swept");
+    assert!(
+        h.manager.artifacts().open(&zip).await.unwrap().is_none(),
+        "artifact swept"
+    );
 }
 
 #[tokio::test]

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use agent_core::artifacts::ArtifactStore;
 use agent_core::NetworkMode;
 use agent_llm::SecretString;
 
@@ -33,6 +34,12 @@ pub struct ServerConfig {
     /// Directory for the SQLite database, the logs and the result ZIPs.
     #[arg(long, env = "AGENT_OUTPUT_DIR", default_value = "/tmp/agent_jobs")]
     pub output_dir: PathBuf,
+
+    /// Where result ZIPs are kept, as a URL: `file:///dir`, or with the matching cargo feature
+    /// `s3://bucket/prefix`, `gs://bucket/prefix`, `az://container/prefix` (credentials from the
+    /// backend's own variables, e.g. `AWS_ACCESS_KEY_ID`). Default: `<output dir>/artifacts`.
+    #[arg(long, env = "AGENT_ARTIFACTS")]
+    pub artifacts: Option<String>,
 
     /// Image the job sandboxes run.
     #[arg(
@@ -159,9 +166,21 @@ impl ServerConfig {
         self.output_dir.join("jobs.sqlite3")
     }
 
-    /// Where result ZIPs are written.
+    /// The local artifact directory (or, with `AGENT_ARTIFACTS` naming a bucket, where ZIPs are
+    /// built before they are uploaded).
     pub fn artifact_dir(&self) -> PathBuf {
         self.output_dir.join("artifacts")
+    }
+
+    /// The artifact store `AGENT_ARTIFACTS` names; `None` = the local default.
+    pub fn artifact_store(&self) -> Result<Option<ArtifactStore>, String> {
+        self.artifacts
+            .as_deref()
+            .map(|url| {
+                ArtifactStore::from_url(url, self.artifact_dir())
+                    .map_err(|e| format!("AGENT_ARTIFACTS: {e}"))
+            })
+            .transpose()
     }
 }
 

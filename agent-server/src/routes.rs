@@ -1,7 +1,6 @@
 //! The router and its handlers.
 
 use std::convert::Infallible;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +17,6 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
-use tokio_util::io::ReaderStream;
 use tokio_util::sync::CancellationToken;
 use utoipa::IntoParams;
 use utoipa_swagger_ui::SwaggerUi;
@@ -48,8 +46,6 @@ pub struct ApiSettings {
     pub max_body_bytes: usize,
     /// Defaults for new jobs.
     pub defaults: JobDefaults,
-    /// The job manager's artifact directory (resolves relative artifact paths).
-    pub artifact_dir: Option<PathBuf>,
     /// The image jobs run by default (shown by `GET /info`).
     pub image: Option<String>,
     /// Sandboxes kept started ahead of demand (shown by `GET /info`).
@@ -87,7 +83,6 @@ impl Default for ApiSettings {
             public_docs: false,
             max_body_bytes: 1 << 20,
             defaults: JobDefaults::default(),
-            artifact_dir: None,
             image: None,
             warm_pool: 0,
             warm_ready: None,
@@ -463,26 +458,25 @@ pub(crate) async fn download(
             .with_status(job.status)
         });
     };
-    let mut path = PathBuf::from(&artifact.path);
-    if path.is_relative() {
-        if let Some(dir) = &state.inner.settings.artifact_dir {
-            path = dir.join(path);
-        }
-    }
-    let file = tokio::fs::File::open(&path).await.map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "no_artifact",
-                format!("the archive of job {id} is gone (removed by retention?)"),
-            )
-        } else {
+    let opened = state
+        .inner
+        .manager
+        .artifacts()
+        .open(&artifact.path)
+        .await
+        .map_err(|e| {
             tracing::error!(job_id = %id, error = %e, "opening an archive failed");
             ApiError::internal("could not open the archive")
-        }
-    })?;
-    let len = file.metadata().await.ok().map(|m| m.len());
-    let mut resp = Response::new(Body::from_stream(ReaderStream::new(file)));
+        })?;
+    let Some(reader) = opened else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_artifact",
+            format!("the archive of job {id} is gone (removed by retention?)"),
+        ));
+    };
+    let len = reader.size;
+    let mut resp = Response::new(Body::from_stream(reader.stream));
     let headers = resp.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
@@ -491,9 +485,7 @@ pub(crate) async fn download(
     if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"job-{id}.zip\"")) {
         headers.insert(header::CONTENT_DISPOSITION, v);
     }
-    if let Some(len) = len {
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    }
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     Ok(resp)
 }
 

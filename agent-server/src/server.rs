@@ -111,6 +111,7 @@ pub async fn build_state(config: &ServerConfig) -> Result<AppState, ServeError> 
         max_concurrent_jobs: config.max_concurrent_jobs,
         max_queued_jobs: config.max_queued_jobs,
         artifact_dir: config.artifact_dir(),
+        artifacts: config.artifact_store().map_err(ServeError::Config)?,
         retention: config.retention(),
         shutdown_grace: config.shutdown_grace(),
         ..JobManagerConfig::default()
@@ -134,7 +135,6 @@ pub async fn build_state(config: &ServerConfig) -> Result<AppState, ServeError> 
         public_docs: config.public_docs,
         max_body_bytes: config.max_body_bytes,
         defaults,
-        artifact_dir: Some(config.artifact_dir()),
         image: Some(config.image.clone()),
         warm_pool: config.warm_pool,
         warm_ready: Some(crate::routes::WarmProbe::new(move || warm.warm_ready())),

@@ -13,8 +13,9 @@
 //!         compile ◀─────────────────┘
 //! ```
 //!
-//! A job with explicit steps skips planning and repair and needs no LLM. Compilation writes
-//! `result.json` into the workspace and exports the workspace as the job's ZIP; the job manager
+//! A job with explicit steps skips planning and repair and needs no LLM. Compilation exports the
+//! workspace as the job's ZIP, with `result.json` made on the host and added to it (a full
+//! workspace cannot stop it); the job manager
 //! also runs it after a cancel or a timeout so partial output is kept.
 
 mod nodes;
@@ -22,14 +23,14 @@ pub mod plan;
 pub mod step;
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::archive::{tar_stream_to_zip, ArchiveSummary};
+use crate::archive::{package, ArchiveSummary, HostFile};
+use crate::artifacts::ArtifactStore;
 use crate::error::{Error, Result};
 use crate::events::EventSink;
 use crate::executor::{OutputSink, Sandbox, SandboxError, SandboxErrorKind};
@@ -57,7 +58,9 @@ pub struct AgentSettings {
     /// Largest workspace export accepted.
     pub max_export_bytes: u64,
     /// Where the ZIP goes.
-    pub artifact_path: PathBuf,
+    pub artifacts: ArtifactStore,
+    /// Its key in the store.
+    pub artifact_key: String,
 }
 
 /// The shared store of the agent flow: one job's state while it runs.
@@ -148,7 +151,7 @@ impl AgentState {
         Ok(())
     }
 
-    /// Marks unfinished steps skipped and writes `result.json` + the ZIP. Runs after every flow,
+    /// Marks unfinished steps skipped and writes the ZIP with `result.json`. Runs after every flow,
     /// whatever its outcome; `status` is the job's final status.
     pub async fn compile(&mut self, status: JobStatus) -> Result<Artifact> {
         let packaging = self.prepare_packaging(status)?;
@@ -181,7 +184,8 @@ impl AgentState {
         Ok(Packaging {
             sandbox: self.sandbox.clone(),
             result_json: Bytes::from(json),
-            artifact_path: self.settings.artifact_path.clone(),
+            artifacts: self.settings.artifacts.clone(),
+            artifact_key: self.settings.artifact_key.clone(),
             max_export_bytes: self.settings.max_export_bytes,
         })
     }
@@ -250,22 +254,30 @@ struct ResultDocument<'a> {
 pub(crate) struct Packaging {
     sandbox: Arc<dyn Sandbox>,
     result_json: Bytes,
-    artifact_path: PathBuf,
+    artifacts: ArtifactStore,
+    artifact_key: String,
     max_export_bytes: u64,
 }
 
 impl Packaging {
-    /// Writes `result.json` into the workspace and exports the workspace as the ZIP (the compile
-    /// node's `exec`).
+    /// Exports the workspace as the ZIP, with `result.json` made here and added beside the
+    /// workspace's files, so it needs no space in the sandbox (the compile node's `exec`).
     pub(crate) async fn run(&self) -> Result<Artifact> {
-        self.sandbox
-            .put_file(RESULT_FILE, self.result_json.clone())
-            .await?;
         let tar = self.sandbox.export().await?;
-        let summary: ArchiveSummary =
-            tar_stream_to_zip(tar, &self.artifact_path, self.max_export_bytes).await?;
+        let result = HostFile {
+            name: RESULT_FILE.to_string(),
+            content: self.result_json.clone(),
+        };
+        let summary: ArchiveSummary = package(
+            tar,
+            &[result],
+            &self.artifacts,
+            &self.artifact_key,
+            self.max_export_bytes,
+        )
+        .await?;
         Ok(Artifact {
-            path: self.artifact_path.to_string_lossy().into_owned(),
+            path: self.artifact_key.clone(),
             size_bytes: summary.zip_bytes,
             files: summary.files,
         })

@@ -313,7 +313,7 @@ impl Node<AgentState> for RepairNode {
     }
 }
 
-/// Writes `result.json` and the ZIP. Raced against cancellation like any exec: when the job is
+/// Writes the ZIP with `result.json`. Raced against cancellation like any exec: when the job is
 /// cancelled or times out, the job manager packages what there is with its own deadline.
 struct CompileNode;
 

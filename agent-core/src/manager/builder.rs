@@ -11,6 +11,7 @@ use tracing::{info, warn};
 
 use super::{Inner, JobManager, JobManagerConfig};
 use crate::agent::agent_flow;
+use crate::artifacts::ArtifactStore;
 use crate::error::{Error, Result};
 use crate::executor::Executor;
 use crate::llm::LlmProvider;
@@ -61,19 +62,21 @@ impl JobManagerBuilder {
                 format!("must be between 1 and {}", Semaphore::MAX_PERMITS),
             ));
         }
-        tokio::fs::create_dir_all(&self.config.artifact_dir)
-            .await
-            .map_err(|e| {
-                Error::io(
-                    format!("creating {}", self.config.artifact_dir.display()),
-                    e,
-                )
-            })?;
+        let artifacts = match &self.config.artifacts {
+            Some(store) => store.clone(),
+            None => {
+                let dir = self.config.artifact_dir.clone();
+                tokio::task::spawn_blocking(move || ArtifactStore::local(dir))
+                    .await
+                    .map_err(|e| Error::other(format!("opening the artifact store: {e}")))??
+            }
+        };
         let (events_tx, _) = broadcast::channel(LIVE_CHANNEL);
         let inner = Arc::new(Inner {
             flow: agent_flow()?,
             permits: Arc::new(Semaphore::new(self.config.max_concurrent_jobs)),
             store: self.store,
+            artifacts,
             executor: self.executor,
             llm: self.llm,
             config: self.config,

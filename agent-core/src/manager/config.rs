@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::artifacts::ArtifactStore;
 use crate::executor::{DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_TAIL_BYTES};
 
 /// Settings of a [`JobManager`](super::JobManager).
@@ -13,8 +14,11 @@ pub struct JobManagerConfig {
     /// Jobs that may wait for a worker; past it [`JobManager::submit`](super::JobManager::submit)
     /// answers [`Error::QueueFull`](crate::Error::QueueFull). Default 10,000.
     pub max_queued_jobs: usize,
-    /// Where result ZIPs are written (`<dir>/<job_id>.zip`).
+    /// The local artifact directory (`<dir>/<job_id>.zip`) when `artifacts` is `None`; else the
+    /// scratch directory where ZIPs are built before they are uploaded.
     pub artifact_dir: PathBuf,
+    /// Where result ZIPs are kept; `None` = the local store at `artifact_dir`.
+    pub artifacts: Option<ArtifactStore>,
     /// How long finished jobs, their events and artifacts are kept (`None` = forever). Default 1 day.
     pub retention: Option<Duration>,
     /// How often the retention sweep runs. Default 10 minutes.
@@ -39,6 +43,7 @@ impl Default for JobManagerConfig {
             max_concurrent_jobs: 4,
             max_queued_jobs: 10_000,
             artifact_dir: std::env::temp_dir().join("agent_jobs").join("artifacts"),
+            artifacts: None,
             retention: Some(Duration::from_secs(24 * 3600)),
             sweep_interval: Duration::from_secs(600),
             max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,

@@ -43,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::agent::AgentState;
+use crate::artifacts::ArtifactStore;
 use crate::error::{Error, Result};
 use crate::events::{replay_then_follow, EventSink};
 use crate::executor::{Executor, SandboxSpec};
@@ -77,6 +78,7 @@ impl std::fmt::Debug for JobManager {
 /// The state all clones of a [`JobManager`] share.
 struct Inner {
     store: Arc<dyn JobStore>,
+    artifacts: ArtifactStore,
     executor: Arc<dyn Executor>,
     llm: Option<Arc<dyn LlmProvider>>,
     config: JobManagerConfig,
@@ -218,6 +220,11 @@ impl JobManager {
     /// The job store.
     pub fn store(&self) -> &Arc<dyn JobStore> {
         &self.inner.store
+    }
+
+    /// Where result ZIPs are kept (the download route and the CLI read them from here).
+    pub fn artifacts(&self) -> &ArtifactStore {
+        &self.inner.artifacts
     }
 
     /// The configuration.

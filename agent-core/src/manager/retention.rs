@@ -47,9 +47,12 @@ impl JobManager {
         for id in ids {
             if let Some(job) = self.inner.store.get_job(id).await? {
                 if let Some(artifact) = &job.artifact {
-                    match tokio::fs::remove_file(&artifact.path).await {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    match self.inner.artifacts.delete(&artifact.path).await {
+                        Ok(_) => {}
+                        // Recorded under another store (the configuration changed): not ours.
+                        Err(e @ Error::InvalidInput { .. }) => {
+                            warn!(job_id = %id, error = %e, "the artifact is not in this store; removing the job only");
+                        }
                         Err(e) => {
                             warn!(job_id = %id, error = %e, "could not remove an artifact; keeping the job");
                             continue;

@@ -10,6 +10,7 @@ use tracing::{debug, info, warn};
 use super::timer::JobTimer;
 use super::JobManager;
 use crate::agent::{AgentSettings, AgentState};
+use crate::artifacts::ArtifactStore;
 use crate::error::{Error, Result};
 use crate::events::EventSink;
 use crate::executor::{Sandbox, SandboxSpec};
@@ -98,7 +99,8 @@ impl JobManager {
             max_output_bytes: inner.config.max_output_bytes,
             tail_bytes: inner.config.tail_bytes,
             max_export_bytes: inner.config.max_export_bytes,
-            artifact_path: inner.config.artifact_dir.join(format!("{id}.zip")),
+            artifacts: inner.artifacts.clone(),
+            artifact_key: ArtifactStore::key_for(id),
         };
         let job_timeout = job.spec.job_timeout;
         let mut state = AgentState::new(

@@ -172,8 +172,9 @@ async fn run_with_manager(
         .unwrap_or_else(|| PathBuf::from(format!("job-{id}.zip")));
     let mut zip_path = None;
     if let Some(artifact) = &job.artifact {
-        match tokio::fs::copy(&artifact.path, &dest).await {
-            Ok(_) => zip_path = Some(dest.clone()),
+        match manager.artifacts().download_to(&artifact.path, &dest).await {
+            Ok(Some(_)) => zip_path = Some(dest.clone()),
+            Ok(None) => eprintln!("error: the job's archive is missing from its store"),
             Err(e) => eprintln!("error: writing {}: {e}", dest.display()),
         }
     }
