@@ -91,6 +91,25 @@ impl fmt::Debug for ArtifactReader {
     }
 }
 
+/// A stored archive as a local file (see [`ArtifactStore::local_file`]).
+#[derive(Debug)]
+pub enum LocalArtifact {
+    /// The archive's own file (local store).
+    InPlace(PathBuf),
+    /// A temporary copy, removed when dropped.
+    Copy(tempfile::TempPath),
+}
+
+impl LocalArtifact {
+    /// Where the file is.
+    pub fn path(&self) -> &Path {
+        match self {
+            LocalArtifact::InPlace(p) => p,
+            LocalArtifact::Copy(p) => p,
+        }
+    }
+}
+
 impl ArtifactStore {
     /// The local store: archives are files in `dir` (created if missing).
     pub fn local(dir: impl AsRef<Path>) -> Result<Self> {
@@ -315,6 +334,28 @@ impl ArtifactStore {
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(store_error(format!("opening {stored}"), e)),
         }
+    }
+
+    /// A stored archive as a local file, for readers that need to seek (listing a ZIP's
+    /// entries): the file itself in a local store, else a streamed copy in the staging directory
+    /// that is removed when the returned value is dropped. `None` when it is not there.
+    pub async fn local_file(&self, stored: &str) -> Result<Option<LocalArtifact>> {
+        let location = self.locate(stored)?;
+        if let Some((_, dir)) = &self.inner.local {
+            let path = location
+                .parts()
+                .fold(dir.clone(), |p, part| p.join(part.as_ref()));
+            return match tokio::fs::metadata(&path).await {
+                Ok(_) => Ok(Some(LocalArtifact::InPlace(path))),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(Error::io(format!("opening {}", path.display()), e)),
+            };
+        }
+        let copy = self.staging_file()?.into_temp_path();
+        Ok(self
+            .download_to(stored, &copy)
+            .await?
+            .map(|_| LocalArtifact::Copy(copy)))
     }
 
     /// Copies a stored archive to a local file, streamed; `None` when it is not there.

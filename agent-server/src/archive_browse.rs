@@ -7,7 +7,6 @@
 //! server's origin.
 
 use std::io::Read;
-use std::path::PathBuf;
 
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
@@ -20,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio_stream::wrappers::ReceiverStream;
 use utoipa::ToSchema;
 
+use agent_core::artifacts::LocalArtifact;
 use agent_core::JobId;
 
 use crate::error::{ApiError, ApiResult, ErrorBody};
@@ -64,7 +64,7 @@ pub struct ArchiveListing {
 
 /// Where a finished job's ZIP is on disk; 409 `not_ready` before it finishes, 404 `no_artifact`
 /// when it ended without one or retention removed it (the same answers as `GET /download/{id}`).
-async fn archive_path(state: &AppState, id: JobId) -> ApiResult<PathBuf> {
+async fn archive_path(state: &AppState, id: JobId) -> ApiResult<LocalArtifact> {
     let job = state.manager().get(id).await?;
     let Some(artifact) = job.artifact.as_ref() else {
         return Err(if job.status.is_terminal() {
@@ -86,13 +86,16 @@ async fn archive_path(state: &AppState, id: JobId) -> ApiResult<PathBuf> {
             .with_status(job.status)
         });
     };
-    let mut path = PathBuf::from(&artifact.path);
-    if path.is_relative() {
-        if let Some(dir) = &state.settings().artifact_dir {
-            path = dir.join(path);
-        }
-    }
-    Ok(path)
+    state
+        .manager()
+        .artifacts()
+        .local_file(&artifact.path)
+        .await
+        .map_err(|e| {
+            tracing::error!(job_id = %id, error = %e, "opening an archive failed");
+            ApiError::internal("could not open the archive")
+        })?
+        .ok_or_else(|| gone(id))
 }
 
 fn gone(id: JobId) -> ApiError {
@@ -153,7 +156,7 @@ pub(crate) async fn list_files(
 ) -> ApiResult<Json<ArchiveListing>> {
     let path = archive_path(&state, id).await?;
     blocking(move || {
-        let mut zip = open_archive(&path, id)?;
+        let mut zip = open_archive(path.path(), id)?;
         let mut files = Vec::new();
         let mut total = 0;
         for i in 0..zip.len() {
@@ -213,7 +216,7 @@ pub(crate) async fn read_file(
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
     let wanted = name.clone();
     tokio::task::spawn_blocking(move || {
-        let mut zip = match open_archive(&path, id) {
+        let mut zip = match open_archive(path.path(), id) {
             Ok(z) => z,
             Err(e) => {
                 let _ = found_tx.send(Err(e));
