@@ -44,7 +44,9 @@ async def hold_idle(host, port, stop_at, stats):
             data = await asyncio.wait_for(reader.read(1), timeout=remaining)
             if not data:
                 stats["closed_by_server"] += 1
-        except (asyncio.TimeoutError, OSError):
+        except OSError:
+            stats["closed_by_server"] += 1  # reset by the server
+        except asyncio.TimeoutError:
             pass
         finally:
             stats["open"] -= 1
