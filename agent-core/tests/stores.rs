@@ -238,6 +238,57 @@ mod sqlite {
         assert!(err.message.contains("newer"), "{err}");
     }
 
+    #[tokio::test]
+    async fn migration_2_fills_the_summary_columns_of_existing_jobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.db");
+        let store = SqliteStore::open(&path).unwrap();
+        let mut jobs = Vec::new();
+        for i in 0..3 {
+            let prompt = format!("job {i} {}", "ü".repeat(250 * (i % 2)));
+            let mut job = Job::new(JobId::new(), JobSpec::from_prompt(prompt));
+            job.created_at += chrono::Duration::seconds(i as i64);
+            if i > 0 {
+                job.transition(JobStatus::Running).unwrap();
+                job.transition(JobStatus::Failed).unwrap();
+                job.error = Some(format!("failure {i}"));
+                job.provider = Some("mock".into());
+                job.usage.prompt_tokens = 10 * i as u64;
+                job.usage.total_tokens = 11 * i as u64;
+            }
+            if i == 2 {
+                job.spec.steps = Some(vec![
+                    agent_core::Step::shell("echo hi").with_description("greet")
+                ]);
+            }
+            store.insert_job(&job).await.unwrap();
+            jobs.push(job);
+        }
+        drop(store);
+        // Back to a version-1 database: the summary columns did not exist.
+        {
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "ALTER TABLE jobs DROP COLUMN prompt_head; ALTER TABLE jobs DROP COLUMN steps; \
+                 ALTER TABLE jobs DROP COLUMN started_at; ALTER TABLE jobs DROP COLUMN error; \
+                 ALTER TABLE jobs DROP COLUMN provider; ALTER TABLE jobs DROP COLUMN first_step; \
+                 ALTER TABLE jobs DROP COLUMN prompt_tokens; \
+                 ALTER TABLE jobs DROP COLUMN completion_tokens; \
+                 ALTER TABLE jobs DROP COLUMN total_tokens; \
+                 PRAGMA user_version = 1;",
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let page = store.list_summaries(&JobFilter::default()).await.unwrap();
+        assert_eq!(page.total, 3);
+        assert_eq!(page.jobs[0].first_step.as_deref(), Some("greet"));
+        assert_eq!(page.jobs[0].provider.as_deref(), Some("mock"));
+        for (listed, job) in page.jobs.iter().zip(jobs.iter().rev()) {
+            assert_eq!(*listed, agent_core::store::JobSummary::from_job(job));
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_write_lock_held_by_another_process_is_a_retryable_busy_error() {
         let dir = tempfile::tempdir().unwrap();

@@ -8,8 +8,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use agent_core::{
-    Job, JobId, JobSpec, JobStatus, NetworkMode, Step, StepKind, StepStatus, Termination,
-    TokenUsage,
+    Job, JobId, JobSpec, JobStatus, NetworkMode, Step, StepStatus, Termination, TokenUsage,
 };
 
 use crate::error::ApiError;
@@ -263,31 +262,7 @@ impl From<TokenUsage> for UsageView {
     }
 }
 
-/// At most `max` characters of `text`'s first non-empty line, with `…` when cut.
-fn headline(text: &str, max: usize) -> String {
-    let line = text
-        .lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .unwrap_or("");
-    let mut out: String = line.chars().take(max).collect();
-    if out.len() < text.trim().len() {
-        out.push('…');
-    }
-    out
-}
-
-/// One line saying what a step does: its description, else its command, code or path.
-pub fn step_headline(step: &Step) -> String {
-    if let Some(d) = step.description.as_deref().filter(|d| !d.trim().is_empty()) {
-        return headline(d, 120);
-    }
-    match &step.kind {
-        StepKind::Shell { command } => headline(command, 120),
-        StepKind::Python { code } => headline(code, 120),
-        StepKind::WriteFile { path, .. } => format!("write {}", headline(path, 110)),
-    }
-}
+pub use agent_core::store::step_headline;
 
 /// One job in `GET /jobs`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -325,27 +300,24 @@ pub struct JobSummary {
 impl JobSummary {
     /// The summary of a stored job.
     pub fn from_job(job: &Job) -> Self {
-        let mut prompt: String = job.spec.prompt.chars().take(200).collect();
-        if prompt.len() < job.spec.prompt.len() {
-            prompt.push('…');
-        }
+        Self::from(agent_core::store::JobSummary::from_job(job))
+    }
+}
+
+impl From<agent_core::store::JobSummary> for JobSummary {
+    fn from(s: agent_core::store::JobSummary) -> Self {
         Self {
-            job_id: job.id,
-            status: job.status,
-            prompt,
-            steps: job.steps.len(),
-            created_at: job.created_at,
-            started_at: job.started_at,
-            finished_at: job.finished_at,
-            error: job.error.clone(),
-            provider: job.provider.clone(),
-            first_step: job
-                .steps
-                .first()
-                .map(|r| &r.step)
-                .or_else(|| job.spec.steps.as_ref().and_then(|s| s.first()))
-                .map(step_headline),
-            usage: job.usage.into(),
+            job_id: s.id,
+            status: s.status,
+            prompt: s.prompt,
+            steps: s.steps,
+            created_at: s.created_at,
+            started_at: s.started_at,
+            finished_at: s.finished_at,
+            error: s.error,
+            provider: s.provider,
+            first_step: s.first_step,
+            usage: s.usage.into(),
         }
     }
 }

@@ -398,9 +398,9 @@ pub(crate) async fn list_jobs(
     }
     let offset = parse_number("offset", q.offset.as_deref(), 0, usize::MAX / 2)?;
     filter = filter.page(limit, offset);
-    let page = state.inner.manager.list(&filter).await?;
+    let page = state.inner.manager.list_summaries(&filter).await?;
     Ok(Json(JobsResponse {
-        jobs: page.jobs.iter().map(JobSummary::from_job).collect(),
+        jobs: page.jobs.into_iter().map(JobSummary::from).collect(),
         total: page.total,
     }))
 }

@@ -50,7 +50,7 @@ use crate::executor::{Executor, SandboxSpec};
 use crate::flow::Flow;
 use crate::job::{EventKind, Job, JobEvent, JobId, JobSpec, JobStatus};
 use crate::llm::LlmProvider;
-use crate::store::{JobFilter, JobPage, JobStore, MAX_PAGE_SIZE};
+use crate::store::{JobFilter, JobPage, JobStore, SummaryPage, MAX_PAGE_SIZE};
 
 pub use builder::JobManagerBuilder;
 pub use config::{JobManagerConfig, ManagerStats};
@@ -149,6 +149,17 @@ impl JobManager {
             ));
         }
         Ok(self.inner.store.list_jobs(filter).await?)
+    }
+
+    /// Summaries of jobs, newest first: what a list shows, without reading whole records.
+    pub async fn list_summaries(&self, filter: &JobFilter) -> Result<SummaryPage> {
+        if filter.limit > MAX_PAGE_SIZE {
+            return Err(Error::invalid(
+                "limit",
+                format!("must be at most {MAX_PAGE_SIZE}"),
+            ));
+        }
+        Ok(self.inner.store.list_summaries(filter).await?)
     }
 
     /// A job's stored events with `seq > after`.

@@ -12,7 +12,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::job::{Job, JobEvent, JobId, JobStatus};
-use crate::store::{JobFilter, JobPage, JobStore, StoreError, StoreErrorKind, MAX_PAGE_SIZE};
+use crate::store::{
+    JobFilter, JobPage, JobStore, JobSummary, StoreError, StoreErrorKind, SummaryPage,
+    MAX_PAGE_SIZE,
+};
 
 /// Sort key of a job: listed by `created_at`, newest first, ties broken by id (descending) —
 /// the same order as the SQLite store.
@@ -108,6 +111,50 @@ pub(crate) fn check_events(id: JobId, last: u64, events: &[JobEvent]) -> Result<
     Ok(())
 }
 
+/// The keys of a page of `filter`, newest first, and the total that matched.
+fn page_keys(inner: &Inner, filter: &JobFilter) -> (Vec<OrderKey>, u64) {
+    let limit = filter.limit.min(MAX_PAGE_SIZE);
+    let mut statuses = filter.statuses.clone();
+    statuses.sort();
+    statuses.dedup();
+    let keys: Vec<OrderKey> = if statuses.is_empty() {
+        inner
+            .all
+            .iter()
+            .rev()
+            .skip(filter.offset)
+            .take(limit)
+            .copied()
+            .collect()
+    } else {
+        // Merge the per-status indexes, newest first.
+        let mut heads: Vec<_> = statuses
+            .iter()
+            .filter_map(|s| inner.by_status.get(s))
+            .map(|set| set.iter().rev().peekable())
+            .collect();
+        let merged = std::iter::from_fn(|| {
+            let best = heads
+                .iter_mut()
+                .enumerate()
+                .filter_map(|(i, it)| it.peek().map(|k| (i, **k)))
+                .max_by_key(|(_, k)| *k)?;
+            heads[best.0].next().copied()
+        });
+        merged.skip(filter.offset).take(limit).collect()
+    };
+    let total = if statuses.is_empty() {
+        inner.all.len()
+    } else {
+        statuses
+            .iter()
+            .filter_map(|s| inner.by_status.get(s))
+            .map(BTreeSet::len)
+            .sum()
+    };
+    (keys, total as u64)
+}
+
 #[async_trait]
 impl JobStore for MemoryStore {
     async fn insert_job(&self, job: &Job) -> Result<(), StoreError> {
@@ -147,54 +194,23 @@ impl JobStore for MemoryStore {
     }
 
     async fn list_jobs(&self, filter: &JobFilter) -> Result<JobPage, StoreError> {
-        let limit = filter.limit.min(MAX_PAGE_SIZE);
         let inner = self.read();
-        let mut statuses = filter.statuses.clone();
-        statuses.sort();
-        statuses.dedup();
-        let keys: Vec<OrderKey> = if statuses.is_empty() {
-            inner
-                .all
-                .iter()
-                .rev()
-                .skip(filter.offset)
-                .take(limit)
-                .copied()
-                .collect()
-        } else {
-            // Merge the per-status indexes, newest first.
-            let mut heads: Vec<_> = statuses
-                .iter()
-                .filter_map(|s| inner.by_status.get(s))
-                .map(|set| set.iter().rev().peekable())
-                .collect();
-            let merged = std::iter::from_fn(|| {
-                let best = heads
-                    .iter_mut()
-                    .enumerate()
-                    .filter_map(|(i, it)| it.peek().map(|k| (i, **k)))
-                    .max_by_key(|(_, k)| *k)?;
-                heads[best.0].next().copied()
-            });
-            merged.skip(filter.offset).take(limit).collect()
-        };
-        let total = if statuses.is_empty() {
-            inner.all.len()
-        } else {
-            statuses
-                .iter()
-                .filter_map(|s| inner.by_status.get(s))
-                .map(BTreeSet::len)
-                .sum()
-        };
+        let (keys, total) = page_keys(&inner, filter);
         let jobs = keys
             .iter()
             .filter_map(|(_, id)| inner.jobs.get(id).map(|e| e.job.clone()))
             .collect();
-        Ok(JobPage {
-            jobs,
-            total: total as u64,
-        })
+        Ok(JobPage { jobs, total })
+    }
+
+    async fn list_summaries(&self, filter: &JobFilter) -> Result<SummaryPage, StoreError> {
+        let inner = self.read();
+        let (keys, total) = page_keys(&inner, filter);
+        let jobs = keys
+            .iter()
+            .filter_map(|(_, id)| inner.jobs.get(id).map(|e| JobSummary::from_job(&e.job)))
+            .collect();
+        Ok(SummaryPage { jobs, total })
     }
 
     async fn delete_job(&self, id: JobId) -> Result<bool, StoreError> {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::job::{Job, JobEvent, JobId, JobStatus};
+use crate::job::{Job, JobEvent, JobId, JobStatus, Step, StepKind, TokenUsage};
 
 pub mod memory;
 #[cfg(feature = "sqlite")]
@@ -58,6 +58,115 @@ impl JobFilter {
 pub struct JobPage {
     /// The jobs on this page.
     pub jobs: Vec<Job>,
+    /// How many jobs matched the filter in all.
+    pub total: u64,
+}
+
+/// How many characters of the prompt a [`JobSummary`] keeps.
+pub const SUMMARY_PROMPT_CHARS: usize = 200;
+
+/// What a list of jobs shows of each: a handful of fields, without the job's plan, steps and
+/// events, so that a store can answer a page without decoding whole records.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobSummary {
+    /// The job.
+    pub id: JobId,
+    /// Its status.
+    pub status: JobStatus,
+    /// The prompt, shortened to [`SUMMARY_PROMPT_CHARS`] characters (then ending in `…`).
+    pub prompt: String,
+    /// Number of step records (run, failed or skipped).
+    pub steps: usize,
+    /// Submission time.
+    pub created_at: DateTime<Utc>,
+    /// Start time.
+    pub started_at: Option<DateTime<Utc>>,
+    /// Finish time.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// The LLM provider that planned it.
+    pub provider: Option<String>,
+    /// What its first step does ([`step_headline`] of its first step record, else of its first
+    /// explicit step).
+    pub first_step: Option<String>,
+    /// LLM tokens used.
+    pub usage: TokenUsage,
+}
+
+impl JobSummary {
+    /// The summary of a job.
+    pub fn from_job(job: &Job) -> Self {
+        Self {
+            id: job.id,
+            status: job.status,
+            prompt: shorten_prompt(&job.spec.prompt),
+            steps: job.steps.len(),
+            created_at: job.created_at,
+            started_at: job.started_at,
+            finished_at: job.finished_at,
+            error: job.error.clone(),
+            provider: job.provider.clone(),
+            first_step: first_step_headline(job),
+            usage: job.usage,
+        }
+    }
+}
+
+/// [`step_headline`] of a job's first step record, else of its first explicit step.
+pub fn first_step_headline(job: &Job) -> Option<String> {
+    job.steps
+        .first()
+        .map(|r| &r.step)
+        .or_else(|| job.spec.steps.as_ref().and_then(|s| s.first()))
+        .map(step_headline)
+}
+
+/// At most `max` characters of `text`'s first non-empty line, with `…` when cut.
+fn headline(text: &str, max: usize) -> String {
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("");
+    let mut out: String = line.chars().take(max).collect();
+    if out.len() < text.trim().len() {
+        out.push('…');
+    }
+    out
+}
+
+/// One line saying what a step does (at most 120 characters): its description, else its
+/// command, code or path.
+pub fn step_headline(step: &Step) -> String {
+    if let Some(d) = step.description.as_deref().filter(|d| !d.trim().is_empty()) {
+        return headline(d, 120);
+    }
+    match &step.kind {
+        StepKind::Shell { command } => headline(command, 120),
+        StepKind::Python { code } => headline(code, 120),
+        StepKind::WriteFile { path, .. } => format!("write {}", headline(path, 110)),
+    }
+}
+
+/// The first [`SUMMARY_PROMPT_CHARS`] characters of `prompt`, with `…` when it was longer.
+pub fn shorten_prompt(prompt: &str) -> String {
+    match prompt.char_indices().nth(SUMMARY_PROMPT_CHARS) {
+        None => prompt.to_string(),
+        Some((end, _)) => {
+            let mut short = String::with_capacity(end + '…'.len_utf8());
+            short.push_str(&prompt[..end]);
+            short.push('…');
+            short
+        }
+    }
+}
+
+/// One page of job summaries, newest first, with the total that matched.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SummaryPage {
+    /// The summaries on this page.
+    pub jobs: Vec<JobSummary>,
     /// How many jobs matched the filter in all.
     pub total: u64,
 }
@@ -134,6 +243,17 @@ pub trait JobStore: Send + Sync + 'static {
     /// Jobs matching a filter, newest first.
     async fn list_jobs(&self, filter: &JobFilter) -> Result<JobPage, StoreError>;
 
+    /// Summaries of the jobs matching a filter, newest first: the same jobs and total as
+    /// [`list_jobs`](JobStore::list_jobs). The default summarises `list_jobs`'s page; a store
+    /// that can read the few fields without the whole records overrides it.
+    async fn list_summaries(&self, filter: &JobFilter) -> Result<SummaryPage, StoreError> {
+        let page = self.list_jobs(filter).await?;
+        Ok(SummaryPage {
+            jobs: page.jobs.iter().map(JobSummary::from_job).collect(),
+            total: page.total,
+        })
+    }
+
     /// Removes a job and its events. Returns whether it existed.
     async fn delete_job(&self, id: JobId) -> Result<bool, StoreError>;
 
@@ -173,6 +293,9 @@ impl<T: JobStore + ?Sized> JobStore for Arc<T> {
     }
     async fn list_jobs(&self, filter: &JobFilter) -> Result<JobPage, StoreError> {
         (**self).list_jobs(filter).await
+    }
+    async fn list_summaries(&self, filter: &JobFilter) -> Result<SummaryPage, StoreError> {
+        (**self).list_summaries(filter).await
     }
     async fn delete_job(&self, id: JobId) -> Result<bool, StoreError> {
         (**self).delete_job(id).await

@@ -20,9 +20,13 @@
 //! - Statements are prepared once per connection and cached; a batch of events is appended in
 //!   one transaction.
 //!
-//! Schema (version 1): `jobs(id TEXT PRIMARY KEY, status TEXT, created_at INTEGER, finished_at
-//! INTEGER, record TEXT)` where `record` is the [`Job`] as JSON and the times are nanoseconds
-//! since the Unix epoch, indexed on `(created_at, id)`, `(status, created_at, id)` and
+//! Schema (version 2): `jobs(id TEXT PRIMARY KEY, status TEXT, created_at INTEGER, finished_at
+//! INTEGER, record TEXT, prompt_head TEXT, steps INTEGER, started_at INTEGER, error TEXT,
+//! provider TEXT, first_step TEXT, prompt_tokens, completion_tokens, total_tokens INTEGER)` where
+//! `record` is the [`Job`] as JSON, the times are nanoseconds since the Unix epoch, and the last
+//! nine columns (with `status` and the times) are
+//! what a [`JobSummary`] shows, so
+//! [`JobStore::list_summaries`] decodes no records; `jobs` is indexed on `(created_at, id)`, `(status, created_at, id)` and
 //! `finished_at`; `events(job_id, seq, at, kind, PRIMARY KEY (job_id, seq))` where `kind` is the
 //! [`EventKind`] as JSON, deleted with their job (`ON DELETE CASCADE`).
 
@@ -34,9 +38,12 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
 
-use crate::job::{EventKind, Job, JobEvent, JobId, JobStatus};
+use crate::job::{EventKind, Job, JobEvent, JobId, JobStatus, TokenUsage};
 use crate::store::memory::check_events;
-use crate::store::{JobFilter, JobPage, JobStore, StoreError, StoreErrorKind, MAX_PAGE_SIZE};
+use crate::store::{
+    first_step_headline, shorten_prompt, JobFilter, JobPage, JobStore, JobSummary, StoreError,
+    StoreErrorKind, SummaryPage, MAX_PAGE_SIZE, SUMMARY_PROMPT_CHARS,
+};
 
 /// The database file name used by [`SqliteStore::open_in_dir`].
 pub const DEFAULT_FILE_NAME: &str = "agent.db";
@@ -76,6 +83,19 @@ const MIGRATIONS: &[&str] = &[
         kind   TEXT NOT NULL,
         PRIMARY KEY (job_id, seq)
     ) WITHOUT ROWID;
+    "#,
+    // 2: the fields a job summary shows, as columns, so a page of the list decodes no records.
+    // Existing rows are filled from their records by `fill_summaries`.
+    r#"
+    ALTER TABLE jobs ADD COLUMN prompt_head TEXT NOT NULL DEFAULT '';
+    ALTER TABLE jobs ADD COLUMN steps INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN started_at INTEGER;
+    ALTER TABLE jobs ADD COLUMN error TEXT;
+    ALTER TABLE jobs ADD COLUMN provider TEXT;
+    ALTER TABLE jobs ADD COLUMN first_step TEXT;
+    ALTER TABLE jobs ADD COLUMN prompt_tokens INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN completion_tokens INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN total_tokens INTEGER NOT NULL DEFAULT 0;
     "#,
 ];
 
@@ -265,10 +285,38 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
         };
         tx.execute_batch(migration)
             .map_err(|e| map_error(&format!("apply migration {}", version + 1), e))?;
+        if version + 1 == 2 {
+            fill_summaries(&tx)?;
+        }
         tx.pragma_update(None, "user_version", (version + 1) as i64)
             .map_err(sql("set the schema version"))?;
         tx.commit().map_err(sql("commit a migration"))?;
         tracing::info!(path = %path.display(), version = version + 1, "migrated the job database");
+    }
+}
+
+/// Migration 2: fills the summary columns of the jobs stored before it from their records.
+fn fill_summaries(tx: &Connection) -> Result<(), StoreError> {
+    let mut page = tx
+        .prepare("SELECT rowid, record FROM jobs WHERE rowid > ?1 ORDER BY rowid LIMIT 1000")
+        .map_err(sql("read the jobs to migrate"))?;
+    let mut update = tx
+        .prepare(UPDATE_JOB)
+        .map_err(sql("prepare the migration of the jobs"))?;
+    let mut after = 0i64;
+    loop {
+        let records: Vec<(i64, String)> = page
+            .query_map([after], |row| Ok((row.get(0)?, row.get(1)?)))
+            .and_then(|rows| rows.collect::<Result<_, _>>())
+            .map_err(sql("read the jobs to migrate"))?;
+        let Some(&(last, _)) = records.last() else {
+            return Ok(());
+        };
+        for (_, record) in &records {
+            let row = JobRow::new(&decode_job(record)?)?;
+            update.execute(row.params()).map_err(sql("migrate a job"))?;
+        }
+        after = last;
     }
 }
 
@@ -442,18 +490,12 @@ fn apply(conn: &Connection, op: &WriteOp) -> Result<WriteOutcome, StoreError> {
         WriteOp::Insert(row) => {
             let result = conn
                 .prepare_cached(
-                    "INSERT INTO jobs (id, status, created_at, finished_at, record) \
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    "INSERT INTO jobs (id, status, created_at, finished_at, record, prompt_head, \
+                     steps, started_at, error, provider, first_step, prompt_tokens, \
+                     completion_tokens, total_tokens) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
                 )
-                .and_then(|mut stmt| {
-                    stmt.execute(params![
-                        row.id,
-                        row.status,
-                        row.created_at,
-                        row.finished_at,
-                        row.record
-                    ])
-                });
+                .and_then(|mut stmt| stmt.execute(row.params()));
             match result {
                 Ok(_) => Ok(WriteOutcome::Done),
                 Err(e) if is_unique_violation(&e) => Err(StoreError::new(
@@ -465,19 +507,8 @@ fn apply(conn: &Connection, op: &WriteOp) -> Result<WriteOutcome, StoreError> {
         }
         WriteOp::Update(row) => {
             let changed = conn
-                .prepare_cached(
-                    "UPDATE jobs SET status = ?2, created_at = ?3, finished_at = ?4, record = ?5 \
-                     WHERE id = ?1",
-                )
-                .and_then(|mut stmt| {
-                    stmt.execute(params![
-                        row.id,
-                        row.status,
-                        row.created_at,
-                        row.finished_at,
-                        row.record
-                    ])
-                })
+                .prepare_cached(UPDATE_JOB)
+                .and_then(|mut stmt| stmt.execute(row.params()))
                 .map_err(sql("update a job"))?;
             if changed == 0 {
                 return Err(StoreError::new(
@@ -545,6 +576,12 @@ fn apply(conn: &Connection, op: &WriteOp) -> Result<WriteOutcome, StoreError> {
     }
 }
 
+/// Replaces a job's columns with a [`JobRow`]'s [`params`](JobRow::params).
+const UPDATE_JOB: &str = "UPDATE jobs SET status = ?2, created_at = ?3, finished_at = ?4, \
+    record = ?5, prompt_head = ?6, steps = ?7, started_at = ?8, error = ?9, provider = ?10, \
+    first_step = ?11, prompt_tokens = ?12, completion_tokens = ?13, total_tokens = ?14 \
+    WHERE id = ?1";
+
 /// A job ready to be written: its columns.
 struct JobRow {
     id: String,
@@ -552,6 +589,16 @@ struct JobRow {
     created_at: i64,
     finished_at: Option<i64>,
     record: String,
+    /// The prompt's first `SUMMARY_PROMPT_CHARS + 1` characters: enough to tell whether the
+    /// summary shortens it.
+    prompt_head: String,
+    steps: i64,
+    started_at: Option<i64>,
+    error: Option<String>,
+    provider: Option<String>,
+    first_step: Option<String>,
+    /// Prompt, completion and total tokens.
+    tokens: [i64; 3],
 }
 
 impl JobRow {
@@ -563,13 +610,49 @@ impl JobRow {
             )
             .with_source(e)
         })?;
+        let prompt = &job.spec.prompt;
+        let head_end = prompt
+            .char_indices()
+            .nth(SUMMARY_PROMPT_CHARS + 1)
+            .map_or(prompt.len(), |(i, _)| i);
         Ok(Self {
             id: job.id.to_string(),
             status: job.status.as_str(),
             created_at: nanos(job.created_at),
             finished_at: job.finished_at.map(nanos),
             record,
+            prompt_head: prompt[..head_end].to_string(),
+            steps: to_i64(job.steps.len() as u64),
+            started_at: job.started_at.map(nanos),
+            error: job.error.clone(),
+            provider: job.provider.clone(),
+            first_step: first_step_headline(job),
+            tokens: [
+                to_i64(job.usage.prompt_tokens),
+                to_i64(job.usage.completion_tokens),
+                to_i64(job.usage.total_tokens),
+            ],
         })
+    }
+
+    /// `?1`…`?14` of the insert and update statements.
+    fn params(&self) -> [&dyn rusqlite::ToSql; 14] {
+        [
+            &self.id,
+            &self.status,
+            &self.created_at,
+            &self.finished_at,
+            &self.record,
+            &self.prompt_head,
+            &self.steps,
+            &self.started_at,
+            &self.error,
+            &self.provider,
+            &self.first_step,
+            &self.tokens[0],
+            &self.tokens[1],
+            &self.tokens[2],
+        ]
     }
 }
 
@@ -605,6 +688,69 @@ fn status_clause(n: usize, first_param: usize) -> String {
     }
     let params: Vec<String> = (0..n).map(|i| format!("?{}", first_param + i)).collect();
     format!("WHERE status IN ({})", params.join(", "))
+}
+
+/// How many jobs have one of `statuses` (all jobs when empty).
+fn count_jobs(conn: &Connection, statuses: &[&'static str]) -> Result<u64, StoreError> {
+    let count_sql = format!(
+        "SELECT COUNT(*) FROM jobs {}",
+        status_clause(statuses.len(), 1)
+    );
+    let total: i64 = conn
+        .prepare_cached(&count_sql)
+        .and_then(|mut stmt| {
+            stmt.query_row(rusqlite::params_from_iter(statuses.iter()), |row| {
+                row.get(0)
+            })
+        })
+        .map_err(sql("count jobs"))?;
+    Ok(u64::try_from(total).unwrap_or(0))
+}
+
+/// A summary from `id, status, prompt_head, steps, created_at, started_at, finished_at, error,
+/// provider, first_step, prompt_tokens, completion_tokens, total_tokens`.
+fn summary_from_row(row: &rusqlite::Row<'_>) -> Result<JobSummary, StoreError> {
+    let text = |i: usize| -> Result<&str, StoreError> {
+        row.get_ref(i)
+            .and_then(|v| v.as_str().map_err(Into::into))
+            .map_err(sql("read a job summary"))
+    };
+    let int = |i: usize| -> Result<Option<i64>, StoreError> {
+        row.get::<_, Option<i64>>(i)
+            .map_err(sql("read a job summary"))
+    };
+    let tokens = |i: usize| -> Result<u64, StoreError> {
+        Ok(u64::try_from(int(i)?.unwrap_or(0)).unwrap_or(0))
+    };
+    let opt_text = |i: usize| -> Result<Option<String>, StoreError> {
+        row.get::<_, Option<String>>(i)
+            .map_err(sql("read a job summary"))
+    };
+    let id: JobId = text(0)?.parse().map_err(|e| corrupt("a job id", e))?;
+    let status: JobStatus = text(1)?.parse().map_err(|e| corrupt("a job status", e))?;
+    let created_at = int(4)?.ok_or_else(|| {
+        StoreError::new(
+            StoreErrorKind::Corrupt,
+            format!("job {id} has no creation time"),
+        )
+    })?;
+    Ok(JobSummary {
+        id,
+        status,
+        prompt: shorten_prompt(text(2)?),
+        steps: usize::try_from(int(3)?.unwrap_or(0)).unwrap_or(0),
+        created_at: DateTime::from_timestamp_nanos(created_at),
+        started_at: int(5)?.map(DateTime::from_timestamp_nanos),
+        finished_at: int(6)?.map(DateTime::from_timestamp_nanos),
+        error: opt_text(7)?,
+        provider: opt_text(8)?,
+        first_step: opt_text(9)?,
+        usage: TokenUsage {
+            prompt_tokens: tokens(10)?,
+            completion_tokens: tokens(11)?,
+            total_tokens: tokens(12)?,
+        },
+    })
 }
 
 #[async_trait]
@@ -679,6 +825,38 @@ impl JobStore for SqliteStore {
                 jobs,
                 total: u64::try_from(total).unwrap_or(0),
             })
+        })
+        .await
+    }
+
+    async fn list_summaries(&self, filter: &JobFilter) -> Result<SummaryPage, StoreError> {
+        let mut statuses: Vec<&'static str> = filter.statuses.iter().map(|s| s.as_str()).collect();
+        statuses.sort_unstable();
+        statuses.dedup();
+        let limit = to_i64(filter.limit.min(MAX_PAGE_SIZE) as u64);
+        let offset = to_i64(filter.offset as u64);
+        self.read(move |conn| {
+            let tx = conn
+                .unchecked_transaction()
+                .map_err(sql("start a read transaction"))?;
+            let total = count_jobs(&tx, &statuses)?;
+            let page_sql = format!(
+                "SELECT id, status, prompt_head, steps, created_at, started_at, finished_at, error, \
+                 provider, first_step, prompt_tokens, completion_tokens, total_tokens \
+                 FROM jobs {} ORDER BY created_at DESC, id DESC LIMIT ?1 OFFSET ?2",
+                status_clause(statuses.len(), 3)
+            );
+            let mut stmt = tx.prepare_cached(&page_sql).map_err(sql("list jobs"))?;
+            let mut values: Vec<rusqlite::types::Value> = vec![limit.into(), offset.into()];
+            values.extend(statuses.iter().map(|s| s.to_string().into()));
+            let mut rows = stmt
+                .query(rusqlite::params_from_iter(values))
+                .map_err(sql("list jobs"))?;
+            let mut jobs = Vec::with_capacity(usize::try_from(limit).unwrap_or(0));
+            while let Some(row) = rows.next().map_err(sql("list jobs"))? {
+                jobs.push(summary_from_row(row)?);
+            }
+            Ok(SummaryPage { jobs, total })
         })
         .await
     }

@@ -12,7 +12,9 @@ use crate::job::{
     EventKind, Job, JobEvent, JobId, JobSpec, JobStatus, OutputStream, Plan, Step, StepRecord,
     StepResult, StepStatus, Termination,
 };
-use crate::store::{JobFilter, JobStore, StoreErrorKind, MAX_PAGE_SIZE};
+use crate::store::{
+    JobFilter, JobStore, JobSummary, StoreErrorKind, MAX_PAGE_SIZE, SUMMARY_PROMPT_CHARS,
+};
 
 /// Runs the job store conformance suite: panics, naming the check, on the first failure.
 ///
@@ -26,6 +28,9 @@ use crate::store::{JobFilter, JobStore, StoreErrorKind, MAX_PAGE_SIZE};
 ///   above [`MAX_PAGE_SIZE`] clamped;
 /// - delete: returns whether the job existed and removes its events too (a job re-inserted with
 ///   the same id has none);
+/// - summaries: `list_summaries` lists the same jobs in the same order with the same total as
+///   `list_jobs` for every filter and page, each equal to [`JobSummary::from_job`] of the stored
+///   job (the prompt shortened to 200 characters plus `…`), and follows updates;
 /// - events: round trip of every event kind, order, `after`/`limit`, `last_seq`, refusal of a
 ///   `seq` not above the last one (`SequenceConflict`, the whole batch refused), appending to a
 ///   missing job (`NotFound`), events of an unknown job (empty);
@@ -38,6 +43,7 @@ where
 {
     crud(make().await).await;
     listing(make().await).await;
+    summaries(make().await).await;
     events(make().await).await;
     deletion(make().await).await;
     retention_and_counts(make().await).await;
@@ -315,6 +321,129 @@ async fn listing(store: Arc<dyn JobStore>) {
         at(100 + MAX_PAGE_SIZE as i64 + 4),
         "list: the newest job comes first"
     );
+}
+
+async fn summaries(store: Arc<dyn JobStore>) {
+    // Prompts around the shortening length (multi-byte characters count as one), steps,
+    // start/finish times and errors.
+    let prompts = [
+        String::new(),
+        "ü".repeat(SUMMARY_PROMPT_CHARS),
+        "é".repeat(SUMMARY_PROMPT_CHARS + 1),
+        format!("{} and more", "x".repeat(300)),
+    ];
+    let mut jobs = Vec::new();
+    for (i, prompt) in prompts.iter().enumerate() {
+        let mut job = Job::new(JobId::new(), JobSpec::from_prompt(prompt.clone()));
+        job.created_at = at(i as i64);
+        if i % 2 == 1 {
+            job.transition(JobStatus::Running).unwrap();
+            job.started_at = Some(at(100 + i as i64));
+            job.steps.push(StepRecord {
+                index: 0,
+                step: Step::shell("true"),
+                status: StepStatus::Failed,
+                result: None,
+                attempt: 0,
+            });
+            job.transition(JobStatus::Failed).unwrap();
+            job.finished_at = Some(at(200 + i as i64));
+            job.error = Some(format!("step {i} failed: ünïcödé"));
+            job.provider = Some("mock".into());
+            job.usage.prompt_tokens = 100 + i as u64;
+            job.usage.completion_tokens = 7;
+            job.usage.total_tokens = 107 + i as u64;
+        } else {
+            job.spec.steps = Some(vec![Step::python("print(1)\nprint(2)")]);
+        }
+        store.insert_job(&job).await.unwrap();
+        jobs.push(job);
+    }
+    let summary = |job: &Job| JobSummary::from_job(job);
+    let short = summary(&jobs[2]);
+    assert_eq!(
+        short.prompt.chars().count(),
+        SUMMARY_PROMPT_CHARS + 1,
+        "summary: shortened"
+    );
+    assert!(
+        short.prompt.ends_with('…'),
+        "summary: shortened prompts end in …"
+    );
+    assert_eq!(
+        summary(&jobs[1]).prompt,
+        prompts[1],
+        "summary: 200 characters are kept whole"
+    );
+
+    let check = |label: String, filter: JobFilter| {
+        let store = store.clone();
+        async move {
+            let full = store.list_jobs(&filter).await.unwrap();
+            let page = store
+                .list_summaries(&filter)
+                .await
+                .unwrap_or_else(|e| panic!("{label}: {e}"));
+            assert_eq!(page.total, full.total, "{label}: total");
+            assert_eq!(
+                page.jobs,
+                full.jobs
+                    .iter()
+                    .map(JobSummary::from_job)
+                    .collect::<Vec<_>>(),
+                "{label}: the summaries of the listed jobs"
+            );
+        }
+    };
+    check("summaries".into(), JobFilter::default()).await;
+    for offset in 0..5 {
+        check(
+            format!("summaries, limit 2 offset {offset}"),
+            JobFilter::default().page(2, offset),
+        )
+        .await;
+    }
+    check(
+        "summaries of failed jobs".into(),
+        JobFilter::default().with_status(JobStatus::Failed),
+    )
+    .await;
+    check(
+        "summaries of queued and failed jobs".into(),
+        JobFilter::default()
+            .with_status(JobStatus::Queued)
+            .with_status(JobStatus::Failed),
+    )
+    .await;
+    check("summaries, limit 0".into(), JobFilter::default().page(0, 0)).await;
+    let all = store.list_summaries(&JobFilter::default()).await.unwrap();
+    assert_eq!(all.total, 4);
+    assert_eq!(
+        all.jobs.iter().map(|s| s.id).collect::<Vec<_>>(),
+        jobs.iter().rev().map(|j| j.id).collect::<Vec<_>>(),
+        "summaries: newest first"
+    );
+    for (listed, job) in all.jobs.iter().zip(jobs.iter().rev()) {
+        assert_eq!(*listed, summary(job), "summary of {}", job.id);
+    }
+
+    // An update shows in the summary.
+    let mut job = jobs[0].clone();
+    job.transition(JobStatus::Running).unwrap();
+    job.started_at = Some(at(500));
+    job.steps.push(StepRecord {
+        index: 0,
+        step: Step::shell("true"),
+        status: StepStatus::Succeeded,
+        result: None,
+        attempt: 0,
+    });
+    store.update_job(&job).await.unwrap();
+    let page = store
+        .list_summaries(&JobFilter::default().with_status(JobStatus::Running))
+        .await
+        .unwrap();
+    assert_eq!(page.jobs, [summary(&job)], "summaries follow updates");
 }
 
 fn every_kind(id: JobId) -> Vec<JobEvent> {
