@@ -32,6 +32,12 @@ pub const LABEL_JOB_ID: &str = "agent.job_id";
 pub const LABEL_POOL: &str = "agent.pool";
 /// Label carrying [`DockerConfig::scope`], when set.
 pub const LABEL_SCOPE: &str = "agent.scope";
+/// Label naming the executor instance that created a container ([`DockerExecutor::instance_id`]).
+pub const LABEL_OWNER: &str = "agent.owner";
+
+/// How long a container that was created but never started is left alone by the reaper (its
+/// owner may be about to start it); measured against the container's creation time.
+const CREATED_GRACE: Duration = Duration::from_secs(300);
 
 /// A Docker executor: one hardened container per job, steps run by a supervisor inside.
 ///
@@ -53,6 +59,8 @@ impl std::fmt::Debug for DockerExecutor {
 
 pub(crate) struct ExecInner {
     docker: Docker,
+    /// This instance's identity, on every container it creates.
+    instance: String,
     config: DockerConfig,
     host: String,
     create_permits: Semaphore,
@@ -122,6 +130,21 @@ fn job_of(labels: &HashMap<String, String>, names: &[String]) -> Option<JobId> {
     })
 }
 
+/// Whether a managed container's owner is gone, from what the engine says of it alone.
+///
+/// A container runs only while the attach of the executor that created it is open (`StdinOnce`:
+/// the supervisor exits when it closes), so a running, paused or restarting container has a live
+/// owner and is never touched. One created but never started is left alone for
+/// [`CREATED_GRACE`] (its owner may be starting it). Anything else — exited, dead — has no live
+/// owner.
+fn owner_gone(state: &str, created_unix: u64, now_unix: u64) -> bool {
+    match state {
+        "running" | "paused" | "restarting" | "removing" => false,
+        "created" => now_unix.saturating_sub(created_unix) > CREATED_GRACE.as_secs(),
+        _ => true,
+    }
+}
+
 /// What a container is made for.
 struct Blueprint<'a> {
     name: String,
@@ -178,8 +201,10 @@ impl DockerExecutor {
                 refill: Notify::new(),
             })
         });
+        let instance = format!("{:032x}", rand::random::<u128>());
         let inner = Arc::new(ExecInner {
             docker,
+            instance,
             create_permits: Semaphore::new(config.max_concurrent_creates),
             config,
             host,
@@ -198,6 +223,12 @@ impl DockerExecutor {
     /// The bollard client (for callers that need more of the engine).
     pub fn docker(&self) -> &Docker {
         &self.inner.docker
+    }
+
+    /// This executor instance's identity (random, per [`DockerExecutor::connect`]), carried by
+    /// every container it creates as the `agent.owner` label.
+    pub fn instance_id(&self) -> &str {
+        &self.inner.instance
     }
 
     /// The configuration.
@@ -249,6 +280,7 @@ impl ExecInner {
             labels.insert(k.clone(), v.clone());
         }
         labels.insert(LABEL_MANAGED.into(), "true".into());
+        labels.insert(LABEL_OWNER.into(), self.instance.clone());
         if let Some(scope) = &self.config.scope {
             labels.insert(LABEL_SCOPE.into(), scope.clone());
         }
@@ -344,7 +376,11 @@ impl ExecInner {
             attach_stdout: Some(true),
             attach_stderr: Some(true),
             open_stdin: Some(true),
-            stdin_once: Some(false),
+            // The owner's liveness, visible to every other server on the engine: when the
+            // attach that created the container closes (the owner exited, or was killed with
+            // -9), the engine closes the supervisor's stdin and it kills everything and exits.
+            // A running container therefore always has a live owner.
+            stdin_once: Some(true),
             tty: Some(false),
             labels: Some(self.labels(bp)),
             host_config: Some(host_config),
@@ -655,17 +691,33 @@ impl Executor for DockerExecutor {
             .await
             .map_err(|e| backend("listing containers", e))?;
         let owned: HashSet<String> = lock(&inner.owned).keys().cloned().collect();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         let mut victims = Vec::new();
         for c in list {
             let Some(id) = c.id else { continue };
             if owned.contains(&id) {
                 continue;
             }
+            let state = c.state.map(|s| s.to_string()).unwrap_or_default();
+            let created = u64::try_from(c.created.unwrap_or(0)).unwrap_or(0);
+            if !owner_gone(&state, created, now) {
+                continue;
+            }
             let labels = c.labels.unwrap_or_default();
             let names = c.names.unwrap_or_default();
             match job_of(&labels, &names) {
                 Some(job) if live.contains(&job) => {}
-                _ => victims.push(id),
+                _ => {
+                    tracing::debug!(
+                        container = %short(&id),
+                        owner = labels.get(LABEL_OWNER).map_or("?", String::as_str),
+                        state = %state,
+                        "reaping a container whose owner is gone"
+                    );
+                    victims.push(id)
+                }
             }
         }
         let removals = victims.iter().map(|id| remove_container(&inner.docker, id));
@@ -726,6 +778,23 @@ impl Executor for DockerExecutor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_containers_that_cannot_be_running_for_an_owner_are_gone() {
+        let now = 1_000_000;
+        for state in ["running", "paused", "restarting", "removing"] {
+            assert!(!owner_gone(state, 0, now), "{state}");
+        }
+        assert!(!owner_gone("created", now - 10, now), "just created");
+        assert!(owner_gone("created", now - 3600, now), "created long ago");
+        assert!(
+            !owner_gone("created", now + 60, now),
+            "a clock behind the engine's"
+        );
+        for state in ["exited", "dead", ""] {
+            assert!(owner_gone(state, now, now), "{state}");
+        }
+    }
 
     #[test]
     fn job_of_reads_label_or_name() {

@@ -9,7 +9,9 @@ mod image;
 mod sandbox;
 
 pub use config::{DockerConfig, SeccompProfile, DEFAULT_IMAGE};
-pub use executor::{DockerExecutor, LABEL_JOB_ID, LABEL_MANAGED, LABEL_POOL, LABEL_SCOPE};
+pub use executor::{
+    DockerExecutor, LABEL_JOB_ID, LABEL_MANAGED, LABEL_OWNER, LABEL_POOL, LABEL_SCOPE,
+};
 pub use image::BUILD_OFFLINE_SCRIPT;
 pub use sandbox::DockerSandbox;
 

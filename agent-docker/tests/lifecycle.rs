@@ -3,12 +3,13 @@
 
 mod common;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use agent_core::{
     Executor, JobId, JobSpec, ResourceLimits, RunStep, SandboxErrorKind, SandboxSpec, Termination,
 };
+use agent_docker::LABEL_OWNER;
 use bollard::query_parameters::ListContainersOptionsBuilder;
 use common::*;
 
@@ -31,59 +32,202 @@ async fn containers_in_scope(exec: &agent_docker::DockerExecutor) -> Vec<(String
         .collect()
 }
 
+/// Not a test of its own: the owner that `a_reaper_removes_only_containers_whose_owner_is_gone`
+/// kills with SIGKILL. It runs only when that test starts this binary with
+/// `AGENT_TEST_OWNER_SCOPE` set: it makes a cold sandbox for job `AGENT_TEST_DEAD_JOB` and a warm
+/// one (renamed from the pool) for `AGENT_TEST_LIVE_JOB`, says so, and waits to be killed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn leftovers_of_a_dropped_executor_are_reaped() {
-    if skipped() {
+async fn owner_process_for_the_reaper_test() {
+    let Ok(scope) = std::env::var("AGENT_TEST_OWNER_SCOPE") else {
         return;
-    }
-    let cfg = config("reaper").with_warm_pool(1);
-    let live_job = JobId::new();
-    let dead_job = JobId::new();
-    {
-        let first = connect(cfg.clone()).await;
-        assert_eq!(first.wait_warm(Duration::from_secs(60)).await, 1);
-        let cold = first
-            .create(&SandboxSpec::for_job(
-                dead_job,
-                &JobSpec::from_prompt("x").with_limits(ResourceLimits {
+    };
+    let job = |var: &str| -> JobId { std::env::var(var).unwrap().parse().unwrap() };
+    let cfg = agent_docker::DockerConfig::from_env()
+        .with_scope(scope)
+        .with_label("containerized-agent.test", "1")
+        .with_warm_pool(1);
+    let owner = connect(cfg).await;
+    assert_eq!(owner.wait_warm(Duration::from_secs(60)).await, 1);
+    let cold = owner
+        .create(
+            &SandboxSpec::new()
+                .with_job(job("AGENT_TEST_DEAD_JOB"))
+                .with_limits(ResourceLimits {
                     pids: 100,
                     ..Default::default()
                 }),
-            ))
-            .await
-            .unwrap();
-        let warm = first
-            .create(&SandboxSpec::for_job(live_job, &JobSpec::from_prompt("x")))
-            .await
-            .unwrap();
-        // A crash: no destroy, no shutdown, no destructors.
-        std::mem::forget(cold);
-        std::mem::forget(warm);
-        drop(first);
+        )
+        .await
+        .unwrap();
+    let warm = owner
+        .create(&SandboxSpec::new().with_job(job("AGENT_TEST_LIVE_JOB")))
+        .await
+        .unwrap();
+    let (r, _, _) = sh(&*cold, "true").await;
+    assert!(r.success());
+    // The pool has refilled: no container is half made when the owner is killed.
+    assert_eq!(owner.wait_warm(Duration::from_secs(60)).await, 1);
+    println!("OWNER-READY {} {}", owner.instance_id(), warm.id());
+    tokio::time::sleep(Duration::from_secs(600)).await;
+}
+
+async fn state_of(exec: &agent_docker::DockerExecutor, id: &str) -> Option<String> {
+    match exec
+        .docker()
+        .inspect_container(
+            id,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await
+    {
+        Ok(c) => Some(
+            c.state
+                .and_then(|s| s.status)
+                .map(|s| s.to_string())
+                .unwrap_or_default(),
+        ),
+        Err(_) => None,
     }
-    // Give the warm container's rename and the pool refill time to land.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let second = connect(cfg.clone().with_warm_pool(0)).await;
-    let before = containers_in_scope(&second).await;
-    assert!(
-        before.len() >= 2,
-        "the dropped executor left its containers: {before:?}"
+}
+
+async fn labels_of(exec: &agent_docker::DockerExecutor, id: &str) -> HashMap<String, String> {
+    exec.docker()
+        .inspect_container(
+            id,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await
+        .unwrap()
+        .config
+        .and_then(|c| c.labels)
+        .unwrap_or_default()
+}
+
+/// Two servers on one engine (same scope, as with the default configuration): the second's
+/// start-up reap leaves the first's running sandboxes alone, and removes those of an owner killed
+/// with SIGKILL — which stop by themselves once their owner's attach is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reaper_removes_only_containers_whose_owner_is_gone() {
+    if skipped() {
+        return;
+    }
+    let cfg = config("owners");
+    let scope = cfg.scope.clone().unwrap();
+    let live_job = JobId::new();
+    let dead_job = JobId::new();
+
+    // The first server: alive, with a sandbox of a job the second server does not know.
+    let first = connect(cfg.clone()).await;
+    let busy = first.create(&SandboxSpec::new()).await.unwrap();
+    assert_eq!(
+        labels_of(&first, busy.id()).await.get(LABEL_OWNER),
+        Some(&first.instance_id().to_string()),
+        "every container names its owner"
     );
+
+    // A third owner in a process of its own, killed with SIGKILL.
+    let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "owner_process_for_the_reaper_test",
+            "--nocapture",
+        ])
+        .env("AGENT_TEST_OWNER_SCOPE", &scope)
+        .env("AGENT_TEST_DEAD_JOB", dead_job.to_string())
+        .env("AGENT_TEST_LIVE_JOB", live_job.to_string())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stdout.take().unwrap()));
+    let ready = tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(rest) = line.strip_prefix("OWNER-READY ") {
+                return rest.to_string();
+            }
+        }
+        panic!("the owner process ended before it was ready")
+    })
+    .await
+    .expect("the owner process gets ready");
+    let (dead_owner, _warm_id) = ready.split_once(' ').unwrap();
+    assert_ne!(dead_owner, first.instance_id());
+    child.start_kill().unwrap(); // SIGKILL: no destructor, no shutdown
+    child.wait().await.unwrap();
+
+    let theirs: Vec<String> = containers_in_scope(&first)
+        .await
+        .into_iter()
+        .map(|(id, _)| id)
+        .filter(|id| *id != busy.id())
+        .collect();
+    assert!(
+        theirs.len() >= 3,
+        "the killed owner left a cold, a warm and a pool container: {theirs:?}"
+    );
+    for id in &theirs {
+        assert_eq!(
+            labels_of(&first, id)
+                .await
+                .get(LABEL_OWNER)
+                .map(String::as_str),
+            Some(dead_owner)
+        );
+    }
+    // Its containers stop by themselves (bounded wait): the engine closed their supervisors'
+    // stdin when the owner's attach went away.
+    let mut stopped = false;
+    for _ in 0..600 {
+        let mut running = 0;
+        for id in &theirs {
+            if state_of(&first, id).await.as_deref() == Some("running") {
+                running += 1;
+            }
+        }
+        if running == 0 {
+            stopped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(stopped, "a dead owner's containers keep running");
+
+    // The second server starts and reaps, sparing the jobs it will resume.
+    let second = connect(cfg.clone()).await;
+    assert_ne!(second.instance_id(), first.instance_id());
     let mut live = HashSet::new();
     live.insert(live_job);
     let removed = second.reap(&live).await.unwrap();
     assert_eq!(
         removed,
-        before.len() - 1,
-        "all but the live job's container: {before:?}"
+        theirs.len() - 1,
+        "all of the dead owner's containers but the live job's"
     );
-    let after = containers_in_scope(&second).await;
-    assert_eq!(after.len(), 1, "{after:?}");
+    let left: Vec<(String, String)> = containers_in_scope(&second).await;
+    assert_eq!(left.len(), 2, "{left:?}");
     assert!(
-        after[0].1.contains(&live_job.to_string()),
-        "the live job's (renamed warm) container stays: {after:?}"
+        left.iter()
+            .any(|(_, name)| name.contains(&live_job.to_string())),
+        "the live job's (renamed warm) container stays: {left:?}"
     );
+    // The first server's sandbox was never touched: it still runs steps.
+    assert_eq!(
+        state_of(&first, busy.id()).await.as_deref(),
+        Some("running")
+    );
+    let (r, out, _) = sh(&*busy, "echo still-here").await;
+    assert!(r.success() && out == "still-here\n", "{r:?} {out}");
+
     assert_eq!(second.reap(&HashSet::new()).await.unwrap(), 1);
+    let left = containers_in_scope(&second).await;
+    assert_eq!(left.len(), 1, "only the first server's sandbox: {left:?}");
+    assert_eq!(left[0].0, busy.id());
+    let (r, _, _) = sh(&*busy, "true").await;
+    assert!(r.success());
+    busy.destroy().await.unwrap();
+    first.shutdown().await.unwrap();
+    second.shutdown().await.unwrap();
     assert!(containers_in_scope(&second).await.is_empty());
 }
 
