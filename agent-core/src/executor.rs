@@ -311,8 +311,9 @@ pub trait Executor: Send + Sync + 'static {
     /// Creates and starts a sandbox, ready to run processes.
     async fn create(&self, spec: &SandboxSpec) -> Result<Box<dyn Sandbox>, SandboxError>;
 
-    /// Removes sandboxes left by earlier processes whose jobs are not in `live`.
-    /// Returns how many were removed.
+    /// Removes sandboxes whose owner (the executor instance that created them) is gone — never
+    /// one a live owner, on this server or another, still uses — except those of jobs in `live`
+    /// (jobs this process will resume). Returns how many were removed.
     async fn reap(&self, live: &HashSet<JobId>) -> Result<usize, SandboxError> {
         let _ = live;
         Ok(0)
