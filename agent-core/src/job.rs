@@ -94,7 +94,7 @@ fn truncate_for_error(s: &str) -> String {
 
 /// Network access for a job's sandbox.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase", try_from = "String")]
 pub enum NetworkMode {
     /// No network at all: only the loopback interface. The default.
     #[default]
@@ -112,15 +112,26 @@ impl fmt::Display for NetworkMode {
     }
 }
 
+impl TryFrom<String> for NetworkMode {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Self> {
+        s.parse()
+    }
+}
+
 impl FromStr for NetworkMode {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        match s.trim().to_ascii_lowercase().as_str() {
+        // Exactly the JSON names, as the API takes them (`BRIDGE` is refused everywhere).
+        match s {
             "none" => Ok(NetworkMode::None),
             "bridge" => Ok(NetworkMode::Bridge),
             other => Err(Error::invalid(
                 "network",
-                format!("expected \"none\" or \"bridge\", got {other:?}"),
+                format!(
+                    "expected \"none\" or \"bridge\", got {:?}",
+                    truncate_for_error(other)
+                ),
             )),
         }
     }
@@ -220,11 +231,8 @@ impl StepKind {
 /// Its JSON form (the API's, the plan's and the stored one) is
 /// `{"type":"shell","command":"…","description":"…","timeout_secs":60}`; unknown fields are refused.
 /// The JSON Schema of that form, generated from this type, is [`crate::schema::step_schema`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(from = "StepJson", into = "StepJson")]
-#[schemars(
-    description = "One step, selected by `type`: `shell` runs `command` with bash, `python` runs `code` with python3, `write_file` writes `content` to `path` under /workspace."
-)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(into = "StepJson")]
 pub struct Step {
     /// What the step does.
     pub kind: StepKind,
@@ -237,7 +245,10 @@ pub struct Step {
 /// The JSON form of a [`Step`]: the one definition of the step format (serde and the schema).
 #[derive(Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-#[schemars(rename = "Step")]
+#[schemars(
+    rename = "Step",
+    description = "One step, selected by `type`: `shell` runs `command` with bash, `python` runs `code` with python3, `write_file` writes `content` to `path` under /workspace."
+)]
 enum StepJson {
     /// Runs `command` with `bash -c` in `/workspace`.
     Shell {
@@ -280,6 +291,27 @@ enum StepJson {
         #[schemars(range(min = 1, max = MAX_TIMEOUT_SECS))]
         timeout_secs: Option<u64>,
     },
+}
+
+impl<'de> Deserialize<'de> for Step {
+    /// [`StepJson`], from a JSON object only: serde would also take an internally tagged enum
+    /// from an array (`["shell","ls"]`), which is not the step format.
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let map = serde_json::Map::<String, serde_json::Value>::deserialize(deserializer)?;
+        StepJson::deserialize(serde_json::Value::Object(map))
+            .map(Step::from)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl JsonSchema for Step {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        StepJson::schema_name()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        StepJson::json_schema(generator)
+    }
 }
 
 impl From<StepJson> for Step {
@@ -380,24 +412,84 @@ impl Step {
         self
     }
 
-    /// Checks the step is runnable: non-empty command/code/path, a sane timeout.
+    /// Checks the step is runnable: a non-empty command/code without NUL bytes, a path inside
+    /// `/workspace`, a timeout of 1 to [`MAX_TIMEOUT_SECS`] seconds. Fields are named as in JSON.
     pub fn validate(&self) -> Result<()> {
         match &self.kind {
-            StepKind::Shell { command } if command.trim().is_empty() => {
-                return Err(Error::invalid("command", "a shell step needs a command"))
+            StepKind::Shell { command } => text_field("command", command)?,
+            StepKind::Python { code } => text_field("code", code)?,
+            StepKind::WriteFile { path, .. } => {
+                if path.trim().is_empty() {
+                    return Err(Error::invalid("path", "a write_file step needs a path"));
+                }
+                crate::executor::normalize_workspace_path(path)
+                    .map_err(|e| Error::invalid("path", e.message))?;
             }
-            StepKind::Python { code } if code.trim().is_empty() => {
-                return Err(Error::invalid("code", "a python step needs code"))
-            }
-            StepKind::WriteFile { path, .. } if path.trim().is_empty() => {
-                return Err(Error::invalid("path", "a write_file step needs a path"))
-            }
-            _ => {}
         }
-        if self.timeout == Some(Duration::ZERO) {
-            return Err(Error::invalid("timeout_secs", "must be at least 1 second"));
+        if let Some(t) = self.timeout {
+            timeout_field("timeout_secs", t)?;
         }
         Ok(())
+    }
+}
+
+/// A command or source: not blank, no NUL byte (no process can take one in its argv).
+fn text_field(field: &str, value: &str) -> Result<()> {
+    if value.trim().is_empty() {
+        return Err(Error::invalid(field, "must not be empty"));
+    }
+    if value.contains('\0') {
+        return Err(Error::invalid(field, "contains a NUL byte"));
+    }
+    Ok(())
+}
+
+fn timeout_field(field: &str, timeout: Duration) -> Result<()> {
+    if timeout < Duration::from_secs(1) || timeout > Duration::from_secs(MAX_TIMEOUT_SECS) {
+        return Err(Error::invalid(
+            field,
+            format!("must be between 1 and {MAX_TIMEOUT_SECS} seconds"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks an image reference against the Docker reference grammar
+/// (`[domain[:port]/]path[:tag][@digest]`, lower-case path components, a name of at most 255
+/// characters), or an image ID (`sha256:` and 64 hex digits).
+pub fn validate_image_reference(image: &str) -> Result<()> {
+    static REFERENCE: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        // distribution/reference's grammar, written out.
+        let alnum = "[a-z0-9]+";
+        let separator = "(?:[._]|__|-+)";
+        let component = format!("{alnum}(?:{separator}{alnum})*");
+        let domain_part = "(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])";
+        let host = format!(r"(?:{domain_part}(?:\.{domain_part})*|\[[a-fA-F0-9:]+\])");
+        let domain = format!("{host}(?::[0-9]+)?");
+        let name = format!("(?:{domain}/)?{component}(?:/{component})*");
+        let tag = "[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}";
+        let digest = "[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}";
+        let pattern = format!("^(?P<name>{name})(?::{tag})?(?:@{digest})?$");
+        regex::Regex::new(&pattern).unwrap_or_else(|e| unreachable!("a fixed pattern: {e}"))
+    });
+    let refuse = |why: &str| Err(Error::invalid("image", why.to_string()));
+    if image.len() > 4096 {
+        return refuse("longer than 4096 bytes");
+    }
+    if image.len() == 71
+        && image.starts_with("sha256:")
+        && image[7..].bytes().all(|b| b.is_ascii_hexdigit())
+    {
+        return Ok(());
+    }
+    match REFERENCE.captures(image) {
+        Some(c) if c.name("name").map_or(0, |n| n.len()) > 255 => {
+            refuse("the repository name is longer than 255 characters")
+        }
+        Some(_) => Ok(()),
+        None => refuse(
+            "not an image reference ([registry/]name[:tag][@digest], lower-case name components)",
+        ),
     }
 }
 
@@ -544,26 +636,23 @@ impl JobSpec {
                 format!("must be at most {MAX_REPAIRS}"),
             ));
         }
-        if self.step_timeout.is_zero() {
-            return Err(Error::invalid("step_timeout_secs", "must be at least 1"));
-        }
-        if self.job_timeout.is_zero() {
-            return Err(Error::invalid("timeout_secs", "must be at least 1"));
-        }
+        timeout_field("step_timeout_secs", self.step_timeout)?;
+        timeout_field("timeout_secs", self.job_timeout)?;
         if let Some(image) = &self.image {
-            if image.trim().is_empty() || image.chars().any(char::is_whitespace) {
-                return Err(Error::invalid("image", "not a valid image reference"));
-            }
+            validate_image_reference(image)?;
         }
-        for key in self.env.keys() {
+        for (key, value) in &self.env {
             let valid = !key.is_empty()
                 && !key.starts_with(|c: char| c.is_ascii_digit())
                 && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !valid {
                 return Err(Error::invalid(
                     "env",
-                    format!("{key:?} is not a valid variable name"),
+                    format!("{:?} is not a valid variable name", truncate_for_error(key)),
                 ));
+            }
+            if value.contains('\0') {
+                return Err(Error::invalid(format!("env.{key}"), "contains a NUL byte"));
             }
         }
         self.limits.validate()
@@ -1052,6 +1141,119 @@ mod tests {
             .with_job_timeout(Duration::ZERO)
             .validate()
             .is_err());
+    }
+
+    #[test]
+    fn image_references_follow_the_docker_grammar() {
+        for ok in [
+            "containerized-agent:latest",
+            "debian",
+            "library/debian:bookworm-slim",
+            "registry.example.com:5000/team/app:v1.2_3",
+            "localhost/app@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            "a__b/c-d--e.f:T",
+        ] {
+            assert!(validate_image_reference(ok).is_ok(), "{ok} refused");
+        }
+        let long = "a".repeat(5000);
+        let long_name = format!("{}:x", "a".repeat(256));
+        for bad in [
+            "",
+            "../x",
+            "Debian",
+            "debian:",
+            ":latest",
+            "debian:la test",
+            "debian\0",
+            "a/../b",
+            "-a",
+            "a_",
+            "debian:-x",
+            "debian@sha256:abc",
+            long.as_str(),
+            long_name.as_str(),
+        ] {
+            let err = validate_image_reference(bad).unwrap_err();
+            assert!(
+                matches!(&err, Error::InvalidInput { field, .. } if field == "image"),
+                "{bad:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn nul_bytes_paths_and_timeouts_are_refused_naming_the_field() {
+        let field_of = |spec: JobSpec| match spec.validate() {
+            Err(Error::InvalidInput { field, .. }) => field,
+            other => panic!("expected an invalid field, got {other:?}"),
+        };
+        let steps = |step: Step| JobSpec::from_steps(vec![Step::shell("true"), step]);
+        assert_eq!(field_of(steps(Step::shell("echo \0"))), "steps[1].command");
+        assert_eq!(field_of(steps(Step::python("\0"))), "steps[1].code");
+        assert_eq!(
+            field_of(steps(Step::write_file("a\0b", ""))),
+            "steps[1].path"
+        );
+        assert_eq!(
+            field_of(steps(Step::write_file("../x", ""))),
+            "steps[1].path"
+        );
+        assert_eq!(
+            field_of(steps(Step::write_file("/etc/x", ""))),
+            "steps[1].path"
+        );
+        // Content is data: a NUL byte in a file is fine.
+        assert!(steps(Step::write_file("a.bin", "\0")).validate().is_ok());
+        let too_long = Duration::from_secs(MAX_TIMEOUT_SECS + 1);
+        assert_eq!(
+            field_of(steps(Step::shell("true").with_timeout(too_long))),
+            "steps[1].timeout_secs"
+        );
+        assert_eq!(
+            field_of(JobSpec::from_prompt("x").with_step_timeout(too_long)),
+            "step_timeout_secs"
+        );
+        assert_eq!(
+            field_of(JobSpec::from_prompt("x").with_env("A", "1\02")),
+            "env.A"
+        );
+        assert_eq!(
+            field_of(JobSpec::from_prompt("x").with_image("../x")),
+            "image"
+        );
+    }
+
+    #[test]
+    fn a_step_is_an_object_with_known_fields_only() {
+        assert!(serde_json::from_str::<Step>(r#"["shell","ls"]"#).is_err());
+        let err = serde_json::from_str::<Step>(r#"{"type":"shell","command":"x","timeout_sec":1}"#)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("unknown field `timeout_sec`"),
+            "{err}"
+        );
+        // Round trip of every kind, description and timeout included.
+        for step in [
+            Step::shell("ls").with_timeout(Duration::from_secs(3)),
+            Step::python("print(1)").with_description("p"),
+            Step::write_file("a", "b").with_timeout(Duration::from_secs(9)),
+        ] {
+            let json = serde_json::to_string(&step).unwrap();
+            assert_eq!(serde_json::from_str::<Step>(&json).unwrap(), step, "{json}");
+        }
+    }
+
+    #[test]
+    fn network_names_are_exact() {
+        assert_eq!(
+            "bridge".parse::<NetworkMode>().unwrap(),
+            NetworkMode::Bridge
+        );
+        assert_eq!("none".parse::<NetworkMode>().unwrap(), NetworkMode::None);
+        for bad in ["BRIDGE", "Bridge", " none", "host", ""] {
+            assert!(bad.parse::<NetworkMode>().is_err(), "{bad:?}");
+        }
     }
 
     #[test]

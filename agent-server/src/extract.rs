@@ -76,46 +76,68 @@ where
     }
 }
 
-/// Parses JSON, naming the path of the offending field on errors.
+/// Parses a JSON object body, naming the path of the offending field on errors: 400
+/// `invalid_json` only for text that is not JSON at all; 422 `invalid_input` for JSON of the wrong
+/// shape (a body that is not an object, a wrong type, a missing or unknown field).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value: T = match serde_path_to_error::deserialize(&mut de) {
-        Ok(v) => v,
-        Err(err) => {
-            let path = err.path().to_string();
-            let inner = err.into_inner();
-            return Err(match inner.classify() {
-                serde_json::error::Category::Data => {
-                    let field = if path == "." {
-                        "body".to_string()
-                    } else {
-                        path
-                    };
-                    ApiError::invalid(&field, format!("{field}: {inner}"))
-                }
-                serde_json::error::Category::Syntax
-                | serde_json::error::Category::Eof
-                | serde_json::error::Category::Io => ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_json",
-                    format!("the body is not valid JSON: {inner}"),
-                )
-                .with_field(if path == "." {
-                    "body".to_string()
-                } else {
-                    path
-                }),
-            });
-        }
-    };
-    de.end().map_err(|e| {
+    let is_json = || serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok();
+    let not_json = |e: &dyn std::fmt::Display| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_json",
             format!("the body is not valid JSON: {e}"),
         )
         .with_field("body")
-    })?;
+    };
+    // serde would take a struct from an array of its fields in order (`[null,[…]]`).
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        return Err(if is_json() {
+            ApiError::invalid("body", "body: must be a JSON object")
+        } else {
+            not_json(&"expected a JSON object")
+        });
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value: T = match serde_path_to_error::deserialize(&mut de) {
+        Ok(v) => v,
+        Err(err) => {
+            let mut path = err.path().to_string();
+            let inner = err.into_inner();
+            // A value of the wrong type can surface as a syntax error (`"network": 1` for an
+            // enum): what decides is whether the text is JSON.
+            let reclassified = inner.classify() != serde_json::error::Category::Data;
+            if reclassified && !is_json() {
+                return Err(not_json(&inner));
+            }
+            let message = if reclassified {
+                format!("a value of the wrong type ({inner})")
+            } else {
+                inner.to_string()
+            };
+            // serde_path_to_error names an unknown field of a derived struct itself, not one of
+            // a value that is deserialized as a whole (a step): name it from the message.
+            let unknown = message
+                .strip_prefix("unknown field `")
+                .and_then(|rest| rest.split('`').next());
+            if let Some(unknown) =
+                unknown.filter(|u| !path.ends_with(&format!(".{u}")) && path != *u)
+            {
+                path = if path == "." {
+                    unknown.to_string()
+                } else {
+                    format!("{path}.{unknown}")
+                };
+            }
+            let field = if path == "." {
+                "body".to_string()
+            } else {
+                path
+            };
+            return Err(ApiError::invalid(&field, format!("{field}: {message}")));
+        }
+    };
+    de.end().map_err(|e| not_json(&e))?;
     Ok(value)
 }
 
@@ -179,5 +201,31 @@ mod tests {
         );
         let err = parse_json::<Outer>(br#"{"inner":[]} x"#).unwrap_err();
         assert_eq!(err.http, StatusCode::BAD_REQUEST);
+        // An array of the fields in order is JSON, but not the object the API takes.
+        let err = parse_json::<Outer>(br#"[[{"n":1}]]"#).unwrap_err();
+        assert_eq!(err.http, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(err.detail.field.as_deref(), Some("body"));
+        let err = parse_json::<Outer>(b"[[").unwrap_err();
+        assert_eq!(err.detail.code, "invalid_json");
+    }
+
+    #[derive(serde::Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Strict {
+        mode: Option<agent_core::NetworkMode>,
+        inner: Option<Vec<Strict>>,
+    }
+
+    #[test]
+    fn wrong_types_and_unknown_fields_are_field_errors() {
+        // serde_json reports a number for a unit enum as a syntax error; it is a field error.
+        let err = parse_json::<Strict>(br#"{"mode":1}"#).unwrap_err();
+        assert_eq!(err.http, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(err.detail.field.as_deref(), Some("mode"));
+        let err = parse_json::<Strict>(br#"{"inner":[{"mdoe":"none"}]}"#).unwrap_err();
+        assert_eq!(err.detail.field.as_deref(), Some("inner[0].mdoe"));
+        let err = parse_json::<Strict>(br#"{"mdoe":"none"}"#).unwrap_err();
+        assert_eq!(err.detail.field.as_deref(), Some("mdoe"));
     }
 }

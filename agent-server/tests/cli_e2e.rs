@@ -277,3 +277,33 @@ async fn agent_client_commands_against_a_server() {
     .await;
     assert_eq!(code(&out), 3);
 }
+
+#[test]
+fn the_cli_refuses_what_the_api_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    // No server listens there: the arguments are refused before any request.
+    for args in [
+        &[
+            "submit",
+            "--url",
+            "http://127.0.0.1:9",
+            "--network",
+            "BRIDGE",
+            "x",
+        ][..],
+        &["run", "--network", "Bridge", "x"][..],
+    ] {
+        let out = agent(dir.path(), &unique_scope("cli-args"), args);
+        assert_eq!(
+            code(&out),
+            2,
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("expected \"none\" or \"bridge\""),
+            "{stderr}"
+        );
+    }
+}

@@ -807,6 +807,130 @@ async fn bad_input_is_refused_with_the_error_shape_and_never_a_5xx() {
     assert!(init.text().await.unwrap().contains("/openapi.json"));
 }
 
+/// Issue 9 item 6: everything that can be checked is checked at `POST /schedule`, with the field
+/// named; nothing bad is queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validation_at_the_door_names_the_field() {
+    require_docker();
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(
+        &dir.path().join("out"),
+        &ServerOptions::new(&unique_scope("door")),
+    );
+    let shell = |extra: Value| {
+        let mut step = json!({"type": "shell", "command": "true"});
+        step.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        json!({"steps": [step]})
+    };
+    let with = |key: &str, value: Value| {
+        let mut body = shell(json!({}));
+        body[key] = value;
+        body
+    };
+    let long_image = "a".repeat(5000);
+    // (the body, the field the answer must name, a part of its message)
+    let cases: Vec<(Value, &str, &str)> = vec![
+        (
+            shell(json!({"timeout_sec": 1})),
+            "steps[0].timeout_sec",
+            "unknown field",
+        ),
+        (
+            json!({"steps": [{"type": "write_file", "path": "a", "content": "", "mode": 1}]}),
+            "steps[0].mode",
+            "unknown field",
+        ),
+        (
+            shell(json!({"timeout_secs": 0})),
+            "steps[0].timeout_secs",
+            "between 1 and 604800",
+        ),
+        (
+            shell(json!({"timeout_secs": 604_801})),
+            "steps[0].timeout_secs",
+            "between 1 and 604800",
+        ),
+        (
+            json!({"steps": [{"type": "shell", "command": "echo a\u{0}b"}]}),
+            "steps[0].command",
+            "NUL",
+        ),
+        (
+            json!({"steps": [{"type": "python", "code": "\u{0}"}]}),
+            "steps[0].code",
+            "NUL",
+        ),
+        (
+            json!({"steps": [{"type": "write_file", "path": "a\u{0}b", "content": ""}]}),
+            "steps[0].path",
+            "NUL",
+        ),
+        (
+            json!({"steps": [{"type": "write_file", "path": "../escape", "content": ""}]}),
+            "steps[0].path",
+            "..",
+        ),
+        (with("env", json!({"A": "x\u{0}y"})), "env.A", "NUL"),
+        (with("image", json!("../x")), "image", "image reference"),
+        (
+            with("image", json!("Debian:latest")),
+            "image",
+            "image reference",
+        ),
+        (with("image", json!(long_image)), "image", "longer than"),
+        (with("network", json!(1)), "network", "invalid type"),
+        (
+            with("network", json!("BRIDGE")),
+            "network",
+            "expected \"none\" or \"bridge\"",
+        ),
+        (
+            with("timeout_secs", json!(604_801)),
+            "timeout_secs",
+            "between 1 and 604800",
+        ),
+        (
+            with("step_timeout_secs", json!(0)),
+            "step_timeout_secs",
+            "between 1 and 604800",
+        ),
+        (
+            json!([null, [{"type": "shell", "command": "true"}]]),
+            "body",
+            "JSON object",
+        ),
+        (
+            json!({"steps": [["shell", "true"]]}),
+            "steps[0]",
+            "invalid type",
+        ),
+        (
+            json!({"prompt": "x", "promt": "y"}),
+            "promt",
+            "unknown field",
+        ),
+    ];
+    for (body, field, message) in &cases {
+        let (code, answer) = server.post_json("/schedule", body).await;
+        assert_eq!(code, 422, "{body} → {answer}");
+        assert_eq!(
+            answer["error"]["code"], "invalid_input",
+            "{body} → {answer}"
+        );
+        assert_eq!(answer["error"]["field"], *field, "{body} → {answer}");
+        let text = answer["error"]["message"].as_str().unwrap_or_default();
+        assert!(text.contains(message), "{body} → {answer}");
+    }
+    // None of them was queued; a good request still is.
+    let (_, list) = server.get_json("/jobs").await;
+    assert_eq!(list["total"], 0, "{list}");
+    let ok = shell(json!({"timeout_secs": 604_800}));
+    let id = server.schedule(ok).await;
+    assert_eq!(server.wait_final(&id).await["status"], "succeeded");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_on_and_off() {
     require_docker();

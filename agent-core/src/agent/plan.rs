@@ -222,12 +222,6 @@ fn parse_step(index: usize, value: Value) -> Result<Step, PlanError> {
         index,
         message: e.to_string(),
     })?;
-    if let StepKind::WriteFile { path, .. } = &step.kind {
-        crate::executor::normalize_workspace_path(path).map_err(|e| PlanError::InvalidStep {
-            index,
-            message: e.message,
-        })?;
-    }
     Ok(step)
 }
 
