@@ -760,17 +760,29 @@ def op_export(rid):
 
     try:
         tar = tarfile.open(fileobj=ChunkWriter(rid), mode="w|", bufsize=1 << 18, format=tarfile.PAX_FORMAT)
-        for root, dirs, files in os.walk(WS, followlinks=False):
-            dirs.sort()
-            files.sort()
-            rel_root = os.path.relpath(root, WS)
-            for name in dirs + files:
-                full = os.path.join(root, name)
-                arc = name if rel_root == "." else rel_root + "/" + name
+        # An explicit stack, not os.walk: before Python 3.12 os.walk recurses, and a deep tree
+        # (3,000 nested directories) raised RecursionError and lost the whole export.
+        pending = [""]
+        while pending:
+            rel_root = pending.pop()
+            root = WS + "/" + rel_root if rel_root else WS
+            try:
+                with os.scandir(root) as it:
+                    entries = sorted((e.name, e.is_dir(follow_symlinks=False)) for e in it)
+            except OSError as e:
+                log("export: skipped %s: %s" % (rel_root or ".", e.strerror))
+                continue
+            subdirs = []
+            for name, is_dir in entries:
+                arc = rel_root + "/" + name if rel_root else name
                 try:
-                    tar.add(full, arcname=arc, recursive=False)
+                    tar.add(WS + "/" + arc, arcname=arc, recursive=False)
                 except OSError as e:
                     log("export: skipped %s: %s" % (arc, e.strerror))
+                    continue
+                if is_dir:
+                    subdirs.append(arc)
+            pending.extend(reversed(subdirs))
         tar.close()
         send({"id": rid, "ev": "ok"})
     except Exception as e:
