@@ -1215,7 +1215,7 @@ mod tests {
             "step_timeout_secs"
         );
         assert_eq!(
-            field_of(JobSpec::from_prompt("x").with_env("A", "1\02")),
+            field_of(JobSpec::from_prompt("x").with_env("A", "1\0x")),
             "env.A"
         );
         assert_eq!(
