@@ -636,8 +636,14 @@ impl JobSpec {
                 format!("must be at most {MAX_REPAIRS}"),
             ));
         }
-        timeout_field("step_timeout_secs", self.step_timeout)?;
-        timeout_field("timeout_secs", self.job_timeout)?;
+        // At least a second; the upper bound (`MAX_TIMEOUT_SECS`) is the API's, an embedder may
+        // ask for longer.
+        if self.step_timeout < Duration::from_secs(1) {
+            return Err(Error::invalid("step_timeout_secs", "must be at least 1"));
+        }
+        if self.job_timeout < Duration::from_secs(1) {
+            return Err(Error::invalid("timeout_secs", "must be at least 1"));
+        }
         if let Some(image) = &self.image {
             validate_image_reference(image)?;
         }
@@ -1211,7 +1217,7 @@ mod tests {
             "steps[1].timeout_secs"
         );
         assert_eq!(
-            field_of(JobSpec::from_prompt("x").with_step_timeout(too_long)),
+            field_of(JobSpec::from_prompt("x").with_step_timeout(Duration::ZERO)),
             "step_timeout_secs"
         );
         assert_eq!(

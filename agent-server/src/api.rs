@@ -67,6 +67,21 @@ impl Default for JobDefaults {
     }
 }
 
+fn timeout(field: &str, secs: Option<u64>, default: Duration) -> Result<Duration, ApiError> {
+    match secs {
+        None => Ok(default),
+        Some(0) => Err(ApiError::invalid(
+            field,
+            format!("{field}: must be at least 1"),
+        )),
+        Some(s) if s > MAX_TIMEOUT_SECS => Err(ApiError::invalid(
+            field,
+            format!("{field}: must be at most {MAX_TIMEOUT_SECS}"),
+        )),
+        Some(s) => Ok(Duration::from_secs(s)),
+    }
+}
+
 impl ScheduleRequest {
     /// A request running explicit steps.
     pub fn from_steps(steps: Vec<Step>) -> Self {
@@ -84,13 +99,15 @@ impl ScheduleRequest {
         }
     }
 
-    /// The job spec, with the server's defaults filled in. Its checks are
-    /// [`JobSpec::validate`]'s, run when it is submitted.
+    /// The job spec, with the server's defaults filled in; checks the timeouts' API range (1 to
+    /// [`MAX_TIMEOUT_SECS`]); the rest is [`JobSpec::validate`]'s, run when it is submitted.
     pub fn into_spec(self, defaults: &JobDefaults) -> Result<JobSpec, ApiError> {
-        let secs =
-            |value: Option<u64>, default: Duration| value.map_or(default, Duration::from_secs);
-        let job_timeout = secs(self.timeout_secs, defaults.job_timeout);
-        let step_timeout = secs(self.step_timeout_secs, defaults.step_timeout);
+        let job_timeout = timeout("timeout_secs", self.timeout_secs, defaults.job_timeout)?;
+        let step_timeout = timeout(
+            "step_timeout_secs",
+            self.step_timeout_secs,
+            defaults.step_timeout,
+        )?;
         let spec = JobSpec {
             prompt: self.prompt.unwrap_or_default(),
             steps: self.steps,
@@ -365,11 +382,11 @@ mod tests {
         assert_eq!(spec.step_timeout, Duration::from_secs(10));
         let mut req = ScheduleRequest::from_prompt("hi");
         req.timeout_secs = Some(0);
-        let err = ApiError::from(req.into_spec(&defaults).unwrap().validate().unwrap_err());
+        let err = req.into_spec(&defaults).unwrap_err();
         assert_eq!(err.detail.field.as_deref(), Some("timeout_secs"));
         let mut req = ScheduleRequest::from_prompt("hi");
         req.step_timeout_secs = Some(u64::MAX);
-        assert!(req.into_spec(&defaults).unwrap().validate().is_err());
+        assert!(req.into_spec(&defaults).is_err());
         let req: ScheduleRequest = serde_json::from_str(
             r#"{"steps":[{"type":"shell","command":"echo"}],"network":"bridge","env":{"A":"1"}}"#,
         )
