@@ -36,6 +36,13 @@ pub fn discard_output() -> OutputSink {
     Arc::new(|_, _| {})
 }
 
+/// A byte stream into a sandbox ([`Sandbox::connect`]).
+pub trait SandboxIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> SandboxIo for T {}
+
+/// A boxed [`SandboxIo`]: what [`Sandbox::connect`] returns.
+pub type SandboxStream = Box<dyn SandboxIo>;
+
 /// A workspace archive: tar bytes, streamed.
 pub type TarStream = BoxStream<'static, Result<Bytes, SandboxError>>;
 
@@ -176,6 +183,8 @@ pub struct Capabilities {
     pub network: bool,
     /// Resource limits are enforced.
     pub resource_limits: bool,
+    /// [`Sandbox::connect`] opens byte streams to ports inside sandboxes.
+    pub tunnels: bool,
 }
 
 impl Capabilities {
@@ -184,12 +193,14 @@ impl Capabilities {
         isolated: true,
         network: true,
         resource_limits: true,
+        tunnels: true,
     };
     /// No isolation at all.
     pub const NONE: Capabilities = Capabilities {
         isolated: false,
         network: false,
         resource_limits: false,
+        tunnels: false,
     };
 
     /// Sets whether network modes other than `none` are honoured.
@@ -249,6 +260,10 @@ pub enum SandboxErrorKind {
     Invalid,
     /// The backend failed in some other way.
     Backend,
+    /// A connection was refused: nothing listens on the port, or the port is not allowed.
+    Refused,
+    /// The backend cannot do this (see [`Capabilities`]).
+    Unsupported,
 }
 
 /// A failure of the executor or sandbox itself — not a step that exited non-zero (that is a
@@ -362,6 +377,18 @@ pub trait Sandbox: Send + Sync {
 
     /// Kills everything and removes the sandbox. Idempotent.
     async fn destroy(&self) -> Result<(), SandboxError>;
+
+    /// Opens a byte stream to `127.0.0.1:port` inside the sandbox, through the backend's own link
+    /// (the sandbox keeps network `none`). Only the ports its services declare, or that the
+    /// backend was configured to allow, may be opened ([`SandboxErrorKind::Refused`] otherwise,
+    /// as when nothing listens). Backends without tunnels ([`Capabilities::tunnels`]) answer
+    /// [`SandboxErrorKind::Unsupported`].
+    async fn connect(&self, port: u16) -> Result<SandboxStream, SandboxError> {
+        Err(SandboxError::new(
+            SandboxErrorKind::Unsupported,
+            format!("this sandbox cannot open tunnels (asked for port {port})"),
+        ))
+    }
 }
 
 /// Forwards every method, provided ones too (the lint names any left out).

@@ -99,6 +99,9 @@ pub struct DockerConfig {
     /// only considers containers of the same scope. `None` (default): reap every
     /// `agent.managed` container. Env `AGENT_DOCKER_SCOPE`.
     pub scope: Option<String>,
+    /// Ports inside every sandbox that [`Sandbox::connect`](agent_core::Sandbox::connect) may
+    /// open besides those of the sandbox's services. Default none.
+    pub tunnel_ports: Vec<u16>,
 }
 
 impl Default for DockerConfig {
@@ -131,6 +134,7 @@ impl Default for DockerConfig {
             auto_build_image: true,
             labels: BTreeMap::new(),
             scope: None,
+            tunnel_ports: Vec::new(),
         }
     }
 }
@@ -274,6 +278,11 @@ impl DockerConfig {
     /// Sets how many containers may be created at once.
     pub fn with_max_concurrent_creates(mut self, n: usize) -> Self {
         self.max_concurrent_creates = n;
+        self
+    }
+    /// Allows tunnels to these ports of every sandbox (besides its services' ports).
+    pub fn with_tunnel_ports(mut self, ports: impl IntoIterator<Item = u16>) -> Self {
+        self.tunnel_ports = ports.into_iter().collect();
         self
     }
     /// Sets the warm pool size (0 = off).

@@ -61,7 +61,7 @@ pub(crate) struct ExecInner {
     docker: Docker,
     /// This instance's identity, on every container it creates.
     instance: String,
-    config: DockerConfig,
+    pub(crate) config: DockerConfig,
     host: String,
     create_permits: Semaphore,
     /// Containers created by this executor and not yet removed: id → name.

@@ -120,6 +120,13 @@ impl DockerSandbox {
         Ok(())
     }
 
+    /// Whether a tunnel to `port` is allowed.
+    fn tunnel_allowed(&self, port: u16) -> bool {
+        self.executor
+            .upgrade()
+            .is_some_and(|e| e.config.tunnel_ports.contains(&port))
+    }
+
     async fn write(&self, path: &str, content: &[u8]) -> Result<(), SandboxError> {
         self.check_alive()?;
         let rel = normalize_workspace_path(path)?;
@@ -176,6 +183,28 @@ impl Sandbox for DockerSandbox {
             exec.forget_container(&self.core.container_id);
         }
         res
+    }
+
+    async fn connect(
+        &self,
+        port: u16,
+    ) -> Result<agent_core::executor::SandboxStream, SandboxError> {
+        self.check_alive()?;
+        if !self.tunnel_allowed(port) {
+            return Err(SandboxError::new(
+                SandboxErrorKind::Refused,
+                format!(
+                    "port {port} of sandbox {} is not open to tunnels (not a port of its services)",
+                    self.name
+                ),
+            ));
+        }
+        let tunnel = self
+            .core
+            .link
+            .connect(port, agent_core::supervisor::DEFAULT_TUNNEL_WINDOW)
+            .await?;
+        Ok(Box::new(tunnel))
     }
 }
 

@@ -73,6 +73,29 @@ pub enum Request {
     Export,
     /// Answered by [`Event::Ok`].
     Ping,
+    /// Opens a tunnel: a byte stream to `127.0.0.1:port` inside the sandbox. Answered by
+    /// [`Event::Started`] (connected) or a final [`Event::Err`] ([`ErrorKind::Refused`]: nothing
+    /// listens); then [`Event::Chunk`]s (the service's bytes, at most `window` uncredited),
+    /// [`Event::Credit`]s, [`Event::Eof`], and a final [`Event::Ok`] or [`Event::Err`]. The host
+    /// sends [`Request::Data`], [`Request::Credit`], [`Request::Close`] and [`Request::Abort`]
+    /// under the same id.
+    Connect {
+        /// The TCP port on the sandbox's loopback.
+        port: u16,
+        /// Bytes either side may send ahead of the other's credits.
+        window: u64,
+    },
+    /// Tunnel data for the service (the body), at most the window ahead of its credits.
+    Data,
+    /// The host has taken `bytes` of the tunnel's data: the supervisor may send that much more.
+    Credit {
+        /// How many bytes.
+        bytes: u64,
+    },
+    /// No more tunnel data from the host: the socket's write side is shut after what came before.
+    Close,
+    /// Ends a tunnel at once, both directions.
+    Abort,
 }
 
 /// What kind of failure an [`Event::Err`] reports.
@@ -90,6 +113,8 @@ pub enum ErrorKind {
     Invalid,
     /// The supervisor failed.
     Backend,
+    /// A connection was refused (nothing listens on the port).
+    Refused,
 }
 
 /// How a process ended, as the supervisor says it (`term`).
@@ -156,8 +181,15 @@ pub enum Event {
     Ok,
     /// A file's content is the body (final).
     Data,
-    /// A piece of a stream (an export's tar bytes) is the body.
+    /// A piece of a stream (an export's tar bytes, a tunnel's data) is the body.
     Chunk,
+    /// A tunnel's service took `bytes` more of the host's data: the host may send that much more.
+    Credit {
+        /// How many bytes.
+        bytes: u64,
+    },
+    /// A tunnel's service shut its side: no more [`Event::Chunk`]s.
+    Eof,
     /// The request failed (final).
     Err {
         /// What kind of failure.
@@ -188,6 +220,8 @@ enum EventKind {
     Ok,
     Data,
     Chunk,
+    Credit,
+    Eof,
     Err,
 }
 
@@ -217,6 +251,8 @@ struct RawEvent {
     python: Option<String>,
     #[serde(default)]
     oom: bool,
+    #[serde(default)]
+    bytes: u64,
 }
 
 impl RawEvent {
@@ -243,6 +279,8 @@ impl RawEvent {
             EventKind::Ok => Event::Ok,
             EventKind::Data => Event::Data,
             EventKind::Chunk => Event::Chunk,
+            EventKind::Credit => Event::Credit { bytes: self.bytes },
+            EventKind::Eof => Event::Eof,
             EventKind::Err => Event::Err {
                 kind: self.kind.unwrap_or(ErrorKind::Backend),
                 message: self.msg.unwrap_or_else(|| "failed".to_string()),

@@ -607,7 +607,9 @@ fn file_error(event: &Event, path: &str) -> SandboxError {
         ErrorKind::Invalid => {
             SandboxError::new(SandboxErrorKind::Invalid, format!("{path:?}: {message}"))
         }
-        ErrorKind::Backend => SandboxError::new(SandboxErrorKind::Backend, message.clone()),
+        ErrorKind::Backend | ErrorKind::Refused => {
+            SandboxError::new(SandboxErrorKind::Backend, message.clone())
+        }
     }
 }
 

@@ -43,6 +43,7 @@
 mod frame;
 mod link;
 mod local;
+mod tunnel;
 
 pub use frame::{
     encode, ErrorKind, Event, Frame, FrameDecoder, KillReason, Ready, Request, RequestId,
@@ -50,6 +51,7 @@ pub use frame::{
 };
 pub use link::{Handshake, HandshakeError, Link, Replies, SupervisorLog};
 pub use local::LocalSupervisor;
+pub use tunnel::{Tunnel, DEFAULT_TUNNEL_WINDOW};
 
 /// The supervisor's Python source (built-in modules only; runs on Python ≥ 3.8).
 ///

@@ -6,7 +6,7 @@
 #   frame  = header "\n" body
 #   header = one line of JSON; when it has "n", exactly n raw body bytes follow the newline.
 #
-# host -> supervisor: {"op": "run"|"kill"|"write"|"read"|"export"|"ping", "id": N, ...}
+# host -> supervisor: {"op": "run"|"kill"|"write"|"read"|"export"|"ping"|"connect", "id": N, ...}
 # supervisor -> host: {"ev": "ready"|"started"|"out"|"exit"|"ok"|"data"|"chunk"|"err", "id": N, ...}
 #
 # MODE is `contained` (inside a container of its own: the workspace is /workspace, and killing a
@@ -790,6 +790,222 @@ def op_export(rid):
 
 
 # ---------------------------------------------------------------------------------------------
+# Tunnels: byte streams to 127.0.0.1:PORT inside the sandbox, multiplexed on the link
+# ---------------------------------------------------------------------------------------------
+# host -> supervisor: {"op": "connect", "id": N, "port": P, "window": W} opens one; then, under
+#   the same id: {"op": "data", "n": k} + k bytes (the host keeps at most W bytes uncredited),
+#   {"op": "credit", "bytes": k} (the host has taken k bytes), {"op": "close"} (no more data:
+#   the socket's write side is shut once everything before it is written), {"op": "abort"}.
+# supervisor -> host: {"ev": "started"} once connected (else a final {"ev": "err", "kind":
+#   "refused"}), {"ev": "chunk", "n": k} + k bytes (at most W bytes uncredited), {"ev": "credit",
+#   "bytes": k} once k bytes reached the socket, {"ev": "eof"} when the service shut its side,
+#   and a final {"ev": "ok"} (both directions done) or {"ev": "err"}.
+# Each tunnel has its own two threads and windows, so a busy tunnel never stalls the main loop,
+# a step's output or another tunnel, and nothing is buffered beyond the windows.
+
+TUNNEL_CHUNK = 65536
+_tunnels = {}
+_tunnels_lock = _thread.allocate_lock()
+
+
+class _Signal:
+    """A wake-up flag for one waiting thread (the `_thread` module has locks only)."""
+
+    def __init__(self):
+        self._lock = _thread.allocate_lock()
+        self._lock.acquire()
+
+    def set(self):
+        try:
+            self._lock.release()
+        except RuntimeError:  # already set
+            pass
+
+    def wait(self):
+        self._lock.acquire()
+
+
+class Tunnel:
+    def __init__(self, rid, port, window):
+        self.rid = rid
+        self.port = port
+        self.window = window
+        self.sock = None
+        self.nosignal = 0
+        self.mu = _thread.allocate_lock()
+        self.outq = []  # host -> service: bytes, or "close" / "abort"
+        self.out_sig = _Signal()
+        self.unacked = 0  # service -> host bytes not credited yet
+        self.in_sig = _Signal()
+        self.aborted = False
+        self.error = None
+        self.ended = 0  # directions finished (2: the tunnel is done)
+
+    def put(self, item):
+        with self.mu:
+            self.outq.append(item)
+        self.out_sig.set()
+
+    def credit(self, n):
+        with self.mu:
+            self.unacked -= n
+        self.in_sig.set()
+
+    def abort(self):
+        with self.mu:
+            self.aborted = True
+            sock = self.sock
+        if sock is not None:
+            try:
+                sock.shutdown(2)  # SHUT_RDWR: wakes a blocked recv()
+            except OSError:
+                pass
+        self.put("abort")
+        self.in_sig.set()
+
+    def fail(self, e):
+        with self.mu:
+            if self.error is None and not self.aborted:
+                self.error = "port %d: %s" % (self.port, getattr(e, "strerror", None) or e)
+        self.abort()
+
+    def end(self):
+        with self.mu:
+            self.ended += 1
+            last = self.ended == 2
+            error = self.error
+        if not last:
+            return
+        with _tunnels_lock:
+            _tunnels.pop(self.rid, None)
+        if self.sock is not None:
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+        if error:
+            send({"id": self.rid, "ev": "err", "kind": "backend", "msg": error})
+        else:
+            send({"id": self.rid, "ev": "ok"})
+
+
+def tunnel_open(t):
+    import _socket  # only when a tunnel is opened: not part of the start-up cost
+
+    sock = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
+    try:
+        sock.settimeout(10)
+        sock.connect(("127.0.0.1", t.port))
+        sock.settimeout(None)
+        sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+    except OSError as e:
+        sock.close()
+        with _tunnels_lock:
+            _tunnels.pop(t.rid, None)
+        if e.errno == errno.ECONNREFUSED:
+            msg = "nothing listens on 127.0.0.1:%d in the sandbox" % t.port
+        else:
+            msg = "cannot connect to 127.0.0.1:%d: %s" % (t.port, e.strerror or e)
+        send({"id": t.rid, "ev": "err", "kind": "refused", "msg": msg})
+        return
+    with t.mu:
+        t.sock = sock
+        t.nosignal = _socket.MSG_NOSIGNAL
+        aborted = t.aborted
+    if aborted:
+        t.ended = 1
+        t.end()
+        return
+    send({"id": t.rid, "ev": "started"})
+    try:
+        _thread.start_new_thread(tunnel_writer, (t,))
+    except RuntimeError:
+        t.fail(OSError(errno.EAGAIN, "no threads left (pids limit reached)"))
+        t.ended = 1
+        t.end()
+        return
+    tunnel_reader(t)
+
+
+def tunnel_reader(t):
+    """Service -> host, at most `window` bytes ahead of the host's credits."""
+    try:
+        while True:
+            with t.mu:
+                room = t.window - t.unacked
+                aborted = t.aborted
+            if aborted:
+                break
+            if room <= 0:
+                t.in_sig.wait()
+                continue
+            data = t.sock.recv(min(TUNNEL_CHUNK, room))
+            if not data:
+                with t.mu:
+                    aborted = t.aborted
+                if not aborted:
+                    send({"id": t.rid, "ev": "eof"})
+                break
+            with t.mu:
+                t.unacked += len(data)
+            send({"id": t.rid, "ev": "chunk"}, data)
+    except OSError as e:
+        t.fail(e)
+    finally:
+        t.end()
+
+
+def tunnel_writer(t):
+    """Host -> service, crediting the host for what reached the socket."""
+    try:
+        while True:
+            t.out_sig.wait()
+            with t.mu:
+                items, t.outq = t.outq, []
+            for item in items:
+                if item == "abort":
+                    return
+                if item == "close":
+                    t.sock.shutdown(1)  # SHUT_WR
+                    return
+                t.sock.sendall(item, t.nosignal)  # EPIPE, not SIGPIPE (which would kill us)
+                send({"id": t.rid, "ev": "credit", "bytes": len(item)})
+    except OSError as e:
+        t.fail(e)
+    finally:
+        t.end()
+
+
+def op_connect(rid, req):
+    port = req.get("port")
+    window = req.get("window") or 262144
+    if not isinstance(port, int) or not 0 < port < 65536 or not isinstance(window, int) or window < 1:
+        send({"id": rid, "ev": "err", "kind": "invalid", "msg": "connect: bad port or window"})
+        return
+    t = Tunnel(rid, port, window)
+    with _tunnels_lock:
+        _tunnels[rid] = t
+    spawn(rid, tunnel_open, t)
+
+
+def op_tunnel(op, rid, req, body):
+    """A data / credit / close / abort frame under an open tunnel's id."""
+    with _tunnels_lock:
+        t = _tunnels.get(rid)
+    if t is None:
+        return  # the tunnel ended meanwhile: late frames are dropped
+    if op == "data":
+        if body:
+            t.put(body)
+    elif op == "credit":
+        t.credit(req.get("bytes") or 0)
+    elif op == "close":
+        t.put("close")
+    else:
+        t.abort()
+
+
+# ---------------------------------------------------------------------------------------------
 # Main loop
 # ---------------------------------------------------------------------------------------------
 
@@ -880,6 +1096,10 @@ def main(args):
             spawn(rid, op_export, rid)
         elif op == "ping":
             send({"id": rid, "ev": "ok"})
+        elif op == "connect":
+            op_connect(rid, req)
+        elif op in ("data", "credit", "close", "abort"):
+            op_tunnel(op, rid, req, body)
         else:
             send({"id": rid, "ev": "err", "kind": "invalid", "msg": "unknown op %r" % (op,)})
     shutdown()
