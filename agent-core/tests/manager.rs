@@ -675,6 +675,12 @@ impl agent_core::Sandbox for PanickingSandbox {
     async fn export(&self) -> Result<agent_core::executor::TarStream, agent_core::SandboxError> {
         self.0.export().await
     }
+    async fn connect(
+        &self,
+        port: u16,
+    ) -> Result<agent_core::executor::SandboxStream, agent_core::SandboxError> {
+        self.0.connect(port).await
+    }
     async fn destroy(&self) -> Result<(), agent_core::SandboxError> {
         self.0.destroy().await
     }
@@ -811,6 +817,12 @@ impl agent_core::Sandbox for HangingSandbox {
     }
     async fn export(&self) -> Result<agent_core::executor::TarStream, agent_core::SandboxError> {
         Ok(futures::stream::pending().boxed())
+    }
+    async fn connect(
+        &self,
+        port: u16,
+    ) -> Result<agent_core::executor::SandboxStream, agent_core::SandboxError> {
+        self.0.connect(port).await
     }
     async fn destroy(&self) -> Result<(), agent_core::SandboxError> {
         self.0.destroy().await
