@@ -8,6 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use agent_core::executor::SandboxSpec;
 use agent_core::{Executor, JobId, JobSpec, Sandbox, SandboxErrorKind};
 use common::*;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -41,7 +42,10 @@ async fn sandbox_with_servers(scope: &str) -> (agent_docker::DockerExecutor, Box
     let exec = connect(config(scope).with_tunnel_ports([7000, 7001, 7999])).await;
     assert!(exec.capabilities().tunnels);
     let sb = exec
-        .create(JobId::new(), &JobSpec::from_prompt("tunnels"))
+        .create(&SandboxSpec::for_job(
+            JobId::new(),
+            &JobSpec::from_prompt("tunnels"),
+        ))
         .await
         .unwrap();
     sb.put_file("server.py", SERVER.into()).await.unwrap();
