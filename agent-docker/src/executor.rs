@@ -157,11 +157,6 @@ struct Blueprint<'a> {
 }
 
 impl DockerExecutor {
-    /// A builder: [`DockerConfig`] with defaults (`with_*` setters, then `.build().await`).
-    pub fn builder() -> DockerConfig {
-        DockerConfig::default()
-    }
-
     /// Connects with [`DockerConfig::from_env`].
     pub async fn from_env() -> Result<Self, SandboxError> {
         Self::connect(DockerConfig::from_env()).await
