@@ -13,6 +13,7 @@ pub mod job;
 pub mod llm;
 pub mod manager;
 pub mod schema;
+pub mod secret;
 mod serde_duration;
 pub mod store;
 pub mod supervisor;
@@ -29,4 +30,5 @@ pub use job::{
     ResourceLimits, Step, StepKind, StepRecord, StepResult, StepStatus, Termination, TokenUsage,
 };
 pub use llm::{ChatChunk, ChatRequest, ChatResponse, LlmError, LlmErrorKind, LlmProvider, Message};
+pub use secret::SecretString;
 pub use store::{JobFilter, JobPage, JobStore, StoreError, StoreErrorKind};

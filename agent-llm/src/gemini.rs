@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::http::{self, HttpOptions};
-use crate::secret::SecretString;
+use agent_core::SecretString;
 
 /// Gemini's default base URL.
 pub const GEMINI_DEFAULT_BASE_URL: &str = "https://generativelanguage.googleapis.com";

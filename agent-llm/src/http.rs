@@ -10,7 +10,7 @@ use futures::stream::{BoxStream, StreamExt};
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use serde_json::Value;
 
-use crate::secret::SecretString;
+use agent_core::SecretString;
 
 /// Timeouts of a provider's HTTP client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -8,8 +8,9 @@ mod gemini;
 mod http;
 mod openai;
 mod retry;
-mod secret;
 
+/// Re-exported from agent-core, where every crate (the server's API token too) takes it from.
+pub use agent_core::SecretString;
 pub use config::{from_env, LlmConfig, ProviderKind, NOT_CONFIGURED_HELP};
 pub use fallback::Fallback;
 pub use gemini::{
@@ -22,4 +23,3 @@ pub use openai::{
     OPENAI_DEFAULT_MODEL,
 };
 pub use retry::{Retry, RetryPolicy, Sleeper, TokioSleeper};
-pub use secret::SecretString;

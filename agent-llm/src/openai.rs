@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::http::{self, HttpOptions};
-use crate::secret::SecretString;
+use agent_core::SecretString;
 
 /// Alchemyst's default base URL (its OpenAI-compatible proxy).
 pub const ALCHEMYST_DEFAULT_BASE_URL: &str =

@@ -14,7 +14,7 @@ use crate::api::{
     CancelResponse, HealthResponse, JobsResponse, ScheduleRequest, ScheduleResponse, StatusResponse,
 };
 use crate::error::{ErrorBody, ErrorDetail};
-use agent_llm::SecretString;
+use agent_core::SecretString;
 
 /// What can go wrong talking to the server.
 #[derive(Debug, thiserror::Error)]

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use agent_core::artifacts::ArtifactStore;
 use agent_core::NetworkMode;
-use agent_llm::SecretString;
+use agent_core::SecretString;
 
 use crate::api::{JobDefaults, MAX_TIMEOUT_SECS};
 

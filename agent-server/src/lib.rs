@@ -24,7 +24,7 @@ pub mod server_info;
 pub mod session;
 pub mod ui;
 
-pub use agent_llm::SecretString;
+pub use agent_core::SecretString;
 pub use config::{LogFormat, ServerConfig};
 pub use error::{ApiError, ErrorBody};
 pub use routes::{app, ApiSettings, AppState};

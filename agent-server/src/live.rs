@@ -129,7 +129,7 @@ pub struct LiveState {
     /// Signs and checks access tokens.
     pub signer: AccessSigner,
     /// When set, the live paths need an access token or this bearer token.
-    pub api_token: Option<agent_llm::SecretString>,
+    pub api_token: Option<agent_core::SecretString>,
     /// Opens streams to the jobs' services.
     pub services: Arc<dyn JobServices>,
 }

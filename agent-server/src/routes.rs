@@ -33,7 +33,7 @@ use crate::extract::{ApiJson, JobIdParam};
 use crate::logs::{event_name, LogFormatter};
 use crate::metrics::Metrics;
 use crate::openapi::openapi_json;
-use agent_llm::SecretString;
+use agent_core::SecretString;
 
 /// Settings of the HTTP layer.
 #[derive(Clone, Debug)]

@@ -27,7 +27,7 @@ use utoipa::ToSchema;
 
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::ApiJson;
-use agent_llm::SecretString;
+use agent_core::SecretString;
 
 /// The session cookie's name.
 pub const COOKIE_NAME: &str = "agent_session";

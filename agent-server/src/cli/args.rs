@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 
+use agent_core::SecretString;
 use agent_core::{NetworkMode, Plan, Step};
-use agent_llm::SecretString;
 
 use crate::api::ScheduleRequest;
 use crate::config::ServerConfig;

@@ -1,4 +1,4 @@
-//! [`SecretString`]: an API key that never shows up in `Debug`, `Display` or logs.
+//! [`SecretString`]: an API key or token that never shows up in `Debug`, `Display` or logs.
 
 use std::fmt;
 
