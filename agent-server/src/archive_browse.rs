@@ -11,7 +11,7 @@ use std::io::Read;
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue};
 use axum::response::Response;
 use axum::Json;
 use bytes::Bytes;
@@ -24,7 +24,7 @@ use agent_core::JobId;
 
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::JobIdParam;
-use crate::routes::AppState;
+use crate::routes::{archive_gone, artifact_of, AppState};
 
 /// The most entries `GET /download/{id}/files` lists.
 pub const MAX_LISTED: usize = 10_000;
@@ -66,26 +66,7 @@ pub struct ArchiveListing {
 /// when it ended without one or retention removed it (the same answers as `GET /download/{id}`).
 async fn archive_path(state: &AppState, id: JobId) -> ApiResult<LocalArtifact> {
     let job = state.manager().get(id).await?;
-    let Some(artifact) = job.artifact.as_ref() else {
-        return Err(if job.status.is_terminal() {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "no_artifact",
-                format!("job {id} ended {} without a result archive", job.status),
-            )
-            .with_status(job.status)
-        } else {
-            ApiError::new(
-                StatusCode::CONFLICT,
-                "not_ready",
-                format!(
-                    "job {id} is {}; its archive is written when it finishes",
-                    job.status
-                ),
-            )
-            .with_status(job.status)
-        });
-    };
+    let artifact = artifact_of(&job)?;
     state
         .manager()
         .artifacts()
@@ -95,21 +76,13 @@ async fn archive_path(state: &AppState, id: JobId) -> ApiResult<LocalArtifact> {
             tracing::error!(job_id = %id, error = %e, "opening an archive failed");
             ApiError::internal("could not open the archive")
         })?
-        .ok_or_else(|| gone(id))
-}
-
-fn gone(id: JobId) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "no_artifact",
-        format!("the archive of job {id} is gone (removed by retention?)"),
-    )
+        .ok_or_else(|| archive_gone(id))
 }
 
 fn open_archive(path: &std::path::Path, id: JobId) -> ApiResult<zip::ZipArchive<std::fs::File>> {
     let file = std::fs::File::open(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
-            gone(id)
+            archive_gone(id)
         } else {
             tracing::error!(job_id = %id, error = %e, "opening an archive failed");
             ApiError::internal("could not open the archive")

@@ -438,26 +438,7 @@ pub(crate) async fn download(
     JobIdParam(id): JobIdParam,
 ) -> ApiResult<Response> {
     let job = state.inner.manager.get(id).await?;
-    let Some(artifact) = job.artifact.as_ref() else {
-        return Err(if job.status.is_terminal() {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "no_artifact",
-                format!("job {id} ended {} without a result archive", job.status),
-            )
-            .with_status(job.status)
-        } else {
-            ApiError::new(
-                StatusCode::CONFLICT,
-                "not_ready",
-                format!(
-                    "job {id} is {}; its archive is written when it finishes",
-                    job.status
-                ),
-            )
-            .with_status(job.status)
-        });
-    };
+    let artifact = artifact_of(&job)?;
     let opened = state
         .inner
         .manager
@@ -469,11 +450,7 @@ pub(crate) async fn download(
             ApiError::internal("could not open the archive")
         })?;
     let Some(reader) = opened else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "no_artifact",
-            format!("the archive of job {id} is gone (removed by retention?)"),
-        ));
+        return Err(archive_gone(id));
     };
     let len = reader.size;
     let mut resp = Response::new(Body::from_stream(reader.stream));
@@ -620,4 +597,38 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     resp
+}
+
+/// A job's result archive: 409 `not_ready` before the job finishes, 404 `no_artifact` when it ended
+/// without one. Every route that serves an archive answers the same.
+pub(crate) fn artifact_of(job: &agent_core::Job) -> ApiResult<&agent_core::job::Artifact> {
+    let id = job.id;
+    job.artifact.as_ref().ok_or_else(|| {
+        if job.status.is_terminal() {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no_artifact",
+                format!("job {id} ended {} without a result archive", job.status),
+            )
+        } else {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "not_ready",
+                format!(
+                    "job {id} is {}; its archive is written when it finishes",
+                    job.status
+                ),
+            )
+        }
+        .with_status(job.status)
+    })
+}
+
+/// 404 `no_artifact` for an archive the store no longer has (removed by retention).
+pub(crate) fn archive_gone(id: agent_core::JobId) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no_artifact",
+        format!("the archive of job {id} is gone (removed by retention?)"),
+    )
 }

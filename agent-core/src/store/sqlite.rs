@@ -792,18 +792,7 @@ impl JobStore for SqliteStore {
             let tx = conn
                 .unchecked_transaction()
                 .map_err(sql("start a read transaction"))?;
-            let count_sql = format!(
-                "SELECT COUNT(*) FROM jobs {}",
-                status_clause(statuses.len(), 1)
-            );
-            let total: i64 = tx
-                .prepare_cached(&count_sql)
-                .and_then(|mut stmt| {
-                    stmt.query_row(rusqlite::params_from_iter(statuses.iter()), |row| {
-                        row.get(0)
-                    })
-                })
-                .map_err(sql("count jobs"))?;
+            let total = count_jobs(&tx, &statuses)?;
             let page_sql = format!(
                 "SELECT record FROM jobs {} ORDER BY created_at DESC, id DESC LIMIT ?1 OFFSET ?2",
                 status_clause(statuses.len(), 3)
@@ -821,10 +810,7 @@ impl JobStore for SqliteStore {
                 .iter()
                 .map(|r| decode_job(r))
                 .collect::<Result<Vec<_>, _>>()?;
-            Ok(JobPage {
-                jobs,
-                total: u64::try_from(total).unwrap_or(0),
-            })
+            Ok(JobPage { jobs, total })
         })
         .await
     }
