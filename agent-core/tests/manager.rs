@@ -345,7 +345,7 @@ async fn cancel_stops_a_running_job_and_keeps_partial_output() {
     );
     let names = zip_names(&h, &job).await;
     assert!(names.contains(&"early.txt".into()) && !names.contains(&"late.txt".into()));
-    assert_eq!(h.manager.stats().live_sandboxes, 0);
+    assert!(sandboxes_gone(&h.manager).await, "{:?}", h.manager.stats());
     // A finished job cannot be cancelled again.
     assert!(matches!(
         h.manager.cancel(id).await,
@@ -646,53 +646,43 @@ async fn timeouts_too_large_for_an_instant_do_not_overflow() {
     assert_eq!(job.status, JobStatus::Succeeded, "{:?}", job.error);
 }
 
-/// A sandbox whose steps panic (a bug in a backend): everything else is the fake executor's.
-struct PanickingSandbox(Box<dyn agent_core::Sandbox>);
-
-#[async_trait::async_trait]
-#[deny(clippy::missing_trait_methods)]
-impl agent_core::Sandbox for PanickingSandbox {
-    fn id(&self) -> &str {
-        self.0.id()
+/// Waits (a bounded number of times) until the manager counts no live sandbox: a sandbox is
+/// removed after its job's final status is published.
+async fn sandboxes_gone(manager: &JobManager) -> bool {
+    for _ in 0..1000 {
+        if manager.stats().live_sandboxes == 0 {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    async fn exec(
-        &self,
-        _request: agent_core::ExecRequest,
-        _output: agent_core::OutputSink,
-    ) -> Result<agent_core::StepResult, agent_core::SandboxError> {
-        panic!("backend bug")
-    }
-    async fn put_file(
-        &self,
-        path: &str,
-        content: bytes::Bytes,
-    ) -> Result<(), agent_core::SandboxError> {
-        self.0.put_file(path, content).await
-    }
-    async fn get_file(&self, path: &str) -> Result<bytes::Bytes, agent_core::SandboxError> {
-        self.0.get_file(path).await
-    }
-    async fn export(&self) -> Result<agent_core::executor::TarStream, agent_core::SandboxError> {
-        self.0.export().await
-    }
-    async fn connect(
-        &self,
-        port: u16,
-    ) -> Result<agent_core::executor::SandboxStream, agent_core::SandboxError> {
-        self.0.connect(port).await
-    }
-    async fn destroy(&self) -> Result<(), agent_core::SandboxError> {
-        self.0.destroy().await
-    }
+    false
 }
 
-struct PanickingExecutor(FakeExecutor);
+/// How a [`Quirky`] executor's sandboxes differ from the fake executor's.
+#[derive(Clone)]
+enum Quirk {
+    /// Steps panic (a bug in a backend).
+    PanicOnExec,
+    /// The workspace export never ends (a wedged backend).
+    HangingExport,
+    /// `destroy` waits for a permit of this semaphore (a slow container removal); each call
+    /// is counted in `destroys`.
+    GatedDestroy {
+        gate: Arc<tokio::sync::Semaphore>,
+        destroys: Arc<std::sync::atomic::AtomicUsize>,
+    },
+}
+
+/// The fake executor with one [`Quirk`]; everything else is forwarded.
+struct Quirky(FakeExecutor, Quirk);
+
+struct QuirkySandbox(Box<dyn agent_core::Sandbox>, Quirk);
 
 #[async_trait::async_trait]
 #[deny(clippy::missing_trait_methods)]
-impl agent_core::Executor for PanickingExecutor {
+impl agent_core::Executor for Quirky {
     fn name(&self) -> &str {
-        "panicking"
+        "quirky"
     }
     fn capabilities(&self) -> agent_core::executor::Capabilities {
         self.0.capabilities()
@@ -701,7 +691,10 @@ impl agent_core::Executor for PanickingExecutor {
         &self,
         spec: &agent_core::SandboxSpec,
     ) -> Result<Box<dyn agent_core::Sandbox>, agent_core::SandboxError> {
-        Ok(Box::new(PanickingSandbox(self.0.create(spec).await?)))
+        Ok(Box::new(QuirkySandbox(
+            self.0.create(spec).await?,
+            self.1.clone(),
+        )))
     }
     async fn reap(
         &self,
@@ -717,12 +710,59 @@ impl agent_core::Executor for PanickingExecutor {
     }
 }
 
+#[async_trait::async_trait]
+#[deny(clippy::missing_trait_methods)]
+impl agent_core::Sandbox for QuirkySandbox {
+    fn id(&self) -> &str {
+        self.0.id()
+    }
+    async fn exec(
+        &self,
+        request: agent_core::ExecRequest,
+        output: agent_core::OutputSink,
+    ) -> Result<agent_core::StepResult, agent_core::SandboxError> {
+        if matches!(self.1, Quirk::PanicOnExec) {
+            panic!("backend bug")
+        }
+        self.0.exec(request, output).await
+    }
+    async fn put_file(
+        &self,
+        path: &str,
+        content: bytes::Bytes,
+    ) -> Result<(), agent_core::SandboxError> {
+        self.0.put_file(path, content).await
+    }
+    async fn get_file(&self, path: &str) -> Result<bytes::Bytes, agent_core::SandboxError> {
+        self.0.get_file(path).await
+    }
+    async fn export(&self) -> Result<agent_core::executor::TarStream, agent_core::SandboxError> {
+        if matches!(self.1, Quirk::HangingExport) {
+            return Ok(futures::stream::pending().boxed());
+        }
+        self.0.export().await
+    }
+    async fn connect(
+        &self,
+        port: u16,
+    ) -> Result<agent_core::executor::SandboxStream, agent_core::SandboxError> {
+        self.0.connect(port).await
+    }
+    async fn destroy(&self) -> Result<(), agent_core::SandboxError> {
+        if let Quirk::GatedDestroy { gate, destroys } = &self.1 {
+            destroys.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _permit = gate.acquire().await;
+        }
+        self.0.destroy().await
+    }
+}
+
 #[tokio::test]
 async fn a_panic_while_running_fails_the_job_instead_of_leaving_it_running() {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn JobStore> = Arc::new(MemoryStore::new());
     let manager = JobManager::builder(
-        Arc::new(PanickingExecutor(FakeExecutor::new())),
+        Arc::new(Quirky(FakeExecutor::new(), Quirk::PanicOnExec)),
         store.clone(),
     )
     .config(config(&dir))
@@ -748,8 +788,8 @@ async fn a_panic_while_running_fails_the_job_instead_of_leaving_it_running() {
         events.last().unwrap().is_final(),
         "the final status is logged"
     );
-    let stats = manager.stats();
-    assert_eq!((stats.running, stats.live_sandboxes), (0, 0), "{stats:?}");
+    assert_eq!(manager.stats().running, 0);
+    assert!(sandboxes_gone(&manager).await, "{:?}", manager.stats());
     // The job is no longer live: a new one still runs.
     let next = manager
         .submit(JobSpec::from_steps(vec![Step::shell("true")]))
@@ -758,82 +798,11 @@ async fn a_panic_while_running_fails_the_job_instead_of_leaving_it_running() {
     assert_eq!(manager.wait(next).await.unwrap().status, JobStatus::Failed);
 }
 
-/// An executor whose workspace export never ends (a wedged backend).
-struct HangingExport(FakeExecutor);
-
-struct HangingSandbox(Box<dyn agent_core::Sandbox>);
-
-#[async_trait::async_trait]
-#[deny(clippy::missing_trait_methods)]
-impl agent_core::Executor for HangingExport {
-    fn name(&self) -> &str {
-        "hanging-export"
-    }
-    fn capabilities(&self) -> agent_core::executor::Capabilities {
-        self.0.capabilities()
-    }
-    async fn create(
-        &self,
-        spec: &agent_core::SandboxSpec,
-    ) -> Result<Box<dyn agent_core::Sandbox>, agent_core::SandboxError> {
-        Ok(Box::new(HangingSandbox(self.0.create(spec).await?)))
-    }
-    async fn reap(
-        &self,
-        live: &std::collections::HashSet<JobId>,
-    ) -> Result<usize, agent_core::SandboxError> {
-        self.0.reap(live).await
-    }
-    async fn ping(&self) -> Result<(), agent_core::SandboxError> {
-        self.0.ping().await
-    }
-    async fn shutdown(&self) -> Result<(), agent_core::SandboxError> {
-        self.0.shutdown().await
-    }
-}
-
-#[async_trait::async_trait]
-#[deny(clippy::missing_trait_methods)]
-impl agent_core::Sandbox for HangingSandbox {
-    fn id(&self) -> &str {
-        self.0.id()
-    }
-    async fn exec(
-        &self,
-        request: agent_core::ExecRequest,
-        output: agent_core::OutputSink,
-    ) -> Result<agent_core::StepResult, agent_core::SandboxError> {
-        self.0.exec(request, output).await
-    }
-    async fn put_file(
-        &self,
-        path: &str,
-        content: bytes::Bytes,
-    ) -> Result<(), agent_core::SandboxError> {
-        self.0.put_file(path, content).await
-    }
-    async fn get_file(&self, path: &str) -> Result<bytes::Bytes, agent_core::SandboxError> {
-        self.0.get_file(path).await
-    }
-    async fn export(&self) -> Result<agent_core::executor::TarStream, agent_core::SandboxError> {
-        Ok(futures::stream::pending().boxed())
-    }
-    async fn connect(
-        &self,
-        port: u16,
-    ) -> Result<agent_core::executor::SandboxStream, agent_core::SandboxError> {
-        self.0.connect(port).await
-    }
-    async fn destroy(&self) -> Result<(), agent_core::SandboxError> {
-        self.0.destroy().await
-    }
-}
-
 #[tokio::test]
 async fn a_wedged_export_cannot_hold_a_job_past_its_timeout() {
     let dir = tempfile::tempdir().unwrap();
     let manager = JobManager::builder(
-        Arc::new(HangingExport(FakeExecutor::new())),
+        Arc::new(Quirky(FakeExecutor::new(), Quirk::HangingExport)),
         Arc::new(MemoryStore::new()),
     )
     .config(JobManagerConfig {
@@ -899,4 +868,133 @@ async fn an_impossible_worker_count_is_refused() {
         .await
         .unwrap_err();
     assert!(matches!(err, Error::InvalidInput { ref field, .. } if field == "max_concurrent_jobs"));
+}
+
+/// A manager on a [`Quirk::GatedDestroy`] executor with one worker, the gate closed.
+async fn gated_manager(
+    dir: &tempfile::TempDir,
+) -> (
+    JobManager,
+    Arc<tokio::sync::Semaphore>,
+    Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let destroys = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let quirk = Quirk::GatedDestroy {
+        gate: gate.clone(),
+        destroys: destroys.clone(),
+    };
+    let manager = JobManager::builder(
+        Arc::new(Quirky(FakeExecutor::new(), quirk)),
+        Arc::new(MemoryStore::new()),
+    )
+    .config(JobManagerConfig {
+        max_concurrent_jobs: 1,
+        ..config(dir)
+    })
+    .start()
+    .await
+    .unwrap();
+    (manager, gate, destroys)
+}
+
+/// Waits (bounded) until `destroy` was called `n` times.
+async fn destroy_called(destroys: &std::sync::atomic::AtomicUsize, n: usize) -> bool {
+    for _ in 0..1000 {
+        if destroys.load(std::sync::atomic::Ordering::SeqCst) >= n {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn the_final_status_is_published_before_the_sandbox_is_removed_which_still_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (manager, gate, destroys) = gated_manager(&dir).await;
+    let mut all = manager.subscribe_all();
+    let id = manager
+        .submit(JobSpec::from_steps(vec![Step::shell(
+            "echo kept > out.txt",
+        )]))
+        .await
+        .unwrap();
+    // The removal cannot finish (the gate is closed), yet the job is finished, stored with its
+    // ZIP, and its final event is out.
+    let job = tokio::time::timeout(Duration::from_secs(60), manager.wait(id))
+        .await
+        .expect("wait returns while the sandbox is still being removed")
+        .unwrap();
+    assert_eq!(job.status, JobStatus::Succeeded, "{:?}", job.error);
+    let artifact = job.artifact.as_ref().expect("the ZIP is stored");
+    assert!(manager
+        .artifacts()
+        .open(&artifact.path)
+        .await
+        .unwrap()
+        .is_some());
+    loop {
+        let event = all.recv().await.unwrap();
+        if event.job_id == id && event.is_final() {
+            break;
+        }
+    }
+    // The sandbox is still there: counted, and holding the only worker.
+    assert!(destroy_called(&destroys, 1).await, "destroy is called");
+    let stats = manager.stats();
+    assert_eq!((stats.running, stats.live_sandboxes), (0, 1), "{stats:?}");
+    let next = manager
+        .submit(JobSpec::from_steps(vec![Step::shell("true")]))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        manager.get(next).await.unwrap().status,
+        JobStatus::Queued,
+        "a job started while the previous sandbox was not yet removed"
+    );
+    assert_eq!(manager.stats().queued, 1);
+    // Once the removal finishes, the worker is free and the count drops.
+    gate.add_permits(100);
+    let next = tokio::time::timeout(Duration::from_secs(60), manager.wait(next))
+        .await
+        .expect("the next job runs once the sandbox is removed")
+        .unwrap();
+    assert_eq!(next.status, JobStatus::Succeeded, "{:?}", next.error);
+    assert!(sandboxes_gone(&manager).await, "{:?}", manager.stats());
+    manager.shutdown(Duration::from_secs(10)).await.unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_waits_until_finished_jobs_sandboxes_are_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (manager, gate, destroys) = gated_manager(&dir).await;
+    let id = manager
+        .submit(JobSpec::from_steps(vec![Step::shell("true")]))
+        .await
+        .unwrap();
+    let job = tokio::time::timeout(Duration::from_secs(60), manager.wait(id))
+        .await
+        .expect("the job ends")
+        .unwrap();
+    assert_eq!(job.status, JobStatus::Succeeded, "{:?}", job.error);
+    assert!(destroy_called(&destroys, 1).await, "destroy is called");
+    let stopping = tokio::spawn({
+        let manager = manager.clone();
+        async move { manager.shutdown(Duration::from_secs(30)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !stopping.is_finished(),
+        "shutdown returned while a sandbox was still being removed"
+    );
+    assert_eq!(manager.stats().live_sandboxes, 1);
+    gate.add_permits(100);
+    tokio::time::timeout(Duration::from_secs(60), stopping)
+        .await
+        .expect("shutdown ends once the sandbox is removed")
+        .unwrap()
+        .unwrap();
+    assert_eq!(manager.stats().live_sandboxes, 0);
 }

@@ -117,7 +117,7 @@ async fn prompt_job_succeeds_and_its_zip_holds_the_plan_files_and_result_json() 
         m.contains("agent_llm_tokens_total{provider=\"alchemyst\",type=\"completion\"} 20"),
         "{m}"
     );
-    assert!(containers_of(&id).is_empty());
+    assert!(containers_gone(&id));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -336,7 +336,7 @@ async fn cancel_mid_step_leaves_status_cancelled_and_no_container() {
     assert_eq!(resp["status"], "cancelled");
     let st = server.status(&id).await;
     assert_eq!(st["status"], "cancelled");
-    assert!(containers_of(&id).is_empty(), "a container is left");
+    assert!(containers_gone(&id), "a container is left");
     // Cancelling again: 409 with the status.
     let (code, err) = server.post_json(&format!("/cancel/{id}"), &json!({})).await;
     assert_eq!(code, 409);
@@ -372,7 +372,7 @@ async fn a_job_past_its_timeout_is_timed_out_with_partial_output() {
         .unwrap();
     assert!(text.contains("PARTIAL-OUTPUT-5521"), "{text}");
     assert!(text.contains("status timed_out"), "{text}");
-    assert!(containers_of(&id).is_empty(), "a container is left");
+    assert!(containers_gone(&id), "a container is left");
     // The partial workspace is kept.
     assert_eq!(st["download_link"], format!("/download/{id}"), "{st}");
     let mut zip = server.download(&id).await;
@@ -520,7 +520,7 @@ async fn kill_9_then_restart_keeps_every_job_and_interrupts_the_running_ones() {
         .post_json(&format!("/cancel/{queued}"), &json!({}))
         .await;
     assert_eq!(code, 200);
-    assert!(containers_of(&queued).is_empty());
+    assert!(containers_gone(&queued));
     // Only the cancelled/interrupted jobs' containers existed; none is left in this scope.
     assert!(containers_of_scope(&scope).is_empty());
 }

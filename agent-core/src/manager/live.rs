@@ -39,7 +39,8 @@ impl Inner {
 
 impl JobManager {
     /// Cancels a queued or running job and returns it once it is stopped. A running job's sandbox
-    /// is destroyed; its partial workspace (ZIP) and logs are kept.
+    /// is removed (right after its final status is published); its partial workspace (ZIP) and
+    /// logs are kept.
     pub async fn cancel(&self, id: JobId) -> Result<Job> {
         enum Action {
             Withdraw(EventSink),

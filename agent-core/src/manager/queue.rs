@@ -5,6 +5,7 @@ use std::panic::AssertUnwindSafe;
 use futures::FutureExt;
 use tracing::{info_span, warn, Instrument};
 
+use super::run::SandboxSlot;
 use super::JobManager;
 use crate::events::EventSink;
 use crate::job::JobId;
@@ -37,9 +38,11 @@ impl JobManager {
                 }
                 // A failure or a panic outside the flow must still end the job: otherwise it
                 // would stay `running` in the store and its waiters would never wake.
-                let outcome = AssertUnwindSafe(manager.run(id, cancel, events.clone()))
-                    .catch_unwind()
-                    .await;
+                let mut sandbox = SandboxSlot::new(&manager.inner.live_sandboxes);
+                let outcome =
+                    AssertUnwindSafe(manager.run(id, cancel, events.clone(), &mut sandbox))
+                        .catch_unwind()
+                        .await;
                 let error = match outcome {
                     Ok(Ok(())) => None,
                     Ok(Err(e)) => Some(e.to_string()),
@@ -49,8 +52,12 @@ impl JobManager {
                     warn!(error = %error, "job failed to run");
                     manager.settle_failed(id, error, &events).await;
                 }
-                drop(permit);
+                // The final status is stored and published: waiters wake now. The sandbox is
+                // removed after that, off the job's critical path, but still holds the worker
+                // permit and counts as live until it is gone; shutdown waits for this task.
                 manager.forget(id);
+                sandbox.remove().await;
+                drop(permit);
             }
             .instrument(span),
         );

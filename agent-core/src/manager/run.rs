@@ -1,4 +1,8 @@
 //! One job from running to its final status: the sandbox, the agent flow, packaging.
+//!
+//! The final status is published as soon as the result is durable (the job record and its
+//! ZIP stored); the sandbox is removed after that by the queue, which keeps the job's worker
+//! permit and counts the sandbox in `live_sandboxes` until it is gone (see [`SandboxSlot`]).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -26,12 +30,13 @@ struct Outcome {
 }
 
 impl JobManager {
-    /// Runs one job to its final status.
+    /// Runs one job to its final status; its sandbox is left in `slot` for the caller to remove.
     pub(super) async fn run(
         &self,
         id: JobId,
         cancel: CancellationToken,
         events: EventSink,
+        slot: &mut SandboxSlot<'_>,
     ) -> Result<()> {
         let inner = &self.inner;
         let mut job = self.get(id).await?;
@@ -42,7 +47,7 @@ impl JobManager {
             error: None,
         });
         let timer = JobTimer::start(self, id, job.spec.job_timeout, cancel.clone());
-        let outcome = self.run_in_sandbox(job, cancel, events.clone()).await;
+        let outcome = self.run_in_sandbox(job, cancel, events.clone(), slot).await;
         drop(timer);
         let Outcome {
             mut job,
@@ -63,12 +68,13 @@ impl JobManager {
         Ok(())
     }
 
-    /// Creates the sandbox, runs the agent flow, compiles results, destroys the sandbox.
+    /// Creates the sandbox (kept in `slot`), runs the agent flow, compiles results.
     async fn run_in_sandbox(
         &self,
         mut job: Job,
         cancel: CancellationToken,
         events: EventSink,
+        slot: &mut SandboxSlot<'_>,
     ) -> Outcome {
         let inner = &self.inner;
         let id = job.id;
@@ -93,7 +99,7 @@ impl JobManager {
                 };
             }
         };
-        let _counted = LiveSandbox::new(&inner.live_sandboxes);
+        slot.hold(sandbox.clone());
         debug!(sandbox = sandbox.id(), "sandbox ready");
         let settings = AgentSettings {
             max_output_bytes: inner.config.max_output_bytes,
@@ -132,9 +138,6 @@ impl JobManager {
                 (status, Some(message))
             }
         };
-        if let Err(e) = sandbox.destroy().await {
-            warn!(error = %e, "could not destroy the sandbox");
-        }
         Outcome {
             job: state.job,
             status,
@@ -193,20 +196,50 @@ impl JobManager {
     }
 }
 
-/// Counts a sandbox in [`ManagerStats::live_sandboxes`](super::ManagerStats::live_sandboxes)
-/// until dropped (also when a panic unwinds through the job).
-struct LiveSandbox<'a>(&'a AtomicUsize);
+/// A job's sandbox from its creation until it is removed. It counts in
+/// [`ManagerStats::live_sandboxes`](super::ManagerStats::live_sandboxes) all that time (also when
+/// a panic unwinds through the job: dropping the slot uncounts it, and the sandbox's own drop
+/// removes it in the background).
+pub(super) struct SandboxSlot<'a> {
+    counter: &'a AtomicUsize,
+    sandbox: Option<Arc<dyn Sandbox>>,
+}
 
-impl<'a> LiveSandbox<'a> {
-    fn new(counter: &'a AtomicUsize) -> Self {
-        counter.fetch_add(1, Ordering::Relaxed);
-        Self(counter)
+impl<'a> SandboxSlot<'a> {
+    /// An empty slot counting in `counter`.
+    pub(super) fn new(counter: &'a AtomicUsize) -> Self {
+        Self {
+            counter,
+            sandbox: None,
+        }
+    }
+
+    /// Keeps a job's new sandbox (and counts it).
+    fn hold(&mut self, sandbox: Arc<dyn Sandbox>) {
+        self.counter.fetch_add(1, Ordering::Relaxed);
+        if let Some(old) = self.sandbox.replace(sandbox) {
+            // Not reached (one sandbox per job); dropping it removes it in the background.
+            self.counter.fetch_sub(1, Ordering::Relaxed);
+            drop(old);
+        }
+    }
+
+    /// Removes the sandbox, if one was made; it stops counting once it is gone.
+    pub(super) async fn remove(mut self) {
+        if let Some(sandbox) = self.sandbox.take() {
+            if let Err(e) = sandbox.destroy().await {
+                warn!(error = %e, "could not destroy the sandbox");
+            }
+            self.counter.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
-impl Drop for LiveSandbox<'_> {
+impl Drop for SandboxSlot<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        if self.sandbox.take().is_some() {
+            self.counter.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 

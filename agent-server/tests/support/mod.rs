@@ -356,6 +356,18 @@ impl Drop for TestServer {
     }
 }
 
+/// Whether a job's containers are gone, waiting a bounded number of times: a finished job's
+/// container is removed just after its final status is published.
+pub fn containers_gone(job_id: &str) -> bool {
+    for _ in 0..200 {
+        if containers_of(job_id).is_empty() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
 /// Containers (running or not) labelled with this job id.
 pub fn containers_of(job_id: &str) -> Vec<String> {
     containers_labelled(&format!("agent.job_id={job_id}"))
