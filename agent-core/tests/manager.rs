@@ -658,6 +658,18 @@ async fn sandboxes_gone(manager: &JobManager) -> bool {
     false
 }
 
+/// Submits a one-step shell job and waits for it (a guard against a hang only).
+async fn run_one(manager: &JobManager, command: &str) -> Job {
+    let id = manager
+        .submit(JobSpec::from_steps(vec![Step::shell(command)]))
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(60), manager.wait(id))
+        .await
+        .expect("the job ends")
+        .unwrap()
+}
+
 /// How a [`Quirky`] executor's sandboxes differ from the fake executor's.
 #[derive(Clone)]
 enum Quirk {
@@ -769,14 +781,8 @@ async fn a_panic_while_running_fails_the_job_instead_of_leaving_it_running() {
     .start()
     .await
     .unwrap();
-    let id = manager
-        .submit(JobSpec::from_steps(vec![Step::shell("true")]))
-        .await
-        .unwrap();
-    let job = tokio::time::timeout(Duration::from_secs(60), manager.wait(id))
-        .await
-        .expect("wait returns after the panic")
-        .unwrap();
+    let job = run_one(&manager, "true").await;
+    let id = job.id;
     assert_eq!(job.status, JobStatus::Failed);
     assert!(
         job.error.as_deref().unwrap().contains("backend bug"),
@@ -870,14 +876,15 @@ async fn an_impossible_worker_count_is_refused() {
     assert!(matches!(err, Error::InvalidInput { ref field, .. } if field == "max_concurrent_jobs"));
 }
 
-/// A manager on a [`Quirk::GatedDestroy`] executor with one worker, the gate closed.
-async fn gated_manager(
-    dir: &tempfile::TempDir,
-) -> (
-    JobManager,
-    Arc<tokio::sync::Semaphore>,
-    Arc<std::sync::atomic::AtomicUsize>,
-) {
+/// A manager on a [`Quirk::GatedDestroy`] executor with one worker and the gate closed, after
+/// one job (`command`) finished: its sandbox's removal has begun and cannot end.
+struct Gated {
+    manager: JobManager,
+    gate: Arc<tokio::sync::Semaphore>,
+    job: Job,
+}
+
+async fn gated_job(dir: &tempfile::TempDir, command: &str) -> Gated {
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let destroys = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let quirk = Quirk::GatedDestroy {
@@ -895,38 +902,26 @@ async fn gated_manager(
     .start()
     .await
     .unwrap();
-    (manager, gate, destroys)
-}
-
-/// Waits (bounded) until `destroy` was called `n` times.
-async fn destroy_called(destroys: &std::sync::atomic::AtomicUsize, n: usize) -> bool {
+    let job = run_one(&manager, command).await;
+    assert_eq!(job.status, JobStatus::Succeeded, "{:?}", job.error);
+    let mut called = false;
     for _ in 0..1000 {
-        if destroys.load(std::sync::atomic::Ordering::SeqCst) >= n {
-            return true;
+        called = destroys.load(std::sync::atomic::Ordering::SeqCst) == 1;
+        if called {
+            break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    false
+    assert!(called, "destroy is called once");
+    Gated { manager, gate, job }
 }
 
 #[tokio::test]
 async fn the_final_status_is_published_before_the_sandbox_is_removed_which_still_counts() {
     let dir = tempfile::tempdir().unwrap();
-    let (manager, gate, destroys) = gated_manager(&dir).await;
-    let mut all = manager.subscribe_all();
-    let id = manager
-        .submit(JobSpec::from_steps(vec![Step::shell(
-            "echo kept > out.txt",
-        )]))
-        .await
-        .unwrap();
+    let Gated { manager, gate, job } = gated_job(&dir, "echo kept > out.txt").await;
     // The removal cannot finish (the gate is closed), yet the job is finished, stored with its
-    // ZIP, and its final event is out.
-    let job = tokio::time::timeout(Duration::from_secs(60), manager.wait(id))
-        .await
-        .expect("wait returns while the sandbox is still being removed")
-        .unwrap();
-    assert_eq!(job.status, JobStatus::Succeeded, "{:?}", job.error);
+    // ZIP, and its final event is stored.
     let artifact = job.artifact.as_ref().expect("the ZIP is stored");
     assert!(manager
         .artifacts()
@@ -934,14 +929,9 @@ async fn the_final_status_is_published_before_the_sandbox_is_removed_which_still
         .await
         .unwrap()
         .is_some());
-    loop {
-        let event = all.recv().await.unwrap();
-        if event.job_id == id && event.is_final() {
-            break;
-        }
-    }
+    let events = manager.events(job.id, 0, 1000).await.unwrap();
+    assert!(events.last().unwrap().is_final(), "{events:?}");
     // The sandbox is still there: counted, and holding the only worker.
-    assert!(destroy_called(&destroys, 1).await, "destroy is called");
     let stats = manager.stats();
     assert_eq!((stats.running, stats.live_sandboxes), (0, 1), "{stats:?}");
     let next = manager
@@ -969,17 +959,7 @@ async fn the_final_status_is_published_before_the_sandbox_is_removed_which_still
 #[tokio::test]
 async fn shutdown_waits_until_finished_jobs_sandboxes_are_removed() {
     let dir = tempfile::tempdir().unwrap();
-    let (manager, gate, destroys) = gated_manager(&dir).await;
-    let id = manager
-        .submit(JobSpec::from_steps(vec![Step::shell("true")]))
-        .await
-        .unwrap();
-    let job = tokio::time::timeout(Duration::from_secs(60), manager.wait(id))
-        .await
-        .expect("the job ends")
-        .unwrap();
-    assert_eq!(job.status, JobStatus::Succeeded, "{:?}", job.error);
-    assert!(destroy_called(&destroys, 1).await, "destroy is called");
+    let Gated { manager, gate, .. } = gated_job(&dir, "true").await;
     let stopping = tokio::spawn({
         let manager = manager.clone();
         async move { manager.shutdown(Duration::from_secs(30)).await }
