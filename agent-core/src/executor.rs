@@ -17,7 +17,8 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::job::{JobId, JobSpec, NetworkMode, OutputStream, ResourceLimits, StepResult};
+use crate::job::{JobId, JobSpec, NetworkMode, OutputStream, ResourceLimits, Service, StepResult};
+use crate::secret::SecretString;
 
 /// Default cap on a step's output (stdout + stderr): 10 MiB.
 pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 10 << 20;
@@ -63,6 +64,8 @@ pub struct SandboxSpec {
     pub env: BTreeMap<String, String>,
     /// Labels attached to the sandbox (e.g. container labels), for operators' own tooling.
     pub labels: BTreeMap<String, String>,
+    /// Services started before the first process runs ([`Sandbox::service`]).
+    pub services: Vec<Service>,
 }
 
 impl Default for SandboxSpec {
@@ -74,6 +77,7 @@ impl Default for SandboxSpec {
             network: NetworkMode::None,
             env: BTreeMap::new(),
             labels: BTreeMap::new(),
+            services: Vec::new(),
         }
     }
 }
@@ -93,7 +97,16 @@ impl SandboxSpec {
             network: job.network,
             env: job.env.clone(),
             labels: BTreeMap::new(),
+            services: job.services.clone(),
         }
+    }
+
+    /// Asks for a service.
+    pub fn with_service(mut self, service: Service) -> Self {
+        if !self.services.contains(&service) {
+            self.services.push(service);
+        }
+        self
     }
 
     /// Sets the job.
@@ -185,6 +198,8 @@ pub struct Capabilities {
     pub resource_limits: bool,
     /// [`Sandbox::connect`] opens byte streams to ports inside sandboxes.
     pub tunnels: bool,
+    /// Sandboxes can run [`Service`]s (a desktop, Jupyter Lab).
+    pub services: bool,
 }
 
 impl Capabilities {
@@ -194,6 +209,7 @@ impl Capabilities {
         network: true,
         resource_limits: true,
         tunnels: true,
+        services: true,
     };
     /// No isolation at all.
     pub const NONE: Capabilities = Capabilities {
@@ -201,6 +217,7 @@ impl Capabilities {
         network: false,
         resource_limits: false,
         tunnels: false,
+        services: false,
     };
 
     /// Sets whether network modes other than `none` are honoured.
@@ -215,10 +232,29 @@ impl Capabilities {
         self
     }
 
+    /// Sets whether sandboxes can run services.
+    pub const fn with_services(mut self, services: bool) -> Self {
+        self.services = services;
+        self
+    }
+
     /// Whether a sandbox made from `spec` can be what it asks for: a network other than `none`
     /// needs [`Capabilities::network`]; limits other than the defaults need
-    /// [`Capabilities::resource_limits`]. The error names the field (`network`, `limits`).
+    /// [`Capabilities::resource_limits`]; services need [`Capabilities::services`] and
+    /// [`Capabilities::tunnels`]. The error names the field (`network`, `limits`, `services`).
     pub fn check(&self, spec: &SandboxSpec) -> crate::Result<()> {
+        if let Some(service) = spec.services.first() {
+            if !(self.services && self.tunnels) {
+                return Err(crate::Error::invalid(
+                    "services",
+                    format!(
+                        "this server's executor cannot run services in sandboxes (asked for \
+                         {service}); the Docker executor needs a desktop image \
+                         (AGENT_DESKTOP_IMAGE, built by images/desktop/build-offline.sh)"
+                    ),
+                ));
+            }
+        }
         if spec.network != NetworkMode::None && !self.network {
             return Err(crate::Error::invalid(
                 "network",
@@ -237,6 +273,36 @@ impl Capabilities {
             ));
         }
         Ok(())
+    }
+}
+
+/// How to reach a [`Service`] running in a sandbox ([`Sandbox::service`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ServiceEndpoint {
+    /// Which service.
+    pub service: Service,
+    /// Its ports on the sandbox's loopback, open to [`Sandbox::connect`]: the main one first
+    /// (the desktop's second is a view-only VNC server).
+    pub ports: Vec<u16>,
+    /// The secret a client presents to it (Jupyter's token), never shown to users.
+    pub secret: Option<SecretString>,
+}
+
+impl ServiceEndpoint {
+    /// An endpoint on these ports, without a secret.
+    pub fn new(service: Service, ports: Vec<u16>) -> Self {
+        Self {
+            service,
+            ports,
+            secret: None,
+        }
+    }
+
+    /// Sets the secret.
+    pub fn with_secret(mut self, secret: SecretString) -> Self {
+        self.secret = Some(secret);
+        self
     }
 }
 
@@ -388,6 +454,13 @@ pub trait Sandbox: Send + Sync {
             SandboxErrorKind::Unsupported,
             format!("this sandbox cannot open tunnels (asked for port {port})"),
         ))
+    }
+
+    /// Where a service the sandbox was created with ([`SandboxSpec::services`]) listens, once it
+    /// is up; `None` when it was not asked for or the backend has no services.
+    fn service(&self, service: Service) -> Option<ServiceEndpoint> {
+        let _ = service;
+        None
     }
 }
 

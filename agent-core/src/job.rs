@@ -92,6 +92,59 @@ fn truncate_for_error(s: &str) -> String {
     }
 }
 
+/// A long-lived service a job's sandbox can run beside its steps, reached through the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Service {
+    /// A desktop: an X display every step draws on (`DISPLAY`), seen through VNC.
+    Desktop,
+    /// Jupyter Lab, working in `/workspace`.
+    Jupyter,
+}
+
+impl Service {
+    /// Every service.
+    pub const ALL: [Service; 2] = [Service::Desktop, Service::Jupyter];
+
+    /// Its name (in JSON, paths and labels).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Service::Desktop => "desktop",
+            Service::Jupyter => "jupyter",
+        }
+    }
+
+    /// The path under which the server reaches it for `job` (`/desktop/{id}/`,
+    /// `/jupyter/{id}/`): Jupyter's base URL.
+    pub fn base_path(self, job: JobId) -> String {
+        format!("/{}/{job}/", self.as_str())
+    }
+}
+
+impl fmt::Display for Service {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Service {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Service::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| {
+                Error::invalid(
+                    "services",
+                    format!(
+                        "expected \"desktop\" or \"jupyter\", got {:?}",
+                        truncate_for_error(s)
+                    ),
+                )
+            })
+    }
+}
+
 /// Network access for a job's sandbox.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase", try_from = "String")]
@@ -519,6 +572,17 @@ pub struct JobSpec {
     pub env: BTreeMap<String, String>,
     /// How many times a failed step may go back to the LLM for a repair. Default 2.
     pub max_repairs: u32,
+    /// Services the sandbox runs beside the steps (started before the first one).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<Service>,
+    /// How long the sandbox is kept after the steps end (zero: removed at once), so its desktop
+    /// or notebook can still be looked at. The job's status is final meanwhile.
+    #[serde(
+        rename = "keep_alive_secs",
+        with = "crate::serde_duration::secs",
+        skip_serializing_if = "Duration::is_zero"
+    )]
+    pub keep_alive: Duration,
 }
 
 impl Default for JobSpec {
@@ -533,6 +597,8 @@ impl Default for JobSpec {
             network: NetworkMode::None,
             env: BTreeMap::new(),
             max_repairs: 2,
+            services: Vec::new(),
+            keep_alive: Duration::ZERO,
         }
     }
 }
@@ -587,6 +653,20 @@ impl JobSpec {
     /// Sets the resource limits.
     pub fn with_limits(mut self, limits: ResourceLimits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// Asks for a service (started before the first step).
+    pub fn with_service(mut self, service: Service) -> Self {
+        if !self.services.contains(&service) {
+            self.services.push(service);
+        }
+        self
+    }
+
+    /// Keeps the sandbox this long after the steps end.
+    pub fn with_keep_alive(mut self, keep_alive: Duration) -> Self {
+        self.keep_alive = keep_alive;
         self
     }
 
@@ -646,6 +726,14 @@ impl JobSpec {
         }
         if let Some(image) = &self.image {
             validate_image_reference(image)?;
+        }
+        for (i, service) in self.services.iter().enumerate() {
+            if self.services[..i].contains(service) {
+                return Err(Error::invalid(
+                    "services",
+                    format!("{service} is listed twice"),
+                ));
+            }
         }
         for (key, value) in &self.env {
             let valid = !key.is_empty()

@@ -24,10 +24,12 @@ pub use agent::step::{RunStep, StepRequest};
 pub use error::{Error, Result};
 pub use executor::{
     ExecRequest, Executor, OutputSink, Sandbox, SandboxError, SandboxErrorKind, SandboxSpec,
+    ServiceEndpoint,
 };
 pub use job::{
     EventKind, Job, JobEvent, JobId, JobSpec, JobStatus, NetworkMode, OutputStream, Plan,
-    ResourceLimits, Step, StepKind, StepRecord, StepResult, StepStatus, Termination, TokenUsage,
+    ResourceLimits, Service, Step, StepKind, StepRecord, StepResult, StepStatus, Termination,
+    TokenUsage,
 };
 pub use llm::{ChatChunk, ChatRequest, ChatResponse, LlmError, LlmErrorKind, LlmProvider, Message};
 pub use secret::SecretString;

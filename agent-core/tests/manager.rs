@@ -760,6 +760,9 @@ impl agent_core::Sandbox for QuirkySandbox {
     ) -> Result<agent_core::executor::SandboxStream, agent_core::SandboxError> {
         self.0.connect(port).await
     }
+    fn service(&self, service: agent_core::Service) -> Option<agent_core::ServiceEndpoint> {
+        self.0.service(service)
+    }
     async fn destroy(&self) -> Result<(), agent_core::SandboxError> {
         if let Quirk::GatedDestroy { gate, destroys } = &self.1 {
             destroys.fetch_add(1, std::sync::atomic::Ordering::SeqCst);

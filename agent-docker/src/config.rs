@@ -8,6 +8,10 @@ use agent_core::{ResourceLimits, SandboxError, SandboxErrorKind};
 /// The image used when a job names none (override with env `AGENT_IMAGE`).
 pub const DEFAULT_IMAGE: &str = "containerized-agent:latest";
 
+/// The image for jobs that ask for services (a desktop, Jupyter Lab) and name no image (override
+/// with env `AGENT_DESKTOP_IMAGE`; `none` turns services off).
+pub const DEFAULT_DESKTOP_IMAGE: &str = "containerized-agent-desktop:latest";
+
 /// The seccomp profile of job containers.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum SeccompProfile {
@@ -102,6 +106,13 @@ pub struct DockerConfig {
     /// Ports inside every sandbox that [`Sandbox::connect`](agent_core::Sandbox::connect) may
     /// open besides those of the sandbox's services. Default none.
     pub tunnel_ports: Vec<u16>,
+    /// The image for jobs that ask for services and name no image. Default
+    /// [`DEFAULT_DESKTOP_IMAGE`]; `None`: this executor runs no services. The executor offers
+    /// services ([`Capabilities::services`](agent_core::executor::Capabilities)) only when the
+    /// image is on the engine when it connects.
+    pub services_image: Option<String>,
+    /// How long a service may take to listen once started. Default 120 s.
+    pub services_timeout: Duration,
 }
 
 impl Default for DockerConfig {
@@ -135,13 +146,16 @@ impl Default for DockerConfig {
             labels: BTreeMap::new(),
             scope: None,
             tunnel_ports: Vec::new(),
+            services_image: Some(DEFAULT_DESKTOP_IMAGE.to_string()),
+            services_timeout: Duration::from_secs(120),
         }
     }
 }
 
 impl DockerConfig {
     /// Defaults, with `DOCKER_HOST`, `AGENT_IMAGE`, `AGENT_WARM_POOL` (pool size),
-    /// `AGENT_DOCKER_RUNTIME` and `AGENT_DOCKER_SCOPE` taken from the environment when set.
+    /// `AGENT_DOCKER_RUNTIME`, `AGENT_DOCKER_SCOPE` and `AGENT_DESKTOP_IMAGE` taken from the
+    /// environment when set.
     pub fn from_env() -> Self {
         let mut config = Self::default();
         if let Some(host) = non_empty_env("DOCKER_HOST") {
@@ -158,6 +172,9 @@ impl DockerConfig {
         }
         if let Some(scope) = non_empty_env("AGENT_DOCKER_SCOPE") {
             config.scope = Some(scope);
+        }
+        if let Some(image) = non_empty_env("AGENT_DESKTOP_IMAGE") {
+            config.services_image = (image != "none").then_some(image);
         }
         config
     }
@@ -280,6 +297,18 @@ impl DockerConfig {
         self.max_concurrent_creates = n;
         self
     }
+    /// Sets the image of jobs with services (`None`: no services).
+    pub fn with_services_image(mut self, image: Option<String>) -> Self {
+        self.services_image = image;
+        self
+    }
+
+    /// Sets how long a service may take to listen.
+    pub fn with_services_timeout(mut self, timeout: Duration) -> Self {
+        self.services_timeout = timeout;
+        self
+    }
+
     /// Allows tunnels to these ports of every sandbox (besides its services' ports).
     pub fn with_tunnel_ports(mut self, ports: impl IntoIterator<Item = u16>) -> Self {
         self.tunnel_ports = ports.into_iter().collect();

@@ -9,7 +9,7 @@ use agent_core::executor::Capabilities;
 use agent_core::supervisor::HandshakeError;
 use agent_core::{
     Executor, JobId, NetworkMode, ResourceLimits, Sandbox, SandboxError, SandboxErrorKind,
-    SandboxSpec,
+    SandboxSpec, Service,
 };
 use async_trait::async_trait;
 use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig, ResourcesUlimits};
@@ -70,6 +70,8 @@ pub(crate) struct ExecInner {
     build_lock: tokio::sync::Mutex<()>,
     stop: CancellationToken,
     shut_down: AtomicBool,
+    /// Whether [`DockerConfig::services_image`] was on the engine when connecting.
+    services: bool,
 }
 
 impl ExecInner {
@@ -196,6 +198,20 @@ impl DockerExecutor {
                 refill: Notify::new(),
             })
         });
+        let services = match &config.services_image {
+            Some(image) => {
+                let found = docker.inspect_image(image).await.is_ok();
+                if !found {
+                    tracing::info!(
+                        image = %image,
+                        "the services image is missing: jobs asking for a desktop or Jupyter are \
+                         refused (images/desktop/build-offline.sh builds it)"
+                    );
+                }
+                found
+            }
+            None => false,
+        };
         let instance = format!("{:032x}", rand::random::<u128>());
         let inner = Arc::new(ExecInner {
             docker,
@@ -208,6 +224,7 @@ impl DockerExecutor {
             build_lock: tokio::sync::Mutex::new(()),
             stop: CancellationToken::new(),
             shut_down: AtomicBool::new(false),
+            services,
         });
         if let Some(pool) = &inner.pool {
             tokio::spawn(refill_loop(Arc::downgrade(&inner), pool.clone()));
@@ -498,6 +515,7 @@ impl ExecInner {
         let pool = self.pool.as_ref()?;
         let image_ok = spec.image.as_deref().is_none_or(|i| i == self.config.image);
         if !image_ok
+            || !spec.services.is_empty()
             || spec.network != NetworkMode::None
             || spec.limits != self.config.default_limits
             || !spec.labels.is_empty()
@@ -601,7 +619,9 @@ impl Executor for DockerExecutor {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::ISOLATED.with_network(self.inner.config.allow_bridge_network)
+        Capabilities::ISOLATED
+            .with_network(self.inner.config.allow_bridge_network)
+            .with_services(self.inner.services)
     }
 
     async fn create(&self, spec: &SandboxSpec) -> Result<Box<dyn Sandbox>, SandboxError> {
@@ -622,11 +642,24 @@ impl Executor for DockerExecutor {
                 "this executor does not allow the bridge network (allow_bridge_network = false)",
             ));
         }
-        let env: Vec<(String, String)> = spec
+        let mut env: Vec<(String, String)> = spec
             .env
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        if !spec.services.is_empty() && !inner.services {
+            return Err(SandboxError::new(
+                SandboxErrorKind::Unsupported,
+                "this executor runs no services (its services image is not configured or not on \
+                 the engine; images/desktop/build-offline.sh builds it)",
+            ));
+        }
+        if spec.services.contains(&Service::Desktop) && !spec.env.contains_key("DISPLAY") {
+            env.insert(
+                0,
+                ("DISPLAY".to_string(), crate::services::DISPLAY.to_string()),
+            );
+        }
         let name = format!("agent-{job_id}");
         if let Some(core) = inner.take_warm(spec) {
             // Give the container its job's name in the background; the reaper also recognises
@@ -649,7 +682,11 @@ impl Executor for DockerExecutor {
                 Arc::downgrade(inner),
             )));
         }
-        let image = spec.image.as_deref().unwrap_or(&inner.config.image);
+        let image = match (&spec.image, &inner.config.services_image) {
+            (Some(image), _) => image.as_str(),
+            (None, Some(services_image)) if !spec.services.is_empty() => services_image.as_str(),
+            (None, _) => inner.config.image.as_str(),
+        };
         let bp = Blueprint {
             name: name.clone(),
             image,
@@ -659,13 +696,25 @@ impl Executor for DockerExecutor {
             extra_labels: Some(&spec.labels),
         };
         let core = inner.start_container(&bp).await?;
-        Ok(Box::new(DockerSandbox::new(
-            core,
-            job_id,
-            name,
-            env,
-            Arc::downgrade(inner),
-        )))
+        let mut sandbox = DockerSandbox::new(core, job_id, name, env, Arc::downgrade(inner));
+        if !spec.services.is_empty() {
+            // Dropping the sandbox on an error removes its container.
+            let endpoints = crate::services::start(
+                sandbox.link(),
+                job_id,
+                &spec.services,
+                inner.config.services_timeout,
+            )
+            .await
+            .map_err(|e| {
+                SandboxError::new(
+                    e.kind,
+                    format!("sandbox for job {job_id} (image {image:?}): {}", e.message),
+                )
+            })?;
+            sandbox.set_services(endpoints);
+        }
+        Ok(Box::new(sandbox))
     }
 
     async fn reap(&self, live: &HashSet<JobId>) -> Result<usize, SandboxError> {

@@ -7,8 +7,9 @@ mod config;
 mod executor;
 mod image;
 mod sandbox;
+pub mod services;
 
-pub use config::{DockerConfig, SeccompProfile, DEFAULT_IMAGE};
+pub use config::{DockerConfig, SeccompProfile, DEFAULT_DESKTOP_IMAGE, DEFAULT_IMAGE};
 pub use executor::{
     DockerExecutor, LABEL_JOB_ID, LABEL_MANAGED, LABEL_OWNER, LABEL_POOL, LABEL_SCOPE,
 };

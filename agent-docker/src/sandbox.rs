@@ -5,7 +5,10 @@ use std::sync::{Arc, Weak};
 
 use agent_core::executor::{normalize_workspace_path, ExecRequest, TarStream, MAX_GET_FILE_BYTES};
 use agent_core::supervisor::Link;
-use agent_core::{JobId, OutputSink, Sandbox, SandboxError, SandboxErrorKind, StepResult};
+use agent_core::{
+    JobId, OutputSink, Sandbox, SandboxError, SandboxErrorKind, Service, ServiceEndpoint,
+    StepResult,
+};
 use async_trait::async_trait;
 use bollard::Docker;
 use bytes::Bytes;
@@ -70,6 +73,7 @@ pub struct DockerSandbox {
     env: Vec<(String, String)>,
     executor: Weak<ExecInner>,
     destroyed: AtomicBool,
+    services: Vec<ServiceEndpoint>,
 }
 
 impl std::fmt::Debug for DockerSandbox {
@@ -97,7 +101,16 @@ impl DockerSandbox {
             env,
             executor,
             destroyed: AtomicBool::new(false),
+            services: Vec::new(),
         }
+    }
+
+    pub(crate) fn link(&self) -> &Link {
+        &self.core.link
+    }
+
+    pub(crate) fn set_services(&mut self, services: Vec<ServiceEndpoint>) {
+        self.services = services;
     }
 
     /// The container's name (`agent-<job_id>`).
@@ -120,11 +133,14 @@ impl DockerSandbox {
         Ok(())
     }
 
-    /// Whether a tunnel to `port` is allowed.
+    /// Whether a tunnel to `port` is allowed: a port of the sandbox's services, or one the
+    /// executor was configured to allow.
     fn tunnel_allowed(&self, port: u16) -> bool {
-        self.executor
-            .upgrade()
-            .is_some_and(|e| e.config.tunnel_ports.contains(&port))
+        self.services.iter().any(|s| s.ports.contains(&port))
+            || self
+                .executor
+                .upgrade()
+                .is_some_and(|e| e.config.tunnel_ports.contains(&port))
     }
 
     async fn write(&self, path: &str, content: &[u8]) -> Result<(), SandboxError> {
@@ -205,6 +221,10 @@ impl Sandbox for DockerSandbox {
             .connect(port, agent_core::supervisor::DEFAULT_TUNNEL_WINDOW)
             .await?;
         Ok(Box::new(tunnel))
+    }
+
+    fn service(&self, service: Service) -> Option<ServiceEndpoint> {
+        self.services.iter().find(|s| s.service == service).cloned()
     }
 }
 

@@ -96,6 +96,23 @@ pub enum Request {
     Close,
     /// Ends a tunnel at once, both directions.
     Abort,
+    /// Starts a service (a desktop, Jupyter Lab): a long-lived process in a session of its own
+    /// that killing a step spares and that ends with the sandbox. Answered by [`Event::Started`],
+    /// then a final [`Event::Ok`] once `127.0.0.1:port` accepts connections for each of `ports`,
+    /// or [`Event::Err`]
+    /// (it exited first, or did not listen within `timeout_ms`; the message has its log's tail).
+    Service {
+        /// A short alphanumeric name (its log is `/tmp/agent-service-<name>-<pid>.log`).
+        name: String,
+        /// Program and arguments.
+        argv: Vec<String>,
+        /// Variables added to the supervisor's base environment.
+        env: BTreeMap<String, String>,
+        /// The ports it is ready once it listens on.
+        ports: Vec<u16>,
+        /// How long it may take to listen.
+        timeout_ms: u64,
+    },
 }
 
 /// What kind of failure an [`Event::Err`] reports.

@@ -1,6 +1,6 @@
 //! [`Link`]: the host end of the supervisor protocol over any byte pipe pair.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -413,6 +413,31 @@ impl Link {
         match frame.event {
             Event::Data => Ok(frame.body),
             other => Err(file_error(&other, shown)),
+        }
+    }
+
+    /// Starts a service ([`Request::Service`]) and waits until it listens on every one of `ports`.
+    pub async fn start_service(
+        &self,
+        name: &str,
+        argv: Vec<String>,
+        env: BTreeMap<String, String>,
+        ports: Vec<u16>,
+        timeout: Duration,
+    ) -> Result<(), SandboxError> {
+        let request = Request::Service {
+            name: name.to_string(),
+            argv,
+            env,
+            ports,
+            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+        };
+        match self.call(&request, b"").await?.event {
+            Event::Ok => Ok(()),
+            Event::Err { message, .. } => {
+                Err(SandboxError::new(SandboxErrorKind::Backend, message))
+            }
+            other => Err(unexpected(&other)),
         }
     }
 

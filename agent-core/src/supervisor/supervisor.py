@@ -6,7 +6,8 @@
 #   frame  = header "\n" body
 #   header = one line of JSON; when it has "n", exactly n raw body bytes follow the newline.
 #
-# host -> supervisor: {"op": "run"|"kill"|"write"|"read"|"export"|"ping"|"connect", "id": N, ...}
+# host -> supervisor: {"op": "run"|"kill"|"write"|"read"|"export"|"ping"|"connect"|"service",
+#                      "id": N, ...}
 # supervisor -> host: {"ev": "ready"|"started"|"out"|"exit"|"ok"|"data"|"chunk"|"err", "id": N, ...}
 #
 # MODE is `contained` (inside a container of its own: the workspace is /workspace, and killing a
@@ -16,8 +17,8 @@
 # can never `kill(-1)` on a host by mistake.
 #
 # Steps run in their own session (process group). When a step times out, is cancelled or floods its
-# output, every process in the container except PID 1 and this supervisor is SIGKILLed, so nothing
-# the step started survives. Paths are confined to the workspace: every component is opened with
+# output, every process in the container except PID 1, this supervisor and the services' process
+# trees (see "Services") is SIGKILLed, so nothing the step started survives. Paths are confined to the workspace: every component is opened with
 # O_NOFOLLOW relative to its parent, and a symbolic link is only followed when it resolves inside.
 #
 # Start-up cost matters (it is part of every cold sandbox): only built-in or tiny modules are
@@ -140,35 +141,32 @@ def log(msg):
 # ---------------------------------------------------------------------------------------------
 
 
-def others_alive(me):
+def processes():
+    """(pid, fields) of every process: the fields of /proc/PID/stat after the command name
+    (state, ppid, pgrp, ...)."""
     for name in os.listdir("/proc"):
         if not name.isdigit():
-            continue
-        pid = int(name)
-        if pid == 1 or pid == me:
             continue
         try:
             with open("/proc/%s/stat" % name, "rb") as f:
                 st = f.read()
         except OSError:
             continue
-        state = st[st.rindex(b")") + 2:][:1]
-        if state not in (b"Z", b"X"):
+        yield int(name), st[st.rindex(b")") + 2:].split()
+
+
+def others_alive(me, spared=None):
+    for pid, fields in processes():
+        if pid == 1 or pid == me or (spared and pid in spared):
+            continue
+        if fields[0] not in (b"Z", b"X"):
             return True
     return False
 
 
 def group_alive(pgid):
     """Whether a process of group `pgid` is alive (zombies do not count)."""
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % name, "rb") as f:
-                st = f.read()
-        except OSError:
-            continue
-        fields = st[st.rindex(b")") + 2:].split()
+    for _, fields in processes():
         if fields[0] not in (b"Z", b"X") and int(fields[2]) == pgid:
             return True
     return False
@@ -190,9 +188,10 @@ def kill_group(pgid):
     return False
 
 
-def kill_all(pgid=None):
-    """SIGKILLs the step's group and then every process but PID 1 and us, until none is left.
-    In local mode, only the step's group."""
+def kill_all(pgid=None, spare_services=True):
+    """SIGKILLs the step's group and then every process but PID 1, us and (unless
+    `spare_services` is false) the services' process trees, until none is left. In local mode,
+    only the step's group."""
     if not CONTAINED:
         return kill_group(pgid) if pgid else True
     if pgid:
@@ -202,11 +201,17 @@ def kill_all(pgid=None):
             pass
     me = os.getpid()
     for _ in range(500):
-        try:
-            os.kill(-1, _signal.SIGKILL)  # never signals the caller or PID 1
-        except OSError:
-            pass
-        if not others_alive(me):
+        spared = None
+        with _services_lock:  # no service starts between the census and the kill
+            if spare_services and _services:
+                spared = service_trees(set(_services))
+                kill_unspared(me, spared)
+        if spared is None:
+            try:
+                os.kill(-1, _signal.SIGKILL)  # never signals the caller or PID 1
+            except OSError:
+                pass
+        if not others_alive(me, spared):
             return True
         time.sleep(0.002)
     log("processes survived SIGKILL")
@@ -259,6 +264,37 @@ _in_ws = False  # set by main() once our cwd is the workspace
 _reaped = {}  # pid -> exit code, for a child reaped by a poll before its final wait
 
 
+def exec_paths(name, env):
+    """Where to look for the program `name`: itself when it has a slash, else along PATH."""
+    if "/" in name:
+        return (os.fsencode(name),)
+    # os.get_exec_path() would import `warnings` on the first step.
+    dirs = (env.get("PATH") or os.defpath).split(os.pathsep)
+    return tuple(os.fsencode(os.path.join(d or ".", name)) for d in dirs)
+
+
+def spawn_first(paths, argb, envb, actions):
+    """posix_spawn()s the first of `paths` that exists, in a session of its own; returns its pid
+    or raises the most telling OSError."""
+    err = errno.ENOENT
+    for path in paths:
+        if len(paths) > 1:  # a PATH search: a failed spawn costs a clone(), a stat() does not
+            try:
+                os.stat(path)
+            except OSError as e:
+                if e.errno not in (errno.ENOENT, errno.ENOTDIR) or err == errno.ENOENT:
+                    err = e.errno or errno.EINVAL
+                continue
+        try:
+            return os.posix_spawn(
+                path, argb, envb, file_actions=actions, setsid=True, setsigdef=_DEFAULT_SIGNALS
+            )
+        except OSError as e:
+            if e.errno not in (errno.ENOENT, errno.ENOTDIR) or err == errno.ENOENT:
+                err = e.errno or errno.EINVAL
+    raise OSError(err, os.strerror(err))
+
+
 def start_process(argv, cwd, env):
     """Forks and execs `argv` in its own session, in `cwd`, with `env`, stdin from /dev/null and
     stdout/stderr to new pipes; returns (pid, stdout_fd, stderr_fd). An exec (or chdir) failure is
@@ -266,13 +302,7 @@ def start_process(argv, cwd, env):
     inherits only fds 0, 1 and 2."""
     if not argv:
         raise FileNotFoundError(errno.ENOENT, "empty command")
-    name = argv[0]
-    if "/" in name:
-        paths = (os.fsencode(name),)
-    else:
-        # os.get_exec_path() would import `warnings` on the first step.
-        dirs = (env.get("PATH") or os.defpath).split(os.pathsep)
-        paths = tuple(os.fsencode(os.path.join(d or ".", name)) for d in dirs)
+    paths = exec_paths(argv[0], env)
     argb = [os.fsencode(a) for a in argv]
     envb = {os.fsencode(k): os.fsencode(v) for k, v in env.items()}
     if _in_ws and cwd == WS and hasattr(os, "posix_spawn"):
@@ -334,25 +364,8 @@ def _spawn(paths, argb, envb):
         (os.POSIX_SPAWN_DUP2, out_w, 1),
         (os.POSIX_SPAWN_DUP2, err_w, 2),
     ]
-    pid = None
-    err = errno.ENOENT
     try:
-        for path in paths:
-            if len(paths) > 1:  # a PATH search: a failed spawn costs a clone(), a stat() does not
-                try:
-                    os.stat(path)
-                except OSError as e:
-                    if e.errno not in (errno.ENOENT, errno.ENOTDIR) or err == errno.ENOENT:
-                        err = e.errno or errno.EINVAL
-                    continue
-            try:
-                pid = os.posix_spawn(
-                    path, argb, envb, file_actions=actions, setsid=True, setsigdef=_DEFAULT_SIGNALS
-                )
-                break
-            except OSError as e:
-                if e.errno not in (errno.ENOENT, errno.ENOTDIR) or err == errno.ENOENT:
-                    err = e.errno or errno.EINVAL
+        pid = spawn_first(paths, argb, envb, actions)
     except BaseException:
         os.close(out_r)
         os.close(err_r)
@@ -360,10 +373,6 @@ def _spawn(paths, argb, envb):
     finally:
         os.close(out_w)
         os.close(err_w)
-    if pid is None:
-        os.close(out_r)
-        os.close(err_r)
-        raise OSError(err, os.strerror(err))
     try:  # the step, not the supervisor, is the one the OOM killer should pick
         f = os.open("/proc/%d/oom_score_adj" % pid, os.O_WRONLY | os.O_CLOEXEC)
         try:
@@ -1006,6 +1015,155 @@ def op_tunnel(op, rid, req, body):
 
 
 # ---------------------------------------------------------------------------------------------
+# Services: long-lived processes (a desktop, Jupyter Lab) started before the first step
+# ---------------------------------------------------------------------------------------------
+# host -> supervisor: {"op": "service", "id": N, "name": S, "argv": [...], "env": {...},
+#   "ports": [P, ...], "timeout_ms": T} starts `argv` in a session of its own (cwd: the workspace, stdin
+#   /dev/null, output appended to /tmp/agent-service-S.log), answers {"ev": "started", "pid": ...}
+#   and then a final {"ev": "ok"} once 127.0.0.1:P accepts connections for every P, or {"ev":
+#   "err", "kind":
+#   "backend"} (with the tail of its log) when it exits first or does not listen within T ms.
+#
+# Killing a step spares the services' process trees: a process is spared when a service's
+# leader is among its ancestors. A process a step started can never get there (orphans are
+# re-parented to PID 1, never to a service), so a step cannot use this to escape a kill. The
+# services end with the sandbox: the supervisor's shutdown kills everything.
+
+_services = {}  # leader pid -> name
+_services_lock = _thread.allocate_lock()
+
+
+def service_trees(roots):
+    """The pids of the process trees of the services whose leaders are `roots`."""
+    parent = {pid: int(fields[1]) for pid, fields in processes()}
+    spared = set(roots)
+    for pid in parent:
+        chain = []
+        p = pid
+        while p not in spared and p in parent and p > 1 and len(chain) < 100000:
+            chain.append(p)
+            p = parent[p]
+        if p in spared:
+            spared.update(chain)
+    return spared
+
+
+def kill_unspared(me, spared):
+    """SIGKILLs every process but PID 1, us and `spared`."""
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        pid = int(name)
+        if pid == 1 or pid == me or pid in spared:
+            continue
+        try:
+            os.kill(pid, _signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def service_log(name):
+    return "/tmp/agent-service-%s-%d.log" % (name, os.getpid())
+
+
+def log_tail(path, limit=2000):
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return ""
+    return data[-limit:].decode("utf-8", "replace").strip()
+
+
+def listening(port):
+    import _socket  # only when a service starts: not part of the start-up cost
+
+    sock = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
+    try:
+        sock.settimeout(1)
+        sock.connect(("127.0.0.1", port))
+        return True
+    except OSError:
+        return False
+    finally:
+        sock.close()
+
+
+def op_service(rid, req):
+    name = req.get("name")
+    argv = req.get("argv")
+    ports = req.get("ports")
+    if (not isinstance(name, str) or not name.isalnum() or not isinstance(argv, list) or not argv
+            or not isinstance(ports, list) or not ports
+            or not all(isinstance(p, int) and 0 < p < 65536 for p in ports)):
+        send({"id": rid, "ev": "err", "kind": "invalid", "msg": "service: bad name, argv or ports"})
+        return
+    shown = ", ".join(str(p) for p in ports)
+    env = dict(os.environ)
+    env.update(req.get("env") or {})
+    path = service_log(name)
+    try:
+        out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        try:
+            actions = [
+                (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_DUP2, out, 1),
+                (os.POSIX_SPAWN_DUP2, out, 2),
+            ]
+            envb = {os.fsencode(k): os.fsencode(v) for k, v in env.items()}
+            argb = [os.fsencode(a) for a in argv]
+            with _services_lock:  # registered before a step kill can see it unregistered
+                pid = spawn_first(exec_paths(argv[0], env), argb, envb, actions)
+                _services[pid] = name
+        finally:
+            os.close(out)
+    except OSError as e:
+        send({"id": rid, "ev": "err", "kind": "backend",
+              "msg": "cannot start the %s service (%s): %s" % (name, argv[0], e.strerror or e)})
+        return
+    send({"id": rid, "ev": "started", "pid": pid})
+    deadline = time.monotonic() + (req.get("timeout_ms") or 60000) / 1000.0
+    problem = None
+    while problem is None:
+        rc = reap(pid, False)
+        if rc is not None:
+            problem = "exited with code %d before listening on port %s" % (rc, shown)
+        elif all(listening(p) for p in ports):
+            break
+        elif time.monotonic() > deadline:
+            problem = "did not listen on port %s in time" % shown
+            try:
+                os.killpg(pid, _signal.SIGKILL)
+            except OSError:
+                pass
+        else:
+            time.sleep(0.05)
+    if problem is not None:
+        with _services_lock:
+            _services.pop(pid, None)
+        reap(pid, True, None, time.monotonic() + 5)
+        _reaped.pop(pid, None)
+        tail = log_tail(path)
+        send({"id": rid, "ev": "err", "kind": "backend",
+              "msg": "the %s service %s%s" % (name, problem, (":\n" + tail) if tail else "")})
+        return
+    send({"id": rid, "ev": "ok"})
+    rc = reap(pid, True)  # this thread watches the service until it ends
+    with _services_lock:
+        _services.pop(pid, None)
+    _reaped.pop(pid, None)
+    log("the %s service exited with code %s" % (name, rc))
+
+
+def stop_services():
+    """Local mode: kills the services' process groups."""
+    with _services_lock:
+        pids = list(_services)
+    for pid in pids:
+        kill_group(pid)
+
+
+# ---------------------------------------------------------------------------------------------
 # Main loop
 # ---------------------------------------------------------------------------------------------
 
@@ -1098,6 +1256,8 @@ def main(args):
             send({"id": rid, "ev": "ok"})
         elif op == "connect":
             op_connect(rid, req)
+        elif op == "service":
+            spawn(rid, op_service, rid, req)
         elif op in ("data", "credit", "close", "abort"):
             op_tunnel(op, rid, req, body)
         else:
@@ -1109,8 +1269,9 @@ def main(args):
 def shutdown():
     """Kills everything before we exit (the host is gone)."""
     if CONTAINED:
-        kill_all()
+        kill_all(spare_services=False)
         return
+    stop_services()
     # Local mode: only the steps' groups, so wait (bounded) for steps still starting to have one.
     deadline = time.monotonic() + 5
     while True:
