@@ -469,9 +469,10 @@ async fn asset(
     if path.split('/').any(|p| p == ".." || p.is_empty()) {
         return Err(ApiError::not_found("no such file"));
     }
-    // noVNC's files under `novnc/`, the viewer's own beside the page.
+    // noVNC's files (vendored in `assets/vendor/novnc/`) at `novnc/`, the viewer's own beside
+    // the page.
     let (path, cache) = match path.strip_prefix("novnc/") {
-        Some(_) => (path, true),
+        Some(rest) => (format!("vendor/novnc/{rest}"), true),
         None => (format!("viewer/{path}"), false),
     };
     Ok(asset_response(&path, cache))
