@@ -4,12 +4,11 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use agent_core::llm::collect_stream;
 use agent_core::{ChatRequest, LlmErrorKind, LlmProvider, Message};
-use agent_llm::{Gemini, GeminiConfig, GeminiSchemaField, HttpOptions, Retry};
+use agent_llm::{Gemini, GeminiConfig, GeminiSchemaField, HttpOptions};
 use common::*;
 use serde_json::{json, Value};
 use wiremock::matchers::{body_partial_json, header, method, path, query_param};
@@ -120,8 +119,7 @@ async fn json_mode_sends_the_mime_type_and_no_schema_of_its_own() {
         .await
         .unwrap();
     assert_eq!(reply.text, r#"{"a":1}"#);
-    let requests = server.received_requests().await.unwrap();
-    let body: Value = serde_json::from_slice(&requests[0].body).unwrap();
+    let body = last_body(&server).await;
     let config = &body["generationConfig"];
     assert!(config.get("responseSchema").is_none(), "{config}");
     assert!(config.get("responseJsonSchema").is_none(), "{config}");
@@ -130,18 +128,13 @@ async fn json_mode_sends_the_mime_type_and_no_schema_of_its_own() {
 #[tokio::test]
 async fn a_response_schema_goes_in_response_json_schema_unchanged() {
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path(GENERATE))
-        .respond_with(ResponseTemplate::new(200).set_body_json(gemini_reply(r#"{"items":[]}"#)))
-        .expect(1)
-        .mount(&server)
-        .await;
+    let reply = ResponseTemplate::new(200).set_body_json(gemini_reply(r#"{"items":[]}"#));
+    answer(&server, GENERATE, reply, 1).await;
     gemini(&server)
         .chat(&ChatRequest::new("sys", "go").with_response_schema(schema()))
         .await
         .unwrap();
-    let requests = server.received_requests().await.unwrap();
-    let body: Value = serde_json::from_slice(&requests[0].body).unwrap();
+    let body = last_body(&server).await;
     let config = &body["generationConfig"];
     assert_eq!(config["responseMimeType"], "application/json");
     assert_eq!(config["responseJsonSchema"], schema());
@@ -151,12 +144,8 @@ async fn a_response_schema_goes_in_response_json_schema_unchanged() {
 #[tokio::test]
 async fn response_schema_field_gets_the_openapi_subset() {
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path(GENERATE))
-        .respond_with(ResponseTemplate::new(200).set_body_json(gemini_reply(r#"{"items":[]}"#)))
-        .expect(1)
-        .mount(&server)
-        .await;
+    let reply = ResponseTemplate::new(200).set_body_json(gemini_reply(r#"{"items":[]}"#));
+    answer(&server, GENERATE, reply, 1).await;
     GeminiConfig::new(KEY)
         .with_base_url(server.uri())
         .with_schema_field(GeminiSchemaField::ResponseSchema)
@@ -165,8 +154,7 @@ async fn response_schema_field_gets_the_openapi_subset() {
         .chat(&ChatRequest::new("sys", "go").with_response_schema(schema()))
         .await
         .unwrap();
-    let requests = server.received_requests().await.unwrap();
-    let body: Value = serde_json::from_slice(&requests[0].body).unwrap();
+    let body = last_body(&server).await;
     let config = &body["generationConfig"];
     assert!(config.get("responseJsonSchema").is_none());
     assert_eq!(
@@ -232,23 +220,20 @@ async fn sse_stream_without_done_is_assembled() {
 #[tokio::test]
 async fn blocked_prompt_is_blocked() {
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path(GENERATE))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
-            "promptFeedback": {"blockReason": "SAFETY",
-                               "safetyRatings": [{"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH"}]},
-            "usageMetadata": {"promptTokenCount": 8, "totalTokenCount": 8}
-        })))
-        .expect(1)
-        .mount(&server)
-        .await;
-    let sleeper = RecordingSleeper::default();
-    let provider =
-        Retry::with_policy(gemini(&server), fast_policy(3)).with_sleeper(Arc::new(sleeper.clone()));
-    let err = provider
-        .chat(&ChatRequest::new("s", "bad"))
-        .await
-        .unwrap_err();
+    let blocked = json!({
+        "promptFeedback": {"blockReason": "SAFETY",
+                           "safetyRatings": [{"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH"}]},
+        "usageMetadata": {"promptTokenCount": 8, "totalTokenCount": 8}
+    });
+    answer(
+        &server,
+        GENERATE,
+        ResponseTemplate::new(200).set_body_json(blocked),
+        1,
+    )
+    .await;
+    let (provider, sleeper) = retrying(gemini(&server), 3);
+    let err = chat_err(&provider).await;
     assert_eq!(err.kind, LlmErrorKind::Blocked);
     assert_eq!(err.provider, "gemini");
     assert!(err.message.contains("SAFETY"), "{err}");
@@ -261,34 +246,30 @@ async fn blocked_prompt_is_blocked() {
 #[tokio::test]
 async fn blocked_answer_and_empty_candidates() {
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path(GENERATE))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
-            "candidates": [{"finishReason": "SAFETY", "index": 0}]
-        })))
-        .up_to_n_times(1)
-        .with_priority(1)
-        .mount(&server)
-        .await;
-    Mock::given(method("POST"))
-        .and(path(GENERATE))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
-            "candidates": [],
-            "usageMetadata": {"promptTokenCount": 3, "totalTokenCount": 3}
-        })))
-        .mount(&server)
-        .await;
+    let blocked = json!({"candidates": [{"finishReason": "SAFETY", "index": 0}]});
+    answer_first(
+        &server,
+        GENERATE,
+        ResponseTemplate::new(200).set_body_json(blocked),
+        1,
+    )
+    .await;
+    let empty = json!({
+        "candidates": [],
+        "usageMetadata": {"promptTokenCount": 3, "totalTokenCount": 3}
+    });
+    answer(
+        &server,
+        GENERATE,
+        ResponseTemplate::new(200).set_body_json(empty),
+        1,
+    )
+    .await;
     let provider = gemini(&server);
-    let err = provider
-        .chat(&ChatRequest::new("s", "u"))
-        .await
-        .unwrap_err();
+    let err = chat_err(&provider).await;
     assert_eq!(err.kind, LlmErrorKind::Blocked);
     assert!(err.message.contains("finishReason SAFETY"), "{err}");
-    let err = provider
-        .chat(&ChatRequest::new("s", "u"))
-        .await
-        .unwrap_err();
+    let err = chat_err(&provider).await;
     assert_eq!(err.kind, LlmErrorKind::InvalidResponse);
     assert!(err.message.contains("no candidates"), "{err}");
 }
@@ -296,13 +277,8 @@ async fn blocked_answer_and_empty_candidates() {
 #[tokio::test]
 async fn blocked_prompt_in_a_stream() {
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path(STREAM))
-        .respond_with(sse_response(&[
-            json!({"promptFeedback": {"blockReason": "PROHIBITED_CONTENT"}}).to_string(),
-        ]))
-        .mount(&server)
-        .await;
+    let events = [json!({"promptFeedback": {"blockReason": "PROHIBITED_CONTENT"}}).to_string()];
+    answer(&server, STREAM, sse_response(&events), 1).await;
     let err = gemini(&server)
         .chat_stream(&ChatRequest::new("s", "u"))
         .await
@@ -315,37 +291,31 @@ async fn blocked_prompt_in_a_stream() {
     assert!(err.message.contains("PROHIBITED_CONTENT"));
 }
 
+/// A Gemini error answer with `status` (its HTTP status and `error.code`).
+fn error_answer(status: u16, name: &str, message: &str, details: Value) -> ResponseTemplate {
+    ResponseTemplate::new(status).set_body_json(gemini_error(status, name, message, details))
+}
+
 #[tokio::test]
 async fn rate_limit_with_retry_info_is_retried_after_the_asked_delay() {
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path(GENERATE))
-        .respond_with(ResponseTemplate::new(429).set_body_json(gemini_error(
-            429,
-            "RESOURCE_EXHAUSTED",
-            "Resource has been exhausted (e.g. check quota).",
-            json!([
-                {"@type": "type.googleapis.com/google.rpc.QuotaFailure",
-                 "violations": [{"quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests",
-                                 "quotaId": "GenerateRequestsPerMinutePerProjectPerModel-FreeTier"}]},
-                {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "1s"}
-            ]),
-        )))
-        .up_to_n_times(1)
-        .with_priority(1)
-        .expect(1)
-        .mount(&server)
-        .await;
-    Mock::given(method("POST"))
-        .and(path(GENERATE))
-        .respond_with(ResponseTemplate::new(200).set_body_json(gemini_reply("after the wait")))
-        .expect(1)
-        .mount(&server)
-        .await;
-    let sleeper = RecordingSleeper::default();
+    let details = json!([
+        {"@type": "type.googleapis.com/google.rpc.QuotaFailure",
+         "violations": [{"quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests",
+                         "quotaId": "GenerateRequestsPerMinutePerProjectPerModel-FreeTier"}]},
+        {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "1s"}
+    ]);
+    let limited = error_answer(
+        429,
+        "RESOURCE_EXHAUSTED",
+        "Resource has been exhausted (e.g. check quota).",
+        details,
+    );
+    answer_first(&server, GENERATE, limited, 1).await;
+    let fine = ResponseTemplate::new(200).set_body_json(gemini_reply("after the wait"));
+    answer(&server, GENERATE, fine, 1).await;
     // Backoff base 1 ms: a 1 s delay can only come from RetryInfo.
-    let provider =
-        Retry::with_policy(gemini(&server), fast_policy(3)).with_sleeper(Arc::new(sleeper.clone()));
+    let (provider, sleeper) = retrying(gemini(&server), 3);
     let reply = provider.chat(&ChatRequest::new("s", "u")).await.unwrap();
     assert_eq!(reply.text, "after the wait");
     assert_eq!(sleeper.delays(), [Duration::from_secs(1)]);
@@ -354,25 +324,13 @@ async fn rate_limit_with_retry_info_is_retried_after_the_asked_delay() {
 #[tokio::test]
 async fn retry_info_is_capped_by_the_max_delay() {
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path(GENERATE))
-        .respond_with(ResponseTemplate::new(429).set_body_json(gemini_error(
-            429,
-            "RESOURCE_EXHAUSTED",
-            "slow down",
-            json!([{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "37s"}]),
-        )))
-        .expect(2)
-        .mount(&server)
-        .await;
-    let sleeper = RecordingSleeper::default();
+    let details =
+        json!([{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "37s"}]);
+    let limited = error_answer(429, "RESOURCE_EXHAUSTED", "slow down", details);
+    answer(&server, GENERATE, limited, 2).await;
     let policy = fast_policy(2).with_max_delay(Duration::from_secs(5));
-    let provider =
-        Retry::with_policy(gemini(&server), policy).with_sleeper(Arc::new(sleeper.clone()));
-    let err = provider
-        .chat(&ChatRequest::new("s", "u"))
-        .await
-        .unwrap_err();
+    let (provider, sleeper) = retrying_with(gemini(&server), policy);
+    let err = chat_err(&provider).await;
     assert_eq!(err.kind, LlmErrorKind::RateLimited);
     assert_eq!(err.status, Some(429));
     assert_eq!(err.retry_after, Some(Duration::from_secs(37)));
@@ -380,64 +338,70 @@ async fn retry_info_is_capped_by_the_max_delay() {
     assert_eq!(sleeper.delays(), [Duration::from_secs(5)]);
 }
 
+/// Errors the retry wrapper must give up on at once: each is asked for once, classified, and
+/// never slept on.
 #[tokio::test]
-async fn per_day_quota_is_not_retried() {
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path(GENERATE))
-        .respond_with(ResponseTemplate::new(429).set_body_json(gemini_error(
-            429,
-            "RESOURCE_EXHAUSTED",
-            "You exceeded your current quota, please check your plan and billing details.",
-            json!([
-                {"@type": "type.googleapis.com/google.rpc.QuotaFailure",
-                 "violations": [{"quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests",
-                                 "quotaId": "GenerateRequestsPerDayPerProjectPerModel-FreeTier"}]},
-                {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "2s"}
-            ]),
-        )))
-        .expect(1)
-        .mount(&server)
+async fn permanent_errors_are_classified_and_not_retried() {
+    let per_day = json!([
+        {"@type": "type.googleapis.com/google.rpc.QuotaFailure",
+         "violations": [{"quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests",
+                         "quotaId": "GenerateRequestsPerDayPerProjectPerModel-FreeTier"}]},
+        {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "2s"}
+    ]);
+    let cases = [
+        // A per-day quota: waiting seconds cannot help, another provider can.
+        ("gemini-2.5-flash", 429, "RESOURCE_EXHAUSTED",
+         "You exceeded your current quota, please check your plan and billing details.", per_day,
+         LlmErrorKind::QuotaExhausted, "exceeded your current quota"),
+        ("no-such-model", 404, "NOT_FOUND",
+         "models/no-such-model is not found for API version v1beta", json!([]),
+         LlmErrorKind::Permanent, "is not found"),
+        ("gemini-2.5-flash", 400, "INVALID_ARGUMENT",
+         "The input token count (1200000) exceeds the maximum number of tokens allowed (1048576).",
+         json!([]), LlmErrorKind::ContextTooLong, "exceeds the maximum"),
+    ];
+    for (model, status, name, message, details, kind, needle) in cases {
+        let server = MockServer::start().await;
+        let route = format!("/v1beta/models/{model}:generateContent");
+        answer(
+            &server,
+            &route,
+            error_answer(status, name, message, details),
+            1,
+        )
         .await;
-    let sleeper = RecordingSleeper::default();
-    let provider =
-        Retry::with_policy(gemini(&server), fast_policy(4)).with_sleeper(Arc::new(sleeper.clone()));
-    let err = provider
-        .chat(&ChatRequest::new("s", "u"))
-        .await
-        .unwrap_err();
-    assert_eq!(err.kind, LlmErrorKind::QuotaExhausted);
-    assert_eq!(err.status, Some(429));
-    assert!(err.message.contains("exceeded your current quota"));
-    assert!(sleeper.delays().is_empty());
-    assert!(err.should_fall_back());
+        let provider = GeminiConfig::new(KEY)
+            .with_base_url(server.uri())
+            .with_model(model)
+            .build()
+            .unwrap();
+        let (provider, sleeper) = retrying(provider, 4);
+        let err = chat_err(&provider).await;
+        assert_eq!(err.kind, kind, "{name}: {err}");
+        assert_eq!(err.status, Some(status), "{name}");
+        assert!(err.message.contains(needle), "{name}: {err}");
+        assert!(sleeper.delays().is_empty(), "{name} was retried");
+        assert_eq!(
+            err.should_fall_back(),
+            kind != LlmErrorKind::ContextTooLong,
+            "{name}"
+        );
+    }
 }
 
 #[tokio::test]
 async fn unavailable_is_retried_with_backoff_then_answered() {
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path(GENERATE))
-        .respond_with(ResponseTemplate::new(503).set_body_json(gemini_error(
-            503,
-            "UNAVAILABLE",
-            "The model is overloaded. Please try again later.",
-            json!([]),
-        )))
-        .up_to_n_times(2)
-        .with_priority(1)
-        .expect(2)
-        .mount(&server)
-        .await;
-    Mock::given(method("POST"))
-        .and(path(GENERATE))
-        .respond_with(ResponseTemplate::new(200).set_body_json(gemini_reply("third time lucky")))
-        .expect(1)
-        .mount(&server)
-        .await;
-    let sleeper = RecordingSleeper::default();
-    let provider =
-        Retry::with_policy(gemini(&server), fast_policy(3)).with_sleeper(Arc::new(sleeper.clone()));
+    let unavailable = error_answer(
+        503,
+        "UNAVAILABLE",
+        "The model is overloaded. Please try again later.",
+        json!([]),
+    );
+    answer_first(&server, GENERATE, unavailable, 2).await;
+    let lucky = ResponseTemplate::new(200).set_body_json(gemini_reply("third time lucky"));
+    answer(&server, GENERATE, lucky, 1).await;
+    let (provider, sleeper) = retrying(gemini(&server), 3);
     let reply = provider.chat(&ChatRequest::new("s", "u")).await.unwrap();
     assert_eq!(reply.text, "third time lucky");
     // Exponential backoff from a 1 ms base, no jitter.
@@ -448,89 +412,22 @@ async fn unavailable_is_retried_with_backoff_then_answered() {
 }
 
 #[tokio::test]
-async fn not_found_model_is_permanent() {
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/v1beta/models/no-such-model:generateContent"))
-        .respond_with(ResponseTemplate::new(404).set_body_json(gemini_error(
-            404,
-            "NOT_FOUND",
-            "models/no-such-model is not found for API version v1beta",
-            json!([]),
-        )))
-        .expect(1)
-        .mount(&server)
-        .await;
-    let provider = Retry::with_policy(
-        GeminiConfig::new(KEY)
-            .with_base_url(server.uri())
-            .with_model("no-such-model")
-            .build()
-            .unwrap(),
-        fast_policy(3),
-    );
-    let err = provider
-        .chat(&ChatRequest::new("s", "u"))
-        .await
-        .unwrap_err();
-    assert_eq!(err.kind, LlmErrorKind::Permanent);
-    assert_eq!(err.status, Some(404));
-    assert!(err.message.contains("is not found"));
-}
-
-#[tokio::test]
-async fn input_too_long_is_context_too_long() {
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path(GENERATE))
-        .respond_with(ResponseTemplate::new(400).set_body_json(gemini_error(
-            400,
-            "INVALID_ARGUMENT",
-            "The input token count (1200000) exceeds the maximum number of tokens allowed (1048576).",
-            json!([]),
-        )))
-        .mount(&server)
-        .await;
-    let err = gemini(&server)
-        .chat(&ChatRequest::new("s", "u"))
-        .await
-        .unwrap_err();
-    assert_eq!(err.kind, LlmErrorKind::ContextTooLong);
-}
-
-#[tokio::test]
 async fn malformed_body_and_timeout() {
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path(GENERATE))
-        .respond_with(ResponseTemplate::new(200).set_body_string("{\"candidates\": [ {"))
-        .up_to_n_times(1)
-        .with_priority(1)
-        .mount(&server)
-        .await;
-    Mock::given(method("POST"))
-        .and(path(GENERATE))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(gemini_reply("late"))
-                .set_delay(Duration::from_secs(3)),
-        )
-        .mount(&server)
-        .await;
+    let malformed = ResponseTemplate::new(200).set_body_string("{\"candidates\": [ {");
+    answer_first(&server, GENERATE, malformed, 1).await;
+    let late = ResponseTemplate::new(200)
+        .set_body_json(gemini_reply("late"))
+        .set_delay(Duration::from_secs(3));
+    answer(&server, GENERATE, late, 1).await;
     let provider = GeminiConfig::new(KEY)
         .with_base_url(server.uri())
         .with_http(HttpOptions::with_timeout(Duration::from_millis(200)))
         .build()
         .unwrap();
-    let err = provider
-        .chat(&ChatRequest::new("s", "u"))
-        .await
-        .unwrap_err();
+    let err = chat_err(&provider).await;
     assert_eq!(err.kind, LlmErrorKind::InvalidResponse);
-    let err = provider
-        .chat(&ChatRequest::new("s", "u"))
-        .await
-        .unwrap_err();
+    let err = chat_err(&provider).await;
     assert_eq!(err.kind, LlmErrorKind::Transient);
     assert!(err.message.contains("timed out"), "{err}");
 }

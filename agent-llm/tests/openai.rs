@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use agent_core::llm::collect_stream;
 use agent_core::{ChatChunk, ChatRequest, LlmErrorKind, LlmProvider, Message};
-use agent_llm::{HttpOptions, OpenAiCompatible, OpenAiConfig, Retry};
+use agent_llm::{HttpOptions, OpenAiCompatible, OpenAiConfig};
 use common::*;
 use futures::StreamExt;
 use serde_json::{json, Value};
@@ -23,11 +23,6 @@ fn alchemyst(server: &MockServer) -> OpenAiCompatible {
         .with_base_url(format!("{}/api/v1/proxy/default", server.uri()))
         .build()
         .unwrap()
-}
-
-async fn last_body(server: &MockServer) -> Value {
-    let requests = server.received_requests().await.unwrap();
-    serde_json::from_slice(&requests.last().unwrap().body).unwrap()
 }
 
 #[tokio::test]
@@ -213,15 +208,8 @@ async fn sse_stream_is_assembled_with_usage_and_done() {
 async fn a_stream_cut_after_text_is_an_error_and_not_retried() {
     let server = MockServer::start().await;
     // Text, then the connection ends: no finish_reason, no [DONE].
-    Mock::given(method("POST"))
-        .and(path(CHAT_PATH))
-        .respond_with(sse_response(&[delta("partial")]))
-        .expect(1)
-        .mount(&server)
-        .await;
-    let sleeper = RecordingSleeper::default();
-    let provider = Retry::with_policy(alchemyst(&server), fast_policy(3))
-        .with_sleeper(std::sync::Arc::new(sleeper.clone()));
+    answer(&server, CHAT_PATH, sse_response(&[delta("partial")]), 1).await;
+    let (provider, sleeper) = retrying(alchemyst(&server), 3);
     let mut stream = provider
         .chat_stream(&ChatRequest::new("s", "u"))
         .await
@@ -238,108 +226,73 @@ async fn a_stream_cut_after_text_is_an_error_and_not_retried() {
     assert!(sleeper.delays().is_empty());
 }
 
+/// An OpenAI-style error answer.
+fn error_answer(status: u16, message: &str, code: Option<&str>) -> ResponseTemplate {
+    ResponseTemplate::new(status).set_body_json(openai_error(message, code))
+}
+
+/// Errors the retry wrapper must give up on at once: each is asked for once, classified with the
+/// provider's own message, and never slept on.
 #[tokio::test]
-async fn bad_request_is_permanent_with_the_providers_message_and_not_retried() {
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path(CHAT_PATH))
-        .respond_with(
-            ResponseTemplate::new(400)
-                .set_body_json(openai_error("Invalid value for 'temperature'", None)),
-        )
-        .expect(1)
-        .mount(&server)
-        .await;
-    let sleeper = RecordingSleeper::default();
-    let provider = Retry::with_policy(alchemyst(&server), fast_policy(5))
-        .with_sleeper(std::sync::Arc::new(sleeper.clone()));
-    let err = provider
-        .chat(&ChatRequest::new("s", "u"))
-        .await
-        .unwrap_err();
-    assert_eq!(err.kind, LlmErrorKind::Permanent);
-    assert_eq!(err.status, Some(400));
-    assert_eq!(err.provider, "alchemyst");
-    assert_eq!(err.message, "Invalid value for 'temperature'");
-    assert!(sleeper.delays().is_empty());
-    // wiremock checks `.expect(1)` when the server drops.
+async fn permanent_errors_are_classified_with_the_providers_message_and_not_retried() {
+    let context = "This model's maximum context length is 8192 tokens. However, your messages resulted in 9000 tokens.";
+    let cases = [
+        (
+            400,
+            "Invalid value for 'temperature'",
+            None,
+            LlmErrorKind::Permanent,
+        ),
+        (401, "Invalid API key", None, LlmErrorKind::Permanent),
+        (
+            400,
+            context,
+            Some("context_length_exceeded"),
+            LlmErrorKind::ContextTooLong,
+        ),
+    ];
+    for (status, message, code, kind) in cases {
+        let server = MockServer::start().await;
+        answer(&server, CHAT_PATH, error_answer(status, message, code), 1).await;
+        let (provider, sleeper) = retrying(alchemyst(&server), 5);
+        let err = chat_err(&provider).await;
+        assert_eq!(err.kind, kind, "{message}");
+        assert_eq!(err.status, Some(status), "{message}");
+        assert_eq!(err.provider, "alchemyst");
+        assert_eq!(err.message, message);
+        assert!(sleeper.delays().is_empty(), "{message} was retried");
+        assert_eq!(
+            err.should_fall_back(),
+            kind != LlmErrorKind::ContextTooLong,
+            "{message}"
+        );
+    }
 }
 
 #[tokio::test]
-async fn unauthorized_and_not_found_are_permanent() {
+async fn a_wrong_base_url_is_permanent() {
+    // The server's 404 (plain text) for a path it does not serve.
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path(CHAT_PATH))
-        .respond_with(
-            ResponseTemplate::new(401).set_body_json(openai_error("Invalid API key", None)),
-        )
-        .mount(&server)
-        .await;
-    let err = alchemyst(&server)
-        .chat(&ChatRequest::new("s", "u"))
-        .await
-        .unwrap_err();
-    assert_eq!(err.kind, LlmErrorKind::Permanent);
-    assert_eq!(err.status, Some(401));
-    assert_eq!(err.message, "Invalid API key");
-
-    // A wrong base URL: the server's 404 (plain text) is permanent too.
     let provider = OpenAiConfig::openai(format!("{}/nowhere", server.uri()))
         .build()
         .unwrap();
-    let err = provider
-        .chat(&ChatRequest::new("s", "u"))
-        .await
-        .unwrap_err();
+    let err = chat_err(&provider).await;
     assert_eq!(err.kind, LlmErrorKind::Permanent);
     assert_eq!(err.status, Some(404));
 }
 
 #[tokio::test]
-async fn context_length_exceeded() {
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path(CHAT_PATH))
-        .respond_with(ResponseTemplate::new(400).set_body_json(openai_error(
-            "This model's maximum context length is 8192 tokens. However, your messages resulted in 9000 tokens.",
-            Some("context_length_exceeded"),
-        )))
-        .mount(&server)
-        .await;
-    let err = alchemyst(&server)
-        .chat(&ChatRequest::new("s", "u"))
-        .await
-        .unwrap_err();
-    assert_eq!(err.kind, LlmErrorKind::ContextTooLong);
-    assert!(!err.should_fall_back());
-}
-
-#[tokio::test]
 async fn malformed_bodies_are_invalid_responses() {
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path(CHAT_PATH))
-        .respond_with(ResponseTemplate::new(200).set_body_string("<html>gateway says hi</html>"))
-        .up_to_n_times(1)
-        .with_priority(1)
-        .mount(&server)
-        .await;
-    Mock::given(method("POST"))
-        .and(path(CHAT_PATH))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"choices": []})))
-        .mount(&server)
-        .await;
+    let html = ResponseTemplate::new(200).set_body_string("<html>gateway says hi</html>");
+    answer_first(&server, CHAT_PATH, html, 1).await;
+    let no_choices = ResponseTemplate::new(200).set_body_json(json!({"choices": []}));
+    answer(&server, CHAT_PATH, no_choices, 1).await;
     let provider = alchemyst(&server);
-    let err = provider
-        .chat(&ChatRequest::new("s", "u"))
-        .await
-        .unwrap_err();
+    let err = chat_err(&provider).await;
     assert_eq!(err.kind, LlmErrorKind::InvalidResponse);
     assert_eq!(err.provider, "alchemyst");
-    let err = provider
-        .chat(&ChatRequest::new("s", "u"))
-        .await
-        .unwrap_err();
+    let err = chat_err(&provider).await;
     assert_eq!(err.kind, LlmErrorKind::InvalidResponse);
     assert!(err.message.contains("no choices"), "{err}");
 }
@@ -350,15 +303,9 @@ async fn an_oversized_answer_is_refused_not_buffered() {
     // 33 MiB of whitespace followed by a valid completion: valid JSON, but over the 32 MiB cap.
     let mut body = " ".repeat(33 << 20);
     body.push_str(&openai_completion("x", "m").to_string());
-    Mock::given(method("POST"))
-        .and(path(CHAT_PATH))
-        .respond_with(ResponseTemplate::new(200).set_body_raw(body, "application/json"))
-        .mount(&server)
-        .await;
-    let err = alchemyst(&server)
-        .chat(&ChatRequest::new("s", "u"))
-        .await
-        .unwrap_err();
+    let huge = ResponseTemplate::new(200).set_body_raw(body, "application/json");
+    answer(&server, CHAT_PATH, huge, 1).await;
+    let err = chat_err(&alchemyst(&server)).await;
     assert_eq!(err.kind, LlmErrorKind::InvalidResponse);
     assert!(err.message.contains("larger than"), "{err}");
 }
@@ -366,24 +313,16 @@ async fn an_oversized_answer_is_refused_not_buffered() {
 #[tokio::test]
 async fn a_slow_server_times_out_as_transient() {
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path(CHAT_PATH))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(openai_completion("late", "m"))
-                .set_delay(Duration::from_secs(3)),
-        )
-        .mount(&server)
-        .await;
+    let late = ResponseTemplate::new(200)
+        .set_body_json(openai_completion("late", "m"))
+        .set_delay(Duration::from_secs(3));
+    answer(&server, CHAT_PATH, late, 2).await;
     let provider = OpenAiConfig::alchemyst(KEY)
         .with_base_url(format!("{}/api/v1/proxy/default", server.uri()))
         .with_http(HttpOptions::with_timeout(Duration::from_millis(200)))
         .build()
         .unwrap();
-    let err = provider
-        .chat(&ChatRequest::new("s", "u"))
-        .await
-        .unwrap_err();
+    let err = chat_err(&provider).await;
     assert_eq!(err.kind, LlmErrorKind::Transient);
     assert!(err.message.contains("timed out"), "{err}");
     assert!(err.status.is_none());
@@ -407,10 +346,7 @@ async fn connection_refused_is_transient() {
     let provider = OpenAiConfig::openai(format!("http://127.0.0.1:{port}/v1"))
         .build()
         .unwrap();
-    let err = provider
-        .chat(&ChatRequest::new("s", "u"))
-        .await
-        .unwrap_err();
+    let err = chat_err(&provider).await;
     assert_eq!(err.kind, LlmErrorKind::Transient);
     assert!(err.message.contains("connection failed"), "{err}");
 }
@@ -418,30 +354,16 @@ async fn connection_refused_is_transient() {
 #[tokio::test]
 async fn rate_limit_honours_the_retry_after_header() {
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path(CHAT_PATH))
-        .respond_with(
-            ResponseTemplate::new(429)
-                .insert_header("retry-after", "2")
-                .set_body_json(openai_error(
-                    "Rate limit reached for requests",
-                    Some("rate_limit_exceeded"),
-                )),
-        )
-        .up_to_n_times(1)
-        .with_priority(1)
-        .expect(1)
-        .mount(&server)
-        .await;
-    Mock::given(method("POST"))
-        .and(path(CHAT_PATH))
-        .respond_with(ResponseTemplate::new(200).set_body_json(openai_completion("fine", "m")))
-        .expect(1)
-        .mount(&server)
-        .await;
-    let sleeper = RecordingSleeper::default();
-    let provider = Retry::with_policy(alchemyst(&server), fast_policy(3))
-        .with_sleeper(std::sync::Arc::new(sleeper.clone()));
+    let limited = error_answer(
+        429,
+        "Rate limit reached for requests",
+        Some("rate_limit_exceeded"),
+    )
+    .insert_header("retry-after", "2");
+    answer_first(&server, CHAT_PATH, limited, 1).await;
+    let fine = ResponseTemplate::new(200).set_body_json(openai_completion("fine", "m"));
+    answer(&server, CHAT_PATH, fine, 1).await;
+    let (provider, sleeper) = retrying(alchemyst(&server), 3);
     let reply = provider.chat(&ChatRequest::new("s", "u")).await.unwrap();
     assert_eq!(reply.text, "fine");
     assert_eq!(sleeper.delays(), [Duration::from_secs(2)]);
@@ -450,21 +372,15 @@ async fn rate_limit_honours_the_retry_after_header() {
 #[tokio::test]
 async fn retries_stop_after_max_attempts_with_the_last_error() {
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path(CHAT_PATH))
-        .respond_with(
-            ResponseTemplate::new(504).set_body_json(openai_error("gateway timeout", None)),
-        )
-        .expect(4)
-        .mount(&server)
-        .await;
-    let sleeper = RecordingSleeper::default();
-    let provider = Retry::with_policy(alchemyst(&server), fast_policy(4))
-        .with_sleeper(std::sync::Arc::new(sleeper.clone()));
-    let err = provider
-        .chat(&ChatRequest::new("s", "u"))
-        .await
-        .unwrap_err();
+    answer(
+        &server,
+        CHAT_PATH,
+        error_answer(504, "gateway timeout", None),
+        4,
+    )
+    .await;
+    let (provider, sleeper) = retrying(alchemyst(&server), 4);
+    let err = chat_err(&provider).await;
     assert_eq!(err.kind, LlmErrorKind::Transient);
     assert_eq!(err.status, Some(504));
     assert_eq!(err.message, "gateway timeout");

@@ -5,10 +5,12 @@ use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agent_llm::{RetryPolicy, Sleeper};
+use agent_core::{ChatRequest, LlmError, LlmProvider};
+use agent_llm::{Retry, RetryPolicy, Sleeper};
 use futures::future::BoxFuture;
 use serde_json::{json, Value};
-use wiremock::ResponseTemplate;
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate, Times};
 
 /// A sleeper that records each delay the retry wrapper chose and returns at once.
 #[derive(Clone, Default)]
@@ -34,6 +36,73 @@ pub fn fast_policy(max_attempts: u32) -> RetryPolicy {
         .with_base_delay(Duration::from_millis(1))
         .with_max_delay(Duration::from_secs(30))
         .with_jitter(false)
+}
+
+/// `provider` behind the retry wrapper with [`fast_policy`]`(max_attempts)`, and the sleeper
+/// that records its delays.
+pub fn retrying<P: LlmProvider>(provider: P, max_attempts: u32) -> (Retry<P>, RecordingSleeper) {
+    retrying_with(provider, fast_policy(max_attempts))
+}
+
+/// `provider` behind the retry wrapper with `policy`, and the sleeper that records its delays.
+pub fn retrying_with<P: LlmProvider>(
+    provider: P,
+    policy: RetryPolicy,
+) -> (Retry<P>, RecordingSleeper) {
+    let sleeper = RecordingSleeper::default();
+    let retry = Retry::with_policy(provider, policy).with_sleeper(Arc::new(sleeper.clone()));
+    (retry, sleeper)
+}
+
+/// Answers `POST route` on `server` with `response`, `times` times (a count, or `..` for any
+/// number; wiremock checks the count when the server drops).
+pub async fn answer(
+    server: &MockServer,
+    route: &str,
+    response: ResponseTemplate,
+    times: impl Into<Times>,
+) {
+    Mock::given(method("POST"))
+        .and(path(route))
+        .respond_with(response)
+        .expect(times)
+        .mount(server)
+        .await;
+}
+
+/// Answers the first `n` requests to `POST route` with `response`, ahead of any other answer,
+/// and expects exactly `n` of them.
+pub async fn answer_first(server: &MockServer, route: &str, response: ResponseTemplate, n: u64) {
+    Mock::given(method("POST"))
+        .and(path(route))
+        .respond_with(response)
+        .up_to_n_times(n)
+        .with_priority(1)
+        .expect(n)
+        .mount(server)
+        .await;
+}
+
+/// The JSON bodies of every request `server` received, in order.
+pub async fn bodies(server: &MockServer) -> Vec<Value> {
+    let requests = server.received_requests().await.unwrap();
+    requests
+        .iter()
+        .map(|r| serde_json::from_slice(&r.body).unwrap())
+        .collect()
+}
+
+/// The JSON body of the last request `server` received.
+pub async fn last_body(server: &MockServer) -> Value {
+    bodies(server).await.pop().unwrap()
+}
+
+/// The error a one-message chat (`"s"`, `"u"`) gets from `provider`.
+pub async fn chat_err(provider: &impl LlmProvider) -> LlmError {
+    provider
+        .chat(&ChatRequest::new("s", "u"))
+        .await
+        .unwrap_err()
 }
 
 /// Everything written by a tracing subscriber.
