@@ -10,20 +10,18 @@ use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_executor_passes_the_conformance_suite() {
-    if skipped() {
+    let Some(exec) = docker(config("conformance")).await else {
         return;
-    }
-    let exec = connect(config("conformance")).await;
+    };
     agent_core::testing::executor_suite(Arc::new(exec.clone())).await;
     exec.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warm_pool_sandboxes_pass_the_conformance_suite() {
-    if skipped() {
+    let Some(exec) = docker(config("conformance-pool").with_warm_pool(2)).await else {
         return;
-    }
-    let exec = connect(config("conformance-pool").with_warm_pool(2)).await;
+    };
     assert_eq!(exec.wait_warm(std::time::Duration::from_secs(60)).await, 2);
     agent_core::testing::executor_suite(Arc::new(exec.clone())).await;
     exec.shutdown().await.unwrap();
@@ -31,10 +29,9 @@ async fn warm_pool_sandboxes_pass_the_conformance_suite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capabilities_follow_the_configuration() {
-    if skipped() {
+    let Some(exec) = docker(config("caps")).await else {
         return;
-    }
-    let exec = connect(config("caps")).await;
+    };
     let caps = exec.capabilities();
     assert!(
         caps.isolated && caps.resource_limits && caps.network,

@@ -33,13 +33,7 @@ async fn the_desktop_image_is_hardened_too_and_its_services_start_under_it() {
     let image = std::env::var("AGENT_DESKTOP_IMAGE")
         .unwrap_or_else(|_| "containerized-agent-desktop:latest".to_string());
     let exec = assert_hardened(config("hardening-desktop").with_image(image)).await;
-    let sb = exec
-        .create(&SandboxSpec::for_job(
-            JobId::new(),
-            &JobSpec::from_prompt("x"),
-        ))
-        .await
-        .unwrap();
+    let sb = sandbox(&exec, &JobSpec::from_prompt("x")).await;
     let script = r#"
 agent-desktop &
 for i in $(seq 200); do
@@ -71,8 +65,7 @@ kill %1
         "every listener of 5900/5901 is on 127.0.0.1: {out}"
     );
     assert!(lines[7].starts_with('4'), "jupyter lab 4.x: {out}");
-    sb.destroy().await.unwrap();
-    exec.shutdown().await.unwrap();
+    finish(exec, &*sb).await;
 }
 
 /// The hardening checks, on a sandbox of `config`'s executor (returned for more checks).
@@ -139,14 +132,7 @@ async fn assert_hardened(config: agent_docker::DockerConfig) -> agent_docker::Do
     assert!(r.success());
 
     // From the engine.
-    let info = exec
-        .docker()
-        .inspect_container(
-            sb.id(),
-            None::<bollard::query_parameters::InspectContainerOptions>,
-        )
-        .await
-        .unwrap();
+    let info = inspect(&exec, sb.id()).await;
     let hc = info.host_config.unwrap();
     assert_eq!(hc.privileged, Some(false));
     assert_eq!(hc.readonly_rootfs, Some(true));
@@ -191,17 +177,10 @@ async fn assert_hardened(config: agent_docker::DockerConfig) -> agent_docker::Do
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_are_confined_and_the_export_has_only_the_workspace() {
-    if skipped() {
+    let Some(exec) = docker(config("files")).await else {
         return;
-    }
-    let exec = connect(config("files")).await;
-    let sb = exec
-        .create(&SandboxSpec::for_job(
-            JobId::new(),
-            &JobSpec::from_prompt("x"),
-        ))
-        .await
-        .unwrap();
+    };
+    let sb = sandbox(&exec, &JobSpec::from_prompt("x")).await;
 
     // Lexical refusals.
     for bad in [
@@ -351,8 +330,7 @@ async fn files_are_confined_and_the_export_has_only_the_workspace() {
         "{zip_names:?}"
     );
 
-    sb.destroy().await.unwrap();
-    exec.shutdown().await.unwrap();
+    finish(exec, &*sb).await;
 }
 
 /// A step can leave a FIFO (or another special file) where a file is read or written: the
@@ -360,17 +338,10 @@ async fn files_are_confined_and_the_export_has_only_the_workspace() {
 /// `compile` and every later file operation on that path).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn special_files_are_refused_not_waited_on() {
-    if skipped() {
+    let Some(exec) = docker(config("fifo")).await else {
         return;
-    }
-    let exec = connect(config("fifo")).await;
-    let sb = exec
-        .create(&SandboxSpec::for_job(
-            JobId::new(),
-            &JobSpec::from_prompt("x"),
-        ))
-        .await
-        .unwrap();
+    };
+    let sb = sandbox(&exec, &JobSpec::from_prompt("x")).await;
     let (r, _, _) = sh(&*sb, "mkfifo pipe && mkdir -p d && mkfifo d/pipe2").await;
     assert!(r.success());
     // A guard against a hang only: the answers come at once.
@@ -394,6 +365,5 @@ async fn special_files_are_refused_not_waited_on() {
     assert_eq!(&sb.get_file("d/plain.txt").await.unwrap()[..], b"plain");
     let (_, out, _) = sh(&*sb, "test -p pipe && echo fifo").await;
     assert_eq!(out, "fifo\n");
-    sb.destroy().await.unwrap();
-    exec.shutdown().await.unwrap();
+    finish(exec, &*sb).await;
 }

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agent_core::{
-    Executor, JobId, JobSpec, OutputStream, ResourceLimits, RunStep, Sandbox, SandboxSpec, Step,
-    StepRequest, Termination,
+    Executor, JobSpec, OutputStream, ResourceLimits, RunStep, Sandbox, Step, StepRequest,
+    Termination,
 };
 use bytes::Bytes;
 use common::*;
@@ -31,18 +31,10 @@ async fn processes(sb: &dyn Sandbox) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeout_cancel_and_flood_kill_everything() {
-    if skipped() {
+    let Some(exec) = docker(config("kill")).await else {
         return;
-    }
-    let exec = connect(config("kill")).await;
-    let sb: Arc<Box<dyn Sandbox>> = Arc::new(
-        exec.create(&SandboxSpec::for_job(
-            JobId::new(),
-            &JobSpec::from_prompt("x"),
-        ))
-        .await
-        .unwrap(),
-    );
+    };
+    let sb: Arc<Box<dyn Sandbox>> = Arc::new(sandbox(&exec, &JobSpec::from_prompt("x")).await);
 
     // Timeout: the step, its background child and a setsid'd grandchild are all gone.
     let (r, out) = run(
@@ -155,25 +147,20 @@ async fn timeout_cancel_and_flood_kill_everything() {
     }
     assert!(gone, "an abandoned step kept running");
 
-    sb.destroy().await.unwrap();
-    exec.shutdown().await.unwrap();
+    finish(exec, &**sb).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_memory_is_reported_as_such() {
-    if skipped() {
+    let Some(exec) = docker(config("oom")).await else {
         return;
-    }
-    let exec = connect(config("oom")).await;
+    };
     let limits = ResourceLimits {
         memory_bytes: 64 << 20,
         ..ResourceLimits::default()
     };
     let spec = JobSpec::from_prompt("x").with_limits(limits);
-    let sb = exec
-        .create(&SandboxSpec::for_job(JobId::new(), &spec))
-        .await
-        .unwrap();
+    let sb = sandbox(&exec, &spec).await;
     let (r, _) = run(
         &*sb,
         0,
@@ -190,27 +177,19 @@ async fn out_of_memory_is_reported_as_such() {
     // A plain failure is not an OOM.
     let (r, _, _) = sh(&*sb, "exit 9").await;
     assert_eq!(r.termination, Termination::Exited);
-    sb.destroy().await.unwrap();
-    exec.shutdown().await.unwrap();
+    finish(exec, &*sb).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fork_bomb_is_contained() {
-    if skipped() {
+    let Some(exec) = docker(config("forkbomb")).await else {
         return;
-    }
-    let exec = connect(config("forkbomb")).await;
+    };
     let limits = ResourceLimits {
         pids: 64,
         ..ResourceLimits::default()
     };
-    let sb = exec
-        .create(&SandboxSpec::for_job(
-            JobId::new(),
-            &JobSpec::from_prompt("x").with_limits(limits),
-        ))
-        .await
-        .unwrap();
+    let sb = sandbox(&exec, &JobSpec::from_prompt("x").with_limits(limits)).await;
     let bomb = tokio::spawn({
         let sb: Arc<Box<dyn Sandbox>> = Arc::new(sb);
         let sb2 = sb.clone();
@@ -239,6 +218,5 @@ async fn fork_bomb_is_contained() {
     assert_eq!(lines.next(), Some("ok"));
     let count: u32 = lines.next().unwrap().trim().parse().unwrap();
     assert!(count <= 5, "{count} processes left after the bomb");
-    sb.destroy().await.unwrap();
-    exec.shutdown().await.unwrap();
+    finish(exec, &**sb).await;
 }

@@ -91,13 +91,8 @@ async fn state_of(exec: &agent_docker::DockerExecutor, id: &str) -> Option<Strin
 }
 
 async fn labels_of(exec: &agent_docker::DockerExecutor, id: &str) -> HashMap<String, String> {
-    exec.docker()
-        .inspect_container(
-            id,
-            None::<bollard::query_parameters::InspectContainerOptions>,
-        )
+    inspect(exec, id)
         .await
-        .unwrap()
         .config
         .and_then(|c| c.labels)
         .unwrap_or_default()
@@ -233,28 +228,19 @@ async fn a_reaper_removes_only_containers_whose_owner_is_gone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_removes_everything_this_executor_created() {
-    if skipped() {
+    let Some(exec) = docker(config("shutdown").with_warm_pool(1)).await else {
         return;
-    }
-    let exec = connect(config("shutdown").with_warm_pool(1)).await;
+    };
     assert_eq!(exec.wait_warm(Duration::from_secs(60)).await, 1);
-    let a = exec
-        .create(&SandboxSpec::for_job(
-            JobId::new(),
-            &JobSpec::from_prompt("x"),
-        ))
-        .await
-        .unwrap();
-    let b = exec
-        .create(&SandboxSpec::for_job(
-            JobId::new(),
-            &JobSpec::from_prompt("x").with_limits(ResourceLimits {
-                cpus: 0.5,
-                ..Default::default()
-            }),
-        ))
-        .await
-        .unwrap();
+    let a = sandbox(&exec, &JobSpec::from_prompt("x")).await;
+    let b = sandbox(
+        &exec,
+        &JobSpec::from_prompt("x").with_limits(ResourceLimits {
+            cpus: 0.5,
+            ..Default::default()
+        }),
+    )
+    .await;
     assert_eq!(
         exec.wait_warm(Duration::from_secs(60)).await,
         1,
@@ -293,10 +279,9 @@ async fn shutdown_removes_everything_this_executor_created() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warm_pool_hands_out_hardened_containers_once() {
-    if skipped() {
+    let Some(exec) = docker(config("pool").with_warm_pool(2)).await else {
         return;
-    }
-    let exec = connect(config("pool").with_warm_pool(2)).await;
+    };
     assert_eq!(exec.wait_warm(Duration::from_secs(60)).await, 2);
     let job = JobId::new();
     let sb = exec
@@ -312,14 +297,7 @@ async fn warm_pool_hands_out_hardened_containers_once() {
     // It carries the pool label and gets the job's name.
     let mut named = false;
     for _ in 0..50 {
-        let info = exec
-            .docker()
-            .inspect_container(
-                sb.id(),
-                None::<bollard::query_parameters::InspectContainerOptions>,
-            )
-            .await
-            .unwrap();
+        let info = inspect(&exec, sb.id()).await;
         assert_eq!(
             info.config
                 .unwrap()
@@ -340,35 +318,20 @@ async fn warm_pool_hands_out_hardened_containers_once() {
     let id = sb.id().to_string();
     sb.destroy().await.unwrap();
     for _ in 0..3 {
-        let other = exec
-            .create(&SandboxSpec::for_job(
-                JobId::new(),
-                &JobSpec::from_prompt("x"),
-            ))
-            .await
-            .unwrap();
+        let other = sandbox(&exec, &JobSpec::from_prompt("x")).await;
         assert_ne!(other.id(), id);
         other.destroy().await.unwrap();
     }
     // A job with other limits or the bridge network gets a cold container of its own.
-    let custom = exec
-        .create(&SandboxSpec::for_job(
-            JobId::new(),
-            &JobSpec::from_prompt("x").with_limits(ResourceLimits {
-                memory_bytes: 256 << 20,
-                ..Default::default()
-            }),
-        ))
-        .await
-        .unwrap();
-    let info = exec
-        .docker()
-        .inspect_container(
-            custom.id(),
-            None::<bollard::query_parameters::InspectContainerOptions>,
-        )
-        .await
-        .unwrap();
+    let custom = sandbox(
+        &exec,
+        &JobSpec::from_prompt("x").with_limits(ResourceLimits {
+            memory_bytes: 256 << 20,
+            ..Default::default()
+        }),
+    )
+    .await;
+    let info = inspect(&exec, custom.id()).await;
     assert_eq!(info.host_config.unwrap().memory, Some(256 << 20));
     custom.destroy().await.unwrap();
     exec.shutdown().await.unwrap();
@@ -376,10 +339,9 @@ async fn warm_pool_hands_out_hardened_containers_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_sandboxes_run_at_once() {
-    if skipped() {
+    let Some(exec) = docker(config("many").with_max_concurrent_creates(4)).await else {
         return;
-    }
-    let exec = connect(config("many").with_max_concurrent_creates(4)).await;
+    };
     let jobs = (0..8).map(|i| {
         let exec = exec.clone();
         async move {
@@ -425,10 +387,9 @@ async fn no_engine_is_a_clear_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_image_is_an_image_error() {
-    if skipped() {
+    let Some(exec) = docker(config("image")).await else {
         return;
-    }
-    let exec = connect(config("image")).await;
+    };
     let err = exec
         .create(&SandboxSpec::for_job(
             JobId::new(),

@@ -7,23 +7,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agent_core::{
-    Executor, JobId, JobSpec, OutputStream, RunStep, Sandbox, SandboxSpec, Step, StepRequest,
-    Termination,
+    Executor, JobSpec, OutputStream, RunStep, Sandbox, Step, StepRequest, Termination,
 };
 use bytes::Bytes;
 use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn step_kinds_exit_codes_streams_and_order() {
-    if skipped() {
+    let Some(exec) = docker(config("steps")).await else {
         return;
-    }
-    let exec = connect(config("steps")).await;
+    };
     let spec = JobSpec::from_steps(vec![Step::shell("true")]).with_env("GREETING", "hello");
-    let sb = exec
-        .create(&SandboxSpec::for_job(JobId::new(), &spec))
-        .await
-        .unwrap();
+    let sb = sandbox(&exec, &spec).await;
 
     // shell: stdout vs stderr, exact exit codes, job env.
     let (r, out, err) = sh(&*sb, "echo to-out; echo to-err >&2; echo $GREETING; exit 3").await;
@@ -123,18 +118,10 @@ async fn sh_err(sb: &dyn Sandbox) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn output_arrives_while_the_step_runs() {
-    if skipped() {
+    let Some(exec) = docker(config("live")).await else {
         return;
-    }
-    let exec = connect(config("live")).await;
-    let sb: Arc<Box<dyn Sandbox>> = Arc::new(
-        exec.create(&SandboxSpec::for_job(
-            JobId::new(),
-            &JobSpec::from_prompt("x"),
-        ))
-        .await
-        .unwrap(),
-    );
+    };
+    let sb: Arc<Box<dyn Sandbox>> = Arc::new(sandbox(&exec, &JobSpec::from_prompt("x")).await);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let sink: agent_core::OutputSink = Arc::new(move |s, b: Bytes| {
         let _ = tx.send((s, b));
@@ -163,25 +150,17 @@ async fn output_arrives_while_the_step_runs() {
     let r = runner.await.unwrap().unwrap();
     assert!(r.success());
     assert_eq!(r.stdout_tail, "first\nsecond\n");
-    sb.destroy().await.unwrap();
-    exec.shutdown().await.unwrap();
+    finish(exec, &**sb).await;
 }
 
 /// Step timeouts are user input: one too large for an `Instant`, or for a `poll()` timeout in the
 /// supervisor, still runs the step (and a later short one is still enforced).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huge_step_timeouts_run_the_step() {
-    if skipped() {
+    let Some(exec) = docker(config("huge-timeout")).await else {
         return;
-    }
-    let exec = connect(config("huge-timeout")).await;
-    let sb = exec
-        .create(&SandboxSpec::for_job(
-            JobId::new(),
-            &JobSpec::from_steps(vec![Step::shell("true")]),
-        ))
-        .await
-        .unwrap();
+    };
+    let sb = sandbox(&exec, &JobSpec::from_steps(vec![Step::shell("true")])).await;
     for timeout in [
         Duration::MAX,
         Duration::from_secs(u64::MAX),
@@ -193,6 +172,5 @@ async fn huge_step_timeouts_run_the_step() {
     }
     let (r, _) = run(&*sb, 1, Step::shell("sleep 60"), Duration::from_secs(1)).await;
     assert_eq!(r.termination, Termination::TimedOut);
-    sb.destroy().await.unwrap();
-    exec.shutdown().await.unwrap();
+    finish(exec, &*sb).await;
 }

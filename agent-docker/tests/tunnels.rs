@@ -8,8 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use agent_core::executor::SandboxSpec;
-use agent_core::{Executor, JobId, JobSpec, Sandbox, SandboxErrorKind};
+use agent_core::{Executor, JobSpec, Sandbox, SandboxErrorKind};
 use common::*;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -41,13 +40,7 @@ serve(7000, echo)
 async fn sandbox_with_servers(scope: &str) -> (agent_docker::DockerExecutor, Box<dyn Sandbox>) {
     let exec = connect(config(scope).with_tunnel_ports([7000, 7001, 7999])).await;
     assert!(exec.capabilities().tunnels);
-    let sb = exec
-        .create(&SandboxSpec::for_job(
-            JobId::new(),
-            &JobSpec::from_prompt("tunnels"),
-        ))
-        .await
-        .unwrap();
+    let sb = sandbox(&exec, &JobSpec::from_prompt("tunnels")).await;
     sb.put_file("server.py", SERVER.into()).await.unwrap();
     let (r, out, err) = sh(
         &*sb,
@@ -159,8 +152,7 @@ async fn ten_mib_each_way_arrive_byte_exact_and_twenty_tunnels_share_the_link() 
         rtts[rtts.len() / 2],
         rtts[rtts.len() * 9 / 10]
     );
-    sb.destroy().await.unwrap();
-    exec.shutdown().await.unwrap();
+    finish(exec, &*sb).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

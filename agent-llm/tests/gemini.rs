@@ -40,7 +40,7 @@ async fn request_shape_and_happy_path_with_usage() {
             ],
             "generationConfig": {"temperature": 0.5, "maxOutputTokens": 512}
         })))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+        .respond_with(ok(json!({
             "candidates": [{
                 "content": {"role": "model", "parts": [
                     {"text": "Let me think about this...", "thought": true},
@@ -105,7 +105,7 @@ async fn json_mode_sends_the_mime_type_and_no_schema_of_its_own() {
         .and(body_partial_json(json!({
             "generationConfig": {"responseMimeType": "application/json"}
         })))
-        .respond_with(ResponseTemplate::new(200).set_body_json(gemini_reply(r#"{"a":1}"#)))
+        .respond_with(ok(gemini_reply(r#"{"a":1}"#)))
         .expect(1)
         .mount(&server)
         .await;
@@ -128,7 +128,7 @@ async fn json_mode_sends_the_mime_type_and_no_schema_of_its_own() {
 #[tokio::test]
 async fn a_response_schema_goes_in_response_json_schema_unchanged() {
     let server = MockServer::start().await;
-    let reply = ResponseTemplate::new(200).set_body_json(gemini_reply(r#"{"items":[]}"#));
+    let reply = ok(gemini_reply(r#"{"items":[]}"#));
     answer(&server, GENERATE, reply, 1).await;
     gemini(&server)
         .chat(&ChatRequest::new("sys", "go").with_response_schema(schema()))
@@ -144,7 +144,7 @@ async fn a_response_schema_goes_in_response_json_schema_unchanged() {
 #[tokio::test]
 async fn response_schema_field_gets_the_openapi_subset() {
     let server = MockServer::start().await;
-    let reply = ResponseTemplate::new(200).set_body_json(gemini_reply(r#"{"items":[]}"#));
+    let reply = ok(gemini_reply(r#"{"items":[]}"#));
     answer(&server, GENERATE, reply, 1).await;
     GeminiConfig::new(KEY)
         .with_base_url(server.uri())
@@ -202,14 +202,7 @@ async fn sse_stream_without_done_is_assembled() {
         .expect(1)
         .mount(&server)
         .await;
-    let stream = gemini(&server)
-        .chat_stream(&ChatRequest::new("sys", "hi"))
-        .await
-        .unwrap();
-    let mut deltas = Vec::new();
-    let reply = collect_stream(stream, |d| deltas.push(d.to_owned()))
-        .await
-        .unwrap();
+    let (deltas, reply) = stream_deltas(&gemini(&server), &ChatRequest::new("sys", "hi")).await;
     assert_eq!(deltas, ["Hel", "lo", "!"]);
     assert_eq!(reply.text, "Hello!");
     assert_eq!(reply.provider, "gemini");
@@ -225,13 +218,7 @@ async fn blocked_prompt_is_blocked() {
                            "safetyRatings": [{"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH"}]},
         "usageMetadata": {"promptTokenCount": 8, "totalTokenCount": 8}
     });
-    answer(
-        &server,
-        GENERATE,
-        ResponseTemplate::new(200).set_body_json(blocked),
-        1,
-    )
-    .await;
+    answer(&server, GENERATE, ok(blocked), 1).await;
     let (provider, sleeper) = retrying(gemini(&server), 3);
     let err = chat_err(&provider).await;
     assert_eq!(err.kind, LlmErrorKind::Blocked);
@@ -247,24 +234,12 @@ async fn blocked_prompt_is_blocked() {
 async fn blocked_answer_and_empty_candidates() {
     let server = MockServer::start().await;
     let blocked = json!({"candidates": [{"finishReason": "SAFETY", "index": 0}]});
-    answer_first(
-        &server,
-        GENERATE,
-        ResponseTemplate::new(200).set_body_json(blocked),
-        1,
-    )
-    .await;
+    answer_first(&server, GENERATE, ok(blocked), 1).await;
     let empty = json!({
         "candidates": [],
         "usageMetadata": {"promptTokenCount": 3, "totalTokenCount": 3}
     });
-    answer(
-        &server,
-        GENERATE,
-        ResponseTemplate::new(200).set_body_json(empty),
-        1,
-    )
-    .await;
+    answer(&server, GENERATE, ok(empty), 1).await;
     let provider = gemini(&server);
     let err = chat_err(&provider).await;
     assert_eq!(err.kind, LlmErrorKind::Blocked);
@@ -312,7 +287,7 @@ async fn rate_limit_with_retry_info_is_retried_after_the_asked_delay() {
         details,
     );
     answer_first(&server, GENERATE, limited, 1).await;
-    let fine = ResponseTemplate::new(200).set_body_json(gemini_reply("after the wait"));
+    let fine = ok(gemini_reply("after the wait"));
     answer(&server, GENERATE, fine, 1).await;
     // Backoff base 1 ms: a 1 s delay can only come from RetryInfo.
     let (provider, sleeper) = retrying(gemini(&server), 3);
@@ -399,7 +374,7 @@ async fn unavailable_is_retried_with_backoff_then_answered() {
         json!([]),
     );
     answer_first(&server, GENERATE, unavailable, 2).await;
-    let lucky = ResponseTemplate::new(200).set_body_json(gemini_reply("third time lucky"));
+    let lucky = ok(gemini_reply("third time lucky"));
     answer(&server, GENERATE, lucky, 1).await;
     let (provider, sleeper) = retrying(gemini(&server), 3);
     let reply = provider.chat(&ChatRequest::new("s", "u")).await.unwrap();
@@ -416,9 +391,7 @@ async fn malformed_body_and_timeout() {
     let server = MockServer::start().await;
     let malformed = ResponseTemplate::new(200).set_body_string("{\"candidates\": [ {");
     answer_first(&server, GENERATE, malformed, 1).await;
-    let late = ResponseTemplate::new(200)
-        .set_body_json(gemini_reply("late"))
-        .set_delay(Duration::from_secs(3));
+    let late = ok(gemini_reply("late")).set_delay(Duration::from_secs(3));
     answer(&server, GENERATE, late, 1).await;
     let provider = GeminiConfig::new(KEY)
         .with_base_url(server.uri())

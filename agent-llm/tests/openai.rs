@@ -6,7 +6,6 @@ mod common;
 
 use std::time::Duration;
 
-use agent_core::llm::collect_stream;
 use agent_core::{ChatChunk, ChatRequest, LlmErrorKind, LlmProvider, Message};
 use agent_llm::{HttpOptions, OpenAiCompatible, OpenAiConfig};
 use common::*;
@@ -44,10 +43,10 @@ async fn alchemyst_request_and_happy_path_with_usage() {
             "temperature": 0.2,
             "max_tokens": 256
         })))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(openai_completion("the plan", "alchemyst-ai/alchemyst-c1")),
-        )
+        .respond_with(ok(openai_completion(
+            "the plan",
+            "alchemyst-ai/alchemyst-c1",
+        )))
         .expect(1)
         .mount(&server)
         .await;
@@ -83,10 +82,7 @@ async fn json_mode_sends_response_format() {
         .and(body_partial_json(
             json!({"response_format": {"type": "json_object"}}),
         ))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(openai_completion(r#"{"steps":[],"summary":"ok"}"#, "m")),
-        )
+        .respond_with(ok(openai_completion(r#"{"steps":[],"summary":"ok"}"#, "m")))
         .expect(1)
         .mount(&server)
         .await;
@@ -104,9 +100,7 @@ async fn a_response_schema_is_sent_as_json_schema_where_configured() {
                         "required": ["n"], "additionalProperties": false});
     let server = MockServer::start().await;
     Mock::given(method("POST"))
-        .respond_with(
-            ResponseTemplate::new(200).set_body_json(openai_completion(r#"{"n":1}"#, "m")),
-        )
+        .respond_with(ok(openai_completion(r#"{"n":1}"#, "m")))
         .expect(2)
         .mount(&server)
         .await;
@@ -136,7 +130,7 @@ async fn generic_openai_server_without_key_or_system_prompt() {
     Mock::given(method("POST"))
         .and(path("/v1/chat/completions"))
         .and(body_partial_json(json!({"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]})))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+        .respond_with(ok(json!({
             // llama.cpp-style: no model, no usage.
             "choices": [{"message": {"role": "assistant", "content": "hello"}, "finish_reason": "stop"}]
         })))
@@ -188,14 +182,7 @@ async fn sse_stream_is_assembled_with_usage_and_done() {
         .mount(&server)
         .await;
 
-    let stream = alchemyst(&server)
-        .chat_stream(&ChatRequest::new("sys", "hi"))
-        .await
-        .unwrap();
-    let mut deltas = Vec::new();
-    let reply = collect_stream(stream, |d| deltas.push(d.to_owned()))
-        .await
-        .unwrap();
+    let (deltas, reply) = stream_deltas(&alchemyst(&server), &ChatRequest::new("sys", "hi")).await;
     assert_eq!(deltas, ["Hel", "lo, ", "world"]);
     assert_eq!(reply.text, "Hello, world");
     assert_eq!(reply.provider, "alchemyst");
@@ -286,7 +273,7 @@ async fn malformed_bodies_are_invalid_responses() {
     let server = MockServer::start().await;
     let html = ResponseTemplate::new(200).set_body_string("<html>gateway says hi</html>");
     answer_first(&server, CHAT_PATH, html, 1).await;
-    let no_choices = ResponseTemplate::new(200).set_body_json(json!({"choices": []}));
+    let no_choices = ok(json!({"choices": []}));
     answer(&server, CHAT_PATH, no_choices, 1).await;
     let provider = alchemyst(&server);
     let err = chat_err(&provider).await;
@@ -313,9 +300,7 @@ async fn an_oversized_answer_is_refused_not_buffered() {
 #[tokio::test]
 async fn a_slow_server_times_out_as_transient() {
     let server = MockServer::start().await;
-    let late = ResponseTemplate::new(200)
-        .set_body_json(openai_completion("late", "m"))
-        .set_delay(Duration::from_secs(3));
+    let late = ok(openai_completion("late", "m")).set_delay(Duration::from_secs(3));
     answer(&server, CHAT_PATH, late, 2).await;
     let provider = OpenAiConfig::alchemyst(KEY)
         .with_base_url(format!("{}/api/v1/proxy/default", server.uri()))
@@ -361,7 +346,7 @@ async fn rate_limit_honours_the_retry_after_header() {
     )
     .insert_header("retry-after", "2");
     answer_first(&server, CHAT_PATH, limited, 1).await;
-    let fine = ResponseTemplate::new(200).set_body_json(openai_completion("fine", "m"));
+    let fine = ok(openai_completion("fine", "m"));
     answer(&server, CHAT_PATH, fine, 1).await;
     let (provider, sleeper) = retrying(alchemyst(&server), 3);
     let reply = provider.chat(&ChatRequest::new("s", "u")).await.unwrap();

@@ -4,7 +4,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agent_core::{OutputSink, OutputStream, RunStep, Sandbox, Step, StepRequest, StepResult};
+use agent_core::{
+    Executor, JobId, JobSpec, OutputSink, OutputStream, RunStep, Sandbox, SandboxSpec, Step,
+    StepRequest, StepResult,
+};
 use agent_docker::{DockerConfig, DockerExecutor};
 use bytes::Bytes;
 
@@ -34,6 +37,39 @@ pub async fn connect(config: DockerConfig) -> DockerExecutor {
              (set AGENT_SKIP_DOCKER_TESTS=1 to skip them explicitly)"
         ),
     }
+}
+
+/// The executor of one test, connected with `config`; `None` (the test returns at once) when the
+/// Docker tests are switched off.
+pub async fn docker(config: DockerConfig) -> Option<DockerExecutor> {
+    if skipped() {
+        return None;
+    }
+    Some(connect(config).await)
+}
+
+/// A sandbox for a new job with `spec`.
+pub async fn sandbox(exec: &DockerExecutor, spec: &JobSpec) -> Box<dyn Sandbox> {
+    exec.create(&SandboxSpec::for_job(JobId::new(), spec))
+        .await
+        .expect("creating a sandbox")
+}
+
+/// What the engine says about a sandbox's container.
+pub async fn inspect(exec: &DockerExecutor, id: &str) -> bollard::models::ContainerInspectResponse {
+    exec.docker()
+        .inspect_container(
+            id,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await
+        .expect("inspecting a container")
+}
+
+/// Destroys `sb` and shuts `exec` down, as every test ends.
+pub async fn finish(exec: DockerExecutor, sb: &dyn Sandbox) {
+    sb.destroy().await.unwrap();
+    exec.shutdown().await.unwrap();
 }
 
 /// Output collected by a sink, in arrival order.

@@ -5,7 +5,7 @@ use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agent_core::{ChatRequest, LlmError, LlmProvider};
+use agent_core::{ChatRequest, ChatResponse, LlmError, LlmProvider};
 use agent_llm::{Retry, RetryPolicy, Sleeper};
 use futures::future::BoxFuture;
 use serde_json::{json, Value};
@@ -52,6 +52,24 @@ pub fn retrying_with<P: LlmProvider>(
     let sleeper = RecordingSleeper::default();
     let retry = Retry::with_policy(provider, policy).with_sleeper(Arc::new(sleeper.clone()));
     (retry, sleeper)
+}
+
+/// A 200 answer with a JSON body.
+pub fn ok(body: Value) -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_json(body)
+}
+
+/// Streams `request` from `provider`: the deltas in order, and the assembled reply.
+pub async fn stream_deltas(
+    provider: &impl LlmProvider,
+    request: &ChatRequest,
+) -> (Vec<String>, ChatResponse) {
+    let stream = provider.chat_stream(request).await.unwrap();
+    let mut deltas = Vec::new();
+    let reply = agent_core::llm::collect_stream(stream, |d| deltas.push(d.to_owned()))
+        .await
+        .unwrap();
+    (deltas, reply)
 }
 
 /// Answers `POST route` on `server` with `response`, `times` times (a count, or `..` for any
