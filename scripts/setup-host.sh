@@ -57,3 +57,5 @@ docker image inspect "$desktop_image" --format "image $desktop_image: {{.Id}} ({
 
 # The LiteLLM proxy for the LLM compatibility tests.
 scripts/setup-litellm.sh
+# moto's S3 server and schemathesis for the artifact-store and OpenAPI tests.
+scripts/setup-test-tools.sh

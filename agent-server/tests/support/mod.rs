@@ -42,7 +42,89 @@ const SCRUB: &[&str] = &[
     "AGENT_DOCKER_SCOPE",
     "RETENTION_DAYS",
     "AGENT_URL",
+    "AGENT_ARTIFACTS",
+    "AWS_ENDPOINT",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_REGION",
+    "AWS_ALLOW_HTTP",
 ];
+
+/// A program from the virtualenv of Python test tools (moto, schemathesis) that
+/// scripts/setup-test-tools.sh installs; fails the test with that instruction when it is missing.
+pub fn test_tool(name: &str) -> PathBuf {
+    let venv = std::env::var("AGENT_TEST_TOOLS_VENV")
+        .unwrap_or_else(|_| "/opt/containerized-agent/test-tools-venv".to_string());
+    let bin = Path::new(&venv).join("bin").join(name);
+    assert!(
+        bin.exists(),
+        "{} is missing: install the Python test tools with scripts/setup-test-tools.sh",
+        bin.display()
+    );
+    bin
+}
+
+/// A port on 127.0.0.1 that nothing listened on a moment ago.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// A helper process (a local S3 server, …) killed when dropped.
+pub struct Helper {
+    pub child: Child,
+    /// Where its output goes.
+    pub log: PathBuf,
+}
+
+impl Helper {
+    /// Starts `cmd` with its stdout and stderr in `log`.
+    pub fn spawn(mut cmd: Command, log: PathBuf) -> Helper {
+        let out = std::fs::File::create(&log).unwrap();
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+        Helper { child, log }
+    }
+
+    /// Waits (bounded) until `url` answers with a success; panics with the log if the process
+    /// exits first or never answers.
+    pub async fn wait_ready(&mut self, url: &str) {
+        let http = reqwest::Client::new();
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("{url}: the process exited ({status}):\n{}", self.log_text());
+            }
+            if let Ok(r) = http.get(url).send().await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            assert!(
+                start.elapsed() < PATIENCE,
+                "{url} never answered:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
 
 /// A unique Docker reaping scope, so that parallel tests never reap each other's containers.
 pub fn unique_scope(name: &str) -> String {
