@@ -239,7 +239,7 @@ mod sqlite {
     }
 
     #[tokio::test]
-    async fn migration_2_fills_the_summary_columns_of_existing_jobs() {
+    async fn migrations_2_and_3_fill_the_summary_columns_and_counts_of_existing_jobs() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("agent.db");
         let store = SqliteStore::open(&path).unwrap();
@@ -275,6 +275,8 @@ mod sqlite {
                  ALTER TABLE jobs DROP COLUMN prompt_tokens; \
                  ALTER TABLE jobs DROP COLUMN completion_tokens; \
                  ALTER TABLE jobs DROP COLUMN total_tokens; \
+                 DROP TRIGGER jobs_counted_insert; DROP TRIGGER jobs_counted_delete; \
+                 DROP TRIGGER jobs_counted_status; DROP TABLE job_counts; \
                  PRAGMA user_version = 1;",
             )
             .unwrap();
@@ -282,6 +284,9 @@ mod sqlite {
         let store = SqliteStore::open(&path).unwrap();
         let page = store.list_summaries(&JobFilter::default()).await.unwrap();
         assert_eq!(page.total, 3);
+        let counts = store.count_by_status().await.unwrap();
+        assert!(counts.contains(&(JobStatus::Queued, 1)), "{counts:?}");
+        assert!(counts.contains(&(JobStatus::Failed, 2)), "{counts:?}");
         assert_eq!(page.jobs[0].first_step.as_deref(), Some("greet"));
         assert_eq!(page.jobs[0].provider.as_deref(), Some("mock"));
         for (listed, job) in page.jobs.iter().zip(jobs.iter().rev()) {

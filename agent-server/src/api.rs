@@ -318,6 +318,9 @@ pub struct JobsResponse {
     pub jobs: Vec<JobSummary>,
     /// How many jobs match in all.
     pub total: u64,
+    /// Pass as `cursor` for the next (older) page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
 /// `POST /cancel/{id}`.

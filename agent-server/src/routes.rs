@@ -344,8 +344,11 @@ pub(crate) struct JobsQuery {
     status: Option<String>,
     /// Page size, 1–1000 (default 50).
     limit: Option<String>,
-    /// Jobs to skip (default 0).
+    /// Jobs to skip (default 0). Deep offsets get slower with depth; `cursor` does not.
     offset: Option<String>,
+    /// Start after this position: the `next` of the previous page (keyset paging, equally fast
+    /// at any depth, and stable while jobs are added).
+    cursor: Option<String>,
 }
 
 fn parse_number(field: &str, value: Option<&str>, default: usize, max: usize) -> ApiResult<usize> {
@@ -398,10 +401,17 @@ pub(crate) async fn list_jobs(
     }
     let offset = parse_number("offset", q.offset.as_deref(), 0, usize::MAX / 2)?;
     filter = filter.page(limit, offset);
+    if let Some(cursor) = q.cursor.as_deref().filter(|c| !c.trim().is_empty()) {
+        let cursor: agent_core::store::JobCursor = cursor
+            .parse()
+            .map_err(|e: agent_core::Error| ApiError::bad_request("cursor", e.to_string()))?;
+        filter = filter.after(cursor);
+    }
     let page = state.inner.manager.list_summaries(&filter).await?;
     Ok(Json(JobsResponse {
         jobs: page.jobs.into_iter().map(JobSummary::from).collect(),
         total: page.total,
+        next: page.next.map(|c| c.to_string()),
     }))
 }
 

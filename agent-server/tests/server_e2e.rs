@@ -502,6 +502,22 @@ async fn kill_9_then_restart_keeps_every_job_and_interrupts_the_running_ones() {
     for id in [&done, &running_a, &running_b, &queued] {
         assert!(listed.contains(&id.as_str()), "{id} not listed");
     }
+    // Pages of 3 by cursor: the same jobs in the same order, and no `next` on the last page.
+    let (_, first) = server.get_json("/jobs?limit=3").await;
+    let next = first["next"].as_str().expect("a next cursor").to_string();
+    let (code, second) = server
+        .get_json(&format!("/jobs?limit=3&cursor={next}"))
+        .await;
+    assert_eq!(code, 200, "{second}");
+    assert!(second.get("next").is_none(), "{second}");
+    let walked: Vec<&str> = first["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(second["jobs"].as_array().unwrap())
+        .map(|j| j["job_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(walked, listed, "cursor pages walk the list");
     assert_eq!(server.status(&done).await["status"], "succeeded");
     for id in [&running_a, &running_b] {
         let st = server.status(id).await;
@@ -733,6 +749,8 @@ async fn bad_input_is_refused_with_the_error_shape_and_never_a_5xx() {
     assert_eq!(b["error"]["field"], "limit");
     let b = check(server.get("/jobs?limit=100000").await, 400, "bad_request").await;
     assert_eq!(b["error"]["field"], "limit");
+    let b = check(server.get("/jobs?cursor=abc.def").await, 400, "bad_request").await;
+    assert_eq!(b["error"]["field"], "cursor");
     let resp = http
         .get(server.url(&format!("/logs/{stored}/stream")))
         .header("Last-Event-ID", "abc")

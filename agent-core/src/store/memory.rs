@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 
 use crate::job::{Job, JobEvent, JobId, JobStatus};
 use crate::store::{
-    JobFilter, JobPage, JobStore, JobSummary, StoreError, StoreErrorKind, SummaryPage,
+    JobCursor, JobFilter, JobPage, JobStore, JobSummary, StoreError, StoreErrorKind, SummaryPage,
     MAX_PAGE_SIZE,
 };
 
@@ -112,36 +112,50 @@ pub(crate) fn check_events(id: JobId, last: u64, events: &[JobEvent]) -> Result<
 }
 
 /// The keys of a page of `filter`, newest first, and the total that matched.
-fn page_keys(inner: &Inner, filter: &JobFilter) -> (Vec<OrderKey>, u64) {
+/// The keys of `set` older than `after`, newest first.
+fn older(
+    set: &BTreeSet<OrderKey>,
+    after: Option<JobCursor>,
+) -> impl Iterator<Item = OrderKey> + '_ {
+    match after {
+        Some(c) => set.range(..(c.created_at, c.id)),
+        None => set.range(..),
+    }
+    .rev()
+    .copied()
+}
+
+fn page_keys(inner: &Inner, filter: &JobFilter) -> (Vec<OrderKey>, u64, Option<JobCursor>) {
     let limit = filter.limit.min(MAX_PAGE_SIZE);
     let mut statuses = filter.statuses.clone();
     statuses.sort();
     statuses.dedup();
-    let keys: Vec<OrderKey> = if statuses.is_empty() {
-        inner
-            .all
-            .iter()
-            .rev()
+    // One more than the page, to know whether a next page exists.
+    let mut keys: Vec<OrderKey> = if statuses.is_empty() {
+        older(&inner.all, filter.after)
             .skip(filter.offset)
-            .take(limit)
-            .copied()
+            .take(limit + 1)
             .collect()
     } else {
-        // Merge the per-status indexes, newest first.
-        let mut heads: Vec<_> = statuses
+        // The newest `offset + limit + 1` of each status, merged newest first.
+        let mut merged: Vec<OrderKey> = statuses
             .iter()
             .filter_map(|s| inner.by_status.get(s))
-            .map(|set| set.iter().rev().peekable())
+            .flat_map(|set| older(set, filter.after).take(filter.offset + limit + 1))
             .collect();
-        let merged = std::iter::from_fn(|| {
-            let best = heads
-                .iter_mut()
-                .enumerate()
-                .filter_map(|(i, it)| it.peek().map(|k| (i, **k)))
-                .max_by_key(|(_, k)| *k)?;
-            heads[best.0].next().copied()
-        });
-        merged.skip(filter.offset).take(limit).collect()
+        merged.sort_unstable_by(|a, b| b.cmp(a));
+        merged
+            .into_iter()
+            .skip(filter.offset)
+            .take(limit + 1)
+            .collect()
+    };
+    let next = if keys.len() > limit {
+        keys.truncate(limit);
+        keys.last()
+            .map(|&(created_at, id)| JobCursor::of(created_at, id))
+    } else {
+        None
     };
     let total = if statuses.is_empty() {
         inner.all.len()
@@ -152,7 +166,7 @@ fn page_keys(inner: &Inner, filter: &JobFilter) -> (Vec<OrderKey>, u64) {
             .map(BTreeSet::len)
             .sum()
     };
-    (keys, total as u64)
+    (keys, total as u64, next)
 }
 
 #[async_trait]
@@ -195,22 +209,22 @@ impl JobStore for MemoryStore {
 
     async fn list_jobs(&self, filter: &JobFilter) -> Result<JobPage, StoreError> {
         let inner = self.read();
-        let (keys, total) = page_keys(&inner, filter);
+        let (keys, total, next) = page_keys(&inner, filter);
         let jobs = keys
             .iter()
             .filter_map(|(_, id)| inner.jobs.get(id).map(|e| e.job.clone()))
             .collect();
-        Ok(JobPage { jobs, total })
+        Ok(JobPage { jobs, total, next })
     }
 
     async fn list_summaries(&self, filter: &JobFilter) -> Result<SummaryPage, StoreError> {
         let inner = self.read();
-        let (keys, total) = page_keys(&inner, filter);
+        let (keys, total, next) = page_keys(&inner, filter);
         let jobs = keys
             .iter()
             .filter_map(|(_, id)| inner.jobs.get(id).map(|e| JobSummary::from_job(&e.job)))
             .collect();
-        Ok(SummaryPage { jobs, total })
+        Ok(SummaryPage { jobs, total, next })
     }
 
     async fn delete_job(&self, id: JobId) -> Result<bool, StoreError> {

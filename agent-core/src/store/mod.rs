@@ -24,8 +24,12 @@ pub struct JobFilter {
     pub statuses: Vec<JobStatus>,
     /// Page size (at most [`MAX_PAGE_SIZE`]).
     pub limit: usize,
-    /// How many to skip (newest first).
+    /// How many to skip (newest first), after `after`. Deep offsets cost time in proportion
+    /// to the offset; a cursor does not.
     pub offset: usize,
+    /// Only jobs older than this position (keyset pagination: a page's
+    /// [`next`](JobPage::next) cursor).
+    pub after: Option<JobCursor>,
 }
 
 impl Default for JobFilter {
@@ -34,6 +38,7 @@ impl Default for JobFilter {
             statuses: Vec::new(),
             limit: 50,
             offset: 0,
+            after: None,
         }
     }
 }
@@ -51,6 +56,62 @@ impl JobFilter {
         self.offset = offset;
         self
     }
+
+    /// Only jobs after `cursor` (older, newest first): the page that follows the one whose
+    /// `next` it is.
+    pub fn after(mut self, cursor: JobCursor) -> Self {
+        self.after = Some(cursor);
+        self
+    }
+}
+
+/// A position in the newest-first order of jobs: just past the job created at `created_at`
+/// with id `id` (the order is by creation time, then id). As text (`Display`/`FromStr`) it is
+/// `<nanoseconds since the epoch>.<job id>`, which clients treat as opaque.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct JobCursor {
+    /// The creation time of the last job of the previous page.
+    pub created_at: DateTime<Utc>,
+    /// Its id.
+    pub id: JobId,
+}
+
+impl JobCursor {
+    /// The position just past `job`.
+    pub fn of(created_at: DateTime<Utc>, id: JobId) -> Self {
+        Self { created_at, id }
+    }
+
+    /// The creation time in nanoseconds since the epoch (how the stores keep it).
+    pub fn created_nanos(&self) -> i64 {
+        self.created_at.timestamp_nanos_opt().unwrap_or(i64::MAX)
+    }
+}
+
+impl std::fmt::Display for JobCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.created_nanos(), self.id)
+    }
+}
+
+impl std::str::FromStr for JobCursor {
+    type Err = crate::Error;
+
+    fn from_str(s: &str) -> crate::Result<Self> {
+        let bad = || {
+            crate::Error::invalid(
+                "cursor",
+                "cursor: not a cursor of this server (use the `next` of a page)",
+            )
+        };
+        let (nanos, id) = s.trim().split_once('.').ok_or_else(bad)?;
+        let nanos: i64 = nanos.parse().map_err(|_| bad())?;
+        let id: JobId = id.parse().map_err(|_| bad())?;
+        Ok(Self {
+            created_at: DateTime::from_timestamp_nanos(nanos),
+            id,
+        })
+    }
 }
 
 /// One page of jobs, newest first, with the total that matched.
@@ -60,6 +121,8 @@ pub struct JobPage {
     pub jobs: Vec<Job>,
     /// How many jobs matched the filter in all.
     pub total: u64,
+    /// Where the next (older) page starts; `None` on the last page.
+    pub next: Option<JobCursor>,
 }
 
 /// How many characters of the prompt a [`JobSummary`] keeps.
@@ -169,6 +232,8 @@ pub struct SummaryPage {
     pub jobs: Vec<JobSummary>,
     /// How many jobs matched the filter in all.
     pub total: u64,
+    /// Where the next (older) page starts; `None` on the last page.
+    pub next: Option<JobCursor>,
 }
 
 /// What kind of failure a [`StoreError`] is.
@@ -251,6 +316,7 @@ pub trait JobStore: Send + Sync + 'static {
         Ok(SummaryPage {
             jobs: page.jobs.iter().map(JobSummary::from_job).collect(),
             total: page.total,
+            next: page.next,
         })
     }
 

@@ -20,7 +20,7 @@
 //! - Statements are prepared once per connection and cached; a batch of events is appended in
 //!   one transaction.
 //!
-//! Schema (version 2): `jobs(id TEXT PRIMARY KEY, status TEXT, created_at INTEGER, finished_at
+//! Schema (version 3): `jobs(id TEXT PRIMARY KEY, status TEXT, created_at INTEGER, finished_at
 //! INTEGER, record TEXT, prompt_head TEXT, steps INTEGER, started_at INTEGER, error TEXT,
 //! provider TEXT, first_step TEXT, prompt_tokens, completion_tokens, total_tokens INTEGER)` where
 //! `record` is the [`Job`] as JSON, the times are nanoseconds since the Unix epoch, and the last
@@ -28,7 +28,9 @@
 //! what a [`JobSummary`] shows, so
 //! [`JobStore::list_summaries`] decodes no records; `jobs` is indexed on `(created_at, id)`, `(status, created_at, id)` and
 //! `finished_at`; `events(job_id, seq, at, kind, PRIMARY KEY (job_id, seq))` where `kind` is the
-//! [`EventKind`] as JSON, deleted with their job (`ON DELETE CASCADE`).
+//! [`EventKind`] as JSON, deleted with their job (`ON DELETE CASCADE`); `job_counts(status,
+//! n)`, kept by triggers on `jobs`, answers totals without counting rows. Lists page by keyset
+//! (`(created_at, id) < cursor`, see [`JobCursor`]) on the `(created_at, id)` index.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -41,8 +43,8 @@ use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, Tran
 use crate::job::{EventKind, Job, JobEvent, JobId, JobStatus, TokenUsage};
 use crate::store::memory::check_events;
 use crate::store::{
-    first_step_headline, shorten_prompt, JobFilter, JobPage, JobStore, JobSummary, StoreError,
-    StoreErrorKind, SummaryPage, MAX_PAGE_SIZE, SUMMARY_PROMPT_CHARS,
+    first_step_headline, shorten_prompt, JobCursor, JobFilter, JobPage, JobStore, JobSummary,
+    StoreError, StoreErrorKind, SummaryPage, MAX_PAGE_SIZE, SUMMARY_PROMPT_CHARS,
 };
 
 /// The database file name used by [`SqliteStore::open_in_dir`].
@@ -96,6 +98,28 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE jobs ADD COLUMN prompt_tokens INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE jobs ADD COLUMN completion_tokens INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE jobs ADD COLUMN total_tokens INTEGER NOT NULL DEFAULT 0;
+    "#,
+    // 3: the number of jobs per status, kept by triggers, so a list's total and the metrics
+    // count no rows (a COUNT over a million jobs takes tens of milliseconds).
+    r#"
+    CREATE TABLE job_counts (
+        status TEXT PRIMARY KEY NOT NULL,
+        n      INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    INSERT INTO job_counts (status, n) SELECT status, COUNT(*) FROM jobs GROUP BY status;
+    CREATE TRIGGER jobs_counted_insert AFTER INSERT ON jobs BEGIN
+        INSERT INTO job_counts (status, n) VALUES (NEW.status, 1)
+            ON CONFLICT (status) DO UPDATE SET n = n + 1;
+    END;
+    CREATE TRIGGER jobs_counted_delete AFTER DELETE ON jobs BEGIN
+        UPDATE job_counts SET n = n - 1 WHERE status = OLD.status;
+    END;
+    CREATE TRIGGER jobs_counted_status AFTER UPDATE OF status ON jobs
+        WHEN OLD.status <> NEW.status BEGIN
+        UPDATE job_counts SET n = n - 1 WHERE status = OLD.status;
+        INSERT INTO job_counts (status, n) VALUES (NEW.status, 1)
+            ON CONFLICT (status) DO UPDATE SET n = n + 1;
+    END;
     "#,
 ];
 
@@ -681,21 +705,23 @@ fn last_seq(conn: &Connection, id: &str) -> Result<u64, StoreError> {
     u64::try_from(seq).map_err(|e| corrupt("an event sequence number", e))
 }
 
-/// `status IN (?2, ?3, …)` for `n` statuses, or nothing.
-fn status_clause(n: usize, first_param: usize) -> String {
-    if n == 0 {
-        return String::new();
-    }
+/// `status IN (?k, ?k+1, …)` for `n` statuses starting at parameter `first_param`.
+fn status_in(n: usize, first_param: usize) -> String {
     let params: Vec<String> = (0..n).map(|i| format!("?{}", first_param + i)).collect();
-    format!("WHERE status IN ({})", params.join(", "))
+    format!("status IN ({})", params.join(", "))
 }
 
-/// How many jobs have one of `statuses` (all jobs when empty).
+/// How many jobs have one of `statuses` (all jobs when empty), from the counts the triggers of
+/// migration 3 keep: no scan of the jobs.
 fn count_jobs(conn: &Connection, statuses: &[&'static str]) -> Result<u64, StoreError> {
-    let count_sql = format!(
-        "SELECT COUNT(*) FROM jobs {}",
-        status_clause(statuses.len(), 1)
-    );
+    let count_sql = if statuses.is_empty() {
+        "SELECT COALESCE(SUM(n), 0) FROM job_counts".to_string()
+    } else {
+        format!(
+            "SELECT COALESCE(SUM(n), 0) FROM job_counts WHERE {}",
+            status_in(statuses.len(), 1)
+        )
+    };
     let total: i64 = conn
         .prepare_cached(&count_sql)
         .and_then(|mut stmt| {
@@ -705,6 +731,82 @@ fn count_jobs(conn: &Connection, statuses: &[&'static str]) -> Result<u64, Store
         })
         .map_err(sql("count jobs"))?;
     Ok(u64::try_from(total).unwrap_or(0))
+}
+
+/// One page of a job list, as SQL: statuses, keyset position, limit and offset.
+struct PageQuery {
+    statuses: Vec<&'static str>,
+    limit: usize,
+    offset: i64,
+    /// `(created_at, id)` of the last job of the previous page.
+    after: Option<(i64, String)>,
+}
+
+impl PageQuery {
+    fn new(filter: &JobFilter) -> Self {
+        let mut statuses: Vec<&'static str> = filter.statuses.iter().map(|s| s.as_str()).collect();
+        statuses.sort_unstable();
+        statuses.dedup();
+        Self {
+            statuses,
+            limit: filter.limit.min(MAX_PAGE_SIZE),
+            offset: to_i64(filter.offset as u64),
+            after: filter.after.map(|c| (c.created_nanos(), c.id.to_string())),
+        }
+    }
+
+    /// Selects `columns` of the page's jobs, newest first, and the total, from one snapshot;
+    /// `item` makes an item and its position from a row. One row more than the page is read
+    /// to know whether a next page exists.
+    fn run<T>(
+        &self,
+        conn: &Connection,
+        columns: &str,
+        mut item: impl FnMut(&rusqlite::Row<'_>) -> Result<(T, JobCursor), StoreError>,
+    ) -> Result<(Vec<T>, u64, Option<JobCursor>), StoreError> {
+        let tx = conn
+            .unchecked_transaction()
+            .map_err(sql("start a read transaction"))?;
+        let total = count_jobs(&tx, &self.statuses)?;
+        let mut values: Vec<rusqlite::types::Value> =
+            vec![to_i64(self.limit as u64 + 1).into(), self.offset.into()];
+        let mut conditions = Vec::new();
+        if let Some((at, id)) = &self.after {
+            conditions.push("(created_at, id) < (?3, ?4)".to_string());
+            values.push((*at).into());
+            values.push(id.clone().into());
+        }
+        if !self.statuses.is_empty() {
+            conditions.push(status_in(self.statuses.len(), values.len() + 1));
+            values.extend(self.statuses.iter().map(|s| s.to_string().into()));
+        }
+        let filter = if conditions.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", conditions.join(" AND "))
+        };
+        let page_sql = format!(
+            "SELECT {columns} FROM jobs {filter} ORDER BY created_at DESC, id DESC \
+             LIMIT ?1 OFFSET ?2"
+        );
+        let mut stmt = tx.prepare_cached(&page_sql).map_err(sql("list jobs"))?;
+        let mut rows = stmt
+            .query(rusqlite::params_from_iter(values))
+            .map_err(sql("list jobs"))?;
+        let mut items = Vec::with_capacity(self.limit + 1);
+        let mut last = None;
+        let mut next = None;
+        while let Some(row) = rows.next().map_err(sql("list jobs"))? {
+            if items.len() == self.limit {
+                next = last;
+                break;
+            }
+            let (value, at) = item(row)?;
+            items.push(value);
+            last = Some(at);
+        }
+        Ok((items, total, next))
+    }
 }
 
 /// A summary from `id, status, prompt_head, steps, created_at, started_at, finished_at, error,
@@ -782,67 +884,36 @@ impl JobStore for SqliteStore {
     }
 
     async fn list_jobs(&self, filter: &JobFilter) -> Result<JobPage, StoreError> {
-        let mut statuses: Vec<&'static str> = filter.statuses.iter().map(|s| s.as_str()).collect();
-        statuses.sort_unstable();
-        statuses.dedup();
-        let limit = to_i64(filter.limit.min(MAX_PAGE_SIZE) as u64);
-        let offset = to_i64(filter.offset as u64);
+        let query = PageQuery::new(filter);
         self.read(move |conn| {
-            // One read transaction: the page and the total come from the same snapshot.
-            let tx = conn
-                .unchecked_transaction()
-                .map_err(sql("start a read transaction"))?;
-            let total = count_jobs(&tx, &statuses)?;
-            let page_sql = format!(
-                "SELECT record FROM jobs {} ORDER BY created_at DESC, id DESC LIMIT ?1 OFFSET ?2",
-                status_clause(statuses.len(), 3)
-            );
-            let mut stmt = tx.prepare_cached(&page_sql).map_err(sql("list jobs"))?;
-            let mut values: Vec<rusqlite::types::Value> = vec![limit.into(), offset.into()];
-            values.extend(statuses.iter().map(|s| s.to_string().into()));
-            let records = stmt
-                .query_map(rusqlite::params_from_iter(values), |row| {
-                    row.get::<_, String>(0)
-                })
-                .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-                .map_err(sql("list jobs"))?;
-            let jobs = records
-                .iter()
-                .map(|r| decode_job(r))
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(JobPage { jobs, total })
+            let (jobs, total, next) = query.run(conn, "record", |row| {
+                let record = row
+                    .get_ref(0)
+                    .and_then(|v| v.as_str().map_err(Into::into))
+                    .map_err(sql("list jobs"))?;
+                let job = decode_job(record)?;
+                let at = JobCursor::of(job.created_at, job.id);
+                Ok((job, at))
+            })?;
+            Ok(JobPage { jobs, total, next })
         })
         .await
     }
 
     async fn list_summaries(&self, filter: &JobFilter) -> Result<SummaryPage, StoreError> {
-        let mut statuses: Vec<&'static str> = filter.statuses.iter().map(|s| s.as_str()).collect();
-        statuses.sort_unstable();
-        statuses.dedup();
-        let limit = to_i64(filter.limit.min(MAX_PAGE_SIZE) as u64);
-        let offset = to_i64(filter.offset as u64);
+        let query = PageQuery::new(filter);
         self.read(move |conn| {
-            let tx = conn
-                .unchecked_transaction()
-                .map_err(sql("start a read transaction"))?;
-            let total = count_jobs(&tx, &statuses)?;
-            let page_sql = format!(
-                "SELECT id, status, prompt_head, steps, created_at, started_at, finished_at, error, \
-                 provider, first_step, prompt_tokens, completion_tokens, total_tokens \
-                 FROM jobs {} ORDER BY created_at DESC, id DESC LIMIT ?1 OFFSET ?2",
-                status_clause(statuses.len(), 3)
-            );
-            let mut stmt = tx.prepare_cached(&page_sql).map_err(sql("list jobs"))?;
-            let mut values: Vec<rusqlite::types::Value> = vec![limit.into(), offset.into()];
-            values.extend(statuses.iter().map(|s| s.to_string().into()));
-            let mut rows = stmt
-                .query(rusqlite::params_from_iter(values))
-                .map_err(sql("list jobs"))?;
-            let mut jobs = Vec::with_capacity(usize::try_from(limit).unwrap_or(0));
-            while let Some(row) = rows.next().map_err(sql("list jobs"))? {
-                jobs.push(summary_from_row(row)?);
-            }
-            Ok(SummaryPage { jobs, total })
+            let (jobs, total, next) = query.run(
+                conn,
+                "id, status, prompt_head, steps, created_at, started_at, finished_at, error, \
+                 provider, first_step, prompt_tokens, completion_tokens, total_tokens",
+                |row| {
+                    let summary = summary_from_row(row)?;
+                    let at = JobCursor::of(summary.created_at, summary.id);
+                    Ok((summary, at))
+                },
+            )?;
+            Ok(SummaryPage { jobs, total, next })
         })
         .await
     }
@@ -948,7 +1019,7 @@ impl JobStore for SqliteStore {
     async fn count_by_status(&self) -> Result<Vec<(JobStatus, u64)>, StoreError> {
         self.read(|conn| {
             let rows = conn
-                .prepare_cached("SELECT status, COUNT(*) FROM jobs GROUP BY status")
+                .prepare_cached("SELECT status, n FROM job_counts")
                 .and_then(|mut stmt| {
                     stmt.query_map([], |row| {
                         Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))

@@ -13,7 +13,7 @@ use crate::job::{
     StepResult, StepStatus, Termination,
 };
 use crate::store::{
-    JobFilter, JobStore, JobSummary, StoreErrorKind, MAX_PAGE_SIZE, SUMMARY_PROMPT_CHARS,
+    JobCursor, JobFilter, JobStore, JobSummary, StoreErrorKind, MAX_PAGE_SIZE, SUMMARY_PROMPT_CHARS,
 };
 
 /// Runs the job store conformance suite: panics, naming the check, on the first failure.
@@ -26,6 +26,10 @@ use crate::store::{
 /// - list: newest first (`created_at` descending, ties in a stable order), status filters (one or
 ///   several), paging with `limit`/`offset` that concatenates to the full list, `total`, a limit
 ///   above [`MAX_PAGE_SIZE`] clamped;
+/// - cursors: following each page's `next` (with and without a status filter, several page
+///   sizes, ties in creation time) walks the full list exactly once, `next` is `None` on the
+///   last page only, jobs inserted or deleted meanwhile do not shift later pages, and the totals
+///   (kept apart from the rows by some stores) follow inserts, status changes and deletes;
 /// - delete: returns whether the job existed and removes its events too (a job re-inserted with
 ///   the same id has none);
 /// - summaries: `list_summaries` lists the same jobs in the same order with the same total as
@@ -44,6 +48,7 @@ where
     crud(make().await).await;
     listing(make().await).await;
     summaries(make().await).await;
+    cursors(make().await).await;
     events(make().await).await;
     deletion(make().await).await;
     retention_and_counts(make().await).await;
@@ -321,6 +326,146 @@ async fn listing(store: Arc<dyn JobStore>) {
         at(100 + MAX_PAGE_SIZE as i64 + 4),
         "list: the newest job comes first"
     );
+}
+
+/// Follows `next` from `filter`'s first page to the end; returns the ids in order.
+async fn walk(store: &dyn JobStore, filter: JobFilter, what: &str) -> Vec<JobId> {
+    let mut ids = Vec::new();
+    let mut filter = filter;
+    for _ in 0..1000 {
+        let page = store
+            .list_summaries(&filter)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let full = page.jobs.len() == filter.limit;
+        ids.extend(page.jobs.iter().map(|j| j.id));
+        let jobs = store.list_jobs(&filter).await.unwrap();
+        assert_eq!(
+            jobs.next, page.next,
+            "{what}: list_jobs and summaries agree"
+        );
+        match page.next {
+            Some(next) => {
+                assert!(full, "{what}: a next cursor after a short page");
+                let last = page.jobs.last().unwrap();
+                assert_eq!(next, JobCursor::of(last.created_at, last.id), "{what}");
+                filter = filter.clone().after(next);
+            }
+            None => return ids,
+        }
+    }
+    panic!("{what}: the cursor never reached the end");
+}
+
+async fn cursors(store: Arc<dyn JobStore>) {
+    // 23 jobs, every third one sharing its creation time with the one before; statuses vary.
+    for i in 0..23 {
+        let mut job = job_at(if i % 3 == 2 { i - 1 } else { i });
+        if i % 2 == 1 {
+            job.transition(JobStatus::Running).unwrap();
+        }
+        store.insert_job(&job).await.unwrap();
+    }
+    let all = store
+        .list_summaries(&JobFilter::default().page(100, 0))
+        .await
+        .unwrap();
+    assert_eq!(all.next, None, "cursor: no next page after the whole list");
+    let all: Vec<JobId> = all.jobs.iter().map(|j| j.id).collect();
+    for limit in [1, 4, 5, 23, 24] {
+        let walked = walk(
+            &*store,
+            JobFilter::default().page(limit, 0),
+            &format!("cursor, limit {limit}"),
+        )
+        .await;
+        assert_eq!(walked, all, "cursor, limit {limit}: the whole list once");
+    }
+    let running = store
+        .list_summaries(
+            &JobFilter::default()
+                .with_status(JobStatus::Running)
+                .page(100, 0),
+        )
+        .await
+        .unwrap();
+    let walked = walk(
+        &*store,
+        JobFilter::default()
+            .with_status(JobStatus::Running)
+            .page(3, 0),
+        "cursor, running",
+    )
+    .await;
+    assert_eq!(
+        walked,
+        running.jobs.iter().map(|j| j.id).collect::<Vec<_>>(),
+        "cursor, running: every running job once"
+    );
+    let both = walk(
+        &*store,
+        JobFilter::default()
+            .with_status(JobStatus::Running)
+            .with_status(JobStatus::Queued)
+            .page(4, 0),
+        "cursor, two statuses",
+    )
+    .await;
+    assert_eq!(both, all, "cursor, two statuses: every job once");
+
+    // Jobs inserted before the cursor and the boundary job deleted: the next page is unmoved.
+    let first = store
+        .list_summaries(&JobFilter::default().page(5, 0))
+        .await
+        .unwrap();
+    let next = first.next.unwrap();
+    for i in 100..103 {
+        store.insert_job(&job_at(i)).await.unwrap();
+    }
+    assert!(store.delete_job(next.id).await.unwrap());
+    let second = store
+        .list_summaries(&JobFilter::default().page(5, 0).after(next))
+        .await
+        .unwrap();
+    assert_eq!(
+        second.jobs.iter().map(|j| j.id).collect::<Vec<_>>(),
+        all[5..10].to_vec(),
+        "cursor: later pages do not shift"
+    );
+    assert_eq!(
+        second.total, 25,
+        "cursor: the total follows inserts and deletes"
+    );
+    // A status change moves the job between the filtered totals.
+    let mut job = store.get_job(all[0]).await.unwrap().unwrap();
+    job.transition(if job.status == JobStatus::Queued {
+        JobStatus::Running
+    } else {
+        JobStatus::Succeeded
+    })
+    .unwrap();
+    store.update_job(&job).await.unwrap();
+    let counts: BTreeMap<JobStatus, u64> =
+        store.count_by_status().await.unwrap().into_iter().collect();
+    for status in [JobStatus::Queued, JobStatus::Running, JobStatus::Succeeded] {
+        let filter = JobFilter::default()
+            .with_status(status)
+            .page(MAX_PAGE_SIZE, 0);
+        let rows = walk(&*store, filter.clone(), "cursor, recount").await.len() as u64;
+        let total = store.list_summaries(&filter).await.unwrap().total;
+        assert_eq!(
+            total, rows,
+            "cursor: the {status} total after a status change"
+        );
+        assert_eq!(counts[&status], rows, "cursor: count_by_status of {status}");
+    }
+    assert_eq!(
+        counts.values().sum::<u64>(),
+        25,
+        "cursor: the counts add up"
+    );
+    let cursor: JobCursor = next.to_string().parse().unwrap();
+    assert_eq!(cursor, next, "cursor: its text round trips");
 }
 
 async fn summaries(store: Arc<dyn JobStore>) {

@@ -1,0 +1,240 @@
+//! Whole-job benchmark: a one-step job (`true`) from `submit` to its final status, through the
+//! job manager on a SQLite store and the Docker executor — what a user waits for, next to the
+//! component figures of `docker.rs`. Every ratio is against a baseline measured in the same run.
+//!
+//! ```text
+//! cargo bench -p agent-benches --bench job     # needs a Docker engine and the image
+//! AGENT_BENCH_N=40 cargo bench -p agent-benches --bench job
+//! ```
+//!
+//! - warm job: a ready warm pool of 1 (refilled between jobs, as for a newcomer's first job),
+//!   `submit` → `wait` returns the finished job. Goal: p50 ≤ 30 ms.
+//! - cold job: no pool, the same job, vs `docker run --rm --network none IMAGE true`, the two
+//!   interleaved; each round waits until the job's container is removed (that removal runs after
+//!   the status is published) so it does not overlap the baseline. Goal: ≤ 0.7×.
+//! - where the warm job's time goes: `step_finished` and the final status as offsets from the
+//!   job's creation, from its stored events.
+//! - the memory an idle warm container holds (its cgroup's usage), for the default pool size.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agent_core::manager::{JobManager, JobManagerConfig};
+use agent_core::store::sqlite::SqliteStore;
+use agent_core::{EventKind, Job, JobSpec, JobStatus, Step};
+use agent_docker::{DockerConfig, DockerExecutor};
+
+fn percentile(v: &mut [Duration], p: f64) -> Duration {
+    v.sort();
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+async fn docker_cli(args: &[&str]) -> (Duration, String) {
+    let t = Instant::now();
+    let out = tokio::process::Command::new("docker")
+        .args(args)
+        .stderr(Stdio::null())
+        .output()
+        .await
+        .expect("the docker CLI");
+    assert!(out.status.success(), "docker {args:?} failed");
+    (
+        t.elapsed(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+async fn manager(exec: DockerExecutor, dir: &tempfile::TempDir) -> JobManager {
+    let store = SqliteStore::open(dir.path().join("agent.db")).unwrap();
+    JobManager::builder(Arc::new(exec), Arc::new(store))
+        .config(JobManagerConfig {
+            artifact_dir: dir.path().join("artifacts"),
+            retention: None,
+            ..JobManagerConfig::default()
+        })
+        .start()
+        .await
+        .unwrap()
+}
+
+/// Submits a one-step `true` job and waits for its final status.
+async fn one_job(manager: &JobManager) -> (Duration, Job) {
+    let spec = JobSpec::from_steps(vec![Step::shell("true")]);
+    let t = Instant::now();
+    let id = manager.submit(spec).await.unwrap();
+    let job = manager.wait(id).await.unwrap();
+    let d = t.elapsed();
+    assert_eq!(job.status, JobStatus::Succeeded, "{:?}", job.error);
+    (d, job)
+}
+
+/// Waits until the manager counts no sandbox (removals run after the status is published).
+async fn settled(manager: &JobManager) {
+    for _ in 0..3000 {
+        if manager.stats().live_sandboxes == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    panic!("sandboxes were not removed: {:?}", manager.stats());
+}
+
+/// `step_finished` and the final status, in ms after the job's creation.
+async fn offsets(manager: &JobManager, job: &Job) -> (f64, f64) {
+    let events = manager.events(job.id, 0, 1000).await.unwrap();
+    let at = |pred: &dyn Fn(&EventKind) -> bool| {
+        events
+            .iter()
+            .find(|e| pred(&e.kind))
+            .map(|e| (e.at - job.created_at).num_microseconds().unwrap_or(0) as f64 / 1e3)
+            .unwrap_or(f64::NAN)
+    };
+    (
+        at(&|k| matches!(k, EventKind::StepFinished { .. })),
+        at(&|k| matches!(k, EventKind::Status { status, .. } if status.is_terminal())),
+    )
+}
+
+/// The memory (cgroup v1 or v2 usage, MiB) of the idle warm containers of `scope`.
+async fn idle_pool_memory(scope: &str) -> Vec<f64> {
+    let (_, ids) = docker_cli(&[
+        "ps",
+        "-q",
+        "--no-trunc",
+        "--filter",
+        &format!("label=agent.scope={scope}"),
+        "--filter",
+        "label=agent.pool",
+    ])
+    .await;
+    let mut out = Vec::new();
+    for id in ids.lines().filter(|l| !l.is_empty()) {
+        let candidates = [
+            format!("/sys/fs/cgroup/memory/docker/{id}/memory.usage_in_bytes"),
+            format!("/sys/fs/cgroup/system.slice/docker-{id}.scope/memory.current"),
+        ];
+        for path in candidates {
+            if let Ok(text) = std::fs::read_to_string(&path) {
+                if let Ok(bytes) = text.trim().parse::<f64>() {
+                    out.push(bytes / (1 << 20) as f64);
+                    break;
+                }
+            }
+        }
+    }
+    out
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    if std::env::args().any(|a| a == "--list" || a == "--test") {
+        return;
+    }
+    let n: usize = std::env::var("AGENT_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
+    let scope = format!("bench-job-{}", std::process::id());
+    let config = DockerConfig::from_env().with_scope(scope.clone());
+    let image = config.image.clone();
+    let plain = match DockerExecutor::connect(config.clone()).await {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("the job benchmark needs a Docker engine: {e}");
+            std::process::exit(1);
+        }
+    };
+    plain.ensure_image().await.expect("image");
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!("# Whole-job benchmark (N = {n}, image {image}; load average at start: {load})");
+
+    // 1. Warm: a pool of 1, refilled before each job.
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let pool = DockerExecutor::connect(config.clone().with_warm_pool(1))
+        .await
+        .expect("pool executor");
+    let warm_manager = manager(pool.clone(), &dir).await;
+    let mut warm = Vec::new();
+    let mut step_done = Vec::new();
+    let mut published = Vec::new();
+    for i in 0..=n {
+        pool.wait_warm(Duration::from_secs(60)).await;
+        let (d, job) = one_job(&warm_manager).await;
+        settled(&warm_manager).await;
+        if i > 0 {
+            let (s, f) = offsets(&warm_manager, &job).await;
+            warm.push(d);
+            step_done.push(s);
+            published.push(f);
+        }
+    }
+    pool.wait_warm(Duration::from_secs(60)).await;
+    let memory = idle_pool_memory(&scope).await;
+    warm_manager
+        .shutdown(Duration::from_secs(10))
+        .await
+        .unwrap();
+    let warm_p50 = percentile(&mut warm, 0.5);
+    let warm_p90 = percentile(&mut warm, 0.9);
+    step_done.sort_by(f64::total_cmp);
+    published.sort_by(f64::total_cmp);
+
+    // 2. Cold: no pool, interleaved with `docker run --rm`.
+    let cold_dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let cold_manager = manager(plain.clone(), &cold_dir).await;
+    let mut cold = Vec::new();
+    let mut base = Vec::new();
+    for i in 0..=n {
+        let (d, _) = one_job(&cold_manager).await;
+        settled(&cold_manager).await;
+        let (b, _) = docker_cli(&["run", "--rm", "--network", "none", &image, "true"]).await;
+        if i > 0 {
+            cold.push(d);
+            base.push(b);
+        }
+    }
+    cold_manager
+        .shutdown(Duration::from_secs(10))
+        .await
+        .unwrap();
+    let cold_p50 = percentile(&mut cold, 0.5);
+    let base_p50 = percentile(&mut base, 0.5);
+    let ratio = cold_p50.as_secs_f64() / base_p50.as_secs_f64();
+    let verdict = |ok: bool| if ok { "ok" } else { "MISSED" };
+
+    println!();
+    println!("| figure | ours | baseline (same run) | ratio | goal |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| warm job, submit → final status (pool 1) | p50 {:.1} ms, p90 {:.1} ms | (absolute) | | p50 ≤ 30 ms {} |",
+        ms(warm_p50),
+        ms(warm_p90),
+        verdict(warm_p50 <= Duration::from_millis(30))
+    );
+    println!(
+        "| cold job, submit → final status | p50 {:.1} ms | `docker run --rm --network none IMAGE true` p50 {:.1} ms | {ratio:.3}× | ≤ 0.7× {} |",
+        ms(cold_p50),
+        ms(base_p50),
+        verdict(ratio <= 0.7)
+    );
+    let mid = step_done.len() / 2;
+    println!(
+        "| warm job: step_finished / final status after creation (event times, p50) | {:.1} ms / {:.1} ms | | | |",
+        step_done[mid], published[mid]
+    );
+    match memory.as_slice() {
+        [] => println!("| idle warm container memory | (no cgroup file found) | | | |"),
+        m => println!(
+            "| idle warm container memory (cgroup usage) | {:.1} MiB each ({} read) | | | |",
+            m.iter().sum::<f64>() / m.len() as f64,
+            m.len()
+        ),
+    }
+}
