@@ -12,12 +12,20 @@
 //! 4. Measures `POST /schedule` of explicit no-op jobs, and the server's RSS (`VmRSS`) with the
 //!    10,000 jobs stored.
 //!
+//! 5. Against the original's own stack: a FastAPI app holding the same jobs' JSON in memory
+//!    (`fastapi_baseline.py`, uvicorn with and without uvloop, 1 and 2 workers, in a venv made
+//!    here from PyPI), all servers driven by `wrk -t1 -c32` with the same URLs:
+//!    `GET /status/{id}` and `GET /jobs?limit=50`. Goals: /jobs ≥ 3× and /status ≥ 5× the best
+//!    FastAPI variant.
+//!
 //! Targets: ≥ 0.5× nginx's throughput; p99 < 5 ms at half our peak rate; RSS ≤ 40 MB.
 //! `AGENT_BENCH_STRICT=1` makes a missed target exit non-zero. Without nginx the baseline is
 //! skipped (with how to install it) and the rest still runs.
 //!
 //! `cargo bench -p agent-benches --bench server`
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod fastapi;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -611,6 +619,123 @@ async fn run() -> bool {
         verdict(met),
         rss_hwm as f64 / 1024.0
     );
+    ok &= compare_with_fastapi(&server.addr, &ids, dir.path()).await;
     drop(server);
     ok
+}
+
+/// Dumps what our server answers (every status document, the summaries newest first) for the
+/// FastAPI app, then measures it and us with wrk; prints the ratios and whether the goals hold.
+async fn compare_with_fastapi(addr: &str, ids: &[JobId], dir: &Path) -> bool {
+    let python = match fastapi::python() {
+        Ok(p) => p,
+        Err(e) => {
+            println!("FastAPI comparison skipped: {e}");
+            return false;
+        }
+    };
+    let mut conn = Conn::new(addr);
+    let mut status = serde_json::Map::new();
+    for req in get_requests(ids).iter() {
+        assert_eq!(conn.request(req).await.unwrap(), 200);
+        let doc: serde_json::Value = serde_json::from_slice(&conn.body).unwrap();
+        let id = doc["job_id"].as_str().unwrap().to_string();
+        status.insert(id, doc);
+    }
+    let mut summaries = Vec::new();
+    for page in 0..JOBS.div_ceil(1000) {
+        let req = format!(
+            "GET /jobs?limit=1000&offset={} HTTP/1.1\r\nHost: bench\r\n\r\n",
+            page * 1000
+        );
+        assert_eq!(conn.request(req.as_bytes()).await.unwrap(), 200);
+        let body: serde_json::Value = serde_json::from_slice(&conn.body).unwrap();
+        summaries.extend(body["jobs"].as_array().unwrap().iter().cloned());
+    }
+    let data = dir.join("fastapi-data.json");
+    std::fs::write(
+        &data,
+        serde_json::to_vec(&serde_json::json!({"status": status, "summaries": summaries})).unwrap(),
+    )
+    .unwrap();
+    let id = ids[ids.len() / 2];
+    let paths = [format!("/status/{id}"), "/jobs?limit=50".to_string()];
+    let measure = |addr: &str| -> Option<Vec<fastapi::Wrk>> {
+        paths
+            .iter()
+            .map(|p| fastapi::wrk(&format!("http://{addr}{p}"), CONNECTIONS, MEASURE.as_secs()))
+            .collect()
+    };
+    let Some(ours) = measure(addr) else {
+        println!("FastAPI comparison skipped: wrk is missing (apt-get install -y wrk)");
+        return false;
+    };
+    let mut rows = vec![("agent-server".to_string(), ours.clone())];
+    for (uvloop, workers) in [(false, 1), (true, 1), (false, 2), (true, 2)] {
+        let name = format!(
+            "FastAPI, uvicorn {}, {workers} worker{}",
+            if uvloop { "+ uvloop" } else { "asyncio" },
+            if workers > 1 { "s" } else { "" }
+        );
+        let Some(server) = fastapi::start(&python, &data, free_port(), uvloop, workers) else {
+            println!("{name}: did not start");
+            return false;
+        };
+        // The same JSON: the baseline answers what we answer.
+        let mut theirs = Conn::new(&server.addr);
+        let req = format!("GET {} HTTP/1.1\r\nHost: bench\r\n\r\n", paths[0]);
+        assert_eq!(theirs.request(req.as_bytes()).await.unwrap(), 200);
+        let a: serde_json::Value = serde_json::from_slice(&theirs.body).unwrap();
+        assert_eq!(
+            a,
+            status[&id.to_string()],
+            "{name} answers the same status JSON"
+        );
+        drop(theirs);
+        match measure(&server.addr) {
+            Some(m) => rows.push((name, m)),
+            None => println!("{name}: wrk failed"),
+        }
+    }
+    println!();
+    println!(
+        "vs FastAPI holding the same {JOBS} jobs' JSON in memory (wrk -t1 -c{CONNECTIONS}, {}s each, loopback, same run):",
+        MEASURE.as_secs()
+    );
+    println!(
+        "| server | /status req/s | p50 / p99 ms | /jobs?limit=50 req/s | p50 / p99 ms | non-2xx |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for (name, m) in &rows {
+        println!(
+            "| {name} | {:.0} | {:.2} / {:.2} | {:.0} | {:.2} / {:.2} | {} |",
+            m[0].rate,
+            m[0].p50,
+            m[0].p99,
+            m[1].rate,
+            m[1].p50,
+            m[1].p99,
+            m[0].non_2xx + m[1].non_2xx
+        );
+    }
+    let best = |i: usize| {
+        rows[1..]
+            .iter()
+            .map(|(n, m)| (m[i].rate, n.as_str()))
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+            .unwrap_or((f64::NAN, "none"))
+    };
+    let (best_status, status_name) = best(0);
+    let (best_jobs, jobs_name) = best(1);
+    let status_ratio = ours[0].rate / best_status;
+    let jobs_ratio = ours[1].rate / best_jobs;
+    println!(
+        "  /status: {status_ratio:.2}× the best FastAPI variant ({status_name}) (goal >= 5×: {})",
+        verdict(status_ratio >= 5.0)
+    );
+    println!(
+        "  /jobs?limit=50: {jobs_ratio:.2}× the best FastAPI variant ({jobs_name}) (goal >= 3×: {})",
+        verdict(jobs_ratio >= 3.0)
+    );
+    status_ratio >= 5.0 && jobs_ratio >= 3.0
 }
