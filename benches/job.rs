@@ -53,15 +53,8 @@ async fn docker_cli(args: &[&str]) -> (Duration, String) {
 
 async fn manager(exec: DockerExecutor, dir: &tempfile::TempDir) -> JobManager {
     let store = SqliteStore::open(dir.path().join("agent.db")).unwrap();
-    JobManager::builder(Arc::new(exec), Arc::new(store))
-        .config(JobManagerConfig {
-            artifact_dir: dir.path().join("artifacts"),
-            retention: None,
-            ..JobManagerConfig::default()
-        })
-        .start()
-        .await
-        .unwrap()
+    let workers = JobManagerConfig::default().max_concurrent_jobs;
+    agent_benches::bench_manager(Arc::new(exec), Arc::new(store), dir.path(), workers).await
 }
 
 /// Submits a one-step `true` job and waits for its final status.

@@ -63,6 +63,42 @@ pub fn python_venv(name: &str, requirements: &[&str]) -> Result<PathBuf, String>
     Ok(python)
 }
 
+/// Stops a child process: SIGTERM, then SIGKILL if it has not exited within `grace`.
+pub fn stop_child(child: &mut std::process::Child, grace: Duration) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let start = std::time::Instant::now();
+    while start.elapsed() < grace {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A job manager for benchmarks: `executor` and `store`, ZIPs under `dir`, no retention sweep.
+pub async fn bench_manager(
+    executor: std::sync::Arc<dyn agent_core::Executor>,
+    store: std::sync::Arc<dyn agent_core::JobStore>,
+    dir: &Path,
+    max_concurrent_jobs: usize,
+) -> agent_core::manager::JobManager {
+    #[allow(clippy::expect_used)] // a benchmark that cannot start has nothing to measure
+    agent_core::manager::JobManager::builder(executor, store)
+        .config(agent_core::manager::JobManagerConfig {
+            max_concurrent_jobs,
+            artifact_dir: dir.join("artifacts"),
+            retention: None,
+            ..agent_core::manager::JobManagerConfig::default()
+        })
+        .start()
+        .await
+        .expect("the job manager starts")
+}
+
 fn run(command: &mut Command) -> Result<(), String> {
     let output = command.output().map_err(|e| e.to_string())?;
     if output.status.success() {

@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agent_core::manager::{JobManager, JobManagerConfig};
+use agent_core::manager::JobManager;
 use agent_core::store::memory::MemoryStore;
 use agent_core::store::sqlite::SqliteStore;
 use agent_core::testing::FakeExecutor;
@@ -23,16 +23,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 const BURST: usize = 500;
 
 async fn start(store: Arc<dyn JobStore>, dir: &tempfile::TempDir) -> JobManager {
-    JobManager::builder(Arc::new(FakeExecutor::noop()), store)
-        .config(JobManagerConfig {
-            max_concurrent_jobs: 64,
-            artifact_dir: dir.path().join("artifacts"),
-            retention: None,
-            ..JobManagerConfig::default()
-        })
-        .start()
-        .await
-        .unwrap()
+    agent_benches::bench_manager(Arc::new(FakeExecutor::noop()), store, dir.path(), 64).await
 }
 
 /// Submits `n` jobs at once and waits for all of them.
