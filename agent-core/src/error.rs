@@ -61,6 +61,12 @@ pub enum Error {
         /// The configured limit of waiting jobs.
         limit: usize,
     },
+    /// Every sandbox slot is taken (running jobs and live sandboxes count alike); try again later.
+    #[error("all {limit} sandbox slots are in use (running jobs and live sandboxes count alike); try again later")]
+    AtCapacity {
+        /// The configured number of concurrent sandboxes.
+        limit: usize,
+    },
     /// The job manager is shutting down and accepts no more jobs.
     #[error("the job manager is shutting down")]
     ShuttingDown,
@@ -160,7 +166,8 @@ impl Error {
             Error::Io { .. }
             | Error::Artifact { .. }
             | Error::Timeout(_)
-            | Error::QueueFull { .. } => true,
+            | Error::QueueFull { .. }
+            | Error::AtCapacity { .. } => true,
             _ => false,
         }
     }

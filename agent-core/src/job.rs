@@ -583,6 +583,28 @@ pub struct JobSpec {
         skip_serializing_if = "Duration::is_zero"
     )]
     pub keep_alive: Duration,
+    /// Set when the job is a live sandbox: its steps arrive over time (see
+    /// [`JobManager::create_sandbox`](crate::manager::JobManager::create_sandbox)).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub live: Option<LiveSettings>,
+}
+
+/// What makes a job a live sandbox: it holds its sandbox open and runs steps as they are sent,
+/// until destroyed, idle for `idle_timeout`, or older than the job's `timeout_secs` (its hard
+/// maximum lifetime).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveSettings {
+    /// Ended after this long without a step or file operation (extendable). Default 5 minutes.
+    #[serde(rename = "idle_timeout_secs", with = "crate::serde_duration::secs")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for LiveSettings {
+    fn default() -> Self {
+        Self {
+            idle_timeout: Duration::from_secs(300),
+        }
+    }
 }
 
 impl Default for JobSpec {
@@ -599,6 +621,7 @@ impl Default for JobSpec {
             max_repairs: 2,
             services: Vec::new(),
             keep_alive: Duration::ZERO,
+            live: None,
         }
     }
 }
@@ -678,13 +701,13 @@ impl JobSpec {
 
     /// Whether this job needs an LLM (it has no explicit steps).
     pub fn needs_llm(&self) -> bool {
-        self.steps.is_none()
+        self.steps.is_none() && self.live.is_none()
     }
 
     /// Checks the spec: a prompt or steps, valid steps, sane timeouts, limits and env.
     pub fn validate(&self) -> Result<()> {
         match &self.steps {
-            None if self.prompt.trim().is_empty() => {
+            None if self.prompt.trim().is_empty() && self.live.is_none() => {
                 return Err(Error::invalid("prompt", "a prompt or steps is required"))
             }
             Some(steps) if steps.is_empty() => {
@@ -723,6 +746,9 @@ impl JobSpec {
         }
         if self.job_timeout < Duration::from_secs(1) {
             return Err(Error::invalid("timeout_secs", "must be at least 1"));
+        }
+        if self.live.is_some_and(|l| l.idle_timeout.is_zero()) {
+            return Err(Error::invalid("idle_timeout_secs", "must be at least 1"));
         }
         if let Some(image) = &self.image {
             validate_image_reference(image)?;

@@ -27,8 +27,8 @@ pub use executor::{
     ServiceEndpoint,
 };
 pub use job::{
-    EventKind, Job, JobEvent, JobId, JobSpec, JobStatus, NetworkMode, OutputStream, Plan,
-    ResourceLimits, Service, Step, StepKind, StepRecord, StepResult, StepStatus, Termination,
+    EventKind, Job, JobEvent, JobId, JobSpec, JobStatus, LiveSettings, NetworkMode, OutputStream,
+    Plan, ResourceLimits, Service, Step, StepKind, StepRecord, StepResult, StepStatus, Termination,
     TokenUsage,
 };
 pub use llm::{ChatChunk, ChatRequest, ChatResponse, LlmError, LlmErrorKind, LlmProvider, Message};

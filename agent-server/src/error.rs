@@ -134,6 +134,19 @@ impl From<agent_core::Error> for ApiError {
             E::QueueFull { .. } => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "queue_full", err.to_string())
             }
+            E::AtCapacity { .. } => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "at_capacity", err.to_string())
+            }
+            E::Sandbox(e) if e.kind == SandboxErrorKind::PathRefused => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "path_refused", e.to_string())
+                    .with_field("path")
+            }
+            E::Sandbox(e) if e.kind == SandboxErrorKind::NotFound => {
+                ApiError::new(StatusCode::NOT_FOUND, "file_not_found", e.to_string())
+            }
+            E::Sandbox(e) if e.kind == SandboxErrorKind::TooLarge => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string())
+            }
             E::ShuttingDown => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", err.to_string())
             }

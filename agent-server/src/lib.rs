@@ -18,6 +18,7 @@ pub mod openapi;
 pub mod proxy;
 pub mod relay;
 pub mod routes;
+pub mod sandboxes;
 pub mod server;
 pub mod server_events;
 pub mod server_info;

@@ -111,7 +111,8 @@ impl ToSchema for PlanComponent {
 
 /// The document the server publishes at `/openapi.json`.
 pub fn openapi_json() -> Value {
-    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    let api = ApiDoc::openapi().merge_from(crate::sandboxes::SandboxesDoc::openapi());
+    let mut doc = serde_json::to_value(api).unwrap_or_default();
     if let Some(schemas) = doc
         .pointer_mut("/components/schemas")
         .and_then(Value::as_object_mut)

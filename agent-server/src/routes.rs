@@ -143,6 +143,11 @@ impl AppState {
         &self.inner.manager
     }
 
+    /// The HTTP layer's settings.
+    pub fn settings(&self) -> &ApiSettings {
+        &self.inner.settings
+    }
+
     /// Cancelled when the server shuts down: ends live log streams.
     pub fn shutdown_token(&self) -> &CancellationToken {
         &self.inner.shutdown
@@ -179,6 +184,7 @@ pub fn app(state: AppState) -> Router {
         .route("/logs/{id}/stream", get(logs_stream))
         .route("/metrics", get(metrics))
         .merge(crate::live::routes())
+        .merge(crate::sandboxes::routes())
         .merge(docs)
         .merge(crate::ui::api_routes())
         .merge(crate::ui::routes())

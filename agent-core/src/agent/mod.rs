@@ -211,13 +211,13 @@ impl AgentState {
 
 /// Keeps an incomplete UTF-8 sequence at the end of a chunk for the next chunk of the same stream.
 #[derive(Default)]
-struct Utf8Carry {
+pub(crate) struct Utf8Carry {
     stdout: Vec<u8>,
     stderr: Vec<u8>,
 }
 
 impl Utf8Carry {
-    fn push(&mut self, stream: OutputStream, bytes: &[u8]) -> String {
+    pub(crate) fn push(&mut self, stream: OutputStream, bytes: &[u8]) -> String {
         let buf = match stream {
             OutputStream::Stdout => &mut self.stdout,
             OutputStream::Stderr => &mut self.stderr,

@@ -84,6 +84,7 @@ impl JobManagerBuilder {
             events_tx,
             accepting: AtomicBool::new(true),
             live_sandboxes: AtomicUsize::new(0),
+            sandboxes: Default::default(),
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
         });

@@ -30,6 +30,7 @@ mod queue;
 mod recovery;
 mod retention;
 mod run;
+mod sandboxes;
 mod shutdown;
 mod timer;
 
@@ -55,6 +56,7 @@ use crate::store::{JobFilter, JobPage, JobStore, SummaryPage, MAX_PAGE_SIZE};
 pub use builder::JobManagerBuilder;
 pub use config::{JobManagerConfig, ManagerStats};
 use live::{LiveJob, Phase};
+pub use sandboxes::{SandboxInfo, TextSink, MAX_PUT_FILE_BYTES};
 
 /// Runs jobs. Cheap to clone; all clones share one manager.
 #[derive(Clone)]
@@ -89,6 +91,8 @@ struct Inner {
     events_tx: broadcast::Sender<JobEvent>,
     accepting: AtomicBool,
     live_sandboxes: AtomicUsize,
+    /// Live sandboxes (jobs whose steps arrive over time; see [`sandboxes`]).
+    sandboxes: sandboxes::Registry,
     /// Cancelled at shutdown: stops the sweeper and queued jobs.
     stop: CancellationToken,
     tasks: TaskTracker,
@@ -106,6 +110,12 @@ impl JobManager {
             return Err(Error::ShuttingDown);
         }
         spec.validate()?;
+        if spec.live.is_some() {
+            return Err(Error::invalid(
+                "live",
+                "a live sandbox is made by create_sandbox",
+            ));
+        }
         if spec.needs_llm() && self.inner.llm.is_none() {
             return Err(Error::NoLlm);
         }

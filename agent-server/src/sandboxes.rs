@@ -1,0 +1,684 @@
+//! Live sandboxes over REST: `/sandboxes` and its sub-resources.
+//!
+//! A live sandbox is a job of its own kind ([`agent_core::manager::JobManager::create_sandbox`]):
+//! its id is a job id, so `GET /status/{id}`, `/logs/{id}`, `/logs/{id}/stream`, `/cancel/{id}`
+//! and `/download/{id}` (after an export) work on it as on any job.
+//!
+//! - `POST /sandboxes` creates one (201), `GET /sandboxes` lists the live ones,
+//!   `GET /sandboxes/{id}` shows one, `DELETE /sandboxes/{id}` destroys it;
+//! - `POST /sandboxes/{id}/steps` runs a step: the JSON result, or with
+//!   `Accept: application/x-ndjson` / `text/event-stream` the output while it runs, then the result;
+//! - `GET`/`PUT /sandboxes/{id}/files?path=…` read and write one file;
+//! - `GET /sandboxes/{id}/workspace` exports the workspace as a ZIP;
+//! - `POST /sandboxes/{id}/extend` sets the idle timeout and restarts it.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio_util::io::ReaderStream;
+use tokio_util::sync::CancellationToken;
+use utoipa::{IntoParams, OpenApi, ToSchema};
+
+use agent_core::manager::{SandboxInfo, TextSink, MAX_PUT_FILE_BYTES};
+use agent_core::{
+    JobId, JobSpec, JobStatus, LiveSettings, NetworkMode, OutputStream, ResourceLimits, Step,
+    StepRecord, StepResult, StepStatus,
+};
+
+use crate::api::MAX_TIMEOUT_SECS;
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::extract::{ApiJson, JobIdParam};
+use crate::routes::AppState;
+
+/// The routes of live sandboxes.
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/sandboxes", post(create).get(list))
+        .route("/sandboxes/{id}", get(show).delete(destroy))
+        .route("/sandboxes/{id}/steps", post(run_step))
+        .route(
+            "/sandboxes/{id}/files",
+            get(get_file)
+                .put(put_file)
+                // One byte over the cap, so that an oversize file is refused by its size.
+                .layer(DefaultBodyLimit::max(MAX_PUT_FILE_BYTES + 1)),
+        )
+        .route("/sandboxes/{id}/workspace", get(export))
+        .route("/sandboxes/{id}/extend", post(extend))
+}
+
+/// The live-sandbox part of the OpenAPI document.
+#[derive(OpenApi)]
+#[openapi(
+    paths(create, list, show, destroy, run_step, get_file, put_file, export, extend),
+    components(schemas(
+        CreateSandboxRequest,
+        SandboxView,
+        SandboxList,
+        RunStepRequest,
+        StepRunView,
+        StepResultView,
+        PutFileResponse,
+        ExtendRequest,
+        LimitsView
+    )),
+    tags((name = "sandboxes", description = "Live sandboxes: create one, run steps in it over time, move files, destroy it"))
+)]
+pub struct SandboxesDoc;
+
+/// Resource limits of a sandbox (every field optional; defaults as for jobs).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsView {
+    /// Memory in bytes (default 2 GiB; at least 16 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    /// CPU cores (default 1.0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
+    /// Maximum number of processes (default 256).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u32>,
+    /// Size of `/workspace` in bytes (default 1 GiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace_bytes: Option<u64>,
+    /// Size of `/tmp` in bytes (default 256 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tmp_bytes: Option<u64>,
+}
+
+impl LimitsView {
+    fn into_limits(self) -> ResourceLimits {
+        let d = ResourceLimits::default();
+        ResourceLimits {
+            memory_bytes: self.memory_bytes.unwrap_or(d.memory_bytes),
+            cpus: self.cpus.unwrap_or(d.cpus),
+            pids: self.pids.unwrap_or(d.pids),
+            workspace_bytes: self.workspace_bytes.unwrap_or(d.workspace_bytes),
+            tmp_bytes: self.tmp_bytes.unwrap_or(d.tmp_bytes),
+        }
+    }
+}
+
+/// `POST /sandboxes`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSandboxRequest {
+    /// Container image (default: the server's `AGENT_IMAGE`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Resource limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<LimitsView>,
+    /// Network: `none` (default) or `bridge`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "none")]
+    pub network: Option<NetworkMode>,
+    /// Environment variables of every step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<BTreeMap<String, String>>,
+    /// Ended after this many seconds without a step or file operation (default 300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_secs: Option<u64>,
+    /// Hard maximum lifetime in seconds (default: the server's `AGENT_JOB_TIMEOUT_SECS`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
+    /// Default timeout of each step in seconds (default: the server's `AGENT_STEP_TIMEOUT_SECS`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_timeout_secs: Option<u64>,
+}
+
+fn secs(field: &str, value: Option<u64>, default: Duration) -> ApiResult<Duration> {
+    match value {
+        None => Ok(default),
+        Some(0) => Err(ApiError::invalid(
+            field,
+            format!("{field}: must be at least 1"),
+        )),
+        Some(s) if s > MAX_TIMEOUT_SECS => Err(ApiError::invalid(
+            field,
+            format!("{field}: must be at most {MAX_TIMEOUT_SECS}"),
+        )),
+        Some(s) => Ok(Duration::from_secs(s)),
+    }
+}
+
+impl CreateSandboxRequest {
+    /// The job spec of the sandbox, with the server's defaults filled in.
+    pub fn into_spec(self, defaults: &crate::api::JobDefaults) -> ApiResult<JobSpec> {
+        let idle_timeout = secs(
+            "idle_timeout_secs",
+            self.idle_timeout_secs,
+            LiveSettings::default().idle_timeout,
+        )?;
+        Ok(JobSpec {
+            image: self.image,
+            limits: self.limits.unwrap_or_default().into_limits(),
+            network: self.network.unwrap_or(defaults.network),
+            env: self.env.unwrap_or_default(),
+            job_timeout: secs("timeout_secs", self.timeout_secs, defaults.job_timeout)?,
+            step_timeout: secs(
+                "step_timeout_secs",
+                self.step_timeout_secs,
+                defaults.step_timeout,
+            )?,
+            live: Some(LiveSettings { idle_timeout }),
+            ..JobSpec::default()
+        })
+    }
+}
+
+/// A live sandbox (or one that has ended).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SandboxView {
+    /// Its id (a job id: `/status/{id}` and `/logs/{id}` work on it).
+    #[schema(value_type = String, format = Uuid)]
+    pub sandbox_id: JobId,
+    /// `running` while live; then `succeeded` (destroyed), `timed_out` (idle or too old),
+    /// `cancelled`, `interrupted` (server stopped) or `failed`.
+    #[schema(value_type = String, example = "running")]
+    pub status: JobStatus,
+    /// Its image (`null`: the server's default).
+    pub image: Option<String>,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// The idle timeout in seconds.
+    pub idle_timeout_secs: u64,
+    /// When it ends if left idle (live sandboxes only).
+    pub expires_at: Option<DateTime<Utc>>,
+    /// When it ends whatever happens.
+    pub deadline: DateTime<Utc>,
+    /// Steps run so far.
+    pub steps: usize,
+    /// Why it ended, unless destroyed.
+    pub error: Option<String>,
+    /// Its job status.
+    pub status_link: String,
+    /// Its log.
+    pub logs_link: String,
+}
+
+impl SandboxView {
+    fn from_info(info: &SandboxInfo) -> Self {
+        Self {
+            sandbox_id: info.id,
+            status: info.status,
+            image: info.image.clone(),
+            created_at: info.created_at,
+            idle_timeout_secs: info.idle_timeout.as_secs(),
+            expires_at: info.expires_at,
+            deadline: info.deadline,
+            steps: info.steps,
+            error: info.error.clone(),
+            status_link: format!("/status/{}", info.id),
+            logs_link: format!("/logs/{}", info.id),
+        }
+    }
+}
+
+/// `GET /sandboxes`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SandboxList {
+    /// The live sandboxes, oldest first.
+    pub sandboxes: Vec<SandboxView>,
+}
+
+/// `POST /sandboxes/{id}/steps`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunStepRequest {
+    /// The step (`shell`, `python` or `write_file`; `timeout_secs` overrides the sandbox's step
+    /// timeout).
+    #[schema(value_type = crate::openapi::StepComponent)]
+    pub step: Step,
+    /// Stop the step after this much output (stdout + stderr; never above the server's cap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output_bytes: Option<u64>,
+}
+
+/// How a step ended.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct StepResultView {
+    /// Exit code; 128+N for a process killed by signal N; -1 when there was no process.
+    pub exit_code: i32,
+    /// `exited`, `timed_out`, `cancelled`, `out_of_memory` or `output_limit`.
+    pub termination: String,
+    /// The last bytes of stdout.
+    pub stdout_tail: String,
+    /// The last bytes of stderr.
+    pub stderr_tail: String,
+    /// Whether stdout was longer than its tail.
+    pub stdout_truncated: bool,
+    /// Whether stderr was longer than its tail.
+    pub stderr_truncated: bool,
+    /// Wall time.
+    pub duration_ms: u64,
+}
+
+impl StepResultView {
+    fn from_result(r: &StepResult) -> Self {
+        let termination = serde_json::to_value(r.termination)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        Self {
+            exit_code: r.exit_code,
+            termination,
+            stdout_tail: r.stdout_tail.clone(),
+            stderr_tail: r.stderr_tail.clone(),
+            stdout_truncated: r.stdout_truncated,
+            stderr_truncated: r.stderr_truncated,
+            duration_ms: u64::try_from(r.duration.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+}
+
+/// A step run in a live sandbox.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct StepRunView {
+    /// Its index in the sandbox's job.
+    pub index: usize,
+    /// `succeeded` or `failed`.
+    #[schema(value_type = String, example = "succeeded")]
+    pub status: StepStatus,
+    /// How it ended.
+    pub result: Option<StepResultView>,
+}
+
+impl StepRunView {
+    fn from_record(r: &StepRecord) -> Self {
+        Self {
+            index: r.index,
+            status: r.status,
+            result: r.result.as_ref().map(StepResultView::from_result),
+        }
+    }
+}
+
+/// `PUT /sandboxes/{id}/files`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PutFileResponse {
+    /// The file written, under `/workspace`.
+    pub path: String,
+    /// Its size.
+    pub size_bytes: u64,
+}
+
+/// `POST /sandboxes/{id}/extend`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExtendRequest {
+    /// The new idle timeout in seconds, counted from now.
+    pub idle_timeout_secs: u64,
+}
+
+/// `?path=` of the file endpoints.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct PathQuery {
+    /// The file, relative to `/workspace` (or absolute under it).
+    path: Option<String>,
+}
+
+fn file_path(query: Result<Query<PathQuery>, QueryRejection>) -> ApiResult<String> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request("path", e.body_text()))?;
+    q.path.filter(|p| !p.is_empty()).ok_or_else(|| {
+        ApiError::bad_request("path", "path: the `path` query parameter is required")
+    })
+}
+
+/// Creates a live sandbox and waits until it is ready.
+#[utoipa::path(post, path = "/sandboxes", tag = "sandboxes", request_body = CreateSandboxRequest,
+    responses((status = 201, description = "Ready", body = SandboxView),
+              (status = 400, description = "Malformed JSON", body = ErrorBody),
+              (status = 401, description = "Missing or wrong token", body = ErrorBody),
+              (status = 415, description = "Not JSON", body = ErrorBody),
+              (status = 422, description = "Invalid field (named in `error.field`)", body = ErrorBody),
+              (status = 503, description = "Every sandbox slot is taken (`at_capacity`; jobs and sandboxes count alike), or shutting down", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn create(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<CreateSandboxRequest>,
+) -> ApiResult<(StatusCode, HeaderMap, Json<SandboxView>)> {
+    let spec = req.into_spec(&state.settings().defaults)?;
+    let job = state.manager().create_sandbox(spec).await?;
+    let info = state.manager().sandbox(job.id).await?;
+    let mut headers = HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_str(&format!("/sandboxes/{}", job.id)) {
+        headers.insert(header::LOCATION, v);
+    }
+    Ok((
+        StatusCode::CREATED,
+        headers,
+        Json(SandboxView::from_info(&info)),
+    ))
+}
+
+/// Lists the live sandboxes.
+#[utoipa::path(get, path = "/sandboxes", tag = "sandboxes",
+    responses((status = 200, body = SandboxList)),
+    security(("bearer" = [])))]
+pub(crate) async fn list(State(state): State<AppState>) -> Json<SandboxList> {
+    let sandboxes = state.manager().sandboxes().await;
+    Json(SandboxList {
+        sandboxes: sandboxes.iter().map(SandboxView::from_info).collect(),
+    })
+}
+
+/// One sandbox, live or ended.
+#[utoipa::path(get, path = "/sandboxes/{id}", tag = "sandboxes",
+    params(("id" = String, Path, description = "Sandbox id (UUID v4)")),
+    responses((status = 200, body = SandboxView),
+              (status = 400, description = "Malformed id", body = ErrorBody),
+              (status = 404, description = "Unknown id", body = ErrorBody),
+              (status = 422, description = "The id is a job, not a sandbox", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn show(
+    State(state): State<AppState>,
+    JobIdParam(id): JobIdParam,
+) -> ApiResult<Json<SandboxView>> {
+    let info = state.manager().sandbox(id).await?;
+    Ok(Json(SandboxView::from_info(&info)))
+}
+
+/// Destroys a sandbox: a running step is killed, the container removed; it ends `succeeded`.
+#[utoipa::path(delete, path = "/sandboxes/{id}", tag = "sandboxes",
+    params(("id" = String, Path, description = "Sandbox id (UUID v4)")),
+    responses((status = 200, description = "Destroyed", body = SandboxView),
+              (status = 400, description = "Malformed id", body = ErrorBody),
+              (status = 404, description = "Unknown id", body = ErrorBody),
+              (status = 409, description = "Already ended (its status in `error.status`)", body = ErrorBody),
+              (status = 422, description = "The id is a job, not a sandbox", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn destroy(
+    State(state): State<AppState>,
+    JobIdParam(id): JobIdParam,
+) -> ApiResult<Json<SandboxView>> {
+    state.manager().destroy_sandbox(id).await?;
+    let info = state.manager().sandbox(id).await?;
+    Ok(Json(SandboxView::from_info(&info)))
+}
+
+/// How the client wants a step's answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Answer {
+    Json,
+    Ndjson,
+    Sse,
+}
+
+fn answer_kind(headers: &HeaderMap) -> Answer {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if accept.contains("text/event-stream") {
+        Answer::Sse
+    } else if accept.contains("application/x-ndjson") || accept.contains("application/jsonl") {
+        Answer::Ndjson
+    } else {
+        Answer::Json
+    }
+}
+
+/// One item of a streamed step: output, then the result (or an error).
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum StreamItem {
+    Output { stream: OutputStream, text: String },
+    Result(StepRunView),
+    Error(crate::error::ErrorDetail),
+}
+
+impl StreamItem {
+    fn name(&self) -> &'static str {
+        match self {
+            StreamItem::Output { .. } => "output",
+            StreamItem::Result(_) => "result",
+            StreamItem::Error(_) => "error",
+        }
+    }
+    fn is_last(&self) -> bool {
+        !matches!(self, StreamItem::Output { .. })
+    }
+}
+
+/// Runs a step. Without streaming the answer is the step's result once it has finished. With
+/// `Accept: application/x-ndjson` (one JSON object a line) or `Accept: text/event-stream` (SSE,
+/// event names `output`, `result`, `error`) the output comes as it is produced:
+/// `{"type":"output","stream":"stdout","text":"…"}`, then `{"type":"result",…}` (the
+/// non-streaming answer with `"type":"result"` added) or `{"type":"error",…}`.
+/// A step that exits non-zero is a 200 with `status: failed`.
+#[utoipa::path(post, path = "/sandboxes/{id}/steps", tag = "sandboxes", request_body = RunStepRequest,
+    params(("id" = String, Path, description = "Sandbox id (UUID v4)")),
+    responses((status = 200, description = "The step's result (JSON), or its output and result streamed",
+                content((StepRunView = "application/json"), (String = "application/x-ndjson"), (String = "text/event-stream"))),
+              (status = 400, description = "Malformed id or JSON", body = ErrorBody),
+              (status = 404, description = "Unknown id", body = ErrorBody),
+              (status = 409, description = "The sandbox has ended (its status in `error.status`)", body = ErrorBody),
+              (status = 422, description = "Invalid step (named in `error.field`), or the id is a job", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn run_step(
+    State(state): State<AppState>,
+    JobIdParam(id): JobIdParam,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<RunStepRequest>,
+) -> ApiResult<Response> {
+    req.step.validate()?;
+    if let Some(t) = req.step.timeout {
+        secs("step.timeout_secs", Some(t.as_secs()), Duration::ZERO)?;
+    }
+    let manager = state.manager().clone();
+    let answer = answer_kind(&headers);
+    if answer == Answer::Json {
+        let record = manager
+            .sandbox_step(id, req.step, req.max_output_bytes, None)
+            .await?;
+        return Ok(Json(StepRunView::from_record(&record)).into_response());
+    }
+    // Refuse an unknown or ended sandbox with a status code while we still can.
+    let info = manager.sandbox(id).await?;
+    if info.status.is_terminal() {
+        return Err(agent_core::Error::AlreadyFinished {
+            job_id: id,
+            status: info.status,
+        }
+        .into());
+    }
+    let (tx, rx) = mpsc::unbounded_channel::<StreamItem>();
+    let out = tx.clone();
+    let sink: TextSink = std::sync::Arc::new(move |stream, text: &str| {
+        let _ = out.send(StreamItem::Output {
+            stream,
+            text: text.to_string(),
+        });
+    });
+    tokio::spawn(async move {
+        let item = match manager
+            .sandbox_step(id, req.step, req.max_output_bytes, Some(sink))
+            .await
+        {
+            Ok(record) => StreamItem::Result(StepRunView::from_record(&record)),
+            Err(e) => StreamItem::Error(ApiError::from(e).detail),
+        };
+        let _ = tx.send(item);
+    });
+    let items = until_last(rx, state.shutdown_token().clone());
+    Ok(match answer {
+        Answer::Sse => {
+            let events = items.map(|item| {
+                let data = serde_json::to_string(&item).unwrap_or_else(|_| "{}".into());
+                Ok::<_, Infallible>(Event::default().event(item.name()).data(data))
+            });
+            Sse::new(events)
+                .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+                .into_response()
+        }
+        _ => {
+            let lines = items.map(|item| {
+                let mut line = serde_json::to_vec(&item).unwrap_or_else(|_| b"{}".to_vec());
+                line.push(b'\n');
+                Ok::<_, Infallible>(Bytes::from(line))
+            });
+            let mut resp = Response::new(Body::from_stream(lines));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/x-ndjson"),
+            );
+            resp
+        }
+    })
+}
+
+/// The items of `rx` up to and including the result or error (or until shutdown).
+fn until_last(
+    rx: mpsc::UnboundedReceiver<StreamItem>,
+    shutdown: CancellationToken,
+) -> impl futures::Stream<Item = StreamItem> {
+    tokio_stream::wrappers::UnboundedReceiverStream::new(rx)
+        .scan(false, |done, item| {
+            if *done {
+                return futures::future::ready(None);
+            }
+            *done = item.is_last();
+            futures::future::ready(Some(item))
+        })
+        .take_until(shutdown.cancelled_owned())
+}
+
+/// Reads one file (at most 16 MiB).
+#[utoipa::path(get, path = "/sandboxes/{id}/files", tag = "sandboxes",
+    params(("id" = String, Path, description = "Sandbox id (UUID v4)"), PathQuery),
+    responses((status = 200, description = "The file's bytes", content_type = "application/octet-stream", body = Vec<u8>),
+              (status = 400, description = "Malformed id or no `path`", body = ErrorBody),
+              (status = 404, description = "Unknown id, or no such file", body = ErrorBody),
+              (status = 409, description = "The sandbox has ended", body = ErrorBody),
+              (status = 413, description = "The file is larger than 16 MiB", body = ErrorBody),
+              (status = 422, description = "Path refused (outside /workspace, `..`, a link out)", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn get_file(
+    State(state): State<AppState>,
+    JobIdParam(id): JobIdParam,
+    query: Result<Query<PathQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    let path = file_path(query)?;
+    let bytes = state.manager().sandbox_get_file(id, &path).await?;
+    let mut resp = Response::new(Body::from(bytes));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    Ok(resp)
+}
+
+/// Writes one file (the raw body, at most 16 MiB), creating parent directories.
+#[utoipa::path(put, path = "/sandboxes/{id}/files", tag = "sandboxes",
+    params(("id" = String, Path, description = "Sandbox id (UUID v4)"), PathQuery),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 200, description = "Written", body = PutFileResponse),
+              (status = 400, description = "Malformed id or no `path`", body = ErrorBody),
+              (status = 404, description = "Unknown id", body = ErrorBody),
+              (status = 409, description = "The sandbox has ended", body = ErrorBody),
+              (status = 413, description = "Larger than 16 MiB", body = ErrorBody),
+              (status = 422, description = "Path refused (outside /workspace, `..`, a link out)", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn put_file(
+    State(state): State<AppState>,
+    JobIdParam(id): JobIdParam,
+    query: Result<Query<PathQuery>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<PutFileResponse>> {
+    let path = file_path(query)?;
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("a file may have at most {MAX_PUT_FILE_BYTES} bytes"),
+            )
+        } else {
+            ApiError::bad_request(
+                "body",
+                format!("could not read the body: {}", e.body_text()),
+            )
+        }
+    })?;
+    let size_bytes = body.len() as u64;
+    let rel =
+        agent_core::executor::normalize_workspace_path(&path).map_err(agent_core::Error::from)?;
+    state.manager().sandbox_put_file(id, &rel, body).await?;
+    Ok(Json(PutFileResponse {
+        path: format!("/workspace/{rel}"),
+        size_bytes,
+    }))
+}
+
+/// Exports the workspace as a ZIP (also kept as the sandbox's `/download/{id}` archive).
+#[utoipa::path(get, path = "/sandboxes/{id}/workspace", tag = "sandboxes",
+    params(("id" = String, Path, description = "Sandbox id (UUID v4)")),
+    responses((status = 200, description = "The ZIP", content_type = "application/zip", body = Vec<u8>),
+              (status = 400, description = "Malformed id", body = ErrorBody),
+              (status = 404, description = "Unknown id", body = ErrorBody),
+              (status = 409, description = "The sandbox has ended (use `/download/{id}` for an earlier export)", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn export(
+    State(state): State<AppState>,
+    JobIdParam(id): JobIdParam,
+) -> ApiResult<Response> {
+    let artifact = state.manager().sandbox_export(id).await?;
+    let file = tokio::fs::File::open(&artifact.path).await.map_err(|e| {
+        tracing::error!(job_id = %id, error = %e, "opening an export failed");
+        ApiError::internal("could not open the exported archive")
+    })?;
+    let mut resp = Response::new(Body::from_stream(ReaderStream::new(file)));
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/zip"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"sandbox-{id}.zip\"")) {
+        headers.insert(header::CONTENT_DISPOSITION, v);
+    }
+    headers.insert(
+        header::CONTENT_LENGTH,
+        HeaderValue::from(artifact.size_bytes),
+    );
+    Ok(resp)
+}
+
+/// Sets the idle timeout, counted from now (the hard deadline stays).
+#[utoipa::path(post, path = "/sandboxes/{id}/extend", tag = "sandboxes", request_body = ExtendRequest,
+    params(("id" = String, Path, description = "Sandbox id (UUID v4)")),
+    responses((status = 200, body = SandboxView),
+              (status = 400, description = "Malformed id or JSON", body = ErrorBody),
+              (status = 404, description = "Unknown id", body = ErrorBody),
+              (status = 409, description = "The sandbox has ended", body = ErrorBody),
+              (status = 422, description = "Invalid `idle_timeout_secs`", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn extend(
+    State(state): State<AppState>,
+    JobIdParam(id): JobIdParam,
+    ApiJson(req): ApiJson<ExtendRequest>,
+) -> ApiResult<Json<SandboxView>> {
+    let ttl = secs(
+        "idle_timeout_secs",
+        Some(req.idle_timeout_secs),
+        Duration::ZERO,
+    )?;
+    let info = state.manager().extend_sandbox(id, ttl).await?;
+    Ok(Json(SandboxView::from_info(&info)))
+}

@@ -1,0 +1,427 @@
+//! Live sandboxes through the real `agent-server` binary on the real Docker engine: create, many
+//! steps with state carried in files, streamed output, files in and out, the workspace ZIP,
+//! idle expiry, destroy, restart recovery and the shared concurrency limit.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::*;
+
+async fn create(server: &TestServer, body: Value) -> String {
+    let (code, v) = server.post_json("/sandboxes", &body).await;
+    assert_eq!(code, 201, "create answered {v}\n{}", server.log_text());
+    assert_eq!(v["status"], "running", "{v}");
+    v["sandbox_id"].as_str().unwrap().to_string()
+}
+
+async fn step(server: &TestServer, id: &str, step: Value) -> (u16, Value) {
+    server
+        .post_json(&format!("/sandboxes/{id}/steps"), &json!({ "step": step }))
+        .await
+}
+
+async fn shell(server: &TestServer, id: &str, command: &str) -> Value {
+    let (code, v) = step(server, id, json!({"type": "shell", "command": command})).await;
+    assert_eq!(code, 200, "{command}: {v}");
+    v
+}
+
+async fn request(
+    server: &TestServer,
+    method: reqwest::Method,
+    path: &str,
+    body: Vec<u8>,
+) -> reqwest::Response {
+    let mut rb = server.http.request(method, server.url(path)).body(body);
+    if let Some(t) = &server.token {
+        rb = rb.bearer_auth(t);
+    }
+    rb.send().await.unwrap()
+}
+
+async fn error_code(resp: reqwest::Response, http: u16) -> Value {
+    let status = resp.status().as_u16();
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(status, http, "{v}");
+    v
+}
+
+/// Polls until `pred` holds for the sandbox's job status (bounded by PATIENCE).
+async fn wait_until(server: &TestServer, what: &str, mut pred: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !pred() {
+        assert!(
+            start.elapsed() < PATIENCE,
+            "never {what}\n{}",
+            server.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_sandbox_runs_50_steps_with_state_in_files_moves_files_and_is_destroyed() {
+    require_docker();
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(
+        &dir.path().join("out"),
+        &ServerOptions::new(&unique_scope("live")),
+    );
+    let id = create(
+        &server,
+        json!({"env": {"GREETING": "hi"}, "idle_timeout_secs": 600}),
+    )
+    .await;
+    assert_eq!(containers_of(&id).len(), 1, "one container for the sandbox");
+    let (code, list) = server.get_json("/sandboxes").await;
+    assert_eq!(code, 200);
+    assert!(
+        list["sandboxes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["sandbox_id"] == id.as_str()),
+        "{list}"
+    );
+
+    // 50 steps in a row, the state carried in a file; three step kinds.
+    let (code, v) = step(
+        &server,
+        &id,
+        json!({"type": "write_file", "path": "count.txt", "content": "0"}),
+    )
+    .await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["status"], "succeeded");
+    for i in 1..=48 {
+        let v = if i % 2 == 0 {
+            shell(
+                &server,
+                &id,
+                "n=$(cat count.txt); n=$((n+1)); echo -n $n > count.txt; echo $n $GREETING",
+            )
+            .await
+        } else {
+            let (code, v) = step(
+                &server,
+                &id,
+                json!({"type": "python", "code": "n = int(open('count.txt').read()) + 1\nopen('count.txt','w').write(str(n))\nprint(n)"}),
+            )
+            .await;
+            assert_eq!(code, 200, "{v}");
+            v
+        };
+        assert_eq!(v["status"], "succeeded", "step {i}: {v}");
+        assert_eq!(v["index"], i);
+        let out = v["result"]["stdout_tail"].as_str().unwrap();
+        let expected = if i % 2 == 0 {
+            format!("{i} hi\n")
+        } else {
+            format!("{i}\n")
+        };
+        assert_eq!(out, expected, "step {i}");
+    }
+    // A failing step is a 200 with its exit code.
+    let v = shell(&server, &id, "echo oops >&2; exit 3").await;
+    assert_eq!(v["status"], "failed");
+    assert_eq!(v["result"]["exit_code"], 3);
+    assert_eq!(v["result"]["stderr_tail"], "oops\n");
+
+    // Every step is recorded like a job's: GET /status and the log.
+    let st = server.status(&id).await;
+    assert_eq!(st["status"], "running");
+    assert_eq!(st["steps"].as_array().unwrap().len(), 50, "{st}");
+    let log = server
+        .get(&format!("/logs/{id}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(log.contains("48 hi"), "{log}");
+
+    // Streaming: NDJSON lines of output, then the result.
+    let resp = server
+        .http
+        .post(server.url(&format!("/sandboxes/{id}/steps")))
+        .header("accept", "application/x-ndjson")
+        .json(&json!({"step": {"type": "shell", "command": "for i in 1 2 3; do echo line$i; sleep 0.2; done"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/x-ndjson");
+    let text = resp.text().await.unwrap();
+    let items: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let last = items.last().unwrap();
+    assert_eq!(last["type"], "result", "{text}");
+    assert_eq!(last["status"], "succeeded");
+    let streamed: String = items
+        .iter()
+        .filter(|i| i["type"] == "output")
+        .map(|i| i["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(streamed, "line1\nline2\nline3\n");
+    assert!(items.len() >= 2, "{text}");
+
+    // Streaming as SSE.
+    let resp = server
+        .http
+        .post(server.url(&format!("/sandboxes/{id}/steps")))
+        .header("accept", "text/event-stream")
+        .json(&json!({"step": {"type": "python", "code": "print('from sse')"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut sse = SseReader::new(resp);
+    let mut names = Vec::new();
+    let mut out = String::new();
+    while let Some(ev) = sse.next().await {
+        if ev.event == "output" {
+            out.push_str(ev.data["text"].as_str().unwrap());
+        }
+        names.push(ev.event.clone());
+        if ev.event == "result" {
+            assert_eq!(ev.data["result"]["exit_code"], 0);
+            break;
+        }
+    }
+    assert_eq!(out, "from sse\n");
+    assert_eq!(names.last().map(String::as_str), Some("result"));
+
+    // Files in and out, byte-exact.
+    let payload: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
+    let resp = request(
+        &server,
+        reqwest::Method::PUT,
+        &format!("/sandboxes/{id}/files?path=up/data.bin"),
+        payload.clone(),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["path"], "/workspace/up/data.bin");
+    assert_eq!(v["size_bytes"], 100_000);
+    let v = shell(&server, &id, "wc -c < up/data.bin").await;
+    assert_eq!(v["result"]["stdout_tail"], "100000\n");
+    let resp = server
+        .get(&format!(
+            "/sandboxes/{id}/files?path=/workspace/up/data.bin"
+        ))
+        .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.bytes().await.unwrap().to_vec(), payload);
+
+    // Bad paths and sizes are refused at the door.
+    let resp = request(
+        &server,
+        reqwest::Method::PUT,
+        &format!("/sandboxes/{id}/files?path=../escape.txt"),
+        b"x".to_vec(),
+    )
+    .await;
+    assert_eq!(error_code(resp, 422).await["error"]["code"], "path_refused");
+    let resp = server
+        .get(&format!("/sandboxes/{id}/files?path=/etc/passwd"))
+        .await;
+    assert_eq!(error_code(resp, 422).await["error"]["code"], "path_refused");
+    let resp = server
+        .get(&format!("/sandboxes/{id}/files?path=missing.txt"))
+        .await;
+    assert_eq!(
+        error_code(resp, 404).await["error"]["code"],
+        "file_not_found"
+    );
+    let big = vec![b'a'; (16 << 20) + 1];
+    let resp = request(
+        &server,
+        reqwest::Method::PUT,
+        &format!("/sandboxes/{id}/files?path=big.bin"),
+        big,
+    )
+    .await;
+    assert_eq!(resp.status(), 413);
+    let v = shell(&server, &id, "test ! -e big.bin && echo absent").await;
+    assert_eq!(v["result"]["stdout_tail"], "absent\n");
+
+    // The workspace as the usual ZIP, also served by /download afterwards.
+    let resp = server.get(&format!("/sandboxes/{id}/workspace")).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/zip");
+    let bytes = resp.bytes().await.unwrap().to_vec();
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes)).unwrap();
+    assert_eq!(zip_file(&mut zip, "count.txt"), "48");
+    let mut zip = server.download(&id).await;
+    assert_eq!(zip_file(&mut zip, "count.txt"), "48");
+
+    // Extend: a new idle timeout, counted from now.
+    let (code, v) = server
+        .post_json(
+            &format!("/sandboxes/{id}/extend"),
+            &json!({"idle_timeout_secs": 900}),
+        )
+        .await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["idle_timeout_secs"], 900);
+
+    // Destroy: the container goes, the job ends succeeded.
+    let resp = request(
+        &server,
+        reqwest::Method::DELETE,
+        &format!("/sandboxes/{id}"),
+        vec![],
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["status"], "succeeded", "{v}");
+    assert!(
+        containers_of(&id).is_empty(),
+        "container left after destroy"
+    );
+    assert_eq!(server.status(&id).await["status"], "succeeded");
+
+    // A step on a destroyed sandbox, and on an unknown one, are refused clearly.
+    let (code, v) = step(&server, &id, json!({"type": "shell", "command": "true"})).await;
+    assert_eq!(code, 409, "{v}");
+    assert_eq!(v["error"]["code"], "already_finished");
+    assert_eq!(v["error"]["status"], "succeeded");
+    let unknown = "6f1c1a9e-4f7b-4c1e-9a57-0d6b2f3a8c11";
+    let (code, v) = step(
+        &server,
+        unknown,
+        json!({"type": "shell", "command": "true"}),
+    )
+    .await;
+    assert_eq!(code, 404, "{v}");
+    assert_eq!(v["error"]["code"], "not_found");
+    let resp = request(
+        &server,
+        reqwest::Method::DELETE,
+        &format!("/sandboxes/{id}"),
+        vec![],
+    )
+    .await;
+    assert_eq!(
+        error_code(resp, 409).await["error"]["code"],
+        "already_finished"
+    );
+    // A job id is not a sandbox.
+    let job = server
+        .schedule(json!({"steps": [{"type": "shell", "command": "true"}]}))
+        .await;
+    let (code, v) = step(&server, &job, json!({"type": "shell", "command": "true"})).await;
+    assert_eq!(code, 422, "{v}");
+    let (code, list) = server.get_json("/sandboxes").await;
+    assert_eq!(code, 200);
+    assert_eq!(list["sandboxes"], json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_sandbox_times_out_and_its_container_is_removed() {
+    require_docker();
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(
+        &dir.path().join("out"),
+        &ServerOptions::new(&unique_scope("idle")),
+    );
+    let id = create(&server, json!({"idle_timeout_secs": 2})).await;
+    assert_eq!(containers_of(&id).len(), 1);
+    // A step longer than the idle timeout does not count as idle.
+    let v = shell(&server, &id, "sleep 3; echo still here").await;
+    assert_eq!(v["result"]["stdout_tail"], "still here\n", "{v}");
+    let st = server.wait_final(&id).await;
+    assert_eq!(st["status"], "timed_out", "{st}");
+    assert!(
+        st["error"].as_str().unwrap().contains("idle"),
+        "{}",
+        st["error"]
+    );
+    assert!(containers_of(&id).is_empty(), "container left after expiry");
+    let (code, v) = server.get_json(&format!("/sandboxes/{id}")).await;
+    assert_eq!(code, 200);
+    assert_eq!(v["status"], "timed_out");
+    assert_eq!(v["expires_at"], Value::Null);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_interrupts_live_sandboxes_and_reaps_their_containers() {
+    require_docker();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let opts = ServerOptions::new(&unique_scope("live-restart"));
+    let mut server = TestServer::start(&out, &opts);
+    let id = create(&server, json!({})).await;
+    shell(&server, &id, "echo kept > state.txt").await;
+    server.kill9();
+    assert_eq!(
+        containers_of(&id).len(),
+        1,
+        "the crashed server's container"
+    );
+
+    let server = TestServer::start(&out, &opts);
+    let st = server.status(&id).await;
+    assert_eq!(st["status"], "interrupted", "{st}");
+    assert_eq!(st["steps"].as_array().unwrap().len(), 1);
+    wait_until(&server, "reaped the container", || {
+        containers_of(&id).is_empty()
+    })
+    .await;
+    let (code, v) = step(&server, &id, json!({"type": "shell", "command": "true"})).await;
+    assert_eq!(code, 409, "{v}");
+    assert_eq!(v["error"]["status"], "interrupted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_sandboxes_and_jobs_share_the_concurrency_limit() {
+    require_docker();
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(
+        &dir.path().join("out"),
+        &ServerOptions::new(&unique_scope("live-limit")).env("AGENT_MAX_CONCURRENT_JOBS", "2"),
+    );
+    let a = create(&server, json!({})).await;
+    let b = create(&server, json!({})).await;
+    // Past the limit: a clear 503.
+    let (code, v) = server.post_json("/sandboxes", &json!({})).await;
+    assert_eq!(code, 503, "{v}");
+    assert_eq!(v["error"]["code"], "at_capacity");
+    // A job waits in the queue while both slots are held by sandboxes.
+    let job = server
+        .schedule(json!({"steps": [{"type": "shell", "command": "echo ran > ran.txt"}]}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(server.status(&job).await["status"], "queued");
+    let resp = request(
+        &server,
+        reqwest::Method::DELETE,
+        &format!("/sandboxes/{a}"),
+        vec![],
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let st = server.wait_final(&job).await;
+    assert_eq!(st["status"], "succeeded", "{st}");
+    // The job's slot is free again and b still holds one: one more sandbox fits.
+    let c = create(&server, json!({})).await;
+    let (code, v) = server.post_json("/sandboxes", &json!({})).await;
+    assert_eq!(code, 503, "{v}");
+    for id in [&b, &c] {
+        let resp = request(
+            &server,
+            reqwest::Method::DELETE,
+            &format!("/sandboxes/{id}"),
+            vec![],
+        )
+        .await;
+        assert_eq!(resp.status(), 200);
+        assert!(containers_of(id).is_empty());
+    }
+}
