@@ -143,11 +143,6 @@ impl AppState {
         &self.inner.manager
     }
 
-    /// The HTTP layer's settings.
-    pub fn settings(&self) -> &ApiSettings {
-        &self.inner.settings
-    }
-
     /// Cancelled when the server shuts down: ends live log streams.
     pub fn shutdown_token(&self) -> &CancellationToken {
         &self.inner.shutdown
