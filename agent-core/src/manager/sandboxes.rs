@@ -27,12 +27,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
 
 use super::JobManager;
+use crate::agent::step::{RunStep, StepRequest};
 use crate::agent::Utf8Carry;
 use crate::archive::tar_stream_to_zip;
 use crate::error::{Error, Result};
 use crate::events::EventSink;
 use crate::executor::{
-    normalize_workspace_path, OutputSink, Sandbox, SandboxError, SandboxErrorKind, StepRequest,
+    normalize_workspace_path, OutputSink, Sandbox, SandboxError, SandboxErrorKind, SandboxSpec,
 };
 use crate::job::{
     Artifact, EventKind, Job, JobId, JobSpec, JobStatus, LiveSettings, OutputStream, Step,
@@ -204,7 +205,12 @@ impl JobManager {
         });
         let cancel = self.track(id, events.clone());
         self.mark_running(id);
-        let sandbox: Arc<dyn Sandbox> = match self.inner.executor.create(id, &job.spec).await {
+        let sandbox: Arc<dyn Sandbox> = match self
+            .inner
+            .executor
+            .create(&SandboxSpec::for_job(id, &job.spec))
+            .await
+        {
             Ok(s) => Arc::from(s),
             Err(e) => {
                 let error = Error::from(e);
@@ -356,7 +362,7 @@ impl JobManager {
             });
         }
         let path = self.inner.config.artifact_dir.join(format!("{id}.zip"));
-        let tar = session.sandbox.export_workspace().await?;
+        let tar = session.sandbox.export().await?;
         let summary = tar_stream_to_zip(tar, &path, self.inner.config.max_export_bytes).await?;
         let artifact = Artifact {
             path: path.to_string_lossy().into_owned(),
@@ -564,12 +570,8 @@ impl JobManager {
             step,
             max_output_bytes: max_output_bytes.map_or(cap, |m| m.min(cap)),
             tail_bytes: self.inner.config.tail_bytes,
-            env: job
-                .spec
-                .env
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            // The sandbox's environment was given to it once, at create.
+            env: Vec::new(),
             cancel: session.cancel.child_token(),
         };
         let sink = output_sink(session.events.clone(), index, output);
