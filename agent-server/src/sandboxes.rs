@@ -43,6 +43,10 @@ use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{ApiJson, JobIdParam};
 use crate::routes::AppState;
 
+/// The largest request body of these routes (`PUT /sandboxes/{id}/files`): one byte over the
+/// file cap, so that an oversize file is refused by its size with a clear message.
+pub const MAX_UPLOAD_BODY_BYTES: usize = MAX_PUT_FILE_BYTES + 1;
+
 /// The routes of live sandboxes.
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()
@@ -53,8 +57,7 @@ pub(crate) fn routes() -> Router<AppState> {
             "/sandboxes/{id}/files",
             get(get_file)
                 .put(put_file)
-                // One byte over the cap, so that an oversize file is refused by its size.
-                .layer(DefaultBodyLimit::max(MAX_PUT_FILE_BYTES + 1)),
+                .layer(DefaultBodyLimit::max(MAX_UPLOAD_BODY_BYTES)),
         )
         .route("/sandboxes/{id}/workspace", get(export))
         .route("/sandboxes/{id}/extend", post(extend))

@@ -251,7 +251,11 @@ pub fn connection_limits(config: &ServerConfig) -> Result<ConnectionLimits, Serv
     Ok(ConnectionLimits {
         max_connections,
         header_timeout: std::time::Duration::from_secs(config.header_timeout_secs),
-        max_body_bytes: config.max_body_bytes,
+        // The largest body any route takes: a live sandbox's file upload may exceed the JSON
+        // limit (each route still enforces its own).
+        max_body_bytes: config
+            .max_body_bytes
+            .max(crate::sandboxes::MAX_UPLOAD_BODY_BYTES),
     })
 }
 
