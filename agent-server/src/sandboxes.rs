@@ -28,7 +28,6 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
-use tokio_util::io::ReaderStream;
 use tokio_util::sync::CancellationToken;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
@@ -643,11 +642,18 @@ pub(crate) async fn export(
     JobIdParam(id): JobIdParam,
 ) -> ApiResult<Response> {
     let artifact = state.manager().sandbox_export(id).await?;
-    let file = tokio::fs::File::open(&artifact.path).await.map_err(|e| {
-        tracing::error!(job_id = %id, error = %e, "opening an export failed");
-        ApiError::internal("could not open the exported archive")
-    })?;
-    let mut resp = Response::new(Body::from_stream(ReaderStream::new(file)));
+    let opened = state
+        .manager()
+        .artifacts()
+        .open(&artifact.path)
+        .await
+        .map_err(|e| {
+            tracing::error!(job_id = %id, error = %e, "opening an export failed");
+            ApiError::internal("could not open the exported archive")
+        })?;
+    let reader = opened.ok_or_else(|| ApiError::internal("the exported archive is missing"))?;
+    let size = reader.size;
+    let mut resp = Response::new(Body::from_stream(reader.stream));
     let headers = resp.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
@@ -656,10 +662,7 @@ pub(crate) async fn export(
     if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"sandbox-{id}.zip\"")) {
         headers.insert(header::CONTENT_DISPOSITION, v);
     }
-    headers.insert(
-        header::CONTENT_LENGTH,
-        HeaderValue::from(artifact.size_bytes),
-    );
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
     Ok(resp)
 }
 

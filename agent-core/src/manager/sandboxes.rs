@@ -29,7 +29,8 @@ use tracing::{info, info_span, warn, Instrument};
 use super::JobManager;
 use crate::agent::step::{RunStep, StepRequest};
 use crate::agent::Utf8Carry;
-use crate::archive::tar_stream_to_zip;
+use crate::archive::package;
+use crate::artifacts::ArtifactStore;
 use crate::error::{Error, Result};
 use crate::events::EventSink;
 use crate::executor::{
@@ -361,11 +362,18 @@ impl JobManager {
                 status: job.status,
             });
         }
-        let path = self.inner.config.artifact_dir.join(format!("{id}.zip"));
+        let key = ArtifactStore::key_for(id);
         let tar = session.sandbox.export().await?;
-        let summary = tar_stream_to_zip(tar, &path, self.inner.config.max_export_bytes).await?;
+        let summary = package(
+            tar,
+            &[],
+            &self.inner.artifacts,
+            &key,
+            self.inner.config.max_export_bytes,
+        )
+        .await?;
         let artifact = Artifact {
-            path: path.to_string_lossy().into_owned(),
+            path: key,
             size_bytes: summary.zip_bytes,
             files: summary.files,
         };
