@@ -400,6 +400,15 @@ pub trait Executor: Send + Sync + 'static {
         Ok(0)
     }
 
+    /// Removes the sandboxes of `jobs` whatever state they are in, even running: the caller
+    /// knows their owner is gone (the jobs were running when the last process on this job store
+    /// stopped, and are now interrupted), though a sandbox may not have noticed yet. Returns how
+    /// many were removed. The default removes nothing.
+    async fn reap_jobs(&self, jobs: &HashSet<JobId>) -> Result<usize, SandboxError> {
+        let _ = jobs;
+        Ok(0)
+    }
+
     /// Whether the backend answers (for health checks).
     async fn ping(&self) -> Result<(), SandboxError> {
         Ok(())
@@ -479,6 +488,9 @@ impl<T: Executor + ?Sized> Executor for Arc<T> {
     }
     async fn reap(&self, live: &HashSet<JobId>) -> Result<usize, SandboxError> {
         (**self).reap(live).await
+    }
+    async fn reap_jobs(&self, jobs: &HashSet<JobId>) -> Result<usize, SandboxError> {
+        (**self).reap_jobs(jobs).await
     }
     async fn ping(&self) -> Result<(), SandboxError> {
         (**self).ping().await

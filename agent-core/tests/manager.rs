@@ -714,6 +714,12 @@ impl agent_core::Executor for Quirky {
     ) -> Result<usize, agent_core::SandboxError> {
         self.0.reap(live).await
     }
+    async fn reap_jobs(
+        &self,
+        jobs: &std::collections::HashSet<JobId>,
+    ) -> Result<usize, agent_core::SandboxError> {
+        self.0.reap_jobs(jobs).await
+    }
     async fn ping(&self) -> Result<(), agent_core::SandboxError> {
         self.0.ping().await
     }

@@ -543,6 +543,68 @@ impl ExecInner {
     }
 }
 
+/// A managed container of this executor's scope that another executor instance created, as
+/// [`ExecInner::sweep`] shows it to its predicate.
+struct Candidate {
+    state: String,
+    created: u64,
+    job: Option<JobId>,
+}
+
+impl ExecInner {
+    /// Removes the managed containers of this scope that this instance did not create and that
+    /// `doomed` picks. Returns how many were removed; failures to remove one are logged.
+    async fn sweep(&self, doomed: impl Fn(&Candidate) -> bool) -> Result<usize, SandboxError> {
+        let mut filters = HashMap::new();
+        let mut label_filters = vec![format!("{LABEL_MANAGED}=true")];
+        if let Some(scope) = &self.config.scope {
+            label_filters.push(format!("{LABEL_SCOPE}={scope}"));
+        }
+        filters.insert("label".to_string(), label_filters);
+        let opts = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let list = self
+            .docker
+            .list_containers(Some(opts))
+            .await
+            .map_err(|e| backend("listing containers", e))?;
+        let owned: HashSet<String> = lock(&self.owned).keys().cloned().collect();
+        let mut victims = Vec::new();
+        for c in list {
+            let Some(id) = c.id else { continue };
+            if owned.contains(&id) {
+                continue;
+            }
+            let labels = c.labels.unwrap_or_default();
+            let candidate = Candidate {
+                state: c.state.map(|s| s.to_string()).unwrap_or_default(),
+                created: u64::try_from(c.created.unwrap_or(0)).unwrap_or(0),
+                job: job_of(&labels, &c.names.unwrap_or_default()),
+            };
+            if doomed(&candidate) {
+                tracing::debug!(
+                    container = %short(&id),
+                    owner = labels.get(LABEL_OWNER).map_or("?", String::as_str),
+                    state = %candidate.state,
+                    "removing a container whose owner is gone"
+                );
+                victims.push(id);
+            }
+        }
+        let removals = victims.iter().map(|id| remove_container(&self.docker, id));
+        let mut removed = 0;
+        for r in futures::future::join_all(removals).await {
+            match r {
+                Ok(()) => removed += 1,
+                Err(e) => tracing::warn!("reaper: {e}"),
+            }
+        }
+        Ok(removed)
+    }
+}
+
 async fn refill_loop(exec: Weak<ExecInner>, pool: Arc<Pool>) {
     let mut backoff = Duration::from_millis(500);
     loop {
@@ -718,63 +780,31 @@ impl Executor for DockerExecutor {
     }
 
     async fn reap(&self, live: &HashSet<JobId>) -> Result<usize, SandboxError> {
-        let inner = &self.inner;
-        let mut filters = HashMap::new();
-        let mut label_filters = vec![format!("{LABEL_MANAGED}=true")];
-        if let Some(scope) = &inner.config.scope {
-            label_filters.push(format!("{LABEL_SCOPE}={scope}"));
-        }
-        filters.insert("label".to_string(), label_filters);
-        let opts = ListContainersOptionsBuilder::new()
-            .all(true)
-            .filters(&filters)
-            .build();
-        let list = inner
-            .docker
-            .list_containers(Some(opts))
-            .await
-            .map_err(|e| backend("listing containers", e))?;
-        let owned: HashSet<String> = lock(&inner.owned).keys().cloned().collect();
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let mut victims = Vec::new();
-        for c in list {
-            let Some(id) = c.id else { continue };
-            if owned.contains(&id) {
-                continue;
-            }
-            let state = c.state.map(|s| s.to_string()).unwrap_or_default();
-            let created = u64::try_from(c.created.unwrap_or(0)).unwrap_or(0);
-            if !owner_gone(&state, created, now) {
-                continue;
-            }
-            let labels = c.labels.unwrap_or_default();
-            let names = c.names.unwrap_or_default();
-            match job_of(&labels, &names) {
-                Some(job) if live.contains(&job) => {}
-                _ => {
-                    tracing::debug!(
-                        container = %short(&id),
-                        owner = labels.get(LABEL_OWNER).map_or("?", String::as_str),
-                        state = %state,
-                        "reaping a container whose owner is gone"
-                    );
-                    victims.push(id)
-                }
-            }
-        }
-        let removals = victims.iter().map(|id| remove_container(&inner.docker, id));
-        let results = futures::future::join_all(removals).await;
-        let mut removed = 0;
-        for r in results {
-            match r {
-                Ok(()) => removed += 1,
-                Err(e) => tracing::warn!("reaper: {e}"),
-            }
-        }
+        let removed = self
+            .inner
+            .sweep(|c| {
+                owner_gone(&c.state, c.created, now) && !c.job.is_some_and(|j| live.contains(&j))
+            })
+            .await?;
         if removed > 0 {
             tracing::info!(removed, "reaped containers left by earlier runs");
+        }
+        Ok(removed)
+    }
+
+    async fn reap_jobs(&self, jobs: &HashSet<JobId>) -> Result<usize, SandboxError> {
+        if jobs.is_empty() {
+            return Ok(0);
+        }
+        let removed = self
+            .inner
+            .sweep(|c| c.job.is_some_and(|j| jobs.contains(&j)))
+            .await?;
+        if removed > 0 {
+            tracing::info!(removed, "removed the containers of interrupted jobs");
         }
         Ok(removed)
     }

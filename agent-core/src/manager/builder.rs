@@ -89,8 +89,20 @@ impl JobManagerBuilder {
             tasks: TaskTracker::new(),
         });
         let manager = JobManager { inner };
-        let requeued = manager.recover().await?;
-        match manager.inner.executor.reap(&requeued).await {
+        let recovered = manager.recover().await?;
+        // The interrupted jobs' sandboxes first: their owner was the last process on this
+        // store, so they go even if they have not noticed yet and still run.
+        match manager
+            .inner
+            .executor
+            .reap_jobs(&recovered.interrupted)
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => info!(removed = n, "removed the sandboxes of interrupted jobs"),
+            Err(e) => warn!(error = %e, "could not remove the sandboxes of interrupted jobs"),
+        }
+        match manager.inner.executor.reap(&recovered.requeued).await {
             Ok(0) => {}
             Ok(n) => info!(removed = n, "removed sandboxes left by an earlier run"),
             Err(e) => warn!(error = %e, "could not reap old sandboxes"),

@@ -11,10 +11,11 @@ use crate::store::{JobFilter, MAX_PAGE_SIZE};
 
 impl JobManager {
     /// Running jobs become interrupted, queued ones are queued again (oldest first). Returns the
-    /// re-queued ids.
-    pub(super) async fn recover(&self) -> Result<HashSet<JobId>> {
+    /// re-queued ids and the interrupted ones.
+    pub(super) async fn recover(&self) -> Result<Recovered> {
         let store = &self.inner.store;
         let mut requeued = HashSet::new();
+        let mut interrupted = HashSet::new();
         for status in [JobStatus::Running, JobStatus::Queued] {
             let mut jobs = Vec::new();
             loop {
@@ -44,6 +45,7 @@ impl JobManager {
                         &events,
                     )
                     .await?;
+                    interrupted.insert(job.id);
                 } else {
                     info!(job_id = %job.id, "re-queueing a job from the last run");
                     requeued.insert(job.id);
@@ -51,6 +53,17 @@ impl JobManager {
                 }
             }
         }
-        Ok(requeued)
+        Ok(Recovered {
+            requeued,
+            interrupted,
+        })
     }
+}
+
+/// What [`JobManager::recover`] did.
+pub(super) struct Recovered {
+    /// Queued jobs queued again: their sandboxes are spared by the reaper.
+    pub requeued: HashSet<JobId>,
+    /// Running jobs now interrupted: their sandboxes' owner is gone, running or not.
+    pub interrupted: HashSet<JobId>,
 }

@@ -39,8 +39,12 @@ impl Executor for NoReap {
     ) -> Result<Box<dyn Sandbox>, SandboxError> {
         self.0.create(spec).await
     }
-    /// The one method not forwarded: reaps nothing.
+    /// Not forwarded: reaps nothing.
     async fn reap(&self, _live: &HashSet<JobId>) -> Result<usize, SandboxError> {
+        Ok(0)
+    }
+    /// Not forwarded either: removes nothing.
+    async fn reap_jobs(&self, _jobs: &HashSet<JobId>) -> Result<usize, SandboxError> {
         Ok(0)
     }
     async fn ping(&self) -> Result<(), SandboxError> {
