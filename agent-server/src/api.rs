@@ -67,7 +67,13 @@ impl Default for JobDefaults {
     }
 }
 
-fn timeout(field: &str, secs: Option<u64>, default: Duration) -> Result<Duration, ApiError> {
+/// A timeout field in seconds: `None` is `default`; 0 and more than a week are refused, naming
+/// the field.
+pub(crate) fn timeout(
+    field: &str,
+    secs: Option<u64>,
+    default: Duration,
+) -> Result<Duration, ApiError> {
     match secs {
         None => Ok(default),
         Some(0) => Err(ApiError::invalid(

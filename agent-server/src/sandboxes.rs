@@ -37,7 +37,7 @@ use agent_core::{
     StepRecord, StepResult, StepStatus,
 };
 
-use crate::api::MAX_TIMEOUT_SECS;
+use crate::api::timeout;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{ApiJson, JobIdParam};
 use crate::routes::AppState;
@@ -143,25 +143,10 @@ pub struct CreateSandboxRequest {
     pub step_timeout_secs: Option<u64>,
 }
 
-fn secs(field: &str, value: Option<u64>, default: Duration) -> ApiResult<Duration> {
-    match value {
-        None => Ok(default),
-        Some(0) => Err(ApiError::invalid(
-            field,
-            format!("{field}: must be at least 1"),
-        )),
-        Some(s) if s > MAX_TIMEOUT_SECS => Err(ApiError::invalid(
-            field,
-            format!("{field}: must be at most {MAX_TIMEOUT_SECS}"),
-        )),
-        Some(s) => Ok(Duration::from_secs(s)),
-    }
-}
-
 impl CreateSandboxRequest {
     /// The job spec of the sandbox, with the server's defaults filled in.
     pub fn into_spec(self, defaults: &crate::api::JobDefaults) -> ApiResult<JobSpec> {
-        let idle_timeout = secs(
+        let idle_timeout = timeout(
             "idle_timeout_secs",
             self.idle_timeout_secs,
             LiveSettings::default().idle_timeout,
@@ -171,8 +156,8 @@ impl CreateSandboxRequest {
             limits: self.limits.unwrap_or_default().into_limits(),
             network: self.network.unwrap_or(defaults.network),
             env: self.env.unwrap_or_default(),
-            job_timeout: secs("timeout_secs", self.timeout_secs, defaults.job_timeout)?,
-            step_timeout: secs(
+            job_timeout: timeout("timeout_secs", self.timeout_secs, defaults.job_timeout)?,
+            step_timeout: timeout(
                 "step_timeout_secs",
                 self.step_timeout_secs,
                 defaults.step_timeout,
@@ -482,7 +467,7 @@ pub(crate) async fn run_step(
 ) -> ApiResult<Response> {
     req.step.validate()?;
     if let Some(t) = req.step.timeout {
-        secs("step.timeout_secs", Some(t.as_secs()), Duration::ZERO)?;
+        timeout("step.timeout_secs", Some(t.as_secs()), Duration::ZERO)?;
     }
     let manager = state.manager().clone();
     let answer = answer_kind(&headers);
@@ -680,7 +665,7 @@ pub(crate) async fn extend(
     JobIdParam(id): JobIdParam,
     ApiJson(req): ApiJson<ExtendRequest>,
 ) -> ApiResult<Json<SandboxView>> {
-    let ttl = secs(
+    let ttl = timeout(
         "idle_timeout_secs",
         Some(req.idle_timeout_secs),
         Duration::ZERO,

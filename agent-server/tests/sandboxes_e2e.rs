@@ -23,6 +23,23 @@ async fn step(server: &TestServer, id: &str, step: Value) -> (u16, Value) {
         .await
 }
 
+/// Runs a step asking for its output streamed as `accept`.
+async fn streamed_step(
+    server: &TestServer,
+    id: &str,
+    accept: &str,
+    step: Value,
+) -> reqwest::Response {
+    server
+        .http
+        .post(server.url(&format!("/sandboxes/{id}/steps")))
+        .header("accept", accept)
+        .json(&json!({ "step": step }))
+        .send()
+        .await
+        .unwrap()
+}
+
 async fn shell(server: &TestServer, id: &str, command: &str) -> Value {
     let (code, v) = step(server, id, json!({"type": "shell", "command": command})).await;
     assert_eq!(code, 200, "{command}: {v}");
@@ -130,14 +147,13 @@ async fn a_live_sandbox_runs_50_steps_with_state_in_files_moves_files_and_is_des
     assert!(log.contains("48 hi"), "{log}");
 
     // Streaming: NDJSON lines of output, then the result.
-    let resp = server
-        .http
-        .post(server.url(&format!("/sandboxes/{id}/steps")))
-        .header("accept", "application/x-ndjson")
-        .json(&json!({"step": {"type": "shell", "command": "for i in 1 2 3; do echo line$i; sleep 0.2; done"}}))
-        .send()
-        .await
-        .unwrap();
+    let resp = streamed_step(
+        &server,
+        &id,
+        "application/x-ndjson",
+        json!({"type": "shell", "command": "for i in 1 2 3; do echo line$i; sleep 0.2; done"}),
+    )
+    .await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-type"], "application/x-ndjson");
     let text = resp.text().await.unwrap();
@@ -157,14 +173,13 @@ async fn a_live_sandbox_runs_50_steps_with_state_in_files_moves_files_and_is_des
     assert!(items.len() >= 2, "{text}");
 
     // Streaming as SSE.
-    let resp = server
-        .http
-        .post(server.url(&format!("/sandboxes/{id}/steps")))
-        .header("accept", "text/event-stream")
-        .json(&json!({"step": {"type": "python", "code": "print('from sse')"}}))
-        .send()
-        .await
-        .unwrap();
+    let resp = streamed_step(
+        &server,
+        &id,
+        "text/event-stream",
+        json!({"type": "python", "code": "print('from sse')"}),
+    )
+    .await;
     assert_eq!(resp.status(), 200);
     let mut sse = SseReader::new(resp);
     let mut names = Vec::new();
