@@ -412,8 +412,19 @@ async fn live_sandboxes_and_jobs_share_the_concurrency_limit() {
     assert_eq!(resp.status(), 200);
     let st = server.wait_final(&job).await;
     assert_eq!(st["status"], "succeeded", "{st}");
-    // The job's slot is free again and b still holds one: one more sandbox fits.
-    let c = create(&server, json!({})).await;
+    // The job's slot is free again once its container is removed (just after its final status)
+    // and b still holds one: one more sandbox fits.
+    let mut c = None;
+    for _ in 0..600 {
+        let (code, v) = server.post_json("/sandboxes", &json!({})).await;
+        if code == 201 {
+            c = v["sandbox_id"].as_str().map(str::to_string);
+            break;
+        }
+        assert_eq!(v["error"]["code"], "at_capacity", "{v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let c = c.expect("the finished job's slot never came back");
     let (code, v) = server.post_json("/sandboxes", &json!({})).await;
     assert_eq!(code, 503, "{v}");
     for id in [&b, &c] {
