@@ -519,6 +519,29 @@ async fn retention_removes_old_jobs_events_and_artifacts_periodically() {
 }
 
 #[tokio::test]
+async fn a_sweep_removes_a_backlog_larger_than_one_batch_and_spares_recent_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn JobStore> = Arc::new(
+        agent_core::store::sqlite::SqliteStore::open(dir.path().join("agent.db")).unwrap(),
+    );
+    let h = harness_with(store.clone(), None, |c| c.retention = None).await;
+    let old = chrono::Utc::now() - chrono::Duration::hours(2);
+    for i in 0..1201 {
+        let mut job = Job::new(JobId::new(), JobSpec::from_steps(vec![Step::shell("true")]));
+        job.transition(JobStatus::Running).unwrap();
+        job.transition(JobStatus::Succeeded).unwrap();
+        if i > 0 {
+            job.finished_at = Some(old);
+        }
+        store.insert_job(&job).await.unwrap();
+    }
+    let removed = h.manager.sweep(Duration::from_secs(3600)).await.unwrap();
+    assert_eq!(removed, 1200, "every expired job, over several batches");
+    let left = store.list_summaries(&JobFilter::default()).await.unwrap();
+    assert_eq!(left.total, 1, "the recent job stays");
+}
+
+#[tokio::test]
 async fn restart_recovery_requeues_queued_and_interrupts_running() {
     let store: Arc<dyn JobStore> = Arc::new(MemoryStore::new());
     let mut running = Job::new(JobId::new(), JobSpec::from_steps(vec![Step::shell("true")]));

@@ -270,17 +270,27 @@ impl JobStore for MemoryStore {
             .map_or(0, |e| e.seq))
     }
 
-    async fn finished_before(&self, cutoff: DateTime<Utc>) -> Result<Vec<JobId>, StoreError> {
+    async fn finished_before(
+        &self,
+        cutoff: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<JobId>, StoreError> {
         let inner = self.read();
-        Ok(inner
+        let mut done: Vec<(DateTime<Utc>, JobId)> = inner
             .by_status
             .iter()
             .filter(|(status, _)| status.is_terminal())
             .flat_map(|(_, set)| set.iter())
             .filter_map(|(_, id)| inner.jobs.get(id))
-            .filter(|e| e.job.finished_at.is_some_and(|at| at < cutoff))
-            .map(|e| e.job.id)
-            .collect())
+            .filter_map(|e| {
+                e.job
+                    .finished_at
+                    .filter(|at| *at < cutoff)
+                    .map(|at| (at, e.job.id))
+            })
+            .collect();
+        done.sort_unstable();
+        Ok(done.into_iter().take(limit).map(|(_, id)| id).collect())
     }
 
     async fn count_by_status(&self) -> Result<Vec<(JobStatus, u64)>, StoreError> {

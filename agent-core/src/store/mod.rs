@@ -337,8 +337,25 @@ pub trait JobStore: Send + Sync + 'static {
     /// The highest event `seq` stored for a job (0 when none).
     async fn last_seq(&self, id: JobId) -> Result<u64, StoreError>;
 
-    /// Ids of terminal jobs that finished before `cutoff` (for retention).
-    async fn finished_before(&self, cutoff: DateTime<Utc>) -> Result<Vec<JobId>, StoreError>;
+    /// Ids of at most `limit` terminal jobs that finished before `cutoff`, those that finished
+    /// first first (for retention, which deletes them in batches).
+    async fn finished_before(
+        &self,
+        cutoff: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<JobId>, StoreError>;
+
+    /// Removes jobs and their events; returns how many existed. The default deletes them one
+    /// by one; a store that can delete a batch at once (one transaction) overrides it.
+    async fn delete_jobs(&self, ids: &[JobId]) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        for id in ids {
+            if self.delete_job(*id).await? {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
 
     /// Number of jobs per status (for metrics).
     async fn count_by_status(&self) -> Result<Vec<(JobStatus, u64)>, StoreError>;
@@ -380,8 +397,15 @@ impl<T: JobStore + ?Sized> JobStore for Arc<T> {
     async fn last_seq(&self, id: JobId) -> Result<u64, StoreError> {
         (**self).last_seq(id).await
     }
-    async fn finished_before(&self, cutoff: DateTime<Utc>) -> Result<Vec<JobId>, StoreError> {
-        (**self).finished_before(cutoff).await
+    async fn finished_before(
+        &self,
+        cutoff: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<JobId>, StoreError> {
+        (**self).finished_before(cutoff, limit).await
+    }
+    async fn delete_jobs(&self, ids: &[JobId]) -> Result<usize, StoreError> {
+        (**self).delete_jobs(ids).await
     }
     async fn count_by_status(&self) -> Result<Vec<(JobStatus, u64)>, StoreError> {
         (**self).count_by_status().await

@@ -414,7 +414,8 @@ const MAX_WRITE_BATCH: usize = 512;
 enum WriteOp {
     Insert(JobRow),
     Update(JobRow),
-    Delete(JobId),
+    /// Jobs deleted in one transaction.
+    Delete(Vec<JobId>),
     /// Events already checked to be strictly increasing, starting at `first`.
     Append {
         id: JobId,
@@ -426,7 +427,8 @@ enum WriteOp {
 /// What a committed write did.
 enum WriteOutcome {
     Done,
-    Deleted(bool),
+    /// How many of the jobs to delete existed.
+    Deleted(usize),
 }
 
 struct WriteRequest {
@@ -542,13 +544,18 @@ fn apply(conn: &Connection, op: &WriteOp) -> Result<WriteOutcome, StoreError> {
             }
             Ok(WriteOutcome::Done)
         }
-        WriteOp::Delete(id) => {
-            // One statement: the events go with the job (ON DELETE CASCADE), atomically.
-            let deleted = conn
+        WriteOp::Delete(ids) => {
+            // The events go with each job (ON DELETE CASCADE), all in this write's transaction.
+            let mut stmt = conn
                 .prepare_cached("DELETE FROM jobs WHERE id = ?1")
-                .and_then(|mut stmt| stmt.execute([id.to_string()]))
                 .map_err(sql("delete a job"))?;
-            Ok(WriteOutcome::Deleted(deleted > 0))
+            let mut deleted = 0;
+            for id in ids {
+                deleted += stmt
+                    .execute([id.to_string()])
+                    .map_err(sql("delete a job"))?;
+            }
+            Ok(WriteOutcome::Deleted(deleted))
         }
         WriteOp::Append { id, first, rows } => {
             let key = id.to_string();
@@ -919,9 +926,16 @@ impl JobStore for SqliteStore {
     }
 
     async fn delete_job(&self, id: JobId) -> Result<bool, StoreError> {
-        match self.write(WriteOp::Delete(id)).await? {
-            WriteOutcome::Deleted(existed) => Ok(existed),
+        match self.write(WriteOp::Delete(vec![id])).await? {
+            WriteOutcome::Deleted(n) => Ok(n > 0),
             WriteOutcome::Done => Ok(false),
+        }
+    }
+
+    async fn delete_jobs(&self, ids: &[JobId]) -> Result<usize, StoreError> {
+        match self.write(WriteOp::Delete(ids.to_vec())).await? {
+            WriteOutcome::Deleted(n) => Ok(n),
+            WriteOutcome::Done => Ok(0),
         }
     }
 
@@ -996,16 +1010,21 @@ impl JobStore for SqliteStore {
         self.read(move |conn| last_seq(conn, &id.to_string())).await
     }
 
-    async fn finished_before(&self, cutoff: DateTime<Utc>) -> Result<Vec<JobId>, StoreError> {
+    async fn finished_before(
+        &self,
+        cutoff: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<JobId>, StoreError> {
         let cutoff = nanos(cutoff);
+        let limit = to_i64(limit as u64);
         self.read(move |conn| {
             let ids = conn
                 .prepare_cached(
                     "SELECT id FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ?1 \
-                     AND status NOT IN ('queued', 'running')",
+                     AND status NOT IN ('queued', 'running') ORDER BY finished_at LIMIT ?2",
                 )
                 .and_then(|mut stmt| {
-                    stmt.query_map([cutoff], |row| row.get::<_, String>(0))?
+                    stmt.query_map(params![cutoff, limit], |row| row.get::<_, String>(0))?
                         .collect::<Result<Vec<_>, _>>()
                 })
                 .map_err(sql("find finished jobs"))?;

@@ -38,7 +38,8 @@ use crate::store::{
 /// - events: round trip of every event kind, order, `after`/`limit`, `last_seq`, refusal of a
 ///   `seq` not above the last one (`SequenceConflict`, the whole batch refused), appending to a
 ///   missing job (`NotFound`), events of an unknown job (empty);
-/// - `finished_before` and `count_by_status`;
+/// - `finished_before` (in batches, those that finished first first), `delete_jobs` and
+///   `count_by_status`;
 /// - concurrent inserts and appends from several tasks to different jobs.
 pub async fn store_suite<F, Fut>(make: F)
 where
@@ -866,7 +867,7 @@ async fn retention_and_counts(store: Arc<dyn JobStore>) {
     }
     let cutoff = now - chrono::Duration::minutes(60);
     let old: BTreeSet<JobId> = store
-        .finished_before(cutoff)
+        .finished_before(cutoff, 100)
         .await
         .unwrap_or_else(|e| panic!("finished_before: {e}"))
         .into_iter()
@@ -878,11 +879,16 @@ async fn retention_and_counts(store: Arc<dyn JobStore>) {
     );
     assert!(
         store
-            .finished_before(now - chrono::Duration::minutes(500))
+            .finished_before(now - chrono::Duration::minutes(500), 100)
             .await
             .unwrap()
             .is_empty(),
         "finished_before an early cutoff"
+    );
+    assert_eq!(
+        store.finished_before(cutoff, 1).await.unwrap(),
+        vec![old_ok.id],
+        "finished_before: a batch holds the jobs that finished first"
     );
 
     let counts: BTreeMap<JobStatus, u64> = store
@@ -921,6 +927,16 @@ async fn retention_and_counts(store: Arc<dyn JobStore>) {
         Some(&1),
         "count after update"
     );
+    let removed = store
+        .delete_jobs(&[old_ok.id, old_failed.id, JobId::new()])
+        .await
+        .unwrap();
+    assert_eq!(removed, 2, "delete_jobs counts the jobs that existed");
+    assert!(
+        store.get_job(old_ok.id).await.unwrap().is_none(),
+        "delete_jobs"
+    );
+    assert!(store.finished_before(cutoff, 100).await.unwrap().is_empty());
 }
 
 async fn concurrency(store: Arc<dyn JobStore>) {
