@@ -306,33 +306,41 @@ enum StepJson {
     /// Runs `command` with `bash -c` in `/workspace`.
     Shell {
         /// The command line.
-        #[schemars(length(min = 1))]
+        #[schemars(length(min = 1), regex(pattern = crate::schema::NOT_BLANK))]
         command: String,
         /// What the step is for.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         description: Option<String>,
         /// A timeout for this step alone, in seconds (default: the job's per-step timeout).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "crate::serde_duration::optional_whole_number"
+        )]
         #[schemars(range(min = 1, max = MAX_TIMEOUT_SECS))]
         timeout_secs: Option<u64>,
     },
     /// Saves `code` in the workspace and runs it with `python3`.
     Python {
         /// The Python source.
-        #[schemars(length(min = 1))]
+        #[schemars(length(min = 1), regex(pattern = crate::schema::NOT_BLANK))]
         code: String,
         /// What the step is for.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         description: Option<String>,
         /// A timeout for this step alone, in seconds (default: the job's per-step timeout).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "crate::serde_duration::optional_whole_number"
+        )]
         #[schemars(range(min = 1, max = MAX_TIMEOUT_SECS))]
         timeout_secs: Option<u64>,
     },
     /// Writes `content` to `path` under `/workspace`.
     WriteFile {
         /// Path relative to `/workspace` (or absolute under it).
-        #[schemars(length(min = 1))]
+        #[schemars(length(min = 1), regex(pattern = crate::schema::NO_NUL))]
         path: String,
         /// The file's content (UTF-8).
         content: String,
@@ -340,7 +348,11 @@ enum StepJson {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         description: Option<String>,
         /// A timeout for this step alone, in seconds (default: the job's per-step timeout).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "crate::serde_duration::optional_whole_number"
+        )]
         #[schemars(range(min = 1, max = MAX_TIMEOUT_SECS))]
         timeout_secs: Option<u64>,
     },
@@ -778,6 +790,8 @@ impl JobSpec {
         self.limits.validate()
     }
 }
+
+pub use crate::serde_duration::optional_whole_number;
 
 /// The longest timeout (job, step or per-step) a job may ask for: 7 days, in seconds.
 pub const MAX_TIMEOUT_SECS: u64 = 7 * 86_400;

@@ -17,6 +17,13 @@ use serde_json::Value;
 
 use crate::job::{Plan, Step};
 
+/// The pattern of text without a NUL byte (no process takes one in its argv), in the regex
+/// syntax JSON Schema, RE2 (structured-output engines) and Python read the same way.
+pub const NO_NUL: &str = r"^[^\x00]*$";
+
+/// [`NO_NUL`], and not blank: at least one character other than ASCII white space.
+pub const NOT_BLANK: &str = r"^[^\x00]*[^\x00\t\n\x0b\x0c\r ][^\x00]*$";
+
 static STEP: LazyLock<Value> = LazyLock::new(generate::<Step>);
 static PLAN: LazyLock<Value> = LazyLock::new(generate::<Plan>);
 

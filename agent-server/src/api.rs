@@ -20,29 +20,57 @@ pub use agent_core::job::MAX_TIMEOUT_SECS;
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleRequest {
-    /// The task in plain language. Required unless `steps` are given.
+    /// The task in plain language (at most 262 144 bytes of UTF-8). Required unless `steps` are
+    /// given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 262144)]
     pub prompt: Option<String>,
     /// Explicit steps, run in order without an LLM.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Vec<crate::openapi::StepComponent>>)]
+    #[schema(value_type = Option<Vec<crate::openapi::StepComponent>>, min_items = 1, max_items = 1000)]
     pub steps: Option<Vec<Step>>,
     /// Timeout of the whole job in seconds (default: the server's `AGENT_JOB_TIMEOUT_SECS`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "agent_core::job::optional_whole_number"
+    )]
+    #[schema(minimum = 1, maximum = 604800)]
     pub timeout_secs: Option<u64>,
     /// Timeout of each step in seconds (default: the server's `AGENT_STEP_TIMEOUT_SECS`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "agent_core::job::optional_whole_number"
+    )]
+    #[schema(minimum = 1, maximum = 604800)]
     pub step_timeout_secs: Option<u64>,
     /// Sandbox network: `none` (default) or `bridge`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<String>, example = "none")]
+    #[schema(value_type = Option<NetworkDoc>, example = "none")]
     pub network: Option<NetworkMode>,
-    /// Container image (default: the server's `AGENT_IMAGE`).
+    /// Container image (default: the server's `AGENT_IMAGE`): a reference
+    /// (`[registry/]name[:tag][@digest]`, lower-case name components) or an image ID. The name
+    /// may have up to 255 characters (the document states it as the whole reference's length;
+    /// a longer tag or digest is still taken, up to 4096 bytes in all).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 255)]
     pub image: Option<String>,
     /// Extra environment variables for every step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env: Option<BTreeMap<String, String>>,
+}
+
+/// The sandbox network as the API document names it ([`NetworkMode`]'s JSON form).
+#[derive(ToSchema)]
+#[schema(as = Network)]
+#[allow(dead_code)] // only its schema is used
+#[serde(rename_all = "lowercase")]
+pub enum NetworkDoc {
+    /// No network (only loopback).
+    None,
+    /// The engine's bridge network.
+    Bridge,
 }
 
 /// Server-side defaults applied to a [`ScheduleRequest`].

@@ -144,7 +144,8 @@ pub struct AccessRequest {
     #[serde(default)]
     pub view_only: bool,
     /// Lifetime in seconds (default 600, at most 86 400).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "agent_core::job::optional_whole_number")]
+    #[schema(minimum = 1, maximum = 86400)]
     pub ttl_secs: Option<u64>,
 }
 

@@ -6,7 +6,7 @@
 
 use std::borrow::Cow;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ObjectBuilder, RefOr, Schema};
 use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
@@ -27,7 +27,10 @@ use crate::session::{LoginRequest, SessionInfo};
     info(
         title = "containerized-agent",
         description = "Runs LLM-planned (or explicit) jobs in hardened, throw-away Docker sandboxes. \
-                       When the server has an API token, send `Authorization: Bearer <token>`.",
+                       When the server has an API token, send `Authorization: Bearer <token>`. \
+                       Errors are JSON (`ErrorBody`). A method a path does not list is answered \
+                       405 `method_not_allowed` with an `Allow` header; a request announcing a \
+                       body over the limit (`AGENT_MAX_BODY_BYTES`) is answered 413 before it is read.",
     ),
     paths(
         crate::routes::health,
@@ -119,6 +122,171 @@ pub fn openapi_json() -> Value {
     {
         schemas.insert("Step".into(), agent_core::schema::step_schema().clone());
         schemas.insert("Plan".into(), agent_core::schema::plan_schema().clone());
+        constrain_schemas(schemas);
     }
+    complete_operations(&mut doc);
     doc
+}
+
+/// Patterns of what the server accepts, in the regex syntax both JSON Schema (ECMA-262) and
+/// Python's `re` (schemathesis) read the same way. "End of input" is `(?![\s\S])` rather than
+/// `$`, which Python also matches before a final newline.
+pub mod patterns {
+    /// A job id: a UUID v4 in its hyphenated form.
+    pub const JOB_ID: &str =
+        "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-4[0-9a-fA-F]{3}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}(?![\\s\\S])";
+    /// An image reference (distribution/reference's grammar, as
+    /// [`agent_core::job::validate_image_reference`] checks it) or an image ID.
+    pub fn image() -> String {
+        let component = "[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*";
+        let domain_part = "(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])";
+        let host = format!(r"(?:{domain_part}(?:\.{domain_part})*|\[[a-fA-F0-9:]+\])");
+        let name = format!("(?:{host}(?::[0-9]+)?/)?{component}(?:/{component})*");
+        let tag = "[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}";
+        let digest = "[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}";
+        format!(r"^(?:{name}(?::{tag})?(?:@{digest})?|sha256:[0-9a-fA-F]{{64}})(?![\s\S])")
+    }
+    /// An environment variable's name.
+    pub const ENV_NAME: &str = "^[A-Za-z_][A-Za-z0-9_]*(?![\\s\\S])";
+    /// Text without a NUL byte.
+    pub const NO_NUL: &str = "^[^\\u0000]*(?![\\s\\S])";
+    /// Text without a NUL byte and not only white space (Rust's `char::is_whitespace`).
+    pub const NOT_BLANK: &str = "^[^\\u0000]*[^\\t\\n\\u000b\\f\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000\\u0000][^\\u0000]*(?![\\s\\S])";
+}
+
+/// Tightens the derived schemas to what the server checks at the door (so a generated request
+/// that matches the document is accepted, and one that does not is refused).
+fn constrain_schemas(schemas: &mut serde_json::Map<String, Value>) {
+    if let Some(request) = schemas.get_mut("ScheduleRequest") {
+        // A prompt (not blank) or steps.
+        request["anyOf"] = json!([
+            {"required": ["steps"], "properties": {"steps": {"type": "array"}}},
+            {"required": ["prompt"], "properties": {"prompt": {"type": "string", "pattern": patterns::NOT_BLANK}}}
+        ]);
+        if let Some(image) = request.pointer_mut("/properties/image") {
+            image["pattern"] = json!(patterns::image());
+        }
+        if let Some(env) = request.pointer_mut("/properties/env") {
+            env["propertyNames"] = json!({"type": "string", "pattern": patterns::ENV_NAME});
+            env["additionalProperties"] = json!({"type": "string", "pattern": patterns::NO_NUL});
+        }
+    }
+    if let Some(access) = schemas.get_mut("AccessRequest") {
+        // Only the desktop has a view-only mode.
+        access["anyOf"] = json!([
+            {"properties": {"service": {"const": "desktop"}}},
+            {"properties": {"view_only": {"const": false}}}
+        ]);
+    }
+}
+
+/// The answers every operation of a kind can give, added where its own list lacks them: 401 on
+/// the protected ones, 400 for a malformed job id (and the id's format), 400/413/415/422 for a
+/// JSON body, 503 where the job store or manager may be unavailable.
+fn complete_operations(doc: &mut Value) {
+    let error = |description: &str| {
+        json!({
+            "description": description,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+        })
+    };
+    let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for (path, item) in paths.iter_mut() {
+        let Some(item) = item.as_object_mut() else {
+            continue;
+        };
+        for operation in item.values_mut() {
+            let Some(op) = operation.as_object_mut() else {
+                continue;
+            };
+            let mut add = Vec::new();
+            let protected = op
+                .get("security")
+                .and_then(Value::as_array)
+                .is_some_and(|s| !s.is_empty());
+            if protected {
+                add.push(("401", "Missing or wrong token (when the server has one)"));
+            }
+            for param in op
+                .get_mut("parameters")
+                .and_then(Value::as_array_mut)
+                .into_iter()
+                .flatten()
+            {
+                // A query or header parameter is absent or has a value; it is never `null`.
+                if let Some(types) = param.pointer_mut("/schema/type") {
+                    if let Some(list) = types.as_array() {
+                        let concrete: Vec<Value> =
+                            list.iter().filter(|t| *t != "null").cloned().collect();
+                        if let [one] = concrete.as_slice() {
+                            *types = one.clone();
+                        }
+                    }
+                }
+            }
+            // Server-Sent Events: each event is an object of its fields, `data` a string.
+            for response in op
+                .get_mut("responses")
+                .and_then(Value::as_object_mut)
+                .into_iter()
+                .flat_map(|r| r.values_mut())
+            {
+                if let Some(sse) = response.pointer_mut("/content/text~1event-stream") {
+                    sse["schema"] = json!({
+                        "type": "object",
+                        "properties": {
+                            "event": {"type": "string"},
+                            "data": {"type": "string"},
+                            "id": {"type": "string"},
+                            "retry": {"type": "integer"}
+                        }
+                    });
+                }
+            }
+            if path.contains("{id}") {
+                add.push(("400", "Malformed job id"));
+                for param in op
+                    .get_mut("parameters")
+                    .and_then(Value::as_array_mut)
+                    .into_iter()
+                    .flatten()
+                {
+                    if param["name"] == "id" && param["in"] == "path" {
+                        param["schema"] = json!({"type": "string", "format": "uuid", "pattern": patterns::JOB_ID});
+                    }
+                }
+            }
+            if op.contains_key("requestBody") {
+                add.push(("400", "The body is not JSON, or not an object"));
+                add.push(("413", "The body is larger than the server accepts"));
+                add.push(("415", "Not `Content-Type: application/json`"));
+                add.push(("422", "Invalid field (named in `error.field`)"));
+            }
+            let tag = op
+                .get("tags")
+                .and_then(|t| t.get(0))
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            if matches!(tag, "jobs" | "logs") {
+                add.push((
+                    "503",
+                    "Temporarily unavailable (`busy`, `queue_full`, `shutting_down`, \
+                     `executor_unavailable`): retry later",
+                ));
+            }
+            let responses = op
+                .entry("responses")
+                .or_insert_with(|| json!({}))
+                .as_object_mut();
+            if let Some(responses) = responses {
+                for (status, description) in add {
+                    responses
+                        .entry(status)
+                        .or_insert_with(|| error(description));
+                }
+            }
+        }
+    }
 }

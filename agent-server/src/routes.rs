@@ -342,13 +342,21 @@ pub(crate) async fn status(
 #[into_params(parameter_in = Query)]
 pub(crate) struct JobsQuery {
     /// Only jobs with this status (several: comma-separated).
+    #[param(
+        pattern = r"^(?:[ \t]*(?:queued|running|succeeded|failed|cancelled|timed_out|interrupted)[ \t]*(?:,[ \t]*(?:queued|running|succeeded|failed|cancelled|timed_out|interrupted)[ \t]*)*|[ \t]*)(?![\s\S])"
+    )]
     status: Option<String>,
     /// Page size, 1–1000 (default 50).
+    #[param(value_type = Option<u64>, minimum = 1, maximum = 1000)]
     limit: Option<String>,
     /// Jobs to skip (default 0). Deep offsets get slower with depth; `cursor` does not.
+    #[param(value_type = Option<u64>, minimum = 0, maximum = 9007199254740991_u64)]
     offset: Option<String>,
     /// Start after this position: the `next` of the previous page (keyset paging, equally fast
     /// at any depth, and stable while jobs are added).
+    #[param(
+        pattern = r"^(?:-?[0-9]{1,18}\.[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-4[0-9a-fA-F]{3}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})?(?![\s\S])"
+    )]
     cursor: Option<String>,
 }
 
@@ -400,7 +408,8 @@ pub(crate) async fn list_jobs(
     if limit == 0 {
         return Err(ApiError::bad_request("limit", "limit: must be at least 1"));
     }
-    let offset = parse_number("offset", q.offset.as_deref(), 0, usize::MAX / 2)?;
+    // 2^53 - 1: the largest whole number a JSON document (and so the API's schema) states exactly.
+    let offset = parse_number("offset", q.offset.as_deref(), 0, (1 << 53) - 1)?;
     filter = filter.page(limit, offset);
     if let Some(cursor) = q.cursor.as_deref().filter(|c| !c.trim().is_empty()) {
         let cursor: agent_core::store::JobCursor = cursor
@@ -525,6 +534,7 @@ pub(crate) async fn logs_text(
 #[into_params(parameter_in = Query)]
 pub(crate) struct StreamQuery {
     /// Start after this event id (like the `Last-Event-ID` header, which wins).
+    #[param(value_type = Option<u64>, minimum = 0)]
     after: Option<String>,
 }
 

@@ -1,0 +1,87 @@
+//! The OpenAPI document describes the server exactly: schemathesis (PyPI, pinned, installed by
+//! scripts/setup-test-tools.sh) runs every one of its checks (`--checks all`: status codes,
+//! content types, response schemas, schema-valid requests accepted, schema-invalid ones refused,
+//! missing auth refused, unsupported methods answered 405, …) against the real `agent-server`
+//! binary with real Docker and an API token, and must find nothing.
+//!
+//! The run is bounded (a fixed number of cases per operation and a fixed seed, so a failure
+//! reproduces with the same command); jobs it schedules run in throw-away sandboxes, prompts are
+//! planned by a mock LLM on 127.0.0.1.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use serde_json::json;
+use support::*;
+
+const TOKEN: &str = "st-token-6f1d2c9a8b7e4d3c";
+
+/// Cases per operation: enough for every phase (examples, coverage, fuzzing, stateful) to run,
+/// small enough to keep the whole run to a couple of minutes.
+const MAX_EXAMPLES: &str = "12";
+const SEED: &str = "20261201";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemathesis_finds_no_difference_between_the_document_and_the_server() {
+    require_docker();
+    let plan = json!({"summary": "planned", "steps": [{"type": "shell", "command": "true"}]});
+    let llm = alchemyst_mock(&plan, &plan).await;
+    let dir = tempfile::tempdir().unwrap();
+    let opts = ServerOptions::new(&unique_scope("openapi"))
+        .token(TOKEN)
+        .llm(Some(&llm), None)
+        .env("AGENT_MAX_CONCURRENT_JOBS", "2");
+    let server = TestServer::start(&dir.path().join("out"), &opts);
+    let report = dir.path().join("report");
+    let out = tokio::process::Command::new(test_tool("schemathesis"))
+        .arg("run")
+        .arg(server.url("/openapi.json"))
+        .args([
+            "--checks",
+            "all",
+            "--max-examples",
+            MAX_EXAMPLES,
+            "--seed",
+            SEED,
+        ])
+        .args(["--workers", "2", "--request-timeout", "30"])
+        // The live-sandbox routes (issue 12) are not yet described exactly; they join this run
+        // once they are.
+        .args(["--exclude-path-regex", "^/sandboxes"])
+        .args(["--header", &format!("Authorization: Bearer {TOKEN}")])
+        .arg("--report-dir")
+        .arg(&report)
+        .current_dir(dir.path())
+        .env("SCHEMATHESIS_TELEMETRY", "false")
+        .env("NO_COLOR", "1")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(PATIENCE * 2, out)
+        .await
+        .expect("schemathesis did not finish")
+        .expect("running schemathesis");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "schemathesis found differences ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    // It did test every operation (a document it could not read would test none).
+    let tested = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Tested: "))
+        .unwrap_or_default()
+        .trim()
+        .parse::<u32>()
+        .unwrap_or(0);
+    assert!(
+        tested >= 17,
+        "schemathesis tested {tested} operations:\n{stdout}"
+    );
+    assert!(
+        !server.log_text().contains("panicked"),
+        "{}",
+        server.log_text()
+    );
+}
