@@ -459,6 +459,79 @@ async fn subscribe_replays_then_follows_and_resumes() {
     assert_eq!(rest, seqs[3..].to_vec());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_subscribers_each_get_every_event_in_order_and_a_slow_one_holds_nobody_back() {
+    let h = harness(None).await;
+    let id = h
+        .manager
+        .submit(JobSpec::from_steps(vec![Step::python(
+            "for i in range(20000):\n    print(i, flush=True)",
+        )]))
+        .await
+        .unwrap();
+    // 200 subscribers reading as events come; one that reads nothing until the job is over; one
+    // that stops after 50 events and resumes from the last it saw (as Last-Event-ID does).
+    let mut readers = Vec::new();
+    for _ in 0..200 {
+        let stream = h.manager.subscribe(id, 0).await.unwrap();
+        readers.push(tokio::spawn(
+            stream.map(|e| e.unwrap().seq).collect::<Vec<u64>>(),
+        ));
+    }
+    let slow = h.manager.subscribe(id, 0).await.unwrap();
+    let resumed = tokio::spawn({
+        let manager = h.manager.clone();
+        async move {
+            let first: Vec<u64> = manager
+                .subscribe(id, 0)
+                .await
+                .unwrap()
+                .take(50)
+                .map(|e| e.unwrap().seq)
+                .collect()
+                .await;
+            let last = *first.last().unwrap();
+            let rest: Vec<u64> = manager
+                .subscribe(id, last)
+                .await
+                .unwrap()
+                .map(|e| e.unwrap().seq)
+                .collect()
+                .await;
+            [first, rest].concat()
+        }
+    });
+    // The job ends although one subscriber has not read a thing.
+    let job = tokio::time::timeout(Duration::from_secs(120), h.manager.wait(id))
+        .await
+        .expect("the job is not held back by a subscriber that does not read")
+        .unwrap();
+    assert_eq!(job.status, JobStatus::Succeeded, "{:?}", job.error);
+    let stored: Vec<u64> = h
+        .store
+        .events(id, 0, 1_000_000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(stored, (1..=stored.len() as u64).collect::<Vec<_>>());
+    for (i, reader) in readers.into_iter().enumerate() {
+        let seqs = reader.await.unwrap();
+        assert_eq!(
+            seqs, stored,
+            "subscriber {i} got every event once, in order"
+        );
+    }
+    let late: Vec<u64> = slow.map(|e| e.unwrap().seq).collect().await;
+    assert_eq!(late, stored, "the slow subscriber catches up without a gap");
+    assert_eq!(
+        resumed.await.unwrap(),
+        stored,
+        "a resumed subscriber misses nothing"
+    );
+}
+
 #[tokio::test]
 async fn bad_input_is_a_typed_error() {
     let h = harness(None).await;

@@ -63,10 +63,12 @@ pub(super) async fn run_local(args: &JobArgs, out: Option<&Path>, json: bool) ->
         Ok(r) => r,
         Err(e) => return fail(Exit::Usage, e),
     };
-    let config = match ServerConfig::from_env() {
+    let mut config = match ServerConfig::from_env() {
         Ok(c) => c,
         Err(e) => return fail(Exit::Usage, e),
     };
+    // One job: a warm pool would only start a second container that nobody uses.
+    config.warm_pool = 0;
     let defaults = match config.job_defaults() {
         Ok(d) => d,
         Err(e) => return fail(Exit::Usage, e),

@@ -235,6 +235,8 @@ impl TestServer {
             .env("AGENT_BIND", "127.0.0.1:0")
             .env("AGENT_OUTPUT_DIR", output_dir)
             .env("AGENT_NETWORK", "none")
+            // No idle pool container per test server (a test that wants one sets it).
+            .env("AGENT_WARM_POOL", "0")
             .env("AGENT_IMAGE", image())
             .env("AGENT_DOCKER_SCOPE", &opts.scope)
             .env("AGENT_SHUTDOWN_GRACE_SECS", "2")
