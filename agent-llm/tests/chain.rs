@@ -133,15 +133,7 @@ async fn streaming_retry_reopens_after_a_503() {
         fast_policy(3),
     )
     .with_sleeper(Arc::new(sleeper.clone()));
-    let reply = collect_stream(
-        provider
-            .chat_stream(&ChatRequest::new("s", "u"))
-            .await
-            .unwrap(),
-        |_| {},
-    )
-    .await
-    .unwrap();
+    let (_, reply) = stream_deltas(&provider, &ChatRequest::new("s", "u")).await;
     assert_eq!(reply.text, "ok");
     assert_eq!(reply.provider, "openai");
     assert_eq!(sleeper.delays().len(), 1);

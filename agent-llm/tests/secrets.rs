@@ -6,7 +6,6 @@ mod common;
 
 use std::time::Duration;
 
-use agent_core::llm::collect_stream;
 use agent_core::{ChatRequest, LlmError, LlmProvider};
 use agent_llm::LlmConfig;
 use common::*;
@@ -110,10 +109,7 @@ async fn keys_appear_in_no_error_debug_output_or_log_line() {
 
     // Each provider alone, so each one's error is seen.
     let providers = chain.providers().to_vec();
-    let alc_err = providers[0]
-        .chat(&ChatRequest::new("s", "u"))
-        .await
-        .unwrap_err();
+    let alc_err = chat_err(&*providers[0]).await;
     assert_eq!(alc_err.status, Some(401));
     assert!(
         alc_err
@@ -122,21 +118,10 @@ async fn keys_appear_in_no_error_debug_output_or_log_line() {
         "{alc_err}"
     );
     assert_no_key("alchemyst error", &error_text(&alc_err));
-    let gem_err = providers[1]
-        .chat(&ChatRequest::new("s", "u"))
-        .await
-        .unwrap_err();
+    let gem_err = chat_err(&*providers[1]).await;
     assert!(gem_err.message.contains("[REDACTED]"), "{gem_err}");
     assert_no_key("gemini error", &error_text(&gem_err));
-    let gem_stream = collect_stream(
-        providers[1]
-            .chat_stream(&ChatRequest::new("s", "u"))
-            .await
-            .unwrap(),
-        |_| {},
-    )
-    .await
-    .unwrap();
+    let (_, gem_stream) = stream_deltas(&*providers[1], &ChatRequest::new("s", "u")).await;
     assert_eq!(gem_stream.text, "hi");
 
     // The whole chain: alchemyst and gemini fail with echoed keys, openai answers.
@@ -172,10 +157,7 @@ async fn keys_appear_in_no_error_debug_output_or_log_line() {
     .with_retry(fast_policy(2))
     .build()
     .unwrap();
-    let combined = all_fail
-        .chat(&ChatRequest::new("s", "u"))
-        .await
-        .unwrap_err();
+    let combined = chat_err(&all_fail).await;
     assert_no_key("combined error", &error_text(&combined));
 
     // The keys did reach the servers, in the headers.

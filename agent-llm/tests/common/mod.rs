@@ -61,7 +61,7 @@ pub fn ok(body: Value) -> ResponseTemplate {
 
 /// Streams `request` from `provider`: the deltas in order, and the assembled reply.
 pub async fn stream_deltas(
-    provider: &impl LlmProvider,
+    provider: &(impl LlmProvider + ?Sized),
     request: &ChatRequest,
 ) -> (Vec<String>, ChatResponse) {
     let stream = provider.chat_stream(request).await.unwrap();
@@ -116,7 +116,7 @@ pub async fn last_body(server: &MockServer) -> Value {
 }
 
 /// The error a one-message chat (`"s"`, `"u"`) gets from `provider`.
-pub async fn chat_err(provider: &impl LlmProvider) -> LlmError {
+pub async fn chat_err(provider: &(impl LlmProvider + ?Sized)) -> LlmError {
     provider
         .chat(&ChatRequest::new("s", "u"))
         .await
