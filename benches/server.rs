@@ -109,6 +109,7 @@ fn stored_job(i: usize) -> Job {
                 stdout_truncated: false,
                 stderr_truncated: false,
                 duration: Duration::from_millis(40 + index as u64),
+                python: None,
             }),
             attempt: 0,
         })

@@ -255,6 +255,9 @@ pub enum StepKind {
     Python {
         /// The source code.
         code: String,
+        /// Run in the sandbox's one long-lived interpreter, so variables, imports and open files
+        /// persist between stateful steps; the result carries a [`PythonOutcome`].
+        stateful: bool,
     },
     /// A file written under `/workspace`.
     WriteFile {
@@ -325,6 +328,10 @@ enum StepJson {
         /// The Python source.
         #[schemars(length(min = 1), regex(pattern = crate::schema::NOT_BLANK))]
         code: String,
+        /// Run in the sandbox's one long-lived interpreter: variables, imports and open files
+        /// persist between stateful steps, and the value of a final expression is returned.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        stateful: bool,
         /// What the step is for.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         description: Option<String>,
@@ -389,9 +396,14 @@ impl From<StepJson> for Step {
             } => (StepKind::Shell { command }, description, timeout_secs),
             StepJson::Python {
                 code,
+                stateful,
                 description,
                 timeout_secs,
-            } => (StepKind::Python { code }, description, timeout_secs),
+            } => (
+                StepKind::Python { code, stateful },
+                description,
+                timeout_secs,
+            ),
             StepJson::WriteFile {
                 path,
                 content,
@@ -421,8 +433,9 @@ impl From<Step> for StepJson {
                 description,
                 timeout_secs,
             },
-            StepKind::Python { code } => StepJson::Python {
+            StepKind::Python { code, stateful } => StepJson::Python {
                 code,
+                stateful,
                 description,
                 timeout_secs,
             },
@@ -446,7 +459,18 @@ impl Step {
 
     /// A Python step.
     pub fn python(code: impl Into<String>) -> Self {
-        Self::from_kind(StepKind::Python { code: code.into() })
+        Self::from_kind(StepKind::Python {
+            code: code.into(),
+            stateful: false,
+        })
+    }
+
+    /// A stateful Python step: run in the sandbox's one long-lived interpreter.
+    pub fn python_stateful(code: impl Into<String>) -> Self {
+        Self::from_kind(StepKind::Python {
+            code: code.into(),
+            stateful: true,
+        })
     }
 
     /// A write_file step.
@@ -482,7 +506,7 @@ impl Step {
     pub fn validate(&self) -> Result<()> {
         match &self.kind {
             StepKind::Shell { command } => text_field("command", command)?,
-            StepKind::Python { code } => text_field("code", code)?,
+            StepKind::Python { code, .. } => text_field("code", code)?,
             StepKind::WriteFile { path, .. } => {
                 if path.trim().is_empty() {
                     return Err(Error::invalid("path", "a write_file step needs a path"));
@@ -940,6 +964,39 @@ pub struct StepResult {
     /// Wall time of the step.
     #[serde(rename = "duration_ms", with = "crate::serde_duration::millis")]
     pub duration: Duration,
+    /// What a stateful Python step's interpreter said (`None` for other steps).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub python: Option<Box<PythonOutcome>>,
+}
+
+/// The outcome of a stateful Python step, beside its exit code and output.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PythonOutcome {
+    /// `repr()` of the value of the code's final expression, when it has one that is not `None`
+    /// (cut at 8 KiB, with a note).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// The exception the code raised, as its last traceback line (the full traceback is on
+    /// stderr).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Workspace files the step created or changed (e.g. a plot saved with `savefig`), sorted,
+    /// at most 100.
+    #[serde(default)]
+    pub files: Vec<String>,
+    /// Whether more files changed than `files` lists.
+    #[serde(default)]
+    pub files_truncated: bool,
+    /// This step started a new interpreter: nothing from earlier steps was defined.
+    #[serde(default)]
+    pub fresh_interpreter: bool,
+    /// The interpreter ended during this step (it timed out, was cancelled, flooded its output,
+    /// or the code ended it): its state is gone and the next stateful step starts afresh.
+    #[serde(default)]
+    pub state_lost: bool,
+    /// What happened to the interpreter, for people, when something did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 impl StepResult {

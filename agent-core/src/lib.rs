@@ -28,8 +28,8 @@ pub use executor::{
 };
 pub use job::{
     EventKind, Job, JobEvent, JobId, JobSpec, JobStatus, LiveSettings, NetworkMode, OutputStream,
-    Plan, ResourceLimits, Service, Step, StepKind, StepRecord, StepResult, StepStatus, Termination,
-    TokenUsage,
+    Plan, PythonOutcome, ResourceLimits, Service, Step, StepKind, StepRecord, StepResult,
+    StepStatus, Termination, TokenUsage,
 };
 pub use llm::{ChatChunk, ChatRequest, ChatResponse, LlmError, LlmErrorKind, LlmProvider, Message};
 pub use secret::SecretString;

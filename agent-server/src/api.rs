@@ -193,6 +193,11 @@ pub struct StepView {
     /// Repair round that produced it (0 = the first plan).
     #[serde(default)]
     pub attempt: u32,
+    /// A stateful Python step's outcome (the value of its final expression, changed files,
+    /// whether the interpreter was new or its state lost).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub python: Option<Box<agent_core::PythonOutcome>>,
 }
 
 /// `GET /status/{id}`.
@@ -256,6 +261,7 @@ impl StatusResponse {
                         .map(|r| u64::try_from(r.duration.as_millis()).unwrap_or(u64::MAX)),
                     termination: rec.result.as_ref().map(|r| r.termination),
                     attempt: rec.attempt,
+                    python: rec.result.as_ref().and_then(|r| r.python.clone()),
                 })
                 .collect(),
             download_link: job.artifact.as_ref().map(|_| format!("/download/{id}")),

@@ -24,7 +24,7 @@ fn one_line(s: &str, max: usize) -> String {
 pub fn describe_step(kind: &StepKind) -> String {
     match kind {
         StepKind::Shell { command } => format!("shell: {}", one_line(command, 100)),
-        StepKind::Python { code } => format!("python: {}", one_line(code, 100)),
+        StepKind::Python { code, .. } => format!("python: {}", one_line(code, 100)),
         StepKind::WriteFile { path, content } => {
             format!("write_file: {path} ({} bytes)", content.len())
         }

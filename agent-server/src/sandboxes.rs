@@ -253,6 +253,11 @@ pub struct StepResultView {
     pub stderr_truncated: bool,
     /// Wall time.
     pub duration_ms: u64,
+    /// A stateful Python step's outcome: `value` (repr of the final expression), `error`,
+    /// `files` (created or changed, e.g. plots), `fresh_interpreter`, `state_lost`, `note`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub python: Option<Box<agent_core::PythonOutcome>>,
 }
 
 impl StepResultView {
@@ -269,6 +274,7 @@ impl StepResultView {
             stdout_truncated: r.stdout_truncated,
             stderr_truncated: r.stderr_truncated,
             duration_ms: u64::try_from(r.duration.as_millis()).unwrap_or(u64::MAX),
+            python: r.python.clone(),
         }
     }
 }

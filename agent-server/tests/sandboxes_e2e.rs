@@ -59,6 +59,17 @@ async fn request(
     rb.send().await.unwrap()
 }
 
+/// `DELETE /sandboxes/{id}`.
+async fn destroy(server: &TestServer, id: &str) -> reqwest::Response {
+    request(
+        server,
+        reqwest::Method::DELETE,
+        &format!("/sandboxes/{id}"),
+        vec![],
+    )
+    .await
+}
+
 async fn error_code(resp: reqwest::Response, http: u16) -> Value {
     let status = resp.status().as_u16();
     let v: Value = resp.json().await.unwrap();
@@ -273,13 +284,7 @@ async fn a_live_sandbox_runs_50_steps_with_state_in_files_moves_files_and_is_des
     assert_eq!(v["idle_timeout_secs"], 900);
 
     // Destroy: the container goes, the job ends succeeded.
-    let resp = request(
-        &server,
-        reqwest::Method::DELETE,
-        &format!("/sandboxes/{id}"),
-        vec![],
-    )
-    .await;
+    let resp = destroy(&server, &id).await;
     assert_eq!(resp.status(), 200);
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["status"], "succeeded", "{v}");
@@ -303,13 +308,7 @@ async fn a_live_sandbox_runs_50_steps_with_state_in_files_moves_files_and_is_des
     .await;
     assert_eq!(code, 404, "{v}");
     assert_eq!(v["error"]["code"], "not_found");
-    let resp = request(
-        &server,
-        reqwest::Method::DELETE,
-        &format!("/sandboxes/{id}"),
-        vec![],
-    )
-    .await;
+    let resp = destroy(&server, &id).await;
     assert_eq!(
         error_code(resp, 409).await["error"]["code"],
         "already_finished"
@@ -323,6 +322,56 @@ async fn a_live_sandbox_runs_50_steps_with_state_in_files_moves_files_and_is_des
     let (code, list) = server.get_json("/sandboxes").await;
     assert_eq!(code, 200);
     assert_eq!(list["sandboxes"], json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stateful_python_keeps_variables_across_50_steps_and_says_when_state_is_lost() {
+    require_docker();
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(
+        &dir.path().join("out"),
+        &ServerOptions::new(&unique_scope("live-py")),
+    );
+    let id = create(&server, json!({})).await;
+    let py = |code: &str| json!({"type": "python", "code": code, "stateful": true});
+    let (code, v) = step(&server, &id, py("import json\nn = 0")).await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["result"]["python"]["fresh_interpreter"], true, "{v}");
+    for i in 1..=49 {
+        let (code, v) = step(
+            &server,
+            &id,
+            py("n += 1\nprint('at', n)\njson.dumps({'n': n})"),
+        )
+        .await;
+        assert_eq!(code, 200, "{v}");
+        assert_eq!(v["status"], "succeeded", "step {i}: {v}");
+        assert_eq!(v["result"]["stdout_tail"], format!("at {i}\n"), "{v}");
+        let expected = format!("'{{\"n\": {i}}}'");
+        assert_eq!(v["result"]["python"]["value"], expected.as_str(), "{v}");
+        assert_eq!(v["result"]["python"]["fresh_interpreter"], false, "{v}");
+    }
+    // A figure-like file written by a step is listed; it is in the workspace.
+    let (_, v) = step(&server, &id, py("open('plot.png', 'wb').write(b'PNG')")).await;
+    assert_eq!(v["result"]["python"]["files"], json!(["plot.png"]), "{v}");
+    let got = server
+        .get(&format!("/sandboxes/{id}/files?path=plot.png"))
+        .await;
+    assert_eq!(got.status(), 200);
+    assert_eq!(got.bytes().await.unwrap().as_ref(), b"PNG");
+    // A step that kills its interpreter fails and says so; the next one starts afresh.
+    let (_, v) = step(&server, &id, py("import os\nos._exit(9)")).await;
+    assert_eq!(v["status"], "failed", "{v}");
+    assert_eq!(v["result"]["python"]["state_lost"], true, "{v}");
+    let (_, v) = step(&server, &id, py("'n' in globals()")).await;
+    assert_eq!(v["result"]["python"]["value"], "False", "{v}");
+    assert_eq!(v["result"]["python"]["fresh_interpreter"], true, "{v}");
+    // The steps are recorded like a job's.
+    let st = server.status(&id).await;
+    assert_eq!(st["steps"].as_array().unwrap().len(), 53, "{st}");
+    assert_eq!(st["steps"][1]["python"]["value"], "'{\"n\": 1}'");
+    let resp = destroy(&server, &id).await;
+    assert_eq!(resp.status(), 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -402,13 +451,7 @@ async fn live_sandboxes_and_jobs_share_the_concurrency_limit() {
         .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(server.status(&job).await["status"], "queued");
-    let resp = request(
-        &server,
-        reqwest::Method::DELETE,
-        &format!("/sandboxes/{a}"),
-        vec![],
-    )
-    .await;
+    let resp = destroy(&server, &a).await;
     assert_eq!(resp.status(), 200);
     let st = server.wait_final(&job).await;
     assert_eq!(st["status"], "succeeded", "{st}");
@@ -428,13 +471,7 @@ async fn live_sandboxes_and_jobs_share_the_concurrency_limit() {
     let (code, v) = server.post_json("/sandboxes", &json!({})).await;
     assert_eq!(code, 503, "{v}");
     for id in [&b, &c] {
-        let resp = request(
-            &server,
-            reqwest::Method::DELETE,
-            &format!("/sandboxes/{id}"),
-            vec![],
-        )
-        .await;
+        let resp = destroy(&server, id).await;
         assert_eq!(resp.status(), 200);
         assert!(containers_of(id).is_empty());
     }

@@ -453,6 +453,7 @@ impl StepRun {
                     stdout_truncated: false,
                     stderr_truncated: false,
                     duration: started.elapsed(),
+                    python: None,
                 })
             }
             other => other,

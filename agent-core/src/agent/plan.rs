@@ -34,6 +34,7 @@ The object must match this JSON Schema:
 
 Rules:
 - "type" is one of "shell" (run with bash -c), "python" (run with python3), "write_file" (path relative to /workspace).
+- A "python" step with "stateful": true runs in one Python interpreter that lives for the whole job: variables, imports and open files defined by one stateful step persist into the next stateful steps (not into plain "python" or "shell" steps), and the value of a final expression is reported. A step that times out loses that state.
 - Steps run strictly in the order given; a step that exits non-zero stops the plan.
 - Prefer write_file for creating source files, then shell or python steps to run and check them.
 - Keep the plan short and self-contained; do not ask questions."#,
@@ -310,7 +311,7 @@ impl fmt::Display for Plan {
         for (i, step) in self.steps.iter().enumerate() {
             let what = match &step.kind {
                 StepKind::Shell { command } => format!("shell: {command}"),
-                StepKind::Python { code } => {
+                StepKind::Python { code, .. } => {
                     format!("python: {} lines", code.lines().count())
                 }
                 StepKind::WriteFile { path, content } => {
@@ -356,7 +357,22 @@ mod tests {
     fn braces_inside_strings_do_not_confuse_the_scanner() {
         let plan = r#"Here: {"steps":[{"type":"python","code":"d = {'a': '}'}\nprint(d)"}],"summary":"x"} ok"#;
         let parsed = parse_plan(plan).unwrap();
-        assert!(matches!(&parsed.steps[0].kind, StepKind::Python { code } if code.contains("'}'")));
+        assert!(
+            matches!(&parsed.steps[0].kind, StepKind::Python { code, .. } if code.contains("'}'"))
+        );
+    }
+
+    #[test]
+    fn the_planner_is_told_stateful_python_and_its_plans_may_use_it() {
+        assert!(system_prompt().contains("\"stateful\": true"));
+        assert!(system_prompt().contains("persist"));
+        let plan = r#"{"steps":[{"type":"python","code":"x = 1","stateful":true},{"type":"python","code":"x"}],"summary":"s"}"#;
+        let parsed = parse_plan(plan).unwrap();
+        assert_eq!(parsed.steps[0], Step::python_stateful("x = 1"));
+        assert_eq!(parsed.steps[1], Step::python("x"));
+        let back = serde_json::to_value(&parsed.steps).unwrap();
+        assert_eq!(back[0]["stateful"], true);
+        assert!(back[1].get("stateful").is_none(), "{back}");
     }
 
     #[test]

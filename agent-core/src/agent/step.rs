@@ -4,6 +4,12 @@
 //! - `shell`: `bash -c <command>` in the workspace root;
 //! - `python`: the code is written to `.agent/step-<index>.py` with [`Sandbox::put_file`], then
 //!   run as `python3 .agent/step-<index>.py`;
+//! - stateful `python`: the code is written the same way, then run by `python3 -c <pykernel.py>`
+//!   (this crate's `agent/pykernel.py`), a client of the sandbox's one long-lived interpreter (it
+//!   starts one when there is none). The interpreter runs the code in its namespace with the
+//!   client's stdout and stderr, and answers in `.agent/step-<index>.result.json`, read back
+//!   with [`Sandbox::get_file`] into [`StepResult::python`]. The interpreter ends with a client
+//!   that is killed (timeout, cancel, output cap), so such a step says its state was lost;
 //! - `write_file`: [`Sandbox::put_file`] (a refused path is an `Err` with `PathRefused`); no
 //!   process runs.
 
@@ -16,7 +22,10 @@ use tokio_util::sync::CancellationToken;
 use crate::executor::{
     ExecRequest, OutputSink, Sandbox, SandboxError, DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_TAIL_BYTES,
 };
-use crate::job::{Step, StepKind, StepResult, Termination};
+use crate::job::{PythonOutcome, Step, StepKind, StepResult, Termination};
+
+/// The stateful-Python client and interpreter, run with `python3 -c`.
+const PYKERNEL: &str = include_str!("pykernel.py");
 
 /// A request to run one step of a job.
 #[derive(Clone, Debug)]
@@ -69,6 +78,11 @@ impl StepRequest {
         format!(".agent/step-{}.py", self.index)
     }
 
+    /// The workspace-relative file a stateful Python step's answer is written to.
+    pub fn python_result_file(&self) -> String {
+        format!(".agent/step-{}.result.json", self.index)
+    }
+
     fn exec(&self, argv: Vec<String>) -> ExecRequest {
         ExecRequest {
             argv,
@@ -113,16 +127,20 @@ impl<S: Sandbox + ?Sized> RunStep for S {
             stdout_truncated: false,
             stderr_truncated: false,
             duration: started.elapsed(),
+            python: None,
         };
         if request.cancel.is_cancelled() {
             return Ok(ended(-1, Termination::Cancelled));
         }
         let argv = match &request.step.kind {
             StepKind::Shell { command } => vec!["bash".into(), "-c".into(), command.clone()],
-            StepKind::Python { code } => {
+            StepKind::Python { code, stateful } => {
                 let file = request.python_file();
                 self.put_file(&file, Bytes::from(code.clone().into_bytes()))
                     .await?;
+                if *stateful {
+                    return run_stateful(self, &request, file, output).await;
+                }
                 vec!["python3".into(), file]
             }
             StepKind::WriteFile { path, content } => {
@@ -132,5 +150,99 @@ impl<S: Sandbox + ?Sized> RunStep for S {
             }
         };
         self.exec(request.exec(argv), output).await
+    }
+}
+
+/// Runs a stateful Python step (see the module docs) and reads the interpreter's answer.
+async fn run_stateful<S: Sandbox + ?Sized>(
+    sandbox: &S,
+    request: &StepRequest,
+    file: String,
+    output: OutputSink,
+) -> Result<StepResult, SandboxError> {
+    let answer_file = request.python_result_file();
+    let argv = vec![
+        "python3".into(),
+        "-c".into(),
+        PYKERNEL.into(),
+        file,
+        answer_file.clone(),
+    ];
+    let mut result = sandbox.exec(request.exec(argv), output).await?;
+    let outcome = match result.termination {
+        Termination::Exited => match sandbox.get_file(&answer_file).await {
+            Ok(answer) => read_answer(&answer),
+            Err(e) => PythonOutcome {
+                state_lost: true,
+                note: Some(format!(
+                    "the Python interpreter gave no answer ({}); its state may be lost",
+                    e.message
+                )),
+                ..PythonOutcome::default()
+            },
+        },
+        ended => PythonOutcome {
+            state_lost: true,
+            note: Some(format!(
+                "the step {}: the Python interpreter was ended with it and its state \
+                 (variables, imports, open files) was lost; the next stateful step starts a new \
+                 one",
+                match ended {
+                    Termination::TimedOut => "timed out",
+                    Termination::Cancelled => "was cancelled",
+                    Termination::OutOfMemory => "ran out of memory",
+                    Termination::OutputLimit => "wrote more than the output cap",
+                    Termination::Exited => "ended",
+                }
+            )),
+            ..PythonOutcome::default()
+        },
+    };
+    result.python = Some(Box::new(outcome));
+    Ok(result)
+}
+
+/// The interpreter's JSON answer, as [`PythonOutcome`].
+fn read_answer(answer: &[u8]) -> PythonOutcome {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        #[serde(default)]
+        value: Option<String>,
+        #[serde(default)]
+        error: Option<String>,
+        #[serde(default)]
+        files: Vec<String>,
+        #[serde(default)]
+        files_truncated: bool,
+        #[serde(default)]
+        steps: u64,
+        #[serde(default)]
+        lost: bool,
+    }
+    match serde_json::from_slice::<Answer>(answer) {
+        Ok(a) => {
+            PythonOutcome {
+                note: if a.lost {
+                    a.error.clone()
+                } else if a.steps == 1 {
+                    Some("a new Python interpreter was started: nothing from earlier steps is defined".into())
+                } else {
+                    None
+                },
+                value: a.value,
+                error: if a.lost { None } else { a.error },
+                files: a.files,
+                files_truncated: a.files_truncated,
+                fresh_interpreter: a.steps == 1,
+                state_lost: a.lost,
+            }
+        }
+        Err(e) => PythonOutcome {
+            state_lost: true,
+            note: Some(format!(
+                "the Python interpreter's answer was unreadable: {e}"
+            )),
+            ..PythonOutcome::default()
+        },
     }
 }

@@ -660,6 +660,7 @@ fn refused_result(e: &SandboxError, duration: Duration) -> StepResult {
         stdout_truncated: false,
         stderr_truncated: false,
         duration,
+        python: None,
     }
 }
 

@@ -207,7 +207,7 @@ pub fn step_headline(step: &Step) -> String {
     }
     match &step.kind {
         StepKind::Shell { command } => headline(command, 120),
-        StepKind::Python { code } => headline(code, 120),
+        StepKind::Python { code, .. } => headline(code, 120),
         StepKind::WriteFile { path, .. } => format!("write {}", headline(path, 110)),
     }
 }

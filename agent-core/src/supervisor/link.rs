@@ -497,6 +497,7 @@ impl Link {
                 stdout_truncated: false,
                 stderr_truncated: false,
                 duration: started.elapsed(),
+                python: None,
             });
         }
         let timeout_ms = u64::try_from(request.timeout.as_millis()).unwrap_or(u64::MAX);
@@ -555,6 +556,7 @@ impl Link {
                                 stdout_truncated: stdout.total > cap || (capped && stdout.total > 0),
                                 stderr_truncated: stderr.total > cap || (capped && stderr.total > 0),
                                 duration: started.elapsed(),
+                                python: None,
                             });
                         }
                         Event::Err { message, .. } => {

@@ -41,6 +41,9 @@ const QUICK: Duration = Duration::from_secs(30);
 ///   `get_file` and `write_file` steps); a missing file is `NotFound`;
 /// - `export`: a tar with the written files under relative paths, no `..`, links
 ///   stored as links;
+/// - stateful Python: variables, imports and open files kept between steps, the final
+///   expression's value, changed files, exceptions, a timeout or an `os._exit` losing the state
+///   and the next step starting a new interpreter;
 /// - `destroy` is idempotent and the sandbox is unusable afterwards.
 ///
 /// It takes a few seconds (one step waits for its 1 s timeout).
@@ -71,6 +74,7 @@ pub async fn executor_suite(executor: Arc<dyn Executor>) {
     output_cap(&*sandbox).await;
     refused_paths(&*sandbox).await;
     export(&*sandbox).await;
+    stateful_python(&*sandbox).await;
 
     sandbox
         .destroy()
@@ -382,6 +386,123 @@ async fn python_step(sandbox: &dyn Sandbox) {
     );
     assert_eq!(out.stdout(), "py 42\n", "python: stdout");
     assert_eq!(out.stderr(), "warn\n", "python: stderr");
+}
+
+/// Runs a stateful Python step with its own index (its files are `.agent/step-<index>.*`).
+async fn stateful(
+    sandbox: &dyn Sandbox,
+    index: usize,
+    code: &str,
+    timeout: Duration,
+) -> (StepResult, Collected) {
+    let req = StepRequest::new(index, Step::python_stateful(code), timeout);
+    let (result, out) = run(sandbox, req, code).await;
+    assert!(
+        result.python.is_some(),
+        "{code}: no Python outcome: {result:?}"
+    );
+    (result, out)
+}
+
+async fn stateful_python(sandbox: &dyn Sandbox) {
+    let (r, out) = stateful(
+        sandbox,
+        100,
+        "import sys\nx = 41\nprint('set')\nprint('err', file=sys.stderr)",
+        QUICK,
+    )
+    .await;
+    assert!(r.success(), "stateful: {r:?}");
+    assert_eq!(
+        (out.stdout().as_str(), out.stderr().as_str()),
+        ("set\n", "err\n")
+    );
+    let py = r.python.unwrap();
+    assert!(
+        py.fresh_interpreter && !py.state_lost,
+        "stateful: first step: {py:?}"
+    );
+    assert_eq!(py.value, None);
+
+    // State carries: a variable, an import, an open file; the final expression is the value.
+    let (r, out) = stateful(
+        sandbox,
+        101,
+        "f = open('kept.txt', 'w')\nf.write('one')\nf.flush()\nprint(sys.version_info[0])\nx + 1",
+        QUICK,
+    )
+    .await;
+    assert!(r.success(), "stateful: {r:?}");
+    assert_eq!(out.stdout(), "3\n");
+    let py = r.python.unwrap();
+    assert_eq!(py.value.as_deref(), Some("42"), "stateful: value: {py:?}");
+    assert!(!py.fresh_interpreter, "stateful: second step: {py:?}");
+    assert_eq!(
+        py.files,
+        vec!["kept.txt".to_string()],
+        "stateful: changed files"
+    );
+    let (r, _) = stateful(
+        sandbox,
+        102,
+        "f.write(' two'); f.close()\nopen('kept.txt').read()",
+        QUICK,
+    )
+    .await;
+    assert_eq!(r.python.unwrap().value.as_deref(), Some("'one two'"));
+
+    // An exception: exit code 1, the error named, the traceback on stderr, the state kept.
+    let (r, out) = stateful(sandbox, 103, "y = 1\nraise ValueError('boom')", QUICK).await;
+    assert_eq!(
+        (r.exit_code, r.termination),
+        (1, Termination::Exited),
+        "{r:?}"
+    );
+    assert_eq!(r.python.unwrap().error.as_deref(), Some("ValueError: boom"));
+    assert!(
+        out.stderr().contains("Traceback") && out.stderr().contains("raise ValueError"),
+        "{}",
+        out.stderr()
+    );
+    assert!(
+        !out.stderr().contains("pykernel") && !out.stderr().contains("in run"),
+        "kernel frames shown: {}",
+        out.stderr()
+    );
+    let (r, _) = stateful(sandbox, 104, "x, y", QUICK).await;
+    assert_eq!(r.python.unwrap().value.as_deref(), Some("(41, 1)"));
+
+    // A timeout ends the interpreter: the step says its state was lost; the next one is fresh.
+    let (r, out) = stateful(
+        sandbox,
+        105,
+        "import time\nprint('waiting', flush=True)\ntime.sleep(60)",
+        Duration::from_secs(1),
+    )
+    .await;
+    assert_eq!(r.termination, Termination::TimedOut, "{r:?}");
+    assert_eq!(out.stdout(), "waiting\n");
+    let py = r.python.unwrap();
+    assert!(py.state_lost, "timed out: {py:?}");
+    assert!(py.note.as_deref().unwrap_or("").contains("lost"), "{py:?}");
+    let (r, _) = stateful(sandbox, 106, "'x' in globals()", QUICK).await;
+    let py = r.python.unwrap();
+    assert!(py.fresh_interpreter, "after a timeout: {py:?}");
+    assert_eq!(py.value.as_deref(), Some("False"));
+
+    // Code that kills its own interpreter: a failed step that says the state was lost.
+    stateful(sandbox, 107, "z = 5", QUICK).await;
+    let (r, out) = stateful(sandbox, 108, "import os\nos._exit(3)", QUICK).await;
+    assert!(!r.success(), "{r:?}");
+    let py = r.python.unwrap();
+    assert!(py.state_lost, "interpreter killed: {py:?}");
+    assert!(out.stderr().contains("state was lost"), "{}", out.stderr());
+    let (r, _) = stateful(sandbox, 109, "'z' in globals()", QUICK).await;
+    let py = r.python.unwrap();
+    assert!(
+        py.fresh_interpreter && py.value.as_deref() == Some("False"),
+        "{py:?}"
+    );
 }
 
 async fn files(sandbox: &dyn Sandbox) {

@@ -256,6 +256,7 @@ impl ProcessSandbox {
                 stdout_truncated: false,
                 stderr_truncated: false,
                 duration: started.elapsed(),
+                python: None,
             });
         }
         let cwd = match request.cwd.as_deref() {
@@ -540,6 +541,7 @@ fn exited(exit_code: i32, stdout: Tail, stderr: Tail, duration: Duration) -> Ste
         stdout_tail: stdout.into_text(),
         stderr_tail: stderr.into_text(),
         duration,
+        python: None,
     }
 }
 

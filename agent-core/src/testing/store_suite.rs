@@ -133,6 +133,7 @@ async fn crud(store: Arc<dyn JobStore>) {
             stdout_truncated: false,
             stderr_truncated: false,
             duration: Duration::from_millis(12),
+            python: None,
         }),
         attempt: 0,
     });
@@ -652,6 +653,7 @@ fn every_kind(id: JobId) -> Vec<JobEvent> {
                     stdout_truncated: true,
                     stderr_truncated: false,
                     duration: Duration::from_millis(1500),
+                    python: None,
                 },
             },
         ),
