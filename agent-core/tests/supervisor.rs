@@ -4,44 +4,18 @@
 
 use std::io::Read;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use agent_core::executor::{discard_output, ExecRequest, OutputSink};
 use agent_core::supervisor::{LocalSupervisor, SOURCE};
-use agent_core::{OutputStream, SandboxErrorKind, Termination};
-use bytes::Bytes;
+use agent_core::testing::Collected;
+use agent_core::{SandboxErrorKind, Termination};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 /// Generous bound that only guards against a hang.
 const QUICK: Duration = Duration::from_secs(30);
-
-#[derive(Clone, Default)]
-struct Collected(Arc<Mutex<(Vec<u8>, Vec<u8>)>>);
-
-impl Collected {
-    fn sink(&self) -> OutputSink {
-        let me = self.clone();
-        Arc::new(move |stream, bytes: Bytes| {
-            let mut both = me.0.lock().unwrap();
-            match stream {
-                OutputStream::Stdout => both.0.extend_from_slice(&bytes),
-                OutputStream::Stderr => both.1.extend_from_slice(&bytes),
-            }
-        })
-    }
-    fn stdout(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap().0).into_owned()
-    }
-    fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap().1).into_owned()
-    }
-    fn len(&self) -> usize {
-        let both = self.0.lock().unwrap();
-        both.0.len() + both.1.len()
-    }
-}
 
 fn sh(command: &str) -> ExecRequest {
     ExecRequest::new(vec!["sh".into(), "-c".into(), command.into()], QUICK)

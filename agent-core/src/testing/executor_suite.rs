@@ -146,12 +146,13 @@ fn request(step: Step) -> StepRequest {
     StepRequest::new(0, step, QUICK)
 }
 
-/// A sink collecting output per stream.
+/// Output collected from a sink, per stream, for tests.
 #[derive(Clone, Default)]
-struct Collected(Arc<Mutex<(Vec<u8>, Vec<u8>)>>);
+pub struct Collected(Arc<Mutex<(Vec<u8>, Vec<u8>)>>);
 
 impl Collected {
-    fn sink(&self) -> OutputSink {
+    /// A sink that appends to this collection.
+    pub fn sink(&self) -> OutputSink {
         let me = self.clone();
         Arc::new(move |stream, bytes: Bytes| {
             let mut both = me.0.lock().unwrap();
@@ -161,11 +162,22 @@ impl Collected {
             }
         })
     }
-    fn stdout(&self) -> String {
+    /// Everything written to stdout so far (lossy UTF-8).
+    pub fn stdout(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap().0).into_owned()
     }
-    fn stderr(&self) -> String {
+    /// Everything written to stderr so far (lossy UTF-8).
+    pub fn stderr(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap().1).into_owned()
+    }
+    /// Bytes collected from both streams.
+    pub fn len(&self) -> usize {
+        let both = self.0.lock().unwrap();
+        both.0.len() + both.1.len()
+    }
+    /// Whether nothing was collected.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 

@@ -19,7 +19,7 @@ mod fake_executor;
 mod llm_suite;
 mod store_suite;
 
-pub use executor_suite::executor_suite;
+pub use executor_suite::{executor_suite, Collected};
 pub use fake_executor::FakeExecutor;
 pub use llm_suite::llm_suite;
 pub use store_suite::store_suite;
