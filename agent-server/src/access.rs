@@ -48,6 +48,15 @@ impl AccessService {
     }
 }
 
+impl From<AccessService> for agent_core::Service {
+    fn from(s: AccessService) -> Self {
+        match s {
+            AccessService::Desktop => agent_core::Service::Desktop,
+            AccessService::Jupyter => agent_core::Service::Jupyter,
+        }
+    }
+}
+
 impl fmt::Display for AccessService {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

@@ -7,8 +7,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use agent_core::manager::JobSandbox;
 use agent_core::{
-    Job, JobId, JobSpec, JobStatus, NetworkMode, Step, StepStatus, Termination, TokenUsage,
+    Job, JobId, JobSpec, JobStatus, NetworkMode, Service, Step, StepStatus, Termination, TokenUsage,
 };
 
 use crate::error::ApiError;
@@ -59,6 +60,17 @@ pub struct ScheduleRequest {
     /// Extra environment variables for every step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env: Option<BTreeMap<String, String>>,
+    /// Services started before the first step: `desktop` (a live desktop every step draws on,
+    /// seen through noVNC) and/or `jupyter` (Jupyter Lab in the workspace). Jobs with services
+    /// run on the server's desktop image unless they name an image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<String>>, example = json!(["desktop"]))]
+    pub services: Option<Vec<Service>>,
+    /// Keep the sandbox this many seconds after the steps end (at most the server's
+    /// `AGENT_MAX_KEEP_ALIVE_SECS`), so its desktop or notebook can still be used; the job's
+    /// status is final meanwhile. `POST /release/{id}` ends it early.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_alive_secs: Option<u64>,
 }
 
 /// The sandbox network as the API document names it ([`NetworkMode`]'s JSON form).
@@ -150,6 +162,8 @@ impl ScheduleRequest {
             job_timeout,
             network: self.network.unwrap_or(defaults.network),
             env: self.env.unwrap_or_default(),
+            services: self.services.unwrap_or_default(),
+            keep_alive: Duration::from_secs(self.keep_alive_secs.unwrap_or(0)),
             ..JobSpec::default()
         };
         Ok(spec)
@@ -230,6 +244,60 @@ pub struct StatusResponse {
     pub download_link: Option<String>,
     /// The job's log (text; `/stream` appended for Server-Sent Events).
     pub logs_link: String,
+    /// The services the job asked for (`desktop`, `jupyter`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<String>)]
+    pub services: Vec<Service>,
+    /// How long the sandbox is kept after the steps, as asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_alive_secs: Option<u64>,
+    /// The job's sandbox, while it can be reached (the job runs, or it is kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<SandboxView>,
+    /// When the kept sandbox goes (RFC 3339), once the steps ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_alive_until: Option<DateTime<Utc>>,
+    /// Where the services are, while they are up: `desktop` (the noVNC viewer), `jupyter`
+    /// (Jupyter Lab) and `access` (with `AGENT_API_TOKEN` set, the viewer and Jupyter paths
+    /// need a signed URL: `POST` there gives one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_links: Option<ServiceLinks>,
+}
+
+/// A job's sandbox in `GET /status/{id}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SandboxView {
+    /// `running` while the job runs, `kept` after its steps ended.
+    pub state: String,
+    /// The backend's id (a container id).
+    pub id: String,
+    /// When a kept sandbox goes (RFC 3339).
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// Links to a job's services while they are up.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ServiceLinks {
+    /// The desktop's noVNC viewer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desktop: Option<String>,
+    /// Jupyter Lab.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jupyter: Option<String>,
+    /// Where to ask for a signed URL (`POST`, body `{"service": "desktop"}`).
+    pub access: String,
+}
+
+/// The links to the services of `job` that are up in `sandbox`.
+fn service_links(job: &Job, sandbox: &JobSandbox) -> Option<ServiceLinks> {
+    let id = job.id;
+    let up = |s: Service| job.spec.services.contains(&s) && sandbox.sandbox.service(s).is_some();
+    let links = ServiceLinks {
+        desktop: up(Service::Desktop).then(|| format!("/desktop/{id}/")),
+        jupyter: up(Service::Jupyter).then(|| format!("/jupyter/{id}/lab")),
+        access: format!("/access/{id}"),
+    };
+    (links.desktop.is_some() || links.jupyter.is_some()).then_some(links)
 }
 
 impl StatusResponse {
@@ -266,7 +334,32 @@ impl StatusResponse {
                 .collect(),
             download_link: job.artifact.as_ref().map(|_| format!("/download/{id}")),
             logs_link: format!("/logs/{id}"),
+            services: job.spec.services.clone(),
+            keep_alive_secs: (!job.spec.keep_alive.is_zero())
+                .then(|| job.spec.keep_alive.as_secs()),
+            sandbox: None,
+            keep_alive_until: None,
+            service_links: None,
         }
+    }
+
+    /// The view of a stored job and its sandbox, when it has one now.
+    pub fn with_sandbox(mut self, job: &Job, sandbox: Option<&JobSandbox>) -> Self {
+        if let Some(sandbox) = sandbox {
+            self.sandbox = Some(SandboxView {
+                state: if sandbox.kept_until.is_some() {
+                    "kept"
+                } else {
+                    "running"
+                }
+                .to_string(),
+                id: sandbox.sandbox.id().to_string(),
+                expires_at: sandbox.kept_until,
+            });
+            self.keep_alive_until = sandbox.kept_until;
+            self.service_links = service_links(job, sandbox);
+        }
+        self
     }
 }
 

@@ -183,6 +183,22 @@ impl Client {
         Self::json(self.send(self.http.post(&url), &url).await?).await
     }
 
+    /// `POST /access/{id}`: a signed URL of a job's desktop or Jupyter Lab.
+    pub async fn access(
+        &self,
+        id: JobId,
+        req: &crate::live::AccessRequest,
+    ) -> Result<crate::live::AccessResponse, ClientError> {
+        let url = self.url(&format!("/access/{id}"));
+        Self::json(self.send(self.http.post(&url).json(req), &url).await?).await
+    }
+
+    /// `POST /release/{id}`: ends a finished job's kept sandbox.
+    pub async fn release(&self, id: JobId) -> Result<crate::live::ReleaseResponse, ClientError> {
+        let url = self.url(&format!("/release/{id}"));
+        Self::json(self.send(self.http.post(&url), &url).await?).await
+    }
+
     /// `GET /logs/{id}`: the whole log as text, in memory (see [`Client::logs_to`] for a long one).
     pub async fn logs(&self, id: JobId) -> Result<String, ClientError> {
         let mut buf = Vec::new();

@@ -102,6 +102,10 @@ pub struct ServerConfig {
     #[arg(long, env = "AGENT_HEADER_TIMEOUT_SECS", default_value_t = 10)]
     pub header_timeout_secs: u64,
 
+    /// The longest `keep_alive_secs` a job may ask for (its sandbox kept after the steps).
+    #[arg(long, env = "AGENT_MAX_KEEP_ALIVE_SECS", default_value_t = 3600)]
+    pub max_keep_alive_secs: u64,
+
     /// Seconds running jobs get to finish on SIGTERM/SIGINT before they are interrupted.
     #[arg(long, env = "AGENT_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,

@@ -31,7 +31,8 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
 use utoipa::ToSchema;
 
-use agent_core::JobId;
+use agent_core::manager::JobSandbox;
+use agent_core::{JobId, JobStatus, ServiceEndpoint};
 
 use crate::access::{unix_now, AccessError, AccessService, AccessSigner, Grant, DEFAULT_TOKEN_TTL};
 use crate::error::{ApiError, ApiResult};
@@ -551,7 +552,39 @@ async fn jupyter(
         })
 }
 
-/// The job manager's jobs as [`JobServices`].
+/// `POST /release/{id}`.
+#[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
+pub struct ReleaseResponse {
+    /// The job.
+    #[schema(value_type = String, format = Uuid)]
+    pub job_id: JobId,
+    /// Whether the job had a sandbox (kept, or running: then it is not kept after its steps).
+    pub released: bool,
+}
+
+/// Ends a finished job's kept sandbox now (its desktop and Jupyter go; the job's status and ZIP
+/// stay). On a running job: its sandbox is not kept after the steps.
+#[utoipa::path(post, path = "/release/{id}", tag = "jobs",
+    params(("id" = String, Path, description = "Job id (UUID v4)")),
+    responses((status = 200, body = ReleaseResponse),
+              (status = 400, description = "Malformed id", body = crate::error::ErrorBody),
+              (status = 404, description = "Unknown job", body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn release(
+    State(state): State<crate::routes::AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<ReleaseResponse>> {
+    let job: JobId = id.parse().map_err(ApiError::from)?;
+    let manager = state.manager();
+    manager.get(job).await?;
+    Ok(Json(ReleaseResponse {
+        job_id: job,
+        released: manager.release(job),
+    }))
+}
+
+/// The job manager's jobs as [`JobServices`]: a job's services are reachable while its sandbox
+/// is (the job runs, or its sandbox is kept after).
 #[derive(Clone)]
 pub struct ManagerServices {
     manager: JobManager,
@@ -562,33 +595,90 @@ impl ManagerServices {
     pub fn new(manager: JobManager) -> Self {
         Self { manager }
     }
+
+    /// The job's sandbox and the service's endpoint in it.
+    async fn endpoint(
+        &self,
+        job: JobId,
+        service: AccessService,
+    ) -> Result<(JobSandbox, ServiceEndpoint), ServiceError> {
+        let record = self.requested(job, service).await?;
+        let not_running = |why: &str| ServiceError::NotRunning {
+            job,
+            why: why.to_string(),
+        };
+        let Some(sandbox) = self.manager.job_sandbox(job) else {
+            return Err(not_running(match record.status {
+                JobStatus::Queued => "the job is queued",
+                JobStatus::Running => "the sandbox is starting",
+                _ if record.spec.keep_alive.is_zero() => {
+                    "the job finished; ask for keep_alive_secs to keep its sandbox after the steps"
+                }
+                _ => "the job finished and its kept sandbox expired or was released",
+            }));
+        };
+        match sandbox.sandbox.service(service.into()) {
+            Some(endpoint) => Ok((sandbox, endpoint)),
+            None => Err(not_running("the service is not up")),
+        }
+    }
+
+    async fn requested(
+        &self,
+        job: JobId,
+        service: AccessService,
+    ) -> Result<agent_core::Job, ServiceError> {
+        let record = self
+            .manager
+            .get(job)
+            .await
+            .map_err(|_| ServiceError::UnknownJob(job))?;
+        if record.spec.services.contains(&service.into()) {
+            Ok(record)
+        } else {
+            Err(ServiceError::NotRequested { job, service })
+        }
+    }
 }
 
 #[async_trait]
 impl JobServices for ManagerServices {
     async fn check(&self, job: JobId, service: AccessService) -> Result<(), ServiceError> {
-        self.manager
-            .get(job)
-            .await
-            .map_err(|_| ServiceError::UnknownJob(job))?;
-        Err(ServiceError::NotRequested { job, service })
+        self.requested(job, service).await.map(drop)
     }
 
     async fn connect(
         &self,
         job: JobId,
         service: AccessService,
-        _port: u16,
+        port: u16,
     ) -> Result<BoxServiceStream, ServiceError> {
-        self.check(job, service).await?;
-        Err(ServiceError::NotRequested { job, service })
+        let (sandbox, endpoint) = self.endpoint(job, service).await?;
+        let unreachable = |message: String| ServiceError::Unreachable {
+            job,
+            service,
+            message,
+        };
+        if !endpoint.ports.contains(&port) {
+            return Err(unreachable(format!("port {port} is not the {service}'s")));
+        }
+        let stream = sandbox
+            .sandbox
+            .connect(port)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        Ok(Box::new(stream))
     }
 
     async fn jupyter_token(&self, job: JobId) -> Result<String, ServiceError> {
-        self.check(job, AccessService::Jupyter).await?;
-        Err(ServiceError::NotRequested {
-            job,
-            service: AccessService::Jupyter,
-        })
+        let (_, endpoint) = self.endpoint(job, AccessService::Jupyter).await?;
+        endpoint
+            .secret
+            .map(|s| s.expose().to_string())
+            .ok_or_else(|| ServiceError::Unreachable {
+                job,
+                service: AccessService::Jupyter,
+                message: "Jupyter has no token".to_string(),
+            })
     }
 }

@@ -50,13 +50,15 @@ use crate::session::{LoginRequest, SessionInfo};
         crate::session::login,
         crate::session::logout,
         crate::live::issue_access,
+        crate::live::release,
     ),
     components(schemas(
         ScheduleRequest, ScheduleResponse, StatusResponse, StepView, StepComponent, PlanComponent, JobSummary,
         JobsResponse, CancelResponse, HealthResponse, ExecutorHealth, ErrorBody, ErrorDetail,
         UsageView, ArchiveListing, ArchiveEntry, JobStatusEvent, ServerInfo, InfoDefaults,
         InfoLimits, InfoCapacity, ProviderInfo, LoginRequest, SessionInfo,
-        crate::live::AccessRequest, crate::live::AccessResponse, crate::access::AccessService
+        crate::live::AccessRequest, crate::live::AccessResponse, crate::access::AccessService,
+        crate::live::ReleaseResponse, crate::api::SandboxView, crate::api::ServiceLinks
     )),
     modifiers(&BearerAuth),
     tags(

@@ -174,6 +174,7 @@ pub fn app(state: AppState) -> Router {
         .route("/status/{id}", get(status))
         .route("/jobs", get(list_jobs))
         .route("/cancel/{id}", post(cancel))
+        .route("/release/{id}", post(crate::live::release))
         .route("/download/{id}", get(download))
         .route("/logs/{id}", get(logs_text))
         .route("/logs/{id}/stream", get(logs_stream))
@@ -334,7 +335,10 @@ pub(crate) async fn status(
     JobIdParam(id): JobIdParam,
 ) -> ApiResult<Json<StatusResponse>> {
     let job = state.inner.manager.get(id).await?;
-    Ok(Json(StatusResponse::from_job(&job)))
+    let sandbox = state.inner.manager.job_sandbox(id);
+    Ok(Json(
+        StatusResponse::from_job(&job).with_sandbox(&job, sandbox.as_ref()),
+    ))
 }
 
 /// Query of `GET /jobs`.
@@ -440,7 +444,8 @@ pub(crate) async fn cancel(
     let job = state.inner.manager.cancel(id).await?;
     Ok(Json(CancelResponse {
         job_id: id,
-        cancelled: true,
+        // A finished job with a kept sandbox: the cancel released the sandbox only.
+        cancelled: job.status == JobStatus::Cancelled,
         status: job.status,
     }))
 }

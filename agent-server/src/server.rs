@@ -114,6 +114,7 @@ pub async fn build_state(config: &ServerConfig) -> Result<AppState, ServeError> 
         artifacts: config.artifact_store().map_err(ServeError::Config)?,
         retention: config.retention(),
         shutdown_grace: config.shutdown_grace(),
+        max_keep_alive: std::time::Duration::from_secs(config.max_keep_alive_secs),
         ..JobManagerConfig::default()
     };
     let mut builder = JobManager::builder(executor, store).config(manager_config);

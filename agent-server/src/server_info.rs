@@ -88,6 +88,10 @@ pub struct ServerInfo {
     pub capacity: InfoCapacity,
     /// The LLM providers configured, in order (empty: explicit steps only).
     pub llm_providers: Vec<ProviderInfo>,
+    /// The services a job may ask for (`desktop`, `jupyter`; empty when the executor runs none).
+    pub services: Vec<String>,
+    /// The longest `keep_alive_secs` a job may ask for.
+    pub max_keep_alive_secs: u64,
 }
 
 /// Defaults, limits, capacity and LLM provider statistics.
@@ -140,5 +144,14 @@ pub(crate) async fn info(State(state): State<AppState>) -> Json<ServerInfo> {
             warm_ready: settings.warm_ready.as_ref().map(WarmProbe::ready),
         },
         llm_providers,
+        services: if manager.executor().capabilities().services {
+            agent_core::Service::ALL
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
+        } else {
+            Vec::new()
+        },
+        max_keep_alive_secs: config.max_keep_alive.as_secs(),
     })
 }

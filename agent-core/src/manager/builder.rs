@@ -85,6 +85,7 @@ impl JobManagerBuilder {
             accepting: AtomicBool::new(true),
             live_sandboxes: AtomicUsize::new(0),
             sandboxes: Default::default(),
+            kept_sandboxes: Mutex::new(HashMap::new()),
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
         });

@@ -35,6 +35,8 @@ pub struct JobManagerConfig {
     /// How long packaging the partial workspace of a cancelled or timed-out job may take.
     /// Default 2 minutes.
     pub packaging_timeout: Duration,
+    /// The longest `keep_alive` a job may ask for. Default 1 hour.
+    pub max_keep_alive: Duration,
 }
 
 impl Default for JobManagerConfig {
@@ -51,6 +53,7 @@ impl Default for JobManagerConfig {
             tail_bytes: DEFAULT_TAIL_BYTES,
             shutdown_grace: Duration::from_secs(10),
             packaging_timeout: Duration::from_secs(120),
+            max_keep_alive: Duration::from_secs(3600),
         }
     }
 }

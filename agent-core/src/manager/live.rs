@@ -77,6 +77,10 @@ impl JobManager {
             }
             None => {
                 let mut job = self.get(id).await?;
+                if job.status.is_terminal() && self.release(id) {
+                    // A finished job's kept sandbox: cancelling it ends the sandbox.
+                    return Ok(job);
+                }
                 if job.status.is_terminal() {
                     return Err(Error::AlreadyFinished {
                         job_id: id,

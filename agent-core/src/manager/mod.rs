@@ -25,6 +25,7 @@
 
 mod builder;
 mod config;
+mod kept;
 mod live;
 mod queue;
 mod recovery;
@@ -55,6 +56,7 @@ use crate::store::{JobFilter, JobPage, JobStore, SummaryPage, MAX_PAGE_SIZE};
 
 pub use builder::JobManagerBuilder;
 pub use config::{JobManagerConfig, ManagerStats};
+pub use kept::JobSandbox;
 use live::{LiveJob, Phase};
 pub use sandboxes::{SandboxInfo, TextSink, MAX_PUT_FILE_BYTES};
 
@@ -93,6 +95,8 @@ struct Inner {
     live_sandboxes: AtomicUsize,
     /// Live sandboxes (jobs whose steps arrive over time; see [`sandboxes`]).
     sandboxes: sandboxes::Registry,
+    /// The sandboxes of running or kept jobs with services or a keep-alive (see [`kept`]).
+    kept_sandboxes: Mutex<HashMap<JobId, kept::Entry>>,
     /// Cancelled at shutdown: stops the sweeper and queued jobs.
     stop: CancellationToken,
     tasks: TaskTracker,
@@ -114,6 +118,16 @@ impl JobManager {
             return Err(Error::invalid(
                 "live",
                 "a live sandbox is made by create_sandbox",
+            ));
+        }
+        let max_keep = self.inner.config.max_keep_alive;
+        if spec.keep_alive > max_keep {
+            return Err(Error::invalid(
+                "keep_alive_secs",
+                format!(
+                    "must be at most {} (this server's maximum)",
+                    max_keep.as_secs()
+                ),
             ));
         }
         if spec.needs_llm() && self.inner.llm.is_none() {

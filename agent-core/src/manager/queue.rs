@@ -55,7 +55,18 @@ impl JobManager {
                 // The final status is stored and published: waiters wake now. The sandbox is
                 // removed after that, off the job's critical path, but still holds the worker
                 // permit and counts as live until it is gone; shutdown waits for this task.
+                let keep = manager.keep_for(id);
                 manager.forget(id);
+                let permit = match keep {
+                    // A kept sandbox gives its worker back while it waits.
+                    Some(keep) => {
+                        drop(permit);
+                        manager.keep_sandbox(id, keep).await;
+                        None
+                    }
+                    None => Some(permit),
+                };
+                manager.unregister_sandbox(id);
                 sandbox.remove().await;
                 drop(permit);
             }

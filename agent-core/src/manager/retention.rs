@@ -61,6 +61,9 @@ impl JobManager {
                     deletable.push(id);
                 }
             }
+            for &id in &deletable {
+                self.release(id);
+            }
             removed += self.inner.store.delete_jobs(&deletable).await?;
             if ids.len() < SWEEP_BATCH || deletable.is_empty() {
                 break;

@@ -100,6 +100,9 @@ impl JobManager {
             }
         };
         slot.hold(sandbox.clone());
+        if super::kept::registers(&job.spec) {
+            self.register_sandbox(id, &job.spec, sandbox.clone());
+        }
         debug!(sandbox = sandbox.id(), "sandbox ready");
         let settings = AgentSettings {
             max_output_bytes: inner.config.max_output_bytes,

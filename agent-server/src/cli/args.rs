@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use clap::{Parser, Subcommand};
 
 use agent_core::SecretString;
-use agent_core::{NetworkMode, Plan, Step};
+use agent_core::{NetworkMode, Plan, Service, Step};
 
 use crate::api::ScheduleRequest;
 use crate::config::ServerConfig;
@@ -57,6 +57,12 @@ pub struct JobArgs {
     /// Environment variable for the steps (repeatable).
     #[arg(long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
+    /// A service started before the first step: desktop or jupyter (repeatable).
+    #[arg(long = "service", value_name = "SERVICE")]
+    pub services: Vec<Service>,
+    /// Keep the sandbox (its desktop, its notebook) this many seconds after the steps end.
+    #[arg(long, value_name = "SECS")]
+    pub keep_alive: Option<u64>,
 }
 
 /// The subcommands.
@@ -111,6 +117,29 @@ pub enum Command {
     },
     /// Cancel a queued or running job.
     Cancel {
+        /// The job id.
+        id: String,
+    },
+    /// Print a signed URL of a job's live desktop (noVNC in the browser), or, with `--listen`,
+    /// serve the desktop's VNC on a local port for a VNC client.
+    Desktop {
+        /// The job id.
+        id: String,
+        /// Watch only: keyboard and mouse input are refused.
+        #[arg(long)]
+        view_only: bool,
+        /// Forward this local address (e.g. 127.0.0.1:6080) to the job's VNC server, through
+        /// the server, until interrupted.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<std::net::SocketAddr>,
+    },
+    /// Print a signed URL of a job's Jupyter Lab.
+    Jupyter {
+        /// The job id.
+        id: String,
+    },
+    /// End a finished job's kept sandbox now.
+    Release {
         /// The job id.
         id: String,
     },
@@ -180,6 +209,8 @@ impl JobArgs {
             network: self.network,
             image: self.image.clone(),
             env: (!env.is_empty()).then_some(env),
+            services: (!self.services.is_empty()).then(|| self.services.clone()),
+            keep_alive_secs: self.keep_alive,
         })
     }
 }

@@ -6,6 +6,7 @@
 //! 5 an internal error.
 
 mod args;
+mod live;
 mod local;
 mod progress;
 mod remote;
@@ -14,6 +15,7 @@ pub use args::{read_plan, Cli, Command, JobArgs};
 
 use agent_core::{JobId, JobStatus};
 
+use crate::access::AccessService;
 use crate::client::{Client, ClientError};
 use crate::config::init_tracing;
 
@@ -130,6 +132,25 @@ async fn run_command(cli: Cli) -> Result<Exit, Exit> {
         Command::Cancel { ref id } => {
             let id = parse_id(id)?;
             remote::cancel(&client()?, id, json).await
+        }
+        Command::Desktop {
+            ref id,
+            view_only,
+            listen,
+        } => {
+            let id = parse_id(id)?;
+            match listen {
+                Some(addr) => live::forward_desktop(client()?, id, view_only, addr, json).await,
+                None => live::open(&client()?, id, AccessService::Desktop, view_only, json).await,
+            }
+        }
+        Command::Jupyter { ref id } => {
+            let id = parse_id(id)?;
+            live::open(&client()?, id, AccessService::Jupyter, false, json).await
+        }
+        Command::Release { ref id } => {
+            let id = parse_id(id)?;
+            live::release(&client()?, id, json).await
         }
         Command::Download { ref id, ref out } => {
             let id = parse_id(id)?;
