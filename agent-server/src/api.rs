@@ -336,7 +336,7 @@ impl StatusResponse {
             logs_link: format!("/logs/{id}"),
             services: job.spec.services.clone(),
             keep_alive_secs: (!job.spec.keep_alive.is_zero())
-                .then(|| job.spec.keep_alive.as_secs()),
+                .then_some(job.spec.keep_alive.as_secs()),
             sandbox: None,
             keep_alive_until: None,
             service_links: None,
