@@ -1,0 +1,473 @@
+//! A job's live desktop and Jupyter Lab through the real `agent-server` binary and the real
+//! Docker engine (the desktop image, network none): the RFB banner over the server's WebSocket,
+//! the noVNC viewer in headless Chromium showing the colour a step painted, a Jupyter kernel
+//! running code through the proxy (HTTP and the kernel's WebSocket), the signed-URL rules, the
+//! CLI's URLs and `--listen` forwarder, release, and keep-alive expiry. Prints the cold ready
+//! times (job accepted → VNC banner; → kernel answers) as figures, asserting nothing of them.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use support::*;
+use tokio::io::AsyncReadExt;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::Message;
+
+const TOKEN: &str = "live-token-5c1e09";
+
+fn start() -> (tempfile::TempDir, TestServer) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(
+        &dir.path().join("out"),
+        &ServerOptions::new(&unique_scope("live")).token(TOKEN),
+    );
+    (dir, server)
+}
+
+/// A signed access token (and URL) for a job's service.
+async fn access(server: &TestServer, id: &str, body: Value) -> Value {
+    let (code, v) = server.post_json(&format!("/access/{id}"), &body).await;
+    assert_eq!(code, 200, "{v}");
+    v
+}
+
+fn ws_url(server: &TestServer, path: &str) -> String {
+    format!("ws://{}{path}", server.base.trim_start_matches("http://"))
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn websocket(url: &str, protocol: Option<&'static str>) -> Result<Ws, String> {
+    let mut req = url.into_client_request().unwrap();
+    if let Some(p) = protocol {
+        req.headers_mut()
+            .insert("sec-websocket-protocol", HeaderValue::from_static(p));
+    }
+    tokio_tungstenite::connect_async(req)
+        .await
+        .map(|(ws, _)| ws)
+        .map_err(|e| e.to_string())
+}
+
+/// The first 12 bytes the desktop's VNC server sends, read over the server's WebSocket.
+async fn rfb_banner(url: &str) -> Result<Vec<u8>, String> {
+    let mut ws = websocket(url, Some("binary")).await?;
+    let mut got = Vec::new();
+    while got.len() < 12 {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Binary(b)))) => got.extend_from_slice(&b),
+            Ok(Some(Ok(_))) => {}
+            other => return Err(format!("no banner: {other:?}")),
+        }
+    }
+    let _ = ws.close(None).await;
+    Ok(got[..12].to_vec())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn agent(server: &TestServer, args: &[&str]) -> std::process::Output {
+    Command::new(agent_binary())
+        .args(["--url", &server.base, "--token", TOKEN])
+        .args(args)
+        .env_remove("AGENT_URL")
+        .env_remove("AGENT_API_TOKEN")
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jobs_desktop_is_seen_through_the_server_in_a_browser_and_a_vnc_client() {
+    require_docker();
+    let (_dir, server) = start();
+    let accepted = Instant::now();
+    let id = server
+        .schedule(json!({
+            "services": ["desktop"],
+            "keep_alive_secs": 600,
+            "steps": [{"type": "shell", "command": "xsetroot -solid '#ff8000' && echo painted"}],
+        }))
+        .await;
+    // Desktop ready, cold: from the accepted job to the VNC banner read over the WebSocket.
+    let grant = access(&server, &id, json!({"service": "desktop"})).await;
+    let token = grant["token"].as_str().unwrap().to_string();
+    let ws = ws_url(&server, &format!("/desktop/{id}/websockify?access={token}"));
+    let banner = loop {
+        match rfb_banner(&ws).await {
+            Ok(b) => break b,
+            Err(e) => {
+                assert!(
+                    accepted.elapsed() < PATIENCE,
+                    "no desktop: {e}\n{}",
+                    server.log_text()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let ready = accepted.elapsed();
+    assert_eq!(&banner, b"RFB 003.008\n");
+    println!(
+        "figure: desktop ready (job accepted -> VNC banner over the WebSocket), cold: {ready:?}"
+    );
+
+    let st = server.wait_final(&id).await;
+    assert_eq!(st["status"], "succeeded", "{st}");
+    assert_eq!(st["services"], json!(["desktop"]));
+    assert_eq!(st["sandbox"]["state"], "kept", "{st}");
+    assert!(st["keep_alive_until"].is_string(), "{st}");
+    assert_eq!(st["service_links"]["desktop"], format!("/desktop/{id}/"));
+    assert!(
+        st["download_link"].is_string(),
+        "the ZIP is made when the steps end"
+    );
+
+    // The signed-URL rules: none, expired, another job's, another service's.
+    let anon = reqwest::Client::new();
+    let viewer = server.url(&format!("/desktop/{id}/"));
+    let resp = anon.get(&viewer).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    let short = access(&server, &id, json!({"service": "desktop", "ttl_secs": 1})).await;
+    let other = server
+        .schedule(json!({"steps": [{"type": "shell", "command": "true"}], "services": ["desktop"]}))
+        .await;
+    let other_token = access(&server, &other, json!({"service": "desktop"})).await["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let resp = anon
+        .get(format!("{viewer}?access={other_token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401, "another job's token");
+    assert!(
+        websocket(
+            &ws_url(
+                &server,
+                &format!("/desktop/{id}/websockify?access={other_token}")
+            ),
+            Some("binary")
+        )
+        .await
+        .is_err(),
+        "another job's token on the WebSocket"
+    );
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let resp = anon
+        .get(format!(
+            "{viewer}?access={}",
+            short["token"].as_str().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401, "an expired token");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "access_expired");
+    // A desktop token does not open Jupyter (the job has none either).
+    let resp = anon
+        .get(server.url(&format!("/jupyter/{id}/lab?access={token}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+
+    // The viewer in headless Chromium shows the colour the step painted.
+    let tests = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("ui-tests");
+    assert!(
+        tests.join("node_modules/playwright-core").is_dir(),
+        "playwright-core is not installed in {}: run scripts/setup-host.sh",
+        tests.display()
+    );
+    let shot = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/ui-screenshots");
+    std::fs::create_dir_all(&shot).unwrap();
+    let url = server.url(grant["url"].as_str().unwrap());
+    let out = tokio::task::spawn_blocking({
+        let shot = shot.join("desktop.png");
+        move || {
+            Command::new("node")
+                .arg("desktop.test.mjs")
+                .current_dir(&tests)
+                .env("VIEWER_URL", url)
+                .env("EXPECT_RGB", "255,128,0")
+                .env("SCREENSHOT", shot)
+                .env(
+                    "CHROMIUM",
+                    std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()),
+                )
+                .output()
+                .expect("running node")
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "the browser test failed:\n{}\n{}\nserver log:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        server.log_text()
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("colour 255,128,0"));
+
+    // The CLI: the signed URLs, and a local VNC port forwarded through the server.
+    let out = agent(&server, &["desktop", &id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        printed.starts_with(&format!("{}/desktop/{id}/?access=", server.base)),
+        "{printed}"
+    );
+    assert!(!printed.contains(TOKEN), "the API token is never in a URL");
+    let out = agent(&server, &["jupyter", &id]);
+    assert_eq!(out.status.code(), Some(4), "the job has no Jupyter");
+    let port = free_port();
+    let mut fwd = Command::new(agent_binary())
+        .args(["--url", &server.base, "--token", TOKEN, "desktop", &id])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut vnc = None;
+    for _ in 0..200 {
+        if let Ok(s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            vnc = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut vnc = vnc.expect("agent desktop --listen listens");
+    let mut buf = [0u8; 12];
+    tokio::time::timeout(Duration::from_secs(20), vnc.read_exact(&mut buf))
+        .await
+        .expect("a banner through the forwarder")
+        .unwrap();
+    assert_eq!(&buf, b"RFB 003.008\n");
+    drop(vnc);
+    let _ = fwd.kill();
+    let _ = fwd.wait();
+
+    // Release ends the kept sandbox; the status stays as it was.
+    let out = agent(&server, &["release", &id]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("released"));
+    let st = server
+        .wait_for(&id, "no sandbox", |v| v["sandbox"].is_null())
+        .await;
+    assert_eq!(st["status"], "succeeded");
+    assert!(st["service_links"].is_null());
+    assert!(
+        containers_gone(&id),
+        "the released sandbox's container is gone"
+    );
+    assert!(
+        rfb_banner(&ws).await.is_err(),
+        "no desktop after the release"
+    );
+    server.wait_final(&other).await;
+}
+
+/// Sends a Jupyter execute request over the kernel's WebSocket and returns what it printed.
+async fn execute(ws: &mut Ws, code: &str) -> String {
+    let msg_id = format!("exec-{}", free_port());
+    let request = json!({
+        "header": {"msg_id": msg_id, "username": "test", "session": "live-e2e",
+                   "msg_type": "execute_request", "version": "5.3", "date": "2026-01-01T00:00:00Z"},
+        "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
+        "content": {"code": code, "silent": false, "store_history": false,
+                    "user_expressions": {}, "allow_stdin": false, "stop_on_error": true},
+    });
+    ws.send(Message::Text(request.to_string().into()))
+        .await
+        .unwrap();
+    let mut printed = String::new();
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(60), ws.next())
+            .await
+            .expect("the kernel answers")
+            .expect("the socket stays open")
+            .unwrap();
+        let Message::Text(text) = msg else { continue };
+        let v: Value = serde_json::from_str(&text).unwrap();
+        if v["parent_header"]["msg_id"] != msg_id.as_str() {
+            continue;
+        }
+        match v["msg_type"].as_str() {
+            Some("stream") => printed.push_str(v["content"]["text"].as_str().unwrap_or("")),
+            Some("error") => panic!("the kernel failed: {v}"),
+            Some("status") if v["content"]["execution_state"] == "idle" => return printed,
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jupyter_kernel_runs_code_through_the_proxy() {
+    require_docker();
+    let (_dir, server) = start();
+    let accepted = Instant::now();
+    let id = server
+        .schedule(json!({
+            "services": ["jupyter"],
+            "keep_alive_secs": 600,
+            "steps": [{"type": "write_file", "path": "data.txt", "content": "from the step"}],
+        }))
+        .await;
+    let grant = access(&server, &id, json!({"service": "jupyter"})).await;
+    let token = grant["token"].as_str().unwrap().to_string();
+    assert!(grant["url"]
+        .as_str()
+        .unwrap()
+        .starts_with(&format!("/jupyter/{id}/lab?access=")));
+    let anon = reqwest::Client::new();
+    let kernels = server.url(&format!("/jupyter/{id}/api/kernels?access={token}"));
+    // Jupyter ready, cold: from the accepted job to a kernel's first answer.
+    let kernel = loop {
+        let resp = anon
+            .post(&kernels)
+            .json(&json!({"name": "python3"}))
+            .send()
+            .await
+            .unwrap();
+        if resp.status().is_success() {
+            break resp.json::<Value>().await.unwrap();
+        }
+        assert!(
+            accepted.elapsed() < PATIENCE && resp.status() != 401,
+            "no Jupyter: {} {}\n{}",
+            resp.status(),
+            resp.text().await.unwrap_or_default(),
+            server.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let kid = kernel["id"].as_str().unwrap();
+    let mut ws = websocket(
+        &ws_url(
+            &server,
+            &format!("/jupyter/{id}/api/kernels/{kid}/channels?access={token}"),
+        ),
+        None,
+    )
+    .await
+    .unwrap();
+    let printed = execute(&mut ws, "print(6 * 7)").await;
+    let ready = accepted.elapsed();
+    assert_eq!(printed, "42\n");
+    println!("figure: jupyter ready (job accepted -> a kernel's answer through the proxy), cold: {ready:?}");
+    // The kernel works in the workspace, where the step wrote its file.
+    let printed = execute(
+        &mut ws,
+        "import os; print(os.getcwd(), open('data.txt').read())",
+    )
+    .await;
+    assert_eq!(printed, "/workspace from the step\n");
+
+    // The file browser's API, through the proxy. A GET with `?access=` is a page load (it sets
+    // the cookie and redirects without the token), so send the cookie as a browser then does.
+    let contents = server.url(&format!("/jupyter/{id}/api/contents"));
+    let resp = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(format!("{contents}?access={token}"))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_redirection(), "{}", resp.status());
+    let cookie = resp.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(cookie.contains("HttpOnly"), "{cookie}");
+    assert_eq!(
+        resp.headers()["location"],
+        format!("/jupyter/{id}/api/contents")
+    );
+    let resp = anon
+        .get(&contents)
+        .header("cookie", cookie.split(';').next().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let listing: Value = resp.json().await.unwrap();
+    assert!(listing["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f["name"] == "data.txt"));
+    // Refused without a token.
+    let resp = anon.get(&contents).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    let st = server.wait_final(&id).await;
+    assert_eq!(st["status"], "succeeded");
+    assert_eq!(st["service_links"]["jupyter"], format!("/jupyter/{id}/lab"));
+    let out = agent(&server, &["jupyter", &id]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .starts_with(&format!("{}/jupyter/{id}/lab?access=", server.base)));
+    let _ = ws.close(None).await;
+    let (code, v) = server
+        .post_json(&format!("/release/{id}"), &json!({}))
+        .await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["released"], true);
+    assert!(containers_gone(&id));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_sandbox_is_gone_after_its_keep_alive() {
+    require_docker();
+    let (_dir, server) = start();
+    let (code, v) = server
+        .post_json(
+            "/schedule",
+            &json!({"steps": [{"type": "shell", "command": "true"}], "keep_alive_secs": 999_999}),
+        )
+        .await;
+    assert_eq!(code, 422, "{v}");
+    assert_eq!(v["error"]["field"], "keep_alive_secs");
+    let (code, v) = server
+        .post_json(
+            "/schedule",
+            &json!({"steps": [{"type": "shell", "command": "true"}], "services": ["vscode"]}),
+        )
+        .await;
+    assert_eq!(code, 422, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("services"),
+        "{v}"
+    );
+
+    let id = server
+        .schedule(
+            json!({"steps": [{"type": "shell", "command": "echo kept"}], "keep_alive_secs": 3}),
+        )
+        .await;
+    let st = server.wait_final(&id).await;
+    assert_eq!(st["status"], "succeeded");
+    assert!(!containers_of(&id).is_empty(), "kept after the steps: {st}");
+    let st = server
+        .wait_for(&id, "its sandbox gone", |v| v["sandbox"].is_null())
+        .await;
+    assert_eq!(st["status"], "succeeded", "the status stays what it was");
+    assert!(containers_gone(&id), "the container is removed at expiry");
+}
