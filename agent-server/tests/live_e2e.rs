@@ -72,14 +72,6 @@ async fn rfb_banner(url: &str) -> Result<Vec<u8>, String> {
     Ok(got[..12].to_vec())
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn agent(server: &TestServer, args: &[&str]) -> std::process::Output {
     Command::new(agent_binary())
         .args(["--url", &server.base, "--token", TOKEN])
@@ -240,7 +232,10 @@ async fn a_jobs_desktop_is_seen_through_the_server_in_a_browser_and_a_vnc_client
     assert!(!printed.contains(TOKEN), "the API token is never in a URL");
     let out = agent(&server, &["jupyter", &id]);
     assert_eq!(out.status.code(), Some(4), "the job has no Jupyter");
-    let port = free_port();
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
     let mut fwd = Command::new(agent_binary())
         .args(["--url", &server.base, "--token", TOKEN, "desktop", &id])
         .args(["--listen", &format!("127.0.0.1:{port}")])
@@ -289,7 +284,11 @@ async fn a_jobs_desktop_is_seen_through_the_server_in_a_browser_and_a_vnc_client
 
 /// Sends a Jupyter execute request over the kernel's WebSocket and returns what it printed.
 async fn execute(ws: &mut Ws, code: &str) -> String {
-    let msg_id = format!("exec-{}", free_port());
+    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let msg_id = format!(
+        "exec-{}",
+        SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
     let request = json!({
         "header": {"msg_id": msg_id, "username": "test", "session": "live-e2e",
                    "msg_type": "execute_request", "version": "5.3", "date": "2026-01-01T00:00:00Z"},
