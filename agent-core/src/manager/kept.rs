@@ -52,7 +52,9 @@ pub(super) fn registers(spec: &JobSpec) -> bool {
 
 impl Inner {
     pub(super) fn kept(&self) -> MutexGuard<'_, HashMap<JobId, Entry>> {
-        self.kept_sandboxes.lock().unwrap_or_else(|p| p.into_inner())
+        self.kept_sandboxes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 }
 
