@@ -64,12 +64,18 @@ pub struct ScheduleRequest {
     /// seen through noVNC) and/or `jupyter` (Jupyter Lab in the workspace). Jobs with services
     /// run on the server's desktop image unless they name an image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Vec<String>>, example = json!(["desktop"]))]
+    #[schema(value_type = Option<Vec<crate::access::AccessService>>, example = json!(["desktop"]))]
     pub services: Option<Vec<Service>>,
     /// Keep the sandbox this many seconds after the steps end (at most the server's
     /// `AGENT_MAX_KEEP_ALIVE_SECS`), so its desktop or notebook can still be used; the job's
-    /// status is final meanwhile. `POST /release/{id}` ends it early.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// status is final meanwhile. `POST /release/{id}` ends it early. (The maximum stated here
+    /// is the default of `AGENT_MAX_KEEP_ALIVE_SECS`.)
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "agent_core::job::optional_whole_number"
+    )]
+    #[schema(minimum = 0, maximum = 3600)]
     pub keep_alive_secs: Option<u64>,
 }
 
@@ -162,7 +168,16 @@ impl ScheduleRequest {
             job_timeout,
             network: self.network.unwrap_or(defaults.network),
             env: self.env.unwrap_or_default(),
-            services: self.services.unwrap_or_default(),
+            // A service named twice is asked for once.
+            services: self.services.unwrap_or_default().into_iter().fold(
+                Vec::new(),
+                |mut all, s| {
+                    if !all.contains(&s) {
+                        all.push(s);
+                    }
+                    all
+                },
+            ),
             keep_alive: Duration::from_secs(self.keep_alive_secs.unwrap_or(0)),
             ..JobSpec::default()
         };
@@ -246,7 +261,7 @@ pub struct StatusResponse {
     pub logs_link: String,
     /// The services the job asked for (`desktop`, `jupyter`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schema(value_type = Vec<String>)]
+    #[schema(value_type = Vec<crate::access::AccessService>)]
     pub services: Vec<Service>,
     /// How long the sandbox is kept after the steps, as asked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
