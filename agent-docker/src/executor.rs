@@ -107,7 +107,10 @@ fn backend(what: &str, e: bollard::errors::Error) -> SandboxError {
         {
             SandboxErrorKind::Backend
         }
+        // No connection to the engine (it is down or restarting): `client error (Connect)`.
         bollard::errors::Error::HyperResponseError { .. }
+        | bollard::errors::Error::HyperLegacyError { .. }
+        | bollard::errors::Error::SocketNotFoundError(_)
         | bollard::errors::Error::IOError { .. }
         | bollard::errors::Error::RequestTimeoutError => SandboxErrorKind::Unavailable,
         _ => SandboxErrorKind::Backend,

@@ -196,6 +196,10 @@ pub struct ScheduleResponse {
     pub status: JobStatus,
     /// Where to poll.
     pub status_link: String,
+    /// Something the client should know about its job, e.g. that the Docker engine does not
+    /// answer and the job waits for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notice: Option<String>,
 }
 
 /// One step of a job in `GET /status/{id}`.
@@ -494,6 +498,14 @@ pub struct ExecutorHealth {
     /// Why not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Since when it has not answered (jobs wait for it meanwhile).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub down_since: Option<DateTime<Utc>>,
+    /// How long jobs wait for it, in seconds (`AGENT_ENGINE_WAIT_SECS`); past that, waiting
+    /// jobs fail and `POST /schedule` answers 503.
+    pub wait_limit_secs: u64,
+    /// Jobs waiting for it now.
+    pub waiting_jobs: usize,
 }
 
 /// `GET /`.

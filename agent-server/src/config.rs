@@ -110,6 +110,20 @@ pub struct ServerConfig {
     #[arg(long, env = "AGENT_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
 
+    /// Seconds between runs of the reaper, which removes job containers whose owner is gone
+    /// (a crashed server's, those an engine outage stopped); it also runs at start-up and when
+    /// the engine answers again after an outage. 0: only then. It never removes a container a
+    /// live server still uses.
+    #[arg(long, env = "AGENT_REAP_INTERVAL_SECS", default_value_t = 60)]
+    pub reap_interval_secs: u64,
+
+    /// Seconds jobs wait for a Docker engine that stopped answering, counted from when it
+    /// stopped: meanwhile queued jobs stay queued and `POST /schedule` accepts new ones (with a
+    /// `notice`); a longer outage fails the waiting jobs and `POST /schedule` answers 503
+    /// `executor_unavailable` until the engine answers again.
+    #[arg(long, env = "AGENT_ENGINE_WAIT_SECS", default_value_t = 600)]
+    pub engine_wait_secs: u64,
+
     /// Log format: `text` or `json` (the level comes from `RUST_LOG`, default `info`).
     #[arg(long, env = "AGENT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -130,6 +144,16 @@ impl ServerConfig {
     /// The API token, if one is set and not empty.
     pub fn token(&self) -> Option<&SecretString> {
         self.api_token.as_ref().filter(|t| !t.expose().is_empty())
+    }
+
+    /// How often the reaper runs (`None`: only at start-up and after an engine outage).
+    pub fn reap_interval(&self) -> Option<Duration> {
+        (self.reap_interval_secs > 0).then(|| Duration::from_secs(self.reap_interval_secs))
+    }
+
+    /// How long jobs wait for an engine that stopped answering.
+    pub fn engine_wait(&self) -> Duration {
+        Duration::from_secs(self.engine_wait_secs)
     }
 
     /// How long finished jobs are kept (`None` = forever).

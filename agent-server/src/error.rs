@@ -102,10 +102,16 @@ impl IntoResponse for ApiError {
             tracing::error!(code = %self.detail.code, message = %self.detail.message, "request failed");
         }
         let unauthorized = self.http == StatusCode::UNAUTHORIZED;
+        let unavailable = self.http == StatusCode::SERVICE_UNAVAILABLE;
         let mut resp = (self.http, Json(ErrorBody { error: self.detail })).into_response();
         if unauthorized {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if unavailable {
+            // Every 503 here is temporary: shutting down, queue full, store busy, engine down.
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         }
         resp
     }

@@ -266,6 +266,22 @@ impl Metrics {
              # HELP agent_live_sandboxes Sandboxes (containers) alive now.\n# TYPE agent_live_sandboxes gauge\nagent_live_sandboxes {}\n",
             stats.queued, stats.running, stats.live_sandboxes
         );
+        let executor = manager.executor_status();
+        let down_secs = executor
+            .down_since
+            .map_or(0, |t| (chrono::Utc::now() - t).num_seconds().max(0));
+        let _ = write!(
+            out,
+            "# HELP agent_executor_up Whether the executor (the Docker engine) answers (1) or not (0).\n# TYPE agent_executor_up gauge\nagent_executor_up {}\n\
+             # HELP agent_executor_down_seconds How long the executor has not answered (0 while it does).\n# TYPE agent_executor_down_seconds gauge\nagent_executor_down_seconds {down_secs}\n\
+             # HELP agent_jobs_waiting_for_executor Jobs waiting for the executor to answer again.\n# TYPE agent_jobs_waiting_for_executor gauge\nagent_jobs_waiting_for_executor {}\n\
+             # HELP agent_executor_outages_total Times the executor stopped answering since the server started.\n# TYPE agent_executor_outages_total counter\nagent_executor_outages_total {}\n\
+             # HELP agent_reaped_sandboxes_total Sandboxes whose owner was gone, removed by the reaper since the server started.\n# TYPE agent_reaped_sandboxes_total counter\nagent_reaped_sandboxes_total {}\n",
+            u8::from(executor.available),
+            executor.waiting_jobs,
+            executor.outages,
+            executor.reaped
+        );
 
         let inner = self.lock();
         out.push_str("# HELP agent_jobs_finished_total Jobs that reached a final status since the server started.\n# TYPE agent_jobs_finished_total counter\n");

@@ -257,19 +257,20 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-/// Health: version, whether Docker answers, which LLM providers are configured.
+/// Health: version, whether Docker answers (and since when it has not, with the jobs waiting for
+/// it), which LLM providers are configured.
 #[utoipa::path(get, path = "/", tag = "service",
     responses((status = 200, description = "Healthy", body = HealthResponse),
-              (status = 503, description = "The executor does not answer", body = HealthResponse)))]
+              (status = 503, description = "The executor does not answer (queued jobs wait for it)", body = HealthResponse)))]
 pub(crate) async fn health(State(state): State<AppState>) -> (StatusCode, Json<HealthResponse>) {
-    let executor = state.inner.manager.executor();
-    let ping = tokio::time::timeout(Duration::from_secs(3), executor.ping()).await;
-    let (ok, error) = match ping {
-        Ok(Ok(())) => (true, None),
-        Ok(Err(e)) => (false, Some(e.to_string())),
-        Err(_) => (false, Some("no answer within 3 s".to_string())),
+    let manager = &state.inner.manager;
+    let executor = manager.executor();
+    let (ok, error) = match manager.check_executor().await {
+        Ok(()) => (true, None),
+        Err(e) => (false, Some(e.to_string())),
     };
-    let stats = state.inner.manager.stats();
+    let outage = manager.executor_status();
+    let stats = manager.stats();
     let body = HealthResponse {
         status: if ok { "ok" } else { "degraded" }.to_string(),
         service: "containerized-agent".to_string(),
@@ -278,6 +279,9 @@ pub(crate) async fn health(State(state): State<AppState>) -> (StatusCode, Json<H
             name: executor.name().to_string(),
             ok,
             error,
+            down_since: outage.down_since,
+            wait_limit_secs: outage.wait_limit.as_secs(),
+            waiting_jobs: outage.waiting_jobs,
         },
         llm_providers: state.inner.llm_providers.clone(),
         queued: stats.queued,
@@ -299,14 +303,26 @@ pub(crate) async fn health(State(state): State<AppState>) -> (StatusCode, Json<H
               (status = 413, description = "Body over the limit", body = ErrorBody),
               (status = 415, description = "Not JSON", body = ErrorBody),
               (status = 422, description = "Invalid field (named in `error.field`)", body = ErrorBody),
-              (status = 503, description = "Shutting down", body = ErrorBody)),
+              (status = 503, description = "Shutting down, queue full, or the Docker engine has not answered for longer than jobs wait for it (`executor_unavailable`, with `Retry-After`)", body = ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn schedule(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<ScheduleRequest>,
 ) -> ApiResult<(StatusCode, HeaderMap, Json<ScheduleResponse>)> {
     let spec = req.into_spec(&state.inner.settings.defaults)?;
-    let job_id = state.inner.manager.submit(spec).await?;
+    let manager = &state.inner.manager;
+    let job_id = manager.submit(spec).await?;
+    let executor = manager.executor_status();
+    let notice = (!executor.available).then(|| {
+        format!(
+            "the Docker engine does not answer (since {}); the job waits for it, up to {}s from \
+             then",
+            executor
+                .down_since
+                .map_or_else(String::new, |t| t.to_rfc3339()),
+            executor.wait_limit.as_secs()
+        )
+    });
     let link = format!("/status/{job_id}");
     let mut headers = HeaderMap::new();
     if let Ok(v) = HeaderValue::from_str(&link) {
@@ -319,6 +335,7 @@ pub(crate) async fn schedule(
             job_id,
             status: JobStatus::Queued,
             status_link: link,
+            notice,
         }),
     ))
 }

@@ -115,6 +115,8 @@ pub async fn build_state(config: &ServerConfig) -> Result<AppState, ServeError> 
         retention: config.retention(),
         shutdown_grace: config.shutdown_grace(),
         max_keep_alive: std::time::Duration::from_secs(config.max_keep_alive_secs),
+        reap_interval: config.reap_interval(),
+        executor_wait: config.engine_wait(),
         ..JobManagerConfig::default()
     };
     let mut builder = JobManager::builder(executor, store).config(manager_config);

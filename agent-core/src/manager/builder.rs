@@ -52,7 +52,8 @@ impl JobManagerBuilder {
     }
 
     /// Recovers from a previous run (queued jobs re-queued, running ones marked interrupted),
-    /// reaps sandboxes left behind, starts the workers and the retention sweeper.
+    /// reaps sandboxes left behind, starts the workers, the periodic reaper and the retention
+    /// sweeper.
     pub async fn start(self) -> Result<JobManager> {
         if self.config.max_concurrent_jobs == 0
             || self.config.max_concurrent_jobs > Semaphore::MAX_PERMITS
@@ -86,6 +87,7 @@ impl JobManagerBuilder {
             live_sandboxes: AtomicUsize::new(0),
             sandboxes: Default::default(),
             kept_sandboxes: Mutex::new(HashMap::new()),
+            availability: super::availability::Availability::new(),
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
         });
@@ -103,11 +105,11 @@ impl JobManagerBuilder {
             Ok(n) => info!(removed = n, "removed the sandboxes of interrupted jobs"),
             Err(e) => warn!(error = %e, "could not remove the sandboxes of interrupted jobs"),
         }
-        match manager.inner.executor.reap(&recovered.requeued).await {
-            Ok(0) => {}
-            Ok(n) => info!(removed = n, "removed sandboxes left by an earlier run"),
-            Err(e) => warn!(error = %e, "could not reap old sandboxes"),
+        // The re-queued jobs are live now: the reaper spares their sandboxes.
+        if let Err(e) = manager.reap().await {
+            warn!(error = %e, "could not reap old sandboxes");
         }
+        manager.spawn_reaper();
         manager.spawn_sweeper();
         Ok(manager)
     }

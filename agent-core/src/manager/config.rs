@@ -37,6 +37,17 @@ pub struct JobManagerConfig {
     pub packaging_timeout: Duration,
     /// The longest `keep_alive` a job may ask for. Default 1 hour.
     pub max_keep_alive: Duration,
+    /// How often sandboxes whose owner is gone are removed ([`JobManager::reap`](super::JobManager::reap)),
+    /// besides at start-up and when the executor answers again after an outage. `None`: only
+    /// then. Default 60 s.
+    pub reap_interval: Option<Duration>,
+    /// How long queued jobs wait for an executor that stopped answering (the Docker engine is
+    /// down or restarting), counted from when it stopped: while it is shorter, jobs wait (their
+    /// status stays `queued`) and new ones are accepted; an outage longer than this fails the
+    /// jobs waiting for it and [`JobManager::submit`](super::JobManager::submit) refuses new ones
+    /// with a [`SandboxErrorKind::Unavailable`](crate::SandboxErrorKind::Unavailable) error until
+    /// it answers again. Default 10 minutes.
+    pub executor_wait: Duration,
 }
 
 impl Default for JobManagerConfig {
@@ -54,6 +65,8 @@ impl Default for JobManagerConfig {
             shutdown_grace: Duration::from_secs(10),
             packaging_timeout: Duration::from_secs(120),
             max_keep_alive: Duration::from_secs(3600),
+            reap_interval: Some(Duration::from_secs(60)),
+            executor_wait: Duration::from_secs(600),
         }
     }
 }
@@ -67,4 +80,7 @@ pub struct ManagerStats {
     pub running: usize,
     /// Sandboxes that exist now.
     pub live_sandboxes: usize,
+    /// Queued jobs waiting for the executor to answer again (part of `queued`, or of `running`
+    /// for a job that found the outage while creating its sandbox).
+    pub waiting_for_executor: usize,
 }

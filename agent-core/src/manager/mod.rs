@@ -4,7 +4,8 @@
 //! One module per concern: `config` (settings), `builder` (start-up), `queue` (the worker
 //! pool), `run` (one job in its sandbox, ending in an `Outcome`), `timer` (the job timeout),
 //! `live` (cancel state of queued and running jobs), `recovery` (after a restart), `retention`
-//! (the sweep) and `shutdown`.
+//! (the sweep), `availability` (waiting out an executor outage), `reaper` (removing sandboxes
+//! whose owner is gone) and `shutdown`.
 //!
 //! ```no_run
 //! # async fn demo(executor: std::sync::Arc<dyn agent_core::Executor>) -> agent_core::Result<()> {
@@ -23,11 +24,13 @@
 //! # Ok(()) }
 //! ```
 
+mod availability;
 mod builder;
 mod config;
 mod kept;
 mod live;
 mod queue;
+mod reaper;
 mod recovery;
 mod retention;
 mod run;
@@ -54,6 +57,7 @@ use crate::job::{EventKind, Job, JobEvent, JobId, JobSpec, JobStatus};
 use crate::llm::LlmProvider;
 use crate::store::{JobFilter, JobPage, JobStore, SummaryPage, MAX_PAGE_SIZE};
 
+pub use availability::ExecutorStatus;
 pub use builder::JobManagerBuilder;
 pub use config::{JobManagerConfig, ManagerStats};
 pub use kept::JobSandbox;
@@ -97,6 +101,8 @@ struct Inner {
     sandboxes: sandboxes::Registry,
     /// The sandboxes of running or kept jobs with services or a keep-alive (see [`kept`]).
     kept_sandboxes: Mutex<HashMap<JobId, kept::Entry>>,
+    /// Whether the executor answers; jobs wait out its outages (see [`availability`]).
+    availability: availability::Availability,
     /// Cancelled at shutdown: stops the sweeper and queued jobs.
     stop: CancellationToken,
     tasks: TaskTracker,
@@ -129,6 +135,9 @@ impl JobManager {
                     max_keep.as_secs()
                 ),
             ));
+        }
+        if let Some(refusal) = self.executor_refusal() {
+            return Err(refusal.into());
         }
         if spec.needs_llm() && self.inner.llm.is_none() {
             return Err(Error::NoLlm);
@@ -230,6 +239,7 @@ impl JobManager {
         let live = self.inner.live();
         let mut stats = ManagerStats {
             live_sandboxes: self.inner.live_sandboxes.load(Ordering::Relaxed),
+            waiting_for_executor: self.inner.availability.waiting(),
             ..ManagerStats::default()
         };
         for entry in live.values() {

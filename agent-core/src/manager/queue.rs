@@ -5,6 +5,7 @@ use std::panic::AssertUnwindSafe;
 use futures::FutureExt;
 use tracing::{info_span, warn, Instrument};
 
+use super::availability::Wait;
 use super::run::SandboxSlot;
 use super::JobManager;
 use crate::events::EventSink;
@@ -33,6 +34,26 @@ impl JobManager {
                         Err(_) => return,
                     },
                 };
+                // An executor that stopped answering: the job waits, still queued.
+                match manager.wait_for_executor(&cancel).await {
+                    Wait::Ready => {}
+                    // Withdrawn by cancel(), which settles the job itself.
+                    Wait::Stopped if cancel.is_cancelled() => return,
+                    // Shutting down: the job stays queued for the next start.
+                    Wait::Stopped => {
+                        events.flush().await;
+                        manager.forget(id);
+                        return;
+                    }
+                    Wait::GaveUp(message) => {
+                        if manager.mark_running(id) {
+                            warn!(error = %message, "job not started");
+                            manager.settle_failed(id, message, &events).await;
+                            manager.forget(id);
+                        }
+                        return;
+                    }
+                }
                 if !manager.mark_running(id) {
                     return;
                 }

@@ -10,11 +10,10 @@ use crate::job::{JobId, JobStatus};
 use crate::store::{JobFilter, MAX_PAGE_SIZE};
 
 impl JobManager {
-    /// Running jobs become interrupted, queued ones are queued again (oldest first). Returns the
-    /// re-queued ids and the interrupted ones.
+    /// Running jobs become interrupted, queued ones are queued again (oldest first: they are
+    /// live now, so the reaper spares their sandboxes). Returns the interrupted ones.
     pub(super) async fn recover(&self) -> Result<Recovered> {
         let store = &self.inner.store;
-        let mut requeued = HashSet::new();
         let mut interrupted = HashSet::new();
         for status in [JobStatus::Running, JobStatus::Queued] {
             let mut jobs = Vec::new();
@@ -48,22 +47,16 @@ impl JobManager {
                     interrupted.insert(job.id);
                 } else {
                     info!(job_id = %job.id, "re-queueing a job from the last run");
-                    requeued.insert(job.id);
                     self.enqueue(job.id, events);
                 }
             }
         }
-        Ok(Recovered {
-            requeued,
-            interrupted,
-        })
+        Ok(Recovered { interrupted })
     }
 }
 
 /// What [`JobManager::recover`] did.
 pub(super) struct Recovered {
-    /// Queued jobs queued again: their sandboxes are spared by the reaper.
-    pub requeued: HashSet<JobId>,
     /// Running jobs now interrupted: their sandboxes' owner is gone, running or not.
     pub interrupted: HashSet<JobId>,
 }

@@ -11,13 +11,14 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::availability::Wait;
 use super::timer::JobTimer;
 use super::JobManager;
 use crate::agent::{AgentSettings, AgentState};
 use crate::artifacts::ArtifactStore;
 use crate::error::{Error, Result};
 use crate::events::EventSink;
-use crate::executor::{Sandbox, SandboxSpec};
+use crate::executor::{Sandbox, SandboxErrorKind, SandboxSpec};
 use crate::flow::Ctx;
 use crate::job::{EventKind, Job, JobId, JobStatus};
 
@@ -57,6 +58,13 @@ impl JobManager {
         if let Some(e) = error {
             job.error.get_or_insert(e);
         }
+        if status == JobStatus::Failed {
+            // If it failed because the executor went away, the jobs after it wait for it.
+            let manager = self.clone();
+            tokio::spawn(async move {
+                let _ = manager.check_executor().await;
+            });
+        }
         job.transition(status)?;
         inner.store.update_job(&job).await?;
         events.emit(EventKind::Status {
@@ -78,19 +86,15 @@ impl JobManager {
     ) -> Outcome {
         let inner = &self.inner;
         let id = job.id;
-        let sandbox: Arc<dyn Sandbox> = match inner
-            .executor
-            .create(&SandboxSpec::for_job(id, &job.spec))
-            .await
-        {
+        let sandbox: Arc<dyn Sandbox> = match self.make_job_sandbox(&job, &cancel, &events).await {
             Ok(s) => Arc::from(s),
-            Err(e) => {
+            Err(message) => {
                 // No sandbox could be created.
                 let reason = self.stop_reason(id);
                 let status = reason.unwrap_or(JobStatus::Failed);
                 job.error = Some(match reason {
                     Some(_) => stop_message(status, job.spec.job_timeout),
-                    None => Error::from(e).to_string(),
+                    None => message,
                 });
                 return Outcome {
                     job,
@@ -145,6 +149,35 @@ impl JobManager {
             job: state.job,
             status,
             error,
+        }
+    }
+
+    /// Creates the job's sandbox; while the executor does not answer, waits for it (bounded,
+    /// see [`availability`](super::availability)) and tries again. `Err`: why there is none.
+    async fn make_job_sandbox(
+        &self,
+        job: &Job,
+        cancel: &CancellationToken,
+        events: &EventSink,
+    ) -> std::result::Result<Box<dyn Sandbox>, String> {
+        let spec = SandboxSpec::for_job(job.id, &job.spec);
+        loop {
+            let e = match self.inner.executor.create(&spec).await {
+                Ok(sandbox) => return Ok(sandbox),
+                Err(e) => e,
+            };
+            if e.kind != SandboxErrorKind::Unavailable || cancel.is_cancelled() {
+                return Err(Error::from(e).to_string());
+            }
+            self.executor_down(&e);
+            events.emit(EventKind::Log {
+                message: format!("waiting for the executor to answer again: {e}"),
+            });
+            match self.wait_for_executor(cancel).await {
+                Wait::Ready => continue,
+                Wait::Stopped => return Err(Error::from(e).to_string()),
+                Wait::GaveUp(message) => return Err(message),
+            }
         }
     }
 
