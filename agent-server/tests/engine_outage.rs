@@ -127,27 +127,11 @@ impl OwnEngine {
 
     /// Every container the servers made on this engine (running or not).
     fn containers(&self) -> Vec<String> {
-        let out = self.docker(&["ps", "-a", "-q", "--filter", "label=agent.managed=true"]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| !l.is_empty())
-            .map(str::to_string)
-            .collect()
+        containers_labelled_on(Some(&self.host()), "agent.managed=true")
     }
 
     fn containers_of(&self, job: &str) -> Vec<String> {
-        let label = format!("label=agent.job_id={job}");
-        let out = self.docker(&["ps", "-a", "-q", "--filter", &label]);
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| !l.is_empty())
-            .map(str::to_string)
-            .collect()
+        containers_labelled_on(Some(&self.host()), &format!("agent.job_id={job}"))
     }
 
     /// Copies the agent image from the shared engine.

@@ -464,7 +464,17 @@ pub fn containers_of_scope(scope: &str) -> Vec<String> {
 
 /// Containers (running or not) with this `key=value` label.
 fn containers_labelled(label: &str) -> Vec<String> {
-    let out = Command::new("docker")
+    containers_labelled_on(None, label)
+}
+
+/// Containers (running or not) with this `key=value` label on the engine at `host` (`None`:
+/// the default engine).
+pub fn containers_labelled_on(host: Option<&str>, label: &str) -> Vec<String> {
+    let mut cmd = Command::new("docker");
+    if let Some(host) = host {
+        cmd.args(["-H", host]);
+    }
+    let out = cmd
         .args(["ps", "-a", "-q", "--filter", &format!("label={label}")])
         .output()
         .expect("docker ps");
