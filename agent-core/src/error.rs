@@ -70,6 +70,20 @@ pub enum Error {
     /// The job manager is shutting down and accepts no more jobs.
     #[error("the job manager is shutting down")]
     ShuttingDown,
+    /// Too little free space where jobs, logs and ZIPs are stored: new jobs are refused until
+    /// some is freed.
+    #[error(
+        "only {free_bytes} bytes free on the file system of {path} (at least {min_free_bytes} \
+         needed); no job is accepted until space is freed"
+    )]
+    InsufficientStorage {
+        /// The directory checked.
+        path: String,
+        /// Bytes free there.
+        free_bytes: u64,
+        /// The configured threshold.
+        min_free_bytes: u64,
+    },
     /// An LLM provider failed.
     #[error(transparent)]
     Llm(#[from] LlmError),
@@ -157,6 +171,27 @@ impl Error {
         }
     }
 
+    /// Whether this failed for want of disk space ([`Error::InsufficientStorage`], a full
+    /// store, or an I/O error `StorageFull`/`ENOSPC` anywhere in its causes).
+    pub fn is_storage_full(&self) -> bool {
+        match self {
+            Error::InsufficientStorage { .. } => true,
+            Error::Store(e) if e.kind == crate::store::StoreErrorKind::Full => true,
+            _ => {
+                let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(self);
+                while let Some(e) = cause {
+                    if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                        if io.kind() == std::io::ErrorKind::StorageFull {
+                            return true;
+                        }
+                    }
+                    cause = e.source();
+                }
+                false
+            }
+        }
+    }
+
     /// Whether trying the same operation again may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {
@@ -167,6 +202,7 @@ impl Error {
             | Error::Artifact { .. }
             | Error::Timeout(_)
             | Error::QueueFull { .. }
+            | Error::InsufficientStorage { .. }
             | Error::AtCapacity { .. } => true,
             _ => false,
         }

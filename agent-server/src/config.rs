@@ -124,6 +124,12 @@ pub struct ServerConfig {
     #[arg(long, env = "AGENT_ENGINE_WAIT_SECS", default_value_t = 600)]
     pub engine_wait_secs: u64,
 
+    /// Megabytes that must stay free on the output directory's file system: below it
+    /// `POST /schedule` answers 507 `insufficient_storage` (jobs already accepted still run).
+    /// 0: no check.
+    #[arg(long, env = "AGENT_MIN_FREE_MB", default_value_t = 100)]
+    pub min_free_mb: u64,
+
     /// Log format: `text` or `json` (the level comes from `RUST_LOG`, default `info`).
     #[arg(long, env = "AGENT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

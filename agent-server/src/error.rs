@@ -102,14 +102,18 @@ impl IntoResponse for ApiError {
             tracing::error!(code = %self.detail.code, message = %self.detail.message, "request failed");
         }
         let unauthorized = self.http == StatusCode::UNAUTHORIZED;
-        let unavailable = self.http == StatusCode::SERVICE_UNAVAILABLE;
+        let unavailable = matches!(
+            self.http,
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::INSUFFICIENT_STORAGE
+        );
         let mut resp = (self.http, Json(ErrorBody { error: self.detail })).into_response();
         if unauthorized {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         if unavailable {
-            // Every 503 here is temporary: shutting down, queue full, store busy, engine down.
+            // Every 503 here is temporary (shutting down, queue full, store busy, engine down),
+            // and a full disk may be freed.
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         }
@@ -156,6 +160,14 @@ impl From<agent_core::Error> for ApiError {
             E::ShuttingDown => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", err.to_string())
             }
+            _ if err.is_storage_full() => ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "insufficient_storage",
+                format!(
+                    "the server's disk is full ({err}); nothing was stored — try again once \
+                     space is freed"
+                ),
+            ),
             E::Store(e) if e.kind == StoreErrorKind::Busy => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", "the job store is busy; retry")
             }

@@ -266,6 +266,13 @@ impl Metrics {
              # HELP agent_live_sandboxes Sandboxes (containers) alive now.\n# TYPE agent_live_sandboxes gauge\nagent_live_sandboxes {}\n",
             stats.queued, stats.running, stats.live_sandboxes
         );
+        let free = manager.free_space().map_or(-1, |(free, _)| free as i64);
+        let _ = write!(
+            out,
+            "# HELP agent_jobs_unsettled Finished jobs whose final status could not be stored yet (a full disk); stored as failed once it can be.\n# TYPE agent_jobs_unsettled gauge\nagent_jobs_unsettled {}\n\
+             # HELP agent_storage_free_bytes Free bytes on the output directory's file system (-1: unknown).\n# TYPE agent_storage_free_bytes gauge\nagent_storage_free_bytes {free}\n",
+            stats.unsettled
+        );
         let executor = manager.executor_status();
         let down_secs = executor
             .down_since

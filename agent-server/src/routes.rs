@@ -303,6 +303,7 @@ pub(crate) async fn health(State(state): State<AppState>) -> (StatusCode, Json<H
               (status = 413, description = "Body over the limit", body = ErrorBody),
               (status = 415, description = "Not JSON", body = ErrorBody),
               (status = 422, description = "Invalid field (named in `error.field`)", body = ErrorBody),
+              (status = 507, description = "The server's disk is full or below its free-space threshold (`insufficient_storage`)", body = ErrorBody),
               (status = 503, description = "Shutting down, queue full, or the Docker engine has not answered for longer than jobs wait for it (`executor_unavailable`, with `Retry-After`)", body = ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn schedule(

@@ -99,9 +99,11 @@ pub async fn build_state(config: &ServerConfig) -> Result<AppState, ServeError> 
             context: format!("creating {}", config.output_dir.display()),
             source,
         })?;
+    restrict(&config.output_dir, 0o700)?;
     let db = config.database_path();
     let store: Arc<dyn JobStore> =
         Arc::new(SqliteStore::open(&db).map_err(agent_core::Error::from)?);
+    restrict(&db, 0o600)?;
     let docker = build_docker(config).await?;
     let warm = docker.clone();
     let executor: Arc<dyn Executor> = Arc::new(docker);
@@ -117,6 +119,8 @@ pub async fn build_state(config: &ServerConfig) -> Result<AppState, ServeError> 
         max_keep_alive: std::time::Duration::from_secs(config.max_keep_alive_secs),
         reap_interval: config.reap_interval(),
         executor_wait: config.engine_wait(),
+        min_free_bytes: config.min_free_mb.saturating_mul(1 << 20),
+        storage_dirs: vec![config.output_dir.clone()],
         ..JobManagerConfig::default()
     };
     let mut builder = JobManager::builder(executor, store).config(manager_config);
@@ -143,6 +147,18 @@ pub async fn build_state(config: &ServerConfig) -> Result<AppState, ServeError> 
         warm_ready: Some(crate::routes::WarmProbe::new(move || warm.warm_ready())),
     };
     Ok(AppState::new(manager, settings, metrics, names))
+}
+
+/// Makes `path` readable by its owner only (the output directory holds every job's commands,
+/// environment, logs and results).
+fn restrict(path: &std::path::Path, mode: u32) -> Result<(), ServeError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|source| {
+        ServeError::Io {
+            context: format!("making {} private (mode {mode:o})", path.display()),
+            source,
+        }
+    })
 }
 
 /// Threads of the blocking pool when `AGENT_BLOCKING_THREADS` is unset. Store reads run there;

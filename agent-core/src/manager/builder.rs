@@ -88,6 +88,7 @@ impl JobManagerBuilder {
             sandboxes: Default::default(),
             kept_sandboxes: Mutex::new(HashMap::new()),
             availability: super::availability::Availability::new(),
+            watchdog: AtomicBool::new(false),
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
         });

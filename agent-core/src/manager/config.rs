@@ -48,6 +48,13 @@ pub struct JobManagerConfig {
     /// with a [`SandboxErrorKind::Unavailable`](crate::SandboxErrorKind::Unavailable) error until
     /// it answers again. Default 10 minutes.
     pub executor_wait: Duration,
+    /// [`JobManager::submit`](super::JobManager::submit) refuses new jobs
+    /// ([`Error::InsufficientStorage`](crate::Error::InsufficientStorage)) while a file system of
+    /// `storage_dirs` has less than this many bytes free. 0: no check. Default 0.
+    pub min_free_bytes: u64,
+    /// The directories whose file systems must keep `min_free_bytes` free (the store's, the
+    /// artifacts'). Empty: `artifact_dir`.
+    pub storage_dirs: Vec<PathBuf>,
 }
 
 impl Default for JobManagerConfig {
@@ -67,6 +74,8 @@ impl Default for JobManagerConfig {
             max_keep_alive: Duration::from_secs(3600),
             reap_interval: Some(Duration::from_secs(60)),
             executor_wait: Duration::from_secs(600),
+            min_free_bytes: 0,
+            storage_dirs: Vec::new(),
         }
     }
 }
@@ -83,4 +92,7 @@ pub struct ManagerStats {
     /// Queued jobs waiting for the executor to answer again (part of `queued`, or of `running`
     /// for a job that found the outage while creating its sandbox).
     pub waiting_for_executor: usize,
+    /// Finished jobs whose final status could not be stored yet (a full disk); the watchdog
+    /// stores them as failed once it can.
+    pub unsettled: usize,
 }

@@ -18,6 +18,8 @@ pub(super) enum Phase {
     Running,
     /// Cancelled while queued: the worker must not start it.
     Withdrawn,
+    /// Finished, but its final status could not be stored yet (see [`storage`](super::storage)).
+    Unsettled,
 }
 
 /// A queued or running job.
@@ -28,6 +30,8 @@ pub(super) struct LiveJob {
     pub(super) stop_reason: Option<JobStatus>,
     pub(super) events: EventSink,
     pub(super) done: watch::Sender<bool>,
+    /// For an unsettled job: the error to store with its failed status.
+    pub(super) unsettled_error: Option<String>,
 }
 
 impl Inner {
@@ -110,6 +114,7 @@ impl JobManager {
                 stop_reason: None,
                 events,
                 done,
+                unsettled_error: None,
             },
         );
         cancel

@@ -5,7 +5,8 @@
 //! pool), `run` (one job in its sandbox, ending in an `Outcome`), `timer` (the job timeout),
 //! `live` (cancel state of queued and running jobs), `recovery` (after a restart), `retention`
 //! (the sweep), `availability` (waiting out an executor outage), `reaper` (removing sandboxes
-//! whose owner is gone) and `shutdown`.
+//! whose owner is gone), `storage` (admission below a free-space threshold, the watchdog of jobs
+//! whose final write failed) and `shutdown`.
 //!
 //! ```no_run
 //! # async fn demo(executor: std::sync::Arc<dyn agent_core::Executor>) -> agent_core::Result<()> {
@@ -36,6 +37,7 @@ mod retention;
 mod run;
 mod sandboxes;
 mod shutdown;
+mod storage;
 mod timer;
 
 use std::collections::HashMap;
@@ -101,6 +103,8 @@ struct Inner {
     sandboxes: sandboxes::Registry,
     /// The sandboxes of running or kept jobs with services or a keep-alive (see [`kept`]).
     kept_sandboxes: Mutex<HashMap<JobId, kept::Entry>>,
+    /// Whether the storage watchdog runs.
+    watchdog: AtomicBool,
     /// Whether the executor answers; jobs wait out its outages (see [`availability`]).
     availability: availability::Availability,
     /// Cancelled at shutdown: stops the sweeper and queued jobs.
@@ -136,6 +140,7 @@ impl JobManager {
                 ),
             ));
         }
+        self.check_free_space()?;
         if let Some(refusal) = self.executor_refusal() {
             return Err(refusal.into());
         }
@@ -246,6 +251,7 @@ impl JobManager {
             match entry.phase {
                 Phase::Queued => stats.queued += 1,
                 Phase::Running => stats.running += 1,
+                Phase::Unsettled => stats.unsettled += 1,
                 Phase::Withdrawn => {}
             }
         }

@@ -48,8 +48,9 @@ impl JobManager {
                     Wait::GaveUp(message) => {
                         if manager.mark_running(id) {
                             warn!(error = %message, "job not started");
-                            manager.settle_failed(id, message, &events).await;
-                            manager.forget(id);
+                            if manager.settle_failed(id, message, &events).await {
+                                manager.forget(id);
+                            }
                         }
                         return;
                     }
@@ -69,15 +70,21 @@ impl JobManager {
                     Ok(Err(e)) => Some(e.to_string()),
                     Err(panic) => Some(format!("internal error: {}", panic_message(&*panic))),
                 };
-                if let Some(error) = error {
-                    warn!(error = %error, "job failed to run");
-                    manager.settle_failed(id, error, &events).await;
-                }
+                let settled = match error {
+                    Some(error) => {
+                        warn!(error = %error, "job failed to run");
+                        manager.settle_failed(id, error, &events).await
+                    }
+                    None => true,
+                };
                 // The final status is stored and published: waiters wake now. The sandbox is
                 // removed after that, off the job's critical path, but still holds the worker
                 // permit and counts as live until it is gone; shutdown waits for this task.
                 let keep = manager.keep_for(id);
-                manager.forget(id);
+                // An unsettled job is forgotten by the watchdog once it is stored.
+                if settled {
+                    manager.forget(id);
+                }
                 let permit = match keep {
                     // A kept sandbox gives its worker back while it waits.
                     Some(keep) => {

@@ -198,23 +198,6 @@ impl JobManager {
         }
     }
 
-    /// Marks a job failed after [`JobManager::run`] returned an error or panicked, unless it
-    /// already reached a final status. Best effort: a store that keeps failing is logged.
-    pub(super) async fn settle_failed(&self, id: JobId, error: String, events: &EventSink) {
-        let settled = async {
-            let mut job = self.get(id).await?;
-            if !job.status.is_terminal() {
-                self.finish_unstarted(&mut job, JobStatus::Failed, Some(error), events)
-                    .await?;
-            }
-            Ok::<_, Error>(())
-        }
-        .await;
-        if let Err(e) = settled {
-            warn!(error = %e, "could not mark the job failed");
-        }
-    }
-
     /// Moves a job that never ran to a final status.
     pub(super) async fn finish_unstarted(
         &self,

@@ -250,6 +250,8 @@ pub enum StoreErrorKind {
     Busy,
     /// Stored data could not be decoded, or the database is unusable.
     Corrupt,
+    /// The disk (or the database) is full: nothing more can be written until space is freed.
+    Full,
     /// Anything else.
     Backend,
 }

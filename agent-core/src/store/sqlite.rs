@@ -361,6 +361,7 @@ fn map_error(context: &str, e: rusqlite::Error) -> StoreError {
         E::SqliteFailure(f, _) => match f.code {
             ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => StoreErrorKind::Busy,
             ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase => StoreErrorKind::Corrupt,
+            ErrorCode::DiskFull => StoreErrorKind::Full,
             _ => StoreErrorKind::Backend,
         },
         E::FromSqlConversionFailure(..)

@@ -1,0 +1,157 @@
+//! A full disk: admission control below a free-space threshold, and the watchdog that finishes a
+//! job whose final status could not be stored once it can be.
+//!
+//! A job whose last write failed (the disk or the database is full) is not forgotten: it stays
+//! in the manager as *unsettled* ([`ManagerStats::unsettled`](super::ManagerStats::unsettled)),
+//! and the watchdog tries again with backoff (500 ms doubling to 5 s) to store it as failed,
+//! with the reason. Only then do its waiters wake. So no job stays `running` in the store while
+//! the manager has finished with it (short of the process dying, after which start-up recovery
+//! marks it interrupted).
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use super::live::Phase;
+use super::JobManager;
+use crate::error::{Error, Result};
+use crate::events::EventSink;
+use crate::job::{JobId, JobStatus};
+
+/// First pause of the watchdog between attempts.
+const RETRY_FIRST: Duration = Duration::from_millis(500);
+/// Longest pause between attempts.
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Bytes free (to unprivileged users) on the file system of `dir`.
+fn free_bytes(dir: &Path) -> std::io::Result<u64> {
+    let st = rustix::fs::statvfs(dir)?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+impl JobManager {
+    /// The least free space, in bytes, on the file systems where jobs and ZIPs are stored
+    /// ([`JobManagerConfig::storage_dirs`](super::JobManagerConfig::storage_dirs), else the
+    /// artifact directory), with the directory; `None` when none can be measured.
+    pub fn free_space(&self) -> Option<(u64, &Path)> {
+        let config = &self.inner.config;
+        let dirs = if config.storage_dirs.is_empty() {
+            std::slice::from_ref(&config.artifact_dir)
+        } else {
+            &config.storage_dirs[..]
+        };
+        dirs.iter()
+            .filter_map(|d| free_bytes(d).ok().map(|free| (free, d.as_path())))
+            .min_by_key(|(free, _)| *free)
+    }
+
+    /// Refuses a new job while free space is below the threshold.
+    pub(super) fn check_free_space(&self) -> Result<()> {
+        let min = self.inner.config.min_free_bytes;
+        if min == 0 {
+            return Ok(());
+        }
+        match self.free_space() {
+            Some((free, dir)) if free < min => Err(Error::InsufficientStorage {
+                path: dir.display().to_string(),
+                free_bytes: free,
+                min_free_bytes: min,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Marks a job failed after [`JobManager::run`] returned an error or panicked, unless it
+    /// already reached a final status. When that cannot be stored either (a full disk), the job
+    /// is left to the watchdog, which tries again until it can: returns whether it is settled
+    /// now (then the caller forgets it; otherwise the watchdog will).
+    pub(super) async fn settle_failed(&self, id: JobId, error: String, events: &EventSink) -> bool {
+        match self.try_settle(id, &error, events).await {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(error = %e, "could not mark the job failed; the watchdog will try again");
+                self.leave_to_watchdog(id, error);
+                false
+            }
+        }
+    }
+
+    async fn try_settle(&self, id: JobId, error: &str, events: &EventSink) -> Result<()> {
+        let mut job = self.get(id).await?;
+        if !job.status.is_terminal() {
+            self.finish_unstarted(&mut job, JobStatus::Failed, Some(error.to_string()), events)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Hands a job whose final status could not be stored to the watchdog (started if need be).
+    fn leave_to_watchdog(&self, id: JobId, error: String) {
+        if let Some(entry) = self.inner.live().get_mut(&id) {
+            entry.phase = Phase::Unsettled;
+            entry.unsettled_error = Some(error);
+        }
+        self.start_watchdog();
+    }
+
+    /// Starts the watchdog unless it runs.
+    fn start_watchdog(&self) {
+        if !self.inner.stop.is_cancelled() && !self.inner.watchdog.swap(true, Ordering::AcqRel) {
+            let manager = self.clone();
+            tokio::spawn(async move { manager.watchdog().await });
+        }
+    }
+
+    /// Stores the unsettled jobs as failed, with backoff, until none is left or the manager
+    /// stops.
+    async fn watchdog(&self) {
+        let mut pause = RETRY_FIRST;
+        loop {
+            tokio::select! {
+                () = self.inner.stop.cancelled() => break,
+                () = tokio::time::sleep(pause) => {}
+            }
+            let pending: Vec<(JobId, String, EventSink)> = self
+                .inner
+                .live()
+                .iter()
+                .filter(|(_, e)| e.phase == Phase::Unsettled)
+                .map(|(id, e)| {
+                    let error = e.unsettled_error.clone().unwrap_or_default();
+                    (*id, error, e.events.clone())
+                })
+                .collect();
+            if pending.is_empty() {
+                break;
+            }
+            let mut progress = false;
+            for (id, error, events) in pending {
+                match self.try_settle(id, &error, &events).await {
+                    Ok(()) => {
+                        info!(job_id = %id, "stored the final status the job could not store before");
+                        self.forget(id);
+                        progress = true;
+                    }
+                    Err(e) => tracing::debug!(job_id = %id, error = %e, "still cannot settle"),
+                }
+            }
+            pause = if progress {
+                RETRY_FIRST
+            } else {
+                (pause * 2).min(RETRY_MAX)
+            };
+        }
+        self.inner.watchdog.store(false, Ordering::Release);
+        // A job left to it between the last look and now.
+        let left = self
+            .inner
+            .live()
+            .values()
+            .any(|e| e.phase == Phase::Unsettled);
+        if left {
+            self.start_watchdog();
+        }
+    }
+}
