@@ -89,20 +89,6 @@ impl Drop for Tmpfs {
     }
 }
 
-fn shell(command: &str) -> Value {
-    json!({"steps": [{"type": "shell", "command": command}]})
-}
-
-async fn metric(server: &TestServer, name: &str) -> f64 {
-    let text = server.get("/metrics").await.text().await.unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 /// A body of about `bytes` (many steps), so that storing it needs fresh pages.
 fn big_job(bytes: usize) -> Value {
     let command = format!("echo {}", "x".repeat(4000));
@@ -124,20 +110,13 @@ async fn a_full_output_dir_is_a_clear_507_and_no_job_is_left_running() {
         &out,
         &ServerOptions::new(&unique_scope("disk-full")).env("AGENT_MIN_FREE_MB", "4"),
     );
-    let before = server.schedule(shell("echo kept > kept.txt")).await;
-    assert_eq!(server.wait_final(&before).await["status"], "succeeded");
-    let before_logs = server
-        .get(&format!("/logs/{before}"))
-        .await
-        .text()
-        .await
-        .unwrap();
+    let before = server.kept_job().await;
 
     fs.fill(1 << 20);
     let resp = server
         .http
         .post(server.url("/schedule"))
-        .json(&shell("true"))
+        .json(&shell_job("true"))
         .send()
         .await
         .unwrap();
@@ -151,10 +130,9 @@ async fn a_full_output_dir_is_a_clear_507_and_no_job_is_left_running() {
     let (code, health) = server.get_json("/").await;
     assert_eq!(code, 200, "reads still work: {health}");
     // What was stored is still served.
-    let mut zip = server.download(&before).await;
-    assert_eq!(zip_file(&mut zip, "kept.txt"), "kept\n");
+    server.assert_kept(&before).await;
     fs.free();
-    let after = server.schedule(shell("echo again > again.txt")).await;
+    let after = server.schedule(shell_job("echo again > again.txt")).await;
     assert_eq!(server.wait_final(&after).await["status"], "succeeded");
     drop(server);
     drop(fs);
@@ -166,18 +144,11 @@ async fn a_full_output_dir_is_a_clear_507_and_no_job_is_left_running() {
         &out,
         &ServerOptions::new(&unique_scope("disk-full-raw")).env("AGENT_MIN_FREE_MB", "0"),
     );
-    let before = server.schedule(shell("echo kept > kept.txt")).await;
-    assert_eq!(server.wait_final(&before).await["status"], "succeeded");
-    let before_logs_raw = server
-        .get(&format!("/logs/{before}"))
-        .await
-        .text()
-        .await
-        .unwrap();
+    let before = server.kept_job().await;
 
     // A job whose ZIP (and perhaps its final status) cannot be written.
     let running = server
-        .schedule(shell(
+        .schedule(shell_job(
             "head -c 4000000 /dev/urandom > big.bin; touch started; sleep 2",
         ))
         .await;
@@ -192,13 +163,13 @@ async fn a_full_output_dir_is_a_clear_507_and_no_job_is_left_running() {
 
     // The manager is done with the job; whatever the store says, it is not `succeeded`.
     let start = Instant::now();
-    while metric(&server, "agent_jobs_running").await > 0.0 {
+    while server.metric("agent_jobs_running").await > 0.0 {
         assert!(start.elapsed() < PATIENCE, "the job never ended");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let st = server.status(&running).await;
     assert_ne!(st["status"], "succeeded", "{st}");
-    let unsettled = metric(&server, "agent_jobs_unsettled").await;
+    let unsettled = server.metric("agent_jobs_unsettled").await;
     println!(
         "while full: the job is {} in the store, {unsettled} unsettled",
         st["status"]
@@ -213,21 +184,12 @@ async fn a_full_output_dir_is_a_clear_507_and_no_job_is_left_running() {
         error.contains("space") || error.contains("full"),
         "the error says why: {st}"
     );
-    let after = server.schedule(shell("echo again > again.txt")).await;
+    let after = server.schedule(shell_job("echo again > again.txt")).await;
     assert_eq!(server.wait_final(&after).await["status"], "succeeded");
     let mut zip = server.download(&after).await;
     assert_eq!(zip_file(&mut zip, "again.txt"), "again\n");
 
     // Nothing stored before was lost.
-    let mut zip = server.download(&before).await;
-    assert_eq!(zip_file(&mut zip, "kept.txt"), "kept\n");
-    let logs = server
-        .get(&format!("/logs/{before}"))
-        .await
-        .text()
-        .await
-        .unwrap();
-    assert_eq!(logs, before_logs_raw);
-    assert!(!before_logs.is_empty());
+    server.assert_kept(&before).await;
     drop(server);
 }

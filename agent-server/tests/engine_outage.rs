@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use support::*;
 
 /// How long the engine stays down.
@@ -182,20 +182,6 @@ async fn until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-async fn metric(server: &TestServer, name: &str) -> f64 {
-    let text = server.get("/metrics").await.text().await.unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
-        .trim()
-        .parse()
-        .unwrap()
-}
-
-fn shell(command: &str) -> Value {
-    json!({"steps": [{"type": "shell", "command": command}]})
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_wait_out_an_engine_restart_and_nothing_is_left_behind() {
     require_docker();
@@ -223,17 +209,10 @@ async fn jobs_wait_out_an_engine_restart_and_nothing_is_left_behind() {
     let mut accepted: Vec<(char, String)> = Vec::new();
 
     // Before the outage: a finished job whose ZIP and logs must survive it.
-    let before = a.schedule(shell("echo kept > kept.txt")).await;
-    assert_eq!(a.wait_final(&before).await["status"], "succeeded");
-    let before_logs = a
-        .get(&format!("/logs/{before}"))
-        .await
-        .text()
-        .await
-        .unwrap();
+    let before = a.kept_job().await;
 
     // A job running when the engine stops.
-    let killed = a.schedule(shell("echo started; sleep 600")).await;
+    let killed = a.schedule(shell_job("echo started; sleep 600")).await;
     a.wait_for(&killed, "running", |v| v["status"] == "running")
         .await;
     until("the killed job's container exists", || {
@@ -254,7 +233,7 @@ async fn jobs_wait_out_an_engine_restart_and_nothing_is_left_behind() {
     let mut queued = Vec::new();
     for n in 0..3 {
         let (code, v) = a
-            .post_json("/schedule", &shell(&format!("echo {n} > out.txt")))
+            .post_json("/schedule", &shell_job(&format!("echo {n} > out.txt")))
             .await;
         assert_eq!(code, 202, "{v}");
         let notice = v["notice"].as_str().unwrap_or_default();
@@ -269,16 +248,16 @@ async fn jobs_wait_out_an_engine_restart_and_nothing_is_left_behind() {
         waiting = a.get_json("/").await.1;
     }
     assert_eq!(waiting["queued"], 3, "{waiting}");
-    assert_eq!(metric(&a, "agent_executor_up").await, 0.0);
-    assert!(metric(&a, "agent_jobs_waiting_for_executor").await >= 2.0);
+    assert_eq!(a.metric("agent_executor_up").await, 0.0);
+    assert!(a.metric("agent_jobs_waiting_for_executor").await >= 2.0);
     // (A stopping engine may still answer a ping or two: one outage or more.)
-    assert!(metric(&a, "agent_executor_outages_total").await >= 1.0);
+    assert!(a.metric("agent_executor_outages_total").await >= 1.0);
     for id in &queued {
         assert_eq!(a.status(id).await["status"], "queued");
     }
 
     // Past b's 3 s bound: its waiting job fails, new jobs get a 503 naming the engine.
-    let (code, v) = b.post_json("/schedule", &shell("true")).await;
+    let (code, v) = b.post_json("/schedule", &shell_job("true")).await;
     assert_eq!(code, 202, "{v}");
     let given_up = v["job_id"].as_str().unwrap().to_string();
     let st = b.wait_final(&given_up).await;
@@ -290,7 +269,7 @@ async fn jobs_wait_out_an_engine_restart_and_nothing_is_left_behind() {
     let resp = b
         .http
         .post(b.url("/schedule"))
-        .json(&shell("true"))
+        .json(&shell_job("true"))
         .send()
         .await
         .unwrap();
@@ -319,21 +298,21 @@ async fn jobs_wait_out_an_engine_restart_and_nothing_is_left_behind() {
     let mut zip = a.download(&queued[2]).await;
     assert_eq!(zip_file(&mut zip, "out.txt"), "2\n");
     accepted.extend(queued.iter().map(|id| ('a', id.clone())));
-    accepted.push(('a', before.clone()));
+    accepted.push(('a', before.0.clone()));
     accepted.push(('a', killed.clone()));
 
     // b accepts again once it has seen the engine answer.
     let (code, _) = b.get_json("/").await;
     assert_eq!(code, 200);
     // A live server's running container survives a's reaper (several passes of it) ...
-    let live = b.schedule(shell("sleep 4; echo done > done.txt")).await;
+    let live = b.schedule(shell_job("sleep 4; echo done > done.txt")).await;
     b.wait_for(&live, "running", |v| v["status"] == "running")
         .await;
     let st = b.wait_final(&live).await;
     assert_eq!(st["status"], "succeeded", "{st}");
     accepted.push(('b', live));
     // ... and a crashed server's container is reaped by the other one.
-    let orphan = b.schedule(shell("sleep 600")).await;
+    let orphan = b.schedule(shell_job("sleep 600")).await;
     b.wait_for(&orphan, "running", |v| v["status"] == "running")
         .await;
     until("the orphan's container exists", || {
@@ -348,20 +327,12 @@ async fn jobs_wait_out_an_engine_restart_and_nothing_is_left_behind() {
     })
     .await;
     // The crashed server's container can only have been reaped by `a`.
-    assert!(metric(&a, "agent_reaped_sandboxes_total").await >= 1.0);
-    assert_eq!(metric(&a, "agent_executor_up").await, 1.0);
+    assert!(a.metric("agent_reaped_sandboxes_total").await >= 1.0);
+    assert_eq!(a.metric("agent_executor_up").await, 1.0);
 
     // Nothing lost: what was stored before the outage is still there, every accepted job has a
     // final status.
-    let mut zip = a.download(&before).await;
-    assert_eq!(zip_file(&mut zip, "kept.txt"), "kept\n");
-    let logs = a
-        .get(&format!("/logs/{before}"))
-        .await
-        .text()
-        .await
-        .unwrap();
-    assert_eq!(logs, before_logs);
+    a.assert_kept(&before).await;
     let b = TestServer::start(&dir.path().join("b"), &base);
     let mut lost = 0;
     for (server, id) in &accepted {

@@ -393,6 +393,38 @@ impl TestServer {
         zip::ZipArchive::new(std::io::Cursor::new(bytes)).expect("a valid ZIP")
     }
 
+    /// The value of an unlabelled metric in `/metrics`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self.get("/metrics").await.text().await.unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// A job's plain-text log.
+    pub async fn logs_text(&self, id: &str) -> String {
+        self.get(&format!("/logs/{id}")).await.text().await.unwrap()
+    }
+
+    /// Runs a job that keeps `kept.txt` and returns its id and log: a record that must survive
+    /// a fault ([`TestServer::assert_kept`]).
+    pub async fn kept_job(&self) -> (String, String) {
+        let id = self.schedule(shell_job("echo kept > kept.txt")).await;
+        assert_eq!(self.wait_final(&id).await["status"], "succeeded");
+        let logs = self.logs_text(&id).await;
+        (id, logs)
+    }
+
+    /// Checks that a [`TestServer::kept_job`]'s ZIP and log are still served, unchanged.
+    pub async fn assert_kept(&self, (id, logs): &(String, String)) {
+        let mut zip = self.download(id).await;
+        assert_eq!(zip_file(&mut zip, "kept.txt"), "kept\n");
+        assert_eq!(&self.logs_text(id).await, logs);
+    }
+
     /// Sends SIGKILL (`kill -9`).
     pub fn kill9(&mut self) {
         self.child.kill().unwrap();
@@ -450,6 +482,11 @@ pub fn containers_gone(job_id: &str) -> bool {
         std::thread::sleep(Duration::from_millis(50));
     }
     false
+}
+
+/// A job of one shell step.
+pub fn shell_job(command: &str) -> Value {
+    json!({"steps": [{"type": "shell", "command": command}]})
 }
 
 /// Containers (running or not) labelled with this job id.
