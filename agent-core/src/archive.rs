@@ -261,6 +261,9 @@ fn write_entries<W: Write + Seek>(
                     .is_some_and(|rest| rest.starts_with('/'))
         })
     };
+    // Names already in the ZIP: a second entry whose cleaned name is taken is skipped (a ZIP
+    // must not hold two entries of one name).
+    let mut taken = std::collections::HashSet::new();
     let mut archive = tar::Archive::new(tar_data);
     let entries = archive
         .entries()
@@ -279,6 +282,15 @@ fn write_entries<W: Write + Seek>(
             continue;
         };
         if replaced(&name) {
+            continue;
+        }
+        let key = if kind.is_dir() {
+            format!("{name}/")
+        } else {
+            name.clone()
+        };
+        if !taken.insert(key) {
+            summary.skipped += 1;
             continue;
         }
         let mode = entry.header().mode().unwrap_or(0o644) & 0o777;
@@ -334,16 +346,34 @@ fn zip_time(unix_secs: u64) -> zip::DateTime {
         .unwrap_or_default()
 }
 
+/// A character an entry name must not carry (see [`safe_name`]).
+fn misleading(c: char) -> bool {
+    c == '\\'
+        || c.is_control()
+        || matches!(
+            c,
+            '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+        )
+}
+
 fn is_root(path: &Path) -> bool {
     path.components().all(|c| matches!(c, Component::CurDir))
 }
 
-/// A relative, `/`-separated name with no `..`, or `None`.
+/// A relative, `/`-separated name with no `..`, or `None`. What would mislead an unzip tool or
+/// a person reading the listing becomes `_`: backslashes (a separator to Windows tools),
+/// control characters (terminal escapes, newlines) and bidirectional controls (which make
+/// `evil\u{202e}txt.exe` show as `evilexe.txt`).
 fn safe_name(path: &Path) -> Option<String> {
     let mut parts = Vec::new();
     for c in path.components() {
         match c {
-            Component::Normal(p) => parts.push(p.to_str()?.to_string()),
+            Component::Normal(p) => parts.push(
+                p.to_str()?
+                    .chars()
+                    .map(|c| if misleading(c) { '_' } else { c })
+                    .collect::<String>(),
+            ),
             Component::CurDir => {}
             Component::ParentDir | Component::RootDir | Component::Prefix(_) => return None,
         }
@@ -445,6 +475,40 @@ mod tests {
         );
         // Nothing but the ZIP is in the directory.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[tokio::test]
+    async fn misleading_names_are_cleaned_and_a_taken_name_is_skipped() {
+        let data = tar_bytes(|b| {
+            for name in [
+                "dir\\sub.txt",
+                "evil\u{202e}txt.exe",
+                "bell\u{7}\u{1b}[2J.txt",
+                "iso\u{2067}late.txt",
+                "dir_sub.txt",
+                "plain.txt",
+            ] {
+                b.append(&file_header(name, 2), &b"ok"[..]).unwrap();
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::local(dir.path()).unwrap();
+        let summary = package(chunked(&data, 64), &[], &store, "n.zip", 1 << 20)
+            .await
+            .unwrap();
+        let zip = open_zip(dir.path(), "n.zip");
+        let names: Vec<_> = zip.file_names().map(str::to_string).collect();
+        assert_eq!(
+            names,
+            [
+                "dir_sub.txt",
+                "evil_txt.exe",
+                "bell__[2J.txt",
+                "iso_late.txt",
+                "plain.txt"
+            ]
+        );
+        assert_eq!((summary.files, summary.skipped), (5, 1));
     }
 
     #[tokio::test]

@@ -276,6 +276,68 @@ async fn agent_client_commands_against_a_server() {
     ])
     .await;
     assert_eq!(code(&out), 3);
+    // Not a URL at all: a usage error, before anything is sent.
+    let out = run(vec!["--url".into(), "not-a-url".into(), "jobs".into()]).await;
+    assert_eq!(code(&out), 2, "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--url"));
+
+    // A job that never had a sandbox has no archive: 6, not 4 ("no such job").
+    let out = run(with(&[
+        "submit",
+        "--steps",
+        plan,
+        "--image",
+        "containerized-agent-missing:latest",
+        "--json",
+    ]))
+    .await;
+    let no_zip = stdout_json(&out)["job_id"].as_str().unwrap().to_string();
+    assert_eq!(server.wait_final(&no_zip).await["status"], "failed");
+    let out = run(with(&["download", &no_zip])).await;
+    assert_eq!(code(&out), 6, "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Terminal escapes in job output are removed by `agent logs`, kept with `--raw`.
+    let escapes = dir.path().join("escapes.json");
+    std::fs::write(
+        &escapes,
+        json!([{"type": "shell", "command": r"printf '\033[31mred\033[0m \033]0;owned\007plain\n'"}])
+            .to_string(),
+    )
+    .unwrap();
+    let out = run(with(&[
+        "submit",
+        "--steps",
+        escapes.to_str().unwrap(),
+        "--wait",
+    ]))
+    .await;
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        !out.stdout.contains(&0x1b),
+        "submit --wait prints no escape"
+    );
+    let out = run(with(&["jobs", "--json"])).await;
+    let escaped = stdout_json(&out)["jobs"][0]["job_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for follow in [false, true] {
+        let mut args = vec!["logs", &escaped];
+        if follow {
+            args.push("-f");
+        }
+        let out = run(with(&args)).await;
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !out.stdout.contains(&0x1b) && !out.stdout.contains(&0x07),
+            "{text:?}"
+        );
+        assert!(text.contains("red plain"), "{text:?}");
+        args.push("--raw");
+        let out = run(with(&args)).await;
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("\u{1b}[31mred"), "{text:?}");
+    }
 }
 
 #[test]

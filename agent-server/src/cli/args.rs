@@ -20,7 +20,8 @@ pub struct Cli {
         long,
         global = true,
         env = "AGENT_URL",
-        default_value = "http://127.0.0.1:8000"
+        default_value = "http://127.0.0.1:8000",
+        value_parser = parse_server_url
     )]
     pub url: String,
     /// Bearer token for the server.
@@ -114,6 +115,10 @@ pub enum Command {
         /// Follow it live until the job ends (Server-Sent Events).
         #[arg(long, short = 'f')]
         follow: bool,
+        /// Print the job's output as it is, terminal escape sequences included (by default they
+        /// are removed, so that a job's output cannot drive your terminal).
+        #[arg(long)]
+        raw: bool,
     },
     /// Cancel a queued or running job.
     Cancel {
@@ -213,4 +218,15 @@ impl JobArgs {
             keep_alive_secs: self.keep_alive,
         })
     }
+}
+
+/// `--url`: an `http://` or `https://` URL with a host (a usage error otherwise, exit 2).
+fn parse_server_url(value: &str) -> Result<String, String> {
+    let url = reqwest::Url::parse(value).map_err(|e| format!("not a URL ({e}): {value:?}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(format!(
+            "expected http://HOST[:PORT] or https://HOST[:PORT], got {value:?}"
+        ));
+    }
+    Ok(value.to_string())
 }

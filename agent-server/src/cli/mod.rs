@@ -3,7 +3,8 @@
 //! Exit codes: 0 success; 1 the job ended but did not succeed (failed, cancelled, timed out,
 //! interrupted); 2 usage error or a request the server refused (400/401/409/413/415/422);
 //! 3 the server (or the Docker engine, for `agent run`) cannot be reached; 4 no such job;
-//! 5 an internal error.
+//! 5 an internal error; 6 the job exists but has no result archive (none was made, or it was
+//! removed).
 
 mod args;
 mod live;
@@ -34,6 +35,8 @@ pub enum Exit {
     NotFound = 4,
     /// Anything else.
     Internal = 5,
+    /// The job has no result archive.
+    NoArtifact = 6,
 }
 
 impl Exit {
@@ -51,6 +54,9 @@ impl From<&ClientError> for Exit {
     fn from(e: &ClientError) -> Self {
         match e {
             ClientError::Unreachable { .. } => Exit::Unreachable,
+            ClientError::Api { status: 404, error } if error.code == "no_artifact" => {
+                Exit::NoArtifact
+            }
             ClientError::Api { status: 404, .. } => Exit::NotFound,
             ClientError::Api { status, .. } if (400..500).contains(status) => Exit::Usage,
             ClientError::Io { .. } => Exit::Usage,
@@ -125,9 +131,13 @@ async fn run_command(cli: Cli) -> Result<Exit, Exit> {
             limit,
             offset,
         } => remote::jobs(&client()?, status.as_deref(), limit, offset, json).await,
-        Command::Logs { ref id, follow } => {
+        Command::Logs {
+            ref id,
+            follow,
+            raw,
+        } => {
             let id = parse_id(id)?;
-            remote::logs(&client()?, id, follow, json).await
+            remote::logs(&client()?, id, follow, json, raw).await
         }
         Command::Cancel { ref id } => {
             let id = parse_id(id)?;

@@ -1,7 +1,7 @@
 //! The subcommands that talk to a server: `health`, `submit`, `status`, `jobs`, `logs`,
 //! `cancel`, `download`.
 
-use std::io::Write as _;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use futures::StreamExt;
@@ -64,7 +64,7 @@ pub(super) async fn submit(
     if !json {
         eprintln!("job {} queued", resp.job_id);
     }
-    Ok(follow_remote(client, resp.job_id, json, !json).await)
+    Ok(follow_remote(client, resp.job_id, json, !json, false).await)
 }
 
 /// `agent status`.
@@ -116,13 +116,60 @@ pub(super) async fn logs(
     id: JobId,
     follow: bool,
     json: bool,
+    raw: bool,
 ) -> Result<Exit, Exit> {
     if follow {
-        Ok(follow_remote(client, id, json, true).await)
+        Ok(follow_remote(client, id, json, true, raw).await)
     } else {
-        let mut stdout = tokio::io::stdout();
-        reported(client.logs_to(id, &mut stdout).await)?;
+        let mut out = Terminal::new(raw);
+        reported(client.logs_to(id, &mut out).await)?;
         Ok(Exit::Ok)
+    }
+}
+
+/// Job output on its way to the terminal: escape sequences removed (`strip_ansi_escapes`) unless
+/// `raw`. Writes block; the CLI has nothing else to do meanwhile.
+struct Terminal(Box<dyn Write + Send>);
+
+impl Terminal {
+    fn new(raw: bool) -> Self {
+        let stdout = std::io::stdout();
+        Self(if raw {
+            Box::new(stdout)
+        } else {
+            Box::new(strip_ansi_escapes::Writer::new(stdout))
+        })
+    }
+}
+
+impl Write for Terminal {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl tokio::io::AsyncWrite for Terminal {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::task::Poll::Ready(self.get_mut().0.write_all(buf).map(|()| buf.len()))
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(self.get_mut().0.flush())
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.poll_flush(cx)
     }
 }
 
@@ -156,14 +203,20 @@ pub(super) async fn download(
     Ok(Exit::Ok)
 }
 
-async fn follow_remote(client: &Client, id: JobId, json: bool, print_text: bool) -> Exit {
+async fn follow_remote(
+    client: &Client,
+    id: JobId,
+    json: bool,
+    print_text: bool,
+    raw: bool,
+) -> Exit {
     let mut events = match client.follow(id, 0).await {
         Ok(s) => Box::pin(s),
         Err(e) => return client_fail(&e),
     };
     let mut fmt = LogFormatter::new();
     let mut last_status = None;
-    let mut stdout = std::io::stdout();
+    let mut stdout = Terminal::new(raw || json);
     while let Some(item) = events.next().await {
         match item {
             Ok(ev) => {
