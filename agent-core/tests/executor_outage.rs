@@ -62,6 +62,10 @@ impl Executor for Flaky {
         self.reaps.lock().unwrap().push(live.clone());
         Ok(0)
     }
+    async fn reap_jobs(&self, jobs: &HashSet<JobId>) -> Result<usize, SandboxError> {
+        self.check()?;
+        self.inner.reap_jobs(jobs).await
+    }
     async fn ping(&self) -> Result<(), SandboxError> {
         self.check()
     }
