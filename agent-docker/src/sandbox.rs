@@ -38,6 +38,9 @@ impl Core {
     }
 }
 
+/// How long a removal already in progress elsewhere is waited for.
+const REMOVAL_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Force-removes a container by id or name; a container already gone is not an error.
 pub(crate) async fn remove_container(docker: &Docker, id: &str) -> Result<(), SandboxError> {
     let opts = bollard::query_parameters::RemoveContainerOptionsBuilder::new()
@@ -49,10 +52,20 @@ pub(crate) async fn remove_container(docker: &Docker, id: &str) -> Result<(), Sa
         Err(bollard::errors::Error::DockerResponseServerError {
             status_code: 404, ..
         }) => Ok(()),
-        // 409: removal already in progress.
+        // 409: removal already in progress (e.g. the engine is still tearing down a container
+        // whose attached owner died). Wait, bounded, until it is really gone, so a caller that
+        // was told "removed" never sees it listed afterwards.
         Err(bollard::errors::Error::DockerResponseServerError {
             status_code: 409, ..
-        }) => Ok(()),
+        }) => {
+            let opts = bollard::query_parameters::WaitContainerOptionsBuilder::new()
+                .condition("removed")
+                .build();
+            let mut wait = docker.wait_container(id, Some(opts));
+            // Any answer ends the wait: gone (404), removed, or an exit reported as an error.
+            let _ = tokio::time::timeout(REMOVAL_WAIT, futures::StreamExt::next(&mut wait)).await;
+            Ok(())
+        }
         Err(e) => Err(SandboxError::new(
             SandboxErrorKind::Backend,
             format!("could not remove container {}: {e}", short(id)),
