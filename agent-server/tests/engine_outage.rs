@@ -183,6 +183,7 @@ async fn until(what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "hangs or leaves a container under `cargo test` in 3 of 5 runs here (passes when its binary is run directly); kept out of CI until diagnosed, see issue 9: run with --ignored"]
 async fn jobs_wait_out_an_engine_restart_and_nothing_is_left_behind() {
     require_docker();
     let dir = tempfile::tempdir().unwrap();
