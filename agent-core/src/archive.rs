@@ -6,7 +6,9 @@
 //! first, so they need no space in the sandbox, and a workspace file of the same name is left out.
 //! Only regular files and directories are kept: absolute paths, `..` components, symlinks,
 //! hardlinks and device nodes are skipped and counted, so the ZIP can never point outside the
-//! workspace. A failed conversion leaves nothing behind. The ZIP lives outside the workspace, so
+//! workspace. The agent's own scratch directory ([`SCRATCH_DIR`]: the scripts and answers of
+//! Python steps) is left out too: the plan already holds that code. A failed conversion leaves
+//! nothing behind. The ZIP lives outside the workspace, so
 //! it never contains itself.
 
 use std::fs::File;
@@ -23,6 +25,10 @@ use zip::write::SimpleFileOptions;
 use crate::artifacts::ArtifactStore;
 use crate::error::{Error, Result};
 use crate::executor::TarStream;
+
+/// The workspace directory where the agent keeps its own files (a Python step's script and a
+/// stateful step's answer); never packaged.
+pub const SCRATCH_DIR: &str = ".agent";
 
 /// What went into a ZIP.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -281,7 +287,7 @@ fn write_entries<W: Write + Seek>(
             }
             continue;
         };
-        if replaced(&name) {
+        if replaced(&name) || is_scratch(&name) {
             continue;
         }
         let key = if kind.is_dir() {
@@ -317,6 +323,12 @@ fn write_entries<W: Write + Seek>(
         }
     }
     Ok(summary)
+}
+
+/// Whether a cleaned entry name is the agent's scratch directory or inside it.
+fn is_scratch(name: &str) -> bool {
+    name.strip_prefix(SCRATCH_DIR)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 /// A tar mtime (Unix seconds, UTC) as a ZIP time; out-of-range times (before 1980 or after 2107)
@@ -432,6 +444,10 @@ mod tests {
             b.append(&d, io::empty()).unwrap();
             b.append(&file_header("./a/hello.txt", 5), &b"hello"[..])
                 .unwrap();
+            // The agent's scratch directory is left out; a look-alike name is not.
+            b.append(&file_header("./.agent/step-0.py", 3), &b"x=1"[..])
+                .unwrap();
+            b.append(&file_header(".agents", 2), &b"ok"[..]).unwrap();
             let mut link = tar::Header::new_gnu();
             link.set_path("evil").unwrap();
             link.set_link_name("/etc/passwd").unwrap();
@@ -451,11 +467,14 @@ mod tests {
         let summary = package(chunked(&data, 100), &[], &store, "out.zip", 1 << 20)
             .await
             .unwrap();
-        assert_eq!(summary.files, 1);
+        assert_eq!(summary.files, 2);
         assert_eq!(summary.skipped, 2);
         let mut zip = open_zip(dir.path(), "out.zip");
         let names: Vec<_> = zip.file_names().map(str::to_string).collect();
-        assert_eq!(names, vec!["a/hello.txt".to_string()]);
+        assert_eq!(
+            names,
+            vec!["a/hello.txt".to_string(), ".agents".to_string()]
+        );
         let mut s = String::new();
         zip.by_name("a/hello.txt")
             .unwrap()

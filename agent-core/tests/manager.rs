@@ -149,6 +149,10 @@ async fn explicit_steps_run_in_order_without_an_llm() {
     assert!(names.contains(&"notes/a.txt".to_string()), "{names:?}");
     assert!(names.contains(&"result.json".to_string()), "{names:?}");
     assert!(!names.iter().any(|n| n.ends_with(".zip")), "{names:?}");
+    assert!(
+        !names.iter().any(|n| n.starts_with(".agent")),
+        "the python step's script is the agent's, not the job's: {names:?}"
+    );
     let result: serde_json::Value =
         serde_json::from_str(&zip_file(&h, &job, "result.json").await).unwrap();
     assert_eq!(result["status"], "succeeded");

@@ -75,12 +75,16 @@ impl StepRequest {
 
     /// The workspace-relative file a Python step's code is saved to.
     pub fn python_file(&self) -> String {
-        format!(".agent/step-{}.py", self.index)
+        format!("{}/step-{}.py", crate::archive::SCRATCH_DIR, self.index)
     }
 
     /// The workspace-relative file a stateful Python step's answer is written to.
     pub fn python_result_file(&self) -> String {
-        format!(".agent/step-{}.result.json", self.index)
+        format!(
+            "{}/step-{}.result.json",
+            crate::archive::SCRATCH_DIR,
+            self.index
+        )
     }
 
     fn exec(&self, argv: Vec<String>) -> ExecRequest {
