@@ -190,7 +190,9 @@ async fn a_jobs_desktop_is_seen_through_the_server_in_a_browser_and_a_vnc_client
     std::fs::create_dir_all(&shot).unwrap();
     let url = server.url(grant["url"].as_str().unwrap());
     let out = tokio::task::spawn_blocking({
+        let dashboard_shot = shot.join("dashboard-desktop.png");
         let shot = shot.join("desktop.png");
+        let (base, job) = (server.base.clone(), id.clone());
         move || {
             Command::new("node")
                 .arg("desktop.test.mjs")
@@ -198,6 +200,10 @@ async fn a_jobs_desktop_is_seen_through_the_server_in_a_browser_and_a_vnc_client
                 .env("VIEWER_URL", url)
                 .env("EXPECT_RGB", "255,128,0")
                 .env("SCREENSHOT", shot)
+                .env("DASHBOARD_URL", &base)
+                .env("AGENT_TOKEN", TOKEN)
+                .env("JOB_ID", &job)
+                .env("DASHBOARD_SCREENSHOT", dashboard_shot)
                 .env(
                     "CHROMIUM",
                     std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()),
@@ -215,7 +221,15 @@ async fn a_jobs_desktop_is_seen_through_the_server_in_a_browser_and_a_vnc_client
         String::from_utf8_lossy(&out.stderr),
         server.log_text()
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("colour 255,128,0"));
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        printed.contains("\ncolour 255,128,0") || printed.starts_with("colour 255,128,0"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("dashboard colour 255,128,0"),
+        "the dashboard's panel: {printed}"
+    );
 
     // The CLI: the signed URLs, and a local VNC port forwarded through the server.
     let out = agent(&server, &["desktop", &id]);
@@ -469,4 +483,56 @@ async fn a_kept_sandbox_is_gone_after_its_keep_alive() {
         .await;
     assert_eq!(st["status"], "succeeded", "the status stays what it was");
     assert!(containers_gone(&id), "the container is removed at expiry");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_sandbox_of_a_server_killed_with_sigkill_is_reaped_by_the_restarted_one() {
+    require_docker();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    // The restarted server reaps every second, so the test need not wait out the default minute.
+    let opts =
+        ServerOptions::new(&unique_scope("kept-restart")).env("AGENT_REAP_INTERVAL_SECS", "1");
+    let mut server = TestServer::start(&out, &opts);
+    let id = server
+        .schedule(json!({
+            "steps": [{"type": "shell", "command": "echo kept > kept.txt"}],
+            "keep_alive_secs": 600,
+        }))
+        .await;
+    let st = server
+        .wait_for(&id, "a kept sandbox after its steps", |v| {
+            v["status"] == "succeeded" && v["keep_alive_until"].is_string()
+        })
+        .await;
+    assert!(st["sandbox"].is_object(), "{st}");
+    assert_eq!(containers_of(&id).len(), 1, "kept after the steps: {st}");
+
+    server.kill9();
+    let server = TestServer::start(&out, &opts);
+    // The job keeps its final status and its ZIP; the sandbox it can no longer reach is not
+    // offered, and its container is removed.
+    let st = server.status(&id).await;
+    assert_eq!(st["status"], "succeeded", "{st}");
+    assert!(st["sandbox"].is_null(), "{st}");
+    assert!(st["keep_alive_until"].is_null(), "{st}");
+    let start = Instant::now();
+    while !containers_of(&id).is_empty() {
+        assert!(
+            start.elapsed() < PATIENCE,
+            "the kept container outlived its server's restart\n{}",
+            server.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut zip = server.download(&id).await;
+    assert_eq!(zip_file(&mut zip, "kept.txt"), "kept\n");
+    let (code, v) = server
+        .post_json(&format!("/release/{id}"), &json!({}))
+        .await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(
+        v["released"], false,
+        "nothing to release after the restart: {v}"
+    );
 }

@@ -5,7 +5,11 @@
 //   EXPECT_RGB      the colour to find, "r,g,b"
 //   SCREENSHOT      where to save a screenshot of the viewer
 //   CHROMIUM        the browser (default /usr/bin/chromium)
-// Prints `colour r,g,b` and exits 0 once the canvas shows the colour; non-zero with the reason.
+// and, to check the dashboard's panel too:
+//   DASHBOARD_URL   the server's base URL; AGENT_TOKEN its API token; JOB_ID the job;
+//   DASHBOARD_SCREENSHOT where to save a screenshot of the job's page
+// Prints `colour r,g,b` (and `dashboard colour r,g,b`) and exits 0 once the canvases show the
+// colour; non-zero with the reason.
 
 import assert from "node:assert/strict";
 import { chromium } from "playwright-core";
@@ -16,15 +20,10 @@ const PATIENCE = 90_000; // a guard against hangs, not a timing check
 assert.ok(URL_, "VIEWER_URL is required");
 assert.equal(EXPECT.length, 3, "EXPECT_RGB is r,g,b");
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  headless: true,
-  args: ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"],
-});
-try {
+/** A page that records requests to any origin but `origin`, and page errors. */
+async function newPage(origin) {
   const page = await browser.newPage({ viewport: { width: 1024, height: 700 } });
   const errors = [];
-  const origin = new URL(URL_).origin;
   page.on("request", (req) => {
     const u = req.url();
     if (!u.startsWith(origin) && !u.startsWith("data:") && !u.startsWith("blob:")) {
@@ -32,27 +31,71 @@ try {
     }
   });
   page.on("pageerror", (e) => errors.push(`page error: ${e.message}`));
-  await page.goto(URL_);
-  // The token went into a cookie and out of the address bar.
-  assert.ok(!page.url().includes("access="), `the token stays in the URL: ${page.url()}`);
-  await page.waitForSelector('body[data-state="connected"]', { timeout: PATIENCE });
+  return { page, errors };
+}
+
+/** Waits for the viewer in `frame` (a page or an iframe) to connect and show EXPECT mid-screen. */
+async function screenColour(frame) {
+  await frame.waitForSelector('body[data-state="connected"]', { timeout: PATIENCE });
   const deadline = Date.now() + PATIENCE;
   let rgb = null;
   while (Date.now() < deadline) {
-    rgb = await page.evaluate(() => {
+    rgb = await frame.evaluate(() => {
       const c = document.querySelector("#screen canvas");
       if (!c || !c.width || !c.height) return null;
       const d = c.getContext("2d").getImageData(Math.floor(c.width / 2), Math.floor(c.height / 2), 1, 1).data;
       return [d[0], d[1], d[2]];
     });
     if (rgb && rgb.every((v, i) => Math.abs(v - EXPECT[i]) <= 8)) break;
-    await page.waitForTimeout(200);
+    await new Promise((r) => setTimeout(r, 200));
   }
-  if (process.env.SCREENSHOT) await page.screenshot({ path: process.env.SCREENSHOT });
   assert.ok(rgb, "the viewer drew no canvas");
   assert.ok(rgb.every((v, i) => Math.abs(v - EXPECT[i]) <= 8), `the screen shows ${rgb}, not ${EXPECT}`);
-  assert.deepEqual(errors, []);
+  return rgb;
+}
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  headless: true,
+  args: ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"],
+});
+try {
+  const viewer = await newPage(new URL(URL_).origin);
+  await viewer.page.goto(URL_);
+  // The token went into a cookie and out of the address bar.
+  assert.ok(!viewer.page.url().includes("access="), `the token stays in the URL: ${viewer.page.url()}`);
+  const rgb = await screenColour(viewer.page);
+  if (process.env.SCREENSHOT) await viewer.page.screenshot({ path: process.env.SCREENSHOT });
+  assert.deepEqual(viewer.errors, []);
   console.log(`colour ${rgb.join(",")}`);
+
+  // The dashboard's job page embeds the same viewer (it asks for its own signed URL).
+  const base = process.env.DASHBOARD_URL;
+  if (base) {
+    assert.ok(process.env.AGENT_TOKEN && process.env.JOB_ID, "AGENT_TOKEN and JOB_ID go with DASHBOARD_URL");
+    const dash = await newPage(base);
+    await dash.page.goto(`${base}/ui/`);
+    await dash.page.getByLabel("API token").fill(process.env.AGENT_TOKEN);
+    await dash.page.getByRole("button", { name: "Log in" }).click();
+    await dash.page.getByRole("heading", { name: "Jobs" }).waitFor({ timeout: PATIENCE });
+    await dash.page.goto(`${base}/ui/#/jobs/${process.env.JOB_ID}`);
+    await dash.page.getByRole("heading", { name: "Live sandbox" }).waitFor({ timeout: PATIENCE });
+    // The job asked for a desktop only: no Jupyter button.
+    assert.equal(await dash.page.getByRole("link", { name: "Open Jupyter Lab" }).count(), 0);
+    const iframe = dash.page.locator("iframe.desktop-frame");
+    await iframe.waitFor({ timeout: PATIENCE });
+    const src = await iframe.getAttribute("src");
+    assert.ok(src.includes(`/desktop/${process.env.JOB_ID}/`), `the panel shows ${src}`);
+    assert.ok(!src.includes(process.env.AGENT_TOKEN), "the API token is never in a URL");
+    const inner = await (await iframe.elementHandle()).contentFrame();
+    assert.ok(inner, "the panel's viewer has no frame");
+    const seen = await screenColour(inner);
+    if (process.env.DASHBOARD_SCREENSHOT) {
+      await dash.page.screenshot({ path: process.env.DASHBOARD_SCREENSHOT, fullPage: true });
+    }
+    assert.deepEqual(dash.errors, []);
+    console.log(`dashboard colour ${seen.join(",")}`);
+  }
 } finally {
   await browser.close();
 }
