@@ -400,8 +400,8 @@ fn safe_name(path: &Path) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{zip_entry, zip_text};
     use bytes::Bytes;
-    use std::io::Read;
 
     fn tar_bytes(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
         let mut b = tar::Builder::new(Vec::new());
@@ -475,12 +475,7 @@ mod tests {
             names,
             vec!["a/hello.txt".to_string(), ".agents".to_string()]
         );
-        let mut s = String::new();
-        zip.by_name("a/hello.txt")
-            .unwrap()
-            .read_to_string(&mut s)
-            .unwrap();
-        assert_eq!(s, "hello");
+        assert_eq!(zip_text(&mut zip, "a/hello.txt"), "hello");
         let modified = zip.by_name("a/hello.txt").unwrap().last_modified().unwrap();
         assert_eq!(
             (
@@ -550,12 +545,7 @@ mod tests {
         .unwrap();
         assert_eq!((summary.files, summary.bytes), (1, big.len() as u64));
         let mut zip = open_zip(dir.path(), "nested/out.zip");
-        let mut out = Vec::new();
-        zip.by_name("big.bin")
-            .unwrap()
-            .read_to_end(&mut out)
-            .unwrap();
-        assert_eq!(out, big);
+        assert_eq!(zip_entry(&mut zip, "big.bin"), big);
     }
 
     #[tokio::test]
@@ -594,12 +584,7 @@ mod tests {
         let mut zip = open_zip(dir.path(), "j.zip");
         let names: Vec<_> = zip.file_names().map(str::to_string).collect();
         assert_eq!(names, ["result.json", "out.txt"]);
-        let mut s = String::new();
-        zip.by_name("result.json")
-            .unwrap()
-            .read_to_string(&mut s)
-            .unwrap();
-        assert_eq!(s, "{\"real\":true}");
+        assert_eq!(zip_text(&mut zip, "result.json"), "{\"real\":true}");
     }
 
     #[tokio::test]

@@ -1000,6 +1000,34 @@ pub struct PythonOutcome {
 }
 
 impl StepResult {
+    /// A result with no output: `exit_code` and `termination` after `duration`.
+    pub fn without_output(exit_code: i32, termination: Termination, duration: Duration) -> Self {
+        Self {
+            exit_code,
+            termination,
+            stdout_tail: String::new(),
+            stderr_tail: String::new(),
+            stdout_truncated: false,
+            stderr_truncated: false,
+            duration,
+            python: None,
+        }
+    }
+
+    /// The result of a step cancelled before it started.
+    pub fn cancelled(duration: Duration) -> Self {
+        Self::without_output(-1, Termination::Cancelled, duration)
+    }
+
+    /// The result of a step whose file the sandbox refused (`PathRefused`, `TooLarge`, …): it
+    /// failed, with the refusal as its stderr.
+    pub fn refused(error: &impl fmt::Display, duration: Duration) -> Self {
+        Self {
+            stderr_tail: error.to_string(),
+            ..Self::without_output(-1, Termination::Exited, duration)
+        }
+    }
+
     /// Whether the step succeeded: it exited by itself with code 0.
     pub fn success(&self) -> bool {
         self.termination == Termination::Exited && self.exit_code == 0

@@ -3,7 +3,6 @@
 //! through the manager into a non-local store.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::Read;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +11,7 @@ use agent_core::artifacts::ArtifactStore;
 use agent_core::executor::TarStream;
 use agent_core::manager::{JobManager, JobManagerConfig};
 use agent_core::store::memory::MemoryStore;
-use agent_core::testing::FakeExecutor;
+use agent_core::testing::{collect_bytes, zip_entry, FakeExecutor};
 use agent_core::{Error, JobSpec, JobStatus, Step};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -38,11 +37,8 @@ fn tar_of(files: &[(&str, &[u8])]) -> TarStream {
 }
 
 async fn read_all(store: &ArtifactStore, key: &str) -> Option<Vec<u8>> {
-    let mut reader = store.open(key).await.unwrap()?;
-    let mut bytes = Vec::new();
-    while let Some(chunk) = reader.stream.next().await {
-        bytes.extend_from_slice(&chunk.unwrap());
-    }
+    let reader = store.open(key).await.unwrap()?;
+    let bytes = collect_bytes(reader.stream).await;
     assert_eq!(
         bytes.len() as u64,
         reader.size,
@@ -75,12 +71,7 @@ async fn store_suite(store: &ArtifactStore) {
     let mut names: Vec<_> = zip.file_names().map(str::to_string).collect();
     names.sort();
     assert_eq!(names, ["a.txt", "big.bin", "result.json"]);
-    let mut out = Vec::new();
-    zip.by_name("big.bin")
-        .unwrap()
-        .read_to_end(&mut out)
-        .unwrap();
-    assert_eq!(out, big);
+    assert_eq!(zip_entry(&mut zip, "big.bin"), big);
 
     let dest = tempfile::tempdir().unwrap();
     let copy = dest.path().join("copy.zip");

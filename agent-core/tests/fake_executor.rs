@@ -6,12 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agent_core::executor::{discard_output, Capabilities, Executor};
-use agent_core::testing::{executor_suite, FakeExecutor};
+use agent_core::testing::{collect_bytes, executor_suite, FakeExecutor};
 use agent_core::{
     JobId, JobSpec, RunStep, SandboxErrorKind, SandboxSpec, Step, StepRequest, Termination,
 };
 use bytes::Bytes;
-use futures::StreamExt;
 
 fn spec() -> JobSpec {
     JobSpec::from_steps(vec![Step::shell("true")])
@@ -127,11 +126,7 @@ async fn the_noop_executor_runs_nothing() {
             .kind,
         SandboxErrorKind::PathRefused
     );
-    let mut tar = Vec::new();
-    let mut stream = sandbox.export().await.unwrap();
-    while let Some(chunk) = stream.next().await {
-        tar.extend_from_slice(&chunk.unwrap());
-    }
+    let tar = collect_bytes(sandbox.export().await.unwrap()).await;
     let mut archive = tar::Archive::new(&tar[..]);
     assert_eq!(archive.entries().unwrap().count(), 0, "an empty tar");
     sandbox.destroy().await.unwrap();

@@ -9,7 +9,7 @@ use std::time::Duration;
 use agent_core::llm::MockLlm;
 use agent_core::manager::{JobManager, JobManagerConfig};
 use agent_core::store::memory::MemoryStore;
-use agent_core::testing::FakeExecutor;
+use agent_core::testing::{collect_bytes, FakeExecutor};
 use agent_core::{
     ChatRequest, ChatResponse, Error, EventKind, Job, JobFilter, JobId, JobSpec, JobStatus,
     JobStore, LlmError, LlmErrorKind, Step, StepStatus, Termination, TokenUsage,
@@ -90,17 +90,14 @@ async fn harness(replies: Option<Vec<Result<String, LlmErrorKind>>>) -> Harness 
 /// A job's ZIP, read back through the manager's artifact store.
 async fn zip_of(h: &Harness, job: &Job) -> zip::ZipArchive<std::io::Cursor<Vec<u8>>> {
     let path = &job.artifact.as_ref().expect("the job has an artifact").path;
-    let mut reader = h
+    let reader = h
         .manager
         .artifacts()
         .open(path)
         .await
         .unwrap()
         .expect("stored");
-    let mut bytes = Vec::new();
-    while let Some(chunk) = reader.stream.next().await {
-        bytes.extend_from_slice(&chunk.unwrap());
-    }
+    let bytes = collect_bytes(reader.stream).await;
     assert_eq!(bytes.len() as u64, reader.size);
     zip::ZipArchive::new(std::io::Cursor::new(bytes)).unwrap()
 }

@@ -2,16 +2,14 @@
 //! [`Link`] the Docker executor uses; and the supervisor's own Python tests.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use agent_core::executor::{discard_output, ExecRequest, OutputSink};
 use agent_core::supervisor::{LocalSupervisor, SOURCE};
-use agent_core::testing::Collected;
+use agent_core::testing::{collect_bytes, tar_entries, Collected};
 use agent_core::{SandboxErrorKind, Termination};
-use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 /// Generous bound that only guards against a hang.
@@ -325,30 +323,13 @@ async fn files_are_confined_to_the_workspace() {
     );
 
     // The export: a tar of the workspace, relative paths, links stored as links.
-    let mut tar = Vec::new();
-    let mut stream = link.export().await.unwrap();
-    while let Some(chunk) = stream.next().await {
-        tar.extend_from_slice(&chunk.unwrap());
-    }
-    let mut archive = tar::Archive::new(&tar[..]);
-    let mut seen = Vec::new();
-    for entry in archive.entries().unwrap() {
-        let mut entry = entry.unwrap();
-        let path = entry.path().unwrap().to_string_lossy().into_owned();
-        assert!(!path.starts_with('/') && !path.contains(".."), "{path}");
-        if path == "leak" {
-            assert!(entry.header().entry_type().is_symlink());
-        }
-        if path == "a/b/c.bin" {
-            let mut s = String::new();
-            entry.read_to_string(&mut s).unwrap();
-            assert_eq!(s, "short");
-        }
-        seen.push(path);
-    }
+    let entries = tar_entries(&collect_bytes(link.export().await.unwrap()).await);
+    let seen: Vec<&String> = entries.keys().collect();
     for want in ["a/b/c.bin", "leak", "out", "real/through.txt"] {
-        assert!(seen.iter().any(|p| p == want), "{want} missing in {seen:?}");
+        assert!(entries.contains_key(want), "{want} missing in {seen:?}");
     }
+    assert!(entries["leak"].kind.is_symlink());
+    assert_eq!(entries["a/b/c.bin"].content, b"short");
     assert!(!seen.iter().any(|p| p.contains("secret")), "{seen:?}");
     sup.shutdown().await.unwrap();
 }

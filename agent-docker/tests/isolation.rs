@@ -3,13 +3,12 @@
 
 mod common;
 
-use std::io::Read;
 use std::time::Duration;
 
+use agent_core::testing::{collect_bytes, tar_entries};
 use agent_core::{Executor, JobId, JobSpec, SandboxErrorKind, SandboxSpec};
 use bytes::Bytes;
 use common::*;
-use futures::StreamExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn container_is_hardened() {
@@ -256,32 +255,9 @@ async fn files_are_confined_and_the_export_has_only_the_workspace() {
     assert!(r.success());
 
     // The export: what the steps wrote, links as links, nothing from outside, no `..`.
-    let mut stream = sb.export().await.unwrap();
-    let mut tar_bytes = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        tar_bytes.extend_from_slice(&chunk.unwrap());
-    }
-    let mut archive = tar::Archive::new(&tar_bytes[..]);
-    let mut names = Vec::new();
-    for entry in archive.entries().unwrap() {
-        let mut entry = entry.unwrap();
-        let path = entry.path().unwrap().to_string_lossy().into_owned();
-        assert!(!path.starts_with('/'), "absolute entry {path}");
-        assert!(
-            !path.split('/').any(|c| c == ".."),
-            "entry with '..': {path}"
-        );
-        let kind = entry.header().entry_type();
-        if path == "step.txt" {
-            let mut s = String::new();
-            entry.read_to_string(&mut s).unwrap();
-            assert_eq!(s, "from-step\n");
-        }
-        if path == "tmplink" {
-            assert!(kind.is_symlink(), "links are stored as links");
-        }
-        names.push(path);
-    }
+    let tar_bytes = collect_bytes(sb.export().await.unwrap()).await;
+    let entries = tar_entries(&tar_bytes);
+    let names: Vec<&String> = entries.keys().collect();
     for want in [
         "step.txt",
         "out/result.txt",
@@ -291,10 +267,7 @@ async fn files_are_confined_and_the_export_has_only_the_workspace() {
         "etclink",
         "up",
     ] {
-        assert!(
-            names.iter().any(|n| n == want),
-            "{want} missing from {names:?}"
-        );
+        assert!(entries.contains_key(want), "{want} missing from {names:?}");
     }
     assert!(
         !names.iter().any(|n| n.contains("secret")
@@ -302,6 +275,11 @@ async fn files_are_confined_and_the_export_has_only_the_workspace() {
             || n.starts_with("tmplink/")
             || n.starts_with("etclink/")),
         "{names:?}"
+    );
+    assert_eq!(entries["step.txt"].content, b"from-step\n");
+    assert!(
+        entries["tmplink"].kind.is_symlink(),
+        "links are stored as links"
     );
 
     // And as the ZIP the job manager writes.

@@ -5,11 +5,11 @@
 
 mod common;
 
-use std::io::Read;
 use std::sync::Arc;
 
 use agent_core::manager::{JobManager, JobManagerConfig};
 use agent_core::store::memory::MemoryStore;
+use agent_core::testing::{zip_entry, zip_text};
 use agent_core::{JobSpec, JobStatus, Step};
 use common::*;
 
@@ -61,19 +61,10 @@ async fn a_workspace_filled_to_its_cap_is_still_packaged() {
         .await
         .unwrap();
     let mut zip = zip::ZipArchive::new(std::fs::File::open(&copy).unwrap()).unwrap();
-    let mut kept = String::new();
-    zip.by_name("kept.txt")
-        .unwrap()
-        .read_to_string(&mut kept)
-        .unwrap();
-    assert_eq!(kept, "kept\n");
+    assert_eq!(zip_text(&mut zip, "kept.txt"), "kept\n");
     assert_eq!(zip.by_name("big.bin").unwrap().size(), size);
-    let mut record = String::new();
-    zip.by_name("result.json")
-        .unwrap()
-        .read_to_string(&mut record)
-        .unwrap();
-    let record: serde_json::Value = serde_json::from_str(&record).unwrap();
+    let record: serde_json::Value =
+        serde_json::from_slice(&zip_entry(&mut zip, "result.json")).unwrap();
     assert_eq!(record["status"], "succeeded", "{record}");
     manager
         .shutdown(std::time::Duration::from_secs(10))

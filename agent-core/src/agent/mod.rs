@@ -445,16 +445,7 @@ impl StepRun {
                     stream: OutputStream::Stderr,
                     text: format!("{e}\n"),
                 });
-                Ok(StepResult {
-                    exit_code: -1,
-                    termination: crate::job::Termination::Exited,
-                    stdout_tail: String::new(),
-                    stderr_tail: e.to_string(),
-                    stdout_truncated: false,
-                    stderr_truncated: false,
-                    duration: started.elapsed(),
-                    python: None,
-                })
+                Ok(StepResult::refused(&e, started.elapsed()))
             }
             other => other,
         }

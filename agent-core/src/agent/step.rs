@@ -123,18 +123,8 @@ impl<S: Sandbox + ?Sized> RunStep for S {
         output: OutputSink,
     ) -> Result<StepResult, SandboxError> {
         let started = Instant::now();
-        let ended = |exit_code, termination| StepResult {
-            exit_code,
-            termination,
-            stdout_tail: String::new(),
-            stderr_tail: String::new(),
-            stdout_truncated: false,
-            stderr_truncated: false,
-            duration: started.elapsed(),
-            python: None,
-        };
         if request.cancel.is_cancelled() {
-            return Ok(ended(-1, Termination::Cancelled));
+            return Ok(StepResult::cancelled(started.elapsed()));
         }
         let argv = match &request.step.kind {
             StepKind::Shell { command } => vec!["bash".into(), "-c".into(), command.clone()],
@@ -150,7 +140,11 @@ impl<S: Sandbox + ?Sized> RunStep for S {
             StepKind::WriteFile { path, content } => {
                 self.put_file(path, Bytes::from(content.clone().into_bytes()))
                     .await?;
-                return Ok(ended(0, Termination::Exited));
+                return Ok(StepResult::without_output(
+                    0,
+                    Termination::Exited,
+                    started.elapsed(),
+                ));
             }
         };
         self.exec(request.exec(argv), output).await

@@ -38,7 +38,7 @@ use crate::executor::{
 };
 use crate::job::{
     Artifact, EventKind, Job, JobId, JobSpec, JobStatus, LiveSettings, OutputStream, Step,
-    StepRecord, StepResult, StepStatus, Termination,
+    StepRecord, StepResult, StepStatus,
 };
 
 /// The largest file [`JobManager::sandbox_put_file`] accepts: 16 MiB.
@@ -585,7 +585,7 @@ impl JobManager {
         let sink = output_sink(session.events.clone(), index, output);
         let started = std::time::Instant::now();
         let outcome = match session.sandbox.run_step(request, sink).await {
-            Err(e) if refused(&e) => Ok(refused_result(&e, started.elapsed())),
+            Err(e) if refused(&e) => Ok(StepResult::refused(&e, started.elapsed())),
             other => other,
         };
         let record = &mut job.steps[index];
@@ -649,19 +649,6 @@ fn refused(e: &SandboxError) -> bool {
             | SandboxErrorKind::TooLarge
             | SandboxErrorKind::Invalid
     )
-}
-
-fn refused_result(e: &SandboxError, duration: Duration) -> StepResult {
-    StepResult {
-        exit_code: -1,
-        termination: Termination::Exited,
-        stdout_tail: String::new(),
-        stderr_tail: e.to_string(),
-        stdout_truncated: false,
-        stderr_truncated: false,
-        duration,
-        python: None,
-    }
 }
 
 /// Emits a live step's output as the job's `output` events, and hands it to `extra` too.

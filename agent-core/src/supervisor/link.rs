@@ -489,16 +489,7 @@ impl Link {
     ) -> Result<StepResult, SandboxError> {
         let started = Instant::now();
         if request.cancel.is_cancelled() {
-            return Ok(StepResult {
-                exit_code: -1,
-                termination: Termination::Cancelled,
-                stdout_tail: String::new(),
-                stderr_tail: String::new(),
-                stdout_truncated: false,
-                stderr_truncated: false,
-                duration: started.elapsed(),
-                python: None,
-            });
+            return Ok(StepResult::cancelled(started.elapsed()));
         }
         let timeout_ms = u64::try_from(request.timeout.as_millis()).unwrap_or(u64::MAX);
         let run = Request::Run {

@@ -1,12 +1,10 @@
 //! The conformance suite every [`Executor`] must pass.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::Read;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use crate::agent::step::{RunStep, StepRequest};
@@ -772,63 +770,31 @@ async fn export(sandbox: &dyn Sandbox) {
     .await;
     assert!(ln.success(), "export: symlink: {ln:?}");
 
-    let mut stream = sandbox
+    let stream = sandbox
         .export()
         .await
         .unwrap_or_else(|e| panic!("export: {e}"));
-    let mut tar_bytes = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.unwrap_or_else(|e| panic!("export stream: {e}"));
-        tar_bytes.extend_from_slice(&chunk);
-    }
-    let mut archive = tar::Archive::new(&tar_bytes[..]);
-    let mut found = std::collections::BTreeMap::new();
-    for entry in archive.entries().expect("export: not a tar archive") {
-        let mut entry = entry.expect("export: a bad tar entry");
-        let path = entry.path().expect("export: a bad path").into_owned();
-        let name = path.to_string_lossy().into_owned();
-        assert!(!path.is_absolute(), "export: absolute path {name:?}");
-        assert!(
-            !path
-                .components()
-                .any(|c| matches!(c, std::path::Component::ParentDir)),
-            "export: path with '..': {name:?}"
-        );
-        let name = name
-            .trim_start_matches("./")
-            .trim_end_matches('/')
-            .to_string();
-        let kind = entry.header().entry_type();
-        let mut content = Vec::new();
-        if kind.is_file() {
-            entry.read_to_end(&mut content).unwrap();
-        }
-        let link = entry
-            .link_name()
-            .ok()
-            .flatten()
-            .map(|l| l.to_string_lossy().into_owned());
-        found.insert(name, (kind, content, link));
-    }
+    let tar_bytes = super::collect_bytes(stream).await;
+    let found = super::tar_entries(&tar_bytes);
     let names: Vec<&String> = found.keys().collect();
-    let (kind, content, _) = found
+    let top = found
         .get("export/top.txt")
         .unwrap_or_else(|| panic!("export: export/top.txt missing; entries: {names:?}"));
-    assert!(kind.is_file(), "export: top.txt is a file");
-    assert_eq!(content, b"top", "export: top.txt content");
-    let (_, content, _) = found
+    assert!(top.kind.is_file(), "export: top.txt is a file");
+    assert_eq!(top.content, b"top", "export: top.txt content");
+    let deep = found
         .get("export/sub/deep.txt")
         .unwrap_or_else(|| panic!("export: export/sub/deep.txt missing; entries: {names:?}"));
-    assert_eq!(content, b"deep", "export: deep.txt content");
-    let (kind, _, link) = found
+    assert_eq!(deep.content, b"deep", "export: deep.txt content");
+    let link = found
         .get("export/link")
         .unwrap_or_else(|| panic!("export: export/link missing; entries: {names:?}"));
     assert!(
-        kind.is_symlink(),
+        link.kind.is_symlink(),
         "export: a link is stored as a link, not followed"
     );
     assert_eq!(
-        link.as_deref(),
+        link.link.as_deref(),
         Some("/etc/hostname"),
         "export: the link's target"
     );

@@ -248,16 +248,7 @@ impl ProcessSandbox {
         started: Instant,
     ) -> Result<StepResult, SandboxError> {
         if request.cancel.is_cancelled() {
-            return Ok(StepResult {
-                exit_code: -1,
-                termination: Termination::Cancelled,
-                stdout_tail: String::new(),
-                stderr_tail: String::new(),
-                stdout_truncated: false,
-                stderr_truncated: false,
-                duration: started.elapsed(),
-                python: None,
-            });
+            return Ok(StepResult::cancelled(started.elapsed()));
         }
         let cwd = match request.cwd.as_deref() {
             None | Some("") | Some(".") => self.root.clone(),

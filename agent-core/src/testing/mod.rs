@@ -10,15 +10,19 @@
 //! - [`store_suite`] checks a job store (CRUD, listing, paging, events, retention queries,
 //!   concurrency).
 //! - [`llm_suite`] checks an LLM provider (plain, JSON-mode, multi-turn and streamed answers).
+//! - [`collect_bytes`], [`tar_entries`], [`zip_entry`] and [`zip_text`] read back exports and
+//!   packaged ZIPs.
 //! - [`MockLlm`](crate::llm::MockLlm) is a mockall mock of the LLM trait for unit tests.
 //!
 //! The suites panic with a message naming the failed check, so call them from a `#[tokio::test]`.
 
+mod archives;
 mod executor_suite;
 mod fake_executor;
 mod llm_suite;
 mod store_suite;
 
+pub use archives::{collect_bytes, tar_entries, zip_entry, zip_text, TarEntry};
 pub use executor_suite::{executor_suite, Collected};
 pub use fake_executor::FakeExecutor;
 pub use llm_suite::llm_suite;
