@@ -30,30 +30,33 @@ def raise_nofile():
     return hard
 
 
-async def hold_idle(host, port, stop_at, stats):
+async def idle(reader, writer, stop_at, stats):
+    """Sends nothing; waits for the server to close the connection or for the end."""
+    try:
+        remaining = max(0.0, stop_at - time.monotonic())
+        if not await asyncio.wait_for(reader.read(1), timeout=remaining):
+            stats["closed_by_server"] += 1
+    except asyncio.TimeoutError:
+        pass
+
+
+async def slow(reader, writer, stop_at, stats):
+    """Sends a request line, then one header byte a second, until the server closes or the end."""
+    writer.write(b"GET /status/x HTTP/1.1\r\nHost: x\r\n")
+    await writer.drain()
     while time.monotonic() < stop_at:
+        writer.write(b"X")
+        await writer.drain()
         try:
-            reader, writer = await asyncio.open_connection(host, port)
-        except OSError:
-            stats["connect_errors"] += 1
-            await asyncio.sleep(0.5)
-            continue
-        stats["open"] += 1
-        try:
-            remaining = max(0.0, stop_at - time.monotonic())
-            data = await asyncio.wait_for(reader.read(1), timeout=remaining)
-            if not data:
+            if not await asyncio.wait_for(reader.read(1), timeout=1.0):
                 stats["closed_by_server"] += 1
-        except OSError:
-            stats["closed_by_server"] += 1  # reset by the server
+                return
         except asyncio.TimeoutError:
             pass
-        finally:
-            stats["open"] -= 1
-            writer.close()
 
 
-async def hold_slow(host, port, stop_at, stats):
+async def hold(behave, host, port, stop_at, stats):
+    """Keeps one connection open that behaves as `behave` says, re-opening it when it is closed."""
     while time.monotonic() < stop_at:
         try:
             reader, writer = await asyncio.open_connection(host, port)
@@ -63,33 +66,22 @@ async def hold_slow(host, port, stop_at, stats):
             continue
         stats["open"] += 1
         try:
-            writer.write(b"GET /status/x HTTP/1.1\r\nHost: x\r\n")
-            await writer.drain()
-            while time.monotonic() < stop_at:
-                writer.write(b"X")
-                await writer.drain()
-                try:
-                    data = await asyncio.wait_for(reader.read(1), timeout=1.0)
-                    if not data:
-                        stats["closed_by_server"] += 1
-                        break
-                except asyncio.TimeoutError:
-                    pass
+            await behave(reader, writer, stop_at, stats)
         except OSError:
-            stats["closed_by_server"] += 1
+            stats["closed_by_server"] += 1  # reset by the server
         finally:
             stats["open"] -= 1
             writer.close()
 
 
-def flood_worker(host, port, idle, slow, seconds, out):
+def flood_worker(host, port, n_idle, n_slow, seconds, out):
     raise_nofile()
 
     async def main():
         stats = {"open": 0, "closed_by_server": 0, "connect_errors": 0}
         stop_at = time.monotonic() + seconds
-        tasks = [hold_idle(host, port, stop_at, stats) for _ in range(idle)]
-        tasks += [hold_slow(host, port, stop_at, stats) for _ in range(slow)]
+        tasks = [hold(idle, host, port, stop_at, stats) for _ in range(n_idle)]
+        tasks += [hold(slow, host, port, stop_at, stats) for _ in range(n_slow)]
         await asyncio.gather(*tasks)
         return stats
 
@@ -128,10 +120,10 @@ def main():
     out = multiprocessing.Queue()
     procs = []
     for i in range(workers):
-        idle = args.idle // workers + (1 if i < args.idle % workers else 0)
-        slow = args.slow // workers + (1 if i < args.slow % workers else 0)
+        n_idle = args.idle // workers + (1 if i < args.idle % workers else 0)
+        n_slow = args.slow // workers + (1 if i < args.slow % workers else 0)
         p = multiprocessing.Process(
-            target=flood_worker, args=(host, port, idle, slow, args.seconds, out)
+            target=flood_worker, args=(host, port, n_idle, n_slow, args.seconds, out)
         )
         p.start()
         procs.append(p)
