@@ -1,16 +1,13 @@
 //! Google Gemini's native `generateContent` / `streamGenerateContent?alt=sse` API.
 
 use agent_core::llm::{ChatStream, Role};
-use agent_core::{
-    ChatChunk, ChatRequest, ChatResponse, LlmError, LlmErrorKind, LlmProvider, TokenUsage,
-};
+use agent_core::{ChatRequest, ChatResponse, LlmError, LlmErrorKind, LlmProvider, TokenUsage};
 use async_trait::async_trait;
-use eventsource_stream::Event;
-use futures::stream::{self, BoxStream, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::http::{self, HttpOptions};
+use crate::stream::{chat_stream, Dialect, Piece};
 use agent_core::SecretString;
 
 /// Gemini's default base URL.
@@ -341,35 +338,20 @@ impl LlmProvider for Gemini {
     }
 
     async fn chat(&self, request: &ChatRequest) -> Result<ChatResponse, LlmError> {
-        let key = Some(&self.config.api_key);
         let response = self.post(request, false).await?;
-        let body = http::read_body(&self.config.name, key, response).await?;
-        let reply = self.parse(&body).map_err(|e| http::scrub(e, key))?;
-        tracing::debug!(provider = %reply.provider, model = %reply.model, total_tokens = reply.usage.total_tokens, "LLM answer");
-        Ok(reply)
+        let key = Some(&self.config.api_key);
+        http::answer(&self.config.name, key, response, |body| self.parse(body)).await
     }
 
     async fn chat_stream(&self, request: &ChatRequest) -> Result<ChatStream, LlmError> {
         let response = self.post(request, true).await?;
-        let state = StreamState {
-            events: http::sse_events(
-                self.config.name.clone(),
-                Some(self.config.api_key.clone()),
-                response,
-            ),
-            provider: self.config.name.clone(),
-            model: self.model.clone(),
-            usage: TokenUsage::default(),
-            finish_reason: None,
-            saw_text: false,
-            done: false,
-            key: self.config.api_key.clone(),
-        };
-        Ok(stream::unfold(state, |mut st| async move {
-            let item = st.next_chunk().await?;
-            Some((item, st))
-        })
-        .boxed())
+        Ok(chat_stream(
+            GeminiStream,
+            self.config.name.clone(),
+            self.model.clone(),
+            Some(self.config.api_key.clone()),
+            response,
+        ))
     }
 }
 
@@ -491,95 +473,46 @@ impl UsageMetadata {
     }
 }
 
-struct StreamState {
-    events: BoxStream<'static, Result<Event, LlmError>>,
-    provider: String,
-    model: String,
-    usage: TokenUsage,
-    finish_reason: Option<String>,
-    saw_text: bool,
-    done: bool,
-    key: SecretString,
-}
+/// Gemini's streamed `GenerateContentResponse`s; no end marker: the end of the body ends the
+/// answer.
+struct GeminiStream;
 
-impl StreamState {
-    fn fail(&mut self, err: LlmError) -> Option<Result<ChatChunk, LlmError>> {
-        self.done = true;
-        Some(Err(http::scrub(err, Some(&self.key))))
+impl Dialect for GeminiStream {
+    type Chunk = GenerateContentResponse;
+
+    fn is_end(&self, _data: &str) -> bool {
+        false
     }
 
-    async fn next_chunk(&mut self) -> Option<Result<ChatChunk, LlmError>> {
-        loop {
-            if self.done {
-                return None;
-            }
-            let event = match self.events.next().await {
-                Some(Ok(event)) => event,
-                Some(Err(e)) => return self.fail(e),
-                // No `[DONE]` in Gemini's streams: the end of the body is the end of the answer.
-                None => {
-                    self.done = true;
-                    if self.finish_reason.is_none() {
-                        let err = LlmError::new(
-                            LlmErrorKind::Transient,
-                            self.provider.as_str(),
-                            "the stream ended without a finishReason",
-                        );
-                        return self.fail(err);
-                    }
-                    if !self.saw_text {
-                        let reason = self.finish_reason.as_deref().unwrap_or("none");
-                        let err = http::invalid(
-                            &self.provider,
-                            format!("the streamed answer has no text (finishReason {reason})"),
-                        );
-                        return self.fail(err);
-                    }
-                    return Some(Ok(ChatChunk::Done {
-                        provider: self.provider.clone(),
-                        model: self.model.clone(),
-                        usage: self.usage,
-                    }));
-                }
-            };
-            let data = event.data.trim();
-            if data.is_empty() {
-                continue;
-            }
-            let chunk: GenerateContentResponse = match serde_json::from_str(data) {
-                Ok(c) => c,
-                Err(e) => {
-                    let err = http::invalid(&self.provider, format!("malformed stream chunk: {e}"));
-                    return self.fail(err);
-                }
-            };
-            if chunk.error.is_some() {
-                let err = http::stream_error(&self.provider, data);
-                return self.fail(err);
-            }
-            if let Err(e) = check_prompt_feedback(&self.provider, &chunk) {
-                return self.fail(e);
-            }
-            if let Some(model) = chunk.model_version.clone().filter(|m| !m.is_empty()) {
-                self.model = model;
-            }
-            if let Some(usage) = chunk.usage_metadata {
-                self.usage = usage.into_usage();
-            }
-            let mut text = String::new();
-            if let Some(candidate) = chunk.candidates.first() {
-                text = candidate_text(candidate);
-                if let Some(reason) = &candidate.finish_reason {
-                    if let Err(e) = check_finish_reason(&self.provider, Some(reason)) {
-                        return self.fail(e);
-                    }
-                    self.finish_reason = Some(reason.clone());
-                }
-            }
-            if !text.is_empty() {
-                self.saw_text = true;
-                return Some(Ok(ChatChunk::Delta(text)));
-            }
+    fn piece(
+        &self,
+        provider: &str,
+        data: &str,
+        chunk: GenerateContentResponse,
+    ) -> Result<Piece, LlmError> {
+        if chunk.error.is_some() {
+            return Err(http::stream_error(provider, data));
         }
+        check_prompt_feedback(provider, &chunk)?;
+        let mut piece = Piece {
+            model: chunk.model_version,
+            usage: chunk.usage_metadata.map(UsageMetadata::into_usage),
+            ..Piece::default()
+        };
+        if let Some(candidate) = chunk.candidates.first() {
+            check_finish_reason(provider, candidate.finish_reason.as_deref())?;
+            piece.text = candidate_text(candidate);
+            piece.finish_reason.clone_from(&candidate.finish_reason);
+        }
+        Ok(piece)
+    }
+
+    fn cut_short(&self) -> &'static str {
+        "the stream ended without a finishReason"
+    }
+
+    fn no_text(&self, finish_reason: Option<&str>) -> String {
+        let reason = finish_reason.unwrap_or("none");
+        format!("the streamed answer has no text (finishReason {reason})")
     }
 }

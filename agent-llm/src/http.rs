@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use agent_core::{LlmError, LlmErrorKind, TokenUsage};
+use agent_core::{ChatResponse, LlmError, LlmErrorKind, TokenUsage};
 use bytes::Bytes;
 use eventsource_stream::{Event, EventStreamError, Eventsource};
 use futures::stream::{BoxStream, StreamExt};
@@ -144,6 +144,20 @@ pub(crate) async fn read_body(
         ));
     }
     Ok(body)
+}
+
+/// Reads a non-streamed answer and makes it a reply with `parse` (the key scrubbed from its
+/// errors).
+pub(crate) async fn answer(
+    provider: &str,
+    key: Option<&SecretString>,
+    response: reqwest::Response,
+    parse: impl FnOnce(&[u8]) -> Result<ChatResponse, LlmError>,
+) -> Result<ChatResponse, LlmError> {
+    let body = read_body(provider, key, response).await?;
+    let reply = parse(&body).map_err(|e| scrub(e, key))?;
+    tracing::debug!(provider = %reply.provider, model = %reply.model, total_tokens = reply.usage.total_tokens, "LLM answer");
+    Ok(reply)
 }
 
 /// Replaces the key in an error's message, in case a server echoed it.

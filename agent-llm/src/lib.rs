@@ -8,6 +8,7 @@ mod gemini;
 mod http;
 mod openai;
 mod retry;
+mod stream;
 
 /// Re-exported from agent-core, where every crate (the server's API token too) takes it from.
 pub use agent_core::SecretString;

@@ -2,16 +2,13 @@
 //! llama.cpp server, LM Studio).
 
 use agent_core::llm::{ChatStream, Role};
-use agent_core::{
-    ChatChunk, ChatRequest, ChatResponse, LlmError, LlmErrorKind, LlmProvider, TokenUsage,
-};
+use agent_core::{ChatRequest, ChatResponse, LlmError, LlmErrorKind, LlmProvider, TokenUsage};
 use async_trait::async_trait;
-use eventsource_stream::Event;
-use futures::stream::{self, BoxStream, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::http::{self, HttpOptions};
+use crate::stream::{chat_stream, Dialect, Piece};
 use agent_core::SecretString;
 
 /// Alchemyst's default base URL (its OpenAI-compatible proxy).
@@ -218,11 +215,7 @@ impl OpenAiCompatible {
         let message = choice.message.unwrap_or_default();
         let text = content_text(message.content.as_ref());
         if choice.finish_reason.as_deref() == Some("content_filter") {
-            return Err(LlmError::new(
-                LlmErrorKind::Blocked,
-                name.as_str(),
-                "the answer was filtered (finish_reason content_filter)",
-            ));
+            return Err(filtered(name));
         }
         if text.is_empty() {
             if let Some(refusal) = message.refusal.filter(|r| !r.is_empty()) {
@@ -253,35 +246,20 @@ impl LlmProvider for OpenAiCompatible {
     }
 
     async fn chat(&self, request: &ChatRequest) -> Result<ChatResponse, LlmError> {
-        let key = self.config.api_key.as_ref();
         let response = self.post(&self.body(request, false), false).await?;
-        let body = http::read_body(&self.config.name, key, response).await?;
-        let reply = self.parse(&body).map_err(|e| http::scrub(e, key))?;
-        tracing::debug!(provider = %reply.provider, model = %reply.model, total_tokens = reply.usage.total_tokens, "LLM answer");
-        Ok(reply)
+        let key = self.config.api_key.as_ref();
+        http::answer(&self.config.name, key, response, |body| self.parse(body)).await
     }
 
     async fn chat_stream(&self, request: &ChatRequest) -> Result<ChatStream, LlmError> {
         let response = self.post(&self.body(request, true), true).await?;
-        let state = StreamState {
-            events: http::sse_events(
-                self.config.name.clone(),
-                self.config.api_key.clone(),
-                response,
-            ),
-            provider: self.config.name.clone(),
-            model: self.config.model.clone(),
-            usage: TokenUsage::default(),
-            finish_reason: None,
-            saw_text: false,
-            done: false,
-            key: self.config.api_key.clone(),
-        };
-        Ok(stream::unfold(state, |mut st| async move {
-            let item = st.next_chunk().await?;
-            Some((item, st))
-        })
-        .boxed())
+        Ok(chat_stream(
+            OpenAiStream,
+            self.config.name.clone(),
+            self.config.model.clone(),
+            self.config.api_key.clone(),
+            response,
+        ))
     }
 }
 
@@ -344,103 +322,51 @@ impl Usage {
     }
 }
 
-struct StreamState {
-    events: BoxStream<'static, Result<Event, LlmError>>,
-    provider: String,
-    model: String,
-    usage: TokenUsage,
-    finish_reason: Option<String>,
-    saw_text: bool,
-    done: bool,
-    key: Option<SecretString>,
+/// The error of an answer cut by the server's content filter.
+fn filtered(provider: &str) -> LlmError {
+    LlmError::new(
+        LlmErrorKind::Blocked,
+        provider,
+        "the answer was filtered (finish_reason content_filter)",
+    )
 }
 
-impl StreamState {
-    fn finish(&mut self) -> Result<ChatChunk, LlmError> {
-        self.done = true;
-        if !self.saw_text {
-            return Err(http::invalid(
-                &self.provider,
-                "the streamed answer has no content",
-            ));
-        }
-        Ok(ChatChunk::Done {
-            provider: self.provider.clone(),
-            model: self.model.clone(),
-            usage: self.usage,
-        })
+/// OpenAI's streamed chunks, ending in `data: [DONE]`.
+struct OpenAiStream;
+
+impl Dialect for OpenAiStream {
+    type Chunk = Completion;
+
+    fn is_end(&self, data: &str) -> bool {
+        data == "[DONE]"
     }
 
-    fn fail(&mut self, err: LlmError) -> Option<Result<ChatChunk, LlmError>> {
-        self.done = true;
-        Some(Err(http::scrub(err, self.key.as_ref())))
+    fn piece(&self, provider: &str, data: &str, chunk: Completion) -> Result<Piece, LlmError> {
+        if chunk.error.is_some() {
+            return Err(http::stream_error(provider, data));
+        }
+        let mut piece = Piece {
+            model: chunk.model,
+            usage: chunk.usage.map(Usage::into_usage),
+            ..Piece::default()
+        };
+        if let Some(choice) = chunk.choices.into_iter().next() {
+            if let Some(delta) = choice.delta {
+                piece.text = content_text(delta.content.as_ref());
+            }
+            if choice.finish_reason.as_deref() == Some("content_filter") {
+                return Err(filtered(provider));
+            }
+            piece.finish_reason = choice.finish_reason;
+        }
+        Ok(piece)
     }
 
-    async fn next_chunk(&mut self) -> Option<Result<ChatChunk, LlmError>> {
-        loop {
-            if self.done {
-                return None;
-            }
-            let event = match self.events.next().await {
-                Some(Ok(event)) => event,
-                Some(Err(e)) => return self.fail(e),
-                // Some servers close without `[DONE]` after the finishing chunk; accept that, but a
-                // stream cut before any finish_reason is a broken connection.
-                None if self.finish_reason.is_some() => return Some(self.finish()),
-                None => {
-                    let err = LlmError::new(
-                        LlmErrorKind::Transient,
-                        self.provider.as_str(),
-                        "the stream ended before [DONE]",
-                    );
-                    return self.fail(err);
-                }
-            };
-            let data = event.data.trim();
-            if data.is_empty() {
-                continue;
-            }
-            if data == "[DONE]" {
-                return Some(self.finish());
-            }
-            let chunk: Completion = match serde_json::from_str(data) {
-                Ok(c) => c,
-                Err(e) => {
-                    let err = http::invalid(&self.provider, format!("malformed stream chunk: {e}"));
-                    return self.fail(err);
-                }
-            };
-            if chunk.error.is_some() {
-                let err = http::stream_error(&self.provider, data);
-                return self.fail(err);
-            }
-            if let Some(model) = chunk.model.filter(|m| !m.is_empty()) {
-                self.model = model;
-            }
-            if let Some(usage) = chunk.usage {
-                self.usage = usage.into_usage();
-            }
-            let mut text = String::new();
-            if let Some(choice) = chunk.choices.into_iter().next() {
-                if let Some(delta) = choice.delta {
-                    text = content_text(delta.content.as_ref());
-                }
-                if let Some(reason) = choice.finish_reason {
-                    if reason == "content_filter" {
-                        let err = LlmError::new(
-                            LlmErrorKind::Blocked,
-                            self.provider.as_str(),
-                            "the answer was filtered (finish_reason content_filter)",
-                        );
-                        return self.fail(err);
-                    }
-                    self.finish_reason = Some(reason);
-                }
-            }
-            if !text.is_empty() {
-                self.saw_text = true;
-                return Some(Ok(ChatChunk::Delta(text)));
-            }
-        }
+    fn cut_short(&self) -> &'static str {
+        "the stream ended before [DONE]"
+    }
+
+    fn no_text(&self, _finish_reason: Option<&str>) -> String {
+        "the streamed answer has no content".to_owned()
     }
 }
