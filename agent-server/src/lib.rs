@@ -13,6 +13,7 @@ pub mod error;
 pub mod extract;
 pub mod live;
 pub mod logs;
+pub mod mcp;
 pub mod metrics;
 pub mod openapi;
 pub mod proxy;

@@ -30,7 +30,10 @@ use crate::session::{LoginRequest, SessionInfo};
                        When the server has an API token, send `Authorization: Bearer <token>`. \
                        Errors are JSON (`ErrorBody`). A method a path does not list is answered \
                        405 `method_not_allowed` with an `Allow` header; a request announcing a \
-                       body over the limit (`AGENT_MAX_BODY_BYTES`) is answered 413 before it is read.",
+                       body over the limit (`AGENT_MAX_BODY_BYTES`) is answered 413 before it is read. \
+                       The Model Context Protocol endpoint `/mcp` (streamable HTTP, same bearer \
+                       token; tools over the live sandboxes and jobs) is not described here: see \
+                       docs/mcp.md.",
     ),
     paths(
         crate::routes::health,

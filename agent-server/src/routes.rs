@@ -179,6 +179,7 @@ pub fn app(state: AppState) -> Router {
         .route("/logs/{id}", get(logs_text))
         .route("/logs/{id}/stream", get(logs_stream))
         .route("/metrics", get(metrics))
+        .route_service(crate::mcp::MCP_PATH, crate::mcp::service(&state))
         .merge(crate::live::routes())
         .merge(crate::sandboxes::routes())
         .merge(docs)

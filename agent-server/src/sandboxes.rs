@@ -82,7 +82,9 @@ pub(crate) fn routes() -> Router<AppState> {
 pub struct SandboxesDoc;
 
 /// Resource limits of a sandbox (every field optional; defaults as for jobs).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(
+    Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema, schemars::JsonSchema,
+)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsView {
     /// Memory in bytes (default 2 GiB; at least 16 MiB).
@@ -115,8 +117,10 @@ impl LimitsView {
     }
 }
 
-/// `POST /sandboxes`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+/// `POST /sandboxes` (and the MCP tool `create_sandbox`).
+#[derive(
+    Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema, schemars::JsonSchema,
+)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSandboxRequest {
     /// Container image (default: the server's `AGENT_IMAGE`).
@@ -128,6 +132,7 @@ pub struct CreateSandboxRequest {
     /// Network: `none` (default) or `bridge`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>, example = "none")]
+    #[schemars(with = "Option<String>")]
     pub network: Option<NetworkMode>,
     /// Environment variables of every step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -199,7 +204,7 @@ pub struct SandboxView {
 }
 
 impl SandboxView {
-    fn from_info(info: &SandboxInfo) -> Self {
+    pub(crate) fn from_info(info: &SandboxInfo) -> Self {
         Self {
             sandbox_id: info.id,
             status: info.status,

@@ -80,6 +80,9 @@ pub enum Command {
         #[arg(long, short = 'o', value_name = "PATH")]
         out: Option<PathBuf>,
     },
+    /// Serve the MCP tools (sandboxes, commands, stateful Python, files, jobs) over stdio for a
+    /// desktop MCP client, on the local Docker engine without a server; ends when stdin closes.
+    Mcp,
     /// Check the server: exit 0 when it and its Docker engine answer, 3 otherwise.
     Health,
     /// Submit a job to the server and print its id.

@@ -16,9 +16,10 @@ use agent_core::{Executor, JobId, Sandbox, SandboxError};
 use super::args::JobArgs;
 use super::progress::Progress;
 use super::{fail, print_json, Exit};
-use crate::api::StatusResponse;
+use crate::api::{JobDefaults, StatusResponse};
 use crate::config::{init_tracing_with_default, LogFormat, ServerConfig};
 use crate::metrics::Metrics;
+use crate::server::LlmChain;
 
 /// An executor wrapper for `agent run` that never reaps: a local run must not remove the
 /// sandboxes of a server running on the same engine.
@@ -63,24 +64,13 @@ pub(super) async fn run_local(args: &JobArgs, out: Option<&Path>, json: bool) ->
         Ok(r) => r,
         Err(e) => return fail(Exit::Usage, e),
     };
-    let mut config = match ServerConfig::from_env() {
-        Ok(c) => c,
-        Err(e) => return fail(Exit::Usage, e),
-    };
-    // One job: a warm pool would only start a second container that nobody uses.
-    config.warm_pool = 0;
-    let defaults = match config.job_defaults() {
-        Ok(d) => d,
-        Err(e) => return fail(Exit::Usage, e),
+    let (config, defaults, llm) = match local_setup() {
+        Ok(setup) => setup,
+        Err(exit) => return exit,
     };
     let spec = match req.into_spec(&defaults) {
         Ok(s) => s,
         Err(e) => return fail(Exit::Usage, e.detail.message),
-    };
-    let metrics = Arc::new(Metrics::new());
-    let llm = match crate::server::llm_from_env(&metrics) {
-        Ok(l) => l,
-        Err(e) => return fail(Exit::Usage, e),
     };
     if spec.needs_llm() && llm.is_none() {
         return fail(
@@ -91,44 +81,108 @@ pub(super) async fn run_local(args: &JobArgs, out: Option<&Path>, json: bool) ->
             ),
         );
     }
-    let executor = match crate::server::docker_executor(&config).await {
-        Ok(e) => e,
-        Err(e) => return fail(Exit::Unreachable, format!("{e} (is Docker running?)")),
+    let local = match LocalManager::start(&config, 1, llm).await {
+        Ok(m) => m,
+        Err(exit) => return exit,
     };
-    if let Err(e) = executor.ping().await {
-        return fail(
-            Exit::Unreachable,
-            format!("the Docker engine does not answer: {e}"),
-        );
-    }
-    let scratch = match tempfile::tempdir() {
-        Ok(d) => d,
-        Err(e) => {
-            return fail(
+    let manager = local.manager.clone();
+    let exit = run_with_manager(&manager, spec, out, json).await;
+    local.shutdown().await;
+    exit
+}
+
+/// `agent mcp`: the MCP tools over stdio, on a job manager of this process (see
+/// [`crate::mcp`]); ends when the client closes stdin, destroying the sandboxes left.
+pub(super) async fn mcp_stdio() -> Exit {
+    // stdout carries the protocol: logs (warnings only by default) go to stderr.
+    init_tracing_with_default(LogFormat::Text, "warn");
+    let (config, defaults, llm) = match local_setup() {
+        Ok(setup) => setup,
+        Err(exit) => return exit,
+    };
+    let max = config
+        .max_concurrent_jobs
+        .clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+    let local = match LocalManager::start(&config, max, llm).await {
+        Ok(m) => m,
+        Err(exit) => return exit,
+    };
+    let tools = crate::mcp::McpTools::new(local.manager.clone(), defaults);
+    let exit = match crate::mcp::serve_stdio(tools).await {
+        Ok(()) => Exit::Ok,
+        Err(e) => fail(Exit::Internal, e),
+    };
+    local.shutdown().await;
+    exit
+}
+
+/// The server's settings from the environment (without a warm pool: it would only start
+/// containers nobody uses), the job defaults, and the LLM chain if one is configured.
+fn local_setup() -> Result<(ServerConfig, JobDefaults, Option<LlmChain>), Exit> {
+    let mut config = ServerConfig::from_env().map_err(|e| fail(Exit::Usage, e))?;
+    config.warm_pool = 0;
+    let defaults = config.job_defaults().map_err(|e| fail(Exit::Usage, e))?;
+    let llm =
+        crate::server::llm_from_env(&Arc::new(Metrics::new())).map_err(|e| fail(Exit::Usage, e))?;
+    Ok((config, defaults, llm))
+}
+
+/// A job manager of this process on the local Docker engine: jobs in memory, archives in a
+/// temporary directory, and an executor that never reaps (a server on the same engine keeps its
+/// sandboxes).
+struct LocalManager {
+    manager: JobManager,
+    /// Holds the archives; removed on drop.
+    _scratch: tempfile::TempDir,
+}
+
+impl LocalManager {
+    /// Connects to Docker (exit 3 when it does not answer) and starts the manager.
+    async fn start(
+        config: &ServerConfig,
+        max_concurrent_jobs: usize,
+        llm: Option<LlmChain>,
+    ) -> Result<Self, Exit> {
+        let executor = crate::server::docker_executor(config)
+            .await
+            .map_err(|e| fail(Exit::Unreachable, format!("{e} (is Docker running?)")))?;
+        executor.ping().await.map_err(|e| {
+            fail(
+                Exit::Unreachable,
+                format!("the Docker engine does not answer: {e}"),
+            )
+        })?;
+        let scratch = tempfile::tempdir().map_err(|e| {
+            fail(
                 Exit::Internal,
                 format!("creating a temporary directory: {e}"),
             )
+        })?;
+        let mut builder =
+            JobManager::builder(Arc::new(NoReap(executor)), Arc::new(MemoryStore::new())).config(
+                JobManagerConfig {
+                    max_concurrent_jobs,
+                    artifact_dir: scratch.path().join("artifacts"),
+                    retention: None,
+                    ..JobManagerConfig::default()
+                },
+            );
+        if let Some((llm, _)) = llm {
+            builder = builder.llm(llm);
         }
-    };
-    let mut builder = JobManager::builder(Arc::new(NoReap(executor)), Arc::new(MemoryStore::new()))
-        .config(JobManagerConfig {
-            max_concurrent_jobs: 1,
-            artifact_dir: scratch.path().join("artifacts"),
-            retention: None,
-            ..JobManagerConfig::default()
-        });
-    if let Some((llm, _)) = llm {
-        builder = builder.llm(llm);
+        let manager = builder.start().await.map_err(|e| fail(Exit::Internal, e))?;
+        Ok(Self {
+            manager,
+            _scratch: scratch,
+        })
     }
-    let manager = match builder.start().await {
-        Ok(m) => m,
-        Err(e) => return fail(Exit::Internal, e),
-    };
-    let exit = run_with_manager(&manager, spec, out, json).await;
-    if let Err(e) = manager.shutdown(Duration::from_secs(5)).await {
-        eprintln!("warning: shutting down: {e}");
+
+    /// Ends what still runs (live sandboxes end `interrupted`, their containers removed).
+    async fn shutdown(self) {
+        if let Err(e) = self.manager.shutdown(Duration::from_secs(5)).await {
+            eprintln!("warning: shutting down: {e}");
+        }
     }
-    exit
 }
 
 async fn run_with_manager(

@@ -117,6 +117,7 @@ async fn run_command(cli: Cli) -> Result<Exit, Exit> {
             })
         }
         Command::Run { ref job, ref out } => Ok(local::run_local(job, out.as_deref(), json).await),
+        Command::Mcp => Ok(local::mcp_stdio().await),
         Command::Health => remote::health(&client()?, json).await,
         Command::Submit { ref job, wait } => {
             let req = job.request().map_err(|e| fail(Exit::Usage, e))?;

@@ -1,0 +1,186 @@
+//! The MCP tools driven by a client nobody here wrote: the official MCP Python SDK (`mcp` from
+//! PyPI, in the venv `scripts/setup-test-tools.sh` makes), as `tests/mcp/client.py`.
+//!
+//! Over streamable HTTP against the real `agent-server` binary's `/mcp` (behind its bearer
+//! token), and over stdio against `agent mcp`, both on the real Docker engine.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use serde_json::{json, Value};
+use support::*;
+
+/// The venv's Python, with the `mcp` SDK installed.
+fn mcp_python() -> PathBuf {
+    let venv = std::env::var("AGENT_MCP_VENV")
+        .unwrap_or_else(|_| "/opt/containerized-agent/mcp-venv".to_string());
+    let python = Path::new(&venv).join("bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: install the MCP test client with scripts/setup-test-tools.sh",
+        python.display()
+    );
+    python
+}
+
+/// Runs `client.py ARGS…` with only `env` (and PATH) in its environment; returns its last
+/// stdout line as JSON, failing the test with its output (and `log`) when it fails.
+async fn run_client(
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    log: impl Fn() -> String,
+) -> Value {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/mcp/client.py");
+    let python = mcp_python();
+    let out = tokio::task::spawn_blocking(move || {
+        let mut cmd = Command::new(python);
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .arg(script)
+            .args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the MCP client failed:\n{stdout}\n{stderr}\nserver log:\n{}",
+        log()
+    );
+    serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_sdk_calls_every_tool_over_streamable_http() {
+    require_docker();
+    let dir = tempfile::tempdir().unwrap();
+    let token = "mcp-test-token";
+    let server = TestServer::start(
+        &dir.path().join("out"),
+        &ServerOptions::new(&unique_scope("mcp")).token(token),
+    );
+
+    // Same auth as the API: no token or a wrong one, no MCP.
+    let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "raw", "version": "1"}}});
+    for auth in [None, Some("Bearer wrong")] {
+        let mut req = server
+            .http
+            .post(server.url("/mcp"))
+            .header("accept", "application/json, text/event-stream")
+            .json(&initialize);
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 401, "{auth:?}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "unauthorized", "{body}");
+    }
+
+    let ids = run_client(
+        vec!["http".into(), server.url("/mcp"), token.into()],
+        vec![],
+        || server.log_text(),
+    )
+    .await;
+    let sandbox = ids["sandbox_id"].as_str().unwrap();
+    let job = ids["job_id"].as_str().unwrap();
+
+    // What the tools did is recorded like any job: the sandbox's steps, the job's result.
+    let st = server.status(sandbox).await;
+    assert_eq!(st["status"], "succeeded", "{st}");
+    let kinds: Vec<&str> = st["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["type"].as_str().unwrap())
+        .collect();
+    let python = ["python"; 4];
+    let shell = ["shell"; 3];
+    assert_eq!(kinds, [&["shell"][..], &python, &shell].concat(), "{st}");
+    assert_eq!(st["steps"][0]["exit_code"], 3, "{st}");
+    assert_eq!(st["steps"][2]["python"]["value"], "42.0", "{st}");
+    assert_eq!(st["steps"][7]["termination"], "timed_out", "{st}");
+    assert!(containers_gone(sandbox), "the sandbox's container is left");
+    let st = server.status(job).await;
+    assert_eq!(st["status"], "succeeded", "{st}");
+    assert!(containers_gone(job), "the job's container is left");
+    let mut zip = server.download(job).await;
+    assert_eq!(zip_file(&mut zip, "out.txt"), "from-job\n");
+
+    // The same `true` through the REST API, for the report beside the MCP figure.
+    let (code, created) = server.post_json("/sandboxes", &json!({})).await;
+    assert_eq!(code, 201, "{created}");
+    let id = created["sandbox_id"].as_str().unwrap();
+    let mut times = Vec::new();
+    for _ in 0..20 {
+        let started = Instant::now();
+        let (code, v) = server
+            .post_json(
+                &format!("/sandboxes/{id}/steps"),
+                &json!({"step": {"type": "shell", "command": "true"}}),
+            )
+            .await;
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+        assert_eq!((code, &v["result"]["exit_code"]), (200, &json!(0)), "{v}");
+    }
+    times.sort_by(f64::total_cmp);
+    eprintln!(
+        "`true` in a live sandbox, median of 20: MCP tool call {} ms, REST {:.2} ms",
+        ids["true_median_ms"], times[10]
+    );
+    let resp = server
+        .http
+        .delete(server.url(&format!("/sandboxes/{id}")))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_sdk_calls_the_tools_of_agent_mcp_over_stdio() {
+    require_docker();
+    let dir = tempfile::tempdir().unwrap();
+    let scope = unique_scope("mcp-stdio");
+    let env = vec![
+        ("AGENT_DOCKER_SCOPE".to_string(), scope.clone()),
+        ("AGENT_IMAGE".to_string(), image()),
+        ("AGENT_NETWORK".to_string(), "none".to_string()),
+        (
+            "AGENT_OUTPUT_DIR".to_string(),
+            dir.path().display().to_string(),
+        ),
+        ("HOME".to_string(), dir.path().display().to_string()),
+    ];
+    let ids = run_client(
+        vec!["stdio".into(), agent_binary().display().to_string()],
+        env,
+        String::new,
+    )
+    .await;
+    assert!(ids["sandbox_id"].is_string(), "{ids}");
+    // The client closed stdin with a sandbox still live: `agent mcp` ended it on the way out
+    // and removed its container (and every other of its scope).
+    let left = ids["left_sandbox_id"].as_str().unwrap();
+    assert!(
+        containers_gone(left),
+        "the live sandbox's container is left"
+    );
+    assert!(
+        containers_of_scope(&scope).is_empty(),
+        "containers left in {scope}"
+    );
+}
