@@ -14,15 +14,16 @@ use std::time::Instant;
 use serde_json::{json, Value};
 use support::*;
 
-/// The venv's Python, with the `mcp` SDK installed.
+const DEFAULT_VENV: &str = "/opt/containerized-agent/mcp-venv";
+const TOKEN: &str = "mcp-test-token";
+
+/// The venv's Python, with the `mcp` SDK installed (`AGENT_MCP_VENV`, as the setup script).
 fn mcp_python() -> PathBuf {
-    let venv = std::env::var("AGENT_MCP_VENV")
-        .unwrap_or_else(|_| "/opt/containerized-agent/mcp-venv".to_string());
+    let venv = std::env::var_os("AGENT_MCP_VENV").unwrap_or(DEFAULT_VENV.into());
     let python = Path::new(&venv).join("bin/python");
     assert!(
         python.exists(),
-        "{} is missing: install the MCP test client with scripts/setup-test-tools.sh",
-        python.display()
+        "no {python:?}: run scripts/setup-test-tools.sh"
     );
     python
 }
@@ -49,25 +50,23 @@ async fn run_client(
     })
     .await
     .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "the MCP client failed:\n{stdout}\n{stderr}\nserver log:\n{}",
-        log()
-    );
-    serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap()
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    if !out.status.success() {
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        panic!(
+            "the MCP client failed:\n{stdout}\n{stderr}\nserver log:\n{}",
+            log()
+        );
+    }
+    serde_json::from_str(text(&out.stdout).lines().last().unwrap_or("")).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_sdk_calls_every_tool_over_streamable_http() {
     require_docker();
     let dir = tempfile::tempdir().unwrap();
-    let token = "mcp-test-token";
-    let server = TestServer::start(
-        &dir.path().join("out"),
-        &ServerOptions::new(&unique_scope("mcp")).token(token),
-    );
+    let options = ServerOptions::new(&unique_scope("mcp")).token(TOKEN);
+    let server = TestServer::start(&dir.path().join("out"), &options);
 
     // Same auth as the API: no token or a wrong one, no MCP.
     let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
@@ -89,7 +88,7 @@ async fn the_python_sdk_calls_every_tool_over_streamable_http() {
     }
 
     let ids = run_client(
-        vec!["http".into(), server.url("/mcp"), token.into()],
+        vec!["http".into(), server.url("/mcp"), TOKEN.into()],
         vec![],
         || server.log_text(),
     )
@@ -100,15 +99,21 @@ async fn the_python_sdk_calls_every_tool_over_streamable_http() {
     // What the tools did is recorded like any job: the sandbox's steps, the job's result.
     let st = server.status(sandbox).await;
     assert_eq!(st["status"], "succeeded", "{st}");
-    let kinds: Vec<&str> = st["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["type"].as_str().unwrap())
-        .collect();
-    let python = ["python"; 4];
-    let shell = ["shell"; 3];
-    assert_eq!(kinds, [&["shell"][..], &python, &shell].concat(), "{st}");
+    let kinds = (0..9)
+        .map(|i| st["steps"][i]["type"].as_str())
+        .collect::<Vec<_>>();
+    let expected = [
+        "shell", "python", "python", "python", "python", "shell", "shell", "shell",
+    ];
+    assert_eq!(
+        kinds,
+        expected
+            .map(Some)
+            .into_iter()
+            .chain([None])
+            .collect::<Vec<_>>(),
+        "{st}"
+    );
     assert_eq!(st["steps"][0]["exit_code"], 3, "{st}");
     assert_eq!(st["steps"][2]["python"]["value"], "42.0", "{st}");
     assert_eq!(st["steps"][7]["termination"], "timed_out", "{st}");
@@ -143,7 +148,7 @@ async fn the_python_sdk_calls_every_tool_over_streamable_http() {
     let resp = server
         .http
         .delete(server.url(&format!("/sandboxes/{id}")))
-        .bearer_auth(token)
+        .bearer_auth(TOKEN)
         .send()
         .await
         .unwrap();

@@ -21,12 +21,13 @@ mod tools;
 
 use std::sync::Arc;
 
+use rmcp::handler::server::common::FromContextPart;
 use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::tool::ToolCallContext;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{schemars, ServiceExt};
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Deserializer};
 
 use agent_core::manager::{JobManager, MAX_PUT_FILE_BYTES};
 
@@ -113,21 +114,24 @@ pub async fn serve_stdio(tools: McpTools) -> Result<(), McpError> {
         .map_err(|e| McpError::Session(e.to_string()))
 }
 
-/// A tool's arguments as they were parsed: `Err` holds the REST API's error for the same
+/// A tool's arguments as they were parsed. `Err` holds the REST API's error for the same
 /// mistake (the field at fault and why), answered as a tool error rather than as a JSON-RPC
-/// "invalid params" failure, so the calling model reads it and can correct itself.
+/// "invalid params" failure, so the calling model reads it and can correct itself. (Named like
+/// rmcp's own wrapper because its `#[tool]` macro takes a tool's input schema from the argument
+/// whose type is called `Parameters`.)
 #[derive(Debug)]
-pub(crate) struct ToolArgs<T>(Result<T, ApiError>);
+pub(crate) struct Parameters<T>(pub(crate) Result<T, ApiError>);
 
-impl<'de, T: DeserializeOwned> Deserialize<'de> for ToolArgs<T> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let value = serde_json::Value::deserialize(deserializer)?;
-        let bytes = serde_json::to_vec(&value).map_err(serde::de::Error::custom)?;
+impl<S, T: DeserializeOwned> FromContextPart<ToolCallContext<'_, S>> for Parameters<T> {
+    fn from_context_part(context: &mut ToolCallContext<'_, S>) -> Result<Self, rmcp::ErrorData> {
+        let arguments = context.arguments.take().unwrap_or_default();
+        let bytes = serde_json::to_vec(&arguments)
+            .map_err(|e| rmcp::ErrorData::internal_error(e.to_string(), None))?;
         Ok(Self(crate::extract::parse_json(&bytes)))
     }
 }
 
-impl<T: schemars::JsonSchema> schemars::JsonSchema for ToolArgs<T> {
+impl<T: schemars::JsonSchema> schemars::JsonSchema for Parameters<T> {
     fn schema_name() -> std::borrow::Cow<'static, str> {
         T::schema_name()
     }

@@ -3,7 +3,6 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::CallToolResult;
 use rmcp::{schemars, tool, tool_handler, tool_router, ServerHandler};
 use serde::Deserialize;
@@ -12,7 +11,7 @@ use serde_json::json;
 use agent_core::{JobId, NetworkMode, Step};
 
 use super::render::{self, ToolError};
-use super::{McpTools, ToolArgs};
+use super::{McpTools, Parameters};
 use crate::api::{timeout, ScheduleRequest};
 use crate::error::ApiError;
 use crate::sandboxes::{CreateSandboxRequest, SandboxList, SandboxView};
@@ -140,7 +139,7 @@ impl McpTools {
     )]
     async fn create_sandbox(
         &self,
-        Parameters(ToolArgs(args)): Parameters<ToolArgs<CreateSandboxRequest>>,
+        Parameters(args): Parameters<CreateSandboxRequest>,
     ) -> ToolResult {
         let spec = args?.into_spec(&self.defaults)?;
         let job = self.manager.create_sandbox(spec).await?;
@@ -155,10 +154,7 @@ impl McpTools {
     }
 
     #[tool(description = "List the live sandboxes (oldest first).")]
-    async fn list_sandboxes(
-        &self,
-        Parameters(ToolArgs(args)): Parameters<ToolArgs<NoArgs>>,
-    ) -> ToolResult {
+    async fn list_sandboxes(&self, Parameters(args): Parameters<NoArgs>) -> ToolResult {
         args?;
         let sandboxes: Vec<SandboxView> = self
             .manager
@@ -185,10 +181,7 @@ impl McpTools {
     #[tool(
         description = "Run a bash command in a sandbox's /workspace. Returns the exit code and the tails of stdout and stderr (a non-zero exit is a result, not an error)."
     )]
-    async fn run_command(
-        &self,
-        Parameters(ToolArgs(args)): Parameters<ToolArgs<CommandArgs>>,
-    ) -> ToolResult {
+    async fn run_command(&self, Parameters(args): Parameters<CommandArgs>) -> ToolResult {
         let args = args?;
         self.run(
             &args.sandbox_id,
@@ -201,10 +194,7 @@ impl McpTools {
     #[tool(
         description = "Run Python code in a sandbox's persistent interpreter (cwd /workspace): variables, imports and open files survive between run_python calls, and the value of a final expression is returned. Returns the exit code (1 when the code raised), the value or the exception, and the tails of stdout and stderr."
     )]
-    async fn run_python(
-        &self,
-        Parameters(ToolArgs(args)): Parameters<ToolArgs<PythonArgs>>,
-    ) -> ToolResult {
+    async fn run_python(&self, Parameters(args): Parameters<PythonArgs>) -> ToolResult {
         let args = args?;
         let step = Step::python_stateful(args.code);
         self.run(&args.sandbox_id, step, args.timeout_secs).await
@@ -213,10 +203,7 @@ impl McpTools {
     #[tool(
         description = "Write a text file under a sandbox's /workspace (parent directories are created; at most 16 MiB)."
     )]
-    async fn write_file(
-        &self,
-        Parameters(ToolArgs(args)): Parameters<ToolArgs<WriteArgs>>,
-    ) -> ToolResult {
+    async fn write_file(&self, Parameters(args): Parameters<WriteArgs>) -> ToolResult {
         let args = args?;
         let id = sandbox_id(&args.sandbox_id)?;
         let rel = agent_core::executor::normalize_workspace_path(&args.path)
@@ -235,10 +222,7 @@ impl McpTools {
     #[tool(
         description = "Read a file from a sandbox's /workspace as text (at most 16 MiB; a long file is cut, with a note)."
     )]
-    async fn read_file(
-        &self,
-        Parameters(ToolArgs(args)): Parameters<ToolArgs<ReadArgs>>,
-    ) -> ToolResult {
+    async fn read_file(&self, Parameters(args): Parameters<ReadArgs>) -> ToolResult {
         let args = args?;
         let id = sandbox_id(&args.sandbox_id)?;
         let bytes = self.manager.sandbox_get_file(id, &args.path).await?;
@@ -248,10 +232,7 @@ impl McpTools {
     #[tool(
         description = "Destroy a sandbox: kill what runs in it and remove its container. Its record and logs stay (GET /status/{id})."
     )]
-    async fn destroy_sandbox(
-        &self,
-        Parameters(ToolArgs(args)): Parameters<ToolArgs<SandboxArgs>>,
-    ) -> ToolResult {
+    async fn destroy_sandbox(&self, Parameters(args): Parameters<SandboxArgs>) -> ToolResult {
         let id = sandbox_id(&args?.sandbox_id)?;
         let job = self.manager.destroy_sandbox(id).await?;
         Ok(render::with_structured(
@@ -263,10 +244,7 @@ impl McpTools {
     #[tool(
         description = "Schedule a job in a fresh sandbox and wait for it (wait_secs, default 300): a prompt the server's LLM plans, or explicit steps such as [{\"type\":\"shell\",\"command\":\"...\"}, {\"type\":\"python\",\"code\":\"...\"}, {\"type\":\"write_file\",\"path\":\"...\",\"content\":\"...\"}]. Returns its status and each step's exit code and output tails, or its job_id if it is still running."
     )]
-    async fn run_job(
-        &self,
-        Parameters(ToolArgs(args)): Parameters<ToolArgs<JobArgs>>,
-    ) -> ToolResult {
+    async fn run_job(&self, Parameters(args): Parameters<JobArgs>) -> ToolResult {
         let args = args?;
         let wait = wait_time(args.wait_secs)?;
         let request = ScheduleRequest {
@@ -287,10 +265,7 @@ impl McpTools {
     #[tool(
         description = "Wait for a job from run_job to end (wait_secs, default 300) and return its status and each step's exit code and output tails."
     )]
-    async fn wait_job(
-        &self,
-        Parameters(ToolArgs(args)): Parameters<ToolArgs<WaitArgs>>,
-    ) -> ToolResult {
+    async fn wait_job(&self, Parameters(args): Parameters<WaitArgs>) -> ToolResult {
         let args = args?;
         let wait = wait_time(args.wait_secs)?;
         let id = args
