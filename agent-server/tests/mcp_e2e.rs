@@ -61,6 +61,23 @@ async fn run_client(
     serde_json::from_str(text(&out.stdout).lines().last().unwrap_or("")).unwrap()
 }
 
+/// An MCP `initialize` POSTed to `/mcp` by hand, with `headers`.
+async fn raw_initialize(server: &TestServer, headers: &[(&str, &str)]) -> reqwest::Response {
+    let mut req = server
+        .http
+        .post(server.url("/mcp"))
+        .header("accept", "application/json, text/event-stream")
+        .json(
+            &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "raw", "version": "1"}}}),
+        );
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req.send().await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_sdk_calls_every_tool_over_streamable_http() {
     require_docker();
@@ -69,19 +86,9 @@ async fn the_python_sdk_calls_every_tool_over_streamable_http() {
     let server = TestServer::start(&dir.path().join("out"), &options);
 
     // Same auth as the API: no token or a wrong one, no MCP.
-    let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-        "protocolVersion": "2025-06-18", "capabilities": {},
-        "clientInfo": {"name": "raw", "version": "1"}}});
     for auth in [None, Some("Bearer wrong")] {
-        let mut req = server
-            .http
-            .post(server.url("/mcp"))
-            .header("accept", "application/json, text/event-stream")
-            .json(&initialize);
-        if let Some(a) = auth {
-            req = req.header("authorization", a);
-        }
-        let resp = req.send().await.unwrap();
+        let headers: Vec<_> = auth.map(|a| ("authorization", a)).into_iter().collect();
+        let resp = raw_initialize(&server, &headers).await;
         assert_eq!(resp.status(), 401, "{auth:?}");
         let body: Value = resp.json().await.unwrap();
         assert_eq!(body["error"]["code"], "unauthorized", "{body}");
@@ -188,4 +195,19 @@ async fn the_python_sdk_calls_the_tools_of_agent_mcp_over_stdio() {
         containers_of_scope(&scope).is_empty(),
         "containers left in {scope}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_token_only_loopback_host_names_reach_mcp() {
+    require_docker();
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(
+        &dir.path().join("out"),
+        &ServerOptions::new(&unique_scope("mcp-host")),
+    );
+    // A page that rebinds its own name to 127.0.0.1 sends its own Host: refused.
+    for (host, expected) in [("rebound.example:80", 403), ("localhost:8000", 200)] {
+        let resp = raw_initialize(&server, &[("host", host)]).await;
+        assert_eq!(resp.status(), expected, "Host: {host}");
+    }
 }

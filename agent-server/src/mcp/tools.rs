@@ -153,7 +153,10 @@ impl McpTools {
         Ok(render::with_structured(text, json!(view)))
     }
 
-    #[tool(description = "List the live sandboxes (oldest first).")]
+    #[tool(
+        description = "List the live sandboxes (oldest first).",
+        annotations(read_only_hint = true)
+    )]
     async fn list_sandboxes(&self, Parameters(args): Parameters<NoArgs>) -> ToolResult {
         args?;
         let sandboxes: Vec<SandboxView> = self
@@ -220,7 +223,8 @@ impl McpTools {
     }
 
     #[tool(
-        description = "Read a file from a sandbox's /workspace as text (at most 16 MiB; a long file is cut, with a note)."
+        description = "Read a file from a sandbox's /workspace as text (at most 16 MiB; a long file is cut, with a note).",
+        annotations(read_only_hint = true)
     )]
     async fn read_file(&self, Parameters(args): Parameters<ReadArgs>) -> ToolResult {
         let args = args?;
@@ -230,7 +234,8 @@ impl McpTools {
     }
 
     #[tool(
-        description = "Destroy a sandbox: kill what runs in it and remove its container. Its record and logs stay (GET /status/{id})."
+        description = "Destroy a sandbox: kill what runs in it and remove its container. Its record and logs stay (GET /status/{id}).",
+        annotations(destructive_hint = true, idempotent_hint = false)
     )]
     async fn destroy_sandbox(&self, Parameters(args): Parameters<SandboxArgs>) -> ToolResult {
         let id = sandbox_id(&args?.sandbox_id)?;
@@ -263,7 +268,8 @@ impl McpTools {
     }
 
     #[tool(
-        description = "Wait for a job from run_job to end (wait_secs, default 300) and return its status and each step's exit code and output tails."
+        description = "Wait for a job from run_job to end (wait_secs, default 300) and return its status and each step's exit code and output tails.",
+        annotations(read_only_hint = true)
     )]
     async fn wait_job(&self, Parameters(args): Parameters<WaitArgs>) -> ToolResult {
         let args = args?;

@@ -73,7 +73,10 @@ async def handshake(session):
     for t in tools.tools:
         check(t.description, f"{t.name} has a description")
         check(t.input_schema.get("type") == "object", f"{t.name} input schema", t)
-    schema = next(t.input_schema for t in tools.tools if t.name == "run_command")
+    by_name = {t.name: t for t in tools.tools}
+    check(by_name["read_file"].annotations.read_only_hint is True, "read_file is marked read-only", by_name["read_file"])
+    check(by_name["destroy_sandbox"].annotations.destructive_hint is True, "destroy_sandbox is marked destructive")
+    schema = by_name["run_command"].input_schema
     check(set(schema.get("required", [])) == {"sandbox_id", "command"}, "run_command's required args", schema)
 
 
