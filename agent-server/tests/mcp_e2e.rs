@@ -82,7 +82,13 @@ async fn raw_initialize(server: &TestServer, headers: &[(&str, &str)]) -> reqwes
 async fn the_python_sdk_calls_every_tool_over_streamable_http() {
     require_docker();
     let dir = tempfile::tempdir().unwrap();
-    let options = ServerOptions::new(&unique_scope("mcp")).token(TOKEN);
+    // The LLM that plans run_job's prompt: a mock on loopback answering with a fixed plan.
+    let plan = json!({"summary": "one step", "steps": [
+        {"type": "python", "code": "print('planned', 6 * 7)"}]});
+    let llm = alchemyst_mock(&plan, &plan).await;
+    let options = ServerOptions::new(&unique_scope("mcp"))
+        .token(TOKEN)
+        .llm(Some(&llm), None);
     let server = TestServer::start(&dir.path().join("out"), &options);
 
     // Same auth as the API: no token or a wrong one, no MCP.
@@ -130,6 +136,14 @@ async fn the_python_sdk_calls_every_tool_over_streamable_http() {
     assert!(containers_gone(job), "the job's container is left");
     let mut zip = server.download(job).await;
     assert_eq!(zip_file(&mut zip, "out.txt"), "from-job\n");
+    // The planned job's prompt went to the LLM.
+    let asked = received_bodies(&llm).await;
+    assert!(
+        asked
+            .iter()
+            .any(|b| request_text(b).contains("planned-by-mcp")),
+        "{asked:?}"
+    );
 
     // The same `true` through the REST API, for the report beside the MCP figure.
     let (code, created) = server.post_json("/sandboxes", &json!({})).await;

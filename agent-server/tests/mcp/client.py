@@ -34,8 +34,9 @@ UNKNOWN_ID = "6f1c1a9e-4f7b-4c1e-9a57-0d6b2f3a8c11"
 
 def leaves(e):
     """The exceptions inside (nested) exception groups."""
-    if isinstance(e, BaseExceptionGroup):
-        return [x for inner in e.exceptions for x in leaves(inner)]
+    inner = getattr(e, "exceptions", None)  # an exception group (a backport's, before 3.11)
+    if isinstance(inner, (list, tuple)):
+        return [x for i in inner for x in leaves(i)]
     return [e]
 
 
@@ -165,6 +166,9 @@ async def exercise_http(session):
     job_secs = time.monotonic() - started
     s = ok(await session.call_tool("wait_job", {"job_id": job, "wait_secs": 5}), "wait_job on an ended job")
     check(s["status"] == "succeeded", "wait_job's status", s)
+    r = await session.call_tool("run_job", {"prompt": "print the answer (planned-by-mcp)", "wait_secs": 120})
+    s = ok(r, "run_job with a prompt")
+    check(s["status"] == "succeeded" and "planned 42" in text_of(r), "the planned job ran its plan", r)
     refused(await session.call_tool("run_job", {"prompt": "   "}), "invalid_input", "a blank prompt")
     refused(await session.call_tool("run_job", {"steps": [{"type": "shell"}]}), "invalid_input", "a step without its command")
     refused(await session.call_tool("run_job", {"steps": [{"type": "shell", "command": "true"}], "wait_secs": 100000}), "invalid_input", "an unbounded wait")
