@@ -225,3 +225,79 @@ async fn without_a_token_only_loopback_host_names_reach_mcp() {
         assert_eq!(resp.status(), expected, "Host: {host}");
     }
 }
+
+/// `agent mcp` ended by SIGTERM (as a desktop client may end it) with a sandbox live: the
+/// sandbox's container is removed on the way out. Spoken to by hand (newline-delimited JSON-RPC,
+/// MCP's stdio framing) because the SDK's stdio client does not expose the process.
+#[test]
+fn agent_mcp_removes_its_sandboxes_on_sigterm() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::Stdio;
+    require_docker();
+    let dir = tempfile::tempdir().unwrap();
+    let scope = unique_scope("mcp-term");
+    let mut child = Command::new(agent_binary())
+        .arg("mcp")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("AGENT_DOCKER_SCOPE", &scope)
+        .env("AGENT_IMAGE", image())
+        .env("AGENT_OUTPUT_DIR", dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<Value>();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            let _ = tx.send(serde_json::from_str(&line).unwrap());
+        }
+    });
+    let mut send = |v: Value| writeln!(stdin, "{v}").unwrap();
+    let answer = || rx.recv_timeout(PATIENCE).expect("an answer from agent mcp");
+    send(
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "raw", "version": "1"}}}),
+    );
+    assert_eq!(
+        answer()["result"]["serverInfo"]["name"],
+        "containerized-agent"
+    );
+    send(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+    send(json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "params": {"name": "create_sandbox", "arguments": {}}}));
+    let created = answer();
+    let id = created["result"]["structuredContent"]["sandbox_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{created}"))
+        .to_string();
+    assert_eq!(containers_of(&id).len(), 1, "the sandbox's container");
+
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < PATIENCE,
+            "agent mcp did not exit on SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    assert!(containers_gone(&id), "the sandbox's container is left");
+    assert!(
+        containers_of_scope(&scope).is_empty(),
+        "containers left in {scope}"
+    );
+}

@@ -21,5 +21,9 @@ fn main() -> std::process::ExitCode {
         }
     };
     let exit = rt.block_on(agent_server::cli::main(cli));
+    // Not a plain drop: that waits for every blocking thread, and one may be parked in a read of
+    // stdin that nothing can cancel (`agent mcp` ended by a signal while its client keeps the
+    // pipe open). The work was awaited by now; give stragglers a moment, then go.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
     std::process::ExitCode::from(exit as u8)
 }

@@ -92,7 +92,8 @@ pub(super) async fn run_local(args: &JobArgs, out: Option<&Path>, json: bool) ->
 }
 
 /// `agent mcp`: the MCP tools over stdio, on a job manager of this process (see
-/// [`crate::mcp`]); ends when the client closes stdin, destroying the sandboxes left.
+/// [`crate::mcp`]); ends when the client closes stdin or on SIGTERM/SIGINT, destroying the
+/// sandboxes left.
 pub(super) async fn mcp_stdio() -> Exit {
     // stdout carries the protocol: logs (warnings only by default) go to stderr.
     init_tracing_with_default(LogFormat::Text, "warn");
@@ -108,9 +109,14 @@ pub(super) async fn mcp_stdio() -> Exit {
         Err(exit) => return exit,
     };
     let tools = crate::mcp::McpTools::new(local.manager.clone(), defaults);
-    let exit = match crate::mcp::serve_stdio(tools).await {
-        Ok(()) => Exit::Ok,
-        Err(e) => fail(Exit::Internal, e),
+    // A desktop client may end it with a signal rather than by closing stdin: the sandboxes it
+    // left are removed either way (nothing else would: this process's executor never reaps).
+    let exit = tokio::select! {
+        served = crate::mcp::serve_stdio(tools) => match served {
+            Ok(()) => Exit::Ok,
+            Err(e) => fail(Exit::Internal, e),
+        },
+        () = crate::server::shutdown_signal() => Exit::Ok,
     };
     local.shutdown().await;
     exit
