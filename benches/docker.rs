@@ -15,13 +15,15 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use agent_benches::{
+    after_warmup, bench_sandbox, docker_executor, listing_only, percentile, rounds,
+};
 use agent_core::executor::discard_output;
 use agent_core::{Executor, JobId, JobSpec, RunStep, Sandbox, SandboxSpec, Step, StepRequest};
-use agent_docker::{DockerConfig, DockerExecutor};
+use agent_docker::DockerExecutor;
 
 fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
+    percentile(&mut v, 0.5)
 }
 
 fn ms(d: Duration) -> String {
@@ -67,24 +69,12 @@ fn row(name: &str, ours: Duration, base_name: &str, base: Duration, target: f64)
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
-    if std::env::args().any(|a| a == "--list") {
+    if listing_only() {
         return;
     }
-    let n: usize = std::env::var("AGENT_BENCH_N")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(30);
-    let scope = format!("bench-{}", std::process::id());
-    let config = DockerConfig::from_env().with_scope(scope.clone());
+    let n = rounds(30);
+    let (config, exec) = docker_executor("docker").await;
     let image = config.image.clone();
-    let exec = match DockerExecutor::connect(config.clone()).await {
-        Ok(e) => e,
-        Err(e) => {
-            eprintln!("docker benchmark needs a Docker engine: {e}");
-            std::process::exit(1);
-        }
-    };
-    exec.ensure_image().await.expect("image");
     println!("# Docker executor benchmark (N = {n}, image {image})\n");
     println!(
         "| {:<34} | {:>10} | {:<44} | {:>10} | {:>7} | target |",
@@ -93,13 +83,7 @@ async fn main() {
     println!("|{}|", "-".repeat(140));
 
     // 1. Per-step overhead vs docker exec, on the same container.
-    let sb = exec
-        .create(&SandboxSpec::for_job(
-            JobId::new(),
-            &JobSpec::from_prompt("bench"),
-        ))
-        .await
-        .expect("create");
+    let sb = bench_sandbox(&exec).await;
     for _ in 0..3 {
         true_step(&*sb).await;
         cli(&["exec", sb.id(), "true"]).await;
@@ -120,25 +104,18 @@ async fn main() {
     sb.destroy().await.expect("destroy");
 
     // 2. Cold sandbox ready to run vs docker run --rm.
-    let mut ours = Vec::new();
-    let mut base = Vec::new();
-    for i in 0..=n {
+    let (exec_ref, image_ref) = (&exec, image.as_str());
+    let (ours, base): (Vec<_>, Vec<_>) = after_warmup(n, move || async move {
         let t = Instant::now();
-        let sb = exec
-            .create(&SandboxSpec::for_job(
-                JobId::new(),
-                &JobSpec::from_prompt("bench"),
-            ))
-            .await
-            .expect("create");
+        let sb = bench_sandbox(exec_ref).await;
         let d = t.elapsed();
         sb.destroy().await.expect("destroy");
-        let b = cli(&["run", "--rm", "--network", "none", &image, "true"]).await;
-        if i > 0 {
-            ours.push(d);
-            base.push(b);
-        }
-    }
+        let b = cli(&["run", "--rm", "--network", "none", image_ref, "true"]).await;
+        (d, b)
+    })
+    .await
+    .into_iter()
+    .unzip();
     row(
         "cold sandbox create -> ready",
         median(ours),
@@ -155,13 +132,7 @@ async fn main() {
     for _ in 0..n.min(20) {
         pool.wait_warm(Duration::from_secs(60)).await;
         let t = Instant::now();
-        let sb = pool
-            .create(&SandboxSpec::for_job(
-                JobId::new(),
-                &JobSpec::from_prompt("bench"),
-            ))
-            .await
-            .expect("create");
+        let sb = bench_sandbox(&pool).await;
         true_step(&*sb).await;
         warm.push(t.elapsed());
         sb.destroy().await.expect("destroy");

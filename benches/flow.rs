@@ -25,29 +25,16 @@ struct Shared {
     limit: u64,
 }
 
-/// Does nothing but count; returns the default action.
-struct Step;
-
-impl Node<Shared> for Step {
-    type Prep = ();
-    type Exec = ();
-
-    async fn prep(&self, _shared: &mut Shared, _ctx: &Ctx) -> Result<()> {
-        Ok(())
-    }
-    async fn exec(&self, _prep: &(), _ctx: &Ctx) -> Result<()> {
-        Ok(())
-    }
-    async fn post(&self, shared: &mut Shared, _prep: (), _exec: (), _ctx: &Ctx) -> Result<Action> {
-        shared.n += 1;
-        Ok(Action::DEFAULT)
-    }
+/// Does nothing but count. In a chain it returns the default action; in a cycle, "next" until
+/// `limit` transitions, then "stop" (no successor: the flow ends).
+struct Count {
+    cycle: bool,
 }
 
-/// Counts; returns "next" until `limit` transitions, then "stop" (no successor: the flow ends).
-struct Looping;
+const STEP: Count = Count { cycle: false };
+const LOOPING: Count = Count { cycle: true };
 
-impl Node<Shared> for Looping {
+impl Node<Shared> for Count {
     type Prep = ();
     type Exec = ();
 
@@ -59,7 +46,9 @@ impl Node<Shared> for Looping {
     }
     async fn post(&self, shared: &mut Shared, _prep: (), _exec: (), _ctx: &Ctx) -> Result<Action> {
         shared.n += 1;
-        Ok(if shared.n < shared.limit {
+        Ok(if !self.cycle {
+            Action::DEFAULT
+        } else if shared.n < shared.limit {
             Action::new("next")
         } else {
             Action::new("stop")
@@ -69,9 +58,9 @@ impl Node<Shared> for Looping {
 
 fn three() -> Flow<Shared> {
     let mut flow = Flow::new();
-    let a = flow.add(Step);
-    let b = flow.add(Step);
-    let c = flow.add(Step);
+    let a = flow.add(STEP);
+    let b = flow.add(STEP);
+    let c = flow.add(STEP);
     flow.connect_default(a, b).unwrap();
     flow.connect_default(b, c).unwrap();
     flow
@@ -79,9 +68,9 @@ fn three() -> Flow<Shared> {
 
 fn cycle() -> Flow<Shared> {
     let mut flow = Flow::new().with_transition_limit(usize::MAX);
-    let a = flow.add(Looping);
-    let b = flow.add(Looping);
-    let c = flow.add(Looping);
+    let a = flow.add(LOOPING);
+    let b = flow.add(LOOPING);
+    let c = flow.add(LOOPING);
     flow.connect(a, "next", b).unwrap();
     flow.connect(b, "next", c).unwrap();
     flow.connect(c, "next", a).unwrap();

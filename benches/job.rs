@@ -21,16 +21,16 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use agent_benches::{after_warmup, docker_executor, listing_only, percentile, rounds};
 use agent_core::manager::{JobManager, JobManagerConfig};
 use agent_core::store::sqlite::SqliteStore;
 use agent_core::{EventKind, Job, JobSpec, JobStatus, Step};
-use agent_docker::{DockerConfig, DockerExecutor};
+use agent_docker::DockerExecutor;
 
-fn percentile(v: &mut [Duration], p: f64) -> Duration {
-    v.sort();
-    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v[i]
-}
+/// How long a round waits for the warm pool to refill.
+const WARM_WAIT: Duration = Duration::from_secs(60);
+/// How long a manager's shutdown may take.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
@@ -127,24 +127,13 @@ async fn idle_pool_memory(scope: &str) -> Vec<f64> {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
-    if std::env::args().any(|a| a == "--list" || a == "--test") {
+    if listing_only() {
         return;
     }
-    let n: usize = std::env::var("AGENT_BENCH_N")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(30);
-    let scope = format!("bench-job-{}", std::process::id());
-    let config = DockerConfig::from_env().with_scope(scope.clone());
+    let n = rounds(30);
+    let (config, plain) = docker_executor("job").await;
+    let scope = config.scope.clone().unwrap_or_default();
     let image = config.image.clone();
-    let plain = match DockerExecutor::connect(config.clone()).await {
-        Ok(e) => e,
-        Err(e) => {
-            eprintln!("the job benchmark needs a Docker engine: {e}");
-            std::process::exit(1);
-        }
-    };
-    plain.ensure_image().await.expect("image");
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!("# Whole-job benchmark (N = {n}, image {image}; load average at start: {load})");
 
@@ -154,26 +143,21 @@ async fn main() {
         .await
         .expect("pool executor");
     let warm_manager = manager(pool.clone(), &dir).await;
-    let mut warm = Vec::new();
-    let mut step_done = Vec::new();
-    let mut published = Vec::new();
-    for i in 0..=n {
-        pool.wait_warm(Duration::from_secs(60)).await;
-        let (d, job) = one_job(&warm_manager).await;
-        settled(&warm_manager).await;
-        if i > 0 {
-            let (s, f) = offsets(&warm_manager, &job).await;
-            warm.push(d);
-            step_done.push(s);
-            published.push(f);
-        }
-    }
-    pool.wait_warm(Duration::from_secs(60)).await;
+    let (pool_ref, manager_ref) = (&pool, &warm_manager);
+    let rounds = after_warmup(n, move || async move {
+        pool_ref.wait_warm(WARM_WAIT).await;
+        let (d, job) = one_job(manager_ref).await;
+        settled(manager_ref).await;
+        let (s, f) = offsets(manager_ref, &job).await;
+        (d, s, f)
+    })
+    .await;
+    let mut warm: Vec<Duration> = rounds.iter().map(|r| r.0).collect();
+    let mut step_done: Vec<f64> = rounds.iter().map(|r| r.1).collect();
+    let mut published: Vec<f64> = rounds.iter().map(|r| r.2).collect();
+    pool.wait_warm(WARM_WAIT).await;
     let memory = idle_pool_memory(&scope).await;
-    warm_manager
-        .shutdown(Duration::from_secs(10))
-        .await
-        .unwrap();
+    warm_manager.shutdown(SHUTDOWN_GRACE).await.unwrap();
     let warm_p50 = percentile(&mut warm, 0.5);
     let warm_p90 = percentile(&mut warm, 0.9);
     step_done.sort_by(f64::total_cmp);
@@ -182,21 +166,17 @@ async fn main() {
     // 2. Cold: no pool, interleaved with `docker run --rm`.
     let cold_dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let cold_manager = manager(plain.clone(), &cold_dir).await;
-    let mut cold = Vec::new();
-    let mut base = Vec::new();
-    for i in 0..=n {
-        let (d, _) = one_job(&cold_manager).await;
-        settled(&cold_manager).await;
-        let (b, _) = docker_cli(&["run", "--rm", "--network", "none", &image, "true"]).await;
-        if i > 0 {
-            cold.push(d);
-            base.push(b);
-        }
-    }
-    cold_manager
-        .shutdown(Duration::from_secs(10))
-        .await
-        .unwrap();
+    let (manager_ref, image_ref) = (&cold_manager, image.as_str());
+    let (mut cold, mut base): (Vec<_>, Vec<_>) = after_warmup(n, move || async move {
+        let (d, _) = one_job(manager_ref).await;
+        settled(manager_ref).await;
+        let (b, _) = docker_cli(&["run", "--rm", "--network", "none", image_ref, "true"]).await;
+        (d, b)
+    })
+    .await
+    .into_iter()
+    .unzip();
+    cold_manager.shutdown(SHUTDOWN_GRACE).await.unwrap();
     let cold_p50 = percentile(&mut cold, 0.5);
     let base_p50 = percentile(&mut base, 0.5);
     let ratio = cold_p50.as_secs_f64() / base_p50.as_secs_f64();

@@ -1,11 +1,80 @@
 //! Benchmarks live in this directory; run them with `cargo bench -p agent-benches`.
 //!
-//! Shared helpers of the benchmarks: the Python virtualenv their baselines run in.
+//! Shared helpers of the benchmarks: how many rounds, the timing loop, percentiles, a Docker
+//! executor and sandbox to measure, and the Python virtualenv their baselines run in.
 #![allow(missing_docs)]
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
+
+use agent_core::{Executor, JobId, JobSpec, Sandbox, SandboxSpec};
+use agent_docker::{DockerConfig, DockerExecutor};
+
+/// Whether the harness only asks for the list of benchmarks (`--list`, or `--test` under
+/// `cargo test`): then there is nothing to measure.
+pub fn listing_only() -> bool {
+    std::env::args().any(|a| a == "--list" || a == "--test")
+}
+
+/// How many measured rounds: `AGENT_BENCH_N`, else `default`.
+pub fn rounds(default: usize) -> usize {
+    std::env::var("AGENT_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Runs `round` `n + 1` times, one after the other, and returns the results of the last `n`
+/// (the first round warms caches and connections and is not counted).
+pub async fn after_warmup<T, F: Future<Output = T>>(
+    n: usize,
+    mut round: impl FnMut() -> F,
+) -> Vec<T> {
+    round().await;
+    let mut results = Vec::with_capacity(n);
+    for _ in 0..n {
+        results.push(round().await);
+    }
+    results
+}
+
+/// The `p` quantile (0 to 1, nearest rank) of `v`, which it sorts. `percentile(v, 0.5)` is the
+/// median (the upper one of an even count).
+pub fn percentile(v: &mut [Duration], p: f64) -> Duration {
+    v.sort();
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i]
+}
+
+/// A Docker executor in a scope of its own (`bench-NAME-PID`) with its image present, and its
+/// configuration; a machine without a Docker engine ends the benchmark with a message.
+pub async fn docker_executor(name: &str) -> (DockerConfig, DockerExecutor) {
+    let scope = format!("bench-{name}-{}", std::process::id());
+    let config = DockerConfig::from_env().with_scope(scope);
+    let exec = match DockerExecutor::connect(config.clone()).await {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("the {name} benchmark needs a Docker engine: {e}");
+            std::process::exit(1);
+        }
+    };
+    #[allow(clippy::expect_used)] // a benchmark that cannot start has nothing to measure
+    exec.ensure_image().await.expect("the sandbox image");
+    (config, exec)
+}
+
+/// A new sandbox of `exec` for a job that asks for nothing special.
+pub async fn bench_sandbox(exec: &dyn Executor) -> Box<dyn Sandbox> {
+    #[allow(clippy::expect_used)] // a benchmark that cannot start has nothing to measure
+    exec.create(&SandboxSpec::for_job(
+        JobId::new(),
+        &JobSpec::from_prompt("bench"),
+    ))
+    .await
+    .expect("a sandbox")
+}
 
 /// The CPU time the calling thread has used: unlike the wall clock, it does not count the time
 /// the thread waited for a core, so figures stay comparable on a loaded machine.

@@ -33,7 +33,7 @@ const CHILD: &str = "AGENT_BENCH_MILLION_CHILD";
 const SIZES: [usize; 3] = [10_000, 100_000, 1_000_000];
 
 fn main() {
-    if std::env::args().any(|a| a == "--list" || a == "--test") {
+    if agent_benches::listing_only() {
         return;
     }
     let rt = tokio::runtime::Builder::new_multi_thread()

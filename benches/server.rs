@@ -52,7 +52,7 @@ fn main() {
         return server_mode();
     }
     // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing we care about.
-    if std::env::args().any(|a| a == "--test" || a == "--list") {
+    if agent_benches::listing_only() {
         return;
     }
     let rt = tokio::runtime::Builder::new_current_thread()

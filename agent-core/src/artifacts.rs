@@ -191,16 +191,10 @@ impl ArtifactStore {
                  a bucket"
                     .into(),
             )),
-            ObjectStoreScheme::AmazonS3 => {
-                let objects = s3(&parsed)?;
-                Self::from_object_store(objects, prefix.as_ref(), scratch_dir)
-            }
-            ObjectStoreScheme::GoogleCloudStorage => {
-                let objects = gcs(&parsed)?;
-                Self::from_object_store(objects, prefix.as_ref(), scratch_dir)
-            }
-            ObjectStoreScheme::MicrosoftAzure => {
-                let objects = azure(&parsed)?;
+            ObjectStoreScheme::AmazonS3
+            | ObjectStoreScheme::GoogleCloudStorage
+            | ObjectStoreScheme::MicrosoftAzure => {
+                let objects = cloud_store(&scheme, &parsed)?;
                 Self::from_object_store(objects, prefix.as_ref(), scratch_dir)
             }
             _ => Err(invalid(format!(
@@ -397,58 +391,52 @@ fn store_error(context: String, source: object_store::Error) -> Error {
     Error::Artifact { context, source }
 }
 
+/// The object store of an `s3://`, `gs://` or `az://` URL, configured from the backend's
+/// environment variables; in a build without the backend's cargo feature, an error naming it.
 #[cfg_attr(
-    all(feature = "s3", feature = "gcs", feature = "azure"),
-    allow(dead_code)
+    not(any(feature = "s3", feature = "gcs", feature = "azure")),
+    allow(unused_variables)
 )]
-fn feature_missing(scheme: &str, feature: &str) -> Error {
-    Error::invalid(
-        "artifacts",
-        format!(
-            "{scheme}:// artifact stores need the `{feature}` cargo feature (build with \
-             --features {feature})"
+fn cloud_store(scheme: &ObjectStoreScheme, url: &url::Url) -> Result<Arc<dyn ObjectStore>> {
+    type Built = std::result::Result<Arc<dyn ObjectStore>, object_store::Error>;
+    let (prefix, feature) = match scheme {
+        ObjectStoreScheme::AmazonS3 => ("s3", "s3"),
+        ObjectStoreScheme::GoogleCloudStorage => ("gs", "gcs"),
+        _ => ("az", "azure"),
+    };
+    let built: Option<Built> = match scheme {
+        #[cfg(feature = "s3")]
+        ObjectStoreScheme::AmazonS3 => Some(
+            object_store::aws::AmazonS3Builder::from_env()
+                .with_url(url.as_str())
+                .build()
+                .map(|s| Arc::new(s) as _),
         ),
-    )
-}
-
-#[cfg(feature = "s3")]
-fn s3(url: &url::Url) -> Result<Arc<dyn ObjectStore>> {
-    let store = object_store::aws::AmazonS3Builder::from_env()
-        .with_url(url.as_str())
-        .build()
-        .map_err(|e| Error::invalid("artifacts", e.to_string()))?;
-    Ok(Arc::new(store))
-}
-
-#[cfg(not(feature = "s3"))]
-fn s3(_url: &url::Url) -> Result<Arc<dyn ObjectStore>> {
-    Err(feature_missing("s3", "s3"))
-}
-
-#[cfg(feature = "gcs")]
-fn gcs(url: &url::Url) -> Result<Arc<dyn ObjectStore>> {
-    let store = object_store::gcp::GoogleCloudStorageBuilder::from_env()
-        .with_url(url.as_str())
-        .build()
-        .map_err(|e| Error::invalid("artifacts", e.to_string()))?;
-    Ok(Arc::new(store))
-}
-
-#[cfg(not(feature = "gcs"))]
-fn gcs(_url: &url::Url) -> Result<Arc<dyn ObjectStore>> {
-    Err(feature_missing("gs", "gcs"))
-}
-
-#[cfg(feature = "azure")]
-fn azure(url: &url::Url) -> Result<Arc<dyn ObjectStore>> {
-    let store = object_store::azure::MicrosoftAzureBuilder::from_env()
-        .with_url(url.as_str())
-        .build()
-        .map_err(|e| Error::invalid("artifacts", e.to_string()))?;
-    Ok(Arc::new(store))
-}
-
-#[cfg(not(feature = "azure"))]
-fn azure(_url: &url::Url) -> Result<Arc<dyn ObjectStore>> {
-    Err(feature_missing("az", "azure"))
+        #[cfg(feature = "gcs")]
+        ObjectStoreScheme::GoogleCloudStorage => Some(
+            object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                .with_url(url.as_str())
+                .build()
+                .map(|s| Arc::new(s) as _),
+        ),
+        #[cfg(feature = "azure")]
+        ObjectStoreScheme::MicrosoftAzure => Some(
+            object_store::azure::MicrosoftAzureBuilder::from_env()
+                .with_url(url.as_str())
+                .build()
+                .map(|s| Arc::new(s) as _),
+        ),
+        _ => None,
+    };
+    built
+        .ok_or_else(|| {
+            Error::invalid(
+                "artifacts",
+                format!(
+                    "{prefix}:// artifact stores need the `{feature}` cargo feature (build with \
+                     --features {feature})"
+                ),
+            )
+        })?
+        .map_err(|e| Error::invalid("artifacts", e.to_string()))
 }

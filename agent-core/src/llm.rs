@@ -323,35 +323,26 @@ pub trait LlmProvider: Send + Sync + 'static {
     }
 }
 
-/// Forwards every method, provided ones too (the lint names any left out).
-#[async_trait]
-#[deny(clippy::missing_trait_methods)]
-impl<T: LlmProvider + ?Sized> LlmProvider for Arc<T> {
-    fn name(&self) -> &str {
-        (**self).name()
-    }
-    async fn chat(&self, request: &ChatRequest) -> Result<ChatResponse, LlmError> {
-        (**self).chat(request).await
-    }
-    async fn chat_stream(&self, request: &ChatRequest) -> Result<ChatStream, LlmError> {
-        (**self).chat_stream(request).await
-    }
+/// Forwards every method to the pointee, provided ones too (the lint names any left out).
+macro_rules! forward_llm_provider {
+    ($($pointer:ident),*) => {$(
+        #[async_trait]
+        #[deny(clippy::missing_trait_methods)]
+        impl<T: LlmProvider + ?Sized> LlmProvider for $pointer<T> {
+            fn name(&self) -> &str {
+                (**self).name()
+            }
+            async fn chat(&self, request: &ChatRequest) -> Result<ChatResponse, LlmError> {
+                (**self).chat(request).await
+            }
+            async fn chat_stream(&self, request: &ChatRequest) -> Result<ChatStream, LlmError> {
+                (**self).chat_stream(request).await
+            }
+        }
+    )*};
 }
 
-/// Forwards every method, provided ones too (the lint names any left out).
-#[async_trait]
-#[deny(clippy::missing_trait_methods)]
-impl<T: LlmProvider + ?Sized> LlmProvider for Box<T> {
-    fn name(&self) -> &str {
-        (**self).name()
-    }
-    async fn chat(&self, request: &ChatRequest) -> Result<ChatResponse, LlmError> {
-        (**self).chat(request).await
-    }
-    async fn chat_stream(&self, request: &ChatRequest) -> Result<ChatStream, LlmError> {
-        (**self).chat_stream(request).await
-    }
-}
+forward_llm_provider!(Arc, Box);
 
 /// Collects a [`ChatStream`] into a [`ChatResponse`], calling `on_delta` for each piece of text.
 pub async fn collect_stream(

@@ -60,6 +60,24 @@ impl Node<Shared> for Step {
     }
 }
 
+/// Runs `flow` on its own task and cancels it once `started` is notified; returns what the run
+/// returned and the shared store it left.
+async fn cancel_once_started(
+    flow: Flow<Shared>,
+    started: &tokio::sync::Notify,
+) -> (Result<Action>, Shared) {
+    let ctx = Ctx::new();
+    let token = ctx.cancel_token().clone();
+    let run = tokio::spawn(async move {
+        let mut shared = Shared::default();
+        let result = flow.run(&mut shared, &ctx).await;
+        (result, shared)
+    });
+    started.notified().await;
+    token.cancel();
+    run.await.unwrap()
+}
+
 /// Records the order of its phases and the data passed between them.
 struct Phases {
     seen: Arc<Mutex<Vec<String>>>,
@@ -597,16 +615,7 @@ async fn cancellation_reaches_a_running_exec() {
     flow.connect_default(first, hangs).unwrap();
     flow.connect_default(hangs, never).unwrap();
 
-    let ctx = Ctx::new();
-    let token = ctx.cancel_token().clone();
-    let run = tokio::spawn(async move {
-        let mut shared = Shared::default();
-        let result = flow.run(&mut shared, &ctx).await;
-        (result, shared)
-    });
-    started.notified().await;
-    token.cancel();
-    let (result, shared) = run.await.unwrap();
+    let (result, shared) = cancel_once_started(flow, &started).await;
     assert!(matches!(result, Err(Error::Cancelled)), "{result:?}");
     assert_eq!(shared.log, ["first"]);
     // A cancelled attempt is neither retried nor handed to the fallback.
@@ -652,16 +661,7 @@ async fn a_non_interruptible_exec_finishes_and_is_posted_then_the_flow_stops() {
     });
     let never = flow.add(Step::new("never"));
     flow.connect_default(node, never).unwrap();
-    let ctx = Ctx::new();
-    let token = ctx.cancel_token().clone();
-    let run = tokio::spawn(async move {
-        let mut shared = Shared::default();
-        let result = flow.run(&mut shared, &ctx).await;
-        (result, shared)
-    });
-    started.notified().await;
-    token.cancel();
-    let (result, shared) = run.await.unwrap();
+    let (result, shared) = cancel_once_started(flow, &started).await;
     assert!(matches!(result, Err(Error::Cancelled)), "{result:?}");
     assert_eq!(shared.log, ["stopped cleanly"]);
 }

@@ -60,6 +60,19 @@ mod sqlite {
         }
     }
 
+    /// A store in a new directory (`agent.db` in it) holding one job with one output event.
+    async fn store_with_one_job() -> (tempfile::TempDir, SqliteStore, Job) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("agent.db")).unwrap();
+        let job = Job::new(JobId::new(), JobSpec::from_prompt("x"));
+        store.insert_job(&job).await.unwrap();
+        store
+            .append_events(job.id, &[output(job.id, 1)])
+            .await
+            .unwrap();
+        (dir, store, job)
+    }
+
     /// Generous bound that only guards against a hang.
     const HANG: Duration = Duration::from_secs(30);
 
@@ -117,15 +130,8 @@ mod sqlite {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn readers_are_not_blocked_by_a_writer_holding_a_transaction() {
-        let dir = tempfile::tempdir().unwrap();
+        let (dir, store, job) = store_with_one_job().await;
         let path = dir.path().join("agent.db");
-        let store = SqliteStore::open(&path).unwrap();
-        let job = Job::new(JobId::new(), JobSpec::from_prompt("x"));
-        store.insert_job(&job).await.unwrap();
-        store
-            .append_events(job.id, &[output(job.id, 1)])
-            .await
-            .unwrap();
 
         // Another connection takes the write lock and writes a batch it does not commit yet.
         let writer = rusqlite::Connection::open(&path).unwrap();
@@ -325,15 +331,8 @@ mod sqlite {
 
     #[tokio::test]
     async fn undecodable_rows_are_corrupt_errors() {
-        let dir = tempfile::tempdir().unwrap();
+        let (dir, store, job) = store_with_one_job().await;
         let path = dir.path().join("agent.db");
-        let store = SqliteStore::open(&path).unwrap();
-        let job = Job::new(JobId::new(), JobSpec::from_prompt("x"));
-        store.insert_job(&job).await.unwrap();
-        store
-            .append_events(job.id, &[output(job.id, 1)])
-            .await
-            .unwrap();
         let conn = rusqlite::Connection::open(&path).unwrap();
         conn.execute("UPDATE jobs SET record = '{not json'", [])
             .unwrap();

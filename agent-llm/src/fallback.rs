@@ -1,6 +1,7 @@
 //! [`Fallback`]: asks a list of providers in order until one answers.
 
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 
 use agent_core::llm::ChatStream;
@@ -85,6 +86,31 @@ impl Fallback {
     }
 }
 
+impl Fallback {
+    /// `call` on each provider in turn until one answers or fails with an error no other
+    /// provider can help with.
+    async fn first_answer<'a, T, Fut>(
+        &'a self,
+        call: impl Fn(&'a dyn LlmProvider) -> Fut,
+    ) -> Result<T, LlmError>
+    where
+        Fut: Future<Output = Result<T, LlmError>>,
+    {
+        let mut errors = Vec::new();
+        for (i, provider) in self.providers.iter().enumerate() {
+            match call(provider.as_ref()).await {
+                Ok(answer) => return Ok(answer),
+                Err(err) if !err.should_fall_back() => return Err(err),
+                Err(err) => {
+                    self.note_failure(i, &err);
+                    errors.push(err);
+                }
+            }
+        }
+        Err(self.all_failed(errors))
+    }
+}
+
 #[async_trait]
 #[deny(clippy::missing_trait_methods)]
 impl LlmProvider for Fallback {
@@ -93,32 +119,10 @@ impl LlmProvider for Fallback {
     }
 
     async fn chat(&self, request: &ChatRequest) -> Result<ChatResponse, LlmError> {
-        let mut errors = Vec::new();
-        for (i, provider) in self.providers.iter().enumerate() {
-            match provider.chat(request).await {
-                Ok(reply) => return Ok(reply),
-                Err(err) if !err.should_fall_back() => return Err(err),
-                Err(err) => {
-                    self.note_failure(i, &err);
-                    errors.push(err);
-                }
-            }
-        }
-        Err(self.all_failed(errors))
+        self.first_answer(|p| p.chat(request)).await
     }
 
     async fn chat_stream(&self, request: &ChatRequest) -> Result<ChatStream, LlmError> {
-        let mut errors = Vec::new();
-        for (i, provider) in self.providers.iter().enumerate() {
-            match open_stream(provider.as_ref(), request).await {
-                Ok(stream) => return Ok(stream),
-                Err(err) if !err.should_fall_back() => return Err(err),
-                Err(err) => {
-                    self.note_failure(i, &err);
-                    errors.push(err);
-                }
-            }
-        }
-        Err(self.all_failed(errors))
+        self.first_answer(|p| open_stream(p, request)).await
     }
 }

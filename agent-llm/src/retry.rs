@@ -1,6 +1,7 @@
 //! [`Retry`]: retries a provider on transient failures and rate limits, with exponential backoff
 //! and jitter, honouring the delay the provider asks for.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -164,6 +165,27 @@ impl<P: LlmProvider> Retry<P> {
         );
         Some(delay)
     }
+
+    /// `call` on the inner provider until it answers or [`next_delay`](Self::next_delay) says
+    /// to stop, sleeping between attempts.
+    async fn with_retries<'a, T, Fut>(&'a self, call: impl Fn(&'a P) -> Fut) -> Result<T, LlmError>
+    where
+        Fut: Future<Output = Result<T, LlmError>>,
+    {
+        let mut attempt = 1;
+        loop {
+            match call(&self.inner).await {
+                Ok(answer) => return Ok(answer),
+                Err(err) => match self.next_delay(attempt, &err) {
+                    Some(delay) => {
+                        self.sleeper.sleep(delay).await;
+                        attempt += 1;
+                    }
+                    None => return Err(err),
+                },
+            }
+        }
+    }
 }
 
 #[async_trait]
@@ -174,35 +196,11 @@ impl<P: LlmProvider> LlmProvider for Retry<P> {
     }
 
     async fn chat(&self, request: &ChatRequest) -> Result<ChatResponse, LlmError> {
-        let mut attempt = 1;
-        loop {
-            match self.inner.chat(request).await {
-                Ok(reply) => return Ok(reply),
-                Err(err) => match self.next_delay(attempt, &err) {
-                    Some(delay) => {
-                        self.sleeper.sleep(delay).await;
-                        attempt += 1;
-                    }
-                    None => return Err(err),
-                },
-            }
-        }
+        self.with_retries(|p| p.chat(request)).await
     }
 
     async fn chat_stream(&self, request: &ChatRequest) -> Result<ChatStream, LlmError> {
-        let mut attempt = 1;
-        loop {
-            match open_stream(&self.inner, request).await {
-                Ok(stream) => return Ok(stream),
-                Err(err) => match self.next_delay(attempt, &err) {
-                    Some(delay) => {
-                        self.sleeper.sleep(delay).await;
-                        attempt += 1;
-                    }
-                    None => return Err(err),
-                },
-            }
-        }
+        self.with_retries(|p| open_stream(p, request)).await
     }
 }
 
