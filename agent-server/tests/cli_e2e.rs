@@ -153,13 +153,9 @@ fn agent_run_exit_codes_for_bad_usage() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_client_commands_against_a_server() {
     require_docker();
-    let dir = tempfile::tempdir().unwrap();
     let scope = unique_scope("cli-client");
     let token = "cli-test-token";
-    let server = TestServer::start(
-        &dir.path().join("out"),
-        &ServerOptions::new(&scope).token(token),
-    );
+    let (dir, server) = TestServer::in_tempdir(&ServerOptions::new(&scope).token(token));
     let base = server.base.clone();
     let cwd = dir.path().to_path_buf();
     let run = move |args: Vec<String>| {

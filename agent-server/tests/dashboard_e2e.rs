@@ -14,16 +14,10 @@ use std::time::Instant;
 use serde_json::{json, Value};
 use support::*;
 
-fn start(opts: ServerOptions) -> (tempfile::TempDir, TestServer) {
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(&dir.path().join("out"), &opts);
-    (dir, server)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_finished_jobs_zip_can_be_listed_and_its_files_read() {
     require_docker();
-    let (_dir, server) = start(ServerOptions::new(&unique_scope("ui-files")));
+    let (_dir, server) = TestServer::in_tempdir(&ServerOptions::new(&unique_scope("ui-files")));
     let id = server
         .schedule(json!({"steps": [
             {"type": "write_file", "path": "dir/my file.txt", "content": "héllo\nworld\n"},
@@ -100,7 +94,7 @@ async fn a_finished_jobs_zip_can_be_listed_and_its_files_read() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_wide_stream_carries_every_jobs_status_changes() {
     require_docker();
-    let (_dir, server) = start(ServerOptions::new(&unique_scope("ui-events")));
+    let (_dir, server) = TestServer::in_tempdir(&ServerOptions::new(&unique_scope("ui-events")));
     let resp = server.get("/events").await;
     assert_eq!(resp.status(), 200);
     assert!(resp.headers()["content-type"]
@@ -159,11 +153,9 @@ async fn the_server_wide_stream_carries_every_jobs_status_changes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn info_reports_defaults_capacity_and_provider_health() {
     require_docker();
-    let dir = tempfile::tempdir().unwrap();
     let plan = json!({"summary": "s", "steps": [{"type": "shell", "command": "echo planned"}]});
     let alchemyst = alchemyst_mock(&plan, &plan).await;
-    let server = TestServer::start(
-        &dir.path().join("out"),
+    let (_dir, server) = TestServer::in_tempdir(
         &ServerOptions::new(&unique_scope("ui-info"))
             .llm(Some(&alchemyst), None)
             .env("AGENT_JOB_TIMEOUT_SECS", "77")
@@ -221,7 +213,8 @@ fn set_cookie(resp: &reqwest::Response) -> String {
 async fn the_login_cookie_authenticates_the_browser_and_resists_csrf() {
     require_docker();
     let token = "ui-token-5b1e0c";
-    let (_dir, server) = start(ServerOptions::new(&unique_scope("ui-session")).token(token));
+    let (_dir, server) =
+        TestServer::in_tempdir(&ServerOptions::new(&unique_scope("ui-session")).token(token));
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -413,8 +406,8 @@ async fn the_dashboard_works_in_headless_chromium() {
     let repair = json!({"summary": "fixed", "steps": [
         {"type": "shell", "command": "echo repaired", "description": "the repair"}]});
     let alchemyst = alchemyst_mock(&plan, &repair).await;
-    let (_dir, server) = start(
-        ServerOptions::new(&unique_scope("ui-browser"))
+    let (_dir, server) = TestServer::in_tempdir(
+        &ServerOptions::new(&unique_scope("ui-browser"))
             .token(token)
             .llm(Some(&alchemyst), None),
     );

@@ -38,9 +38,7 @@ async fn closed_by_server(stream: &mut TcpStream, within: Duration) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn floods_do_not_take_the_server_down() {
     require_docker();
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(
-        &dir.path().join("out"),
+    let (_dir, server) = TestServer::in_tempdir(
         &ServerOptions::new(&unique_scope("flood"))
             .token(TOKEN)
             .env("AGENT_MAX_CONNECTIONS", MAX_CONNECTIONS.to_string())

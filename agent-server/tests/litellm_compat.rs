@@ -328,7 +328,7 @@ async fn agent_against_the_litellm_proxy() {
     assert_eq!(st["status"], "succeeded", "{st}\n{}", s.log_text());
     let mut zip = s.download(&id).await;
     assert_eq!(zip_file(&mut zip, "mode.txt"), "after-the-cut\n");
-    let logs = s.get(&format!("/logs/{id}")).await.text().await.unwrap();
+    let logs = s.logs_text(&id).await;
     assert!(logs.contains("the answer was cut off"), "{logs}");
     assert!(logs.contains("transient"), "{logs}");
     assert!(!logs.contains("invalid response"), "{logs}");

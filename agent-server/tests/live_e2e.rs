@@ -23,12 +23,7 @@ use tokio_tungstenite::tungstenite::Message;
 const TOKEN: &str = "live-token-5c1e09";
 
 fn start() -> (tempfile::TempDir, TestServer) {
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(
-        &dir.path().join("out"),
-        &ServerOptions::new(&unique_scope("live")).token(TOKEN),
-    );
-    (dir, server)
+    TestServer::in_tempdir(&ServerOptions::new(&unique_scope("live")).token(TOKEN))
 }
 
 /// A signed access token (and URL) for a job's service.

@@ -80,11 +80,7 @@ async fn error_code(resp: reqwest::Response, http: u16) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_sandbox_runs_50_steps_with_state_in_files_moves_files_and_is_destroyed() {
     require_docker();
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(
-        &dir.path().join("out"),
-        &ServerOptions::new(&unique_scope("live")),
-    );
+    let (_dir, server) = TestServer::in_tempdir(&ServerOptions::new(&unique_scope("live")));
     let id = create(
         &server,
         json!({"env": {"GREETING": "hi"}, "idle_timeout_secs": 600}),
@@ -149,12 +145,7 @@ async fn a_live_sandbox_runs_50_steps_with_state_in_files_moves_files_and_is_des
     let st = server.status(&id).await;
     assert_eq!(st["status"], "running");
     assert_eq!(st["steps"].as_array().unwrap().len(), 50, "{st}");
-    let log = server
-        .get(&format!("/logs/{id}"))
-        .await
-        .text()
-        .await
-        .unwrap();
+    let log = server.logs_text(&id).await;
     assert!(log.contains("48 hi"), "{log}");
 
     // Streaming: NDJSON lines of output, then the result.
@@ -327,11 +318,7 @@ async fn a_live_sandbox_runs_50_steps_with_state_in_files_moves_files_and_is_des
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stateful_python_keeps_variables_across_50_steps_and_says_when_state_is_lost() {
     require_docker();
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(
-        &dir.path().join("out"),
-        &ServerOptions::new(&unique_scope("live-py")),
-    );
+    let (_dir, server) = TestServer::in_tempdir(&ServerOptions::new(&unique_scope("live-py")));
     let id = create(&server, json!({})).await;
     let py = |code: &str| json!({"type": "python", "code": code, "stateful": true});
     let (code, v) = step(&server, &id, py("import json\nn = 0")).await;
@@ -377,11 +364,7 @@ async fn stateful_python_keeps_variables_across_50_steps_and_says_when_state_is_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_sandbox_times_out_and_its_container_is_removed() {
     require_docker();
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(
-        &dir.path().join("out"),
-        &ServerOptions::new(&unique_scope("idle")),
-    );
+    let (_dir, server) = TestServer::in_tempdir(&ServerOptions::new(&unique_scope("idle")));
     let id = create(&server, json!({"idle_timeout_secs": 2})).await;
     assert_eq!(containers_of(&id).len(), 1);
     // A step longer than the idle timeout does not count as idle.
@@ -434,9 +417,7 @@ async fn a_restart_interrupts_live_sandboxes_and_reaps_their_containers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_sandboxes_and_jobs_share_the_concurrency_limit() {
     require_docker();
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(
-        &dir.path().join("out"),
+    let (_dir, server) = TestServer::in_tempdir(
         &ServerOptions::new(&unique_scope("live-limit")).env("AGENT_MAX_CONCURRENT_JOBS", "2"),
     );
     let a = create(&server, json!({})).await;

@@ -36,10 +36,8 @@ async fn metrics(server: &TestServer) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prompt_job_succeeds_and_its_zip_holds_the_plan_files_and_result_json() {
     require_docker();
-    let dir = tempfile::tempdir().unwrap();
     let alchemyst = alchemyst_mock(&plan_writing_files(), &no_repair()).await;
-    let server = TestServer::start(
-        &dir.path().join("out"),
+    let (_dir, server) = TestServer::in_tempdir(
         &ServerOptions::new(&unique_scope("prompt")).llm(Some(&alchemyst), None),
     );
     let (code, health) = server.get_json("/").await;
@@ -123,11 +121,7 @@ async fn prompt_job_succeeds_and_its_zip_holds_the_plan_files_and_result_json() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explicit_steps_job_needs_no_llm() {
     require_docker();
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(
-        &dir.path().join("out"),
-        &ServerOptions::new(&unique_scope("steps")),
-    );
+    let (_dir, server) = TestServer::in_tempdir(&ServerOptions::new(&unique_scope("steps")));
     let (_, health) = server.get_json("/").await;
     assert_eq!(health["llm_providers"], json!([]));
 
@@ -156,12 +150,7 @@ async fn explicit_steps_job_needs_no_llm() {
     assert_eq!(zip_file(&mut zip, "b.txt"), "alpha");
     let names = zip_names(&zip);
     assert!(names.iter().any(|n| n == "result.json"), "{names:?}");
-    let text = server
-        .get(&format!("/logs/{id}"))
-        .await
-        .text()
-        .await
-        .unwrap();
+    let text = server.logs_text(&id).await;
     assert!(text.contains("ALPHA"), "{text}");
 }
 
@@ -251,12 +240,10 @@ fn schema_in_prompt(prompt: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_published_step_schema_is_the_one_in_the_prompt_and_the_provider_requests() {
     require_docker();
-    let dir = tempfile::tempdir().unwrap();
     let alchemyst = failing_alchemyst_mock().await;
     let plan = json!({"summary": "s", "steps": [{"type": "shell", "command": "true"}]});
     let gemini = gemini_mock(&plan, &no_repair()).await;
-    let server = TestServer::start(
-        &dir.path().join("out"),
+    let (_dir, server) = TestServer::in_tempdir(
         &ServerOptions::new(&unique_scope("schema"))
             .llm(Some(&alchemyst), Some(&gemini))
             .env("ALCHEMYST_JSON_SCHEMA", "true"),
@@ -310,11 +297,7 @@ async fn the_published_step_schema_is_the_one_in_the_prompt_and_the_provider_req
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_mid_step_leaves_status_cancelled_and_no_container() {
     require_docker();
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(
-        &dir.path().join("out"),
-        &ServerOptions::new(&unique_scope("cancel")),
-    );
+    let (_dir, server) = TestServer::in_tempdir(&ServerOptions::new(&unique_scope("cancel")));
     let id = server
         .schedule(json!({"steps": [
             {"type": "shell", "command": "echo started > started.txt; echo started; sleep 300"}
@@ -347,11 +330,7 @@ async fn cancel_mid_step_leaves_status_cancelled_and_no_container() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_past_its_timeout_is_timed_out_with_partial_output() {
     require_docker();
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(
-        &dir.path().join("out"),
-        &ServerOptions::new(&unique_scope("timeout")),
-    );
+    let (_dir, server) = TestServer::in_tempdir(&ServerOptions::new(&unique_scope("timeout")));
     let id = server
         .schedule(json!({
             "steps": [
@@ -364,12 +343,7 @@ async fn a_job_past_its_timeout_is_timed_out_with_partial_output() {
     let st = server.wait_final(&id).await;
     assert_eq!(st["status"], "timed_out", "{st}\n{}", server.log_text());
     assert_eq!(st["steps"][0]["status"], "succeeded");
-    let text = server
-        .get(&format!("/logs/{id}"))
-        .await
-        .text()
-        .await
-        .unwrap();
+    let text = server.logs_text(&id).await;
     assert!(text.contains("PARTIAL-OUTPUT-5521"), "{text}");
     assert!(text.contains("status timed_out"), "{text}");
     assert!(containers_gone(&id), "a container is left");
@@ -383,11 +357,7 @@ async fn a_job_past_its_timeout_is_timed_out_with_partial_output() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sse_delivers_events_while_the_job_runs_and_resumes_from_last_event_id() {
     require_docker();
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(
-        &dir.path().join("out"),
-        &ServerOptions::new(&unique_scope("sse")),
-    );
+    let (_dir, server) = TestServer::in_tempdir(&ServerOptions::new(&unique_scope("sse")));
     let id = server
         .schedule(json!({"steps": [
             {"type": "shell", "command": "for i in 1 2 3; do echo tick-$i; sleep 1; done"},
@@ -575,11 +545,7 @@ async fn sigterm_interrupts_running_jobs_removes_containers_and_exits_0() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_refused_with_the_error_shape_and_never_a_5xx() {
     require_docker();
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(
-        &dir.path().join("out"),
-        &ServerOptions::new(&unique_scope("bad")),
-    );
+    let (_dir, server) = TestServer::in_tempdir(&ServerOptions::new(&unique_scope("bad")));
     let stored = server
         .schedule(json!({"steps": [{"type": "shell", "command": "echo kept"}]}))
         .await;
@@ -830,11 +796,7 @@ async fn bad_input_is_refused_with_the_error_shape_and_never_a_5xx() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn validation_at_the_door_names_the_field() {
     require_docker();
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(
-        &dir.path().join("out"),
-        &ServerOptions::new(&unique_scope("door")),
-    );
+    let (_dir, server) = TestServer::in_tempdir(&ServerOptions::new(&unique_scope("door")));
     let shell = |extra: Value| {
         let mut step = json!({"type": "shell", "command": "true"});
         step.as_object_mut()

@@ -294,6 +294,14 @@ impl TestServer {
         }
     }
 
+    /// Starts a server whose output directory is `out/` in a new temporary directory, which
+    /// lives as long as the returned guard.
+    pub fn in_tempdir(opts: &ServerOptions) -> (tempfile::TempDir, TestServer) {
+        let dir = tempfile::tempdir().unwrap();
+        let server = TestServer::start(&dir.path().join("out"), opts);
+        (dir, server)
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
