@@ -81,7 +81,6 @@ async fn raw_initialize(server: &TestServer, headers: &[(&str, &str)]) -> reqwes
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_sdk_calls_every_tool_over_streamable_http() {
     require_docker();
-    let dir = tempfile::tempdir().unwrap();
     // The LLM that plans run_job's prompt: a mock on loopback answering with a fixed plan.
     let plan = json!({"summary": "one step", "steps": [
         {"type": "python", "code": "print('planned', 6 * 7)"}]});
@@ -89,7 +88,7 @@ async fn the_python_sdk_calls_every_tool_over_streamable_http() {
     let options = ServerOptions::new(&unique_scope("mcp"))
         .token(TOKEN)
         .llm(Some(&llm), None);
-    let server = TestServer::start(&dir.path().join("out"), &options);
+    let (_dir, server) = TestServer::in_tempdir(&options);
 
     // Same auth as the API: no token or a wrong one, no MCP.
     for auth in [None, Some("Bearer wrong")] {
@@ -214,11 +213,7 @@ async fn the_python_sdk_calls_the_tools_of_agent_mcp_over_stdio() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_token_only_loopback_host_names_reach_mcp() {
     require_docker();
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(
-        &dir.path().join("out"),
-        &ServerOptions::new(&unique_scope("mcp-host")),
-    );
+    let (_dir, server) = TestServer::in_tempdir(&ServerOptions::new(&unique_scope("mcp-host")));
     // A page that rebinds its own name to 127.0.0.1 sends its own Host: refused.
     for (host, expected) in [("rebound.example:80", 403), ("localhost:8000", 200)] {
         let resp = raw_initialize(&server, &[("host", host)]).await;
