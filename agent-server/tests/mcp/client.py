@@ -185,18 +185,31 @@ async def exercise_http(session):
     return {"sandbox_id": sandbox, "job_id": job, "job_secs": round(job_secs, 3)}
 
 
-async def latency(session, n=20):
-    """Median seconds of a `true` command through MCP (for the report)."""
-    sandbox = ok(await session.call_tool("create_sandbox", {}), "create_sandbox")["sandbox_id"]
+async def median_ms(call, n=20):
     times = []
     for _ in range(n):
         started = time.monotonic()
-        r = await session.call_tool("run_command", {"sandbox_id": sandbox, "command": "true"})
+        await call()
         times.append(time.monotonic() - started)
+    return round(sorted(times)[n // 2] * 1000, 2)
+
+
+async def latency(session, http, base):
+    """Median milliseconds of a `true` command in one sandbox, as an MCP tool call and as the
+    REST API's POST /sandboxes/{id}/steps, from the same HTTP client (for the report)."""
+    sandbox = ok(await session.call_tool("create_sandbox", {}), "create_sandbox")["sandbox_id"]
+
+    async def over_mcp():
+        r = await session.call_tool("run_command", {"sandbox_id": sandbox, "command": "true"})
         check(ok(r, "true")["result"]["exit_code"] == 0, "true exits 0", r)
+
+    async def over_rest():
+        r = await http.post(f"{base}/sandboxes/{sandbox}/steps", json={"step": {"type": "shell", "command": "true"}})
+        check(r.status_code == 200 and r.json()["result"]["exit_code"] == 0, "true over REST", r.text)
+
+    figures = {"mcp_true_median_ms": await median_ms(over_mcp), "rest_true_median_ms": await median_ms(over_rest)}
     ok(await session.call_tool("destroy_sandbox", {"sandbox_id": sandbox}), "destroy_sandbox")
-    times.sort()
-    return {"latency_sandbox_id": sandbox, "true_median_ms": round(times[n // 2] * 1000, 2)}
+    return {"latency_sandbox_id": sandbox, **figures}
 
 
 async def http_main(url, token):
@@ -218,7 +231,7 @@ async def http_main(url, token):
         async with streamable_http_client(url, http_client=http) as (read, write):
             async with ClientSession(read, write) as session:
                 ids = await exercise_http(session)
-                ids.update(await latency(session))
+                ids.update(await latency(session, http, url.removesuffix("/mcp")))
                 return ids
 
 
