@@ -557,7 +557,8 @@ pub fn validate_image_reference(image: &str) -> Result<()> {
         let domain = format!("{host}(?::[0-9]+)?");
         let name = format!("(?:{domain}/)?{component}(?:/{component})*");
         let tag = "[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}";
-        let digest = "[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}";
+        // The algorithms the engine knows, with their digests' lengths (lower-case hex).
+        let digest = "(?:sha256:[0-9a-f]{64}|sha384:[0-9a-f]{96}|sha512:[0-9a-f]{128})";
         let pattern = format!("^(?P<name>{name})(?::{tag})?(?:@{digest})?$");
         regex::Regex::new(&pattern).unwrap_or_else(|e| unreachable!("a fixed pattern: {e}"))
     });

@@ -154,6 +154,10 @@ impl From<agent_core::Error> for ApiError {
             E::Sandbox(e) if e.kind == SandboxErrorKind::NotFound => {
                 ApiError::new(StatusCode::NOT_FOUND, "file_not_found", e.to_string())
             }
+            E::Sandbox(e) if e.kind == SandboxErrorKind::Image => {
+                ApiError::new(StatusCode::NOT_FOUND, "image_not_found", e.to_string())
+                    .with_field("image")
+            }
             E::Sandbox(e) if e.kind == SandboxErrorKind::TooLarge => {
                 ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string())
             }

@@ -130,7 +130,43 @@ pub fn openapi_json() -> Value {
         constrain_schemas(schemas);
     }
     complete_operations(&mut doc);
+    link_sandbox_operations(&mut doc);
     doc
+}
+
+/// Links a created sandbox to the operations on it (OpenAPI links: clients and testers such as
+/// schemathesis follow them with the new id).
+fn link_sandbox_operations(doc: &mut Value) {
+    let targets = [
+        ("show", "get", "/sandboxes/{id}"),
+        ("run_step", "post", "/sandboxes/{id}/steps"),
+        ("get_file", "get", "/sandboxes/{id}/files"),
+        ("put_file", "put", "/sandboxes/{id}/files"),
+        ("get_archive", "get", "/sandboxes/{id}/archive"),
+        ("put_archive", "put", "/sandboxes/{id}/archive"),
+        ("export", "get", "/sandboxes/{id}/workspace"),
+        ("extend", "post", "/sandboxes/{id}/extend"),
+        ("destroy", "delete", "/sandboxes/{id}"),
+    ];
+    let mut links = serde_json::Map::new();
+    for (name, method, path) in targets {
+        if doc
+            .pointer(&format!("/paths/{}/{method}", path.replace('/', "~1")))
+            .is_none()
+        {
+            continue;
+        }
+        links.insert(
+            name.to_string(),
+            json!({
+                "operationRef": format!("#/paths/{}/{method}", path.replace('/', "~1")),
+                "parameters": {"id": "$response.body#/sandbox_id"}
+            }),
+        );
+    }
+    if let Some(created) = doc.pointer_mut("/paths/~1sandboxes/post/responses/201") {
+        created["links"] = Value::Object(links);
+    }
 }
 
 /// Patterns of what the server accepts, in the regex syntax both JSON Schema (ECMA-262) and
@@ -148,7 +184,8 @@ pub mod patterns {
         let host = format!(r"(?:{domain_part}(?:\.{domain_part})*|\[[a-fA-F0-9:]+\])");
         let name = format!("(?:{host}(?::[0-9]+)?/)?{component}(?:/{component})*");
         let tag = "[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}";
-        let digest = "[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}";
+        // The algorithms the engine knows, with their digests' lengths (lower-case hex).
+        let digest = "(?:sha256:[0-9a-f]{64}|sha384:[0-9a-f]{96}|sha512:[0-9a-f]{128})";
         format!(r"^(?:{name}(?::{tag})?(?:@{digest})?|sha256:[0-9a-fA-F]{{64}})(?![\s\S])")
     }
     /// An environment variable's name.
@@ -170,6 +207,16 @@ fn constrain_schemas(schemas: &mut serde_json::Map<String, Value>) {
         ]);
         if let Some(image) = request.pointer_mut("/properties/image") {
             image["pattern"] = json!(patterns::image());
+        }
+        if let Some(env) = request.pointer_mut("/properties/env") {
+            env["propertyNames"] = json!({"type": "string", "pattern": patterns::ENV_NAME});
+            env["additionalProperties"] = json!({"type": "string", "pattern": patterns::NO_NUL});
+        }
+    }
+    if let Some(request) = schemas.get_mut("CreateSandboxRequest") {
+        if let Some(image) = request.pointer_mut("/properties/image") {
+            image["pattern"] = json!(patterns::image());
+            image["maxLength"] = json!(crate::sandboxes::MAX_IMAGE_CHARS);
         }
         if let Some(env) = request.pointer_mut("/properties/env") {
             env["propertyNames"] = json!({"type": "string", "pattern": patterns::ENV_NAME});

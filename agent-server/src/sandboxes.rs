@@ -81,39 +81,100 @@ pub(crate) fn routes() -> Router<AppState> {
 )]
 pub struct SandboxesDoc;
 
+/// The longest image reference a sandbox may name (the repository name's own limit).
+pub const MAX_IMAGE_CHARS: usize = 255;
+
+/// The largest memory, `/workspace` or `/tmp` size a sandbox may ask for: 1 TiB.
+pub const MAX_LIMIT_BYTES: u64 = 1 << 40;
+/// The most processes a sandbox may ask for.
+pub const MAX_PIDS: u64 = 1 << 20;
+
 /// Resource limits of a sandbox (every field optional; defaults as for jobs).
 #[derive(
     Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema, schemars::JsonSchema,
 )]
 #[serde(deny_unknown_fields)]
 pub struct LimitsView {
-    /// Memory in bytes (default 2 GiB; at least 16 MiB).
+    /// Memory in bytes (default 2 GiB; at least 16 MiB, at most 1 TiB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(deserialize_with = "agent_core::job::optional_whole_number")]
+    #[schema(minimum = 16777216, maximum = 1099511627776.0)]
     pub memory_bytes: Option<u64>,
-    /// CPU cores (default 1.0).
+    /// CPU cores (default 1.0; at least 0.01; more than the host has means all of them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0.01, maximum = 1024.0)]
     pub cpus: Option<f64>,
-    /// Maximum number of processes (default 256).
+    /// Maximum number of processes (default 256; at least 8).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pids: Option<u32>,
-    /// Size of `/workspace` in bytes (default 1 GiB).
+    #[serde(deserialize_with = "agent_core::job::optional_whole_number")]
+    #[schema(minimum = 8, maximum = 1048576)]
+    pub pids: Option<u64>,
+    /// Size of `/workspace` in bytes (default 1 GiB; at least 1 MiB, at most 1 TiB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(deserialize_with = "agent_core::job::optional_whole_number")]
+    #[schema(minimum = 1048576, maximum = 1099511627776.0)]
     pub workspace_bytes: Option<u64>,
-    /// Size of `/tmp` in bytes (default 256 MiB).
+    /// Size of `/tmp` in bytes (default 256 MiB; at least 1 MiB, at most 1 TiB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(deserialize_with = "agent_core::job::optional_whole_number")]
+    #[schema(minimum = 1048576, maximum = 1099511627776.0)]
     pub tmp_bytes: Option<u64>,
 }
 
 impl LimitsView {
-    fn into_limits(self) -> ResourceLimits {
+    /// The limits, defaults filled in; out-of-range values are a 422 naming the field. CPUs
+    /// above what the host has are lowered to that (the engine refuses more).
+    pub fn into_limits(self) -> ApiResult<ResourceLimits> {
         let d = ResourceLimits::default();
-        ResourceLimits {
-            memory_bytes: self.memory_bytes.unwrap_or(d.memory_bytes),
-            cpus: self.cpus.unwrap_or(d.cpus),
-            pids: self.pids.unwrap_or(d.pids),
-            workspace_bytes: self.workspace_bytes.unwrap_or(d.workspace_bytes),
-            tmp_bytes: self.tmp_bytes.unwrap_or(d.tmp_bytes),
-        }
+        let bytes = |field: &str, v: Option<u64>, min: u64, default: u64| match v {
+            None => Ok(default),
+            Some(v) if (min..=MAX_LIMIT_BYTES).contains(&v) => Ok(v),
+            Some(_) => Err(ApiError::invalid(
+                field,
+                format!("{field}: must be between {min} and {MAX_LIMIT_BYTES}"),
+            )),
+        };
+        let pids = match self.pids {
+            None => d.pids,
+            Some(p) if (8..=MAX_PIDS).contains(&p) => u32::try_from(p).unwrap_or(u32::MAX),
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "limits.pids",
+                    format!("limits.pids: must be between 8 and {MAX_PIDS}"),
+                ))
+            }
+        };
+        let cpus = match self.cpus {
+            None => d.cpus,
+            Some(c) if c.is_finite() && (0.01..=1024.0).contains(&c) => {
+                let host = std::thread::available_parallelism().map_or(1, usize::from);
+                #[allow(clippy::cast_precision_loss)]
+                c.min(host as f64)
+            }
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "limits.cpus",
+                    "limits.cpus: must be between 0.01 and 1024",
+                ))
+            }
+        };
+        Ok(ResourceLimits {
+            memory_bytes: bytes(
+                "limits.memory_bytes",
+                self.memory_bytes,
+                16 << 20,
+                d.memory_bytes,
+            )?,
+            cpus,
+            pids,
+            workspace_bytes: bytes(
+                "limits.workspace_bytes",
+                self.workspace_bytes,
+                1 << 20,
+                d.workspace_bytes,
+            )?,
+            tmp_bytes: bytes("limits.tmp_bytes", self.tmp_bytes, 1 << 20, d.tmp_bytes)?,
+        })
     }
 }
 
@@ -123,7 +184,7 @@ impl LimitsView {
 )]
 #[serde(deny_unknown_fields)]
 pub struct CreateSandboxRequest {
-    /// Container image (default: the server's `AGENT_IMAGE`).
+    /// Container image (default: the server's `AGENT_IMAGE`; at most 255 characters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
     /// Resource limits.
@@ -131,7 +192,7 @@ pub struct CreateSandboxRequest {
     pub limits: Option<LimitsView>,
     /// Network: `none` (default) or `bridge`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<String>, example = "none")]
+    #[schema(value_type = Option<crate::api::NetworkDoc>, example = "none")]
     #[schemars(with = "Option<String>")]
     pub network: Option<NetworkMode>,
     /// Environment variables of every step.
@@ -139,12 +200,18 @@ pub struct CreateSandboxRequest {
     pub env: Option<BTreeMap<String, String>>,
     /// Ended after this many seconds without a step or file operation (default 300).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 604800)]
+    #[serde(deserialize_with = "agent_core::job::optional_whole_number")]
     pub idle_timeout_secs: Option<u64>,
     /// Hard maximum lifetime in seconds (default: the server's `AGENT_JOB_TIMEOUT_SECS`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 604800)]
+    #[serde(deserialize_with = "agent_core::job::optional_whole_number")]
     pub timeout_secs: Option<u64>,
     /// Default timeout of each step in seconds (default: the server's `AGENT_STEP_TIMEOUT_SECS`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 604800)]
+    #[serde(deserialize_with = "agent_core::job::optional_whole_number")]
     pub step_timeout_secs: Option<u64>,
 }
 
@@ -156,9 +223,19 @@ impl CreateSandboxRequest {
             self.idle_timeout_secs,
             LiveSettings::default().idle_timeout,
         )?;
+        if self
+            .image
+            .as_ref()
+            .is_some_and(|i| i.chars().count() > MAX_IMAGE_CHARS)
+        {
+            return Err(ApiError::invalid(
+                "image",
+                format!("image: at most {MAX_IMAGE_CHARS} characters"),
+            ));
+        }
         Ok(JobSpec {
             image: self.image,
-            limits: self.limits.unwrap_or_default().into_limits(),
+            limits: self.limits.unwrap_or_default().into_limits()?,
             network: self.network.unwrap_or(defaults.network),
             env: self.env.unwrap_or_default(),
             job_timeout: timeout("timeout_secs", self.timeout_secs, defaults.job_timeout)?,
@@ -175,6 +252,7 @@ impl CreateSandboxRequest {
 
 /// A live sandbox (or one that has ended).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[schema(as = LiveSandbox)]
 pub struct SandboxView {
     /// Its id (a job id: `/status/{id}` and `/logs/{id}` work on it).
     #[schema(value_type = String, format = Uuid)]
@@ -238,6 +316,8 @@ pub struct RunStepRequest {
     pub step: Step,
     /// Stop the step after this much output (stdout + stderr; never above the server's cap).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
+    #[serde(deserialize_with = "agent_core::job::optional_whole_number")]
     pub max_output_bytes: Option<u64>,
 }
 
@@ -320,7 +400,15 @@ pub struct PutFileResponse {
 #[serde(deny_unknown_fields)]
 pub struct ExtendRequest {
     /// The new idle timeout in seconds, counted from now.
+    #[serde(deserialize_with = "whole_number")]
+    #[schema(minimum = 1, maximum = 604800)]
     pub idle_timeout_secs: u64,
+}
+
+/// A whole number, also when written `289.0`.
+fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    agent_core::job::optional_whole_number(d)?
+        .ok_or_else(|| serde::de::Error::custom("expected a whole number, found null"))
 }
 
 /// `?path=` of the file endpoints.
@@ -328,6 +416,7 @@ pub struct ExtendRequest {
 #[into_params(parameter_in = Query)]
 pub(crate) struct PathQuery {
     /// The file, relative to `/workspace` (or absolute under it).
+    #[param(required = true, min_length = 1)]
     path: Option<String>,
 }
 
@@ -344,6 +433,7 @@ fn file_path(query: Result<Query<PathQuery>, QueryRejection>) -> ApiResult<Strin
               (status = 400, description = "Malformed JSON", body = ErrorBody),
               (status = 401, description = "Missing or wrong token", body = ErrorBody),
               (status = 415, description = "Not JSON", body = ErrorBody),
+              (status = 404, description = "The image is not on the engine (`image_not_found`)", body = ErrorBody),
               (status = 422, description = "Invalid field (named in `error.field`)", body = ErrorBody),
               (status = 503, description = "Every sandbox slot is taken (`at_capacity`; jobs and sandboxes count alike), or shutting down", body = ErrorBody)),
     security(("bearer" = [])))]
@@ -376,12 +466,14 @@ pub(crate) async fn list(State(state): State<AppState>) -> Json<SandboxList> {
     })
 }
 
-/// One sandbox, live or ended.
+/// One live sandbox (an ended one is a 409 that says how it ended; `/status/{id}` keeps its
+/// record).
 #[utoipa::path(get, path = "/sandboxes/{id}", tag = "sandboxes",
     params(("id" = String, Path, description = "Sandbox id (UUID v4)")),
     responses((status = 200, body = SandboxView),
               (status = 400, description = "Malformed id", body = ErrorBody),
               (status = 404, description = "Unknown id", body = ErrorBody),
+              (status = 409, description = "The sandbox has ended (its status in `error.status`)", body = ErrorBody),
               (status = 422, description = "The id is a job, not a sandbox", body = ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn show(
@@ -389,6 +481,18 @@ pub(crate) async fn show(
     JobIdParam(id): JobIdParam,
 ) -> ApiResult<Json<SandboxView>> {
     let info = state.manager().sandbox(id).await?;
+    if info.status.is_terminal() {
+        let why = info.error.as_deref().unwrap_or("destroyed");
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "already_finished",
+            format!(
+                "sandbox {id} has ended ({}: {why}); its record stays at /status/{id}",
+                info.status
+            ),
+        )
+        .with_status(info.status));
+    }
     Ok(Json(SandboxView::from_info(&info)))
 }
 

@@ -33,7 +33,18 @@ async fn schemathesis_finds_no_difference_between_the_document_and_the_server() 
         .env("AGENT_MAX_CONCURRENT_JOBS", "2");
     let server = TestServer::start(&dir.path().join("out"), &opts);
     let report = dir.path().join("report");
+    // Creating a sandbox past the slot limit is a deliberate, documented, temporary 503 (with
+    // `Retry-After`), as the issue asks; schemathesis allows a 5xx only where told to.
+    let config = dir.path().join("schemathesis.toml");
+    std::fs::write(
+        &config,
+        "[[operations]]\ninclude-name = \"POST /sandboxes\"\n\
+         checks.not_a_server_error.expected-statuses = [\"2xx\", \"3xx\", \"4xx\", \"503\"]\n",
+    )
+    .unwrap();
     let out = tokio::process::Command::new(test_tool("schemathesis"))
+        .arg("--config-file")
+        .arg(&config)
         .arg("run")
         .arg(server.url("/openapi.json"))
         .args([
@@ -44,10 +55,10 @@ async fn schemathesis_finds_no_difference_between_the_document_and_the_server() 
             "--seed",
             SEED,
         ])
-        .args(["--workers", "2", "--request-timeout", "30"])
-        // The live-sandbox routes (issue 12) are not yet described exactly; they join this run
-        // once they are.
-        .args(["--exclude-path-regex", "^/sandboxes"])
+        // One worker: with two, hypothesis (on CPython 3.11) now and then fails inside `ast`
+        // while describing a strategy ("AST constructor recursion depth mismatch"), a runtime
+        // error of the tool, not a finding.
+        .args(["--workers", "1", "--request-timeout", "30"])
         .args(["--header", &format!("Authorization: Bearer {TOKEN}")])
         .arg("--report-dir")
         .arg(&report)
@@ -76,7 +87,7 @@ async fn schemathesis_finds_no_difference_between_the_document_and_the_server() 
         .parse::<u32>()
         .unwrap_or(0);
     assert!(
-        tested >= 17,
+        tested >= 26,
         "schemathesis tested {tested} operations:\n{stdout}"
     );
     assert!(

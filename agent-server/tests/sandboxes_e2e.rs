@@ -378,10 +378,11 @@ async fn an_idle_sandbox_times_out_and_its_container_is_removed() {
         st["error"]
     );
     assert!(containers_of(&id).is_empty(), "container left after expiry");
+    // Ended: no longer a sandbox (409, saying how), kept in /status.
     let (code, v) = server.get_json(&format!("/sandboxes/{id}")).await;
-    assert_eq!(code, 200);
-    assert_eq!(v["status"], "timed_out");
-    assert_eq!(v["expires_at"], Value::Null);
+    assert_eq!(code, 409, "{v}");
+    assert_eq!(v["error"]["code"], "already_finished");
+    assert_eq!(v["error"]["status"], "timed_out");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
