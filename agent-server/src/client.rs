@@ -265,6 +265,107 @@ impl Client {
             .map_err(io(format!("renaming to {}", path.display())))?;
         Ok(written)
     }
+
+    /// `POST /sandboxes`: creates a live sandbox (ready when this returns).
+    pub async fn create_sandbox(
+        &self,
+        req: &crate::sandboxes::CreateSandboxRequest,
+    ) -> Result<crate::sandboxes::SandboxView, ClientError> {
+        let url = self.url("/sandboxes");
+        Self::json(self.send(self.http.post(&url).json(req), &url).await?).await
+    }
+
+    /// `GET /sandboxes`: the live sandboxes.
+    pub async fn sandboxes(&self) -> Result<crate::sandboxes::SandboxList, ClientError> {
+        let url = self.url("/sandboxes");
+        Self::json(self.send(self.http.get(&url), &url).await?).await
+    }
+
+    /// `DELETE /sandboxes/{id}`: destroys a live sandbox.
+    pub async fn destroy_sandbox(
+        &self,
+        id: JobId,
+    ) -> Result<crate::sandboxes::SandboxView, ClientError> {
+        let url = self.url(&format!("/sandboxes/{id}"));
+        Self::json(self.send(self.http.delete(&url), &url).await?).await
+    }
+
+    /// `POST /sandboxes/{id}/steps` with `Accept: application/x-ndjson`: runs a step, handing
+    /// its output to `output` as it comes (`true` for stderr), and returns its result.
+    pub async fn run_sandbox_step(
+        &self,
+        id: JobId,
+        req: &crate::sandboxes::RunStepRequest,
+        mut output: impl FnMut(bool, &str),
+    ) -> Result<crate::sandboxes::StepRunView, ClientError> {
+        let url = self.url(&format!("/sandboxes/{id}/steps"));
+        let rb = self
+            .http
+            .post(&url)
+            .header("accept", "application/x-ndjson")
+            .json(req);
+        let resp = self.send(rb, &url).await?;
+        let mut body = resp.bytes_stream();
+        let mut pending: Vec<u8> = Vec::new();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| ClientError::Protocol(error_chain(&e)))?;
+            pending.extend_from_slice(&chunk);
+            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                let item: serde_json::Value = serde_json::from_slice(&line)
+                    .map_err(|e| ClientError::Protocol(format!("bad step stream line: {e}")))?;
+                match item["type"].as_str() {
+                    Some("output") => output(
+                        item["stream"] == "stderr",
+                        item["text"].as_str().unwrap_or_default(),
+                    ),
+                    Some("result") => {
+                        return serde_json::from_value(item)
+                            .map_err(|e| ClientError::Protocol(e.to_string()))
+                    }
+                    Some("error") => {
+                        let error: ErrorDetail = serde_json::from_value(item)
+                            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+                        return Err(ClientError::Api { status: 409, error });
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Err(ClientError::Protocol(
+            "the step's stream ended without a result".into(),
+        ))
+    }
+
+    /// `PUT /sandboxes/{id}/files?path=…`: writes one file.
+    pub async fn put_sandbox_file(
+        &self,
+        id: JobId,
+        path: &str,
+        content: Vec<u8>,
+    ) -> Result<crate::sandboxes::PutFileResponse, ClientError> {
+        let url = self.url(&format!("/sandboxes/{id}/files"));
+        let rb = self
+            .http
+            .put(&url)
+            .query(&[("path", path)])
+            .header("content-type", "application/octet-stream")
+            .body(content);
+        Self::json(self.send(rb, &url).await?).await
+    }
+
+    /// `GET /sandboxes/{id}/files?path=…`: reads one file.
+    pub async fn get_sandbox_file(&self, id: JobId, path: &str) -> Result<Vec<u8>, ClientError> {
+        let url = self.url(&format!("/sandboxes/{id}/files"));
+        let resp = self
+            .send(self.http.get(&url).query(&[("path", path)]), &url)
+            .await?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Protocol(error_chain(&e)))?;
+        Ok(bytes.to_vec())
+    }
 }
 
 /// Streams a response body into `out` and flushes it; returns the number of bytes written.

@@ -35,6 +35,18 @@ fn agent(cwd: &Path, scope: &str, args: &[&str]) -> Output {
         .expect("running agent")
 }
 
+/// `--url BASE --token TOKEN` followed by `extra`.
+fn server_args(base: &str, token: &str, extra: &[&str]) -> Vec<String> {
+    let mut v = vec![
+        "--url".to_string(),
+        base.to_string(),
+        "--token".into(),
+        token.into(),
+    ];
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
 fn code(out: &Output) -> i32 {
     out.status.code().expect("exit code")
 }
@@ -170,16 +182,7 @@ async fn agent_client_commands_against_a_server() {
             .unwrap()
         }
     };
-    let with = |extra: &[&str]| -> Vec<String> {
-        let mut v = vec![
-            "--url".to_string(),
-            base.clone(),
-            "--token".into(),
-            token.into(),
-        ];
-        v.extend(extra.iter().map(|s| s.to_string()));
-        v
-    };
+    let with = |extra: &[&str]| server_args(&base, token, extra);
     let plan = hello_plan();
     let plan = plan.to_str().unwrap();
 
@@ -364,4 +367,127 @@ fn the_cli_refuses_what_the_api_refuses() {
             "{stderr}"
         );
     }
+}
+
+/// Runs `agent` with `stdin` piped in.
+fn agent_with_stdin(cwd: &Path, args: &[&str], stdin: &str) -> Output {
+    use std::io::Write as _;
+    let mut child = Command::new(agent_binary())
+        .current_dir(cwd)
+        .env_remove("AGENT_API_TOKEN")
+        .env_remove("AGENT_URL")
+        .env("NO_COLOR", "1")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running agent");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_sandbox_create_exec_cp_shell_ls_rm_against_a_server() {
+    require_docker();
+    let scope = unique_scope("cli-sandbox");
+    let token = "cli-sandbox-token";
+    let (dir, server) = TestServer::in_tempdir(&ServerOptions::new(&scope).token(token));
+    let cwd = dir.path().to_path_buf();
+    let base = server.base.clone();
+    let with = |extra: &[&str]| server_args(&base, token, extra);
+    let run = |args: Vec<String>| {
+        let (cwd, scope) = (cwd.clone(), scope.clone());
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            agent(&cwd, &scope, &args)
+        })
+    };
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    // `agent --url … --token … sandbox EXTRA…`
+    let sandbox = |extra: &[&str]| {
+        let args = [&["sandbox"], extra].concat();
+        run(with(&args))
+    };
+
+    let out = sandbox(&["create", "--env", "GREETING=hi"]).await.unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let id = text(&out.stdout).trim().to_string();
+    assert_eq!(containers_of(&id).len(), 1);
+
+    // exec: output printed, exit code mapped (0 / 1), state kept between calls.
+    let out = sandbox(&["exec", &id, "echo $GREETING > g.txt; cat g.txt"])
+        .await
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "hi\n");
+    let out = sandbox(&["exec", &id, "exit 3"]).await.unwrap();
+    assert_eq!(code(&out), 1);
+    assert!(
+        text(&out.stderr).contains("exit code 3"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = sandbox(&["exec", &id, "--python", "--stateful", "x = 41"])
+        .await
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let out = sandbox(&["exec", &id, "--python", "--stateful", "x + 1"])
+        .await
+        .unwrap();
+    assert_eq!(text(&out.stdout).trim(), "42");
+
+    // cp in and out, byte-exact.
+    let local = dir.path().join("in.bin");
+    let bytes: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
+    std::fs::write(&local, &bytes).unwrap();
+    let out = sandbox(&["cp", local.to_str().unwrap(), &format!("{id}:data/in.bin")])
+        .await
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let back = dir.path().join("back.bin");
+    let out = sandbox(&["cp", &format!("{id}:data/in.bin"), back.to_str().unwrap()])
+        .await
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert_eq!(std::fs::read(&back).unwrap(), bytes);
+    let out = sandbox(&["cp", "a", "b"]).await.unwrap();
+    assert_eq!(code(&out), 2);
+
+    // shell: each stdin line a step; the working files persist; exit codes reported in order.
+    let args = with(&["sandbox", "shell", &id]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = agent_with_stdin(
+        dir.path(),
+        &args,
+        "cat g.txt\nwc -c < data/in.bin\nfalse\n\necho done\n",
+    );
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "hi\n70000\ndone\n");
+    let exits: Vec<String> = text(&out.stderr)
+        .lines()
+        .filter(|l| l.starts_with("[exit "))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(exits, ["[exit 0]", "[exit 0]", "[exit 1]", "[exit 0]"]);
+
+    // ls shows it; rm destroys it and removes its container; a second rm is refused.
+    let out = sandbox(&["ls", "--json"]).await.unwrap();
+    assert_eq!(stdout_json(&out)["sandboxes"][0]["sandbox_id"], id.as_str());
+    let out = sandbox(&["rm", &id]).await.unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert!(containers_of(&id).is_empty(), "container left after rm");
+    let out = sandbox(&["rm", &id]).await.unwrap();
+    assert_eq!(code(&out), 2, "{}", text(&out.stderr));
+    let out = sandbox(&["exec", &id, "true"]).await.unwrap();
+    assert_eq!(code(&out), 2, "{}", text(&out.stderr));
+    let out = sandbox(&["exec", "00000000-0000-4000-8000-000000000000", "true"])
+        .await
+        .unwrap();
+    assert_eq!(code(&out), 4, "{}", text(&out.stderr));
 }

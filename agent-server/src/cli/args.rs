@@ -151,6 +151,9 @@ pub enum Command {
         /// The job id.
         id: String,
     },
+    /// Live sandboxes on the server: create, exec, cp, shell, ls, rm.
+    #[command(subcommand)]
+    Sandbox(SandboxCommand),
     /// Download a job's result ZIP.
     Download {
         /// The job id.
@@ -232,4 +235,74 @@ fn parse_server_url(value: &str) -> Result<String, String> {
         ));
     }
     Ok(value.to_string())
+}
+
+/// `--env KEY=VALUE`.
+fn parse_env_pair(value: &str) -> Result<(String, String), String> {
+    value
+        .split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got {value:?}"))
+}
+
+/// `agent sandbox …`.
+#[derive(Debug, Subcommand)]
+pub enum SandboxCommand {
+    /// Create a live sandbox and print its id.
+    Create {
+        /// Container image (default: the server's).
+        #[arg(long)]
+        image: Option<String>,
+        /// Network: `none` (default) or `bridge`.
+        #[arg(long)]
+        network: Option<NetworkMode>,
+        /// Environment variable of every step, `KEY=VALUE` (repeatable).
+        #[arg(long = "env", short = 'e', value_name = "KEY=VALUE", value_parser = parse_env_pair)]
+        env: Vec<(String, String)>,
+        /// End it after this many seconds without a step (default 300).
+        #[arg(long, value_name = "SECS")]
+        idle_timeout: Option<u64>,
+        /// End it after this many seconds whatever happens.
+        #[arg(long, value_name = "SECS")]
+        timeout: Option<u64>,
+    },
+    /// Run a command (or, with `--python`, Python code) in a sandbox; its output is printed as
+    /// it comes; exits 0 when it succeeded, 1 when not.
+    Exec {
+        /// The sandbox id.
+        id: String,
+        /// Run the text as Python code.
+        #[arg(long)]
+        python: bool,
+        /// With `--python`: in the sandbox's long-lived interpreter (variables persist).
+        #[arg(long, requires = "python")]
+        stateful: bool,
+        /// Step timeout in seconds.
+        #[arg(long, value_name = "SECS")]
+        timeout: Option<u64>,
+        /// The command (joined by spaces, run by `bash -c`) or the code.
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
+    /// Copy a file into or out of a sandbox: `agent sandbox cp local.txt ID:path` or
+    /// `agent sandbox cp ID:path local.txt`.
+    Cp {
+        /// Source: a local path or `ID:PATH`.
+        src: String,
+        /// Destination: a local path or `ID:PATH`.
+        dst: String,
+    },
+    /// An interactive shell: each line read from stdin runs as a step; its output and exit code
+    /// are printed. Ends at the end of input or `exit`.
+    Shell {
+        /// The sandbox id.
+        id: String,
+    },
+    /// List the live sandboxes.
+    Ls,
+    /// Destroy a sandbox.
+    Rm {
+        /// The sandbox id.
+        id: String,
+    },
 }

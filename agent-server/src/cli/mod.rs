@@ -11,8 +11,9 @@ mod live;
 mod local;
 mod progress;
 mod remote;
+mod sandbox;
 
-pub use args::{read_plan, Cli, Command, JobArgs};
+pub use args::{read_plan, Cli, Command, JobArgs, SandboxCommand};
 
 use agent_core::{JobId, JobStatus};
 
@@ -163,9 +164,53 @@ async fn run_command(cli: Cli) -> Result<Exit, Exit> {
             let id = parse_id(id)?;
             live::release(&client()?, id, json).await
         }
+        Command::Sandbox(ref cmd) => sandbox_command(&client()?, cmd, json).await,
         Command::Download { ref id, ref out } => {
             let id = parse_id(id)?;
             remote::download(&client()?, id, out.as_deref(), json).await
         }
+    }
+}
+
+async fn sandbox_command(client: &Client, cmd: &SandboxCommand, json: bool) -> Result<Exit, Exit> {
+    match cmd {
+        SandboxCommand::Create {
+            image,
+            network,
+            env,
+            idle_timeout,
+            timeout,
+        } => {
+            let req = crate::sandboxes::CreateSandboxRequest {
+                image: image.clone(),
+                network: *network,
+                env: (!env.is_empty()).then(|| env.iter().cloned().collect()),
+                idle_timeout_secs: *idle_timeout,
+                timeout_secs: *timeout,
+                ..Default::default()
+            };
+            sandbox::create(client, &req, json).await
+        }
+        SandboxCommand::Exec {
+            id,
+            python,
+            stateful,
+            timeout,
+            command,
+        } => {
+            let id = parse_id(id)?;
+            let text = command.join(" ");
+            let mut step = match (python, stateful) {
+                (true, true) => agent_core::Step::python_stateful(text),
+                (true, false) => agent_core::Step::python(text),
+                _ => agent_core::Step::shell(text),
+            };
+            step.timeout = timeout.map(std::time::Duration::from_secs);
+            sandbox::exec(client, id, step, json).await
+        }
+        SandboxCommand::Cp { src, dst } => sandbox::copy(client, src, dst, json).await,
+        SandboxCommand::Shell { id } => sandbox::shell(client, parse_id(id)?).await,
+        SandboxCommand::Ls => sandbox::list(client, json).await,
+        SandboxCommand::Rm { id } => sandbox::remove(client, parse_id(id)?, json).await,
     }
 }
