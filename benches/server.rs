@@ -26,8 +26,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod fastapi;
+mod server_child;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -41,15 +41,16 @@ use agent_core::{
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufStream};
 use tokio::net::TcpStream;
 
+use server_child::{start_server, status_kib};
+
 const JOBS: usize = 10_000;
 const CONNECTIONS: usize = 32;
 const WARMUP: Duration = Duration::from_secs(1);
 const MEASURE: Duration = Duration::from_secs(5);
-const SERVER_MODE: &str = "AGENT_BENCH_SERVER_MODE";
 
 fn main() {
-    if std::env::var_os(SERVER_MODE).is_some() {
-        return server_mode();
+    if server_child::run_if_child() {
+        return;
     }
     // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing we care about.
     if agent_benches::listing_only() {
@@ -64,19 +65,6 @@ fn main() {
     if !ok && strict {
         std::process::exit(1);
     }
-}
-
-/// The child: the real server, configured from the environment.
-fn server_mode() {
-    let rt = agent_server::server::runtime().unwrap();
-    rt.block_on(async {
-        let config = agent_server::ServerConfig::from_env().unwrap();
-        agent_server::config::init_tracing(config.log_format);
-        if let Err(e) = agent_server::serve(config).await {
-            eprintln!("error: {e}");
-            std::process::exit(1);
-        }
-    });
 }
 
 fn stored_job(i: usize) -> Job {
@@ -134,66 +122,6 @@ async fn fill_store(db: &Path) -> Vec<JobId> {
         }
     }
     ids
-}
-
-struct ServerChild {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for ServerChild {
-    fn drop(&mut self) {
-        agent_benches::stop_child(&mut self.child, Duration::from_secs(30));
-    }
-}
-
-fn start_server(dir: &Path) -> ServerChild {
-    let scope = format!("bench-{}", std::process::id());
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .env(SERVER_MODE, "1")
-        .env("AGENT_BIND", "127.0.0.1:0")
-        .env("AGENT_OUTPUT_DIR", dir)
-        .env("AGENT_DOCKER_SCOPE", scope)
-        .env("AGENT_MAX_CONCURRENT_JOBS", "1")
-        // The POST load queues tens of thousands of jobs; measure acceptance, not the cap.
-        .env("AGENT_MAX_QUEUED_JOBS", "1000000")
-        .env("RETENTION_DAYS", "0")
-        .env("AGENT_SHUTDOWN_GRACE_SECS", "1")
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .env_remove("AGENT_API_TOKEN")
-        .env_remove("ALCHEMYST_API_KEY")
-        .env_remove("GEMINI_API_KEY")
-        .env_remove("OPENAI_BASE_URL")
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut tx = Some(tx);
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if let Some(pos) = line.find("listening on http://") {
-                let addr: String = line[pos + 20..]
-                    .chars()
-                    .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
-                    .collect();
-                if let Some(tx) = tx.take() {
-                    let _ = tx.send(addr);
-                }
-            } else if line.contains("ERROR") || line.contains("error:") {
-                eprintln!("server: {line}");
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(120))
-        .expect("the server did not start (is Docker running?)");
-    ServerChild { child, addr }
 }
 
 fn find_nginx() -> Option<PathBuf> {
@@ -474,15 +402,6 @@ fn get_requests(ids: &[JobId]) -> Arc<Vec<Vec<u8>>> {
     )
 }
 
-fn rss_kib(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-}
-
 fn verdict(ok: bool) -> &'static str {
     if ok {
         "target met"
@@ -499,8 +418,9 @@ async fn run() -> bool {
     let ids = fill_store(&out.join("jobs.sqlite3")).await;
     println!("stored {JOBS} jobs in {:.1}s", t.elapsed().as_secs_f64());
 
-    let server = start_server(&out);
-    let pid = server.child.id();
+    // The POST load queues tens of thousands of jobs; measure acceptance, not the cap.
+    let server = start_server(&out, &[("AGENT_MAX_QUEUED_JOBS", "1000000")]);
+    let pid = server.pid();
     println!("server (pid {pid}) on {}", server.addr);
 
     // The JSON our server answers for one job: the static server serves the same bytes.
@@ -509,13 +429,13 @@ async fn run() -> bool {
     assert_eq!(status, 200);
     let sample = conn.body.clone();
     println!("status document: {} bytes", sample.len());
-    let rss_idle = rss_kib(pid, "VmRSS:").unwrap_or(0);
+    let rss_idle = status_kib(pid, "VmRSS:").unwrap_or(0);
 
     let reqs = get_requests(&ids);
     let mut ours = peak_load(&server.addr, &reqs).await;
     let peak = ours.rate();
     let mut ours_half = rated_load(&server.addr, &reqs, peak / 2.0).await;
-    let rss_after_get = rss_kib(pid, "VmRSS:").unwrap_or(0);
+    let rss_after_get = status_kib(pid, "VmRSS:").unwrap_or(0);
 
     let mut baseline = None;
     match find_nginx() {
@@ -554,7 +474,7 @@ async fn run() -> bool {
         202,
     )
     .await;
-    let rss_hwm = rss_kib(pid, "VmHWM:").unwrap_or(0);
+    let rss_hwm = status_kib(pid, "VmHWM:").unwrap_or(0);
 
     println!();
     println!("GET /status/{{id}} with {JOBS} stored jobs, {CONNECTIONS} keep-alive connections, loopback, {}s each:", MEASURE.as_secs());
