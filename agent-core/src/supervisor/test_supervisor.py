@@ -272,6 +272,27 @@ class Protocol(unittest.TestCase):
         self.assertIn("top.txt", names)
         self.assertEqual(max(n.count("/") for n in names), depth - 1, "the whole chain is exported")
 
+    def export(self):
+        self.s.send(b'{"id": 8, "op": "export"}\n')
+        data = b""
+        while True:
+            hdr, body = self.s.frame()
+            if hdr.get("id") == 8 and hdr["ev"] == "chunk":
+                data += body
+            elif hdr.get("id") == 8:
+                break
+        self.assertEqual(hdr["ev"], "ok", hdr)
+        import io
+        import tarfile
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            return tar.getnames()
+
+    def test_an_empty_workspace_exports_an_empty_tar_and_a_written_file_is_exported(self):
+        self.assertEqual(self.export(), [])
+        with open(os.path.join(self.tmp.name, "out.txt"), "w") as f:
+            f.write("x")
+        self.assertEqual(self.export(), ["out.txt"])
+
     def test_unknown_ops_and_refused_paths_are_errors_not_crashes(self):
         self.s.send(
             b'{"id": 1, "op": "teleport"}\n'
