@@ -428,6 +428,92 @@ async fn sse_delivers_events_while_the_job_runs_and_resumes_from_last_event_id()
     assert!(reader.next().await.is_none());
 }
 
+/// Reads an SSE response to its end: the events' ids, checked to end with the final status.
+async fn sse_ids(resp: reqwest::Response, limit: usize) -> Vec<u64> {
+    assert_eq!(resp.status(), 200);
+    let mut reader = SseReader::new(resp);
+    let mut ids = Vec::new();
+    let mut last_event = String::new();
+    while ids.len() < limit {
+        let Some(ev) = reader.next().await else { break };
+        ids.push(ev.id.expect("every event has an id"));
+        last_event = ev.event;
+    }
+    if ids.len() < limit {
+        assert_eq!(
+            last_event, "status",
+            "the stream ends with the final status"
+        );
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_fan_out_every_subscriber_gets_every_event_in_order_and_a_stalled_one_holds_nobody_back(
+) {
+    require_docker();
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(
+        &dir.path().join("out"),
+        &ServerOptions::new(&unique_scope("fanout")),
+    );
+    // A busy job: a pause so the subscribers attach while it runs, then thousands of lines.
+    let id = server
+        .schedule(json!({"steps": [{"type": "python",
+            "code": "import time\ntime.sleep(1)\nfor i in range(5000):\n    print('line', i, flush=True)"}]}))
+        .await;
+    let stream = |after: Option<u64>| {
+        let mut rb = server.http.get(server.url(&format!("/logs/{id}/stream")));
+        if let Some(after) = after {
+            rb = rb.header("Last-Event-ID", after.to_string());
+        }
+        rb.send()
+    };
+    let mut readers = Vec::new();
+    for _ in 0..25 {
+        readers.push(tokio::spawn(sse_ids(
+            stream(None).await.unwrap(),
+            usize::MAX,
+        )));
+    }
+    // Connected, answered, and then not read at all until the job is over.
+    let stalled = stream(None).await.unwrap();
+    // Reads 20 events, disconnects, and resumes after the last one it saw.
+    let first = sse_ids(stream(None).await.unwrap(), 20).await;
+    assert_eq!(first.len(), 20);
+    let resumed = tokio::spawn(sse_ids(
+        stream(first.last().copied()).await.unwrap(),
+        usize::MAX,
+    ));
+    let st = server.wait_final(&id).await;
+    assert_eq!(st["status"], "succeeded", "{st}");
+    let mut all = Vec::new();
+    for (i, reader) in readers.into_iter().enumerate() {
+        let ids = reader.await.unwrap();
+        assert!(ids.len() > 100, "subscriber {i}: {} events", ids.len());
+        assert_eq!(
+            ids,
+            (1..=ids.len() as u64).collect::<Vec<_>>(),
+            "subscriber {i} got every event once, in order"
+        );
+        if i == 0 {
+            all = ids;
+        } else {
+            assert_eq!(ids, all, "subscriber {i} got what the others got");
+        }
+    }
+    assert_eq!(
+        [first, resumed.await.unwrap()].concat(),
+        all,
+        "the resumed subscriber misses nothing"
+    );
+    assert_eq!(
+        sse_ids(stalled, usize::MAX).await,
+        all,
+        "the stalled subscriber catches up without a gap"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_then_restart_keeps_every_job_and_interrupts_the_running_ones() {
     require_docker();
