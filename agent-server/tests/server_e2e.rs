@@ -452,11 +452,7 @@ async fn sse_ids(resp: reqwest::Response, limit: usize) -> Vec<u64> {
 async fn sse_fan_out_every_subscriber_gets_every_event_in_order_and_a_stalled_one_holds_nobody_back(
 ) {
     require_docker();
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(
-        &dir.path().join("out"),
-        &ServerOptions::new(&unique_scope("fanout")),
-    );
+    let (_dir, server) = TestServer::in_tempdir(&ServerOptions::new(&unique_scope("fanout")));
     // A busy job: a pause so the subscribers attach while it runs, then thousands of lines.
     let id = server
         .schedule(json!({"steps": [{"type": "python",
