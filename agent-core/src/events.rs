@@ -34,18 +34,36 @@ enum Command {
 #[derive(Clone)]
 pub struct EventSink {
     job_id: JobId,
-    /// The last sequence number handed out. Held while the event is queued, so that events reach
-    /// the writer in sequence order even when emitted concurrently (the store refuses a batch out
-    /// of order, and a live follower skips an event numbered below one it has seen).
-    seq: Arc<Mutex<u64>>,
+    /// The last sequence number handed out (and the output counted against the log cap). Held
+    /// while the event is queued, so that events reach the writer in sequence order even when
+    /// emitted concurrently (the store refuses a batch out of order, and a live follower skips
+    /// an event numbered below one it has seen).
+    seq: Arc<Mutex<SinkState>>,
     tx: mpsc::UnboundedSender<Command>,
+    cap: Option<LogCap>,
+}
+
+/// A cap on the step output a job's log keeps (see [`EventSink::with_log_cap`]).
+#[derive(Clone, Debug)]
+pub struct LogCap {
+    /// Bytes of output text kept per job.
+    pub max_bytes: u64,
+    /// Counts the bytes not kept (shared by every job of a manager).
+    pub dropped: Arc<std::sync::atomic::AtomicU64>,
+}
+
+#[derive(Debug, Default)]
+struct SinkState {
+    seq: u64,
+    output_bytes: u64,
+    truncated: bool,
 }
 
 impl std::fmt::Debug for EventSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EventSink")
             .field("job_id", &self.job_id)
-            .field("seq", &*self.last_seq())
+            .field("seq", &self.last_seq().seq)
             .finish()
     }
 }
@@ -63,12 +81,26 @@ impl EventSink {
         tokio::spawn(write_loop(job_id, rx, store, live));
         Self {
             job_id,
-            seq: Arc::new(Mutex::new(last_seq)),
+            seq: Arc::new(Mutex::new(SinkState {
+                seq: last_seq,
+                ..SinkState::default()
+            })),
             tx,
+            cap: None,
         }
     }
 
-    fn last_seq(&self) -> std::sync::MutexGuard<'_, u64> {
+    /// Keeps at most `cap.max_bytes` of step output ([`EventKind::Output`] text) in this job's
+    /// log: the output that crosses the cap is cut there and followed by one
+    /// [`EventKind::Log`] marker saying so; later output is not stored (nor broadcast) and is
+    /// added to `cap.dropped`. Other events are always kept. The count starts at zero for each
+    /// sink (a job's run).
+    pub fn with_log_cap(mut self, cap: LogCap) -> Self {
+        self.cap = Some(cap);
+        self
+    }
+
+    fn last_seq(&self) -> std::sync::MutexGuard<'_, SinkState> {
         // The guarded section cannot panic; recover the number rather than cascading.
         self.seq.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -80,24 +112,97 @@ impl EventSink {
 
     /// Records an event; returns its sequence number. Never waits for the store (only for other
     /// emitters of the same job, for the moment it takes to queue an event).
+    /// An output event over the log cap is not stored; its number is then the last one handed
+    /// out.
     pub fn emit(&self, kind: EventKind) -> u64 {
-        let mut last = self.last_seq();
-        let seq = *last + 1;
-        *last = seq;
-        let event = JobEvent {
-            job_id: self.job_id,
-            seq,
-            at: Utc::now(),
-            kind,
+        let mut state = self.last_seq();
+        let (kind, marker) = match self.capped(&mut state, kind) {
+            Some(kept) => kept,
+            None => return state.seq,
         };
-        // The writer only stops when every sink is dropped, so a send cannot fail while `self`
-        // exists; if it somehow does, the event is lost and logged rather than panicking.
-        let sent = self.tx.send(Command::Event(event)).is_ok();
-        drop(last);
-        if !sent {
-            warn!(job_id = %self.job_id, seq, "event writer is gone; event dropped");
+        let mut seq = state.seq;
+        for kind in std::iter::once(kind).chain(marker) {
+            seq += 1;
+            let event = JobEvent {
+                job_id: self.job_id,
+                seq,
+                at: Utc::now(),
+                kind,
+            };
+            // The writer only stops when every sink is dropped, so a send cannot fail while
+            // `self` exists; if it somehow does, the event is lost and logged rather than
+            // panicking.
+            if self.tx.send(Command::Event(event)).is_err() {
+                warn!(job_id = %self.job_id, seq, "event writer is gone; event dropped");
+            }
         }
+        state.seq = seq;
         seq
+    }
+
+    /// What of `kind` the log cap lets through (`None`: nothing), and the marker to add after it
+    /// when it is the event that reaches the cap.
+    fn capped(
+        &self,
+        state: &mut SinkState,
+        kind: EventKind,
+    ) -> Option<(EventKind, Option<EventKind>)> {
+        let Some(cap) = &self.cap else {
+            return Some((kind, None));
+        };
+        let EventKind::Output {
+            index,
+            stream,
+            mut text,
+        } = kind
+        else {
+            return Some((kind, None));
+        };
+        let len = text.len() as u64;
+        let relaxed = std::sync::atomic::Ordering::Relaxed;
+        if state.truncated {
+            cap.dropped.fetch_add(len, relaxed);
+            return None;
+        }
+        let room = cap.max_bytes.saturating_sub(state.output_bytes);
+        if len <= room {
+            state.output_bytes += len;
+            return Some((
+                EventKind::Output {
+                    index,
+                    stream,
+                    text,
+                },
+                None,
+            ));
+        }
+        let mut keep = usize::try_from(room).unwrap_or(usize::MAX).min(text.len());
+        while !text.is_char_boundary(keep) {
+            keep -= 1;
+        }
+        text.truncate(keep);
+        state.output_bytes += keep as u64;
+        state.truncated = true;
+        cap.dropped.fetch_add(len - keep as u64, relaxed);
+        let marker = EventKind::Log {
+            message: format!(
+                "[log truncated: this job's log keeps at most {} bytes of step output \
+                 (AGENT_MAX_LOG_BYTES); later output is not stored here — the steps' result \
+                 tails and the workspace ZIP are unaffected]",
+                cap.max_bytes
+            ),
+        };
+        if text.is_empty() {
+            return Some((marker, None));
+        }
+        Some((
+            EventKind::Output {
+                index,
+                stream,
+                text,
+            },
+            Some(marker),
+        ))
     }
 
     /// Waits until every event emitted so far is stored and broadcast.
@@ -256,6 +361,56 @@ mod tests {
     use super::*;
     use crate::job::{Job, JobSpec, Step};
     use crate::store::memory::MemoryStore;
+
+    /// Output past the cap is cut at a character boundary, followed by one marker, and the rest
+    /// is counted, not stored; other events still are.
+    #[tokio::test]
+    async fn the_log_cap_truncates_output_with_one_marker_and_counts_the_rest() {
+        use crate::job::OutputStream;
+        let store: Arc<dyn JobStore> = Arc::new(MemoryStore::new());
+        let job = Job::new(JobId::new(), JobSpec::from_steps(vec![Step::shell("true")]));
+        store.insert_job(&job).await.unwrap();
+        let (live, _rx) = broadcast::channel(64);
+        let dropped = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let sink = EventSink::spawn(job.id, 0, store.clone(), live).with_log_cap(LogCap {
+            max_bytes: 10,
+            dropped: dropped.clone(),
+        });
+        let out = |text: &str| EventKind::Output {
+            index: 0,
+            stream: OutputStream::Stdout,
+            text: text.to_string(),
+        };
+        sink.emit(out("12345678"));
+        // "é" is two bytes: the cut falls before it, not inside it.
+        sink.emit(out("9é-more"));
+        sink.emit(out("never stored"));
+        sink.emit(EventKind::Log {
+            message: "still kept".into(),
+        });
+        sink.flush().await;
+        let stored = store.events(job.id, 0, 100).await.unwrap();
+        let texts: Vec<String> = stored
+            .iter()
+            .map(|e| match &e.kind {
+                EventKind::Output { text, .. } => format!("out:{text}"),
+                EventKind::Log { message } => format!("log:{message}"),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(texts.len(), 4, "{texts:?}");
+        assert_eq!(texts[0], "out:12345678");
+        assert_eq!(texts[1], "out:9");
+        assert!(texts[2].starts_with("log:[log truncated"), "{texts:?}");
+        assert!(texts[2].contains("AGENT_MAX_LOG_BYTES"), "{texts:?}");
+        assert_eq!(texts[3], "log:still kept");
+        let seqs: Vec<u64> = stored.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, vec![1, 2, 3, 4]);
+        assert_eq!(
+            dropped.load(std::sync::atomic::Ordering::Relaxed),
+            ("é-more".len() + "never stored".len()) as u64
+        );
+    }
 
     /// Emitters on several threads at once (as a sandbox's stdout and stderr readers are): every
     /// event is stored and broadcast exactly once, in sequence order.

@@ -9,7 +9,8 @@ use utoipa::ToSchema;
 
 use agent_core::manager::JobSandbox;
 use agent_core::{
-    Job, JobId, JobSpec, JobStatus, NetworkMode, Service, Step, StepStatus, Termination, TokenUsage,
+    Job, JobId, JobSpec, JobStatus, NetworkMode, ResourceLimits, Service, Step, StepStatus,
+    Termination, TokenUsage,
 };
 
 use crate::error::ApiError;
@@ -100,6 +101,10 @@ pub struct JobDefaults {
     pub step_timeout: Duration,
     /// Network mode.
     pub network: NetworkMode,
+    /// Resource limits of a sandbox (the defaults, lowered to the operator's maxima).
+    pub limits: ResourceLimits,
+    /// A live sandbox's idle timeout.
+    pub idle_timeout: Duration,
 }
 
 impl Default for JobDefaults {
@@ -109,6 +114,8 @@ impl Default for JobDefaults {
             job_timeout: spec.job_timeout,
             step_timeout: spec.step_timeout,
             network: spec.network,
+            limits: spec.limits,
+            idle_timeout: agent_core::LiveSettings::default().idle_timeout,
         }
     }
 }
@@ -167,6 +174,7 @@ impl ScheduleRequest {
             step_timeout,
             job_timeout,
             network: self.network.unwrap_or(defaults.network),
+            limits: defaults.limits.clone(),
             env: self.env.unwrap_or_default(),
             // A service named twice is asked for once.
             services: self.services.unwrap_or_default().into_iter().fold(
@@ -537,6 +545,7 @@ mod tests {
             job_timeout: Duration::from_secs(60),
             step_timeout: Duration::from_secs(10),
             network: NetworkMode::None,
+            ..JobDefaults::default()
         };
         let spec = ScheduleRequest::from_prompt("hi")
             .into_spec(&defaults)

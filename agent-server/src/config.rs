@@ -4,10 +4,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use agent_core::artifacts::ArtifactStore;
-use agent_core::NetworkMode;
 use agent_core::SecretString;
+use agent_core::{LiveSettings, NetworkMode, ResourceLimits};
 
 use crate::api::{JobDefaults, MAX_TIMEOUT_SECS};
+use crate::policy::{ImageRule, Maxima, Policy};
 
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -133,6 +134,73 @@ pub struct ServerConfig {
     /// Log format: `text` or `json` (the level comes from `RUST_LOG`, default `info`).
     #[arg(long, env = "AGENT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Operator policy: what requests may ask for, and what a job may store.
+    #[command(flatten)]
+    pub policy: PolicyConfig,
+}
+
+/// Operator policy (see [`crate::policy`]): what a request may ask for (refused with 403
+/// `policy_refused` past it) and how much a job may store.
+#[derive(Clone, Debug, clap::Args)]
+pub struct PolicyConfig {
+    /// Images requests may name, comma-separated: exact references (a missing tag means
+    /// `:latest`) or patterns where `*` is any run of characters (`registry.example.com/team/*`).
+    /// The server's own images (`AGENT_IMAGE`, `AGENT_DESKTOP_IMAGE`) are always allowed;
+    /// unset: only they are. `*` allows every image.
+    #[arg(long, env = "AGENT_ALLOWED_IMAGES", value_delimiter = ',')]
+    pub allowed_images: Vec<String>,
+
+    /// Whether requests may ask for `bridge` networking. Default: only when `AGENT_NETWORK` is
+    /// not `none`.
+    #[arg(long, env = "AGENT_ALLOW_NETWORK")]
+    pub allow_network: Option<bool>,
+
+    /// The longest whole-job timeout (and live-sandbox lifetime) a request may ask for, in
+    /// seconds.
+    #[arg(long, env = "AGENT_MAX_JOB_TIMEOUT_SECS", default_value_t = 86_400)]
+    pub max_job_timeout_secs: u64,
+
+    /// The longest step timeout a request (or one of its steps) may ask for, in seconds.
+    #[arg(long, env = "AGENT_MAX_STEP_TIMEOUT_SECS", default_value_t = 86_400)]
+    pub max_step_timeout_secs: u64,
+
+    /// The longest idle timeout a live sandbox may ask for, in seconds.
+    #[arg(long, env = "AGENT_MAX_IDLE_TIMEOUT_SECS", default_value_t = 86_400)]
+    pub max_idle_timeout_secs: u64,
+
+    /// The most memory a sandbox may ask for, in bytes (the default of 2 GiB is lowered to it).
+    #[arg(long, env = "AGENT_MAX_MEMORY_BYTES", default_value_t = 4 << 30)]
+    pub max_memory_bytes: u64,
+
+    /// The most CPU cores a sandbox may ask for (the default of 1 is lowered to it).
+    #[arg(long, env = "AGENT_MAX_CPUS", default_value_t = 2.0)]
+    pub max_cpus: f64,
+
+    /// The most processes a sandbox may ask for (the default of 256 is lowered to it).
+    #[arg(long, env = "AGENT_MAX_PIDS", default_value_t = 1024)]
+    pub max_pids: u32,
+
+    /// The largest `/workspace` a sandbox may ask for, in bytes (the default of 1 GiB is lowered
+    /// to it).
+    #[arg(long, env = "AGENT_MAX_WORKSPACE_BYTES", default_value_t = 2 << 30)]
+    pub max_workspace_bytes: u64,
+
+    /// The largest `/tmp` a sandbox may ask for, in bytes (the default of 256 MiB is lowered to
+    /// it).
+    #[arg(long, env = "AGENT_MAX_TMP_BYTES", default_value_t = 1 << 30)]
+    pub max_tmp_bytes: u64,
+
+    /// Bytes of step output stored per job (its log in the database); past it the rest is not
+    /// stored, a marker says so, and `agent_log_bytes_dropped_total` counts it (the step results'
+    /// tails and the ZIP are unaffected). 0: no cap.
+    #[arg(long, env = "AGENT_MAX_LOG_BYTES", default_value_t = 64 << 20)]
+    pub max_log_bytes: u64,
+
+    /// The largest workspace export turned into a job's ZIP, in bytes (what one job may put in
+    /// the output directory besides its log).
+    #[arg(long, env = "AGENT_MAX_ARCHIVE_BYTES", default_value_t = 2 << 30)]
+    pub max_archive_bytes: u64,
 }
 
 impl ServerConfig {
@@ -173,6 +241,88 @@ impl ServerConfig {
         }
     }
 
+    /// The operator policy; `images` are the server's own images (always allowed).
+    pub fn policy(&self, images: &[&str]) -> Result<Policy, String> {
+        let p = &self.policy;
+        let mut rules = Vec::new();
+        for image in images
+            .iter()
+            .copied()
+            .chain(p.allowed_images.iter().map(String::as_str))
+        {
+            if !image.trim().is_empty() {
+                rules
+                    .push(ImageRule::new(image).map_err(|e| format!("AGENT_ALLOWED_IMAGES: {e}"))?);
+            }
+        }
+        let allow_network =
+            match (p.allow_network, self.network) {
+                (Some(false), NetworkMode::Bridge) => return Err(
+                    "AGENT_ALLOW_NETWORK=false contradicts AGENT_NETWORK=bridge (the default a \
+                     request would get)"
+                        .into(),
+                ),
+                (Some(allow), _) => allow,
+                (None, network) => network != NetworkMode::None,
+            };
+        let secs = |name: &str, value: u64| {
+            if (1..=MAX_TIMEOUT_SECS).contains(&value) {
+                Ok(Duration::from_secs(value))
+            } else {
+                Err(format!(
+                    "{name} must be between 1 and {MAX_TIMEOUT_SECS} seconds, not {value}"
+                ))
+            }
+        };
+        let min = ResourceLimits {
+            memory_bytes: 16 << 20,
+            cpus: f64::MIN_POSITIVE,
+            pids: 8,
+            workspace_bytes: 1 << 20,
+            tmp_bytes: 1 << 20,
+        };
+        let limits = ResourceLimits {
+            memory_bytes: p.max_memory_bytes,
+            cpus: p.max_cpus,
+            pids: p.max_pids,
+            workspace_bytes: p.max_workspace_bytes,
+            tmp_bytes: p.max_tmp_bytes,
+        };
+        if limits.memory_bytes < min.memory_bytes
+            || !(limits.cpus.is_finite() && limits.cpus > 0.0)
+            || limits.pids < min.pids
+            || limits.workspace_bytes < min.workspace_bytes
+            || limits.tmp_bytes < min.tmp_bytes
+        {
+            return Err(
+                "AGENT_MAX_MEMORY_BYTES must be at least 16 MiB, AGENT_MAX_CPUS above 0, \
+                        AGENT_MAX_PIDS at least 8, AGENT_MAX_WORKSPACE_BYTES and \
+                        AGENT_MAX_TMP_BYTES at least 1 MiB"
+                    .into(),
+            );
+        }
+        let maxima = Maxima {
+            job_timeout: secs("AGENT_MAX_JOB_TIMEOUT_SECS", p.max_job_timeout_secs)?,
+            step_timeout: secs("AGENT_MAX_STEP_TIMEOUT_SECS", p.max_step_timeout_secs)?,
+            idle_timeout: secs("AGENT_MAX_IDLE_TIMEOUT_SECS", p.max_idle_timeout_secs)?,
+            keep_alive: Duration::from_secs(self.max_keep_alive_secs),
+            limits,
+        };
+        if self.job_timeout_secs > p.max_job_timeout_secs {
+            return Err(format!(
+                "AGENT_JOB_TIMEOUT_SECS ({}) is over AGENT_MAX_JOB_TIMEOUT_SECS ({})",
+                self.job_timeout_secs, p.max_job_timeout_secs
+            ));
+        }
+        if self.step_timeout_secs > p.max_step_timeout_secs {
+            return Err(format!(
+                "AGENT_STEP_TIMEOUT_SECS ({}) is over AGENT_MAX_STEP_TIMEOUT_SECS ({})",
+                self.step_timeout_secs, p.max_step_timeout_secs
+            ));
+        }
+        Ok(Policy::new(rules, allow_network, maxima))
+    }
+
     /// The defaults of new jobs. Refuses a default timeout of 0 or over [`MAX_TIMEOUT_SECS`] (the
     /// same range a request may ask for).
     pub fn job_defaults(&self) -> Result<JobDefaults, String> {
@@ -189,6 +339,12 @@ impl ServerConfig {
             job_timeout: secs("AGENT_JOB_TIMEOUT_SECS", self.job_timeout_secs)?,
             step_timeout: secs("AGENT_STEP_TIMEOUT_SECS", self.step_timeout_secs)?,
             network: self.network,
+            limits: capped_limits(&self.policy),
+            idle_timeout: LiveSettings::default()
+                .idle_timeout
+                .min(Duration::from_secs(
+                    self.policy.max_idle_timeout_secs.max(1),
+                )),
         })
     }
 
@@ -217,6 +373,18 @@ impl ServerConfig {
                     .map_err(|e| format!("AGENT_ARTIFACTS: {e}"))
             })
             .transpose()
+    }
+}
+
+/// The default resource limits of a sandbox, lowered to the policy's maxima.
+fn capped_limits(p: &PolicyConfig) -> ResourceLimits {
+    let d = ResourceLimits::default();
+    ResourceLimits {
+        memory_bytes: d.memory_bytes.min(p.max_memory_bytes),
+        cpus: d.cpus.min(p.max_cpus),
+        pids: d.pids.min(p.max_pids),
+        workspace_bytes: d.workspace_bytes.min(p.max_workspace_bytes),
+        tmp_bytes: d.tmp_bytes.min(p.max_tmp_bytes),
     }
 }
 

@@ -16,6 +16,7 @@ pub mod logs;
 pub mod mcp;
 pub mod metrics;
 pub mod openapi;
+pub mod policy;
 pub mod proxy;
 pub mod relay;
 pub mod routes;

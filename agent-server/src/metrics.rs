@@ -263,8 +263,9 @@ impl Metrics {
             out,
             "# HELP agent_queue_depth Jobs waiting for a worker.\n# TYPE agent_queue_depth gauge\nagent_queue_depth {}\n\
              # HELP agent_jobs_running Jobs running now.\n# TYPE agent_jobs_running gauge\nagent_jobs_running {}\n\
-             # HELP agent_live_sandboxes Sandboxes (containers) alive now.\n# TYPE agent_live_sandboxes gauge\nagent_live_sandboxes {}\n",
-            stats.queued, stats.running, stats.live_sandboxes
+             # HELP agent_live_sandboxes Sandboxes (containers) alive now.\n# TYPE agent_live_sandboxes gauge\nagent_live_sandboxes {}\n\
+             # HELP agent_log_bytes_dropped_total Bytes of step output not stored in job logs (over AGENT_MAX_LOG_BYTES).\n# TYPE agent_log_bytes_dropped_total counter\nagent_log_bytes_dropped_total {}\n",
+            stats.queued, stats.running, stats.live_sandboxes, stats.log_bytes_dropped
         );
         let free = manager.free_space().map_or(-1, |(free, _)| free as i64);
         let _ = write!(

@@ -192,6 +192,25 @@ pub mod patterns {
     pub const ENV_NAME: &str = "^[A-Za-z_][A-Za-z0-9_]*(?![\\s\\S])";
     /// Text without a NUL byte.
     pub const NO_NUL: &str = "^[^\\u0000]*(?![\\s\\S])";
+    /// A `write_file` step's path as [`agent_core::executor::normalize_workspace_path`] takes it:
+    /// no NUL byte, not blank, relative or under `/workspace`, no `..` segment, naming a file
+    /// (a segment other than empty, `.` or `..`).
+    pub fn workspace_path() -> String {
+        let end = r"(?![\s\S])";
+        format!(
+            concat!(
+                r"^(?![\s\S]*\u0000)(?=[\s\S]*{not_space})",
+                r"(?:/workspace(?=/|{end})|(?!/))",
+                r"(?!(?:[\s\S]*/)?\.\.(?:/|{end}))",
+                r"(?=(?:[\s\S]*/)?(?:[^/.]|\.[^/.]|\.\.[^/]))",
+                r"[\s\S]*{end}"
+            ),
+            not_space = WHITE_SPACE_NEGATED,
+            end = end
+        )
+    }
+    /// A character that is not Rust's `char::is_whitespace` (nor NUL).
+    const WHITE_SPACE_NEGATED: &str = "[^\\t\\n\\u000b\\f\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000\\u0000]";
     /// Text without a NUL byte and not only white space (Rust's `char::is_whitespace`).
     pub const NOT_BLANK: &str = "^[^\\u0000]*[^\\t\\n\\u000b\\f\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000\\u0000][^\\u0000]*(?![\\s\\S])";
 }
@@ -223,12 +242,40 @@ fn constrain_schemas(schemas: &mut serde_json::Map<String, Value>) {
             env["additionalProperties"] = json!({"type": "string", "pattern": patterns::NO_NUL});
         }
     }
+    if let Some(step) = schemas.get_mut("Step") {
+        constrain_write_file_paths(step);
+    }
     if let Some(access) = schemas.get_mut("AccessRequest") {
         // Only the desktop has a view-only mode.
         access["anyOf"] = json!([
             {"properties": {"service": {"const": "desktop"}}},
             {"properties": {"view_only": {"const": false}}}
         ]);
+    }
+}
+
+/// Sets the pattern of every `write_file` variant's `path` in a step schema.
+fn constrain_write_file_paths(schema: &mut Value) {
+    match schema {
+        Value::Object(map) => {
+            let is_write_file = map
+                .get("properties")
+                .and_then(|p| p.get("type"))
+                .is_some_and(|t| {
+                    t.get("const") == Some(&json!("write_file"))
+                        || t.get("enum") == Some(&json!(["write_file"]))
+                });
+            if is_write_file {
+                if let Some(path) = map.get_mut("properties").and_then(|p| p.get_mut("path")) {
+                    path["pattern"] = json!(patterns::workspace_path());
+                }
+            }
+            for v in map.values_mut() {
+                constrain_write_file_paths(v);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(constrain_write_file_paths),
+        _ => {}
     }
 }
 

@@ -52,6 +52,8 @@ pub struct ApiSettings {
     pub warm_pool: usize,
     /// How many warm sandboxes are ready now (shown by `GET /info`), when the executor says.
     pub warm_ready: Option<WarmProbe>,
+    /// What requests may ask for.
+    pub policy: crate::policy::Policy,
 }
 
 /// Asks the executor how many warm sandboxes are ready now.
@@ -86,6 +88,7 @@ impl Default for ApiSettings {
             image: None,
             warm_pool: 0,
             warm_ready: None,
+            policy: crate::policy::Policy::default(),
         }
     }
 }
@@ -150,6 +153,21 @@ impl AppState {
 
     pub(crate) fn settings(&self) -> &ApiSettings {
         &self.inner.settings
+    }
+
+    /// Checks a job's (or live sandbox's) spec against the operator policy before it goes to the
+    /// job manager: 403 `policy_refused` naming the field and the limit. Every front end that
+    /// makes jobs (`/schedule`, `/sandboxes`, MCP) calls it.
+    /// (The spec's own validation runs first, so a malformed value is a 422 naming it, as
+    /// before.)
+    pub fn admit(&self, spec: &agent_core::JobSpec) -> ApiResult<()> {
+        spec.validate()?;
+        self.inner.settings.policy.check(spec)
+    }
+
+    /// The operator policy.
+    pub fn policy(&self) -> &crate::policy::Policy {
+        &self.inner.settings.policy
     }
 
     pub(crate) fn metrics(&self) -> &Arc<Metrics> {
@@ -302,6 +320,7 @@ pub(crate) async fn health(State(state): State<AppState>) -> (StatusCode, Json<H
               (status = 400, description = "Malformed JSON", body = ErrorBody),
               (status = 401, description = "Missing or wrong token", body = ErrorBody),
               (status = 413, description = "Body over the limit", body = ErrorBody),
+              (status = 403, description = "Refused by the operator's policy (`policy_refused`: an image not allowed, a network, a limit over its maximum; the field in `error.field`)", body = ErrorBody),
               (status = 415, description = "Not JSON", body = ErrorBody),
               (status = 422, description = "Invalid field (named in `error.field`)", body = ErrorBody),
               (status = 507, description = "The server's disk is full or below its free-space threshold (`insufficient_storage`)", body = ErrorBody),
@@ -312,6 +331,7 @@ pub(crate) async fn schedule(
     ApiJson(req): ApiJson<ScheduleRequest>,
 ) -> ApiResult<(StatusCode, HeaderMap, Json<ScheduleResponse>)> {
     let spec = req.into_spec(&state.inner.settings.defaults)?;
+    state.admit(&spec)?;
     let manager = &state.inner.manager;
     let job_id = manager.submit(spec).await?;
     let executor = manager.executor_status();

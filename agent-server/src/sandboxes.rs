@@ -122,10 +122,10 @@ pub struct LimitsView {
 }
 
 impl LimitsView {
-    /// The limits, defaults filled in; out-of-range values are a 422 naming the field. CPUs
+    /// The limits, `defaults` filled in; out-of-range values are a 422 naming the field. CPUs
     /// above what the host has are lowered to that (the engine refuses more).
-    pub fn into_limits(self) -> ApiResult<ResourceLimits> {
-        let d = ResourceLimits::default();
+    pub fn into_limits(self, defaults: &ResourceLimits) -> ApiResult<ResourceLimits> {
+        let d = defaults;
         let bytes = |field: &str, v: Option<u64>, min: u64, default: u64| match v {
             None => Ok(default),
             Some(v) if (min..=MAX_LIMIT_BYTES).contains(&v) => Ok(v),
@@ -221,7 +221,7 @@ impl CreateSandboxRequest {
         let idle_timeout = timeout(
             "idle_timeout_secs",
             self.idle_timeout_secs,
-            LiveSettings::default().idle_timeout,
+            defaults.idle_timeout,
         )?;
         if self
             .image
@@ -235,7 +235,10 @@ impl CreateSandboxRequest {
         }
         Ok(JobSpec {
             image: self.image,
-            limits: self.limits.unwrap_or_default().into_limits()?,
+            limits: self
+                .limits
+                .unwrap_or_default()
+                .into_limits(&defaults.limits)?,
             network: self.network.unwrap_or(defaults.network),
             env: self.env.unwrap_or_default(),
             job_timeout: timeout("timeout_secs", self.timeout_secs, defaults.job_timeout)?,
@@ -432,6 +435,7 @@ fn file_path(query: Result<Query<PathQuery>, QueryRejection>) -> ApiResult<Strin
     responses((status = 201, description = "Ready", body = SandboxView),
               (status = 400, description = "Malformed JSON", body = ErrorBody),
               (status = 401, description = "Missing or wrong token", body = ErrorBody),
+              (status = 403, description = "Refused by the operator's policy (`policy_refused`: an image not allowed, a network, a limit over its maximum; the field in `error.field`)", body = ErrorBody),
               (status = 415, description = "Not JSON", body = ErrorBody),
               (status = 404, description = "The image is not on the engine (`image_not_found`)", body = ErrorBody),
               (status = 422, description = "Invalid field (named in `error.field`)", body = ErrorBody),
@@ -442,6 +446,7 @@ pub(crate) async fn create(
     ApiJson(req): ApiJson<CreateSandboxRequest>,
 ) -> ApiResult<(StatusCode, HeaderMap, Json<SandboxView>)> {
     let spec = req.into_spec(&state.settings().defaults)?;
+    state.admit(&spec)?;
     let job = state.manager().create_sandbox(spec).await?;
     let info = state.manager().sandbox(job.id).await?;
     let mut headers = HeaderMap::new();
@@ -571,6 +576,7 @@ impl StreamItem {
                 content((StepRunView = "application/json"), (String = "application/x-ndjson"), (String = "text/event-stream"))),
               (status = 400, description = "Malformed id or JSON", body = ErrorBody),
               (status = 404, description = "Unknown id", body = ErrorBody),
+              (status = 403, description = "The step's timeout is over the operator's maximum (`policy_refused`)", body = ErrorBody),
               (status = 409, description = "The sandbox has ended (its status in `error.status`)", body = ErrorBody),
               (status = 422, description = "Invalid step (named in `error.field`), or the id is a job", body = ErrorBody)),
     security(("bearer" = [])))]
@@ -584,6 +590,7 @@ pub(crate) async fn run_step(
     if let Some(t) = req.step.timeout {
         timeout("step.timeout_secs", Some(t.as_secs()), Duration::ZERO)?;
     }
+    state.policy().check_step("step.timeout_secs", &req.step)?;
     let manager = state.manager().clone();
     let answer = answer_kind(&headers);
     if answer == Answer::Json {
@@ -772,6 +779,7 @@ pub(crate) async fn export(
     responses((status = 200, body = SandboxView),
               (status = 400, description = "Malformed id or JSON", body = ErrorBody),
               (status = 404, description = "Unknown id", body = ErrorBody),
+              (status = 403, description = "Over the operator's maximum idle timeout (`policy_refused`)", body = ErrorBody),
               (status = 409, description = "The sandbox has ended", body = ErrorBody),
               (status = 422, description = "Invalid `idle_timeout_secs`", body = ErrorBody)),
     security(("bearer" = [])))]
@@ -785,6 +793,7 @@ pub(crate) async fn extend(
         Some(req.idle_timeout_secs),
         Duration::ZERO,
     )?;
+    state.policy().check_idle_timeout(ttl)?;
     let info = state.manager().extend_sandbox(id, ttl).await?;
     Ok(Json(SandboxView::from_info(&info)))
 }

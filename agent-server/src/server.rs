@@ -93,6 +93,11 @@ pub async fn build_state(config: &ServerConfig) -> Result<AppState, ServeError> 
         )));
     }
     let defaults = config.job_defaults().map_err(ServeError::Config)?;
+    let docker_config = DockerConfig::from_env();
+    let own_images: Vec<&str> = std::iter::once(config.image.as_str())
+        .chain(docker_config.services_image.as_deref())
+        .collect();
+    let policy = config.policy(&own_images).map_err(ServeError::Config)?;
     tokio::fs::create_dir_all(&config.output_dir)
         .await
         .map_err(|source| ServeError::Io {
@@ -117,6 +122,8 @@ pub async fn build_state(config: &ServerConfig) -> Result<AppState, ServeError> 
         retention: config.retention(),
         shutdown_grace: config.shutdown_grace(),
         max_keep_alive: std::time::Duration::from_secs(config.max_keep_alive_secs),
+        max_log_bytes: config.policy.max_log_bytes,
+        max_export_bytes: config.policy.max_archive_bytes,
         reap_interval: config.reap_interval(),
         executor_wait: config.engine_wait(),
         min_free_bytes: config.min_free_mb.saturating_mul(1 << 20),
@@ -135,6 +142,8 @@ pub async fn build_state(config: &ServerConfig) -> Result<AppState, ServeError> 
         image = %config.image,
         llm = %if names.is_empty() { "none (explicit steps only)".to_string() } else { names.join(" -> ") },
         auth = config.token().is_some(),
+        allowed_images = %policy.images().collect::<Vec<_>>().join(","),
+        allow_network = policy.allows_network(),
         "job manager started"
     );
     let settings = ApiSettings {
@@ -145,6 +154,7 @@ pub async fn build_state(config: &ServerConfig) -> Result<AppState, ServeError> 
         image: Some(config.image.clone()),
         warm_pool: config.warm_pool,
         warm_ready: Some(crate::routes::WarmProbe::new(move || warm.warm_ready())),
+        policy,
     };
     Ok(AppState::new(manager, settings, metrics, names))
 }

@@ -7,7 +7,6 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::api::MAX_TIMEOUT_SECS;
 use crate::error::ErrorBody;
 use crate::routes::{AppState, WarmProbe};
 
@@ -27,10 +26,20 @@ pub struct InfoDefaults {
 /// What a request may ask for.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct InfoLimits {
-    /// The network modes `POST /schedule` accepts.
+    /// The network modes `POST /schedule` accepts (`bridge` only when the operator allows it:
+    /// `AGENT_ALLOW_NETWORK`).
     pub networks: Vec<String>,
-    /// The longest timeout a request may ask for, in seconds.
+    /// The longest whole-job timeout a request may ask for, in seconds
+    /// (`AGENT_MAX_JOB_TIMEOUT_SECS`).
     pub max_timeout_secs: u64,
+    /// The longest step timeout a request may ask for, in seconds
+    /// (`AGENT_MAX_STEP_TIMEOUT_SECS`).
+    #[serde(default)]
+    pub max_step_timeout_secs: u64,
+    /// The images a request may name (exact references, or patterns where `*` is any run of
+    /// characters): the server's own and `AGENT_ALLOWED_IMAGES`.
+    #[serde(default)]
+    pub images: Vec<String>,
     /// The largest request body, in bytes.
     pub max_body_bytes: usize,
 }
@@ -101,6 +110,7 @@ pub struct ServerInfo {
     security(("bearer" = [])))]
 pub(crate) async fn info(State(state): State<AppState>) -> Json<ServerInfo> {
     let settings = state.settings();
+    let policy = state.policy();
     let manager = state.manager();
     let stats = manager.stats();
     let config = manager.config();
@@ -130,8 +140,14 @@ pub(crate) async fn info(State(state): State<AppState>) -> Json<ServerInfo> {
             step_timeout_secs: settings.defaults.step_timeout.as_secs(),
         },
         limits: InfoLimits {
-            networks: vec!["none".to_string(), "bridge".to_string()],
-            max_timeout_secs: MAX_TIMEOUT_SECS,
+            networks: if policy.allows_network() {
+                vec!["none".to_string(), "bridge".to_string()]
+            } else {
+                vec!["none".to_string()]
+            },
+            max_timeout_secs: policy.maxima().job_timeout.as_secs(),
+            max_step_timeout_secs: policy.maxima().step_timeout.as_secs(),
+            images: policy.images().map(str::to_string).collect(),
             max_body_bytes: settings.max_body_bytes,
         },
         capacity: InfoCapacity {

@@ -169,7 +169,8 @@ async fn info_reports_defaults_capacity_and_provider_health() {
     assert_eq!(info["defaults"]["step_timeout_secs"], 7);
     assert_eq!(info["defaults"]["network"], "none");
     assert_eq!(info["defaults"]["image"], image());
-    assert_eq!(info["limits"]["networks"], json!(["none", "bridge"]));
+    // No bridge unless the operator allows it (AGENT_ALLOW_NETWORK).
+    assert_eq!(info["limits"]["networks"], json!(["none"]));
     assert_eq!(info["capacity"]["max_concurrent_jobs"], 3);
     assert_eq!(info["capacity"]["warm_pool"], 1);
     // The warm sandbox is reported once it is up.

@@ -85,6 +85,7 @@ impl JobManagerBuilder {
             events_tx,
             accepting: AtomicBool::new(true),
             live_sandboxes: AtomicUsize::new(0),
+            log_bytes_dropped: Default::default(),
             sandboxes: Default::default(),
             kept_sandboxes: Mutex::new(HashMap::new()),
             availability: super::availability::Availability::new(),

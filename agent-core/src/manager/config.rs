@@ -27,6 +27,10 @@ pub struct JobManagerConfig {
     pub max_output_bytes: u64,
     /// Largest workspace export turned into a ZIP. Default 2 GiB.
     pub max_export_bytes: u64,
+    /// Bytes of step output a job's stored log keeps (see
+    /// [`EventSink::with_log_cap`](crate::events::EventSink::with_log_cap)); 0: no cap.
+    /// Default 64 MiB.
+    pub max_log_bytes: u64,
     /// How much of each output stream a step result keeps. Default 8 KiB.
     pub tail_bytes: usize,
     /// How long [`JobManager::shutdown`](super::JobManager::shutdown) lets running jobs finish by
@@ -68,6 +72,7 @@ impl Default for JobManagerConfig {
             sweep_interval: Duration::from_secs(600),
             max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
             max_export_bytes: 2 << 30,
+            max_log_bytes: 64 << 20,
             tail_bytes: DEFAULT_TAIL_BYTES,
             shutdown_grace: Duration::from_secs(10),
             packaging_timeout: Duration::from_secs(120),
@@ -95,4 +100,7 @@ pub struct ManagerStats {
     /// Finished jobs whose final status could not be stored yet (a full disk); the watchdog
     /// stores them as failed once it can.
     pub unsettled: usize,
+    /// Bytes of step output not stored in job logs because of
+    /// [`JobManagerConfig::max_log_bytes`], since the manager started.
+    pub log_bytes_dropped: u64,
 }

@@ -99,6 +99,8 @@ struct Inner {
     events_tx: broadcast::Sender<JobEvent>,
     accepting: AtomicBool,
     live_sandboxes: AtomicUsize,
+    /// Output bytes the log cap kept out of job logs.
+    log_bytes_dropped: Arc<std::sync::atomic::AtomicU64>,
     /// Live sandboxes (jobs whose steps arrive over time; see [`sandboxes`]).
     sandboxes: sandboxes::Registry,
     /// The sandboxes of running or kept jobs with services or a keep-alive (see [`kept`]).
@@ -245,6 +247,7 @@ impl JobManager {
         let mut stats = ManagerStats {
             live_sandboxes: self.inner.live_sandboxes.load(Ordering::Relaxed),
             waiting_for_executor: self.inner.availability.waiting(),
+            log_bytes_dropped: self.inner.log_bytes_dropped.load(Ordering::Relaxed),
             ..ManagerStats::default()
         };
         for entry in live.values() {
@@ -285,11 +288,18 @@ impl JobManager {
 
     /// An event sink for a job whose last stored event has `last_seq`.
     fn new_sink(&self, id: JobId, last_seq: u64) -> EventSink {
-        EventSink::spawn(
+        let sink = EventSink::spawn(
             id,
             last_seq,
             self.inner.store.clone(),
             self.inner.events_tx.clone(),
-        )
+        );
+        match self.inner.config.max_log_bytes {
+            0 => sink,
+            max_bytes => sink.with_log_cap(crate::events::LogCap {
+                max_bytes,
+                dropped: self.inner.log_bytes_dropped.clone(),
+            }),
+        }
     }
 }

@@ -303,7 +303,7 @@ export function renderSubmit(main, { query }) {
       timeout.placeholder = `${info.defaults.timeout_secs} (default)`;
       stepTimeout.placeholder = `${info.defaults.step_timeout_secs} (default)`;
       timeout.max = String(info.limits.max_timeout_secs);
-      stepTimeout.max = String(info.limits.max_timeout_secs);
+      stepTimeout.max = String(info.limits.max_step_timeout_secs || info.limits.max_timeout_secs);
       image.placeholder = info.defaults.image ? `${info.defaults.image} (default)` : "the server's default";
       // Desktop / Jupyter (issue 10): offered once the server lists them.
       const offered = Array.isArray(info.services) ? info.services : [];
