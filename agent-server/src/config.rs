@@ -265,22 +265,6 @@ impl ServerConfig {
                 (Some(allow), _) => allow,
                 (None, network) => network != NetworkMode::None,
             };
-        let secs = |name: &str, value: u64| {
-            if (1..=MAX_TIMEOUT_SECS).contains(&value) {
-                Ok(Duration::from_secs(value))
-            } else {
-                Err(format!(
-                    "{name} must be between 1 and {MAX_TIMEOUT_SECS} seconds, not {value}"
-                ))
-            }
-        };
-        let min = ResourceLimits {
-            memory_bytes: 16 << 20,
-            cpus: f64::MIN_POSITIVE,
-            pids: 8,
-            workspace_bytes: 1 << 20,
-            tmp_bytes: 1 << 20,
-        };
         let limits = ResourceLimits {
             memory_bytes: p.max_memory_bytes,
             cpus: p.max_cpus,
@@ -288,12 +272,8 @@ impl ServerConfig {
             workspace_bytes: p.max_workspace_bytes,
             tmp_bytes: p.max_tmp_bytes,
         };
-        if limits.memory_bytes < min.memory_bytes
-            || !(limits.cpus.is_finite() && limits.cpus > 0.0)
-            || limits.pids < min.pids
-            || limits.workspace_bytes < min.workspace_bytes
-            || limits.tmp_bytes < min.tmp_bytes
-        {
+        // The smallest a sandbox may have at all (`ResourceLimits::validate`).
+        if limits.validate().is_err() {
             return Err(
                 "AGENT_MAX_MEMORY_BYTES must be at least 16 MiB, AGENT_MAX_CPUS above 0, \
                         AGENT_MAX_PIDS at least 8, AGENT_MAX_WORKSPACE_BYTES and \
@@ -326,15 +306,6 @@ impl ServerConfig {
     /// The defaults of new jobs. Refuses a default timeout of 0 or over [`MAX_TIMEOUT_SECS`] (the
     /// same range a request may ask for).
     pub fn job_defaults(&self) -> Result<JobDefaults, String> {
-        let secs = |name: &str, value: u64| {
-            if (1..=MAX_TIMEOUT_SECS).contains(&value) {
-                Ok(Duration::from_secs(value))
-            } else {
-                Err(format!(
-                    "{name} must be between 1 and {MAX_TIMEOUT_SECS} seconds, not {value}"
-                ))
-            }
-        };
         Ok(JobDefaults {
             job_timeout: secs("AGENT_JOB_TIMEOUT_SECS", self.job_timeout_secs)?,
             step_timeout: secs("AGENT_STEP_TIMEOUT_SECS", self.step_timeout_secs)?,
@@ -373,6 +344,17 @@ impl ServerConfig {
                     .map_err(|e| format!("AGENT_ARTIFACTS: {e}"))
             })
             .transpose()
+    }
+}
+
+/// `value` seconds, when it is a timeout a request could ask for (1 to [`MAX_TIMEOUT_SECS`]).
+fn secs(name: &str, value: u64) -> Result<Duration, String> {
+    if (1..=MAX_TIMEOUT_SECS).contains(&value) {
+        Ok(Duration::from_secs(value))
+    } else {
+        Err(format!(
+            "{name} must be between 1 and {MAX_TIMEOUT_SECS} seconds, not {value}"
+        ))
     }
 }
 

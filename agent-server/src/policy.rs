@@ -373,6 +373,11 @@ mod tests {
     fn each_rule_refuses_with_its_field_and_variable() {
         let p = Policy::default();
         let ok = JobSpec::from_steps(vec![Step::shell("true")]);
+        let limits = |set: fn(&mut ResourceLimits)| {
+            let mut l = ResourceLimits::default();
+            set(&mut l);
+            ok.clone().with_limits(l)
+        };
         p.check(&ok).unwrap();
         let cases: Vec<(JobSpec, &str, &str)> = vec![
             (
@@ -409,42 +414,19 @@ mod tests {
                 "AGENT_MAX_KEEP_ALIVE_SECS",
             ),
             (
-                ok.clone().with_limits(ResourceLimits {
-                    memory_bytes: 5 << 30,
-                    ..ResourceLimits::default()
-                }),
+                limits(|l| l.memory_bytes = 5 << 30),
                 "limits.memory_bytes",
                 "AGENT_MAX_MEMORY_BYTES",
             ),
+            (limits(|l| l.cpus = 2.5), "limits.cpus", "AGENT_MAX_CPUS"),
+            (limits(|l| l.pids = 5000), "limits.pids", "AGENT_MAX_PIDS"),
             (
-                ok.clone().with_limits(ResourceLimits {
-                    cpus: 2.5,
-                    ..ResourceLimits::default()
-                }),
-                "limits.cpus",
-                "AGENT_MAX_CPUS",
-            ),
-            (
-                ok.clone().with_limits(ResourceLimits {
-                    pids: 5000,
-                    ..ResourceLimits::default()
-                }),
-                "limits.pids",
-                "AGENT_MAX_PIDS",
-            ),
-            (
-                ok.clone().with_limits(ResourceLimits {
-                    workspace_bytes: 3 << 30,
-                    ..ResourceLimits::default()
-                }),
+                limits(|l| l.workspace_bytes = 3 << 30),
                 "limits.workspace_bytes",
                 "AGENT_MAX_WORKSPACE_BYTES",
             ),
             (
-                ok.clone().with_limits(ResourceLimits {
-                    tmp_bytes: 2 << 30,
-                    ..ResourceLimits::default()
-                }),
+                limits(|l| l.tmp_bytes = 2 << 30),
                 "limits.tmp_bytes",
                 "AGENT_MAX_TMP_BYTES",
             ),
