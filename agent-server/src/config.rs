@@ -241,6 +241,16 @@ impl ServerConfig {
         }
     }
 
+    /// The operator policy, with the server's own images (`AGENT_IMAGE`, and agent-docker's
+    /// `AGENT_DESKTOP_IMAGE`) always allowed.
+    pub fn operator_policy(&self) -> Result<Policy, String> {
+        let docker = agent_docker::DockerConfig::from_env();
+        let own: Vec<&str> = std::iter::once(self.image.as_str())
+            .chain(docker.services_image.as_deref())
+            .collect();
+        self.policy(&own)
+    }
+
     /// The operator policy; `images` are the server's own images (always allowed).
     pub fn policy(&self, images: &[&str]) -> Result<Policy, String> {
         let p = &self.policy;

@@ -192,8 +192,15 @@ impl Policy {
         self.images.iter().any(|r| r.matches(image))
     }
 
-    /// Checks a job's (or a live sandbox's) spec against the policy. The one check every front
-    /// end calls before handing a spec to the job manager.
+    /// Validates a job's (or a live sandbox's) spec (a malformed value is a 422 naming it), then
+    /// checks it against the policy: what every front end (`/schedule`, `/sandboxes`, MCP) calls
+    /// before handing a spec to the job manager.
+    pub fn admit(&self, spec: &JobSpec) -> Result<(), ApiError> {
+        spec.validate()?;
+        self.check(spec)
+    }
+
+    /// Checks a spec against the policy (403 `policy_refused` naming the field and the limit).
     pub fn check(&self, spec: &JobSpec) -> Result<(), ApiError> {
         if let Some(image) = &spec.image {
             if !self.allows_image(image) {

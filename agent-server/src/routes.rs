@@ -161,8 +161,7 @@ impl AppState {
     /// (The spec's own validation runs first, so a malformed value is a 422 naming it, as
     /// before.)
     pub fn admit(&self, spec: &agent_core::JobSpec) -> ApiResult<()> {
-        spec.validate()?;
-        self.inner.settings.policy.check(spec)
+        self.inner.settings.policy.admit(spec)
     }
 
     /// The operator policy.

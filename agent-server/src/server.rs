@@ -93,11 +93,7 @@ pub async fn build_state(config: &ServerConfig) -> Result<AppState, ServeError> 
         )));
     }
     let defaults = config.job_defaults().map_err(ServeError::Config)?;
-    let docker_config = DockerConfig::from_env();
-    let own_images: Vec<&str> = std::iter::once(config.image.as_str())
-        .chain(docker_config.services_image.as_deref())
-        .collect();
-    let policy = config.policy(&own_images).map_err(ServeError::Config)?;
+    let policy = config.operator_policy().map_err(ServeError::Config)?;
     tokio::fs::create_dir_all(&config.output_dir)
         .await
         .map_err(|source| ServeError::Io {

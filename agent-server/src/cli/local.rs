@@ -101,6 +101,10 @@ pub(super) async fn mcp_stdio() -> Exit {
         Ok(setup) => setup,
         Err(exit) => return exit,
     };
+    let policy = match config.operator_policy() {
+        Ok(p) => p,
+        Err(e) => return fail(Exit::Usage, e),
+    };
     let max = config
         .max_concurrent_jobs
         .clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
@@ -108,7 +112,7 @@ pub(super) async fn mcp_stdio() -> Exit {
         Ok(m) => m,
         Err(exit) => return exit,
     };
-    let tools = crate::mcp::McpTools::new(local.manager.clone(), defaults);
+    let tools = crate::mcp::McpTools::new(local.manager.clone(), defaults).with_policy(policy);
     // A desktop client may end it with a signal rather than by closing stdin: the sandboxes it
     // left are removed either way (nothing else would: this process's executor never reaps).
     let exit = tokio::select! {

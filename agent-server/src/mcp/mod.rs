@@ -42,6 +42,7 @@ pub use render::MAX_TEXT_CHARS;
 pub struct McpTools {
     manager: JobManager,
     defaults: JobDefaults,
+    policy: crate::policy::Policy,
     tool_router: ToolRouter<Self>,
 }
 
@@ -52,13 +53,20 @@ impl std::fmt::Debug for McpTools {
 }
 
 impl McpTools {
-    /// The tools over `manager`, with the server's job defaults.
+    /// The tools over `manager`, with the server's job defaults and the default operator policy.
     pub fn new(manager: JobManager, defaults: JobDefaults) -> Self {
         Self {
             manager,
             defaults,
+            policy: crate::policy::Policy::default(),
             tool_router: Self::tool_router(),
         }
+    }
+
+    /// Checks what the tools make against `policy` (as the REST routes do).
+    pub fn with_policy(mut self, policy: crate::policy::Policy) -> Self {
+        self.policy = policy;
+        self
     }
 }
 
@@ -72,7 +80,8 @@ pub const MCP_PATH: &str = "/mcp";
 /// The `/mcp` service of the server: streamable HTTP, one MCP session per client, ended when the
 /// server shuts down.
 pub fn service(state: &AppState) -> StreamableHttpService<McpTools, LocalSessionManager> {
-    let tools = McpTools::new(state.manager().clone(), state.settings().defaults.clone());
+    let tools = McpTools::new(state.manager().clone(), state.settings().defaults.clone())
+        .with_policy(state.policy().clone());
     let mut config = StreamableHttpServerConfig::default()
         .with_cancellation_token(state.shutdown_token().child_token())
         .with_max_request_body_bytes(MAX_REQUEST_BYTES);

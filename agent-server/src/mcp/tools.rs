@@ -142,6 +142,7 @@ impl McpTools {
         Parameters(args): Parameters<CreateSandboxRequest>,
     ) -> ToolResult {
         let spec = args?.into_spec(&self.defaults)?;
+        self.policy.admit(&spec)?;
         let job = self.manager.create_sandbox(spec).await?;
         let view = SandboxView::from_info(&self.manager.sandbox(job.id).await?);
         let text = format!(
@@ -263,6 +264,7 @@ impl McpTools {
             ..ScheduleRequest::default()
         };
         let spec = request.into_spec(&self.defaults)?;
+        self.policy.admit(&spec)?;
         let id = self.manager.submit(spec).await?;
         self.wait_for(id, wait).await
     }
@@ -296,6 +298,7 @@ impl McpTools {
         if let Some(secs) = timeout_secs {
             step.timeout = Some(timeout("timeout_secs", Some(secs), Duration::ZERO)?);
         }
+        self.policy.check_step("timeout_secs", &step)?;
         let record = self.manager.sandbox_step(id, step, None, None).await?;
         Ok(render::step_result(&record))
     }
