@@ -141,6 +141,10 @@ async def exercise_http(session):
     check("bogus" in text_of(r), "the unknown argument is named", r)
     r = await session.call_tool("run_command", {"sandbox_id": sandbox, "command": "true", "timeout_secs": 0})
     refused(r, "invalid_input", "a zero timeout")
+    # The operator policy applies as on /sandboxes and /schedule: another image, the network.
+    refused(await session.call_tool("create_sandbox", {"image": "busybox:latest"}), "policy_refused", "an image the policy does not allow")
+    refused(await session.call_tool("create_sandbox", {"network": "bridge"}), "policy_refused", "a network the policy does not allow")
+    refused(await session.call_tool("run_job", {"steps": [{"type": "shell", "command": "true"}], "image": "busybox:latest"}), "policy_refused", "a job's image")
     refused(await session.call_tool("read_file", {"sandbox_id": sandbox, "path": "../etc/passwd"}), "path_refused", "a path outside /workspace")
     refused(await session.call_tool("read_file", {"sandbox_id": sandbox, "path": "nope.txt"}), "file_not_found", "a missing file")
     refused(await session.call_tool("run_command", {"sandbox_id": "not-an-id", "command": "true"}), "invalid_job_id", "a malformed id")
@@ -250,6 +254,7 @@ async def stdio_main(agent):
             r = await session.call_tool("read_file", {"sandbox_id": sandbox, "path": "f.txt"})
             check(text_of(r) == "round trip", "file round trip over stdio", r)
             refused(await session.call_tool("run_command", {"sandbox_id": UNKNOWN_ID, "command": "true"}), "not_found", "an unknown sandbox over stdio")
+            refused(await session.call_tool("create_sandbox", {"image": "busybox:latest"}), "policy_refused", "the policy over stdio")
             # A second sandbox is left running: closing stdin must end it and remove its container.
             left = ok(await session.call_tool("create_sandbox", {}), "a second sandbox")["sandbox_id"]
             ok(await session.call_tool("destroy_sandbox", {"sandbox_id": sandbox}), "destroy_sandbox over stdio")
