@@ -167,7 +167,12 @@ async fn agent_client_commands_against_a_server() {
     require_docker();
     let scope = unique_scope("cli-client");
     let token = "cli-test-token";
-    let (dir, server) = TestServer::in_tempdir(&ServerOptions::new(&scope).token(token));
+    // A missing image the operator allows: the job is accepted and fails when it runs.
+    let (dir, server) = TestServer::in_tempdir(
+        &ServerOptions::new(&scope)
+            .token(token)
+            .env("AGENT_ALLOWED_IMAGES", "containerized-agent-missing:latest"),
+    );
     let base = server.base.clone();
     let cwd = dir.path().to_path_buf();
     let run = move |args: Vec<String>| {
