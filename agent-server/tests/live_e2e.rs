@@ -451,7 +451,9 @@ async fn a_kept_sandbox_is_gone_after_its_keep_alive() {
             &json!({"steps": [{"type": "shell", "command": "true"}], "keep_alive_secs": 999_999}),
         )
         .await;
-    assert_eq!(code, 422, "{v}");
+    // Over AGENT_MAX_KEEP_ALIVE_SECS: the operator policy's refusal.
+    assert_eq!(code, 403, "{v}");
+    assert_eq!(v["error"]["code"], "policy_refused", "{v}");
     assert_eq!(v["error"]["field"], "keep_alive_secs");
     let (code, v) = server
         .post_json(
