@@ -1068,6 +1068,36 @@ pub struct StepRecord {
     pub attempt: u32,
 }
 
+impl StepRecord {
+    /// Records how the step ended (succeeded or failed, with its result) and returns the event
+    /// that says so: `step_finished`, or a log line when the sandbox could not run it.
+    pub(crate) fn finish(
+        &mut self,
+        outcome: &std::result::Result<StepResult, crate::executor::SandboxError>,
+    ) -> EventKind {
+        match outcome {
+            Ok(result) => {
+                self.status = if result.success() {
+                    StepStatus::Succeeded
+                } else {
+                    StepStatus::Failed
+                };
+                self.result = Some(result.clone());
+                EventKind::StepFinished {
+                    index: self.index,
+                    result: result.clone(),
+                }
+            }
+            Err(e) => {
+                self.status = StepStatus::Failed;
+                EventKind::Log {
+                    message: format!("step {} could not run: {e}", self.index),
+                }
+            }
+        }
+    }
+}
+
 /// Tokens used by LLM calls.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenUsage {

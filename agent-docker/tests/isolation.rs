@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use agent_core::testing::{collect_bytes, tar_entries};
-use agent_core::{Executor, JobId, JobSpec, SandboxErrorKind, SandboxSpec};
+use agent_core::{Executor, JobId, JobSpec, Sandbox, SandboxErrorKind, SandboxSpec};
 use bytes::Bytes;
 use common::*;
 
@@ -174,6 +174,16 @@ async fn assert_hardened(config: agent_docker::DockerConfig) -> agent_docker::Do
     exec
 }
 
+/// Writing `path` must be refused as a path outside the workspace; returns the error.
+async fn put_refused(sb: &dyn Sandbox, path: &str) -> agent_core::SandboxError {
+    let err = sb
+        .put_file(path, Bytes::from_static(b"no"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, SandboxErrorKind::PathRefused, "{path:?}: {err}");
+    err
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_are_confined_and_the_export_has_only_the_workspace() {
     let Some(exec) = docker(config("files")).await else {
@@ -189,11 +199,7 @@ async fn files_are_confined_and_the_export_has_only_the_workspace() {
         "/workspace/../etc/passwd",
         "",
     ] {
-        let err = sb
-            .put_file(bad, Bytes::from_static(b"no"))
-            .await
-            .unwrap_err();
-        assert_eq!(err.kind, SandboxErrorKind::PathRefused, "{bad:?}: {err}");
+        put_refused(&*sb, bad).await;
         let err = sb.get_file(bad).await.unwrap_err();
         assert_eq!(err.kind, SandboxErrorKind::PathRefused, "{bad:?}: {err}");
     }
@@ -213,11 +219,7 @@ async fn files_are_confined_and_the_export_has_only_the_workspace() {
         "up/etc/x",
         "tmplink/secret.txt",
     ] {
-        let err = sb
-            .put_file(bad, Bytes::from_static(b"no"))
-            .await
-            .unwrap_err();
-        assert_eq!(err.kind, SandboxErrorKind::PathRefused, "{bad:?}: {err}");
+        let err = put_refused(&*sb, bad).await;
         assert!(err.to_string().contains("refused"), "{err}");
     }
     let err = sb.get_file("tmplink/secret.txt").await.unwrap_err();

@@ -366,23 +366,21 @@ async fn many_sandboxes_run_at_once() {
 
 #[tokio::test]
 async fn no_engine_is_a_clear_error() {
-    let err = agent_docker::DockerConfig::default()
-        .with_docker_host("unix:///nonexistent/docker.sock")
-        .build()
-        .await
-        .unwrap_err();
+    let refused = |host: &'static str| async move {
+        agent_docker::DockerConfig::default()
+            .with_docker_host(host)
+            .build()
+            .await
+            .unwrap_err()
+    };
+    let err = refused("unix:///nonexistent/docker.sock").await;
     assert_eq!(err.kind, SandboxErrorKind::Unavailable);
     let msg = err.to_string();
     assert!(
         msg.contains("no Docker engine answers") && msg.contains("dockerd"),
         "{msg}"
     );
-    let err = agent_docker::DockerConfig::default()
-        .with_docker_host("ftp://x")
-        .build()
-        .await
-        .unwrap_err();
-    assert_eq!(err.kind, SandboxErrorKind::Invalid);
+    assert_eq!(refused("ftp://x").await.kind, SandboxErrorKind::Invalid);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

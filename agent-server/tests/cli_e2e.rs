@@ -10,6 +10,13 @@ use std::process::{Command, Output};
 use serde_json::{json, Value};
 use support::*;
 
+/// Writes `steps` as the plan file `name` in `dir`; returns its path.
+fn steps_file(dir: &std::path::Path, name: &str, steps: serde_json::Value) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, steps.to_string()).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
 fn hello_plan() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/plans/hello.json")
 }
@@ -118,16 +125,15 @@ fn agent_run_executes_the_example_plan_locally_and_writes_the_zip() {
     assert!(stderr.contains("succeeded"), "{stderr}");
 
     // A failing step, stderr not a terminal: the final message says why.
-    let failing = dir.path().join("fail.json");
-    std::fs::write(
-        &failing,
-        json!([{"type": "shell", "command": "exit 3"}]).to_string(),
-    )
-    .unwrap();
+    let failing = steps_file(
+        dir.path(),
+        "fail.json",
+        json!([{"type": "shell", "command": "exit 3"}]),
+    );
     let out = agent(
         dir.path(),
         &unique_scope("cli-run-fail"),
-        &["run", "--steps", failing.to_str().unwrap()],
+        &["run", "--steps", &failing],
     );
     assert_eq!(code(&out), 1, "{}", String::from_utf8_lossy(&out.stderr));
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -227,19 +233,12 @@ async fn agent_client_commands_against_a_server() {
     assert!(zip.file_names().any(|n| n == "result.json"));
 
     // A failing job: exit 1.
-    let failing = dir.path().join("fail.json");
-    std::fs::write(
-        &failing,
-        json!([{"type": "shell", "command": "exit 4"}]).to_string(),
-    )
-    .unwrap();
-    let out = run(with(&[
-        "submit",
-        "--steps",
-        failing.to_str().unwrap(),
-        "--wait",
-    ]))
-    .await;
+    let failing = steps_file(
+        dir.path(),
+        "fail.json",
+        json!([{"type": "shell", "command": "exit 4"}]),
+    );
+    let out = run(with(&["submit", "--steps", &failing, "--wait"])).await;
     assert_eq!(code(&out), 1);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -252,13 +251,12 @@ async fn agent_client_commands_against_a_server() {
     );
 
     // Cancel: a running job → 0; a finished one → 2 (409).
-    let sleeper = dir.path().join("sleep.json");
-    std::fs::write(
-        &sleeper,
-        json!([{"type": "shell", "command": "sleep 300"}]).to_string(),
-    )
-    .unwrap();
-    let out = run(with(&["submit", "--steps", sleeper.to_str().unwrap()])).await;
+    let sleeper = steps_file(
+        dir.path(),
+        "sleep.json",
+        json!([{"type": "shell", "command": "sleep 300"}]),
+    );
+    let out = run(with(&["submit", "--steps", &sleeper])).await;
     let sleeping = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let out = run(with(&["cancel", &sleeping])).await;
     assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
@@ -301,20 +299,12 @@ async fn agent_client_commands_against_a_server() {
     assert_eq!(code(&out), 6, "{}", String::from_utf8_lossy(&out.stderr));
 
     // Terminal escapes in job output are removed by `agent logs`, kept with `--raw`.
-    let escapes = dir.path().join("escapes.json");
-    std::fs::write(
-        &escapes,
-        json!([{"type": "shell", "command": r"printf '\033[31mred\033[0m \033]0;owned\007plain\n'"}])
-            .to_string(),
-    )
-    .unwrap();
-    let out = run(with(&[
-        "submit",
-        "--steps",
-        escapes.to_str().unwrap(),
-        "--wait",
-    ]))
-    .await;
+    let escapes = steps_file(
+        dir.path(),
+        "escapes.json",
+        json!([{"type": "shell", "command": r"printf '\033[31mred\033[0m \033]0;owned\007plain\n'"}]),
+    );
+    let out = run(with(&["submit", "--steps", &escapes, "--wait"])).await;
     assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
     assert!(
         !out.stdout.contains(&0x1b),

@@ -14,6 +14,15 @@ use std::time::Instant;
 use serde_json::{json, Value};
 use support::*;
 
+/// `GET url` with one more header.
+async fn get_with(
+    http: &reqwest::Client,
+    url: String,
+    (name, value): (&str, &str),
+) -> reqwest::Response {
+    http.get(url).header(name, value).send().await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_finished_jobs_zip_can_be_listed_and_its_files_read() {
     require_docker();
@@ -97,10 +106,7 @@ async fn the_server_wide_stream_carries_every_jobs_status_changes() {
     let (_dir, server) = TestServer::in_tempdir(&ServerOptions::new(&unique_scope("ui-events")));
     let resp = server.get("/events").await;
     assert_eq!(resp.status(), 200);
-    assert!(resp.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("text/event-stream"));
+    assert_content_type(&resp, "text/event-stream");
     let mut sse = SseReader::new(resp);
     let id = server
         .schedule(json!({"steps": [{"type": "shell", "command": "echo hi"}]}))
@@ -225,20 +231,13 @@ async fn the_login_cookie_authenticates_the_browser_and_resists_csrf() {
     // The page and the session endpoint are open; the API is not.
     let resp = http.get(url("/ui/")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
-    assert!(resp.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("text/html"));
+    assert_content_type(&resp, "text/html");
     assert!(resp.headers()["content-security-policy"]
         .to_str()
         .unwrap()
         .contains("default-src 'self'"));
-    let resp = http
-        .get(url("/"))
-        .header("accept", "text/html,application/xhtml+xml,*/*;q=0.8")
-        .send()
-        .await
-        .unwrap();
+    let html = ("accept", "text/html,application/xhtml+xml,*/*;q=0.8");
+    let resp = get_with(&http, url("/"), html).await;
     assert_eq!(resp.status(), 303);
     assert_eq!(resp.headers()["location"], "/ui/");
     let resp = http.get(url("/")).send().await.unwrap();
@@ -338,12 +337,7 @@ async fn the_login_cookie_authenticates_the_browser_and_resists_csrf() {
         .to_string();
     assert_eq!(server.wait_final(&id).await["status"], "succeeded");
     // A made-up cookie is nobody.
-    let resp = http
-        .get(url("/jobs"))
-        .header("cookie", "agent_session=00ff")
-        .send()
-        .await
-        .unwrap();
+    let resp = get_with(&http, url("/jobs"), ("cookie", "agent_session=00ff")).await;
     assert_eq!(resp.status(), 401);
 
     // Logout forgets the session, and clears the cookie.

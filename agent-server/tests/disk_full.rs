@@ -98,28 +98,27 @@ fn big_job(bytes: usize) -> Value {
     json!({ "steps": steps })
 }
 
+/// A server whose output directory is `out/` on a new 24 MiB tmpfs at `dir/name`, refusing new
+/// jobs below `min_free_mb` MiB free.
+fn server_on_tmpfs(dir: &Path, name: &str, min_free_mb: &str) -> (Tmpfs, TestServer) {
+    let fs = Tmpfs::mount(&dir.join(name), "24m");
+    let opts = ServerOptions::new(&unique_scope(&format!("disk-full-{name}")))
+        .env("AGENT_MIN_FREE_MB", min_free_mb);
+    let server = TestServer::start(&fs.dir.join("out"), &opts);
+    (fs, server)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_output_dir_is_a_clear_507_and_no_job_is_left_running() {
     require_docker();
     let dir = tempfile::tempdir().unwrap();
 
     // Admission control: below AGENT_MIN_FREE_MB, new jobs are refused before anything is written.
-    let fs = Tmpfs::mount(&dir.path().join("guarded"), "24m");
-    let out = fs.dir.join("out");
-    let server = TestServer::start(
-        &out,
-        &ServerOptions::new(&unique_scope("disk-full")).env("AGENT_MIN_FREE_MB", "4"),
-    );
+    let (fs, server) = server_on_tmpfs(dir.path(), "guarded", "4");
     let before = server.kept_job().await;
 
     fs.fill(1 << 20);
-    let resp = server
-        .http
-        .post(server.url("/schedule"))
-        .json(&shell_job("true"))
-        .send()
-        .await
-        .unwrap();
+    let resp = server.post("/schedule", &shell_job("true")).await;
     assert_eq!(resp.status(), 507);
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["error"]["code"], "insufficient_storage", "{v}");
@@ -138,12 +137,7 @@ async fn a_full_output_dir_is_a_clear_507_and_no_job_is_left_running() {
     drop(fs);
 
     // No threshold: the writes themselves fail.
-    let fs = Tmpfs::mount(&dir.path().join("raw"), "24m");
-    let out = fs.dir.join("out");
-    let server = TestServer::start(
-        &out,
-        &ServerOptions::new(&unique_scope("disk-full-raw")).env("AGENT_MIN_FREE_MB", "0"),
-    );
+    let (fs, server) = server_on_tmpfs(dir.path(), "raw", "0");
     let before = server.kept_job().await;
 
     // A job whose ZIP (and perhaps its final status) cannot be written.

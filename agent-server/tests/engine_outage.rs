@@ -288,13 +288,7 @@ async fn jobs_wait_out_an_engine_restart_and_nothing_is_left_behind() {
         st["error"].as_str().unwrap().contains("did not answer"),
         "{st}"
     );
-    let resp = b
-        .http
-        .post(b.url("/schedule"))
-        .json(&shell_job("true"))
-        .send()
-        .await
-        .unwrap();
+    let resp = b.post("/schedule", &shell_job("true")).await;
     assert_eq!(resp.status(), 503);
     assert!(resp.headers().contains_key("retry-after"));
     let v: Value = resp.json().await.unwrap();

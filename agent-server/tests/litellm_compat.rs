@@ -240,30 +240,18 @@ async fn agent_against_the_litellm_proxy() {
         "{m}"
     );
     drop(s);
-    let s = server(
-        dir.path(),
-        "alchemyst",
-        1,
-        &[
-            ("ALCHEMYST_BASE_URL", base.clone()),
-            ("ALCHEMYST_API_KEY", KEY.into()),
-            ("ALCHEMYST_MODEL", "plan-alchemyst".into()),
-        ],
-    );
-    prompt_job_succeeds(&s, "alchemyst", "alchemyst").await;
-    drop(s);
-    let s = server(
-        dir.path(),
-        "gemini",
-        1,
-        &[
-            ("GEMINI_BASE_URL", base.clone()),
-            ("GEMINI_API_KEY", KEY.into()),
-            ("GEMINI_MODEL", "plan-gemini".into()),
-        ],
-    );
-    prompt_job_succeeds(&s, "gemini", "gemini").await;
-    drop(s);
+    // Alchemyst and Gemini through the proxy's native routes: `{PREFIX}_BASE_URL`, `_API_KEY`,
+    // `_MODEL` (model `plan-{provider}`).
+    for (provider, prefix) in [("alchemyst", "ALCHEMYST"), ("gemini", "GEMINI")] {
+        let env = [
+            (format!("{prefix}_BASE_URL"), base.clone()),
+            (format!("{prefix}_API_KEY"), KEY.to_string()),
+            (format!("{prefix}_MODEL"), format!("plan-{provider}")),
+        ];
+        let env: Vec<(&str, String)> = env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        let s = server(dir.path(), provider, 1, &env);
+        prompt_job_succeeds(&s, provider, provider).await;
+    }
 
     // A 429 and a 500 from the proxy: retried (2 attempts), then the job fails saying so, in one
     // message that does not nest itself.

@@ -26,10 +26,7 @@ fn no_repair() -> Value {
 async fn metrics(server: &TestServer) -> String {
     let resp = server.get("/metrics").await;
     assert_eq!(resp.status(), 200);
-    assert!(resp.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("text/plain"));
+    assert_content_type(&resp, "text/plain");
     resp.text().await.unwrap()
 }
 
@@ -81,10 +78,7 @@ async fn prompt_job_succeeds_and_its_zip_holds_the_plan_files_and_result_json() 
     // The whole log, as text.
     let logs = server.get(&format!("/logs/{id}")).await;
     assert_eq!(logs.status(), 200);
-    assert!(logs.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("text/plain"));
+    assert_content_type(&logs, "text/plain");
     let text = logs.text().await.unwrap();
     assert!(text.contains("sum 12"), "{text}");
     assert!(text.contains("status succeeded"), "{text}");
@@ -375,10 +369,7 @@ async fn sse_delivers_events_while_the_job_runs_and_resumes_from_last_event_id()
         .await;
     let resp = server.get(&format!("/logs/{id}/stream")).await;
     assert_eq!(resp.status(), 200);
-    assert!(resp.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("text/event-stream"));
+    assert_content_type(&resp, "text/event-stream");
     let mut reader = SseReader::new(resp);
     let mut events = Vec::new();
     let mut saw_live_output = false;

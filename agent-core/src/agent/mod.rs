@@ -497,27 +497,8 @@ impl AgentState {
         index: usize,
         result: &std::result::Result<StepResult, SandboxError>,
     ) -> Result<()> {
-        let record = &mut self.job.steps[index];
-        match result {
-            Ok(r) => {
-                record.status = if r.success() {
-                    StepStatus::Succeeded
-                } else {
-                    StepStatus::Failed
-                };
-                record.result = Some(r.clone());
-                self.events.emit(EventKind::StepFinished {
-                    index,
-                    result: r.clone(),
-                });
-            }
-            Err(e) => {
-                record.status = StepStatus::Failed;
-                self.events.emit(EventKind::Log {
-                    message: format!("step {index} could not run: {e}"),
-                });
-            }
-        }
+        let event = self.job.steps[index].finish(result);
+        self.events.emit(event);
         self.save().await
     }
 }

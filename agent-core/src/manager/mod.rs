@@ -182,23 +182,13 @@ impl JobManager {
 
     /// Jobs, newest first.
     pub async fn list(&self, filter: &JobFilter) -> Result<JobPage> {
-        if filter.limit > MAX_PAGE_SIZE {
-            return Err(Error::invalid(
-                "limit",
-                format!("must be at most {MAX_PAGE_SIZE}"),
-            ));
-        }
+        check_page_size(filter)?;
         Ok(self.inner.store.list_jobs(filter).await?)
     }
 
     /// Summaries of jobs, newest first: what a list shows, without reading whole records.
     pub async fn list_summaries(&self, filter: &JobFilter) -> Result<SummaryPage> {
-        if filter.limit > MAX_PAGE_SIZE {
-            return Err(Error::invalid(
-                "limit",
-                format!("must be at most {MAX_PAGE_SIZE}"),
-            ));
-        }
+        check_page_size(filter)?;
         Ok(self.inner.store.list_summaries(filter).await?)
     }
 
@@ -302,4 +292,15 @@ impl JobManager {
             }),
         }
     }
+}
+
+/// Refuses a page larger than [`MAX_PAGE_SIZE`].
+fn check_page_size(filter: &JobFilter) -> Result<()> {
+    if filter.limit > MAX_PAGE_SIZE {
+        return Err(Error::invalid(
+            "limit",
+            format!("must be at most {MAX_PAGE_SIZE}"),
+        ));
+    }
+    Ok(())
 }

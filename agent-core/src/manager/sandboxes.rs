@@ -589,28 +589,8 @@ impl JobManager {
             other => other,
         };
         let record = &mut job.steps[index];
-        let gone = match &outcome {
-            Ok(result) => {
-                record.status = if result.success() {
-                    StepStatus::Succeeded
-                } else {
-                    StepStatus::Failed
-                };
-                record.result = Some(result.clone());
-                session.events.emit(EventKind::StepFinished {
-                    index,
-                    result: result.clone(),
-                });
-                false
-            }
-            Err(e) => {
-                record.status = StepStatus::Failed;
-                session.events.emit(EventKind::Log {
-                    message: format!("step {index} could not run: {e}"),
-                });
-                e.kind == SandboxErrorKind::Gone
-            }
-        };
+        session.events.emit(record.finish(&outcome));
+        let gone = matches!(&outcome, Err(e) if e.kind == SandboxErrorKind::Gone);
         let record = record.clone();
         self.inner.store.update_job(&job).await?;
         drop(job);

@@ -159,11 +159,7 @@ struct NoopSandbox {
 
 impl NoopSandbox {
     fn check_alive(&self) -> Result<(), SandboxError> {
-        if self.destroyed.load(Ordering::Acquire) {
-            Err(gone())
-        } else {
-            Ok(())
-        }
+        alive(&self.destroyed)
     }
 }
 
@@ -226,11 +222,7 @@ struct ProcessSandbox {
 
 impl ProcessSandbox {
     fn check_alive(&self) -> Result<(), SandboxError> {
-        if self.destroyed.load(Ordering::Acquire) {
-            Err(gone())
-        } else {
-            Ok(())
-        }
+        alive(&self.destroyed)
     }
 
     async fn write(&self, path: &str, content: Bytes) -> Result<(), SandboxError> {
@@ -765,6 +757,15 @@ fn not_a_directory(path: &str) -> SandboxError {
         SandboxErrorKind::Invalid,
         format!("a parent of {path:?} is not a directory"),
     )
+}
+
+/// `Ok` until the sandbox whose flag this is was destroyed.
+fn alive(destroyed: &AtomicBool) -> Result<(), SandboxError> {
+    if destroyed.load(Ordering::Acquire) {
+        Err(gone())
+    } else {
+        Ok(())
+    }
 }
 
 fn gone() -> SandboxError {

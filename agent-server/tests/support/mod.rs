@@ -11,6 +11,18 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
+/// Asserts that `resp`'s `content-type` starts with `prefix` (`text/plain`, `text/event-stream`…).
+pub fn assert_content_type(resp: &reqwest::Response, prefix: &str) {
+    let got = resp
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap_or_default().to_string());
+    assert!(
+        got.as_deref().is_some_and(|t| t.starts_with(prefix)),
+        "content-type {got:?}, expected {prefix}…"
+    );
+}
+
 /// Upper bound for waiting on anything (a guard against hangs, not a timing assertion).
 pub const PATIENCE: Duration = Duration::from_secs(180);
 
@@ -331,6 +343,14 @@ impl TestServer {
         let value = serde_json::from_str(&text)
             .unwrap_or_else(|e| panic!("GET {path} answered {status} with non-JSON ({e}): {text}"));
         (status, value)
+    }
+
+    /// `POST path` with the JSON `body` (and the token, when the server has one).
+    pub async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.auth(self.http.post(self.url(path)).json(body))
+            .send()
+            .await
+            .unwrap()
     }
 
     pub async fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
