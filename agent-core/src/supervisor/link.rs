@@ -300,7 +300,7 @@ impl Link {
                 }
             }
         };
-        if let Err(e) = self.send_raw(&encode(id, request, body)).await {
+        if let Err(e) = self.send_raw(encode(id, request, body)).await {
             self.forget(id);
             return Err(e);
         }
@@ -329,7 +329,7 @@ impl Link {
         body: &[u8],
     ) -> Result<(), SandboxError> {
         let id = id.unwrap_or_else(|| self.new_id());
-        self.send_raw(&encode(id, request, body)).await
+        self.send_raw(encode(id, request, body)).await
     }
 
     /// Queues a frame that goes out before any later one, without waiting (for `Drop`), and
@@ -340,7 +340,7 @@ impl Link {
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             let link = self.clone();
             handle.spawn(async move {
-                let _ = link.send_raw(b"").await;
+                let _ = link.send_raw(Vec::new()).await;
             });
         }
     }
@@ -350,25 +350,35 @@ impl Link {
         self.routes().remove(&id);
     }
 
-    async fn send_raw(&self, bytes: &[u8]) -> Result<(), SandboxError> {
+    /// Writes `bytes` (whole frames) to the supervisor, after any urgent ones.
+    ///
+    /// The write runs in a task of its own, so it is never cut short: a caller dropped mid-send
+    /// (a tunnel's pump ending, a cancelled step) still leaves whole frames on the wire. A frame
+    /// cut in two would make the supervisor read the next frames as the rest of its body.
+    async fn send_raw(&self, bytes: Vec<u8>) -> Result<(), SandboxError> {
         if self.is_closed() {
             return Err(self.gone());
         }
-        let mut guard = self.shared.writer.lock().await;
-        let urgent = std::mem::take(&mut *lock(&self.shared.urgent));
-        if urgent.is_empty() && bytes.is_empty() {
-            return Ok(());
-        }
-        let Some(w) = guard.as_mut() else {
-            return Err(self.gone());
-        };
-        let res = async {
+        let shared = self.shared.clone();
+        let write = tokio::spawn(async move {
+            let mut guard = shared.writer.lock().await;
+            let urgent = std::mem::take(&mut *lock(&shared.urgent));
+            if urgent.is_empty() && bytes.is_empty() {
+                return Ok(true);
+            }
+            let Some(w) = guard.as_mut() else {
+                return Ok(false);
+            };
             w.write_all(&urgent).await?;
-            w.write_all(bytes).await?;
-            w.flush().await
+            w.write_all(&bytes).await?;
+            w.flush().await.map(|()| true)
+        });
+        match write.await {
+            Ok(Ok(true)) => Ok(()),
+            Ok(Ok(false)) => Err(self.gone()),
+            Ok(Err(e)) => Err(self.gone().with_source(e)),
+            Err(e) => Err(self.gone().with_source(e)),
         }
-        .await;
-        res.map_err(|e| self.gone().with_source(e))
     }
 
     // ---- the operations every sandbox needs ----
@@ -751,6 +761,58 @@ async fn read_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+
+    /// Reads one request frame as the supervisor does: a header line, then `n` bytes.
+    async fn read_request(
+        r: &mut (impl tokio::io::AsyncBufRead + Unpin),
+    ) -> (serde_json::Value, Vec<u8>) {
+        let mut line = String::new();
+        r.read_line(&mut line).await.unwrap();
+        let header: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let mut body = vec![0u8; header["n"].as_u64().unwrap_or(0) as usize];
+        r.read_exact(&mut body).await.unwrap();
+        (header, body)
+    }
+
+    #[tokio::test]
+    async fn a_send_given_up_midway_still_leaves_whole_frames_on_the_wire() {
+        // The supervisor's stdin holds 1 KiB: a 64 KiB frame is written in many pieces.
+        let (host_w, sup_r) = tokio::io::duplex(1024);
+        let (_sup_w, host_r) = tokio::io::duplex(1024);
+        let (link, _handshake) = Link::start("t", host_r, host_w, SupervisorLog::new("t"));
+        let body = vec![7u8; 64 << 10];
+        let given_up = tokio::time::timeout(
+            std::time::Duration::from_millis(50),
+            link.send(Some(1), &Request::Data, &body),
+        )
+        .await;
+        assert!(given_up.is_err(), "the send could not have finished");
+        let next = tokio::spawn({
+            let link = link.clone();
+            async move { link.send(Some(2), &Request::Close, b"").await }
+        });
+        let mut sup_r = tokio::io::BufReader::new(sup_r);
+        let bound = std::time::Duration::from_secs(10);
+        let ((first, first_body), (second, _)) = tokio::time::timeout(bound, async {
+            (
+                read_request(&mut sup_r).await,
+                read_request(&mut sup_r).await,
+            )
+        })
+        .await
+        .expect("two whole frames (a cut one leaves the reader waiting for its body)");
+        assert_eq!(
+            (first["id"].as_u64(), first["op"].as_str()),
+            (Some(1), Some("data"))
+        );
+        assert!(first_body == body, "the first frame's body is whole");
+        assert_eq!(
+            (second["id"].as_u64(), second["op"].as_str()),
+            (Some(2), Some("close"))
+        );
+        next.await.unwrap().unwrap();
+    }
 
     #[test]
     fn tail_keeps_the_last_bytes() {
