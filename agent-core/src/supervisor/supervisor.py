@@ -121,12 +121,22 @@ def dumps(obj):
 def send(hdr, body=b""):
     if body:
         hdr["n"] = len(body)
-    data = dumps(hdr).encode() + b"\n" + body
+    head = dumps(hdr).encode() + b"\n"
     with _out_lock:
-        view = memoryview(data)
-        while view:
-            written = os.write(1, view)
-            view = view[written:]
+        if not body:
+            _write_all(memoryview(head))
+            return
+        # Header and body in one writev(): a tunnel chunk or a step's output is not copied.
+        written = os.writev(1, (head, body))
+        if written < len(head):
+            _write_all(memoryview(head)[written:])
+            written = len(head)
+        _write_all(memoryview(body)[written - len(head):])
+
+
+def _write_all(view):
+    while view:
+        view = view[os.write(1, view):]
 
 
 def log(msg):
