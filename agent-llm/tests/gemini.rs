@@ -25,6 +25,22 @@ fn gemini(server: &MockServer) -> Gemini {
         .unwrap()
 }
 
+/// Answers `failure` `failures` times, then `text`; a provider retrying up to 3 attempts gets
+/// `text`. Returns the delays it slept.
+async fn answered_after(
+    server: &MockServer,
+    failure: ResponseTemplate,
+    failures: u64,
+    text: &str,
+) -> Vec<Duration> {
+    answer_first(server, GENERATE, failure, failures).await;
+    answer(server, GENERATE, ok(gemini_reply(text)), 1).await;
+    let (provider, sleeper) = retrying(gemini(server), 3);
+    let reply = provider.chat(&ChatRequest::new("s", "u")).await.unwrap();
+    assert_eq!(reply.text, text);
+    sleeper.delays()
+}
+
 #[tokio::test]
 async fn request_shape_and_happy_path_with_usage() {
     let server = MockServer::start().await;
@@ -286,14 +302,9 @@ async fn rate_limit_with_retry_info_is_retried_after_the_asked_delay() {
         "Resource has been exhausted (e.g. check quota).",
         details,
     );
-    answer_first(&server, GENERATE, limited, 1).await;
-    let fine = ok(gemini_reply("after the wait"));
-    answer(&server, GENERATE, fine, 1).await;
     // Backoff base 1 ms: a 1 s delay can only come from RetryInfo.
-    let (provider, sleeper) = retrying(gemini(&server), 3);
-    let reply = provider.chat(&ChatRequest::new("s", "u")).await.unwrap();
-    assert_eq!(reply.text, "after the wait");
-    assert_eq!(sleeper.delays(), [Duration::from_secs(1)]);
+    let delays = answered_after(&server, limited, 1, "after the wait").await;
+    assert_eq!(delays, [Duration::from_secs(1)]);
 }
 
 #[tokio::test]
@@ -373,17 +384,9 @@ async fn unavailable_is_retried_with_backoff_then_answered() {
         "The model is overloaded. Please try again later.",
         json!([]),
     );
-    answer_first(&server, GENERATE, unavailable, 2).await;
-    let lucky = ok(gemini_reply("third time lucky"));
-    answer(&server, GENERATE, lucky, 1).await;
-    let (provider, sleeper) = retrying(gemini(&server), 3);
-    let reply = provider.chat(&ChatRequest::new("s", "u")).await.unwrap();
-    assert_eq!(reply.text, "third time lucky");
+    let delays = answered_after(&server, unavailable, 2, "third time lucky").await;
     // Exponential backoff from a 1 ms base, no jitter.
-    assert_eq!(
-        sleeper.delays(),
-        [Duration::from_millis(1), Duration::from_millis(2)]
-    );
+    assert_eq!(delays, [Duration::from_millis(1), Duration::from_millis(2)]);
 }
 
 #[tokio::test]

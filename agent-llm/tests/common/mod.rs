@@ -116,6 +116,18 @@ pub async fn last_body(server: &MockServer) -> Value {
 }
 
 /// The error a one-message chat (`"s"`, `"u"`) gets from `provider`.
+/// The error of a chat call, which must be of `kind` and say `saying`.
+pub async fn chat_err_saying(
+    provider: &(impl LlmProvider + ?Sized),
+    kind: agent_core::LlmErrorKind,
+    saying: &str,
+) -> LlmError {
+    let err = chat_err(provider).await;
+    assert_eq!(err.kind, kind, "{err}");
+    assert!(err.message.contains(saying), "{err}");
+    err
+}
+
 pub async fn chat_err(provider: &(impl LlmProvider + ?Sized)) -> LlmError {
     provider
         .chat(&ChatRequest::new("s", "u"))
