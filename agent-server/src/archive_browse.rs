@@ -24,7 +24,7 @@ use agent_core::JobId;
 
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::JobIdParam;
-use crate::routes::{archive_gone, artifact_of, AppState};
+use crate::routes::{archive_gone, artifact_of, open_failed, AppState};
 
 /// The most entries `GET /download/{id}/files` lists.
 pub const MAX_LISTED: usize = 10_000;
@@ -72,10 +72,7 @@ async fn archive_path(state: &AppState, id: JobId) -> ApiResult<LocalArtifact> {
         .artifacts()
         .local_file(&artifact.path)
         .await
-        .map_err(|e| {
-            tracing::error!(job_id = %id, error = %e, "opening an archive failed");
-            ApiError::internal("could not open the archive")
-        })?
+        .map_err(|e| open_failed(id, &e))?
         .ok_or_else(|| archive_gone(id))
 }
 

@@ -58,6 +58,14 @@ pub struct Client {
     token: Option<SecretString>,
 }
 
+/// The error of a request that reached no server at `url`.
+fn unreachable(url: &str, e: &reqwest::Error) -> ClientError {
+    ClientError::Unreachable {
+        url: url.to_string(),
+        message: error_chain(e),
+    }
+}
+
 impl Client {
     /// A client of the server at `base_url` (e.g. `http://127.0.0.1:8000`), sending `token` as a
     /// bearer token when given.
@@ -94,10 +102,7 @@ impl Client {
             .auth(rb)
             .send()
             .await
-            .map_err(|e| ClientError::Unreachable {
-                url: url.to_string(),
-                message: error_chain(&e),
-            })?;
+            .map_err(|e| unreachable(url, &e))?;
         if resp.status().is_success() {
             return Ok(resp);
         }
@@ -137,10 +142,7 @@ impl Client {
             .get(&url)
             .send()
             .await
-            .map_err(|e| ClientError::Unreachable {
-                url: url.clone(),
-                message: error_chain(&e),
-            })?;
+            .map_err(|e| unreachable(&url, &e))?;
         if resp.status().is_success() || resp.status() == StatusCode::SERVICE_UNAVAILABLE {
             return Self::json(resp).await;
         }

@@ -219,14 +219,7 @@ fn query_token(uri: &Uri) -> Option<String> {
 }
 
 fn cookie_token(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().split_once('='))
-        .find(|(k, _)| *k == ACCESS_COOKIE)
-        .map(|(_, v)| v.to_string())
+    crate::session::cookie(headers, ACCESS_COOKIE).map(str::to_string)
 }
 
 /// An allowed request: the grant (none when no token was needed), and the token when it came

@@ -508,10 +508,7 @@ pub(crate) async fn download(
         .artifacts()
         .open(&artifact.path)
         .await
-        .map_err(|e| {
-            tracing::error!(job_id = %id, error = %e, "opening an archive failed");
-            ApiError::internal("could not open the archive")
-        })?;
+        .map_err(|e| open_failed(id, &e))?;
     let Some(reader) = opened else {
         return Err(archive_gone(id));
     };
@@ -686,6 +683,12 @@ pub(crate) fn artifact_of(job: &agent_core::Job) -> ApiResult<&agent_core::job::
         }
         .with_status(job.status)
     })
+}
+
+/// 500 for an archive the artifact store could not open (the cause is logged, not sent).
+pub(crate) fn open_failed(id: agent_core::JobId, e: &dyn std::fmt::Display) -> ApiError {
+    tracing::error!(job_id = %id, error = %e, "opening an archive failed");
+    ApiError::internal("could not open the archive")
 }
 
 /// 404 `no_artifact` for an archive the store no longer has (removed by retention).

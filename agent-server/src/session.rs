@@ -147,15 +147,21 @@ impl Sessions {
 
 /// The session id in a request's `Cookie` headers.
 fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    cookie(headers, COOKIE_NAME)
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+}
+
+/// The value of the cookie `name` in a request's `Cookie` headers (the first one so named).
+pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE_NAME)
-        .map(|(_, value)| value.trim())
-        .filter(|v| !v.is_empty())
+        .find(|(k, _)| *k == name)
+        .map(|(_, value)| value)
 }
 
 /// Whether the request's `Origin` (when it has one) is the origin it was sent to.
