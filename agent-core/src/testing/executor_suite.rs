@@ -483,11 +483,12 @@ async fn stateful_python(sandbox: &dyn Sandbox) {
     assert_eq!(r.python.unwrap().value.as_deref(), Some("(41, 1)"));
 
     // A timeout ends the interpreter: the step says its state was lost; the next one is fresh.
+    // (3 s: the print must get out before the timeout even on a loaded machine.)
     let (r, out) = stateful(
         sandbox,
         105,
         "import time\nprint('waiting', flush=True)\ntime.sleep(60)",
-        Duration::from_secs(1),
+        Duration::from_secs(3),
     )
     .await;
     assert_eq!(r.termination, Termination::TimedOut, "{r:?}");
