@@ -11,37 +11,15 @@
 //! - 32 sandboxes created at once, each running steps: failures and wall time.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agent_benches::{
-    after_warmup, bench_sandbox, docker_executor, listing_only, percentile, rounds,
+    after_warmup, bench_sandbox, docker_executor, listing_only, median, ms, rounds, timed_docker,
 };
 use agent_core::executor::discard_output;
 use agent_core::{Executor, JobId, JobSpec, RunStep, Sandbox, SandboxSpec, Step, StepRequest};
 use agent_docker::DockerExecutor;
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    percentile(&mut v, 0.5)
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1e3)
-}
-
-async fn cli(args: &[&str]) -> Duration {
-    let t = Instant::now();
-    let status = tokio::process::Command::new("docker")
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .await
-        .expect("the docker CLI");
-    assert!(status.success(), "docker {args:?} failed");
-    t.elapsed()
-}
 
 async fn true_step(sb: &dyn Sandbox) -> Duration {
     let t = Instant::now();
@@ -86,13 +64,13 @@ async fn main() {
     let sb = bench_sandbox(&exec).await;
     for _ in 0..3 {
         true_step(&*sb).await;
-        cli(&["exec", sb.id(), "true"]).await;
+        timed_docker(&["exec", sb.id(), "true"]).await;
     }
     let mut ours = Vec::new();
     let mut base = Vec::new();
     for _ in 0..n {
         ours.push(true_step(&*sb).await);
-        base.push(cli(&["exec", sb.id(), "true"]).await);
+        base.push(timed_docker(&["exec", sb.id(), "true"]).await);
     }
     row(
         "step overhead (`true` step)",
@@ -110,7 +88,7 @@ async fn main() {
         let sb = bench_sandbox(exec_ref).await;
         let d = t.elapsed();
         sb.destroy().await.expect("destroy");
-        let b = cli(&["run", "--rm", "--network", "none", image_ref, "true"]).await;
+        let b = timed_docker(&["run", "--rm", "--network", "none", image_ref, "true"]).await;
         (d, b)
     })
     .await
@@ -195,7 +173,7 @@ async fn main() {
     let t = Instant::now();
     let runs = (0..32).map(|_| {
         let image = image.clone();
-        async move { cli(&["run", "--rm", "--network", "none", &image, "true"]).await }
+        async move { timed_docker(&["run", "--rm", "--network", "none", &image, "true"]).await }
     });
     futures::future::join_all(runs).await;
     let base32 = t.elapsed();

@@ -48,6 +48,32 @@ pub fn percentile(v: &mut [Duration], p: f64) -> Duration {
     v[i]
 }
 
+/// The median of `v`.
+pub fn median(mut v: Vec<Duration>) -> Duration {
+    percentile(&mut v, 0.5)
+}
+
+/// A duration in milliseconds, for the tables.
+pub fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+/// How long the docker CLI takes to run `args` (its output discarded): the baseline the sandbox
+/// figures are compared with. Panics when the command fails.
+pub async fn timed_docker(args: &[&str]) -> Duration {
+    let t = std::time::Instant::now();
+    #[allow(clippy::expect_used)] // a baseline that cannot run has nothing to measure
+    let status = tokio::process::Command::new("docker")
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .await
+        .expect("the docker CLI");
+    assert!(status.success(), "docker {args:?} failed");
+    t.elapsed()
+}
+
 /// A Docker executor in a scope of its own (`bench-NAME-PID`) with its image present, and its
 /// configuration; a machine without a Docker engine ends the benchmark with a message.
 pub async fn docker_executor(name: &str) -> (DockerConfig, DockerExecutor) {

@@ -17,7 +17,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use agent_benches::{listing_only, percentile, rounds};
+use agent_benches::{listing_only, median, ms, rounds, timed_docker};
 use serde_json::{json, Value};
 
 /// Set in the child process that runs the server.
@@ -83,14 +83,6 @@ fn spawn_server(dir: &std::path::Path) -> Server {
     }
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    percentile(&mut v, 0.5)
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1e3)
-}
-
 fn row(name: &str, ours: Duration, base_name: &str, base: Duration, target: Option<f64>) {
     let ratio = ours.as_secs_f64() / base.as_secs_f64();
     let verdict = target.map_or_else(String::new, |t| {
@@ -101,19 +93,6 @@ fn row(name: &str, ours: Duration, base_name: &str, base: Duration, target: Opti
         ms(ours),
         ms(base)
     );
-}
-
-async fn docker(args: &[&str]) -> Duration {
-    let t = Instant::now();
-    let status = tokio::process::Command::new("docker")
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .await
-        .unwrap();
-    assert!(status.success(), "docker {args:?}");
-    t.elapsed()
 }
 
 async fn create(http: &reqwest::Client, base: &str) -> (String, Duration) {
@@ -193,15 +172,15 @@ async fn run() {
     for _ in 0..3 {
         step(&http, &base, &id, &shell_true).await;
         step(&http, &base, &id, &print_one).await;
-        docker(&["exec", &cid, "true"]).await;
-        docker(&py).await;
+        timed_docker(&["exec", &cid, "true"]).await;
+        timed_docker(&py).await;
     }
     let (mut ours, mut baseline, mut ours_py, mut baseline_py) = (vec![], vec![], vec![], vec![]);
     for _ in 0..n {
         ours.push(step(&http, &base, &id, &shell_true).await);
-        baseline.push(docker(&["exec", &cid, "true"]).await);
+        baseline.push(timed_docker(&["exec", &cid, "true"]).await);
         ours_py.push(step(&http, &base, &id, &print_one).await);
-        baseline_py.push(docker(&py).await);
+        baseline_py.push(timed_docker(&py).await);
     }
     row(
         "REST `true` step, live sandbox",
@@ -233,7 +212,7 @@ async fn run() {
             .send()
             .await
             .unwrap();
-        runs.push(docker(&["run", "--rm", "--network", "none", &image, "true"]).await);
+        runs.push(timed_docker(&["run", "--rm", "--network", "none", &image, "true"]).await);
     }
     let create_median = median(created);
     row(
