@@ -130,8 +130,19 @@ impl OwnEngine {
         containers_labelled_on(Some(&self.host()), "agent.managed=true")
     }
 
-    fn containers_of(&self, job: &str) -> Vec<String> {
-        containers_labelled_on(Some(&self.host()), &format!("agent.job_id={job}"))
+    /// Whether `job`'s container is running. A job reports `running` before its container has
+    /// started; one killed between create and start stays `created`, which the reaper rightly
+    /// spares for its grace period (its owner may be about to start it).
+    fn runs_container_of(&self, job: &str) -> bool {
+        let out = self.docker(&[
+            "ps",
+            "-q",
+            "--filter",
+            &format!("label=agent.job_id={job}"),
+            "--filter",
+            "status=running",
+        ]);
+        !String::from_utf8_lossy(&out.stdout).trim().is_empty()
     }
 
     /// Copies the agent image from the shared engine.
@@ -236,8 +247,8 @@ async fn jobs_wait_out_an_engine_restart_and_nothing_is_left_behind() {
     a.wait_for(&killed, "running", |v| v["status"] == "running")
         .await;
     until(
-        "the killed job's container exists",
-        || engine.containers_of(&killed).len() == 1,
+        "the killed job's container runs",
+        || engine.runs_container_of(&killed),
         || engine.report(),
     )
     .await;
@@ -332,8 +343,8 @@ async fn jobs_wait_out_an_engine_restart_and_nothing_is_left_behind() {
     b.wait_for(&orphan, "running", |v| v["status"] == "running")
         .await;
     until(
-        "the orphan's container exists",
-        || engine.containers_of(&orphan).len() == 1,
+        "the orphan's container runs",
+        || engine.runs_container_of(&orphan),
         || engine.report(),
     )
     .await;
