@@ -359,7 +359,7 @@ fn zip_time(unix_secs: u64) -> zip::DateTime {
 }
 
 /// A character an entry name must not carry (see [`safe_name`]).
-fn misleading(c: char) -> bool {
+pub(crate) fn misleading(c: char) -> bool {
     c == '\\'
         || c.is_control()
         || matches!(

@@ -9,6 +9,7 @@ pub mod error;
 pub mod events;
 pub mod executor;
 pub mod flow;
+pub mod inputs;
 pub mod job;
 pub mod llm;
 pub mod manager;
