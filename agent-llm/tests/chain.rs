@@ -9,13 +9,12 @@ use std::sync::Arc;
 use agent_core::llm::collect_stream;
 use agent_core::{ChatRequest, LlmErrorKind, LlmProvider};
 use agent_llm::{
-    Fallback, LlmConfig, OpenAiConfig, ProviderKind, Retry, ALCHEMYST_DEFAULT_BASE_URL,
+    Fallback, LlmConfig, OpenAiConfig, ProviderKind, ALCHEMYST_DEFAULT_BASE_URL,
     ALCHEMYST_DEFAULT_MODEL, GEMINI_DEFAULT_BASE_URL, GEMINI_DEFAULT_MODEL,
 };
 use common::*;
 use serde_json::json;
-use wiremock::matchers::{header, method, path};
-use wiremock::{Mock, MockServer, ResponseTemplate};
+use wiremock::{MockServer, ResponseTemplate};
 
 const ALC_PATH: &str = "/api/v1/proxy/default/chat/completions";
 const GEM_PATH: &str = "/v1beta/models/gemini-2.5-flash:generateContent";
@@ -43,27 +42,28 @@ fn two_provider_config(alchemyst: &MockServer, gemini: &MockServer) -> LlmConfig
     .with_retry(fast_policy(3))
 }
 
+/// The two mock servers [`two_provider_config`] points at.
+async fn two_servers() -> (MockServer, MockServer) {
+    (MockServer::start().await, MockServer::start().await)
+}
+
+/// The value of header `name` on each request `server` received, in order.
+async fn header_values(server: &MockServer, name: &str) -> Vec<String> {
+    let requests = server.received_requests().await.unwrap();
+    requests
+        .iter()
+        .map(|r| r.headers[name].to_str().unwrap().to_owned())
+        .collect()
+}
+
 #[tokio::test]
 async fn failing_alchemyst_falls_back_to_gemini_after_its_retries() {
-    let alchemyst = MockServer::start().await;
-    let gemini = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path(ALC_PATH))
-        .and(header("authorization", "Bearer alc-key-000111"))
-        .respond_with(
-            ResponseTemplate::new(503)
-                .set_body_json(json!({"error": {"message": "upstream unavailable"}})),
-        )
-        .expect(3) // the first attempt and two retries
-        .mount(&alchemyst)
-        .await;
-    Mock::given(method("POST"))
-        .and(path(GEM_PATH))
-        .and(header("x-goog-api-key", "gem-key-222333"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(gemini_reply("from gemini")))
-        .expect(1)
-        .mount(&gemini)
-        .await;
+    let (alchemyst, gemini) = two_servers().await;
+    let unavailable = ResponseTemplate::new(503)
+        .set_body_json(json!({"error": {"message": "upstream unavailable"}}));
+    // The first attempt and two retries.
+    answer(&alchemyst, ALC_PATH, unavailable, 3).await;
+    answer(&gemini, GEM_PATH, ok(gemini_reply("from gemini")), 1).await;
 
     let config = two_provider_config(&alchemyst, &gemini);
     assert_eq!(config.configured(), ["alchemyst", "gemini"]);
@@ -73,26 +73,25 @@ async fn failing_alchemyst_falls_back_to_gemini_after_its_retries() {
     assert_eq!(reply.text, "from gemini");
     assert_eq!(reply.provider, "gemini", "the answer names who answered");
     assert_eq!(reply.usage.total_tokens, 30);
+    // Each provider was sent its own key.
+    assert_eq!(
+        header_values(&alchemyst, "authorization").await,
+        ["Bearer alc-key-000111"; 3]
+    );
+    assert_eq!(
+        header_values(&gemini, "x-goog-api-key").await,
+        ["gem-key-222333"]
+    );
 }
 
 #[tokio::test]
 async fn streaming_falls_back_before_the_first_delta() {
-    let alchemyst = MockServer::start().await;
-    let gemini = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path(ALC_PATH))
-        .respond_with(ResponseTemplate::new(502).set_body_string("bad gateway"))
-        .expect(3)
-        .mount(&alchemyst)
-        .await;
+    let (alchemyst, gemini) = two_servers().await;
+    let bad_gateway = ResponseTemplate::new(502).set_body_string("bad gateway");
+    answer(&alchemyst, ALC_PATH, bad_gateway, 3).await;
     let last = json!({"candidates": [{"content": {"parts": [{"text": "streamed"}]}, "finishReason": "STOP"}],
                       "usageMetadata": {"promptTokenCount": 2, "candidatesTokenCount": 1, "totalTokenCount": 3}});
-    Mock::given(method("POST"))
-        .and(path(GEM_STREAM))
-        .respond_with(sse_response(&[last.to_string()]))
-        .expect(1)
-        .mount(&gemini)
-        .await;
+    answer(&gemini, GEM_STREAM, sse_response(&[last.to_string()]), 1).await;
     let chain = two_provider_config(&alchemyst, &gemini).build().unwrap();
     let stream = chain
         .chat_stream(&ChatRequest::new("s", "u"))
@@ -107,32 +106,22 @@ async fn streaming_falls_back_before_the_first_delta() {
 #[tokio::test]
 async fn streaming_retry_reopens_after_a_503() {
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/v1/chat/completions"))
-        .respond_with(ResponseTemplate::new(503))
-        .up_to_n_times(1)
-        .with_priority(1)
-        .expect(1)
-        .mount(&server)
-        .await;
+    answer_first(
+        &server,
+        "/v1/chat/completions",
+        ResponseTemplate::new(503),
+        1,
+    )
+    .await;
     let events = [
         json!({"choices": [{"delta": {"content": "ok"}, "finish_reason": "stop"}]}).to_string(),
         "[DONE]".to_owned(),
     ];
-    Mock::given(method("POST"))
-        .and(path("/v1/chat/completions"))
-        .respond_with(sse_response(&events))
-        .expect(1)
-        .mount(&server)
-        .await;
-    let sleeper = RecordingSleeper::default();
-    let provider = Retry::with_policy(
-        OpenAiConfig::openai(format!("{}/v1", server.uri()))
-            .build()
-            .unwrap(),
-        fast_policy(3),
-    )
-    .with_sleeper(Arc::new(sleeper.clone()));
+    answer(&server, "/v1/chat/completions", sse_response(&events), 1).await;
+    let openai = OpenAiConfig::openai(format!("{}/v1", server.uri()))
+        .build()
+        .unwrap();
+    let (provider, sleeper) = retrying(openai, 3);
     let (_, reply) = stream_deltas(&provider, &ChatRequest::new("s", "u")).await;
     assert_eq!(reply.text, "ok");
     assert_eq!(reply.provider, "openai");
@@ -141,27 +130,17 @@ async fn streaming_retry_reopens_after_a_503() {
 
 #[tokio::test]
 async fn all_failing_lists_every_failure() {
-    let alchemyst = MockServer::start().await;
-    let gemini = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path(ALC_PATH))
-        .respond_with(
-            ResponseTemplate::new(401).set_body_json(json!({"error": {"message": "bad key"}})),
-        )
-        .expect(1)
-        .mount(&alchemyst)
-        .await;
-    Mock::given(method("POST"))
-        .and(path(GEM_PATH))
-        .respond_with(ResponseTemplate::new(429).set_body_json(gemini_error(
-            429,
-            "RESOURCE_EXHAUSTED",
-            "Quota exceeded for metric: requests per day",
-            json!([]),
-        )))
-        .expect(1)
-        .mount(&gemini)
-        .await;
+    let (alchemyst, gemini) = two_servers().await;
+    let bad_key =
+        ResponseTemplate::new(401).set_body_json(json!({"error": {"message": "bad key"}}));
+    answer(&alchemyst, ALC_PATH, bad_key, 1).await;
+    let quota = ResponseTemplate::new(429).set_body_json(gemini_error(
+        429,
+        "RESOURCE_EXHAUSTED",
+        "Quota exceeded for metric: requests per day",
+        json!([]),
+    ));
+    answer(&gemini, GEM_PATH, quota, 1).await;
     let chain = two_provider_config(&alchemyst, &gemini).build().unwrap();
     let err = chain.chat(&ChatRequest::new("s", "u")).await.unwrap_err();
     assert_eq!(
@@ -196,14 +175,9 @@ async fn all_failing_lists_every_failure() {
 async fn a_chain_of_one_gives_back_its_error_unchanged() {
     let (logs, _guard) = capture_logs();
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/chat/completions"))
-        .respond_with(
-            ResponseTemplate::new(400).set_body_json(json!({"error": {"message": "bad field"}})),
-        )
-        .expect(2)
-        .mount(&server)
-        .await;
+    let bad_field =
+        ResponseTemplate::new(400).set_body_json(json!({"error": {"message": "bad field"}}));
+    answer(&server, "/chat/completions", bad_field, 2).await;
     let chain = Fallback::new(vec![Arc::new(
         OpenAiConfig::openai(server.uri()).build().unwrap(),
     )]);
@@ -231,22 +205,12 @@ async fn a_chain_of_one_gives_back_its_error_unchanged() {
 
 #[tokio::test]
 async fn context_too_long_does_not_fall_back() {
-    let alchemyst = MockServer::start().await;
-    let gemini = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path(ALC_PATH))
-        .respond_with(ResponseTemplate::new(400).set_body_json(
-            json!({"error": {"message": "too long", "code": "context_length_exceeded"}}),
-        ))
-        .expect(1)
-        .mount(&alchemyst)
-        .await;
-    Mock::given(method("POST"))
-        .and(path(GEM_PATH))
-        .respond_with(ResponseTemplate::new(200).set_body_json(gemini_reply("never")))
-        .expect(0)
-        .mount(&gemini)
-        .await;
+    let (alchemyst, gemini) = two_servers().await;
+    let too_long = ResponseTemplate::new(400).set_body_json(
+        json!({"error": {"message": "too long", "code": "context_length_exceeded"}}),
+    );
+    answer(&alchemyst, ALC_PATH, too_long, 1).await;
+    answer(&gemini, GEM_PATH, ok(gemini_reply("never")), 0).await;
     let chain = two_provider_config(&alchemyst, &gemini).build().unwrap();
     let err = chain.chat(&ChatRequest::new("s", "u")).await.unwrap_err();
     assert_eq!(err.kind, LlmErrorKind::ContextTooLong);
@@ -255,20 +219,9 @@ async fn context_too_long_does_not_fall_back() {
 
 #[tokio::test]
 async fn order_is_overridable() {
-    let alchemyst = MockServer::start().await;
-    let gemini = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path(ALC_PATH))
-        .respond_with(ResponseTemplate::new(200).set_body_json(openai_completion("alc", "m")))
-        .expect(0)
-        .mount(&alchemyst)
-        .await;
-    Mock::given(method("POST"))
-        .and(path(GEM_PATH))
-        .respond_with(ResponseTemplate::new(200).set_body_json(gemini_reply("gem")))
-        .expect(1)
-        .mount(&gemini)
-        .await;
+    let (alchemyst, gemini) = two_servers().await;
+    answer(&alchemyst, ALC_PATH, ok(openai_completion("alc", "m")), 0).await;
+    answer(&gemini, GEM_PATH, ok(gemini_reply("gem")), 1).await;
     let config = LlmConfig::from_vars(vars(&[
         ("ALCHEMYST_AI_API_KEY", "alc-key-000111".into()),
         (

@@ -85,45 +85,39 @@ async fn gemini_server() -> MockServer {
     server
 }
 
-#[tokio::test]
-async fn openai_compatible_passes_the_llm_suite() {
-    let server = openai_server().await;
-    let provider = OpenAiConfig::openai(format!("{}/v1", server.uri()))
-        .with_model("test-model")
-        .build()
-        .unwrap();
-    llm_suite(Arc::new(provider), ANSWER).await;
+/// The Gemini provider, pointed at `server`.
+fn gemini(server: &MockServer) -> Arc<dyn LlmProvider> {
+    Arc::new(
+        GeminiConfig::new("conformance-key")
+            .with_base_url(server.uri())
+            .build()
+            .unwrap(),
+    )
 }
 
 #[tokio::test]
-async fn alchemyst_passes_the_llm_suite() {
+async fn openai_compatible_and_alchemyst_pass_the_llm_suite() {
     let server = openai_server().await;
-    let provider = OpenAiConfig::alchemyst("conformance-key")
-        .with_base_url(format!("{}/v1", server.uri()))
-        .build()
-        .unwrap();
-    llm_suite(Arc::new(provider), ANSWER).await;
+    let base_url = format!("{}/v1", server.uri());
+    let configs = [
+        OpenAiConfig::openai(&base_url).with_model("test-model"),
+        OpenAiConfig::alchemyst("conformance-key").with_base_url(&base_url),
+    ];
+    for config in configs {
+        llm_suite(Arc::new(config.build().unwrap()), ANSWER).await;
+    }
 }
 
 #[tokio::test]
 async fn gemini_passes_the_llm_suite() {
     let server = gemini_server().await;
-    let provider = GeminiConfig::new("conformance-key")
-        .with_base_url(server.uri())
-        .build()
-        .unwrap();
-    llm_suite(Arc::new(provider), ANSWER).await;
+    llm_suite(gemini(&server), ANSWER).await;
 }
 
 #[tokio::test]
 async fn the_wrappers_pass_the_llm_suite() {
     let server = gemini_server().await;
-    let gemini: Arc<dyn LlmProvider> = Arc::new(
-        GeminiConfig::new("conformance-key")
-            .with_base_url(server.uri())
-            .build()
-            .unwrap(),
-    );
+    let gemini = gemini(&server);
     llm_suite(
         Arc::new(Retry::with_policy(gemini.clone(), RetryPolicy::default())),
         ANSWER,

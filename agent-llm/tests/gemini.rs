@@ -362,16 +362,8 @@ async fn permanent_errors_are_classified_and_not_retried() {
             .build()
             .unwrap();
         let (provider, sleeper) = retrying(provider, 4);
-        let err = chat_err(&provider).await;
-        assert_eq!(err.kind, kind, "{name}: {err}");
-        assert_eq!(err.status, Some(status), "{name}");
+        let err = refused_at_once(&provider, &sleeper, kind, status, name).await;
         assert!(err.message.contains(needle), "{name}: {err}");
-        assert!(sleeper.delays().is_empty(), "{name} was retried");
-        assert_eq!(
-            err.should_fall_back(),
-            kind != LlmErrorKind::ContextTooLong,
-            "{name}"
-        );
     }
 }
 

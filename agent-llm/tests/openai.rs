@@ -242,17 +242,9 @@ async fn permanent_errors_are_classified_with_the_providers_message_and_not_retr
         let server = MockServer::start().await;
         answer(&server, CHAT_PATH, error_answer(status, message, code), 1).await;
         let (provider, sleeper) = retrying(alchemyst(&server), 5);
-        let err = chat_err(&provider).await;
-        assert_eq!(err.kind, kind, "{message}");
-        assert_eq!(err.status, Some(status), "{message}");
+        let err = refused_at_once(&provider, &sleeper, kind, status, message).await;
         assert_eq!(err.provider, "alchemyst");
         assert_eq!(err.message, message);
-        assert!(sleeper.delays().is_empty(), "{message} was retried");
-        assert_eq!(
-            err.should_fall_back(),
-            kind != LlmErrorKind::ContextTooLong,
-            "{message}"
-        );
     }
 }
 

@@ -115,7 +115,28 @@ pub async fn last_body(server: &MockServer) -> Value {
     bodies(server).await.pop().unwrap()
 }
 
-/// The error a one-message chat (`"s"`, `"u"`) gets from `provider`.
+/// Chats once through `provider` (a retry wrapper whose delays `sleeper` records) and checks the
+/// error is of `kind` with HTTP `status`, was given up on at once (never slept on), and falls back
+/// to another provider unless the context was too long. `case` names the case in failures.
+pub async fn refused_at_once(
+    provider: &(impl LlmProvider + ?Sized),
+    sleeper: &RecordingSleeper,
+    kind: agent_core::LlmErrorKind,
+    status: u16,
+    case: &str,
+) -> LlmError {
+    let err = chat_err(provider).await;
+    assert_eq!(err.kind, kind, "{case}: {err}");
+    assert_eq!(err.status, Some(status), "{case}");
+    assert!(sleeper.delays().is_empty(), "{case} was retried");
+    assert_eq!(
+        err.should_fall_back(),
+        kind != agent_core::LlmErrorKind::ContextTooLong,
+        "{case}"
+    );
+    err
+}
+
 /// The error of a chat call, which must be of `kind` and say `saying`.
 pub async fn chat_err_saying(
     provider: &(impl LlmProvider + ?Sized),
