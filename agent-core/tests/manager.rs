@@ -11,8 +11,8 @@ use agent_core::manager::{JobManager, JobManagerConfig};
 use agent_core::store::memory::MemoryStore;
 use agent_core::testing::{collect_bytes, FakeExecutor};
 use agent_core::{
-    ChatRequest, ChatResponse, Error, EventKind, Job, JobFilter, JobId, JobSpec, JobStatus,
-    JobStore, LlmError, LlmErrorKind, Step, StepStatus, Termination, TokenUsage,
+    ChatRequest, ChatResponse, Error, EventKind, Job, JobEvent, JobFilter, JobId, JobSpec,
+    JobStatus, JobStore, LlmError, LlmErrorKind, Step, StepStatus, Termination, TokenUsage,
 };
 use futures::StreamExt;
 
@@ -83,6 +83,24 @@ async fn harness_with(
     }
 }
 
+impl Harness {
+    /// Submits `spec`; the job's id.
+    async fn submit(&self, spec: JobSpec) -> JobId {
+        self.manager.submit(spec).await.unwrap()
+    }
+
+    /// Job `id`'s events after `after`, followed until the job ends.
+    async fn follow(&self, id: JobId, after: u64) -> Vec<JobEvent> {
+        let events = self.manager.subscribe(id, after).await.unwrap();
+        events.map(|e| e.unwrap()).collect().await
+    }
+
+    /// Submits `spec` and waits for its job to end.
+    async fn run(&self, spec: JobSpec) -> Job {
+        run_job(&self.manager, spec).await
+    }
+}
+
 async fn harness(replies: Option<Vec<Result<String, LlmErrorKind>>>) -> Harness {
     harness_with(Arc::new(MemoryStore::new()), replies, |_| {}).await
 }
@@ -116,6 +134,13 @@ async fn zip_file(h: &Harness, job: &Job, name: &str) -> String {
     s
 }
 
+/// Checks that `job` ended with `status` and an error that says `saying`.
+fn assert_ended(job: &Job, status: JobStatus, saying: &str) {
+    assert_eq!(job.status, status, "{:?}", job.error);
+    let error = job.error.as_deref().unwrap_or_default();
+    assert!(error.contains(saying), "{error:?} should say {saying:?}");
+}
+
 fn plan(steps: serde_json::Value) -> String {
     serde_json::json!({"steps": steps, "summary": "test plan"}).to_string()
 }
@@ -123,17 +148,14 @@ fn plan(steps: serde_json::Value) -> String {
 #[tokio::test]
 async fn explicit_steps_run_in_order_without_an_llm() {
     let h = harness(None).await;
-    let id = h
-        .manager
-        .submit(JobSpec::from_steps(vec![
+    let job = h
+        .run(JobSpec::from_steps(vec![
             Step::write_file("notes/a.txt", "first\n"),
             Step::shell("echo second >> notes/a.txt"),
             Step::python("open('notes/a.txt','a').write('third\\n')"),
             Step::shell("cat notes/a.txt"),
         ]))
-        .await
-        .unwrap();
-    let job = h.manager.wait(id).await.unwrap();
+        .await;
     assert_eq!(job.status, JobStatus::Succeeded, "{:?}", job.error);
     assert_eq!(job.steps.len(), 4);
     assert!(job.steps.iter().all(|s| s.status == StepStatus::Succeeded));
@@ -167,14 +189,11 @@ async fn a_prompt_is_planned_streamed_and_recorded() {
         ]))
     );
     let h = harness(Some(vec![Ok(reply)])).await;
-    let id = h
-        .manager
-        .submit(JobSpec::from_prompt(
+    let job = h
+        .run(JobSpec::from_prompt(
             "Create a Python script that prints fib(10)",
         ))
-        .await
-        .unwrap();
-    let job = h.manager.wait(id).await.unwrap();
+        .await;
     assert_eq!(job.status, JobStatus::Succeeded, "{:?}", job.error);
     assert_eq!(job.provider.as_deref(), Some("mock"));
     assert_eq!(job.usage.total_tokens, 15);
@@ -185,7 +204,7 @@ async fn a_prompt_is_planned_streamed_and_recorded() {
     assert!(reqs[0].json_mode);
     assert!(reqs[0].system.contains("\"steps\""));
     assert!(reqs[0].messages[0].content.contains("fib(10)"));
-    let events = h.manager.events(id, 0, 1000).await.unwrap();
+    let events = h.manager.events(job.id, 0, 1000).await.unwrap();
     assert!(events.iter().any(
         |e| matches!(&e.kind, EventKind::Planning { text } if text.contains("Here is the plan"))
     ));
@@ -203,12 +222,7 @@ async fn a_failed_step_is_repaired_with_its_stderr() {
         {"type": "shell", "command": "echo repaired > b.txt"}
     ]));
     let h = harness(Some(vec![Ok(first), Ok(fixed)])).await;
-    let id = h
-        .manager
-        .submit(JobSpec::from_prompt("make files"))
-        .await
-        .unwrap();
-    let job = h.manager.wait(id).await.unwrap();
+    let job = h.run(JobSpec::from_prompt("make files")).await;
     assert_eq!(job.status, JobStatus::Succeeded, "{:?}", job.error);
     let reqs = h.requests.lock().unwrap().clone();
     assert_eq!(reqs.len(), 2, "one plan, one repair");
@@ -247,12 +261,7 @@ async fn a_refused_write_is_a_failed_step_that_can_be_repaired() {
         {"type": "write_file", "path": "good.txt", "content": "ok"}
     ]));
     let h = harness(Some(vec![Ok(first), Ok(fixed)])).await;
-    let id = h
-        .manager
-        .submit(JobSpec::from_prompt("write"))
-        .await
-        .unwrap();
-    let job = h.manager.wait(id).await.unwrap();
+    let job = h.run(JobSpec::from_prompt("write")).await;
     assert_eq!(job.status, JobStatus::Succeeded, "{:?}", job.error);
     let refused = job.steps[1].result.as_ref().unwrap();
     assert_eq!(refused.exit_code, -1);
@@ -270,17 +279,12 @@ async fn a_refused_write_is_a_failed_step_that_can_be_repaired() {
 async fn repairs_are_bounded() {
     let failing = plan(serde_json::json!([{"type": "shell", "command": "exit 7"}]));
     let h = harness(Some(vec![Ok(failing)])).await;
-    let id = h
-        .manager
-        .submit(JobSpec::from_prompt("fail").with_max_repairs(2))
-        .await
-        .unwrap();
-    let job = h.manager.wait(id).await.unwrap();
-    assert_eq!(job.status, JobStatus::Failed);
+    let job = h
+        .run(JobSpec::from_prompt("fail").with_max_repairs(2))
+        .await;
+    assert_ended(&job, JobStatus::Failed, "exited with code 7");
+    assert_ended(&job, JobStatus::Failed, "after 2 repair attempts");
     assert_eq!(h.requests.lock().unwrap().len(), 3, "plan + 2 repairs");
-    let error = job.error.clone().unwrap();
-    assert!(error.contains("exited with code 7"), "{error}");
-    assert!(error.contains("after 2 repair attempts"), "{error}");
     // Partial results are still packaged.
     assert!(zip_names(&h, &job).await.contains(&"result.json".into()));
 }
@@ -289,8 +293,7 @@ async fn repairs_are_bounded() {
 async fn an_unparseable_plan_gets_one_retry_with_the_error() {
     let good = plan(serde_json::json!([{"type": "shell", "command": "true"}]));
     let h = harness(Some(vec![Ok("Sorry, I can't do JSON.".into()), Ok(good)])).await;
-    let id = h.manager.submit(JobSpec::from_prompt("x")).await.unwrap();
-    let job = h.manager.wait(id).await.unwrap();
+    let job = h.run(JobSpec::from_prompt("x")).await;
     assert_eq!(job.status, JobStatus::Succeeded, "{:?}", job.error);
     let reqs = h.requests.lock().unwrap().clone();
     assert_eq!(reqs.len(), 2);
@@ -298,14 +301,8 @@ async fn an_unparseable_plan_gets_one_retry_with_the_error() {
     assert!(reqs[1].messages[2].content.contains("no JSON object"));
 
     let h = harness(Some(vec![Ok(r#"{"steps":[{"type":"teleport"}]}"#.into())])).await;
-    let id = h.manager.submit(JobSpec::from_prompt("x")).await.unwrap();
-    let job = h.manager.wait(id).await.unwrap();
-    assert_eq!(job.status, JobStatus::Failed);
-    assert!(job
-        .error
-        .as_deref()
-        .unwrap()
-        .contains("unknown type \"teleport\""));
+    let job = h.run(JobSpec::from_prompt("x")).await;
+    assert_ended(&job, JobStatus::Failed, "unknown type \"teleport\"");
     assert_eq!(h.requests.lock().unwrap().len(), 2);
     // Tokens spent are tokens spent: both answers count though neither became a plan.
     assert_eq!(job.usage.total_tokens, 30);
@@ -319,10 +316,8 @@ async fn an_unparseable_plan_gets_one_retry_with_the_error() {
 #[tokio::test]
 async fn an_llm_failure_fails_the_job_with_its_message() {
     let h = harness(Some(vec![Err(LlmErrorKind::Permanent)])).await;
-    let id = h.manager.submit(JobSpec::from_prompt("x")).await.unwrap();
-    let job = h.manager.wait(id).await.unwrap();
-    assert_eq!(job.status, JobStatus::Failed);
-    assert!(job.error.unwrap().contains("scripted failure"));
+    let job = h.run(JobSpec::from_prompt("x")).await;
+    assert_ended(&job, JobStatus::Failed, "scripted failure");
 }
 
 #[tokio::test]
@@ -364,11 +359,7 @@ async fn cancel_withdraws_a_queued_job() {
     })
     .await;
     let blocker = start_blocker(&h.manager).await;
-    let queued = h
-        .manager
-        .submit(JobSpec::from_steps(vec![Step::shell("echo hi")]))
-        .await
-        .unwrap();
+    let queued = h.submit(shell_job("echo hi")).await;
     assert_eq!(h.manager.stats().queued, 1);
     let job = h.manager.cancel(queued).await.unwrap();
     assert_eq!(job.status, JobStatus::Cancelled);
@@ -379,20 +370,12 @@ async fn cancel_withdraws_a_queued_job() {
 #[tokio::test]
 async fn a_job_past_its_timeout_is_timed_out_with_partial_output() {
     let h = harness(None).await;
-    let id = h
-        .manager
-        .submit(
-            JobSpec::from_steps(vec![
-                Step::shell("echo before > before.txt"),
-                Step::shell("sleep 100"),
-            ])
-            .with_job_timeout(Duration::from_secs(1)),
-        )
-        .await
-        .unwrap();
-    let job = h.manager.wait(id).await.unwrap();
-    assert_eq!(job.status, JobStatus::TimedOut);
-    assert!(job.error.as_deref().unwrap().contains("1s timeout"));
+    let spec = JobSpec::from_steps(vec![
+        Step::shell("echo before > before.txt"),
+        Step::shell("sleep 100"),
+    ]);
+    let job = h.run(spec.with_job_timeout(Duration::from_secs(1))).await;
+    assert_ended(&job, JobStatus::TimedOut, "1s timeout");
     assert_eq!(
         job.steps[1].result.as_ref().unwrap().termination,
         Termination::TimedOut,
@@ -404,36 +387,21 @@ async fn a_job_past_its_timeout_is_timed_out_with_partial_output() {
 #[tokio::test]
 async fn a_step_timeout_fails_the_step() {
     let h = harness(None).await;
-    let id = h
-        .manager
-        .submit(JobSpec::from_steps(vec![
+    let job = h
+        .run(JobSpec::from_steps(vec![
             Step::shell("sleep 100").with_timeout(Duration::from_secs(1))
         ]))
-        .await
-        .unwrap();
-    let job = h.manager.wait(id).await.unwrap();
-    assert_eq!(job.status, JobStatus::Failed);
-    assert!(job.error.unwrap().contains("timed out"));
+        .await;
+    assert_ended(&job, JobStatus::Failed, "timed out");
 }
 
 #[tokio::test]
 async fn subscribe_replays_then_follows_and_resumes() {
     let h = harness(None).await;
     let id = h
-        .manager
-        .submit(JobSpec::from_steps(vec![Step::shell(
-            "for i in 1 2 3; do echo line$i; sleep 0.2; done",
-        )]))
-        .await
-        .unwrap();
-    let events: Vec<_> = h
-        .manager
-        .subscribe(id, 0)
-        .await
-        .unwrap()
-        .map(|e| e.unwrap())
-        .collect()
+        .submit(shell_job("for i in 1 2 3; do echo line$i; sleep 0.2; done"))
         .await;
+    let events = h.follow(id, 0).await;
     assert!(
         events.last().unwrap().is_final(),
         "the stream ends with the final status"
@@ -449,27 +417,15 @@ async fn subscribe_replays_then_follows_and_resumes() {
         .collect();
     assert_eq!(text, "line1\nline2\nline3\n");
     // Resume after the third event: exactly the rest.
-    let rest: Vec<_> = h
-        .manager
-        .subscribe(id, 3)
-        .await
-        .unwrap()
-        .map(|e| e.unwrap().seq)
-        .collect()
-        .await;
+    let rest: Vec<u64> = h.follow(id, 3).await.iter().map(|e| e.seq).collect();
     assert_eq!(rest, seqs[3..].to_vec());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_subscribers_each_get_every_event_in_order_and_a_slow_one_holds_nobody_back() {
     let h = harness(None).await;
-    let id = h
-        .manager
-        .submit(JobSpec::from_steps(vec![Step::python(
-            "for i in range(20000):\n    print(i, flush=True)",
-        )]))
-        .await
-        .unwrap();
+    let printing = Step::python("for i in range(20000):\n    print(i, flush=True)");
+    let id = h.submit(JobSpec::from_steps(vec![printing])).await;
     // 200 subscribers reading as events come; one that reads nothing until the job is over; one
     // that stops after 50 events and resumes from the last it saw (as Last-Event-ID does).
     let mut readers = Vec::new();
@@ -566,12 +522,8 @@ async fn retention_removes_old_jobs_events_and_artifacts_periodically() {
         c.sweep_interval = Duration::from_millis(100);
     })
     .await;
-    let id = h
-        .manager
-        .submit(JobSpec::from_steps(vec![Step::shell("echo x > x.txt")]))
-        .await
-        .unwrap();
-    let job = h.manager.wait(id).await.unwrap();
+    let job = h.run(shell_job("echo x > x.txt")).await;
+    let id = job.id;
     let zip = job.artifact.unwrap().path;
     assert!(h.manager.artifacts().open(&zip).await.unwrap().is_some());
     // The sweeper runs on its own (not only at start-up).
@@ -601,7 +553,7 @@ async fn a_sweep_removes_a_backlog_larger_than_one_batch_and_spares_recent_jobs(
     let h = harness_with(store.clone(), None, |c| c.retention = None).await;
     let old = chrono::Utc::now() - chrono::Duration::hours(2);
     for i in 0..1201 {
-        let mut job = Job::new(JobId::new(), JobSpec::from_steps(vec![Step::shell("true")]));
+        let mut job = Job::new(JobId::new(), shell_job("true"));
         job.transition(JobStatus::Running).unwrap();
         job.transition(JobStatus::Succeeded).unwrap();
         if i > 0 {
@@ -618,7 +570,7 @@ async fn a_sweep_removes_a_backlog_larger_than_one_batch_and_spares_recent_jobs(
 #[tokio::test]
 async fn restart_recovery_requeues_queued_and_interrupts_running() {
     let store: Arc<dyn JobStore> = Arc::new(MemoryStore::new());
-    let mut running = Job::new(JobId::new(), JobSpec::from_steps(vec![Step::shell("true")]));
+    let mut running = Job::new(JobId::new(), shell_job("true"));
     running.transition(JobStatus::Running).unwrap();
     store.insert_job(&running).await.unwrap();
     let queued = Job::new(
@@ -642,11 +594,7 @@ async fn shutdown_interrupts_running_jobs_and_keeps_queued_ones() {
     let store: Arc<dyn JobStore> = Arc::new(MemoryStore::new());
     let h = harness_with(store.clone(), None, |c| c.max_concurrent_jobs = 1).await;
     let running = start_blocker(&h.manager).await;
-    let queued = h
-        .manager
-        .submit(JobSpec::from_steps(vec![Step::shell("true")]))
-        .await
-        .unwrap();
+    let queued = h.submit(shell_job("true")).await;
     h.manager
         .shutdown(Duration::from_millis(200))
         .await
@@ -660,9 +608,7 @@ async fn shutdown_interrupts_running_jobs_and_keeps_queued_ones() {
         JobStatus::Queued
     );
     assert!(matches!(
-        h.manager
-            .submit(JobSpec::from_steps(vec![Step::shell("true")]))
-            .await,
+        h.manager.submit(shell_job("true")).await,
         Err(Error::ShuttingDown)
     ));
 }
@@ -676,17 +622,10 @@ async fn jobs_run_on_the_sqlite_store_and_survive_a_restart() {
     let id = {
         let store: Arc<dyn JobStore> = Arc::new(SqliteStore::open(&db).unwrap());
         let h = harness_with(store, None, |_| {}).await;
-        let id = h
-            .manager
-            .submit(JobSpec::from_steps(vec![Step::shell("echo persisted")]))
-            .await
-            .unwrap();
-        assert_eq!(
-            h.manager.wait(id).await.unwrap().status,
-            JobStatus::Succeeded
-        );
+        let job = h.run(shell_job("echo persisted")).await;
+        assert_eq!(job.status, JobStatus::Succeeded);
         h.manager.shutdown(Duration::from_secs(1)).await.unwrap();
-        id
+        job.id
     };
     let store: Arc<dyn JobStore> = Arc::new(SqliteStore::open(&db).unwrap());
     let job = store.get_job(id).await.unwrap().unwrap();
@@ -726,20 +665,10 @@ async fn wait_for_output(manager: &JobManager, id: JobId, needle: &str) {
 async fn timeouts_too_large_for_an_instant_do_not_overflow() {
     let h = harness(None).await;
     let huge = Duration::from_secs(u64::MAX);
-    let id = h
-        .manager
-        .submit(
-            JobSpec::from_steps(vec![Step::shell("echo ok")])
-                .with_job_timeout(huge)
-                .with_step_timeout(huge),
-        )
-        .await
-        .unwrap();
-    // A guard against a hang only (the job takes well under a second).
-    let job = tokio::time::timeout(Duration::from_secs(60), h.manager.wait(id))
-        .await
-        .expect("the job ends")
-        .unwrap();
+    let spec = shell_job("echo ok")
+        .with_job_timeout(huge)
+        .with_step_timeout(huge);
+    let job = h.run(spec).await;
     assert_eq!(job.status, JobStatus::Succeeded, "{:?}", job.error);
 }
 
@@ -755,16 +684,23 @@ async fn sandboxes_gone(manager: &JobManager) -> bool {
     false
 }
 
-/// Submits a one-step shell job and waits for it (a guard against a hang only).
-async fn run_one(manager: &JobManager, command: &str) -> Job {
-    let id = manager
-        .submit(JobSpec::from_steps(vec![Step::shell(command)]))
-        .await
-        .unwrap();
+/// Submits `spec` and waits for its job to end (at most a minute: a guard against a hang only).
+async fn run_job(manager: &JobManager, spec: JobSpec) -> Job {
+    let id = manager.submit(spec).await.unwrap();
     tokio::time::timeout(Duration::from_secs(60), manager.wait(id))
         .await
         .expect("the job ends")
         .unwrap()
+}
+
+/// A job of one shell step.
+fn shell_job(command: &str) -> JobSpec {
+    JobSpec::from_steps(vec![Step::shell(command)])
+}
+
+/// Submits a one-step shell job and waits for it to end.
+async fn run_one(manager: &JobManager, command: &str) -> Job {
+    run_job(manager, shell_job(command)).await
 }
 
 /// How a [`Quirky`] executor's sandboxes differ from the fake executor's.
@@ -889,12 +825,7 @@ async fn a_panic_while_running_fails_the_job_instead_of_leaving_it_running() {
     .unwrap();
     let job = run_one(&manager, "true").await;
     let id = job.id;
-    assert_eq!(job.status, JobStatus::Failed);
-    assert!(
-        job.error.as_deref().unwrap().contains("backend bug"),
-        "{:?}",
-        job.error
-    );
+    assert_ended(&job, JobStatus::Failed, "backend bug");
     let events = store.events(id, 0, 1000).await.unwrap();
     assert!(
         events.last().unwrap().is_final(),
@@ -903,11 +834,7 @@ async fn a_panic_while_running_fails_the_job_instead_of_leaving_it_running() {
     assert_eq!(manager.stats().running, 0);
     assert!(sandboxes_gone(&manager).await, "{:?}", manager.stats());
     // The job is no longer live: a new one still runs.
-    let next = manager
-        .submit(JobSpec::from_steps(vec![Step::shell("true")]))
-        .await
-        .unwrap();
-    assert_eq!(manager.wait(next).await.unwrap().status, JobStatus::Failed);
+    assert_eq!(run_one(&manager, "true").await.status, JobStatus::Failed);
 }
 
 #[tokio::test]
@@ -924,19 +851,12 @@ async fn a_wedged_export_cannot_hold_a_job_past_its_timeout() {
     .start()
     .await
     .unwrap();
-    let id = manager
-        .submit(
-            JobSpec::from_steps(vec![Step::shell("true")]).with_job_timeout(Duration::from_secs(1)),
-        )
-        .await
-        .unwrap();
-    let job = tokio::time::timeout(Duration::from_secs(30), manager.wait(id))
-        .await
-        .expect("the job ends although its export never does")
-        .unwrap();
+    // The job ends although its export never does.
+    let spec = shell_job("true");
+    let job = run_job(&manager, spec.with_job_timeout(Duration::from_secs(1))).await;
     assert_eq!(job.status, JobStatus::TimedOut);
     assert!(job.artifact.is_none());
-    let events = manager.events(id, 0, 1000).await.unwrap();
+    let events = manager.events(job.id, 0, 1000).await.unwrap();
     assert!(events.iter().any(
         |e| matches!(&e.kind, EventKind::Log { message } if message.contains("could not package"))
     ));
@@ -950,7 +870,7 @@ async fn a_full_queue_refuses_new_jobs_until_it_drains() {
     })
     .await;
     let blocker = start_blocker(&h.manager).await;
-    let spec = JobSpec::from_steps(vec![Step::shell("true")]);
+    let spec = shell_job("true");
     let queued = [
         h.manager.submit(spec.clone()).await.unwrap(),
         h.manager.submit(spec.clone()).await.unwrap(),
@@ -1040,10 +960,7 @@ async fn the_final_status_is_published_before_the_sandbox_is_removed_which_still
     // The sandbox is still there: counted, and holding the only worker.
     let stats = manager.stats();
     assert_eq!((stats.running, stats.live_sandboxes), (0, 1), "{stats:?}");
-    let next = manager
-        .submit(JobSpec::from_steps(vec![Step::shell("true")]))
-        .await
-        .unwrap();
+    let next = manager.submit(shell_job("true")).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
         manager.get(next).await.unwrap().status,
