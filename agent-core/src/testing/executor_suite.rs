@@ -9,7 +9,8 @@ use tokio::sync::mpsc;
 
 use crate::agent::step::{RunStep, StepRequest};
 use crate::executor::{
-    discard_output, ExecRequest, Executor, OutputSink, Sandbox, SandboxErrorKind, SandboxSpec,
+    discard_output, ExecRequest, Executor, OutputSink, Sandbox, SandboxError, SandboxErrorKind,
+    SandboxSpec,
 };
 use crate::job::{JobId, OutputStream, Step, StepResult, Termination};
 
@@ -208,26 +209,58 @@ async fn wait_for_output(
     }
 }
 
-async fn run(sandbox: &dyn Sandbox, req: StepRequest, check: &str) -> (StepResult, Collected) {
+/// Calls `call` with a sink that collects its output: its result and what it printed.
+async fn collect<F>(check: &str, call: impl FnOnce(OutputSink) -> F) -> (StepResult, Collected)
+where
+    F: std::future::Future<Output = Result<StepResult, SandboxError>>,
+{
     let collected = Collected::default();
-    let result = sandbox
-        .run_step(req, collected.sink())
+    let result = call(collected.sink())
         .await
-        .unwrap_or_else(|e| panic!("{check}: run_step failed: {e}"));
+        .unwrap_or_else(|e| panic!("{check}: {e}"));
     (result, collected)
+}
+
+async fn run(sandbox: &dyn Sandbox, req: StepRequest, check: &str) -> (StepResult, Collected) {
+    collect(check, |sink| sandbox.run_step(req, sink)).await
 }
 
 async fn shell(sandbox: &dyn Sandbox, command: &str, check: &str) -> (StepResult, Collected) {
     run(sandbox, request(Step::shell(command)), check).await
 }
 
-async fn exec(sandbox: &dyn Sandbox, req: ExecRequest, check: &str) -> (StepResult, Collected) {
-    let collected = Collected::default();
-    let result = sandbox
-        .exec(req, collected.sink())
+/// `put_file`, which must succeed (`check` names the call in a failure).
+async fn put(sandbox: &dyn Sandbox, path: &str, content: impl Into<Bytes>, check: &str) {
+    sandbox
+        .put_file(path, content.into())
         .await
-        .unwrap_or_else(|e| panic!("{check}: exec failed: {e}"));
-    (result, collected)
+        .unwrap_or_else(|e| panic!("{check}: {e}"));
+}
+
+/// `get_file`, which must succeed: the file's content.
+async fn get(sandbox: &dyn Sandbox, path: &str, check: &str) -> Bytes {
+    sandbox
+        .get_file(path)
+        .await
+        .unwrap_or_else(|e| panic!("{check}: {e}"))
+}
+
+/// Runs a step that must succeed: its result and what it printed.
+async fn run_ok(sandbox: &dyn Sandbox, req: StepRequest, check: &str) -> (StepResult, Collected) {
+    let (result, out) = run(sandbox, req, check).await;
+    assert!(result.success(), "{check}: {result:?}");
+    (result, out)
+}
+
+/// Runs `command` as a shell step that must succeed; what it printed.
+async fn shell_ok(sandbox: &dyn Sandbox, command: &str, check: &str) -> Collected {
+    run_ok(sandbox, request(Step::shell(command)), check)
+        .await
+        .1
+}
+
+async fn exec(sandbox: &dyn Sandbox, req: ExecRequest, check: &str) -> (StepResult, Collected) {
+    collect(check, |sink| sandbox.exec(req, sink)).await
 }
 
 fn argv(args: &[&str]) -> ExecRequest {
@@ -246,10 +279,13 @@ async fn processes(sandbox: &dyn Sandbox) {
     assert_eq!(out.stdout(), "[a b][$HOME][*][]", "exec argv");
 
     // The working directory, relative to the workspace root.
-    sandbox
-        .put_file("suite-cwd/sub/marker", Bytes::from_static(b"m"))
-        .await
-        .unwrap_or_else(|e| panic!("exec cwd: put_file: {e}"));
+    put(
+        sandbox,
+        "suite-cwd/sub/marker",
+        &b"m"[..],
+        "exec cwd: put_file",
+    )
+    .await;
     let mut req = argv(&["ls"]);
     req.cwd = Some("suite-cwd/sub".into());
     let (r, out) = exec(sandbox, req, "exec cwd").await;
@@ -330,8 +366,7 @@ async fn exit_codes(sandbox: &dyn Sandbox) {
 
 async fn separated_streams(sandbox: &dyn Sandbox) {
     let command = "for i in 1 2 3; do echo out$i; echo err$i >&2; done";
-    let (result, out) = shell(sandbox, command, "stdout/stderr").await;
-    assert!(result.success(), "stdout/stderr: {result:?}");
+    let (result, out) = run_ok(sandbox, request(Step::shell(command)), "stdout/stderr").await;
     assert_eq!(
         out.stdout(),
         "out1\nout2\nout3\n",
@@ -517,59 +552,37 @@ async fn stateful_python(sandbox: &dyn Sandbox) {
 }
 
 async fn files(sandbox: &dyn Sandbox) {
-    let (result, _) = run(
-        sandbox,
-        request(Step::write_file("suite/dir/a.txt", "hello file\n")),
-        "write_file step",
-    )
-    .await;
-    assert!(result.success(), "write_file step: {result:?}");
-    let content = sandbox
-        .get_file("suite/dir/a.txt")
-        .await
-        .unwrap_or_else(|e| panic!("get_file after write_file: {e}"));
+    let write = request(Step::write_file("suite/dir/a.txt", "hello file\n"));
+    run_ok(sandbox, write, "write_file step").await;
+    let content = get(sandbox, "suite/dir/a.txt", "get_file after write_file").await;
     assert_eq!(&content[..], b"hello file\n", "get_file after write_file");
-    let same = sandbox
-        .get_file("/workspace/suite/dir/a.txt")
-        .await
-        .unwrap_or_else(|e| panic!("get_file with a /workspace path: {e}"));
-    assert_eq!(
-        &same[..],
-        b"hello file\n",
-        "get_file with a /workspace path"
-    );
-    let (cat, out) = shell(sandbox, "cat suite/dir/a.txt", "cat after write_file").await;
-    assert!(cat.success(), "cat after write_file: {cat:?}");
+    let check = "get_file with a /workspace path";
+    let same = get(sandbox, "/workspace/suite/dir/a.txt", check).await;
+    assert_eq!(&same[..], b"hello file\n", "{check}");
+    let out = shell_ok(sandbox, "cat suite/dir/a.txt", "cat after write_file").await;
     assert_eq!(out.stdout(), "hello file\n", "cat after write_file");
 
     let binary: Vec<u8> = (0..=255u8).collect();
-    sandbox
-        .put_file("suite/bin.dat", Bytes::from(binary.clone()))
-        .await
-        .unwrap_or_else(|e| panic!("put_file: {e}"));
-    let back = sandbox
-        .get_file("suite/bin.dat")
-        .await
-        .unwrap_or_else(|e| panic!("get_file after put_file: {e}"));
+    put(sandbox, "suite/bin.dat", binary.clone(), "put_file").await;
+    let back = get(sandbox, "suite/bin.dat", "get_file after put_file").await;
     assert_eq!(
         &back[..],
         &binary[..],
         "put_file/get_file round trip (binary)"
     );
-    let (wc, out) = shell(sandbox, "wc -c < suite/bin.dat", "wc after put_file").await;
-    assert!(wc.success(), "wc after put_file: {wc:?}");
+    let out = shell_ok(sandbox, "wc -c < suite/bin.dat", "wc after put_file").await;
     assert_eq!(out.stdout().trim(), "256", "a put file is visible to steps");
 
     // Overwrite truncates.
-    sandbox
-        .put_file("suite/dir/a.txt", Bytes::from_static(b"x"))
-        .await
-        .unwrap_or_else(|e| panic!("put_file over a file: {e}"));
-    assert_eq!(
-        &sandbox.get_file("suite/dir/a.txt").await.unwrap()[..],
-        b"x",
-        "overwrite"
-    );
+    put(
+        sandbox,
+        "suite/dir/a.txt",
+        &b"x"[..],
+        "put_file over a file",
+    )
+    .await;
+    let over = get(sandbox, "suite/dir/a.txt", "overwrite").await;
+    assert_eq!(&over[..], b"x", "overwrite");
 
     let missing = sandbox.get_file("suite/missing.txt").await.unwrap_err();
     assert_eq!(
@@ -585,8 +598,7 @@ async fn environment(sandbox: &dyn Sandbox) {
     ));
     req.env
         .push(("AGENT_SUITE_VAR".into(), "value with spaces".into()));
-    let (result, out) = run(sandbox, req, "env").await;
-    assert!(result.success(), "env: {result:?}");
+    let (_, out) = run_ok(sandbox, req, "env").await;
     assert_eq!(
         out.stdout(),
         "value with spaces|from-job\n",
@@ -599,8 +611,7 @@ async fn tails(sandbox: &dyn Sandbox) {
         "head -c 5000 /dev/zero | tr '\\0' x; printf END",
     ));
     req.tail_bytes = 100;
-    let (result, out) = run(sandbox, req, "tails").await;
-    assert!(result.success(), "tails: {result:?}");
+    let (result, out) = run_ok(sandbox, req, "tails").await;
     assert_eq!(
         out.stdout().len(),
         5003,
@@ -691,85 +702,58 @@ async fn output_cap(sandbox: &dyn Sandbox) {
     );
 }
 
+/// Checks that `what` (a call naming a path) was refused with `PathRefused`.
+fn assert_refused<T: std::fmt::Debug>(result: Result<T, SandboxError>, what: &str) {
+    match result {
+        Err(err) => assert_eq!(err.kind, SandboxErrorKind::PathRefused, "{what}: {err}"),
+        Ok(value) => panic!("{what} must be refused, got {value:?}"),
+    }
+}
+
 async fn refused_paths(sandbox: &dyn Sandbox) {
     for bad in ["../x", "/etc/x", "a/../../x", "/workspace/../etc/x"] {
-        let err = sandbox
-            .put_file(bad, Bytes::from_static(b"x"))
-            .await
-            .expect_err(&format!("put_file({bad:?}) must be refused"));
-        assert_eq!(
-            err.kind,
-            SandboxErrorKind::PathRefused,
-            "put_file({bad:?}): {err}"
-        );
-        let err = sandbox
-            .get_file(bad)
-            .await
-            .expect_err(&format!("get_file({bad:?}) must be refused"));
-        assert_eq!(
-            err.kind,
-            SandboxErrorKind::PathRefused,
-            "get_file({bad:?}): {err}"
-        );
-        let err = sandbox
+        let put = sandbox.put_file(bad, Bytes::from_static(b"x")).await;
+        assert_refused(put, &format!("put_file({bad:?})"));
+        assert_refused(sandbox.get_file(bad).await, &format!("get_file({bad:?})"));
+        let step = sandbox
             .run_step(request(Step::write_file(bad, "x")), discard_output())
-            .await
-            .expect_err(&format!("a write_file step to {bad:?} must be refused"));
-        assert_eq!(
-            err.kind,
-            SandboxErrorKind::PathRefused,
-            "write_file step {bad:?}: {err}"
-        );
+            .await;
+        assert_refused(step, &format!("a write_file step to {bad:?}"));
     }
     // Links leading out of the workspace.
-    let (ln, _) = shell(
-        sandbox,
-        "ln -sfn /etc suite-escape && ln -sf /etc/hostname suite-host",
-        "symlinks",
-    )
-    .await;
-    assert!(ln.success(), "symlinks: {ln:?}");
+    let links = "ln -sfn /etc suite-escape && ln -sf /etc/hostname suite-host";
+    shell_ok(sandbox, links, "symlinks").await;
     for bad in ["suite-escape/agent-suite-x", "suite-host"] {
-        let err = sandbox
-            .put_file(bad, Bytes::from_static(b"x"))
-            .await
-            .expect_err(&format!(
-                "put_file through a link leading out ({bad:?}) must be refused"
-            ));
-        assert_eq!(
-            err.kind,
-            SandboxErrorKind::PathRefused,
-            "put_file({bad:?}): {err}"
+        let put = sandbox.put_file(bad, Bytes::from_static(b"x")).await;
+        assert_refused(
+            put,
+            &format!("put_file through a link leading out ({bad:?})"),
         );
     }
     for bad in ["suite-escape/hostname", "suite-host"] {
-        let err = sandbox.get_file(bad).await.expect_err(&format!(
-            "get_file through a link leading out ({bad:?}) must be refused"
-        ));
-        assert_eq!(
-            err.kind,
-            SandboxErrorKind::PathRefused,
-            "get_file({bad:?}): {err}"
+        let get = sandbox.get_file(bad).await;
+        assert_refused(
+            get,
+            &format!("get_file through a link leading out ({bad:?})"),
         );
     }
 }
 
 async fn export(sandbox: &dyn Sandbox) {
-    sandbox
-        .put_file("export/top.txt", Bytes::from_static(b"top"))
-        .await
-        .unwrap();
-    sandbox
-        .put_file("export/sub/deep.txt", Bytes::from_static(b"deep"))
-        .await
-        .unwrap();
-    let (ln, _) = shell(
+    put(sandbox, "export/top.txt", &b"top"[..], "export: put_file").await;
+    put(
+        sandbox,
+        "export/sub/deep.txt",
+        &b"deep"[..],
+        "export: put_file",
+    )
+    .await;
+    shell_ok(
         sandbox,
         "ln -sf /etc/hostname export/link",
         "export: symlink",
     )
     .await;
-    assert!(ln.success(), "export: symlink: {ln:?}");
 
     let stream = sandbox
         .export()
