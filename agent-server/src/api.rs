@@ -141,6 +141,17 @@ pub(crate) fn timeout(
     }
 }
 
+/// The services asked for, each once (a service named twice is asked for once).
+pub(crate) fn unique_services(services: Option<Vec<Service>>) -> Vec<Service> {
+    let mut all = Vec::new();
+    for s in services.into_iter().flatten() {
+        if !all.contains(&s) {
+            all.push(s);
+        }
+    }
+    all
+}
+
 impl ScheduleRequest {
     /// A request running explicit steps.
     pub fn from_steps(steps: Vec<Step>) -> Self {
@@ -176,16 +187,7 @@ impl ScheduleRequest {
             network: self.network.unwrap_or(defaults.network),
             limits: defaults.limits.clone(),
             env: self.env.unwrap_or_default(),
-            // A service named twice is asked for once.
-            services: self.services.unwrap_or_default().into_iter().fold(
-                Vec::new(),
-                |mut all, s| {
-                    if !all.contains(&s) {
-                        all.push(s);
-                    }
-                    all
-                },
-            ),
+            services: unique_services(self.services),
             keep_alive: Duration::from_secs(self.keep_alive_secs.unwrap_or(0)),
             ..JobSpec::default()
         };

@@ -4,7 +4,9 @@
 //! its id is a job id, so `GET /status/{id}`, `/logs/{id}`, `/logs/{id}/stream`, `/cancel/{id}`
 //! and `/download/{id}` (after an export) work on it as on any job.
 //!
-//! - `POST /sandboxes` creates one (201), `GET /sandboxes` lists the live ones,
+//! - `POST /sandboxes` creates one (201; with `services`, a desktop and/or Jupyter Lab reached
+//!   as a job's are: `POST /access/{id}`, `/desktop/{id}/`, `/jupyter/{id}/lab`),
+//!   `GET /sandboxes` lists the live ones,
 //!   `GET /sandboxes/{id}` shows one, `DELETE /sandboxes/{id}` destroys it;
 //! - `POST /sandboxes/{id}/steps` runs a step: the JSON result, or with
 //!   `Accept: application/x-ndjson` / `text/event-stream` the output while it runs, then the result;
@@ -33,8 +35,8 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use agent_core::manager::{SandboxInfo, TextSink, MAX_PUT_FILE_BYTES};
 use agent_core::{
-    JobId, JobSpec, JobStatus, LiveSettings, NetworkMode, OutputStream, ResourceLimits, Step,
-    StepRecord, StepResult, StepStatus,
+    JobId, JobSpec, JobStatus, LiveSettings, NetworkMode, OutputStream, ResourceLimits, Service,
+    Step, StepRecord, StepResult, StepStatus,
 };
 
 use crate::api::timeout;
@@ -213,6 +215,25 @@ pub struct CreateSandboxRequest {
     #[schema(minimum = 1, maximum = 604800)]
     #[serde(deserialize_with = "agent_core::job::optional_whole_number")]
     pub step_timeout_secs: Option<u64>,
+    /// Services started with the sandbox: `desktop` (a desktop every step draws on, seen through
+    /// noVNC at `/desktop/{id}/`) and/or `jupyter` (Jupyter Lab in the workspace, at
+    /// `/jupyter/{id}/lab`); `POST /access/{id}` gives a signed URL. A sandbox with services runs
+    /// on the server's desktop image unless it names an image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<crate::access::AccessService>>, example = json!(["jupyter"]))]
+    #[schemars(with = "Option<Vec<ServiceName>>")]
+    pub services: Option<Vec<Service>>,
+}
+
+/// A service's name in the MCP tools' schema.
+#[derive(schemars::JsonSchema)]
+#[allow(dead_code)] // only its schema is used
+#[serde(rename_all = "lowercase")]
+enum ServiceName {
+    /// A desktop every step draws on.
+    Desktop,
+    /// Jupyter Lab in the workspace.
+    Jupyter,
 }
 
 impl CreateSandboxRequest {
@@ -248,6 +269,7 @@ impl CreateSandboxRequest {
                 defaults.step_timeout,
             )?,
             live: Some(LiveSettings { idle_timeout }),
+            services: crate::api::unique_services(self.services),
             ..JobSpec::default()
         })
     }
@@ -278,6 +300,10 @@ pub struct SandboxView {
     pub steps: usize,
     /// Why it ended, unless destroyed.
     pub error: Option<String>,
+    /// The services it runs (`desktop`, `jupyter`): `POST /access/{id}` gives a signed URL.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<crate::access::AccessService>)]
+    pub services: Vec<Service>,
     /// Its job status.
     pub status_link: String,
     /// Its log.
@@ -296,6 +322,7 @@ impl SandboxView {
             deadline: info.deadline,
             steps: info.steps,
             error: info.error.clone(),
+            services: info.services.clone(),
             status_link: format!("/status/{}", info.id),
             logs_link: format!("/logs/{}", info.id),
         }

@@ -348,27 +348,8 @@ async fn a_jupyter_kernel_runs_code_through_the_proxy() {
         .unwrap()
         .starts_with(&format!("/jupyter/{id}/lab?access=")));
     let anon = reqwest::Client::new();
-    let kernels = server.url(&format!("/jupyter/{id}/api/kernels?access={token}"));
     // Jupyter ready, cold: from the accepted job to a kernel's first answer.
-    let kernel = loop {
-        let resp = anon
-            .post(&kernels)
-            .json(&json!({"name": "python3"}))
-            .send()
-            .await
-            .unwrap();
-        if resp.status().is_success() {
-            break resp.json::<Value>().await.unwrap();
-        }
-        assert!(
-            accepted.elapsed() < PATIENCE && resp.status() != 401,
-            "no Jupyter: {} {}\n{}",
-            resp.status(),
-            resp.text().await.unwrap_or_default(),
-            server.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let kernel = server.start_jupyter_kernel(&id, &token).await;
     let kid = kernel["id"].as_str().unwrap();
     let mut ws = websocket(
         &ws_url(

@@ -458,3 +458,135 @@ async fn live_sandboxes_and_jobs_share_the_concurrency_limit() {
         assert!(containers_of(id).is_empty());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_with_jupyter_runs_on_the_desktop_image_and_its_notebook_answers_through_the_proxy(
+) {
+    require_docker();
+    let token = "sandbox-services-token";
+    let (_dir, server) =
+        TestServer::in_tempdir(&ServerOptions::new(&unique_scope("live-services")).token(token));
+    let (code, v) = server
+        .post_json(
+            "/sandboxes",
+            &json!({"services": ["jupyter", "jupyter"], "idle_timeout_secs": 600}),
+        )
+        .await;
+    assert_eq!(code, 201, "{v}\n{}", server.log_text());
+    assert_eq!(v["services"], json!(["jupyter"]), "named once: {v}");
+    assert_eq!(v["image"], Value::Null, "the server's default for services");
+    let id = v["sandbox_id"].as_str().unwrap().to_string();
+    let inspect = std::process::Command::new("docker")
+        .args(["inspect", "--format", "{{.Config.Image}}"])
+        .args(containers_of(&id))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&inspect.stdout).trim(),
+        "containerized-agent-desktop:latest",
+        "a sandbox asking for services runs on the desktop image"
+    );
+    let v = shell(&server, &id, "echo from a step > data.txt").await;
+    assert_eq!(v["status"], "succeeded", "{v}");
+    // Its status shows the notebook while the sandbox is live.
+    let st = server.status(&id).await;
+    assert_eq!(st["service_links"]["jupyter"], format!("/jupyter/{id}/lab"));
+    assert_eq!(st["sandbox"]["state"], "running", "{st}");
+    // A signed URL, then a kernel through the proxy that sees the step's file.
+    let (code, grant) = server
+        .post_json(&format!("/access/{id}"), &json!({"service": "jupyter"}))
+        .await;
+    assert_eq!(code, 200, "{grant}");
+    let access = grant["token"].as_str().unwrap();
+    let kernel = server.start_jupyter_kernel(&id, access).await;
+    assert!(kernel["id"].is_string(), "{kernel}");
+    // Jupyter's contents API, through the proxy (with the API token), sees the step's file.
+    let (code, file) = server
+        .get_json(&format!("/jupyter/{id}/api/contents/data.txt"))
+        .await;
+    assert_eq!(code, 200, "{file}");
+    assert_eq!(file["content"], "from a step\n", "{file}");
+    // The desktop was not asked for.
+    let (code, v) = server
+        .post_json(&format!("/access/{id}"), &json!({"service": "desktop"}))
+        .await;
+    assert_eq!(code, 404, "{v}");
+    let resp = destroy(&server, &id).await;
+    assert_eq!(resp.status(), 200);
+    assert!(containers_gone(&id));
+    // Gone with the sandbox.
+    let resp = reqwest::Client::new()
+        .post(server.url(&format!("/jupyter/{id}/api/kernels?access={access}")))
+        .json(&json!({"name": "python3"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        resp.status().is_client_error() || resp.status() == 503,
+        "{}",
+        resp.status()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_are_refused_clearly_when_the_services_image_is_missing() {
+    require_docker();
+    let (_dir, server) = TestServer::in_tempdir(
+        &ServerOptions::new(&unique_scope("live-no-services"))
+            .env("AGENT_DESKTOP_IMAGE", "no-such-desktop-image:never"),
+    );
+    let (code, v) = server
+        .post_json("/sandboxes", &json!({"services": ["desktop"]}))
+        .await;
+    assert_eq!(code, 422, "{v}");
+    assert_eq!(v["error"]["field"], "services", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("AGENT_DESKTOP_IMAGE"),
+        "{v}"
+    );
+    let (code, v) = server
+        .post_json("/sandboxes", &json!({"services": ["vnc"]}))
+        .await;
+    assert_eq!(code, 422, "{v}");
+    // Nothing was made.
+    let (_, list) = server.get_json("/sandboxes").await;
+    assert_eq!(list["sandboxes"], json!([]), "{list}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_in_use_ends_at_its_hard_lifetime_and_its_container_is_removed() {
+    require_docker();
+    let (_dir, server) = TestServer::in_tempdir(&ServerOptions::new(&unique_scope("lifetime")));
+    let id = create(
+        &server,
+        json!({"timeout_secs": 3, "idle_timeout_secs": 3600}),
+    )
+    .await;
+    assert_eq!(containers_of(&id).len(), 1);
+    // Steps keep arriving: the sandbox is never idle, yet it ends at its lifetime.
+    let mut ran = 0;
+    let ended = loop {
+        let (code, v) = step(
+            &server,
+            &id,
+            json!({"type": "shell", "command": "sleep 0.3"}),
+        )
+        .await;
+        if code == 409 {
+            break v;
+        }
+        assert_eq!(code, 200, "{v}");
+        ran += 1;
+        assert!(ran < 200, "the sandbox outlived its 3 s lifetime: {v}");
+    };
+    assert_eq!(ended["error"]["status"], "timed_out", "{ended}");
+    assert!(ran >= 1, "steps ran before the end");
+    let st = server.wait_final(&id).await;
+    assert_eq!(st["status"], "timed_out", "{st}");
+    let why = st["error"].as_str().unwrap();
+    assert!(why.contains("maximum lifetime of 3 s"), "{why}");
+    assert!(containers_gone(&id), "container left after the lifetime");
+}

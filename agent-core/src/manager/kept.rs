@@ -59,10 +59,16 @@ impl Inner {
 }
 
 impl JobManager {
-    /// A job's sandbox, while its job runs or it is kept after; `None` otherwise (queued, or
-    /// removed, or a job without services or keep-alive).
+    /// A job's sandbox, while its job runs or it is kept after, or a live sandbox's while it is
+    /// live; `None` otherwise (queued, or removed, or a job without services or keep-alive).
     pub fn job_sandbox(&self, id: JobId) -> Option<JobSandbox> {
-        self.inner.kept().get(&id).map(|e| e.view.clone())
+        if let Some(entry) = self.inner.kept().get(&id) {
+            return Some(entry.view.clone());
+        }
+        self.live_sandbox(id).map(|sandbox| JobSandbox {
+            sandbox,
+            kept_until: None,
+        })
     }
 
     /// Ends a job's kept sandbox now (or, while the job runs, asks for it not to be kept).

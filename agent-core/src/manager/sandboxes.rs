@@ -8,6 +8,9 @@
 //! `max_concurrent_jobs` slots for its whole life (past the limit, creating one fails with
 //! [`Error::AtCapacity`]).
 //!
+//! Its spec's `services` (a desktop, Jupyter) start with its sandbox and are reached through
+//! [`JobManager::job_sandbox`] while it is live, as a job's are.
+//!
 //! It ends when it is destroyed (`succeeded`), cancelled (`cancelled`), idle longer than its
 //! [`LiveSettings::idle_timeout`] or older than the spec's `job_timeout` (`timed_out`), when the
 //! manager shuts down (`interrupted`), or when its sandbox dies (`failed`); its sandbox is then
@@ -37,7 +40,7 @@ use crate::executor::{
     normalize_workspace_path, OutputSink, Sandbox, SandboxError, SandboxErrorKind, SandboxSpec,
 };
 use crate::job::{
-    Artifact, EventKind, Job, JobId, JobSpec, JobStatus, LiveSettings, OutputStream, Step,
+    Artifact, EventKind, Job, JobId, JobSpec, JobStatus, LiveSettings, OutputStream, Service, Step,
     StepRecord, StepResult, StepStatus,
 };
 
@@ -73,6 +76,8 @@ pub struct SandboxInfo {
     pub steps: usize,
     /// Why it ended, when it did not end by being destroyed.
     pub error: Option<String>,
+    /// The services it runs (desktop, Jupyter), reached as a job's are (`/access/{id}`).
+    pub services: Vec<Service>,
 }
 
 impl SandboxInfo {
@@ -92,6 +97,7 @@ impl SandboxInfo {
             deadline,
             steps: job.steps.len(),
             error: job.error.clone(),
+            services: job.spec.services.clone(),
         }
     }
 }
@@ -186,6 +192,12 @@ impl JobManager {
         }
         spec.live.get_or_insert_with(LiveSettings::default);
         spec.validate()?;
+        // Refused at the door, as for a job: what the executor cannot honour (services without
+        // a services image, a network it does not give).
+        self.inner
+            .executor
+            .capabilities()
+            .check(&SandboxSpec::for_job(JobId::new(), &spec))?;
         let permit = self
             .inner
             .permits
@@ -195,17 +207,8 @@ impl JobManager {
                 limit: self.inner.config.max_concurrent_jobs,
             })?;
         let mut job = Job::new(JobId::new(), spec);
-        // Stored as running at once: a restart interrupts it rather than queueing it.
-        job.transition(JobStatus::Running)?;
-        self.inner.store.insert_job(&job).await?;
+        let (events, cancel) = self.open_sandbox_record(&mut job).await?;
         let id = job.id;
-        let events = self.new_sink(id, 0);
-        events.emit(EventKind::Status {
-            status: JobStatus::Running,
-            error: None,
-        });
-        let cancel = self.track(id, events.clone());
-        self.mark_running(id);
         let sandbox: Arc<dyn Sandbox> = match self
             .inner
             .executor
@@ -227,20 +230,56 @@ impl JobManager {
             }
         };
         self.inner.live_sandboxes.fetch_add(1, Ordering::Relaxed);
+        self.start_session(job.clone(), sandbox, permit, events, cancel);
+        Ok(job)
+    }
+
+    /// Stores a new live sandbox's record as running (a restart interrupts it rather than
+    /// queueing it), emits its status and tracks it; returns its events and cancel token.
+    pub(super) async fn open_sandbox_record(
+        &self,
+        job: &mut Job,
+    ) -> Result<(EventSink, CancellationToken)> {
+        job.transition(JobStatus::Running)?;
+        self.inner.store.insert_job(job).await?;
+        let id = job.id;
+        let events = self.new_sink(id, 0);
+        events.emit(EventKind::Status {
+            status: JobStatus::Running,
+            error: None,
+        });
+        let cancel = self.track(id, events.clone());
+        self.mark_running(id);
+        Ok((events, cancel))
+    }
+
+    /// Makes `sandbox` the live sandbox of `job` (stored by [`Self::open_sandbox_record`]; the
+    /// sandbox already counted in `live_sandboxes`, which it leaves when it ends) and watches
+    /// its clock until it ends.
+    pub(super) fn start_session(
+        &self,
+        job: Job,
+        sandbox: Arc<dyn Sandbox>,
+        permit: OwnedSemaphorePermit,
+        events: EventSink,
+        cancel: CancellationToken,
+    ) {
+        let id = job.id;
         let counted = Counted(self.inner.clone());
         let idle_timeout = job.spec.live.unwrap_or_default().idle_timeout;
+        let lifetime = job.spec.job_timeout;
         let now = Instant::now();
         let session = Arc::new(Session {
             id,
             sandbox,
-            job: tokio::sync::Mutex::new(job.clone()),
+            job: tokio::sync::Mutex::new(job),
             events,
             cancel,
             clock: Mutex::new(Clock {
                 idle_timeout,
                 idle_until: later(now, idle_timeout),
-                hard_until: later(now, job.spec.job_timeout),
-                lifetime: job.spec.job_timeout,
+                hard_until: later(now, lifetime),
+                lifetime,
                 busy: 0,
             }),
             wake: Notify::new(),
@@ -257,7 +296,6 @@ impl JobManager {
             .instrument(info_span!("sandbox", job_id = %id)),
         );
         info!(job_id = %id, "live sandbox ready");
-        Ok(job)
     }
 
     /// The live sandboxes, oldest first.
@@ -417,6 +455,11 @@ impl JobManager {
         self.set_stop_reason(id, JobStatus::Succeeded);
         session.cancel.cancel();
         self.wait(id).await
+    }
+
+    /// The sandbox of a live sandbox, while it is live (its services are reached through it).
+    pub(super) fn live_sandbox(&self, id: JobId) -> Option<Arc<dyn Sandbox>> {
+        self.registry().get(&id).map(|s| s.sandbox.clone())
     }
 
     fn registry(&self) -> MutexGuard<'_, HashMap<JobId, Arc<Session>>> {

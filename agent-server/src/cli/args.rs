@@ -265,6 +265,10 @@ pub enum SandboxCommand {
         /// End it after this many seconds whatever happens.
         #[arg(long, value_name = "SECS")]
         timeout: Option<u64>,
+        /// A service started with it: desktop or jupyter (repeatable); `agent jupyter ID` and
+        /// `agent desktop ID` then give its URL.
+        #[arg(long = "service", value_name = "SERVICE")]
+        services: Vec<Service>,
     },
     /// Run a command (or, with `--python`, Python code) in a sandbox; its output is printed as
     /// it comes; exits 0 when it succeeded, 1 when not.

@@ -180,6 +180,7 @@ async fn sandbox_command(client: &Client, cmd: &SandboxCommand, json: bool) -> R
             env,
             idle_timeout,
             timeout,
+            services,
         } => {
             let req = crate::sandboxes::CreateSandboxRequest {
                 image: image.clone(),
@@ -187,6 +188,7 @@ async fn sandbox_command(client: &Client, cmd: &SandboxCommand, json: bool) -> R
                 env: (!env.is_empty()).then(|| env.iter().cloned().collect()),
                 idle_timeout_secs: *idle_timeout,
                 timeout_secs: *timeout,
+                services: (!services.is_empty()).then(|| services.clone()),
                 ..Default::default()
             };
             sandbox::create(client, &req, json).await

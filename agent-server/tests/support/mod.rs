@@ -453,6 +453,34 @@ impl TestServer {
         assert_eq!(&self.logs_text(id).await, logs);
     }
 
+    /// Starts a Python kernel in the Jupyter Lab of job (or live sandbox) `id` through the
+    /// server's proxy with the signed access `token`, retrying (bounded) while Jupyter starts;
+    /// returns the kernel's JSON.
+    pub async fn start_jupyter_kernel(&self, id: &str, token: &str) -> Value {
+        let kernels = self.url(&format!("/jupyter/{id}/api/kernels?access={token}"));
+        let anon = reqwest::Client::new();
+        let start = Instant::now();
+        loop {
+            let resp = anon
+                .post(&kernels)
+                .json(&json!({"name": "python3"}))
+                .send()
+                .await
+                .unwrap();
+            if resp.status().is_success() {
+                return resp.json::<Value>().await.unwrap();
+            }
+            assert!(
+                start.elapsed() < PATIENCE && resp.status() != 401,
+                "no Jupyter: {} {}\n{}",
+                resp.status(),
+                resp.text().await.unwrap_or_default(),
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Sends SIGKILL (`kill -9`).
     pub fn kill9(&mut self) {
         self.child.kill().unwrap();
