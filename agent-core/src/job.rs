@@ -624,6 +624,90 @@ pub struct JobSpec {
     /// [`JobManager::create_sandbox`](crate::manager::JobManager::create_sandbox)).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub live: Option<LiveSettings>,
+    /// Set when the job's sandbox is to be continued as a live sandbox once its steps end (it
+    /// ends as usual, with its final status and ZIP; [`Job::continued_in`] names the sandbox).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep_sandbox: Option<KeepSandbox>,
+}
+
+/// What a job asks for when its sandbox is to be continued as a live sandbox after its steps:
+/// the container is handed over as it is (workspace files, a stateful Python interpreter's
+/// variables) to a new live sandbox, a job of its own with its own id that the caller then
+/// drives step by step. Only a job that ends `succeeded` or `failed` hands its sandbox over (not
+/// one cancelled, timed out or interrupted).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeepSandbox {
+    /// The live sandbox's idle timeout. Default 5 minutes.
+    #[serde(
+        rename = "idle_timeout_secs",
+        with = "crate::serde_duration::secs",
+        default = "default_idle_timeout"
+    )]
+    pub idle_timeout: Duration,
+    /// The live sandbox's hard maximum lifetime, counted from the handover. Default 30 minutes.
+    #[serde(
+        rename = "timeout_secs",
+        with = "crate::serde_duration::secs",
+        default = "default_job_timeout"
+    )]
+    pub lifetime: Duration,
+}
+
+impl KeepSandbox {
+    /// Checks the settings and that `job` may hand its sandbox over.
+    fn validate(&self, job: &JobSpec) -> Result<()> {
+        if self.idle_timeout.is_zero() {
+            return Err(Error::invalid(
+                "keep_sandbox.idle_timeout_secs",
+                "must be at least 1",
+            ));
+        }
+        if self.lifetime.is_zero() {
+            return Err(Error::invalid(
+                "keep_sandbox.timeout_secs",
+                "must be at least 1",
+            ));
+        }
+        if job.live.is_some() {
+            return Err(Error::invalid(
+                "keep_sandbox",
+                "a live sandbox is one already",
+            ));
+        }
+        if !job.keep_alive.is_zero() {
+            return Err(Error::invalid(
+                "keep_sandbox",
+                "keep_alive_secs and keep_sandbox exclude each other: a kept sandbox is only \
+                 looked at, a handed-over one is driven step by step",
+            ));
+        }
+        if !job.services.is_empty() {
+            return Err(Error::invalid(
+                "keep_sandbox",
+                "a job with services cannot hand its sandbox over (its services are bound to \
+                 the job's id); use keep_alive_secs, or a live sandbox with services",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Default for KeepSandbox {
+    fn default() -> Self {
+        Self {
+            idle_timeout: default_idle_timeout(),
+            lifetime: default_job_timeout(),
+        }
+    }
+}
+
+fn default_idle_timeout() -> Duration {
+    LiveSettings::default().idle_timeout
+}
+
+fn default_job_timeout() -> Duration {
+    JobSpec::default().job_timeout
 }
 
 /// What makes a job a live sandbox: it holds its sandbox open and runs steps as they are sent,
@@ -659,6 +743,7 @@ impl Default for JobSpec {
             services: Vec::new(),
             keep_alive: Duration::ZERO,
             live: None,
+            keep_sandbox: None,
         }
     }
 }
@@ -786,6 +871,9 @@ impl JobSpec {
         }
         if self.live.is_some_and(|l| l.idle_timeout.is_zero()) {
             return Err(Error::invalid("idle_timeout_secs", "must be at least 1"));
+        }
+        if let Some(keep) = &self.keep_sandbox {
+            keep.validate(self)?;
         }
         if let Some(image) = &self.image {
             validate_image_reference(image)?;
@@ -1170,6 +1258,12 @@ pub struct Job {
     pub usage: TokenUsage,
     /// The result archive, once written.
     pub artifact: Option<Artifact>,
+    /// The live sandbox this job's sandbox was handed over to ([`JobSpec::keep_sandbox`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continued_in: Option<JobId>,
+    /// For a live sandbox made from a finished job's sandbox: that job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continues: Option<JobId>,
 }
 
 impl Job {
@@ -1188,6 +1282,8 @@ impl Job {
             provider: None,
             usage: TokenUsage::default(),
             artifact: None,
+            continued_in: None,
+            continues: None,
         }
     }
 

@@ -9,8 +9,8 @@ use utoipa::ToSchema;
 
 use agent_core::manager::JobSandbox;
 use agent_core::{
-    Job, JobId, JobSpec, JobStatus, NetworkMode, ResourceLimits, Service, Step, StepStatus,
-    Termination, TokenUsage,
+    Job, JobId, JobSpec, JobStatus, KeepSandbox, NetworkMode, ResourceLimits, Service, Step,
+    StepStatus, Termination, TokenUsage,
 };
 
 use crate::error::ApiError;
@@ -78,6 +78,54 @@ pub struct ScheduleRequest {
     )]
     #[schema(minimum = 0, maximum = 3600)]
     pub keep_alive_secs: Option<u64>,
+    /// Continue the job's sandbox as a live sandbox once its steps end: the job ends as usual
+    /// (its status, ZIP and log), and its container — workspace files, stateful Python
+    /// variables — becomes a new live sandbox (`continued_in` in its status) driven through
+    /// `/sandboxes/{id}`. Only a job that ends `succeeded` or `failed` hands it over. Not with
+    /// `keep_alive_secs` or `services`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_sandbox: Option<KeepSandboxRequest>,
+}
+
+/// `keep_sandbox` of `POST /schedule`: the live sandbox the job's sandbox becomes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeepSandboxRequest {
+    /// Its idle timeout in seconds (default: the server's `AGENT_IDLE_TIMEOUT_SECS`).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "agent_core::job::optional_whole_number"
+    )]
+    #[schema(minimum = 1, maximum = 604800)]
+    pub idle_timeout_secs: Option<u64>,
+    /// Its hard maximum lifetime in seconds, from the handover (default: the server's
+    /// `AGENT_JOB_TIMEOUT_SECS`).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "agent_core::job::optional_whole_number"
+    )]
+    #[schema(minimum = 1, maximum = 604800)]
+    pub timeout_secs: Option<u64>,
+}
+
+impl KeepSandboxRequest {
+    /// The settings, with the server's defaults filled in (timeouts 1 to [`MAX_TIMEOUT_SECS`]).
+    pub fn into_settings(self, defaults: &JobDefaults) -> Result<KeepSandbox, ApiError> {
+        Ok(KeepSandbox {
+            idle_timeout: timeout(
+                "keep_sandbox.idle_timeout_secs",
+                self.idle_timeout_secs,
+                defaults.idle_timeout,
+            )?,
+            lifetime: timeout(
+                "keep_sandbox.timeout_secs",
+                self.timeout_secs,
+                defaults.job_timeout,
+            )?,
+        })
+    }
 }
 
 /// The sandbox network as the API document names it ([`NetworkMode`]'s JSON form).
@@ -189,6 +237,10 @@ impl ScheduleRequest {
             env: self.env.unwrap_or_default(),
             services: unique_services(self.services),
             keep_alive: Duration::from_secs(self.keep_alive_secs.unwrap_or(0)),
+            keep_sandbox: self
+                .keep_sandbox
+                .map(|k| k.into_settings(defaults))
+                .transpose()?,
             ..JobSpec::default()
         };
         Ok(spec)
@@ -291,6 +343,15 @@ pub struct StatusResponse {
     /// need a signed URL: `POST` there gives one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_links: Option<ServiceLinks>,
+    /// The live sandbox the job's sandbox was handed over to (`keep_sandbox`):
+    /// `/sandboxes/{continued_in}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = Uuid)]
+    pub continued_in: Option<JobId>,
+    /// For a live sandbox made from a finished job's sandbox: that job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = Uuid)]
+    pub continues: Option<JobId>,
 }
 
 /// A job's sandbox in `GET /status/{id}`.
@@ -369,6 +430,8 @@ impl StatusResponse {
             sandbox: None,
             keep_alive_until: None,
             service_links: None,
+            continued_in: job.continued_in,
+            continues: job.continues,
         }
     }
 

@@ -251,6 +251,20 @@ impl Policy {
         if let Some(live) = &spec.live {
             self.check_idle_timeout(live.idle_timeout)?;
         }
+        if let Some(keep) = &spec.keep_sandbox {
+            at_most_secs(
+                "keep_sandbox.idle_timeout_secs",
+                keep.idle_timeout,
+                m.idle_timeout,
+                "AGENT_MAX_IDLE_TIMEOUT_SECS",
+            )?;
+            at_most_secs(
+                "keep_sandbox.timeout_secs",
+                keep.lifetime,
+                m.job_timeout,
+                "AGENT_MAX_JOB_TIMEOUT_SECS",
+            )?;
+        }
         let (l, max) = (&spec.limits, &m.limits);
         at_most(
             "limits.memory_bytes",

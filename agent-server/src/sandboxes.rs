@@ -304,6 +304,11 @@ pub struct SandboxView {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schema(value_type = Vec<crate::access::AccessService>)]
     pub services: Vec<Service>,
+    /// The finished job whose sandbox (workspace, Python state) it continues
+    /// (`keep_sandbox` of `POST /schedule`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = Uuid)]
+    pub continues: Option<JobId>,
     /// Its job status.
     pub status_link: String,
     /// Its log.
@@ -323,6 +328,7 @@ impl SandboxView {
             steps: info.steps,
             error: info.error.clone(),
             services: info.services.clone(),
+            continues: info.continues,
             status_link: format!("/status/{}", info.id),
             logs_link: format!("/logs/{}", info.id),
         }

@@ -590,3 +590,127 @@ async fn a_sandbox_in_use_ends_at_its_hard_lifetime_and_its_container_is_removed
     assert!(why.contains("maximum lifetime of 3 s"), "{why}");
     assert!(containers_gone(&id), "container left after the lifetime");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_job_hands_its_sandbox_over_to_a_live_sandbox_with_its_files_and_python_state() {
+    require_docker();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let opts = ServerOptions::new(&unique_scope("keep-sandbox"));
+    let mut server = TestServer::start(&out, &opts);
+    let job = server
+        .schedule(json!({
+            "steps": [
+                {"type": "write_file", "path": "notes.txt", "content": "from the job"},
+                {"type": "python", "code": "answer = 41", "stateful": true},
+                {"type": "shell", "command": "echo done"},
+            ],
+            "keep_sandbox": {"idle_timeout_secs": 600},
+        }))
+        .await;
+    let st = server.wait_final(&job).await;
+    assert_eq!(st["status"], "succeeded", "{st}");
+    let sid = st["continued_in"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no continued_in: {st}"))
+        .to_string();
+    // The job ended as usual: its ZIP holds its files.
+    let mut zip = server.download(&job).await;
+    assert_eq!(zip_file(&mut zip, "notes.txt"), "from the job");
+    assert!(server.logs_text(&job).await.contains(&sid));
+    // Its container was handed over, not re-created.
+    assert_eq!(containers_of(&job).len(), 1, "the job's container lives on");
+    assert!(containers_of(&sid).is_empty(), "no new container");
+    let (code, v) = server.get_json(&format!("/sandboxes/{sid}")).await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["status"], "running");
+    assert_eq!(v["continues"], job.as_str());
+    assert_eq!(v["idle_timeout_secs"], 600);
+    // The workspace and the interpreter's variables carried over.
+    let v = shell(&server, &sid, "cat notes.txt").await;
+    assert_eq!(v["result"]["stdout_tail"], "from the job", "{v}");
+    let (code, v) = step(
+        &server,
+        &sid,
+        json!({"type": "python", "code": "answer + 1", "stateful": true}),
+    )
+    .await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["result"]["python"]["value"], "42", "{v}");
+    assert_eq!(v["result"]["python"]["fresh_interpreter"], false, "{v}");
+    let st = server.status(&sid).await;
+    assert_eq!(st["continues"], job.as_str(), "{st}");
+    assert_eq!(st["steps"].as_array().unwrap().len(), 2, "{st}");
+    // The job's own record is unchanged by the sandbox's steps.
+    assert_eq!(
+        server.status(&job).await["steps"].as_array().unwrap().len(),
+        3
+    );
+
+    // A restart ends it as interrupted, and its container (the job's) is reaped.
+    server.kill9();
+    let server = TestServer::start(&out, &opts);
+    assert_eq!(server.status(&sid).await["status"], "interrupted");
+    assert!(
+        containers_of(&job).is_empty(),
+        "the handed-over container outlived the restart"
+    );
+    assert_eq!(server.status(&job).await["status"], "succeeded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_sandbox_refuses_invalid_settings_at_the_door() {
+    require_docker();
+    let (_dir, server) = TestServer::in_tempdir(&ServerOptions::new(&unique_scope("keep-bad")));
+    let steps = json!([{"type": "shell", "command": "true"}]);
+    let cases = [
+        (
+            json!({"idle_timeout_secs": 0}),
+            422,
+            "keep_sandbox.idle_timeout_secs",
+        ),
+        (json!({"timeout_secs": 0}), 422, "keep_sandbox.timeout_secs"),
+        (
+            json!({"timeout_secs": 999_999_999}),
+            422,
+            "keep_sandbox.timeout_secs",
+        ),
+        (
+            json!({"idle_timeout_secs": 90_000}),
+            403,
+            "keep_sandbox.idle_timeout_secs",
+        ),
+    ];
+    for (keep, http, field) in cases {
+        let (code, v) = server
+            .post_json("/schedule", &json!({"steps": steps, "keep_sandbox": keep}))
+            .await;
+        assert_eq!(code, http, "{keep}: {v}");
+        assert_eq!(v["error"]["field"], field, "{keep}: {v}");
+    }
+    let (code, v) = server
+        .post_json(
+            "/schedule",
+            &json!({"steps": steps, "keep_sandbox": {"idle": 5}}),
+        )
+        .await;
+    assert!(code == 400 || code == 422, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("idle"),
+        "{v}"
+    );
+    for other in [
+        json!({"keep_alive_secs": 60}),
+        json!({"services": ["jupyter"]}),
+    ] {
+        let mut body = json!({"steps": steps, "keep_sandbox": {}});
+        body.as_object_mut()
+            .unwrap()
+            .extend(other.as_object().unwrap().clone());
+        let (code, v) = server.post_json("/schedule", &body).await;
+        assert_eq!(code, 422, "{body}: {v}");
+        assert_eq!(v["error"]["field"], "keep_sandbox", "{v}");
+    }
+    let (_, list) = server.get_json("/jobs").await;
+    assert_eq!(list["total"], 0, "nothing was accepted: {list}");
+}

@@ -4,7 +4,7 @@
 //! One module per concern: `config` (settings), `builder` (start-up), `queue` (the worker
 //! pool), `run` (one job in its sandbox, ending in an `Outcome`), `timer` (the job timeout),
 //! `live` (cancel state of queued and running jobs), `recovery` (after a restart), `retention`
-//! (the sweep), `availability` (waiting out an executor outage), `reaper` (removing sandboxes
+//! (the sweep), `handover` (a finished job's sandbox continued as a live sandbox), `availability` (waiting out an executor outage), `reaper` (removing sandboxes
 //! whose owner is gone), `storage` (admission below a free-space threshold, the watchdog of jobs
 //! whose final write failed) and `shutdown`.
 //!
@@ -28,6 +28,7 @@
 mod availability;
 mod builder;
 mod config;
+mod handover;
 mod kept;
 mod live;
 mod queue;

@@ -60,7 +60,7 @@ impl JobManager {
                 }
                 // A failure or a panic outside the flow must still end the job: otherwise it
                 // would stay `running` in the store and its waiters would never wake.
-                let mut sandbox = SandboxSlot::new(&manager.inner.live_sandboxes);
+                let mut sandbox = SandboxSlot::new(&manager.inner.live_sandboxes, permit);
                 let outcome =
                     AssertUnwindSafe(manager.run(id, cancel, events.clone(), &mut sandbox))
                         .catch_unwind()
@@ -85,18 +85,14 @@ impl JobManager {
                 if settled {
                     manager.forget(id);
                 }
-                let permit = match keep {
+                if let Some(keep) = keep {
                     // A kept sandbox gives its worker back while it waits.
-                    Some(keep) => {
-                        drop(permit);
-                        manager.keep_sandbox(id, keep).await;
-                        None
-                    }
-                    None => Some(permit),
-                };
+                    sandbox.release_permit();
+                    manager.keep_sandbox(id, keep).await;
+                }
                 manager.unregister_sandbox(id);
+                // (Nothing to remove when the sandbox was handed over to a live sandbox.)
                 sandbox.remove().await;
-                drop(permit);
             }
             .instrument(span),
         );

@@ -45,6 +45,9 @@ impl JobManager {
                     )
                     .await?;
                     interrupted.insert(job.id);
+                    // A live sandbox continuing a job runs in that job's container (labelled
+                    // with the job's id).
+                    interrupted.extend(job.continues);
                 } else {
                     info!(job_id = %job.id, "re-queueing a job from the last run");
                     self.enqueue(job.id, events);

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -57,6 +58,11 @@ impl JobManager {
         } = outcome;
         if let Some(e) = error {
             job.error.get_or_insert(e);
+        }
+        if let Some(keep) = job.spec.keep_sandbox {
+            if matches!(status, JobStatus::Succeeded | JobStatus::Failed) {
+                self.continue_sandbox(&mut job, keep, slot, &events).await;
+            }
         }
         if status == JobStatus::Failed {
             // If it failed because the executor went away, the jobs after it wait for it.
@@ -215,21 +221,44 @@ impl JobManager {
     }
 }
 
-/// A job's sandbox from its creation until it is removed. It counts in
-/// [`ManagerStats::live_sandboxes`](super::ManagerStats::live_sandboxes) all that time (also when
-/// a panic unwinds through the job: dropping the slot uncounts it, and the sandbox's own drop
-/// removes it in the background).
+/// A job's sandbox from its creation until it is removed, with the job's worker permit. It
+/// counts in [`ManagerStats::live_sandboxes`](super::ManagerStats::live_sandboxes) all that time
+/// (also when a panic unwinds through the job: dropping the slot uncounts it, and the sandbox's
+/// own drop removes it in the background).
 pub(super) struct SandboxSlot<'a> {
     counter: &'a AtomicUsize,
     sandbox: Option<Arc<dyn Sandbox>>,
+    /// Held until the sandbox is removed (or handed over with it), unless given back earlier.
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 impl<'a> SandboxSlot<'a> {
-    /// An empty slot counting in `counter`.
-    pub(super) fn new(counter: &'a AtomicUsize) -> Self {
+    /// An empty slot counting in `counter`, holding the job's worker `permit`.
+    pub(super) fn new(counter: &'a AtomicUsize, permit: OwnedSemaphorePermit) -> Self {
         Self {
             counter,
             sandbox: None,
+            permit: Some(permit),
+        }
+    }
+
+    /// Gives the worker permit back while the sandbox stays (a kept sandbox).
+    pub(super) fn release_permit(&mut self) {
+        self.permit.take();
+    }
+
+    /// Takes the sandbox and the permit out (a handover to a live sandbox, which counts the
+    /// sandbox from then on); `None` when there is no sandbox.
+    pub(super) fn take_over(&mut self) -> Option<(Arc<dyn Sandbox>, OwnedSemaphorePermit)> {
+        let sandbox = self.sandbox.take()?;
+        self.counter.fetch_sub(1, Ordering::Relaxed);
+        match self.permit.take() {
+            Some(permit) => Some((sandbox, permit)),
+            None => {
+                self.sandbox = Some(sandbox);
+                self.counter.fetch_add(1, Ordering::Relaxed);
+                None
+            }
         }
     }
 
@@ -243,7 +272,8 @@ impl<'a> SandboxSlot<'a> {
         }
     }
 
-    /// Removes the sandbox, if one was made; it stops counting once it is gone.
+    /// Removes the sandbox, if one was made; it stops counting once it is gone, and the permit
+    /// is given back after that.
     pub(super) async fn remove(mut self) {
         if let Some(sandbox) = self.sandbox.take() {
             if let Err(e) = sandbox.destroy().await {
@@ -251,6 +281,7 @@ impl<'a> SandboxSlot<'a> {
             }
             self.counter.fetch_sub(1, Ordering::Relaxed);
         }
+        self.permit.take();
     }
 }
 

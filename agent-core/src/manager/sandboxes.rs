@@ -78,6 +78,8 @@ pub struct SandboxInfo {
     pub error: Option<String>,
     /// The services it runs (desktop, Jupyter), reached as a job's are (`/access/{id}`).
     pub services: Vec<Service>,
+    /// The finished job whose sandbox it continues ([`JobSpec::keep_sandbox`]), if any.
+    pub continues: Option<JobId>,
 }
 
 impl SandboxInfo {
@@ -98,6 +100,7 @@ impl SandboxInfo {
             steps: job.steps.len(),
             error: job.error.clone(),
             services: job.spec.services.clone(),
+            continues: job.continues,
         }
     }
 }

@@ -222,6 +222,7 @@ impl JobArgs {
             env: (!env.is_empty()).then_some(env),
             services: (!self.services.is_empty()).then(|| self.services.clone()),
             keep_alive_secs: self.keep_alive,
+            keep_sandbox: None,
         })
     }
 }
