@@ -1,11 +1,15 @@
 # Stateful Python for containerized-agent: one long-lived interpreter per sandbox (workspace).
 #
-# Run as `python3 -c <this file> CODE_FILE RESULT_FILE` in the workspace by a stateful `python`
-# step (agent_core::agent::step documents the host side). This process is the step's *client*:
+# Run as `python3 -I -S -c <this file> CODE_FILE RESULT_FILE` in the workspace by a stateful
+# `python` step (agent_core::agent::step documents the host side). This process is the step's
+# *client*, and it is on every stateful step's critical path: it imports nothing but built-in
+# modules (`posix`, `_socket`; no site, no `socket`, `json` or `os` packages, which would cost
+# more than the step itself).
 #
 # 1. It connects to the sandbox's kernel, a daemon listening on an abstract Unix socket named
-#    after the uid and the workspace; when there is none, it forks one (double fork, own session)
-#    from itself and waits until it answers.
+#    after the uid and the workspace; when there is none, it starts one (double fork, own session,
+#    then an exec of a normal `python3 -c <this file> --kernel ADDRESS`, so the code runs with
+#    site-packages and the usual flags) and waits until it answers.
 # 2. It hands the kernel its own stdout and stderr (SCM_RIGHTS) and the code's file name. The
 #    kernel runs the code in its one namespace with fds 1 and 2 pointing at the client's, so output
 #    streams as a normal step's would, subprocesses included.
@@ -17,24 +21,37 @@
 # was cancelled and its process group was killed), the kernel exits, so the next step starts a
 # new interpreter and its answer says so (steps == 1). Code that ends the interpreter itself
 # (os._exit, a crash) gives an answer with "lost": true from the client.
-import os
-import socket
+import posix
 import sys
 
 MAX_VALUE = 8192  # bytes of a value's repr kept
 MAX_FILES = 100  # changed files listed
 MAX_SCAN = 20000  # workspace entries looked at per scan
+LOST = (
+    b'{"ok": false, "lost": true, "error": '
+    b'"the Python interpreter exited during this step; its state was lost"}'
+)
 
 
 def address():
-    import zlib
+    """The name of the kernel's abstract socket (without its leading NUL, so it can be an
+    argument): the uid and an FNV-1a hash of the workspace's path."""
+    ws = posix.getcwd().encode()
+    h = 0x811C9DC5
+    for b in ws:
+        h = ((h ^ b) * 0x01000193) & 0xFFFFFFFF
+    return "agent-pykernel-%d-%08x-%d" % (posix.getuid(), h, len(ws))
 
-    ws = os.getcwd().encode()
-    return "\0agent-pykernel-%d-%08x-%d" % (os.getuid(), zlib.crc32(ws), len(ws))
+
+# ---------------------------------------------------------------------------------------------
+# The kernel (a normal interpreter: imports cost it nothing after its first step)
+# ---------------------------------------------------------------------------------------------
 
 
 def scan():
     """(path, mtime_ns, size) of regular files under the workspace, .agent/ excluded."""
+    import os
+
     seen = {}
     stack = ["."]
     n = 0
@@ -109,6 +126,8 @@ def run(code_file, ns, state):
 def serve(listener):
     import _thread
     import json
+    import os
+    import socket
 
     ns = {"__name__": "__main__", "__builtins__": __builtins__}
     state = {"steps": 0}
@@ -167,42 +186,83 @@ def serve(listener):
         conn.close()
 
 
-def start_kernel(addr):
-    """Forks a kernel daemon listening at `addr` (one that loses the race to bind just exits)."""
-    pid = os.fork()
-    if pid:
-        os.waitpid(pid, 0)
-        return
+def kernel(addr):
+    """The kernel's process: listens at `addr` (one that loses the race to bind just exits)."""
+    import os
+    import socket
+
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        os.setsid()
-        if os.fork():
-            os._exit(0)
-        null = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(null, fd)
-        os.close(null)
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind(addr)
-        listener.listen(8)
-        os.environ.setdefault("MPLBACKEND", "Agg")
-        sys.stdout = open(1, "w", buffering=1, closefd=False)
-        sys.stderr = open(2, "w", buffering=1, closefd=False)
-        sys.argv = [""]
+        listener.bind("\0" + addr)
+    except OSError:
+        os._exit(0)
+    listener.listen(8)
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    sys.stdout = open(1, "w", buffering=1, closefd=False)
+    sys.stderr = open(2, "w", buffering=1, closefd=False)
+    sys.argv = [""]
+    try:
         serve(listener)
     except BaseException:
         pass
     os._exit(0)
 
 
+# ---------------------------------------------------------------------------------------------
+# The client (python3 -I -S: built-in modules only)
+# ---------------------------------------------------------------------------------------------
+
+
+def own_source():
+    """This file's text: the argument after -c on our command line."""
+    argv = getattr(sys, "orig_argv", None)
+    if argv is None:  # before Python 3.10
+        fd = posix.open("/proc/self/cmdline", posix.O_RDONLY)
+        try:
+            raw = b""
+            while True:
+                chunk = posix.read(fd, 1 << 16)
+                if not chunk:
+                    break
+                raw += chunk
+        finally:
+            posix.close(fd)
+        argv = [a.decode("utf-8", "surrogateescape") for a in raw.split(b"\0")]
+    return argv[argv.index("-c") + 1]
+
+
+def start_kernel(addr):
+    """Starts a kernel daemon listening at `addr`: a grandchild in a session of its own, with
+    /dev/null for its standard streams (the step's pipes must not stay open in it)."""
+    source = own_source()
+    pid = posix.fork()
+    if pid:
+        posix.waitpid(pid, 0)
+        return
+    try:
+        posix.setsid()
+        if posix.fork():
+            posix._exit(0)
+        null = posix.open("/dev/null", posix.O_RDWR)
+        for fd in (0, 1, 2):
+            posix.dup2(null, fd)
+        posix.close(null)
+        posix.execv(sys.executable, [sys.executable, "-c", source, "--kernel", addr])
+    except BaseException:
+        pass
+    posix._exit(0)
+
+
 def connect(addr):
+    import _socket
     import time
 
     deadline = time.monotonic() + 30
     started = False
     while True:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:
-            s.connect(addr)
+            s.connect("\0" + addr)
             return s
         except OSError:
             s.close()
@@ -215,12 +275,14 @@ def connect(addr):
             time.sleep(0.005)
 
 
-def main(code_file, result_file):
-    import json
+def client(code_file, result_file):
+    import _socket
 
-    sys.stdout.flush()
-    conn = connect(address())
-    socket.send_fds(conn, [os.path.abspath(code_file).encode()], [1, 2])
+    addr = address()
+    conn = connect(addr)
+    path = code_file if code_file.startswith("/") else posix.getcwd() + "/" + code_file
+    fds = (1).to_bytes(4, sys.byteorder) + (2).to_bytes(4, sys.byteorder)
+    conn.sendmsg([path.encode()], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
     data = b""
     while not data.endswith(b"\n"):
         chunk = conn.recv(65536)
@@ -228,18 +290,22 @@ def main(code_file, result_file):
             break
         data += chunk
     if data.endswith(b"\n"):
-        answer = json.loads(data)
+        answer = data[:-1]
     else:
-        answer = {
-            "ok": False,
-            "lost": True,
-            "error": "the Python interpreter exited during this step; its state was lost",
-        }
-        sys.stderr.write(answer["error"] + "\n")
-    with open(result_file, "w") as f:
-        json.dump(answer, f)
-    sys.exit(0 if answer.get("ok") else 1)
+        answer = LOST
+        posix.write(2, b"the Python interpreter exited during this step; its state was lost\n")
+    fd = posix.open(result_file, posix.O_WRONLY | posix.O_CREAT | posix.O_TRUNC, 0o644)
+    try:
+        while answer:
+            answer = answer[posix.write(fd, answer):]
+    finally:
+        posix.close(fd)
+    # The kernel's answer starts with its "ok" field (run() makes it first).
+    posix._exit(0 if data.startswith(b'{"ok": true') else 1)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    if sys.argv[1:2] == ["--kernel"]:
+        kernel(sys.argv[2])
+    else:
+        client(sys.argv[1], sys.argv[2])

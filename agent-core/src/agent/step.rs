@@ -4,9 +4,10 @@
 //! - `shell`: `bash -c <command>` in the workspace root;
 //! - `python`: the code is written to `.agent/step-<index>.py` with [`Sandbox::put_file`], then
 //!   run as `python3 .agent/step-<index>.py`;
-//! - stateful `python`: the code is written the same way, then run by `python3 -c <pykernel.py>`
-//!   (this crate's `agent/pykernel.py`), a client of the sandbox's one long-lived interpreter (it
-//!   starts one when there is none). The interpreter runs the code in its namespace with the
+//! - stateful `python`: the code is written the same way, then run by
+//!   `python3 -I -S -c <pykernel.py>` (this crate's `agent/pykernel.py`), a client of the
+//!   sandbox's one long-lived interpreter (it starts one when there is none). The client imports
+//!   only built-in modules: its start-up is most of a stateful step's cost. The interpreter runs the code in its namespace with the
 //!   client's stdout and stderr, and answers in `.agent/step-<index>.result.json`, read back
 //!   with [`Sandbox::get_file`] into [`StepResult::python`]. The interpreter ends with a client
 //!   that is killed (timeout, cancel, output cap), so such a step says its state was lost;
@@ -161,6 +162,8 @@ async fn run_stateful<S: Sandbox + ?Sized>(
     let answer_file = request.python_result_file();
     let argv = vec![
         "python3".into(),
+        "-I".into(),
+        "-S".into(),
         "-c".into(),
         PYKERNEL.into(),
         file,

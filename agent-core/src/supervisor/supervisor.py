@@ -315,7 +315,9 @@ def start_process(argv, cwd, env):
     paths = exec_paths(argv[0], env)
     argb = [os.fsencode(a) for a in argv]
     envb = {os.fsencode(k): os.fsencode(v) for k, v in env.items()}
-    if _in_ws and cwd == WS and hasattr(os, "posix_spawn"):
+    here = same_interpreter(argv, paths)
+    code = compiled(argv[4]) if here else None
+    if not here and _in_ws and cwd == WS and hasattr(os, "posix_spawn"):
         return _spawn(paths, argb, envb)
     cwdb = os.fsencode(cwd)
     fds = []
@@ -330,6 +332,8 @@ def start_process(argv, cwd, env):
         fds.append(null)
         pid = os.fork()
         if pid == 0:
+            if here:
+                _child_here(argv, code, env, cwdb, null, out_w, err_w, st_w)
             _child(paths, argb, envb, cwdb, null, out_w, err_w, st_w)
     except BaseException:
         for fd in fds:
@@ -394,25 +398,120 @@ def _spawn(paths, argb, envb):
     return pid, out_r, err_r
 
 
+def same_interpreter(argv, paths):
+    """Whether `argv` runs this very interpreter the way the supervisor itself runs:
+    `python3 -I -S -c CODE ...`, with `python3` (the first of `paths` that exists) being our
+    own executable. Such a step is forked from the supervisor and runs CODE at once, without the
+    10-40 ms of an interpreter's start-up (a stateful Python step's client is one)."""
+    if len(argv) < 5 or argv[1:4] != ["-I", "-S", "-c"]:
+        return False
+    if not (sys.flags.isolated and sys.flags.no_site and sys.executable):
+        return False
+    for path in paths:
+        if path in _same:
+            return _same[path]
+        try:
+            os.stat(path)
+        except OSError:
+            continue
+        try:
+            _same[path] = os.path.realpath(path) == os.path.realpath(os.fsencode(sys.executable))
+        except (OSError, ValueError):
+            _same[path] = False
+        return _same[path]
+    return False
+
+
+_same = {}  # an executable's path -> whether it is this interpreter
+_codes = {}  # source -> code object, for `python3 -I -S -c` steps run in a fork
+
+
+def compiled(source):
+    """`source` compiled as `python3 -c` would (cached: compiling a stateful step's client takes
+    a few ms, more than forking), or None when it does not compile (the child then raises the
+    error as Python would)."""
+    code = _codes.get(source)
+    if code is None:
+        try:
+            code = compile(source, "<string>", "exec")
+        except BaseException:
+            return None
+        if len(_codes) >= 8:
+            _codes.clear()
+        _codes[source] = code
+    return code
+
+
+def _setup_child(cwdb, null, out_w, err_w, st_w):
+    """In a forked child: its own session, default signals, the OOM killer's first choice, `cwd`,
+    stdin from /dev/null, stdout/stderr to the pipes, no other fd but the status pipe."""
+    os.setsid()
+    for sig in _DEFAULT_SIGNALS:  # Python ignores SIGXFSZ; a step must not
+        _signal.signal(sig, _signal.SIG_DFL)
+    try:  # the step, not the supervisor, is the one the OOM killer should pick
+        f = os.open("/proc/self/oom_score_adj", os.O_WRONLY)
+        os.write(f, b"1000")
+        os.close(f)
+    except OSError:
+        pass
+    os.chdir(cwdb)
+    os.dup2(null, 0)
+    os.dup2(out_w, 1)
+    os.dup2(err_w, 2)
+    os.closerange(3, st_w)  # everything but 0/1/2 and the (close-on-exec) status pipe
+    os.closerange(st_w + 1, 1 << 20)
+
+
+def _child_here(argv, code, env, cwdb, null, out_w, err_w, st_w):
+    """In the forked child of a `python3 -I -S -c CODE ARGS...` step: runs CODE as that
+    interpreter would (a new `__main__`, `sys.argv` = ["-c", ARGS...], the step's environment,
+    fresh standard streams, the exit status of SystemExit or 1 after a traceback); `code` is
+    CODE compiled (None: compile it here, to raise its error). Never returns."""
+    status = 1
+    try:
+        _setup_child(cwdb, null, out_w, err_w, st_w)
+        os.close(st_w)  # nothing to exec: the parent goes on at once
+        for k in list(os.environ):
+            if k not in env:
+                del os.environ[k]
+        os.environ.update(env)  # putenv too: what the code starts gets the step's environment
+        main = type(sys)("__main__")
+        main.__builtins__ = __builtins__
+        sys.modules["__main__"] = main
+        sys.argv = ["-c"] + list(argv[5:])
+        sys.orig_argv = list(argv)
+        sys.stdin = open(0, "r", closefd=False)
+        sys.stdout = open(1, "w", closefd=False)
+        sys.stderr = open(2, "w", buffering=1, closefd=False, errors="backslashreplace")
+        try:
+            exec(code if code is not None else compile(argv[4], "<string>", "exec"), main.__dict__)
+            status = 0
+        except SystemExit as e:
+            if e.code is None:
+                status = 0
+            elif isinstance(e.code, int):
+                status = e.code & 0xFF
+            else:
+                sys.stderr.write("%s\n" % (e.code,))
+        except BaseException as e:
+            tb = e.__traceback__
+            tb = tb.tb_next if tb is not None else None  # our own frame is no business of the code's
+            sys.excepthook(type(e), e.with_traceback(tb), tb)
+        for f in (sys.stdout, sys.stderr):
+            try:
+                f.flush()
+            except BaseException:
+                pass
+    except BaseException:
+        pass
+    os._exit(status)
+
+
 def _child(paths, argb, envb, cwdb, null, out_w, err_w, st_w):
     """In the forked child: never returns. Only simple calls into C (no locks, no imports)."""
     err = errno.EINVAL
     try:
-        os.setsid()
-        for sig in _DEFAULT_SIGNALS:  # Python ignores SIGXFSZ; a step must not
-            _signal.signal(sig, _signal.SIG_DFL)
-        try:  # the step, not the supervisor, is the one the OOM killer should pick
-            f = os.open("/proc/self/oom_score_adj", os.O_WRONLY)
-            os.write(f, b"1000")
-            os.close(f)
-        except OSError:
-            pass
-        os.chdir(cwdb)
-        os.dup2(null, 0)
-        os.dup2(out_w, 1)
-        os.dup2(err_w, 2)
-        os.closerange(3, st_w)  # everything but 0/1/2 and the (close-on-exec) status pipe
-        os.closerange(st_w + 1, 1 << 20)
+        _setup_child(cwdb, null, out_w, err_w, st_w)
         err = errno.ENOENT
         for path in paths:
             try:

@@ -342,6 +342,56 @@ class Protocol(unittest.TestCase):
         self.assertEqual(evs[0], "started")
         self.assertEqual(out, {1: b"out\n", 2: b"err\n"})
 
+    def run_step(self, rid, argv, env=None):
+        """Runs `argv` as a step: (exit header, stdout, stderr)."""
+        req = {"id": rid, "op": "run", "argv": argv, "cwd": "", "env": env or {},
+               "timeout_ms": 30000, "max_output": 100000}
+        self.s.send(json.dumps(req).encode() + b"\n")
+        out = {1: b"", 2: b""}
+        while True:
+            f = self.s.frame()
+            self.assertIsNotNone(f, "the supervisor ended before the step's exit")
+            hdr, body = f
+            if hdr.get("id") == rid and hdr["ev"] == "out":
+                out[hdr["s"]] += body
+            if hdr.get("id") == rid and hdr["ev"] in ("exit", "err"):
+                return hdr, out[1], out[2]
+
+    def test_python_with_the_supervisors_flags_runs_in_a_fork_like_a_new_interpreter(self):
+        code = (
+            "import os, sys\n"
+            "print(sys.argv, os.environ['X'], os.getcwd() == os.path.realpath(sys.argv[1]))\n"
+            "print(repr(sys.stdin.read()), __name__, 'run_step' in dir(__import__('__main__')))\n"
+            "print('select' in sys.modules, sys.orig_argv[1:4], file=sys.stderr)\n"
+            "sys.exit(5)\n"
+        )
+        hdr, out, err = self.run_step(
+            1, [sys.executable, "-I", "-S", "-c", code, self.tmp.name], {"X": "from-env"}
+        )
+        self.assertEqual((hdr["ev"], hdr["code"], hdr["term"]), ("exit", 5, "exited"), err)
+        self.assertEqual(
+            out.decode().splitlines(),
+            ["['-c', %r] from-env True" % self.tmp.name, "'' __main__ False"],
+        )
+        # Forked, not exec'd: the supervisor's modules are loaded (a new `python3 -I -S` has no
+        # `select`), and the command line reads as the step's.
+        self.assertEqual(err, b"True ['-I', '-S', '-c']\n")
+        # An uncaught exception: its traceback (the code's frames only) and exit code 1.
+        hdr, out, err = self.run_step(2, [sys.executable, "-I", "-S", "-c", "x = 1\nraise KeyError(x)"])
+        self.assertEqual((hdr["code"], out), (1, b""))
+        self.assertIn(b'File "<string>", line 2', err)
+        self.assertTrue(err.endswith(b"KeyError: 1\n"), err)
+        self.assertNotIn(b"_child_here", err)
+        # Code that does not compile: Python's own message, exit code 1.
+        hdr, out, err = self.run_step(4, [sys.executable, "-I", "-S", "-c", "x = (1,"])
+        self.assertEqual((hdr["code"], out), (1, b""))
+        self.assertIn(b"SyntaxError", err)
+        # Other flags are a new interpreter, as always.
+        hdr, out, _ = self.run_step(
+            3, [sys.executable, "-I", "-c", "import sys; print(sys.flags.no_site, 'select' in sys.modules)"]
+        )
+        self.assertEqual((hdr["code"], out), (0, b"0 False\n"))
+
     def test_a_kill_names_its_target_and_stdin_eof_kills_the_rest(self):
         run = (b'{"id": %d, "op": "run", "argv": ["sh", "-c", "echo up; exec sleep 60"],'
                b' "cwd": "", "env": {}, "timeout_ms": 60000, "max_output": 1000}\n')
