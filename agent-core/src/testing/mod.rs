@@ -12,6 +12,8 @@
 //! - [`llm_suite`] checks an LLM provider (plain, JSON-mode, multi-turn and streamed answers).
 //! - [`collect_bytes`], [`tar_entries`], [`zip_entry`] and [`zip_text`] read back exports and
 //!   packaged ZIPs.
+//! - [`tunnels`]: echo servers inside a sandbox and on the host's loopback, for the tunnel tests
+//!   and benchmark.
 //! - [`MockLlm`](crate::llm::MockLlm) is a mockall mock of the LLM trait for unit tests.
 //!
 //! The suites panic with a message naming the failed check, so call them from a `#[tokio::test]`.
@@ -21,6 +23,7 @@ mod executor_suite;
 mod fake_executor;
 mod llm_suite;
 mod store_suite;
+pub mod tunnels;
 
 pub use archives::{collect_bytes, tar_entries, zip_entry, zip_text, TarEntry};
 pub use executor_suite::{executor_suite, Collected};

@@ -1,0 +1,118 @@
+//! Tunnel benchmark (issue 10): bytes through a sandbox's supervisor link to an echo server
+//! inside it, against a direct loopback TCP echo on the host, measured in the same run.
+//!
+//! ```text
+//! cargo bench -p agent-benches --bench tunnel     # needs a Docker engine and the image
+//! AGENT_BENCH_N=9 cargo bench -p agent-benches --bench tunnel
+//! ```
+//!
+//! - throughput: 10 MiB written and read back at once through a tunnel vs through the host's
+//!   loopback echo, the two alternated round by round, medians compared (goal ≥ 0.5×);
+//! - round trip of a 1-byte message through a tunnel (goal ≤ 1 ms p50), next to the loopback's.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use agent_benches::{bench_sandbox, docker_executor, listing_only, median, percentile, rounds};
+use agent_core::executor::SandboxStream;
+use agent_core::testing::tunnels::{
+    echo_through, loopback_echo, pattern, start_echo_servers, ECHO_PORT, GREET_PORT,
+};
+use agent_core::{Executor, Sandbox};
+use agent_docker::DockerExecutor;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Bytes echoed per throughput round.
+const BULK: usize = 10 << 20;
+/// 1-byte round trips measured.
+const PINGS: usize = 300;
+
+/// How long `BULK` bytes take to come back through `stream`.
+async fn bulk<S: AsyncRead + AsyncWrite + Unpin + Send>(stream: S, data: &[u8]) -> Duration {
+    let t = Instant::now();
+    let back = echo_through(stream, data).await;
+    let d = t.elapsed();
+    assert!(back == data, "the echo came back changed");
+    d
+}
+
+/// The round trips of `PINGS` 1-byte messages through `stream`.
+async fn pings<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S) -> Vec<Duration> {
+    let mut byte = [0u8; 1];
+    let mut out = Vec::with_capacity(PINGS);
+    for i in 0..PINGS {
+        let t = Instant::now();
+        stream.write_all(&[i as u8]).await.unwrap();
+        stream.read_exact(&mut byte).await.unwrap();
+        out.push(t.elapsed());
+        assert_eq!(byte[0], i as u8);
+    }
+    out
+}
+
+async fn tunnel(sb: &dyn Sandbox) -> SandboxStream {
+    sb.connect(ECHO_PORT)
+        .await
+        .expect("a tunnel to the echo server")
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    if listing_only() {
+        return;
+    }
+    let n = rounds(7);
+    let (config, _) = docker_executor("tunnel").await;
+    let exec = DockerExecutor::connect(config.with_tunnel_ports([ECHO_PORT, GREET_PORT]))
+        .await
+        .expect("an executor with tunnels");
+    let sb = bench_sandbox(&exec).await;
+    start_echo_servers(&*sb).await;
+    let direct = loopback_echo().await;
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "# Tunnel benchmark (N = {n}; load average at start: {})\n",
+        load.trim()
+    );
+
+    let data = pattern(BULK, 7);
+    bulk(tunnel(&*sb).await, &data).await; // warm-up, not counted
+    let (mut through, mut base) = (Vec::new(), Vec::new());
+    for _ in 0..n {
+        through.push(bulk(tunnel(&*sb).await, &data).await);
+        let tcp = tokio::net::TcpStream::connect(direct).await.unwrap();
+        tcp.set_nodelay(true).unwrap();
+        base.push(bulk(tcp, &data).await);
+    }
+    let (through, base) = (median(through), median(base));
+    let mib = BULK as f64 / f64::from(1 << 20);
+    let ratio = base.as_secs_f64() / through.as_secs_f64();
+    let mut tunnel_rtt = pings(tunnel(&*sb).await).await;
+    let tcp = tokio::net::TcpStream::connect(direct).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let mut direct_rtt = pings(tcp).await;
+    let rtt = percentile(&mut tunnel_rtt, 0.5);
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+
+    println!("| figure | tunnel | direct loopback echo (same run) | ratio | goal |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| 10 MiB echoed (median of {n} alternated rounds) | {:.1} MiB/s | {:.1} MiB/s | {ratio:.3}× | ≥ 0.5× {} |",
+        mib / through.as_secs_f64(),
+        mib / base.as_secs_f64(),
+        if ratio >= 0.5 { "ok" } else { "MISSED" }
+    );
+    println!(
+        "| 1-byte round trip p50 ({PINGS}) | {:.3} ms | {:.3} ms | | ≤ 1 ms {} |",
+        rtt.as_secs_f64() * 1e3,
+        percentile(&mut direct_rtt, 0.5).as_secs_f64() * 1e3,
+        if rtt <= Duration::from_millis(1) {
+            "ok"
+        } else {
+            "MISSED"
+        }
+    );
+    println!("\nload average at the end: {}", load.trim());
+    sb.destroy().await.unwrap();
+    exec.shutdown().await.unwrap();
+}
