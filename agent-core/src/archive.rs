@@ -65,14 +65,65 @@ pub async fn package(
 ) -> Result<ArchiveSummary> {
     let staging = store.staging_file()?;
     let (file, path) = staging.into_parts();
-    // The conversion runs on a blocking thread and reads the export through a small channel: if
-    // this future is dropped (a packaging deadline), the channel closes and the thread ends.
-    let (tx, rx) = tokio::sync::mpsc::channel(8);
     let host_files = host_files.to_vec();
+    let (summary, file) = read_export(stream, max_bytes, move |tar| {
+        convert(tar, &host_files, "", file).map(|(summary, _, file)| (summary, file))
+    })
+    .await?;
+    store
+        .commit(key, tempfile::NamedTempFile::from_parts(file, path))
+        .await?;
+    Ok(summary)
+}
+
+/// What [`subtree`] writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SubtreeFormat {
+    /// A tar (regular files and directories).
+    Tar,
+    /// A ZIP.
+    Zip,
+}
+
+/// Writes the part of a workspace export (the tar `stream`) under the directory `root`
+/// (relative; `""`: all of it) into a temporary file in `dir`, as a tar or a ZIP whose names are
+/// relative to `root`; only regular files and directories, unsafe names left out, as for a job's
+/// ZIP. `None` when the export has no directory `root`. `max_bytes` caps the export read.
+pub async fn subtree(
+    stream: TarStream,
+    root: &str,
+    format: SubtreeFormat,
+    dir: &Path,
+    max_bytes: u64,
+) -> Result<Option<(tempfile::NamedTempFile, ArchiveSummary)>> {
+    let staging = tempfile::Builder::new()
+        .prefix(".subtree-")
+        .tempfile_in(dir)
+        .map_err(|e| Error::io("creating a temporary file for the archive", e))?;
+    let (file, path) = staging.into_parts();
+    let root = root.to_string();
+    let (summary, found, file) = read_export(stream, max_bytes, move |tar| match format {
+        SubtreeFormat::Zip => convert(tar, &[], &root, file),
+        SubtreeFormat::Tar => retar(tar, &root, file),
+    })
+    .await?;
+    Ok(found.then(|| (tempfile::NamedTempFile::from_parts(file, path), summary)))
+}
+
+/// Feeds the export `stream` (at most `max_bytes`) to `convert`, run on a blocking thread
+/// that reads it through a small channel: if this future is dropped (a packaging deadline),
+/// the channel closes and the thread ends.
+async fn read_export<T: Send + 'static>(
+    stream: TarStream,
+    max_bytes: u64,
+    convert: impl FnOnce(BufReader<Capped<ChannelReader>>) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
     let converting = tokio::task::spawn_blocking(move || {
-        let tar =
-            BufReader::with_capacity(64 << 10, Capped::new(ChannelReader::new(rx), max_bytes));
-        convert(tar, &host_files, file)
+        convert(BufReader::with_capacity(
+            64 << 10,
+            Capped::new(ChannelReader::new(rx), max_bytes),
+        ))
     });
     let pump = async move {
         let mut stream = stream;
@@ -84,18 +135,83 @@ pub async fn package(
     };
     let ((), converted) = tokio::join!(pump, converting);
     let converted = converted.map_err(|e| Error::other(format!("the archive task failed: {e}")))?;
-    let (summary, file) = converted.map_err(|e| match e {
+    converted.map_err(|e| match e {
         Error::Io { source, .. } if source.get_ref().is_some_and(|e| e.is::<TooLarge>()) => {
             Error::other(format!(
                 "the workspace export is larger than the {max_bytes}-byte limit"
             ))
         }
         other => other,
-    })?;
-    store
-        .commit(key, tempfile::NamedTempFile::from_parts(file, path))
-        .await?;
-    Ok(summary)
+    })
+}
+
+/// Copies the regular files and directories under `root` of a workspace export into a tar of
+/// their own, named relative to `root`.
+fn retar(tar_data: impl Read, root: &str, out: File) -> Result<(ArchiveSummary, bool, File)> {
+    let io_err = |what: &'static str| move |e: io::Error| Error::io(what, e);
+    let mut summary = ArchiveSummary::default();
+    let mut found = root.is_empty();
+    let mut builder = tar::Builder::new(BufWriter::new(out));
+    let mut archive = tar::Archive::new(tar_data);
+    for entry in archive
+        .entries()
+        .map_err(io_err("reading the workspace export"))?
+    {
+        let mut entry = entry.map_err(io_err("reading the workspace export"))?;
+        let raw_path = entry
+            .path()
+            .map_err(io_err("reading an entry path"))?
+            .into_owned();
+        let Some(name) = safe_name(&raw_path) else {
+            continue;
+        };
+        let kind = entry.header().entry_type();
+        let Some(rel) = under(&name, root) else {
+            continue;
+        };
+        if rel.is_empty() {
+            found |= kind.is_dir();
+            continue;
+        }
+        if !(kind.is_dir() || kind.is_file()) {
+            summary.skipped += 1;
+            continue;
+        }
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(kind);
+        header.set_mode(entry.header().mode().unwrap_or(0o644) & 0o777);
+        header.set_mtime(entry.header().mtime().unwrap_or(0));
+        header.set_size(if kind.is_file() { entry.size() } else { 0 });
+        builder
+            .append_data(&mut header, rel, &mut entry)
+            .map_err(io_err("writing the archive"))?;
+        if kind.is_file() {
+            summary.files += 1;
+            summary.bytes += entry.size();
+        }
+    }
+    let mut out = builder
+        .into_inner()
+        .map_err(io_err("writing the archive"))?
+        .into_inner()
+        .map_err(|e| Error::io("writing the archive", e.into_error()))?;
+    out.flush().map_err(io_err("writing the archive"))?;
+    summary.zip_bytes = out.metadata().map_err(io_err("writing the archive"))?.len();
+    Ok((summary, found, out))
+}
+
+/// `name` relative to the directory `root` (`""` for the directory itself), or `None` outside
+/// it.
+fn under<'a>(name: &'a str, root: &str) -> Option<&'a str> {
+    if root.is_empty() {
+        return Some(name);
+    }
+    let rest = name.strip_prefix(root)?;
+    if rest.is_empty() {
+        Some("")
+    } else {
+        rest.strip_prefix('/')
+    }
 }
 
 /// Reads the chunks of an export sent from the async side; ends when the sender is gone.
@@ -169,15 +285,16 @@ impl<R: Read> Read for Capped<R> {
 fn convert(
     tar_data: impl Read,
     host_files: &[HostFile],
+    root: &str,
     out: File,
-) -> Result<(ArchiveSummary, File)> {
+) -> Result<(ArchiveSummary, bool, File)> {
     let swallow = Arc::new(AtomicBool::new(false));
     let mut zip = zip::ZipWriter::new(BufWriter::new(Quiet {
         inner: out,
         swallow: swallow.clone(),
     }));
-    let mut summary = match write_entries(&mut zip, tar_data, host_files) {
-        Ok(summary) => summary,
+    let (mut summary, found) = match write_entries(&mut zip, tar_data, host_files, root) {
+        Ok(done) => done,
         Err(e) => {
             swallow.store(true, Ordering::Relaxed);
             return Err(e);
@@ -197,7 +314,7 @@ fn convert(
         .metadata()
         .map_err(|e| Error::io("writing the ZIP", e))?
         .len();
-    Ok((summary, out))
+    Ok((summary, found, out))
 }
 
 /// A file whose writes, after the first failure (or once told to), succeed without writing.
@@ -230,11 +347,14 @@ impl Seek for Quiet {
     }
 }
 
+/// Writes the host files, then the export's entries under `root` (named relative to it);
+/// returns whether `root` was found.
 fn write_entries<W: Write + Seek>(
     zip: &mut zip::ZipWriter<W>,
     tar_data: impl Read,
     host_files: &[HostFile],
-) -> Result<ArchiveSummary> {
+    root: &str,
+) -> Result<(ArchiveSummary, bool)> {
     let io_err = |what: &str| {
         let what = what.to_string();
         move |e: io::Error| Error::io(what, e)
@@ -270,6 +390,7 @@ fn write_entries<W: Write + Seek>(
     // Names already in the ZIP: a second entry whose cleaned name is taken is skipped (a ZIP
     // must not hold two entries of one name).
     let mut taken = std::collections::HashSet::new();
+    let mut found = root.is_empty();
     let mut archive = tar::Archive::new(tar_data);
     let entries = archive
         .entries()
@@ -282,7 +403,7 @@ fn write_entries<W: Write + Seek>(
             .map_err(io_err("reading an entry path"))?
             .into_owned();
         let Some(name) = safe_name(&raw_path) else {
-            if !is_root(&raw_path) {
+            if !is_root(&raw_path) && root.is_empty() {
                 summary.skipped += 1;
             }
             continue;
@@ -290,6 +411,14 @@ fn write_entries<W: Write + Seek>(
         if replaced(&name) || is_scratch(&name) {
             continue;
         }
+        let name = match under(&name, root) {
+            None => continue,
+            Some("") => {
+                found |= kind.is_dir();
+                continue;
+            }
+            Some(rel) => rel.to_string(),
+        };
         let key = if kind.is_dir() {
             format!("{name}/")
         } else {
@@ -322,7 +451,7 @@ fn write_entries<W: Write + Seek>(
             summary.skipped += 1;
         }
     }
-    Ok(summary)
+    Ok((summary, found))
 }
 
 /// Whether a cleaned entry name is the agent's scratch directory or inside it.
@@ -612,5 +741,77 @@ mod tests {
         .unwrap_err();
         assert!(err.to_string().contains("went away"), "{err}");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_subtree_is_exported_as_tar_or_zip_relative_to_its_root() {
+        let data = tar_bytes(|b| {
+            let mut d = file_header("a", 0);
+            d.set_entry_type(tar::EntryType::Directory);
+            d.set_cksum();
+            b.append(&d, io::empty()).unwrap();
+            b.append(&file_header("a/x", 1), &b"x"[..]).unwrap();
+            b.append(&file_header("a/b/y", 2), &[0u8, 255][..]).unwrap();
+            b.append(&file_header("ab", 1), &b"n"[..]).unwrap();
+            let mut link = tar::Header::new_gnu();
+            link.set_path("a/ln").unwrap();
+            link.set_link_name("/etc/passwd").unwrap();
+            link.set_entry_type(tar::EntryType::Symlink);
+            link.set_size(0);
+            link.set_cksum();
+            b.append(&link, io::empty()).unwrap();
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let (file, summary) = subtree(
+            chunked(&data, 100),
+            "a",
+            SubtreeFormat::Tar,
+            dir.path(),
+            1 << 20,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!((summary.files, summary.bytes, summary.skipped), (2, 3, 1));
+        let mut names = Vec::new();
+        for e in tar::Archive::new(File::open(file.path()).unwrap())
+            .entries()
+            .unwrap()
+        {
+            let mut e = e.unwrap();
+            let mut body = Vec::new();
+            e.read_to_end(&mut body).unwrap();
+            names.push((e.path().unwrap().display().to_string(), body));
+        }
+        assert_eq!(
+            names,
+            [
+                ("x".to_string(), b"x".to_vec()),
+                ("b/y".to_string(), vec![0, 255])
+            ]
+        );
+        let (file, _) = subtree(
+            chunked(&data, 100),
+            "a",
+            SubtreeFormat::Zip,
+            dir.path(),
+            1 << 20,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        let mut zip = zip::ZipArchive::new(File::open(file.path()).unwrap()).unwrap();
+        assert_eq!(zip_entry(&mut zip, "b/y"), vec![0, 255]);
+        assert_eq!(zip.len(), 2);
+        let missing = subtree(
+            chunked(&data, 100),
+            "a/x",
+            SubtreeFormat::Tar,
+            dir.path(),
+            1 << 20,
+        )
+        .await
+        .unwrap();
+        assert!(missing.is_none(), "a file is not a directory");
     }
 }

@@ -628,6 +628,11 @@ pub struct JobSpec {
     /// ends as usual, with its final status and ZIP; [`Job::continued_in`] names the sandbox).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub keep_sandbox: Option<KeepSandbox>,
+    /// Files placed under `/workspace` before the first step (set by
+    /// [`JobManager::submit_with_inputs`](crate::manager::JobManager::submit_with_inputs)); the
+    /// planner is told they exist.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<crate::inputs::InputFile>,
 }
 
 /// What a job asks for when its sandbox is to be continued as a live sandbox after its steps:
@@ -744,6 +749,7 @@ impl Default for JobSpec {
             keep_alive: Duration::ZERO,
             live: None,
             keep_sandbox: None,
+            inputs: Vec::new(),
         }
     }
 }

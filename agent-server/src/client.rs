@@ -368,6 +368,53 @@ impl Client {
             .map_err(|e| ClientError::Protocol(error_chain(&e)))?;
         Ok(bytes.to_vec())
     }
+
+    /// `PUT /sandboxes/{id}/archive?path=…`: unpacks the tar (or ZIP) in the file at `archive`
+    /// into a directory, streamed from the file.
+    pub async fn put_sandbox_archive(
+        &self,
+        id: JobId,
+        path: &str,
+        archive: &Path,
+        media_type: &str,
+    ) -> Result<crate::sandbox_archive::PutArchiveResponse, ClientError> {
+        let url = self.url(&format!("/sandboxes/{id}/archive"));
+        let file = tokio::fs::File::open(archive)
+            .await
+            .map_err(|source| ClientError::Io {
+                context: format!("opening {}", archive.display()),
+                source,
+            })?;
+        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
+        let rb = self
+            .http
+            .put(&url)
+            .query(&[("path", path)])
+            .header("content-type", media_type)
+            .body(body);
+        Self::json(self.send(rb, &url).await?).await
+    }
+
+    /// `GET /sandboxes/{id}/archive?path=…&format=…` (`tar` or `zip`), streamed into `out`;
+    /// returns its size.
+    pub async fn get_sandbox_archive<W>(
+        &self,
+        id: JobId,
+        path: &str,
+        format: &str,
+        out: &mut W,
+    ) -> Result<u64, ClientError>
+    where
+        W: tokio::io::AsyncWrite + Unpin,
+    {
+        let url = self.url(&format!("/sandboxes/{id}/archive"));
+        let rb = self
+            .http
+            .get(&url)
+            .query(&[("path", path), ("format", format)]);
+        let resp = self.send(rb, &url).await?;
+        copy_body(resp, out, "writing the archive").await
+    }
 }
 
 /// Streams a response body into `out` and flushes it; returns the number of bytes written.

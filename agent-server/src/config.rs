@@ -201,9 +201,34 @@ pub struct PolicyConfig {
     /// the output directory besides its log).
     #[arg(long, env = "AGENT_MAX_ARCHIVE_BYTES", default_value_t = 2 << 30)]
     pub max_archive_bytes: u64,
+
+    /// The largest input file a job (`POST /schedule`, multipart) or a directory upload into a
+    /// live sandbox may hold, in bytes (at most 16 MiB).
+    #[arg(long, env = "AGENT_MAX_INPUT_FILE_BYTES", default_value_t = 16 << 20)]
+    pub max_input_file_bytes: u64,
+
+    /// The most bytes of input files together, per job or upload.
+    #[arg(long, env = "AGENT_MAX_INPUT_BYTES", default_value_t = 64 << 20)]
+    pub max_input_bytes: u64,
+
+    /// The most entries (files and directories) of input files, per job or upload.
+    #[arg(long, env = "AGENT_MAX_INPUT_ENTRIES", default_value_t = 1000)]
+    pub max_input_entries: usize,
 }
 
 impl ServerConfig {
+    /// The caps of input files (`AGENT_MAX_INPUT_*`).
+    pub fn input_limits(&self) -> agent_core::inputs::InputLimits {
+        agent_core::inputs::InputLimits {
+            max_file_bytes: self
+                .policy
+                .max_input_file_bytes
+                .min(agent_core::inputs::MAX_INPUT_FILE_BYTES),
+            max_total_bytes: self.policy.max_input_bytes,
+            max_entries: self.policy.max_input_entries,
+        }
+    }
+
     /// The configuration from the environment alone (no flags), after loading `.env`.
     pub fn from_env() -> Result<Self, clap::Error> {
         load_dotenv();

@@ -151,6 +151,11 @@ impl From<agent_core::Error> for ApiError {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "path_refused", e.to_string())
                     .with_field("path")
             }
+            // A file operation the sandbox cannot do: a directory read as a file, say.
+            E::Sandbox(e) if e.kind == SandboxErrorKind::Invalid => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_path", e.to_string())
+                    .with_field("path")
+            }
             E::Sandbox(e) if e.kind == SandboxErrorKind::NotFound => {
                 ApiError::new(StatusCode::NOT_FOUND, "file_not_found", e.to_string())
             }

@@ -20,12 +20,14 @@ pub mod policy;
 pub mod proxy;
 pub mod relay;
 pub mod routes;
+pub mod sandbox_archive;
 pub mod sandboxes;
 pub mod server;
 pub mod server_events;
 pub mod server_info;
 pub mod session;
 pub mod ui;
+pub mod uploads;
 
 pub use agent_core::SecretString;
 pub use config::{LogFormat, ServerConfig};

@@ -120,7 +120,9 @@ impl ToSchema for PlanComponent {
 
 /// The document the server publishes at `/openapi.json`.
 pub fn openapi_json() -> Value {
-    let api = ApiDoc::openapi().merge_from(crate::sandboxes::SandboxesDoc::openapi());
+    let api = ApiDoc::openapi()
+        .merge_from(crate::sandboxes::SandboxesDoc::openapi())
+        .merge_from(crate::sandbox_archive::SandboxArchiveDoc::openapi());
     let mut doc = serde_json::to_value(api).unwrap_or_default();
     if let Some(schemas) = doc
         .pointer_mut("/components/schemas")

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{DefaultBodyLimit, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -54,6 +54,8 @@ pub struct ApiSettings {
     pub warm_ready: Option<WarmProbe>,
     /// What requests may ask for.
     pub policy: crate::policy::Policy,
+    /// Caps of input files (multipart `POST /schedule`, directory uploads into sandboxes).
+    pub inputs: agent_core::inputs::InputLimits,
 }
 
 /// Asks the executor how many warm sandboxes are ready now.
@@ -89,6 +91,7 @@ impl Default for ApiSettings {
             warm_pool: 0,
             warm_ready: None,
             policy: crate::policy::Policy::default(),
+            inputs: agent_core::inputs::InputLimits::default(),
         }
     }
 }
@@ -187,7 +190,11 @@ pub fn app(state: AppState) -> Router {
         .into();
     Router::new()
         .route("/", get(health))
-        .route("/schedule", post(schedule))
+        // Multipart uploads have their own caps (`crate::uploads`), a JSON body its limit.
+        .route(
+            "/schedule",
+            post(schedule).layer(DefaultBodyLimit::disable()),
+        )
         .route("/status/{id}", get(status))
         .route("/jobs", get(list_jobs))
         .route("/cancel/{id}", post(cancel))
@@ -199,6 +206,7 @@ pub fn app(state: AppState) -> Router {
         .route_service(crate::mcp::MCP_PATH, crate::mcp::service(&state))
         .merge(crate::live::routes())
         .merge(crate::sandboxes::routes())
+        .merge(crate::sandbox_archive::routes())
         .merge(docs)
         .merge(crate::ui::api_routes())
         .merge(crate::ui::routes())
@@ -313,26 +321,46 @@ pub(crate) async fn health(State(state): State<AppState>) -> (StatusCode, Json<H
     (code, Json(body))
 }
 
-/// Submits a job; it is queued at once.
-#[utoipa::path(post, path = "/schedule", tag = "jobs", request_body = ScheduleRequest,
+/// Submits a job; it is queued at once. As `multipart/form-data` it comes with input files: a
+/// `spec` part (the JSON), `file` parts (each `filename` is a path under `/workspace`) and/or an
+/// `archive` part (ZIP, tar or gzipped tar), placed under `/workspace` before the first step; an
+/// LLM-planned job's planner is told which files exist. Caps: `AGENT_MAX_INPUT_FILE_BYTES`,
+/// `AGENT_MAX_INPUT_BYTES`, `AGENT_MAX_INPUT_ENTRIES`.
+#[utoipa::path(post, path = "/schedule", tag = "jobs",
+    request_body(content(
+        (ScheduleRequest = "application/json"),
+        (crate::uploads::ScheduleUpload = "multipart/form-data"))),
     responses((status = 202, description = "Queued", body = ScheduleResponse),
-              (status = 400, description = "Malformed JSON", body = ErrorBody),
+              (status = 400, description = "Malformed JSON or multipart body", body = ErrorBody),
               (status = 401, description = "Missing or wrong token", body = ErrorBody),
-              (status = 413, description = "Body over the limit", body = ErrorBody),
+              (status = 413, description = "Body over the limit, or input files over their caps (`too_large`, the part in `error.field`)", body = ErrorBody),
               (status = 403, description = "Refused by the operator's policy (`policy_refused`: an image not allowed, a network, a limit over its maximum; the field in `error.field`)", body = ErrorBody),
-              (status = 415, description = "Not JSON", body = ErrorBody),
-              (status = 422, description = "Invalid field (named in `error.field`)", body = ErrorBody),
+              (status = 415, description = "Neither JSON nor multipart, or an `archive` part that is not a ZIP or tar", body = ErrorBody),
+              (status = 422, description = "Invalid field (named in `error.field`); a missing `spec` part; an input entry refused (a link, a device, `..`, an absolute path: named in the message)", body = ErrorBody),
               (status = 507, description = "The server's disk is full or below its free-space threshold (`insufficient_storage`)", body = ErrorBody),
               (status = 503, description = "Shutting down, queue full, or the Docker engine has not answered for longer than jobs wait for it (`executor_unavailable`, with `Retry-After`)", body = ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn schedule(
     State(state): State<AppState>,
-    ApiJson(req): ApiJson<ScheduleRequest>,
+    req: Request,
 ) -> ApiResult<(StatusCode, HeaderMap, Json<ScheduleResponse>)> {
+    let (req, inputs) = if crate::uploads::is_multipart(req.headers()) {
+        let (req, inputs) = crate::uploads::schedule_parts(&state, req).await?;
+        (req, Some(inputs))
+    } else {
+        // The route takes uploads larger than the JSON limit: the JSON keeps its own.
+        let limit = state.inner.settings.max_body_bytes;
+        let req = req.map(|body| Body::new(http_body_util::Limited::new(body, limit)));
+        let ApiJson(req) = ApiJson::<ScheduleRequest>::from_request(req, &state).await?;
+        (req, None)
+    };
     let spec = req.into_spec(&state.inner.settings.defaults)?;
     state.admit(&spec)?;
     let manager = &state.inner.manager;
-    let job_id = manager.submit(spec).await?;
+    let job_id = match inputs {
+        Some(inputs) if !inputs.is_empty() => manager.submit_with_inputs(spec, inputs).await?,
+        _ => manager.submit(spec).await?,
+    };
     let executor = manager.executor_status();
     let notice = (!executor.available).then(|| {
         format!(

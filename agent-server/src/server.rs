@@ -151,6 +151,7 @@ pub async fn build_state(config: &ServerConfig) -> Result<AppState, ServeError> 
         warm_pool: config.warm_pool,
         warm_ready: Some(crate::routes::WarmProbe::new(move || warm.warm_ready())),
         policy,
+        inputs: config.input_limits(),
     };
     Ok(AppState::new(manager, settings, metrics, names))
 }
@@ -276,11 +277,18 @@ pub fn connection_limits(config: &ServerConfig) -> Result<ConnectionLimits, Serv
     Ok(ConnectionLimits {
         max_connections,
         header_timeout: std::time::Duration::from_secs(config.header_timeout_secs),
-        // The largest body any route takes: a live sandbox's file upload may exceed the JSON
-        // limit (each route still enforces its own).
+        // The largest body any route takes: a live sandbox's file upload and input files may
+        // exceed the JSON limit (each route still enforces its own).
         max_body_bytes: config
             .max_body_bytes
-            .max(crate::sandboxes::MAX_UPLOAD_BODY_BYTES),
+            .max(crate::sandboxes::MAX_UPLOAD_BODY_BYTES)
+            .max(
+                usize::try_from(crate::uploads::max_upload_bytes(
+                    &config.input_limits(),
+                    config.max_body_bytes,
+                ))
+                .unwrap_or(usize::MAX),
+            ),
     })
 }
 

@@ -61,7 +61,7 @@ impl Node<AgentState> for PlanNode {
         Ok(PlanPrep::Ask {
             llm,
             events: state.events.clone(),
-            message: plan::planning_prompt(&state.job.spec.prompt),
+            message: plan::planning_prompt(&state.job.spec.prompt, &state.job.spec.inputs),
         })
     }
 

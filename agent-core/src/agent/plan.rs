@@ -13,6 +13,7 @@ use std::sync::LazyLock;
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::inputs::InputFile;
 use crate::job::{Plan, Step, StepKind, StepResult, MAX_STEPS};
 use crate::schema::plan_schema;
 
@@ -42,9 +43,30 @@ Rules:
     )
 });
 
-/// The first user message: the task.
-pub fn planning_prompt(task: &str) -> String {
-    format!("Task:\n{task}\n\nReturn the JSON plan.")
+/// The most input files the planning prompt lists one by one.
+const LISTED_INPUTS: usize = 200;
+
+/// The first user message: the task, and the input files already in `/workspace` (path and
+/// size; the first 200, then how many more).
+pub fn planning_prompt(task: &str, inputs: &[InputFile]) -> String {
+    if inputs.is_empty() {
+        return format!("Task:\n{task}\n\nReturn the JSON plan.");
+    }
+    let mut list: String = inputs
+        .iter()
+        .take(LISTED_INPUTS)
+        .map(|f| format!("- {} ({} bytes)\n", f.path, f.size_bytes))
+        .collect();
+    if inputs.len() > LISTED_INPUTS {
+        list.push_str(&format!(
+            "- … and {} more files\n",
+            inputs.len() - LISTED_INPUTS
+        ));
+    }
+    format!(
+        "Task:\n{task}\n\nInput files already in /workspace (given with the task; paths relative \
+         to /workspace):\n{list}\nReturn the JSON plan."
+    )
 }
 
 /// The message sent after a reply that could not be parsed.
@@ -360,6 +382,29 @@ mod tests {
         assert!(
             matches!(&parsed.steps[0].kind, StepKind::Python { code, .. } if code.contains("'}'"))
         );
+    }
+
+    #[test]
+    fn the_planner_is_told_the_input_files() {
+        assert_eq!(
+            planning_prompt("t", &[]),
+            "Task:\nt\n\nReturn the JSON plan."
+        );
+        let files: Vec<_> = (0..203)
+            .map(|i| InputFile {
+                path: format!("data/{i}.csv"),
+                size_bytes: i,
+            })
+            .collect();
+        let prompt = planning_prompt("sum them", &files);
+        assert!(
+            prompt.contains("Input files already in /workspace"),
+            "{prompt}"
+        );
+        assert!(prompt.contains("- data/0.csv (0 bytes)\n"), "{prompt}");
+        assert!(prompt.contains("- data/199.csv (199 bytes)\n"), "{prompt}");
+        assert!(!prompt.contains("data/200.csv"), "{prompt}");
+        assert!(prompt.contains("… and 3 more files"), "{prompt}");
     }
 
     #[test]

@@ -29,6 +29,7 @@ mod availability;
 mod builder;
 mod config;
 mod handover;
+mod inputs;
 mod kept;
 mod live;
 mod queue;
@@ -123,6 +124,11 @@ impl JobManager {
 
     /// Validates and queues a job; returns at once.
     pub async fn submit(&self, spec: JobSpec) -> Result<JobId> {
+        self.submit_as(JobId::new(), spec).await
+    }
+
+    /// [`JobManager::submit`] under a given id.
+    async fn submit_as(&self, id: JobId, spec: JobSpec) -> Result<JobId> {
         if !self.inner.accepting.load(Ordering::Acquire) {
             return Err(Error::ShuttingDown);
         }
@@ -154,7 +160,6 @@ impl JobManager {
         if self.inner.live().len() >= self.inner.config.max_concurrent_jobs.saturating_add(limit) {
             return Err(Error::QueueFull { limit });
         }
-        let id = JobId::new();
         // Refused at the door: what the executor cannot honour.
         self.inner
             .executor

@@ -1,4 +1,5 @@
-//! Start-up recovery of the jobs a previous process left queued or running.
+//! Start-up recovery of the jobs a previous process left queued or running (a queued job keeps
+//! its input files; input files no queued job owns are removed).
 
 use std::collections::HashSet;
 
@@ -15,6 +16,7 @@ impl JobManager {
     pub(super) async fn recover(&self) -> Result<Recovered> {
         let store = &self.inner.store;
         let mut interrupted = HashSet::new();
+        let mut queued = HashSet::new();
         for status in [JobStatus::Running, JobStatus::Queued] {
             let mut jobs = Vec::new();
             loop {
@@ -50,10 +52,13 @@ impl JobManager {
                     interrupted.extend(job.continues);
                 } else {
                     info!(job_id = %job.id, "re-queueing a job from the last run");
+                    queued.insert(job.id);
                     self.enqueue(job.id, events);
                 }
             }
         }
+        // A queued job keeps its input files; any other's are left by a crash.
+        self.sweep_inputs(&queued);
         Ok(Recovered { interrupted })
     }
 }

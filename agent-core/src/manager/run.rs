@@ -73,6 +73,7 @@ impl JobManager {
         }
         job.transition(status)?;
         inner.store.update_job(&job).await?;
+        self.drop_inputs(id);
         events.emit(EventKind::Status {
             status,
             error: job.error.clone(),
@@ -110,6 +111,23 @@ impl JobManager {
             }
         };
         slot.hold(sandbox.clone());
+        let placed = tokio::select! {
+            placed = self.place_inputs(&job, &*sandbox, &events) => placed,
+            () = cancel.cancelled() => Err(Error::Cancelled),
+        };
+        if let Err(e) = placed {
+            let reason = self.stop_reason(id);
+            let status = reason.unwrap_or(JobStatus::Failed);
+            job.error = Some(match reason {
+                Some(_) => stop_message(status, job.spec.job_timeout),
+                None => format!("could not place the job's input files: {e}"),
+            });
+            return Outcome {
+                job,
+                status,
+                error: None,
+            };
+        }
         if super::kept::registers(&job.spec) {
             self.register_sandbox(id, &job.spec, sandbox.clone());
         }
@@ -215,6 +233,7 @@ impl JobManager {
         job.transition(status)?;
         job.error = error.clone();
         self.inner.store.update_job(job).await?;
+        self.drop_inputs(job.id);
         events.emit(EventKind::Status { status, error });
         events.flush().await;
         Ok(())

@@ -391,6 +391,53 @@ impl JobManager {
         Ok(session.sandbox.get_file(&rel).await?)
     }
 
+    /// Writes staged files ([`StagedInputs`](crate::inputs::StagedInputs), finished at
+    /// `staged`) under the directory `root` of a live sandbox's workspace (`""`: the workspace).
+    pub async fn sandbox_put_archive(
+        &self,
+        id: JobId,
+        root: &str,
+        staged: &std::path::Path,
+    ) -> Result<crate::inputs::Placed> {
+        let session = self.session(id).await?;
+        let _busy = session.busy();
+        let placed = crate::inputs::place(&*session.sandbox, staged, root).await?;
+        session.events.emit(EventKind::Log {
+            message: format!(
+                "wrote {} files ({} bytes) under /workspace/{root}",
+                placed.files, placed.bytes
+            ),
+        });
+        Ok(placed)
+    }
+
+    /// The directory `root` of a live sandbox's workspace (`""`: all of it) as a tar or ZIP in a
+    /// temporary file (in [`JobManager::inputs_dir`]); a 404-kind error when there is no such
+    /// directory.
+    pub async fn sandbox_get_archive(
+        &self,
+        id: JobId,
+        root: &str,
+        format: crate::archive::SubtreeFormat,
+    ) -> Result<(tempfile::NamedTempFile, crate::archive::ArchiveSummary)> {
+        let session = self.session(id).await?;
+        let _busy = session.busy();
+        let tar = session.sandbox.export().await?;
+        let dir = self.inputs_dir();
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io("creating the staging directory", e))?;
+        let max = self.inner.config.max_export_bytes;
+        crate::archive::subtree(tar, root, format, &dir, max)
+            .await?
+            .ok_or_else(|| {
+                SandboxError::new(
+                    SandboxErrorKind::NotFound,
+                    format!("/workspace/{root} is not a directory"),
+                )
+                .into()
+            })
+    }
+
     /// Exports a live sandbox's workspace as the job's ZIP (as `/download` serves it), replacing
     /// an earlier export; waits for a running step to finish first.
     pub async fn sandbox_export(&self, id: JobId) -> Result<Artifact> {

@@ -289,8 +289,9 @@ pub enum SandboxCommand {
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
     },
-    /// Copy a file into or out of a sandbox: `agent sandbox cp local.txt ID:path` or
-    /// `agent sandbox cp ID:path local.txt`.
+    /// Copy a file or a whole directory into or out of a sandbox: `agent sandbox cp local.txt
+    /// ID:path`, `agent sandbox cp ./dir ID:path` (created), `agent sandbox cp ID:path local.txt`,
+    /// `agent sandbox cp ID:dir ./out` (the directory's contents into `out`, created).
     Cp {
         /// Source: a local path or `ID:PATH`.
         src: String,

@@ -7,7 +7,7 @@ use std::path::Path;
 use agent_core::{JobId, Step};
 
 use super::{fail, print_json, reported, Exit};
-use crate::client::Client;
+use crate::client::{Client, ClientError};
 use crate::sandboxes::{CreateSandboxRequest, RunStepRequest, SandboxView, StepRunView};
 
 /// `agent sandbox create`: prints the new sandbox's id (or, with `--json`, the sandbox).
@@ -147,10 +147,26 @@ fn remote(spec: &str) -> Option<(JobId, &str)> {
     Some((id.parse().ok()?, path))
 }
 
-/// `agent sandbox cp SRC DST`: one side `ID:PATH` (a file in the sandbox's workspace), the
-/// other a local file.
+/// `agent sandbox cp SRC DST`: one side `ID:PATH` (a file or directory in the sandbox's
+/// workspace), the other a local path. A directory is copied whole (as a tar): a local one into
+/// `ID:PATH` (created), a sandbox's into the local `DST` (created; its contents, not the
+/// directory itself).
 pub(super) async fn copy(client: &Client, src: &str, dst: &str, json: bool) -> Result<Exit, Exit> {
     match (remote(src), remote(dst)) {
+        (None, Some((id, path))) if Path::new(src).is_dir() => {
+            let tar = pack(Path::new(src)).await?;
+            let put = reported(
+                client
+                    .put_sandbox_archive(id, path, tar.path(), "application/x-tar")
+                    .await,
+            )?;
+            if json {
+                print_json(&put);
+            } else {
+                println!("{}/ ({} files, {} bytes)", put.path, put.files, put.bytes);
+            }
+            Ok(Exit::Ok)
+        }
         (None, Some((id, path))) => {
             let content = std::fs::read(src)
                 .map_err(|e| fail(Exit::Usage, format!("cannot read {src}: {e}")))?;
@@ -162,19 +178,93 @@ pub(super) async fn copy(client: &Client, src: &str, dst: &str, json: bool) -> R
             }
             Ok(Exit::Ok)
         }
-        (Some((id, path)), None) => {
-            let content = reported(client.get_sandbox_file(id, path).await)?;
-            write_local(Path::new(dst), &content)?;
-            if !json {
-                println!("{dst} ({} bytes)", content.len());
+        (Some((id, path)), None) => match client.get_sandbox_file(id, path).await {
+            Err(ClientError::Api { status: 422, error }) if error.code == "invalid_path" => {
+                copy_dir_out(client, id, path, Path::new(dst), json).await
             }
-            Ok(Exit::Ok)
-        }
+            content => {
+                let content = reported(content)?;
+                write_local(Path::new(dst), &content)?;
+                if !json {
+                    println!("{dst} ({} bytes)", content.len());
+                }
+                Ok(Exit::Ok)
+            }
+        },
         _ => Err(fail(
             Exit::Usage,
             "one of SRC and DST must be SANDBOX_ID:PATH and the other a local path",
         )),
     }
+}
+
+/// A local directory as a tar in a temporary file (links stored as links, which the server
+/// refuses by name).
+async fn pack(dir: &Path) -> Result<tempfile::NamedTempFile, Exit> {
+    let dir = dir.to_path_buf();
+    let packed = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+        let file = tempfile::NamedTempFile::new()?;
+        let mut builder = tar::Builder::new(file.reopen()?);
+        builder.follow_symlinks(false);
+        builder.append_dir_all(".", &dir)?;
+        builder.into_inner()?.sync_all()?;
+        Ok(file)
+    })
+    .await
+    .map_err(|e| fail(Exit::Internal, format!("packing the directory failed: {e}")))?;
+    packed.map_err(|e| fail(Exit::Usage, format!("cannot pack the directory: {e}")))
+}
+
+/// Copies a sandbox's directory into the local `dst` (created).
+async fn copy_dir_out(
+    client: &Client,
+    id: JobId,
+    path: &str,
+    dst: &Path,
+    json: bool,
+) -> Result<Exit, Exit> {
+    let tar = tempfile::NamedTempFile::new().map_err(|e| {
+        fail(
+            Exit::Internal,
+            format!("cannot create a temporary file: {e}"),
+        )
+    })?;
+    let mut out = tokio::fs::File::from_std(
+        tar.reopen()
+            .map_err(|e| fail(Exit::Internal, format!("cannot open a temporary file: {e}")))?,
+    );
+    let size = reported(client.get_sandbox_archive(id, path, "tar", &mut out).await)?;
+    let dest = dst.to_path_buf();
+    let unpacked = tokio::task::spawn_blocking(move || -> std::io::Result<u64> {
+        std::fs::create_dir_all(&dest)?;
+        let mut archive = tar::Archive::new(std::io::BufReader::new(tar.reopen()?));
+        let mut files = 0;
+        for entry in archive.entries()? {
+            let mut entry = entry?;
+            files += u64::from(entry.header().entry_type().is_file());
+            // Refuses names that would leave `dest`.
+            entry.unpack_in(&dest)?;
+        }
+        Ok(files)
+    })
+    .await
+    .map_err(|e| fail(Exit::Internal, format!("unpacking failed: {e}")))?;
+    let files = unpacked.map_err(|e| {
+        fail(
+            Exit::Usage,
+            format!("cannot unpack into {}: {e}", dst.display()),
+        )
+    })?;
+    if json {
+        print_json(&serde_json::json!({
+            "path": dst.display().to_string(),
+            "files": files,
+            "archive_bytes": size,
+        }));
+    } else {
+        println!("{}/ ({files} files)", dst.display());
+    }
+    Ok(Exit::Ok)
 }
 
 fn write_local(path: &Path, content: &[u8]) -> Result<(), Exit> {
