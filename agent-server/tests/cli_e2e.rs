@@ -454,6 +454,50 @@ async fn agent_sandbox_create_exec_cp_shell_ls_rm_against_a_server() {
     let out = sandbox(&["cp", "a", "b"]).await.unwrap();
     assert_eq!(code(&out), 2);
 
+    // cp of a whole directory both ways: nested directories, a binary file, an empty one and a
+    // unicode name, byte-exact.
+    let tree = dir.path().join("tree");
+    let files: Vec<(&str, Vec<u8>)> = vec![
+        ("a/b/c/deep.txt", b"deep\n".to_vec()),
+        ("a/bin.dat", bytes[..1000].to_vec()),
+        ("empty", Vec::new()),
+        ("ünï/cødé ✓.txt", "ünï".as_bytes().to_vec()),
+    ];
+    for (name, content) in &files {
+        let path = tree.join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, content).unwrap();
+    }
+    let out = sandbox(&["cp", tree.to_str().unwrap(), &format!("{id}:proj")])
+        .await
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout).trim(),
+        "/workspace/proj/ (4 files, 1010 bytes)"
+    );
+    let copy = dir.path().join("copy");
+    let out = sandbox(&["cp", &format!("{id}:proj"), copy.to_str().unwrap()])
+        .await
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    for (name, content) in &files {
+        assert_eq!(&std::fs::read(copy.join(name)).unwrap(), content, "{name}");
+    }
+    // A link in the directory is refused by name; nothing of it is written.
+    std::os::unix::fs::symlink("/etc/passwd", tree.join("ln")).unwrap();
+    let out = sandbox(&["cp", tree.to_str().unwrap(), &format!("{id}:linked")])
+        .await
+        .unwrap();
+    assert_eq!(code(&out), 2, "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("symbolic link"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = sandbox(&["exec", &id, "test ! -e linked"]).await.unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+
     // shell: each stdin line a step; the working files persist; exit codes reported in order.
     let args = with(&["sandbox", "shell", &id]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
