@@ -13,7 +13,8 @@ use crate::job::{
     StepResult, StepStatus, Termination,
 };
 use crate::store::{
-    JobCursor, JobFilter, JobStore, JobSummary, StoreErrorKind, MAX_PAGE_SIZE, SUMMARY_PROMPT_CHARS,
+    JobCursor, JobFilter, JobPage, JobStore, JobSummary, StoreError, StoreErrorKind, MAX_PAGE_SIZE,
+    SUMMARY_PROMPT_CHARS,
 };
 
 /// Runs the job store conformance suite: panics, naming the check, on the first failure.
@@ -92,6 +93,57 @@ fn seqs(events: &[JobEvent]) -> Vec<u64> {
     events.iter().map(|e| e.seq).collect()
 }
 
+/// Appends log events numbered `numbers` to job `id`, which must succeed.
+async fn append_logs(store: &dyn JobStore, id: JobId, numbers: &[u64], what: &str) {
+    let events: Vec<JobEvent> = numbers.iter().map(|&seq| log(id, seq)).collect();
+    store
+        .append_events(id, &events)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+}
+
+/// The sequence numbers of job `id`'s stored events after `after` (at most 100).
+async fn stored_seqs(store: &dyn JobStore, id: JobId, after: u64) -> Vec<u64> {
+    seqs(&store.events(id, after, 100).await.unwrap())
+}
+
+/// The ids of `jobs`, in order.
+fn ids(jobs: &[Job]) -> Vec<JobId> {
+    jobs.iter().map(|j| j.id).collect()
+}
+
+/// The ids of `summaries`, in order.
+fn summary_ids(summaries: &[JobSummary]) -> Vec<JobId> {
+    summaries.iter().map(|s| s.id).collect()
+}
+
+/// The page of at most `limit` jobs from `offset` on, unfiltered.
+async fn page(store: &dyn JobStore, limit: usize, offset: usize) -> JobPage {
+    let filter = JobFilter::default().page(limit, offset);
+    store
+        .list_jobs(&filter)
+        .await
+        .unwrap_or_else(|e| panic!("list {limit} from {offset}: {e}"))
+}
+
+/// Checks that a store call was refused with an error of `kind` (`what` names the call).
+fn assert_fails<T: std::fmt::Debug>(
+    result: Result<T, StoreError>,
+    kind: StoreErrorKind,
+    what: &str,
+) {
+    match result {
+        Err(err) => assert_eq!(err.kind, kind, "{what}: {err}"),
+        Ok(value) => panic!("{what} must fail with {kind:?}, got {value:?}"),
+    }
+}
+
+/// Checks that `store` gives `job` back exactly.
+async fn assert_stored(store: &dyn JobStore, job: &Job, what: &str) {
+    let stored = store.get_job(job.id).await.unwrap();
+    assert_eq!(stored.as_ref(), Some(job), "{what}");
+}
+
 async fn crud(store: Arc<dyn JobStore>) {
     let mut job = job_at(0);
     assert_eq!(
@@ -103,18 +155,10 @@ async fn crud(store: Arc<dyn JobStore>) {
         .insert_job(&job)
         .await
         .unwrap_or_else(|e| panic!("insert: {e}"));
-    assert_eq!(
-        store.get_job(job.id).await.unwrap().as_ref(),
-        Some(&job),
-        "get returns the inserted job exactly"
-    );
+    assert_stored(&*store, &job, "get returns the inserted job exactly").await;
 
-    let dup = store.insert_job(&job).await.unwrap_err();
-    assert_eq!(
-        dup.kind,
-        StoreErrorKind::AlreadyExists,
-        "duplicate insert: {dup}"
-    );
+    let dup = store.insert_job(&job).await;
+    assert_fails(dup, StoreErrorKind::AlreadyExists, "duplicate insert");
 
     job.transition(JobStatus::Running).unwrap();
     job.plan = Some(Plan {
@@ -143,23 +187,15 @@ async fn crud(store: Arc<dyn JobStore>) {
         .update_job(&job)
         .await
         .unwrap_or_else(|e| panic!("update: {e}"));
-    assert_eq!(
-        store.get_job(job.id).await.unwrap().as_ref(),
-        Some(&job),
-        "get returns the updated job exactly"
-    );
+    assert_stored(&*store, &job, "get returns the updated job exactly").await;
     job.transition(JobStatus::Failed).unwrap();
     job.error = Some("step 0 failed".into());
     store.update_job(&job).await.unwrap();
-    assert_eq!(store.get_job(job.id).await.unwrap().as_ref(), Some(&job));
+    assert_stored(&*store, &job, "get returns the failed job exactly").await;
 
     let missing = job_at(1);
-    let err = store.update_job(&missing).await.unwrap_err();
-    assert_eq!(
-        err.kind,
-        StoreErrorKind::NotFound,
-        "update of a missing job: {err}"
-    );
+    let update = store.update_job(&missing).await;
+    assert_fails(update, StoreErrorKind::NotFound, "update of a missing job");
     assert_eq!(
         store.get_job(missing.id).await.unwrap(),
         None,
@@ -183,10 +219,7 @@ async fn listing(store: Arc<dyn JobStore>) {
         store.insert_job(&job).await.unwrap();
         jobs.push(job);
     }
-    let all = store
-        .list_jobs(&JobFilter::default().page(100, 0))
-        .await
-        .unwrap_or_else(|e| panic!("list: {e}"));
+    let all = page(&*store, 100, 0).await;
     assert_eq!(all.total, 10, "list: total");
     assert_eq!(all.jobs.len(), 10, "list: every job");
     for pair in all.jobs.windows(2) {
@@ -204,42 +237,30 @@ async fn listing(store: Arc<dyn JobStore>) {
         let original = jobs.iter().find(|j| j.id == job.id).unwrap();
         assert_eq!(job, original, "list returns whole jobs");
     }
-    let again = store
-        .list_jobs(&JobFilter::default().page(100, 0))
-        .await
-        .unwrap();
+    let again = page(&*store, 100, 0).await;
     assert_eq!(
-        again.jobs.iter().map(|j| j.id).collect::<Vec<_>>(),
-        all.jobs.iter().map(|j| j.id).collect::<Vec<_>>(),
+        ids(&again.jobs),
+        ids(&all.jobs),
         "list: the order is stable (ties broken deterministically)"
     );
 
     // Paging concatenates to the full list.
     let mut paged = Vec::new();
     for offset in (0..12).step_by(3) {
-        let page = store
-            .list_jobs(&JobFilter::default().page(3, offset))
-            .await
-            .unwrap();
+        let page = page(&*store, 3, offset).await;
         assert_eq!(page.total, 10, "list: total with paging");
         assert!(page.jobs.len() <= 3, "list: page size");
-        paged.extend(page.jobs.into_iter().map(|j| j.id));
+        paged.extend(ids(&page.jobs));
     }
     assert_eq!(
         paged,
-        all.jobs.iter().map(|j| j.id).collect::<Vec<_>>(),
+        ids(&all.jobs),
         "list: pages concatenate to the full list"
     );
-    let beyond = store
-        .list_jobs(&JobFilter::default().page(5, 50))
-        .await
-        .unwrap();
+    let beyond = page(&*store, 5, 50).await;
     assert!(beyond.jobs.is_empty(), "list: offset past the end is empty");
     assert_eq!(beyond.total, 10, "list: total past the end");
-    let zero = store
-        .list_jobs(&JobFilter::default().page(0, 0))
-        .await
-        .unwrap();
+    let zero = page(&*store, 0, 0).await;
     assert!(zero.jobs.is_empty(), "list: limit 0 returns no jobs");
     assert_eq!(zero.total, 10, "list: limit 0 still counts");
 
@@ -263,7 +284,7 @@ async fn listing(store: Arc<dyn JobStore>) {
         let page = store.list_jobs(&filter).await.unwrap();
         let want = expect(&statuses);
         assert_eq!(
-            page.jobs.iter().map(|j| j.id).collect::<Vec<_>>(),
+            ids(&page.jobs),
             want,
             "list filtered by {statuses:?}: same order as the full list"
         );
@@ -276,7 +297,7 @@ async fn listing(store: Arc<dyn JobStore>) {
         filter.statuses = statuses.clone();
         let page = store.list_jobs(&filter).await.unwrap();
         assert_eq!(
-            page.jobs.iter().map(|j| j.id).collect::<Vec<_>>(),
+            ids(&page.jobs),
             want.iter().skip(1).take(2).copied().collect::<Vec<_>>(),
             "list filtered by {statuses:?}, limit 2 offset 1"
         );
@@ -292,7 +313,7 @@ async fn listing(store: Arc<dyn JobStore>) {
         .await
         .unwrap();
     assert_eq!(
-        cancelled.jobs.iter().map(|j| j.id).collect::<Vec<_>>(),
+        ids(&cancelled.jobs),
         vec![moved.id],
         "list: an updated status is filtered by its new value"
     );
@@ -309,10 +330,7 @@ async fn listing(store: Arc<dyn JobStore>) {
     for i in 0..(MAX_PAGE_SIZE as i64 + 5) {
         store.insert_job(&job_at(100 + i)).await.unwrap();
     }
-    let big = store
-        .list_jobs(&JobFilter::default().page(MAX_PAGE_SIZE * 10, 0))
-        .await
-        .unwrap();
+    let big = page(&*store, MAX_PAGE_SIZE * 10, 0).await;
     assert_eq!(
         big.jobs.len(),
         MAX_PAGE_SIZE,
@@ -373,7 +391,7 @@ async fn cursors(store: Arc<dyn JobStore>) {
         .await
         .unwrap();
     assert_eq!(all.next, None, "cursor: no next page after the whole list");
-    let all: Vec<JobId> = all.jobs.iter().map(|j| j.id).collect();
+    let all = summary_ids(&all.jobs);
     for limit in [1, 4, 5, 23, 24] {
         let walked = walk(
             &*store,
@@ -401,7 +419,7 @@ async fn cursors(store: Arc<dyn JobStore>) {
     .await;
     assert_eq!(
         walked,
-        running.jobs.iter().map(|j| j.id).collect::<Vec<_>>(),
+        summary_ids(&running.jobs),
         "cursor, running: every running job once"
     );
     let both = walk(
@@ -430,7 +448,7 @@ async fn cursors(store: Arc<dyn JobStore>) {
         .await
         .unwrap();
     assert_eq!(
-        second.jobs.iter().map(|j| j.id).collect::<Vec<_>>(),
+        summary_ids(&second.jobs),
         all[5..10].to_vec(),
         "cursor: later pages do not shift"
     );
@@ -566,7 +584,7 @@ async fn summaries(store: Arc<dyn JobStore>) {
     let all = store.list_summaries(&JobFilter::default()).await.unwrap();
     assert_eq!(all.total, 4);
     assert_eq!(
-        all.jobs.iter().map(|s| s.id).collect::<Vec<_>>(),
+        summary_ids(&all.jobs),
         jobs.iter().rev().map(|j| j.id).collect::<Vec<_>>(),
         "summaries: newest first"
     );
@@ -706,7 +724,7 @@ async fn events(store: Arc<dyn JobStore>) {
     );
     assert_eq!(store.last_seq(id).await.unwrap(), 9, "last_seq");
     assert_eq!(
-        seqs(&store.events(id, 3, 100).await.unwrap()),
+        stored_seqs(&*store, id, 3).await,
         vec![4, 5, 6, 7, 8, 9],
         "events after 3"
     );
@@ -722,26 +740,18 @@ async fn events(store: Arc<dyn JobStore>) {
     assert!(store.events(id, 0, 0).await.unwrap().is_empty(), "limit 0");
 
     for bad in [vec![log(id, 9)], vec![log(id, 3)], vec![log(id, 0)]] {
-        let err = store.append_events(id, &bad).await.unwrap_err();
-        assert_eq!(
-            err.kind,
-            StoreErrorKind::SequenceConflict,
-            "appending seq {} after 9: {err}",
-            bad[0].seq
-        );
+        let what = format!("appending seq {} after 9", bad[0].seq);
+        let append = store.append_events(id, &bad).await;
+        assert_fails(append, StoreErrorKind::SequenceConflict, &what);
     }
     // A batch that is not increasing is refused as a whole.
     for bad in [
         vec![log(id, 10), log(id, 10)],
         vec![log(id, 10), log(id, 12), log(id, 11)],
     ] {
-        let err = store.append_events(id, &bad).await.unwrap_err();
-        assert_eq!(
-            err.kind,
-            StoreErrorKind::SequenceConflict,
-            "batch {:?}: {err}",
-            seqs(&bad)
-        );
+        let append = store.append_events(id, &bad).await;
+        let what = format!("batch {:?}", seqs(&bad));
+        assert_fails(append, StoreErrorKind::SequenceConflict, &what);
         assert_eq!(
             store.last_seq(id).await.unwrap(),
             9,
@@ -750,36 +760,20 @@ async fn events(store: Arc<dyn JobStore>) {
         );
     }
     // Gaps are allowed.
-    store
-        .append_events(id, &[log(id, 10), log(id, 20)])
-        .await
-        .unwrap();
+    append_logs(&*store, id, &[10, 20], "append with gaps").await;
     assert_eq!(store.last_seq(id).await.unwrap(), 20);
-    assert_eq!(seqs(&store.events(id, 9, 100).await.unwrap()), vec![10, 20]);
+    assert_eq!(stored_seqs(&*store, id, 9).await, vec![10, 20]);
 
     // Events of other jobs are separate.
     let other = job_at(1);
     store.insert_job(&other).await.unwrap();
-    store
-        .append_events(other.id, &[log(other.id, 1)])
-        .await
-        .unwrap_or_else(|e| panic!("seq 1 on another job: {e}"));
-    assert_eq!(
-        seqs(&store.events(other.id, 0, 100).await.unwrap()),
-        vec![1]
-    );
+    append_logs(&*store, other.id, &[1], "seq 1 on another job").await;
+    assert_eq!(stored_seqs(&*store, other.id, 0).await, vec![1]);
     assert_eq!(store.last_seq(id).await.unwrap(), 20);
 
     let unknown = JobId::new();
-    let err = store
-        .append_events(unknown, &[log(unknown, 1)])
-        .await
-        .unwrap_err();
-    assert_eq!(
-        err.kind,
-        StoreErrorKind::NotFound,
-        "append to an unknown job: {err}"
-    );
+    let append = store.append_events(unknown, &[log(unknown, 1)]).await;
+    assert_fails(append, StoreErrorKind::NotFound, "append to an unknown job");
     assert!(
         store.events(unknown, 0, 10).await.unwrap().is_empty(),
         "events of an unknown job are empty"
@@ -792,14 +786,8 @@ async fn deletion(store: Arc<dyn JobStore>) {
     let keep = job_at(1);
     store.insert_job(&job).await.unwrap();
     store.insert_job(&keep).await.unwrap();
-    store
-        .append_events(job.id, &[log(job.id, 1), log(job.id, 2)])
-        .await
-        .unwrap();
-    store
-        .append_events(keep.id, &[log(keep.id, 1)])
-        .await
-        .unwrap();
+    append_logs(&*store, job.id, &[1, 2], "append").await;
+    append_logs(&*store, keep.id, &[1], "append").await;
 
     assert!(
         store.delete_job(job.id).await.unwrap(),
@@ -819,15 +807,8 @@ async fn deletion(store: Arc<dyn JobStore>) {
         !store.delete_job(job.id).await.unwrap(),
         "delete again is false"
     );
-    let err = store
-        .append_events(job.id, &[log(job.id, 3)])
-        .await
-        .unwrap_err();
-    assert_eq!(
-        err.kind,
-        StoreErrorKind::NotFound,
-        "append to a deleted job: {err}"
-    );
+    let append = store.append_events(job.id, &[log(job.id, 3)]).await;
+    assert_fails(append, StoreErrorKind::NotFound, "append to a deleted job");
     let page = store.list_jobs(&JobFilter::default()).await.unwrap();
     assert_eq!(page.total, 1, "list after delete");
     assert_eq!(page.jobs[0].id, keep.id);
@@ -838,12 +819,9 @@ async fn deletion(store: Arc<dyn JobStore>) {
         store.events(job.id, 0, 10).await.unwrap().is_empty(),
         "a re-inserted job has no old events"
     );
-    store
-        .append_events(job.id, &[log(job.id, 1)])
-        .await
-        .unwrap_or_else(|e| panic!("seq 1 on a re-inserted job: {e}"));
+    append_logs(&*store, job.id, &[1], "seq 1 on a re-inserted job").await;
     assert_eq!(
-        seqs(&store.events(keep.id, 0, 10).await.unwrap()),
+        stored_seqs(&*store, keep.id, 0).await,
         vec![1],
         "other jobs' events are untouched"
     );
@@ -1004,38 +982,26 @@ async fn mixed_writes(store: Arc<dyn JobStore>, existing: Job, jobs: u64, existi
         handles.push(tokio::spawn(async move {
             match i % 4 {
                 0 => {
-                    let err = store.insert_job(&existing).await.unwrap_err();
-                    assert_eq!(
-                        err.kind,
-                        StoreErrorKind::AlreadyExists,
-                        "mixed writes: {err}"
-                    );
+                    let insert = store.insert_job(&existing).await;
+                    assert_fails(insert, StoreErrorKind::AlreadyExists, "mixed writes");
                     None
                 }
                 1 => {
-                    let err = store
+                    let append = store
                         .append_events(existing.id, &[log(existing.id, 1)])
-                        .await
-                        .unwrap_err();
-                    assert_eq!(
-                        err.kind,
-                        StoreErrorKind::SequenceConflict,
-                        "mixed writes: {err}"
-                    );
+                        .await;
+                    assert_fails(append, StoreErrorKind::SequenceConflict, "mixed writes");
                     None
                 }
                 2 => {
-                    let err = store.update_job(&job_at(0)).await.unwrap_err();
-                    assert_eq!(err.kind, StoreErrorKind::NotFound, "mixed writes: {err}");
+                    let update = store.update_job(&job_at(0)).await;
+                    assert_fails(update, StoreErrorKind::NotFound, "mixed writes");
                     None
                 }
                 _ => {
                     let job = job_at(1000 + i as i64);
                     store.insert_job(&job).await.unwrap();
-                    store
-                        .append_events(job.id, &[log(job.id, 1), log(job.id, 2)])
-                        .await
-                        .unwrap();
+                    append_logs(&*store, job.id, &[1, 2], "mixed writes").await;
                     Some(job.id)
                 }
             }
