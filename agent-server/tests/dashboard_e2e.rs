@@ -23,10 +23,14 @@ async fn get_with(
     http.get(url).header(name, value).send().await.unwrap()
 }
 
+/// Sends `request` and reads the answer's JSON body.
+async fn json_of(request: reqwest::RequestBuilder) -> Value {
+    request.send().await.unwrap().json().await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_finished_jobs_zip_can_be_listed_and_its_files_read() {
-    require_docker();
-    let (_dir, server) = TestServer::in_tempdir(&ServerOptions::new(&unique_scope("ui-files")));
+    let (_dir, server) = TestServer::with_docker("ui-files");
     let id = server
         .schedule(json!({"steps": [
             {"type": "write_file", "path": "dir/my file.txt", "content": "héllo\nworld\n"},
@@ -102,8 +106,7 @@ async fn a_finished_jobs_zip_can_be_listed_and_its_files_read() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_wide_stream_carries_every_jobs_status_changes() {
-    require_docker();
-    let (_dir, server) = TestServer::in_tempdir(&ServerOptions::new(&unique_scope("ui-events")));
+    let (_dir, server) = TestServer::with_docker("ui-events");
     let resp = server.get("/events").await;
     assert_eq!(resp.status(), 200);
     assert_content_type(&resp, "text/event-stream");
@@ -242,14 +245,7 @@ async fn the_login_cookie_authenticates_the_browser_and_resists_csrf() {
     assert_eq!(resp.headers()["location"], "/ui/");
     let resp = http.get(url("/")).send().await.unwrap();
     assert_eq!(resp.status(), 200, "API clients still get the health JSON");
-    let info: Value = http
-        .get(url("/session"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info = json_of(http.get(url("/session"))).await;
     assert_eq!(info, json!({"auth_required": true, "authenticated": false}));
     assert_eq!(http.get(url("/jobs")).send().await.unwrap().status(), 401);
     assert_eq!(http.get(url("/events")).send().await.unwrap().status(), 401);
@@ -298,13 +294,7 @@ async fn the_login_cookie_authenticates_the_browser_and_resists_csrf() {
     let resp = with(http.get(url("/events"))).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     drop(resp);
-    let info: Value = with(http.get(url("/session")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info = json_of(with(http.get(url("/session")))).await;
     assert_eq!(info["authenticated"], true);
 
     // State-changing requests need the CSRF header and, with an Origin, our own.

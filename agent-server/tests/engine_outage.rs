@@ -146,6 +146,22 @@ impl OwnEngine {
     }
 
     /// Copies the agent image from the shared engine.
+    /// Schedules `spec` on `server` and waits until its job runs in a container of this engine
+    /// (a job reports `running` before its container starts); the job's id.
+    async fn running_job(&self, server: &TestServer, spec: Value, what: &str) -> String {
+        let id = server.schedule(spec).await;
+        server
+            .wait_for(&id, "running", |v| v["status"] == "running")
+            .await;
+        until(
+            &format!("{what}'s container runs"),
+            || self.runs_container_of(&id),
+            || self.report(),
+        )
+        .await;
+        id
+    }
+
     fn load_image(&self) {
         let mut save = Command::new("docker")
             .args(["save", &image()])
@@ -243,15 +259,9 @@ async fn jobs_wait_out_an_engine_restart_and_nothing_is_left_behind() {
     let before = a.kept_job().await;
 
     // A job running when the engine stops.
-    let killed = a.schedule(shell_job("echo started; sleep 600")).await;
-    a.wait_for(&killed, "running", |v| v["status"] == "running")
+    let killed = engine
+        .running_job(&a, shell_job("echo started; sleep 600"), "the killed job")
         .await;
-    until(
-        "the killed job's container runs",
-        || engine.runs_container_of(&killed),
-        || engine.report(),
-    )
-    .await;
 
     engine.down();
     let outage_began = Instant::now();
@@ -339,15 +349,9 @@ async fn jobs_wait_out_an_engine_restart_and_nothing_is_left_behind() {
     assert_eq!(st["status"], "succeeded", "{st}");
     accepted.push(('b', live));
     // ... and a crashed server's container is reaped by the other one.
-    let orphan = b.schedule(shell_job("sleep 600")).await;
-    b.wait_for(&orphan, "running", |v| v["status"] == "running")
+    let orphan = engine
+        .running_job(&b, shell_job("sleep 600"), "the orphan")
         .await;
-    until(
-        "the orphan's container runs",
-        || engine.runs_container_of(&orphan),
-        || engine.report(),
-    )
-    .await;
     b.kill9();
 
     // Nothing left behind: the killed job's container, the crashed server's.

@@ -182,6 +182,15 @@ impl Fixture {
         resp.json().await.unwrap()
     }
 
+    /// `GET path` on the server, with `cookie` if given.
+    async fn get(&self, path: &str, cookie: Option<&str>) -> reqwest::Response {
+        let mut request = self.http.get(format!("{}{path}", self.base));
+        if let Some(cookie) = cookie {
+            request = request.header("cookie", cookie);
+        }
+        request.send().await.unwrap()
+    }
+
     fn ws_url(&self, path: &str) -> String {
         format!("{}{path}", self.base.replacen("http", "ws", 1))
     }
@@ -265,8 +274,7 @@ async fn a_view_only_token_reaches_the_view_only_server_and_the_page_says_so() {
 async fn the_page_load_trades_the_token_for_a_cookie_and_serves_the_viewer() {
     let f = start(Some(API_TOKEN)).await;
     let grant = f.access("desktop", true).await;
-    let url = format!("{}{}", f.base, grant["url"].as_str().unwrap());
-    let resp = f.http.get(&url).send().await.unwrap();
+    let resp = f.get(grant["url"].as_str().unwrap(), None).await;
     assert_eq!(resp.status(), 303, "{}", resp.text().await.unwrap());
     let location = resp.headers()["location"].to_str().unwrap().to_string();
     assert_eq!(
@@ -285,13 +293,7 @@ async fn the_page_load_trades_the_token_for_a_cookie_and_serves_the_viewer() {
     );
     let pair = cookie.split(';').next().unwrap().to_string();
 
-    let page = f
-        .http
-        .get(format!("{}{location}", f.base))
-        .header("cookie", &pair)
-        .send()
-        .await
-        .unwrap();
+    let page = f.get(&location, Some(&pair)).await;
     assert_eq!(page.status(), 200);
     let html = page.text().await.unwrap();
     assert!(html.contains("data-view-only=\"true\""), "{html}");
@@ -303,12 +305,8 @@ async fn the_page_load_trades_the_token_for_a_cookie_and_serves_the_viewer() {
         "novnc/vendor/pako/lib/zlib/inflate.js",
     ] {
         let resp = f
-            .http
-            .get(format!("{}/desktop/{}/{asset}", f.base, f.job))
-            .header("cookie", &pair)
-            .send()
-            .await
-            .unwrap();
+            .get(&format!("/desktop/{}/{asset}", f.job), Some(&pair))
+            .await;
         assert_eq!(resp.status(), 200, "{asset}");
         assert!(resp.headers()["content-type"]
             .to_str()
@@ -316,12 +314,7 @@ async fn the_page_load_trades_the_token_for_a_cookie_and_serves_the_viewer() {
             .starts_with("text/javascript"));
     }
     // Without the cookie: refused.
-    let resp = f
-        .http
-        .get(format!("{}/desktop/{}/viewer.js", f.base, f.job))
-        .send()
-        .await
-        .unwrap();
+    let resp = f.get(&format!("/desktop/{}/viewer.js", f.job), None).await;
     assert_eq!(resp.status(), 401);
 }
 
@@ -403,19 +396,14 @@ async fn jupyter_is_proxied_with_its_secret_in_a_header_and_websockets_work() {
         url.starts_with(&format!("/jupyter/{}/lab?access=", f.job)),
         "{url}"
     );
-    let resp = f.http.get(format!("{}{url}", f.base)).send().await.unwrap();
+    let resp = f.get(url, None).await;
     assert_eq!(resp.status(), 303);
     let cookie = resp.headers()["set-cookie"].to_str().unwrap();
     let pair = cookie.split(';').next().unwrap().to_string();
     assert!(cookie.contains(&format!("Path=/jupyter/{}/", f.job)));
 
-    let resp = f
-        .http
-        .get(format!("{}/jupyter/{}/api/status?x=1", f.base, f.job))
-        .header("cookie", format!("_xsrf=abc; {pair}"))
-        .send()
-        .await
-        .unwrap();
+    let status = format!("/jupyter/{}/api/status?x=1", f.job);
+    let resp = f.get(&status, Some(&format!("_xsrf=abc; {pair}"))).await;
     assert_eq!(resp.status(), 200);
     let seen: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(seen["uri"], format!("/jupyter/{}/api/status?x=1", f.job));

@@ -189,8 +189,7 @@ async fn the_python_sdk_calls_the_tools_of_agent_mcp_over_stdio() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_token_only_loopback_host_names_reach_mcp() {
-    require_docker();
-    let (_dir, server) = TestServer::in_tempdir(&ServerOptions::new(&unique_scope("mcp-host")));
+    let (_dir, server) = TestServer::with_docker("mcp-host");
     // A page that rebinds its own name to 127.0.0.1 sends its own Host: refused.
     for (host, expected) in [("rebound.example:80", 403), ("localhost:8000", 200)] {
         let resp = raw_initialize(&server, &[("host", host)]).await;

@@ -79,8 +79,7 @@ async fn error_code(resp: reqwest::Response, http: u16) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_sandbox_runs_50_steps_with_state_in_files_moves_files_and_is_destroyed() {
-    require_docker();
-    let (_dir, server) = TestServer::in_tempdir(&ServerOptions::new(&unique_scope("live")));
+    let (_dir, server) = TestServer::with_docker("live");
     let id = create(
         &server,
         json!({"env": {"GREETING": "hi"}, "idle_timeout_secs": 600}),
@@ -317,8 +316,7 @@ async fn a_live_sandbox_runs_50_steps_with_state_in_files_moves_files_and_is_des
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stateful_python_keeps_variables_across_50_steps_and_says_when_state_is_lost() {
-    require_docker();
-    let (_dir, server) = TestServer::in_tempdir(&ServerOptions::new(&unique_scope("live-py")));
+    let (_dir, server) = TestServer::with_docker("live-py");
     let id = create(&server, json!({})).await;
     let py = |code: &str| json!({"type": "python", "code": code, "stateful": true});
     let (code, v) = step(&server, &id, py("import json\nn = 0")).await;
@@ -363,8 +361,7 @@ async fn stateful_python_keeps_variables_across_50_steps_and_says_when_state_is_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_sandbox_times_out_and_its_container_is_removed() {
-    require_docker();
-    let (_dir, server) = TestServer::in_tempdir(&ServerOptions::new(&unique_scope("idle")));
+    let (_dir, server) = TestServer::with_docker("idle");
     let id = create(&server, json!({"idle_timeout_secs": 2})).await;
     assert_eq!(containers_of(&id).len(), 1);
     // A step longer than the idle timeout does not count as idle.

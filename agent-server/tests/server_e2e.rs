@@ -114,8 +114,7 @@ async fn prompt_job_succeeds_and_its_zip_holds_the_plan_files_and_result_json() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explicit_steps_job_needs_no_llm() {
-    require_docker();
-    let (_dir, server) = TestServer::in_tempdir(&ServerOptions::new(&unique_scope("steps")));
+    let (_dir, server) = TestServer::with_docker("steps");
     let (_, health) = server.get_json("/").await;
     assert_eq!(health["llm_providers"], json!([]));
 
@@ -299,8 +298,7 @@ async fn the_published_step_schema_is_the_one_in_the_prompt_and_the_provider_req
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_mid_step_leaves_status_cancelled_and_no_container() {
-    require_docker();
-    let (_dir, server) = TestServer::in_tempdir(&ServerOptions::new(&unique_scope("cancel")));
+    let (_dir, server) = TestServer::with_docker("cancel");
     let id = server
         .schedule(json!({"steps": [
             {"type": "shell", "command": "echo started > started.txt; echo started; sleep 300"}
@@ -332,8 +330,7 @@ async fn cancel_mid_step_leaves_status_cancelled_and_no_container() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_past_its_timeout_is_timed_out_with_partial_output() {
-    require_docker();
-    let (_dir, server) = TestServer::in_tempdir(&ServerOptions::new(&unique_scope("timeout")));
+    let (_dir, server) = TestServer::with_docker("timeout");
     let id = server
         .schedule(json!({
             "steps": [
@@ -359,8 +356,7 @@ async fn a_job_past_its_timeout_is_timed_out_with_partial_output() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sse_delivers_events_while_the_job_runs_and_resumes_from_last_event_id() {
-    require_docker();
-    let (_dir, server) = TestServer::in_tempdir(&ServerOptions::new(&unique_scope("sse")));
+    let (_dir, server) = TestServer::with_docker("sse");
     let id = server
         .schedule(json!({"steps": [
             {"type": "shell", "command": "for i in 1 2 3; do echo tick-$i; sleep 1; done"},
@@ -451,8 +447,7 @@ async fn sse_ids(resp: reqwest::Response, limit: usize) -> Vec<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sse_fan_out_every_subscriber_gets_every_event_in_order_and_a_stalled_one_holds_nobody_back(
 ) {
-    require_docker();
-    let (_dir, server) = TestServer::in_tempdir(&ServerOptions::new(&unique_scope("fanout")));
+    let (_dir, server) = TestServer::with_docker("fanout");
     // A busy job: a pause so the subscribers attach while it runs, then thousands of lines.
     let id = server
         .schedule(json!({"steps": [{"type": "python",
@@ -626,8 +621,7 @@ async fn sigterm_interrupts_running_jobs_removes_containers_and_exits_0() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_refused_with_the_error_shape_and_never_a_5xx() {
-    require_docker();
-    let (_dir, server) = TestServer::in_tempdir(&ServerOptions::new(&unique_scope("bad")));
+    let (_dir, server) = TestServer::with_docker("bad");
     let stored = server
         .schedule(json!({"steps": [{"type": "shell", "command": "echo kept"}]}))
         .await;

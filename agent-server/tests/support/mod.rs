@@ -314,6 +314,13 @@ impl TestServer {
         (dir, server)
     }
 
+    /// [`in_tempdir`](Self::in_tempdir) with default options and a reaping scope of its own
+    /// (`e2e-{name}-…`), after checking that Docker and the image are there.
+    pub fn with_docker(name: &str) -> (tempfile::TempDir, TestServer) {
+        require_docker();
+        TestServer::in_tempdir(&ServerOptions::new(&unique_scope(name)))
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
