@@ -415,6 +415,7 @@ impl ExecInner {
                 SandboxError::new(SandboxErrorKind::Unavailable, "executor shut down")
             })?;
         let opts = CreateContainerOptionsBuilder::new().name(&bp.name).build();
+        let began = std::time::Instant::now();
         let mut attempt = 0;
         let created = loop {
             attempt += 1;
@@ -450,6 +451,7 @@ impl ExecInner {
             }
         };
         let id = created.id;
+        let created_after = began.elapsed();
         lock(&self.owned).insert(id.clone(), bp.name.clone());
         let result = async {
             let attach = docker
@@ -482,6 +484,7 @@ impl ExecInner {
                 .await
                 .map_err(|e| backend("starting the container", e))?;
             drop(permit);
+            let started_after = began.elapsed();
             let ready = handshake
                 .wait(self.config.startup_timeout)
                 .await
@@ -500,7 +503,15 @@ impl ExecInner {
                         ),
                     ),
                 })?;
-            tracing::debug!(container = %short(&id), uid = ?ready.uid, "sandbox ready");
+            // Where a cold sandbox's time goes (the engine's start is most of it).
+            tracing::debug!(
+                container = %short(&id),
+                uid = ?ready.uid,
+                create_ms = created_after.as_millis() as u64,
+                start_ms = (started_after - created_after).as_millis() as u64,
+                ready_ms = (began.elapsed() - started_after).as_millis() as u64,
+                "sandbox ready"
+            );
             Ok::<_, SandboxError>(core)
         }
         .await;

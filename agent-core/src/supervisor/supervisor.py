@@ -873,7 +873,15 @@ class ChunkWriter:
         return len(data)
 
 
+PRELOAD_DELAY = 0.25  # seconds after ready before tarfile is imported in the background
+
+
 def preload_export():
+    # Not at once: the import holds the GIL for tens of ms, and a sandbox's first step, run
+    # right after ready (a cold job), waited for it (a `true` step: 16-20 ms instead of 3-5 ms,
+    # measured in the image at load 9). A job that ends sooner and wrote files imports it in
+    # op_export instead; an empty workspace needs no tarfile.
+    time.sleep(PRELOAD_DELAY)
     try:
         import tarfile  # noqa: F401
     except Exception:  # op_export reports it, if it happens again there
@@ -1345,8 +1353,8 @@ def main(args):
         "oom": oom_count() is not None,
     })
     # The export needs tarfile (with shutil, tens of ms to import): loaded in the background
-    # now, while the sandbox waits for or runs its first step, rather than when the job's
-    # result is being packaged.
+    # shortly after ready (PRELOAD_DELAY), while a warm sandbox waits for its job, rather than
+    # when the job's result is being packaged.
     try:
         _thread.start_new_thread(preload_export, ())
     except RuntimeError:
