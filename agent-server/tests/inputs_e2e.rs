@@ -651,11 +651,6 @@ async fn a_directory_goes_into_a_sandbox_and_comes_back_byte_exact_as_tar_and_zi
         .get(&format!("/sandboxes/{id}/archive?format=rar"))
         .await;
     assert_eq!(resp.status(), 400);
-    let resp = server
-        .http
-        .delete(server.url(&format!("/sandboxes/{id}")))
-        .send()
-        .await
-        .unwrap();
+    let resp = server.delete(&format!("/sandboxes/{id}")).await;
     assert_eq!(resp.status(), 200);
 }

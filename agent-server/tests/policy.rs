@@ -142,6 +142,16 @@ fn refusals() -> Vec<(
     ]
 }
 
+/// Checks that `what` was answered 403 `policy_refused`, naming `field` and the variable `var`
+/// that sets the limit.
+fn assert_policy_refused(what: &str, (code, v): (u16, Value), field: &str, var: &str) {
+    assert_eq!(code, 403, "{what}: {v}");
+    assert_eq!(v["error"]["code"], "policy_refused", "{what}: {v}");
+    assert_eq!(v["error"]["field"], field, "{what}: {v}");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(message.contains(var), "{what}: {message}");
+}
+
 fn policy_server(dir: &std::path::Path, scope: &str) -> TestServer {
     let opts = ServerOptions::new(scope)
         .env("AGENT_JOB_TIMEOUT_SECS", "300")
@@ -175,12 +185,8 @@ async fn each_rule_refuses_at_the_door_and_allowed_requests_run() {
     assert!(images.contains(&json!(image())), "{info}");
 
     for (what, route, body, field, var) in refusals() {
-        let (code, v) = server.post_json(route, &body).await;
-        assert_eq!(code, 403, "{what}: {v}");
-        assert_eq!(v["error"]["code"], "policy_refused", "{what}: {v}");
-        assert_eq!(v["error"]["field"], field, "{what}: {v}");
-        let message = v["error"]["message"].as_str().unwrap();
-        assert!(message.contains(var), "{what}: {message}");
+        let answer = server.post_json(route, &body).await;
+        assert_policy_refused(what, answer, field, var);
     }
     // Nothing was queued or started for any of them.
     let (_, jobs) = server.get_json("/jobs").await;
@@ -228,28 +234,18 @@ async fn each_rule_refuses_at_the_door_and_allowed_requests_run() {
         .await;
     assert_eq!(code, 201, "{sb}");
     let sid = sb["sandbox_id"].as_str().unwrap().to_string();
-    let (code, v) = server
-        .post_json(
-            &format!("/sandboxes/{sid}/steps"),
-            &json!({"step": {"type": "shell", "command": "true", "timeout_secs": 61}}),
-        )
+    let long_step = json!({"step": {"type": "shell", "command": "true", "timeout_secs": 61}});
+    let answer = server
+        .post_json(&format!("/sandboxes/{sid}/steps"), &long_step)
         .await;
-    assert_eq!(
-        (code, v["error"]["field"].as_str()),
-        (403, Some("step.timeout_secs")),
-        "{v}"
-    );
-    let (code, v) = server
-        .post_json(
-            &format!("/sandboxes/{sid}/extend"),
-            &json!({"idle_timeout_secs": 121}),
-        )
+    let (field, var) = ("step.timeout_secs", "AGENT_MAX_STEP_TIMEOUT_SECS");
+    assert_policy_refused("a live sandbox's step timeout", answer, field, var);
+    let long_idle = json!({"idle_timeout_secs": 121});
+    let answer = server
+        .post_json(&format!("/sandboxes/{sid}/extend"), &long_idle)
         .await;
-    assert_eq!(
-        (code, v["error"]["code"].as_str()),
-        (403, Some("policy_refused")),
-        "{v}"
-    );
+    let (field, var) = ("idle_timeout_secs", "AGENT_MAX_IDLE_TIMEOUT_SECS");
+    assert_policy_refused("an extension past the idle maximum", answer, field, var);
     let (code, v) = server
         .post_json(
             &format!("/sandboxes/{sid}/steps"),
@@ -258,12 +254,7 @@ async fn each_rule_refuses_at_the_door_and_allowed_requests_run() {
         .await;
     assert_eq!(code, 200, "{v}");
     assert_eq!(v["status"], "succeeded", "{v}");
-    let resp = server
-        .http
-        .delete(server.url(&format!("/sandboxes/{sid}")))
-        .send()
-        .await
-        .unwrap();
+    let resp = server.delete(&format!("/sandboxes/{sid}")).await;
     assert_eq!(resp.status(), 200);
 }
 

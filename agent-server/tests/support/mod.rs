@@ -138,6 +138,17 @@ impl Drop for Helper {
     }
 }
 
+/// The status and JSON body of the answer `resp` to `method path` (a body that is not JSON fails
+/// the test, naming the request).
+async fn json_answer(method: &str, path: &str, resp: reqwest::Response) -> (u16, Value) {
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    let value = serde_json::from_str(&text).unwrap_or_else(|e| {
+        panic!("{method} {path} answered {status} with non-JSON ({e}): {text}")
+    });
+    (status, value)
+}
+
 /// A unique Docker reaping scope, so that parallel tests never reap each other's containers.
 pub fn unique_scope(name: &str) -> String {
     format!("e2e-{name}-{}", uuid_like())
@@ -344,12 +355,7 @@ impl TestServer {
     }
 
     pub async fn get_json(&self, path: &str) -> (u16, Value) {
-        let resp = self.get(path).await;
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        let value = serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("GET {path} answered {status} with non-JSON ({e}): {text}"));
-        (status, value)
+        json_answer("GET", path, self.get(path).await).await
     }
 
     /// `POST path` with the JSON `body` (and the token, when the server has one).
@@ -361,17 +367,15 @@ impl TestServer {
     }
 
     pub async fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
-        let resp = self
-            .auth(self.http.post(self.url(path)).json(body))
+        json_answer("POST", path, self.post(path, body).await).await
+    }
+
+    /// `DELETE path` (with the token, when the server has one).
+    pub async fn delete(&self, path: &str) -> reqwest::Response {
+        self.auth(self.http.delete(self.url(path)))
             .send()
             .await
-            .unwrap();
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        let value = serde_json::from_str(&text).unwrap_or_else(|e| {
-            panic!("POST {path} answered {status} with non-JSON ({e}): {text}")
-        });
-        (status, value)
+            .unwrap()
     }
 
     /// Schedules a job and returns its id.
