@@ -35,7 +35,7 @@ async fn main() -> ExitCode {
     eprintln!("providers: {}", chain.provider_names().join(" → "));
 
     // The same system prompt, response schema and parser the agent uses.
-    let request = ChatRequest::new(system_prompt(), planning_prompt(&task, &[]))
+    let request = ChatRequest::new(system_prompt(), planning_prompt(&task, None))
         .with_response_schema(agent_core::schema::plan_schema().clone())
         .with_temperature(0.2);
     let reply = match chain.chat_stream(&request).await {

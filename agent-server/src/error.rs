@@ -189,6 +189,10 @@ impl From<agent_core::Error> for ApiError {
             E::Llm(e) if e.kind == LlmErrorKind::NotConfigured => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "no_llm", err.to_string())
             }
+            // (Only a live sandbox's planned run answers with an LLM's failure.)
+            E::Llm(_) | E::InvalidPlan(_) => {
+                ApiError::new(StatusCode::BAD_GATEWAY, "llm_failed", err.to_string())
+            }
             _ => ApiError::internal(err.to_string()),
         }
     }

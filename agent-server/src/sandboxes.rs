@@ -10,6 +10,8 @@
 //!   `GET /sandboxes/{id}` shows one, `DELETE /sandboxes/{id}` destroys it;
 //! - `POST /sandboxes/{id}/steps` runs a step: the JSON result, or with
 //!   `Accept: application/x-ndjson` / `text/event-stream` the output while it runs, then the result;
+//! - `POST /sandboxes/{id}/plan` hands it to the planner: the LLM plans a task, its steps run
+//!   in the sandbox (repaired when they fail) and are recorded as the sandbox's steps;
 //! - `GET`/`PUT /sandboxes/{id}/files?path=…` read and write one file;
 //! - `GET /sandboxes/{id}/workspace` exports the workspace as a ZIP;
 //! - `POST /sandboxes/{id}/extend` sets the idle timeout and restarts it.
@@ -54,6 +56,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/sandboxes", post(create).get(list))
         .route("/sandboxes/{id}", get(show).delete(destroy))
         .route("/sandboxes/{id}/steps", post(run_step))
+        .route("/sandboxes/{id}/plan", post(plan))
         .route(
             "/sandboxes/{id}/files",
             get(get_file)
@@ -67,13 +70,16 @@ pub(crate) fn routes() -> Router<AppState> {
 /// The live-sandbox part of the OpenAPI document.
 #[derive(OpenApi)]
 #[openapi(
-    paths(create, list, show, destroy, run_step, get_file, put_file, export, extend),
+    paths(create, list, show, destroy, run_step, plan, get_file, put_file, export, extend),
     components(schemas(
         CreateSandboxRequest,
         SandboxView,
         SandboxList,
         RunStepRequest,
         StepRunView,
+        PlanRequest,
+        PlanRunView,
+        PlannedStepView,
         StepResultView,
         PutFileResponse,
         ExtendRequest,
@@ -422,6 +428,107 @@ impl StepRunView {
     }
 }
 
+/// `POST /sandboxes/{id}/plan` (and the MCP tool `plan_in_sandbox`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlanRequest {
+    /// What to do now, in plain language (at most 262 144 bytes). The planner is told the files
+    /// the workspace holds and that stateful Python variables persist.
+    #[schema(min_length = 1, max_length = 262144)]
+    pub prompt: String,
+    /// How many times a failed step may go back to the LLM for a repair (default: 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(deserialize_with = "agent_core::job::optional_whole_number")]
+    #[schema(minimum = 0, maximum = 20)]
+    pub max_repairs: Option<u64>,
+}
+
+/// A step a planned run added to a sandbox.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PlannedStepView {
+    /// Its index in the sandbox's job.
+    pub index: usize,
+    /// The step the planner wrote.
+    #[schema(value_type = crate::openapi::StepComponent)]
+    pub step: Step,
+    /// Repair round that produced it (0 = the first plan).
+    pub attempt: u32,
+    /// `succeeded`, `failed` or `skipped`.
+    #[schema(value_type = String, example = "succeeded")]
+    pub status: StepStatus,
+    /// How it ended (`null` when skipped).
+    pub result: Option<StepResultView>,
+}
+
+/// The answer to `POST /sandboxes/{id}/plan`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PlanRunView {
+    /// The sandbox.
+    #[schema(value_type = String, format = Uuid)]
+    pub sandbox_id: JobId,
+    /// `succeeded` when every step of the (repaired) plan succeeded, else `failed`.
+    #[schema(value_type = String, example = "succeeded")]
+    pub status: JobStatus,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// The planner's summary.
+    pub summary: Option<String>,
+    /// The steps it ran, in order (also in `/status/{id}` and the log).
+    pub steps: Vec<PlannedStepView>,
+    /// Repairs asked for.
+    pub repairs: u32,
+    /// The LLM provider that answered last.
+    pub provider: Option<String>,
+    /// LLM tokens it used.
+    pub usage: crate::api::UsageView,
+}
+
+impl PlanRunView {
+    pub(crate) fn from_run(run: &agent_core::manager::SandboxPlanRun) -> Self {
+        Self {
+            sandbox_id: run.id,
+            status: run.status,
+            error: run.error.clone(),
+            summary: run
+                .plan
+                .as_ref()
+                .map(|p| p.summary.clone())
+                .filter(|s| !s.is_empty()),
+            steps: run
+                .steps
+                .iter()
+                .map(|r| PlannedStepView {
+                    index: r.index,
+                    step: r.step.clone(),
+                    attempt: r.attempt,
+                    status: r.status,
+                    result: r.result.as_ref().map(StepResultView::from_result),
+                })
+                .collect(),
+            repairs: run.repairs,
+            provider: run.provider.clone(),
+            usage: run.usage.into(),
+        }
+    }
+}
+
+impl PlanRequest {
+    /// The repair budget as the manager takes it (422 over 20).
+    pub fn max_repairs(&self) -> ApiResult<Option<u32>> {
+        match self.max_repairs {
+            None => Ok(None),
+            Some(m) if m <= u64::from(agent_core::job::MAX_REPAIRS) => Ok(u32::try_from(m).ok()),
+            Some(_) => Err(ApiError::invalid(
+                "max_repairs",
+                format!(
+                    "max_repairs: must be at most {}",
+                    agent_core::job::MAX_REPAIRS
+                ),
+            )),
+        }
+    }
+}
+
 /// `PUT /sandboxes/{id}/files`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct PutFileResponse {
@@ -684,6 +791,48 @@ pub(crate) async fn run_step(
             resp
         }
     })
+}
+
+/// Hands the sandbox to the planner: the server's LLM plans `prompt` (told the workspace's files
+/// and that stateful Python variables persist), the steps run in the sandbox one after the
+/// other, a failed step goes back to the LLM for a repair (up to `max_repairs`), and the answer
+/// comes once the plan has run. The steps are the sandbox's like any other (`/status/{id}`, its
+/// log, its events); steps sent meanwhile wait. A plan whose steps fail is a 200 with
+/// `status: failed`.
+#[utoipa::path(post, path = "/sandboxes/{id}/plan", tag = "sandboxes", request_body = PlanRequest,
+    params(("id" = String, Path, description = "Sandbox id (UUID v4)")),
+    responses((status = 200, description = "The plan ran", body = PlanRunView),
+              (status = 400, description = "Malformed id or JSON", body = ErrorBody),
+              (status = 404, description = "Unknown id", body = ErrorBody),
+              (status = 409, description = "The sandbox has ended (its status in `error.status`)", body = ErrorBody),
+              (status = 422, description = "Invalid field (named in `error.field`), the id is a job, or the server has no LLM (`no_llm`)", body = ErrorBody),
+              (status = 502, description = "The LLM failed (`llm_failed`); the steps run until then are recorded", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn plan(
+    State(state): State<AppState>,
+    JobIdParam(id): JobIdParam,
+    ApiJson(req): ApiJson<PlanRequest>,
+) -> ApiResult<Json<PlanRunView>> {
+    let max_repairs = req.max_repairs()?;
+    let run = state
+        .manager()
+        .sandbox_plan(id, req.prompt, max_repairs)
+        .await
+        .map_err(sandbox_plan_error)?;
+    Ok(Json(PlanRunView::from_run(&run)))
+}
+
+/// A planned run's error: without an LLM, say what to do instead.
+pub(crate) fn sandbox_plan_error(e: agent_core::Error) -> ApiError {
+    match e {
+        agent_core::Error::NoLlm => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "no_llm",
+            "this server has no LLM to plan with (configure a provider: ALCHEMYST_API_KEY, \
+             GEMINI_API_KEY, …); run the steps yourself with POST /sandboxes/{id}/steps",
+        ),
+        other => other.into(),
+    }
 }
 
 /// The items of `rx` up to and including the result or error (or until shutdown).

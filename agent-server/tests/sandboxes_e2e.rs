@@ -526,7 +526,7 @@ async fn a_sandbox_with_jupyter_runs_on_the_desktop_image_and_its_notebook_answe
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn services_are_refused_clearly_when_the_services_image_is_missing() {
+async fn services_without_their_image_and_planning_without_an_llm_are_refused_clearly() {
     require_docker();
     let (_dir, server) = TestServer::in_tempdir(
         &ServerOptions::new(&unique_scope("live-no-services"))
@@ -551,6 +551,22 @@ async fn services_are_refused_clearly_when_the_services_image_is_missing() {
     // Nothing was made.
     let (_, list) = server.get_json("/sandboxes").await;
     assert_eq!(list["sandboxes"], json!([]), "{list}");
+    // A server without an LLM cannot plan in a sandbox, and says what to do instead.
+    let id = create(&server, json!({})).await;
+    let (code, v) = server
+        .post_json(
+            &format!("/sandboxes/{id}/plan"),
+            &json!({"prompt": "do it"}),
+        )
+        .await;
+    assert_eq!(code, 422, "{v}");
+    assert_eq!(v["error"]["code"], "no_llm", "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("/steps"),
+        "{v}"
+    );
+    assert_eq!(server.status(&id).await["steps"], json!([]));
+    assert_eq!(destroy(&server, &id).await.status(), 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -710,4 +726,141 @@ async fn keep_sandbox_refuses_invalid_settings_at_the_door() {
     }
     let (_, list) = server.get_json("/jobs").await;
     assert_eq!(list["total"], 0, "nothing was accepted: {list}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_sandbox_handed_to_the_planner_runs_and_repairs_the_plan_in_place() {
+    require_docker();
+    let plan = json!({"summary": "count the rows", "steps": [
+        {"type": "shell", "command": "wc -l < data.csv > rows.txt"},
+        {"type": "shell", "command": "echo broken >&2; exit 7"},
+    ]});
+    let repair = json!({"summary": "use the variable", "steps": [
+        {"type": "python", "code": "total + 1", "stateful": true},
+    ]});
+    let llm = alchemyst_mock(&plan, &repair).await;
+    let (_dir, server) = TestServer::in_tempdir(
+        &ServerOptions::new(&unique_scope("live-plan")).llm(Some(&llm), None),
+    );
+    let id = create(&server, json!({"idle_timeout_secs": 600})).await;
+    let (code, v) = step(
+        &server,
+        &id,
+        json!({"type": "write_file", "path": "data.csv", "content": "a,b\n1,2\n"}),
+    )
+    .await;
+    assert_eq!(code, 200, "{v}");
+    let (code, v) = step(
+        &server,
+        &id,
+        json!({"type": "python", "code": "total = 3", "stateful": true}),
+    )
+    .await;
+    assert_eq!(code, 200, "{v}");
+
+    let (code, run) = server
+        .post_json(
+            &format!("/sandboxes/{id}/plan"),
+            &json!({"prompt": "count the rows of data.csv (plan-in-sandbox)", "max_repairs": 1}),
+        )
+        .await;
+    assert_eq!(code, 200, "{run}\n{}", server.log_text());
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["repairs"], 1, "{run}");
+    assert_eq!(run["summary"], "use the variable", "{run}");
+    let steps = run["steps"].as_array().unwrap();
+    let got: Vec<_> = steps
+        .iter()
+        .map(|s| {
+            (
+                s["index"].as_u64().unwrap(),
+                s["status"].as_str().unwrap(),
+                s["attempt"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [(2, "succeeded", 0), (3, "failed", 0), (4, "succeeded", 1)],
+        "{run}"
+    );
+    assert_eq!(steps[1]["result"]["exit_code"], 7, "{run}");
+    // The repaired step used the variable an earlier step left in the interpreter.
+    assert_eq!(steps[2]["result"]["python"]["value"], "4", "{run}");
+    // The planner was told the workspace's files and that Python state persists; the repair
+    // request carried the failure.
+    let asked = received_bodies(&llm).await;
+    assert_eq!(asked.len(), 2, "one plan and one repair: {asked:?}");
+    let first = request_text(&asked[0]);
+    assert!(first.contains("plan-in-sandbox"), "{first}");
+    assert!(first.contains("- data.csv (8 bytes)"), "{first}");
+    assert!(first.contains("2 step(s) already ran"), "{first}");
+    assert!(
+        first.contains("persist in the sandbox's interpreter"),
+        "{first}"
+    );
+    assert!(
+        !first.contains(".agent"),
+        "the scratch directory is not listed: {first}"
+    );
+    assert!(is_repair(&asked[1]), "{:?}", asked[1]);
+    assert!(request_text(&asked[1]).contains("broken"));
+    // Recorded as the sandbox's steps, like the others; the plan's file is in its workspace.
+    let st = server.status(&id).await;
+    assert_eq!(st["status"], "running");
+    assert_eq!(st["steps"].as_array().unwrap().len(), 5, "{st}");
+    assert_eq!(st["steps"][4]["attempt"], 1, "{st}");
+    let logs = server.logs_text(&id).await;
+    assert!(logs.contains("planning in the sandbox"), "{logs}");
+    let rows = server
+        .get(&format!("/sandboxes/{id}/files?path=rows.txt"))
+        .await;
+    assert_eq!(rows.text().await.unwrap(), "2\n");
+    // The sandbox lives on: steps still run.
+    let v = shell(&server, &id, "cat rows.txt").await;
+    assert_eq!(v["index"], 5, "{v}");
+
+    // Bad input at the door.
+    for (body, field) in [
+        (json!({"prompt": "  "}), "prompt"),
+        (json!({"prompt": "x", "max_repairs": 21}), "max_repairs"),
+    ] {
+        let (code, v) = server
+            .post_json(&format!("/sandboxes/{id}/plan"), &body)
+            .await;
+        assert_eq!(code, 422, "{body}: {v}");
+        assert_eq!(v["error"]["field"], field, "{v}");
+    }
+    let (code, v) = server
+        .post_json(
+            &format!("/sandboxes/{id}/plan"),
+            &json!({"prompt": "x", "extra": 1}),
+        )
+        .await;
+    assert!(code == 400 || code == 422, "{v}");
+    let unknown = "6f1c1a9e-4f7b-4c1e-9a57-0d6b2f3a8c11";
+    let (code, v) = server
+        .post_json(
+            &format!("/sandboxes/{unknown}/plan"),
+            &json!({"prompt": "x"}),
+        )
+        .await;
+    assert_eq!(code, 404, "{v}");
+    let job = server.schedule(shell_job("true")).await;
+    server.wait_final(&job).await;
+    let (code, v) = server
+        .post_json(&format!("/sandboxes/{job}/plan"), &json!({"prompt": "x"}))
+        .await;
+    assert_eq!(code, 422, "a job is not a sandbox: {v}");
+    assert_eq!(destroy(&server, &id).await.status(), 200);
+    let (code, v) = server
+        .post_json(&format!("/sandboxes/{id}/plan"), &json!({"prompt": "x"}))
+        .await;
+    assert_eq!(code, 409, "{v}");
+    assert_eq!(v["error"]["status"], "succeeded", "{v}");
+    assert_eq!(
+        received_bodies(&llm).await.len(),
+        2,
+        "no LLM call for refused requests"
+    );
 }

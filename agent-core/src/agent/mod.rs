@@ -42,7 +42,7 @@ use crate::llm::{collect_stream, ChatRequest, LlmError, LlmProvider, Message};
 use crate::store::JobStore;
 use step::{RunStep, StepRequest};
 
-pub use nodes::agent_flow;
+pub use nodes::{agent_flow, sandbox_flow};
 pub use plan::{parse_plan, system_prompt, PlanError};
 
 /// The name of the result file written into the workspace.
@@ -63,10 +63,61 @@ pub struct AgentSettings {
     pub artifact_key: String,
 }
 
+/// What one run of the agent flow is asked to do: a job's prompt (or its explicit steps) and
+/// repair budget, or a request made of a live sandbox ("now do this").
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Task {
+    /// The task in plain language (what the planner and a repair are told).
+    pub prompt: String,
+    /// Explicit steps: run as given, without planning or repair.
+    pub steps: Option<Vec<Step>>,
+    /// How many times a failed step may go back to the LLM.
+    pub max_repairs: u32,
+    /// What the planner is told about the sandbox besides the task (e.g. the files already in
+    /// its workspace, [`plan::sandbox_context`]).
+    pub context: Option<String>,
+}
+
+impl Task {
+    /// The task of a job: its prompt, explicit steps and repair budget.
+    pub fn of_job(spec: &crate::job::JobSpec) -> Self {
+        Self {
+            prompt: spec.prompt.clone(),
+            steps: spec.steps.clone(),
+            max_repairs: spec.max_repairs,
+            context: plan::inputs_context(&spec.inputs),
+        }
+    }
+
+    /// A task planned by the LLM from `prompt`, with `max_repairs` repairs.
+    pub fn planned(prompt: impl Into<String>, max_repairs: u32) -> Self {
+        Self {
+            prompt: prompt.into(),
+            steps: None,
+            max_repairs,
+            context: None,
+        }
+    }
+
+    /// Tells the planner `context` too.
+    pub fn with_context(mut self, context: impl Into<String>) -> Self {
+        self.context = Some(context.into());
+        self
+    }
+
+    /// Whether it is planned (and repaired) by the LLM.
+    pub fn is_planned(&self) -> bool {
+        self.steps.is_none()
+    }
+}
+
 /// The shared store of the agent flow: one job's state while it runs.
 pub struct AgentState {
     /// The job record (plan, steps, provider, usage), saved to the store as it changes.
     pub job: Job,
+    /// What this run is asked to do (by default the job's own task).
+    task: Task,
     store: Arc<dyn JobStore>,
     sandbox: Arc<dyn Sandbox>,
     llm: Option<Arc<dyn LlmProvider>>,
@@ -100,6 +151,7 @@ impl AgentState {
         settings: AgentSettings,
     ) -> Self {
         Self {
+            task: Task::of_job(&job.spec),
             job,
             store,
             sandbox,
@@ -111,6 +163,17 @@ impl AgentState {
             repairs_used: 0,
             failure: None,
         }
+    }
+
+    /// Runs `task` instead of the job's own (a live sandbox handed to the planner).
+    pub fn with_task(mut self, task: Task) -> Self {
+        self.task = task;
+        self
+    }
+
+    /// How many repairs the run has asked for so far.
+    pub fn repairs_used(&self) -> u32 {
+        self.repairs_used
     }
 
     /// Why the job failed, if a node decided it did.

@@ -6,7 +6,7 @@ use super::{ask_for_plan, plan, AgentState, Packaging, PlanFailed, Planned, Step
 use crate::error::{Error, Result};
 use crate::events::EventSink;
 use crate::executor::SandboxError;
-use crate::flow::{Action, Ctx, Flow, Node};
+use crate::flow::{Action, Ctx, Flow, IntoNode, Node};
 use crate::job::{
     Artifact, EventKind, Plan, Step, StepResult, StepStatus, Termination, MAX_REPAIRS, MAX_STEPS,
 };
@@ -19,22 +19,60 @@ const DONE: &str = "done";
 
 /// Builds the agent flow: plan → execute (one step per run, looping) → repair → compile.
 pub fn agent_flow() -> Result<Flow<AgentState>> {
+    planned_flow("agent", CompileNode)
+}
+
+/// The agent flow without packaging, for a live sandbox handed to the planner: plan → execute
+/// → repair; its steps are the sandbox's, and the sandbox lives on after it.
+pub fn sandbox_flow() -> Result<Flow<AgentState>> {
+    planned_flow("sandbox-plan", DoneNode)
+}
+
+/// plan → execute (looping) → repair, ending in `end`.
+fn planned_flow<M, N: IntoNode<AgentState, M>>(
+    name: &'static str,
+    end: N,
+) -> Result<Flow<AgentState>> {
     // Each step is one node transition; a plan has at most MAX_STEPS steps and is replaced at most
     // MAX_REPAIRS times, plus a few runs of the other nodes per round.
     let limit = (MAX_STEPS + 4) * (MAX_REPAIRS as usize + 1);
-    let mut flow = Flow::new().with_name("agent").with_transition_limit(limit);
+    let mut flow = Flow::new().with_name(name).with_transition_limit(limit);
     let plan = flow.add(PlanNode);
     let execute = flow.add(ExecuteNode);
     let repair = flow.add(RepairNode);
-    let compile = flow.add(CompileNode);
+    let end = flow.add(end);
     flow.connect(plan, EXECUTE, execute)?;
     flow.connect(execute, NEXT, execute)?;
     flow.connect(execute, REPAIR, repair)?;
-    flow.connect(execute, DONE, compile)?;
+    flow.connect(execute, DONE, end)?;
     flow.connect(repair, EXECUTE, execute)?;
-    flow.connect(repair, DONE, compile)?;
+    flow.connect(repair, DONE, end)?;
     flow.set_start(plan)?;
     Ok(flow)
+}
+
+/// The end of [`sandbox_flow`]: nothing to package.
+struct DoneNode;
+
+impl Node<AgentState> for DoneNode {
+    type Prep = ();
+    type Exec = ();
+
+    async fn prep(&self, _: &mut AgentState, _: &Ctx) -> Result<()> {
+        Ok(())
+    }
+
+    async fn exec(&self, _: &(), _: &Ctx) -> Result<()> {
+        Ok(())
+    }
+
+    async fn post(&self, _: &mut AgentState, _: (), _: (), _: &Ctx) -> Result<Action> {
+        Ok(Action::DEFAULT)
+    }
+
+    fn name(&self) -> &str {
+        "done"
+    }
 }
 
 /// Turns the prompt into a plan (or takes the job's explicit steps).
@@ -54,14 +92,14 @@ impl Node<AgentState> for PlanNode {
     type Exec = std::result::Result<Planned, PlanFailed>;
 
     async fn prep(&self, state: &mut AgentState, _: &Ctx) -> Result<PlanPrep> {
-        if let Some(steps) = &state.job.spec.steps {
+        if let Some(steps) = &state.task.steps {
             return Ok(PlanPrep::Explicit(steps.clone()));
         }
         let llm = state.llm.clone().ok_or(Error::NoLlm)?;
         Ok(PlanPrep::Ask {
             llm,
             events: state.events.clone(),
-            message: plan::planning_prompt(&state.job.spec.prompt, &state.job.spec.inputs),
+            message: plan::planning_prompt(&state.task.prompt, state.task.context.as_deref()),
         })
     }
 
@@ -198,9 +236,9 @@ impl Node<AgentState> for ExecuteNode {
         if result.success() {
             return Ok(if state.pending.is_empty() { DONE } else { NEXT }.into());
         }
-        let can_repair = state.job.spec.needs_llm()
+        let can_repair = state.task.is_planned()
             && state.llm.is_some()
-            && state.repairs_used < state.job.spec.max_repairs;
+            && state.repairs_used < state.task.max_repairs;
         if can_repair {
             return Ok(REPAIR.into());
         }
@@ -261,7 +299,7 @@ impl Node<AgentState> for RepairNode {
             .collect();
         let remaining: Vec<Step> = state.pending.drain(..).map(|(s, _)| s).collect();
         let message = plan::repair_prompt(
-            &state.job.spec.prompt,
+            &state.task.prompt,
             &failed.0,
             &failed.1,
             &completed,
@@ -273,7 +311,7 @@ impl Node<AgentState> for RepairNode {
                 "step {} failed; asking for a repair ({} of {})",
                 state.job.steps.len() - 1,
                 state.repairs_used,
-                state.job.spec.max_repairs
+                state.task.max_repairs
             ),
         });
         Ok(RepairPrep {

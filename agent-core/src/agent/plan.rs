@@ -43,30 +43,72 @@ Rules:
     )
 });
 
-/// The most input files the planning prompt lists one by one.
-const LISTED_INPUTS: usize = 200;
+/// The most files the planning prompt lists one by one.
+const LISTED_FILES: usize = 200;
 
-/// The first user message: the task, and the input files already in `/workspace` (path and
-/// size; the first 200, then how many more).
-pub fn planning_prompt(task: &str, inputs: &[InputFile]) -> String {
-    if inputs.is_empty() {
-        return format!("Task:\n{task}\n\nReturn the JSON plan.");
+/// The first user message: the task, and what the planner should know about the sandbox
+/// (`context`: [`inputs_context`], [`sandbox_context`]).
+pub fn planning_prompt(task: &str, context: Option<&str>) -> String {
+    match context {
+        Some(context) => format!(
+            "Task:\n{task}\n\n{}\n\nReturn the JSON plan.",
+            context.trim_end()
+        ),
+        None => format!("Task:\n{task}\n\nReturn the JSON plan."),
     }
-    let mut list: String = inputs
-        .iter()
-        .take(LISTED_INPUTS)
-        .map(|f| format!("- {} ({} bytes)\n", f.path, f.size_bytes))
-        .collect();
-    if inputs.len() > LISTED_INPUTS {
+}
+
+/// What the planner is told of a job's input files, already in `/workspace` (path and size;
+/// the first 200, then how many more); `None` without any.
+pub fn inputs_context(inputs: &[InputFile]) -> Option<String> {
+    if inputs.is_empty() {
+        return None;
+    }
+    let mut list = file_lines(inputs);
+    if inputs.len() > LISTED_FILES {
         list.push_str(&format!(
             "- … and {} more files\n",
-            inputs.len() - LISTED_INPUTS
+            inputs.len() - LISTED_FILES
         ));
     }
-    format!(
-        "Task:\n{task}\n\nInput files already in /workspace (given with the task; paths relative \
-         to /workspace):\n{list}\nReturn the JSON plan."
-    )
+    Some(format!(
+        "Input files already in /workspace (given with the task; paths relative to \
+         /workspace):\n{list}"
+    ))
+}
+
+/// What the planner is told about a live sandbox handed to it: it is not new (`steps_run`
+/// steps ran in it), the files its workspace holds (`files`, the first 200; `more` when there
+/// are more), and that stateful Python variables from earlier steps persist.
+pub fn sandbox_context(files: &[InputFile], more: bool, steps_run: usize) -> String {
+    let mut out = format!(
+        "The sandbox is not new: {steps_run} step(s) already ran in it, and their effects are \
+         still there. "
+    );
+    if files.is_empty() {
+        out.push_str("/workspace holds no files yet.\n");
+    } else {
+        out.push_str("/workspace already holds these files (path, size in bytes):\n");
+        out.push_str(&file_lines(files));
+        if more || files.len() > LISTED_FILES {
+            out.push_str("- … and more files not listed\n");
+        }
+    }
+    out.push_str(
+        "Python variables, imports and open files defined by earlier stateful python steps \
+         (\"stateful\": true) persist in the sandbox's interpreter: a stateful python step can \
+         use them.",
+    );
+    out
+}
+
+/// The first [`LISTED_FILES`] files, one a line: `- path (size bytes)`.
+fn file_lines(files: &[InputFile]) -> String {
+    files
+        .iter()
+        .take(LISTED_FILES)
+        .map(|f| format!("- {} ({} bytes)\n", f.path, f.size_bytes))
+        .collect()
 }
 
 /// The message sent after a reply that could not be parsed.
@@ -387,7 +429,7 @@ mod tests {
     #[test]
     fn the_planner_is_told_the_input_files() {
         assert_eq!(
-            planning_prompt("t", &[]),
+            planning_prompt("t", None),
             "Task:\nt\n\nReturn the JSON plan."
         );
         let files: Vec<_> = (0..203)
@@ -396,7 +438,7 @@ mod tests {
                 size_bytes: i,
             })
             .collect();
-        let prompt = planning_prompt("sum them", &files);
+        let prompt = planning_prompt("sum them", inputs_context(&files).as_deref());
         assert!(
             prompt.contains("Input files already in /workspace"),
             "{prompt}"
@@ -418,6 +460,29 @@ mod tests {
         let back = serde_json::to_value(&parsed.steps).unwrap();
         assert_eq!(back[0]["stateful"], true);
         assert!(back[1].get("stateful").is_none(), "{back}");
+    }
+
+    #[test]
+    fn a_sandbox_handed_to_the_planner_is_described_in_the_first_message() {
+        let files = [InputFile {
+            path: "data/a.csv".into(),
+            size_bytes: 12,
+        }];
+        let prompt = planning_prompt("sum it", Some(&sandbox_context(&files, true, 3)));
+        assert!(prompt.starts_with("Task:\nsum it\n\n"), "{prompt}");
+        assert!(prompt.contains("3 step(s) already ran"), "{prompt}");
+        assert!(
+            prompt.contains("- data/a.csv (12 bytes)\n- … and more"),
+            "{prompt}"
+        );
+        assert!(prompt.contains("persist"), "{prompt}");
+        assert!(prompt.ends_with("Return the JSON plan."), "{prompt}");
+        let empty = sandbox_context(&[], false, 0);
+        assert!(empty.contains("no files yet"), "{empty}");
+        assert_eq!(
+            planning_prompt("t", None),
+            "Task:\nt\n\nReturn the JSON plan."
+        );
     }
 
     #[test]

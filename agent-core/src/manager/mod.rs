@@ -37,6 +37,7 @@ mod reaper;
 mod recovery;
 mod retention;
 mod run;
+mod sandbox_plan;
 mod sandboxes;
 mod shutdown;
 mod storage;
@@ -66,6 +67,7 @@ pub use builder::JobManagerBuilder;
 pub use config::{JobManagerConfig, ManagerStats};
 pub use kept::JobSandbox;
 use live::{LiveJob, Phase};
+pub use sandbox_plan::{SandboxPlanRun, MAX_LISTED_FILES};
 pub use sandboxes::{SandboxInfo, TextSink, MAX_PUT_FILE_BYTES};
 
 /// Runs jobs. Cheap to clone; all clones share one manager.

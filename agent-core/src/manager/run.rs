@@ -132,13 +132,7 @@ impl JobManager {
             self.register_sandbox(id, &job.spec, sandbox.clone());
         }
         debug!(sandbox = sandbox.id(), "sandbox ready");
-        let settings = AgentSettings {
-            max_output_bytes: inner.config.max_output_bytes,
-            tail_bytes: inner.config.tail_bytes,
-            max_export_bytes: inner.config.max_export_bytes,
-            artifacts: inner.artifacts.clone(),
-            artifact_key: ArtifactStore::key_for(id),
-        };
+        let settings = self.agent_settings(id);
         let job_timeout = job.spec.job_timeout;
         let mut state = AgentState::new(
             job,
@@ -173,6 +167,18 @@ impl JobManager {
             job: state.job,
             status,
             error,
+        }
+    }
+
+    /// The agent flow's settings for job `id` (caps, where its ZIP goes).
+    pub(super) fn agent_settings(&self, id: JobId) -> AgentSettings {
+        let config = &self.inner.config;
+        AgentSettings {
+            max_output_bytes: config.max_output_bytes,
+            tail_bytes: config.tail_bytes,
+            max_export_bytes: config.max_export_bytes,
+            artifacts: self.inner.artifacts.clone(),
+            artifact_key: ArtifactStore::key_for(id),
         }
     }
 

@@ -127,13 +127,13 @@ impl Clock {
 
 /// One live sandbox.
 pub(super) struct Session {
-    id: JobId,
-    sandbox: Arc<dyn Sandbox>,
+    pub(super) id: JobId,
+    pub(super) sandbox: Arc<dyn Sandbox>,
     /// The job record; held while a step runs, so steps run one at a time and in order.
-    job: tokio::sync::Mutex<Job>,
-    events: EventSink,
+    pub(super) job: tokio::sync::Mutex<Job>,
+    pub(super) events: EventSink,
     /// The job's cancel token (the one [`JobManager::cancel`] cancels): ends the sandbox.
-    cancel: CancellationToken,
+    pub(super) cancel: CancellationToken,
     clock: Mutex<Clock>,
     /// Woken when the clock changes.
     wake: Notify,
@@ -148,13 +148,13 @@ impl Session {
     }
 
     /// Marks an operation in progress until the guard is dropped, which restarts the idle timer.
-    fn busy(self: &Arc<Self>) -> Busy {
+    pub(super) fn busy(self: &Arc<Self>) -> Busy {
         self.clock().busy += 1;
         Busy(self.clone())
     }
 }
 
-struct Busy(Arc<Session>);
+pub(super) struct Busy(Arc<Session>);
 
 impl Drop for Busy {
     fn drop(&mut self) {
@@ -348,15 +348,26 @@ impl JobManager {
         }
         let session = self.session(id).await?;
         let manager = self.clone();
+        self.detached("step", async move {
+            manager
+                .run_live_step(&session, step, max_output_bytes, output)
+                .await
+        })
+        .await
+    }
+
+    /// Runs `work` in a task of its own (tracked for shutdown), so that a caller that goes away
+    /// does not abandon it half recorded.
+    pub(super) async fn detached<T: Send + 'static>(
+        &self,
+        what: &str,
+        work: impl std::future::Future<Output = Result<T>> + Send + 'static,
+    ) -> Result<T> {
         self.inner
             .tasks
-            .spawn(async move {
-                manager
-                    .run_live_step(&session, step, max_output_bytes, output)
-                    .await
-            })
+            .spawn(work)
             .await
-            .map_err(|e| Error::other(format!("the step's task failed: {e}")))?
+            .map_err(|e| Error::other(format!("the {what}'s task failed: {e}")))?
     }
 
     /// Writes a file (at most [`MAX_PUT_FILE_BYTES`]) under a live sandbox's workspace.
@@ -520,7 +531,7 @@ impl JobManager {
     }
 
     /// The live session of `id`, or the error that says why there is none.
-    async fn session(&self, id: JobId) -> Result<Arc<Session>> {
+    pub(super) async fn session(&self, id: JobId) -> Result<Arc<Session>> {
         let session = self.registry().get(&id).cloned();
         match session {
             Some(s) if !s.cancel.is_cancelled() => Ok(s),
@@ -530,7 +541,7 @@ impl JobManager {
 
     /// Why `id` is not a live sandbox: unknown, not a sandbox, or finished (after waiting for an
     /// ending one to settle).
-    async fn not_live(&self, id: JobId) -> Error {
+    pub(super) async fn not_live(&self, id: JobId) -> Error {
         match self.wait(id).await {
             Err(e) => e,
             Ok(job) if job.spec.live.is_none() => not_a_sandbox(id),

@@ -9,7 +9,8 @@
 //! job like any other (`GET /status/{id}`, its logs, the dashboard, `/metrics`).
 //!
 //! Tools: `create_sandbox`, `list_sandboxes`, `run_command`, `run_python` (stateful: variables
-//! persist between calls), `write_file`, `read_file`, `destroy_sandbox`, `run_job` (schedule a
+//! persist between calls), `write_file`, `read_file`, `plan_in_sandbox` (the server's planner works in the sandbox),
+//! `destroy_sandbox`, `run_job` (schedule a
 //! job and wait for it, bounded) and `wait_job`. Results carry exit codes and output tails as
 //! text and as structured content; output longer than [`MAX_TEXT_CHARS`] characters is cut with
 //! a note. A tool that cannot do its work (bad arguments, an unknown or ended sandbox, a refused

@@ -96,24 +96,7 @@ pub(crate) fn job_result(job: &Job) -> CallToolResult {
         text.push_str(&format!(": {e}"));
     }
     text.push('\n');
-    let mut steps = Vec::new();
-    for record in &job.steps {
-        text.push_str(&format!(
-            "\nstep {} ({}): ",
-            record.index,
-            record.step.kind.type_name()
-        ));
-        match &record.result {
-            Some(result) => {
-                text.push_str(&result_text(result));
-                steps.push(json!({"index": record.index, "status": record.status, "result": result_json(result)}));
-            }
-            None => {
-                text.push_str(&format!("did not run ({})\n", wire_name(&record.status)));
-                steps.push(json!({"index": record.index, "status": record.status}));
-            }
-        }
-    }
+    let steps = steps_into(&job.steps, &mut text);
     let download = job
         .artifact
         .as_ref()
@@ -134,6 +117,63 @@ pub(crate) fn job_result(job: &Job) -> CallToolResult {
 }
 
 /// An enum's JSON name (`succeeded`, `timed_out`, …).
+/// A live sandbox's planned run: its status, then each step's exit code and output tails.
+pub(crate) fn plan_result(run: &agent_core::manager::SandboxPlanRun) -> CallToolResult {
+    let mut text = format!(
+        "planned run in sandbox {} {} ({} step(s), {} repair(s))",
+        run.id,
+        run.status,
+        run.steps.len(),
+        run.repairs
+    );
+    if let Some(e) = &run.error {
+        text.push_str(&format!(": {e}"));
+    }
+    text.push('\n');
+    if let Some(summary) = run
+        .plan
+        .as_ref()
+        .map(|p| &p.summary)
+        .filter(|s| !s.is_empty())
+    {
+        text.push_str(&format!("summary: {summary}\n"));
+    }
+    let steps = steps_into(&run.steps, &mut text);
+    with_structured(
+        text,
+        json!({
+            "sandbox_id": run.id,
+            "status": run.status,
+            "error": run.error,
+            "steps": steps,
+            "repairs": run.repairs,
+        }),
+    )
+}
+
+/// Appends each step's outcome to `text`; returns them as JSON.
+fn steps_into(records: &[StepRecord], text: &mut String) -> Vec<Value> {
+    let mut steps = Vec::new();
+    for record in records {
+        text.push_str(&format!(
+            "\nstep {} ({}): ",
+            record.index,
+            record.step.kind.type_name()
+        ));
+        match &record.result {
+            Some(result) => {
+                text.push_str(&result_text(result));
+                steps.push(json!({"index": record.index, "status": record.status, "result": result_json(result)}));
+            }
+            None => {
+                text.push_str(&format!("did not run ({})\n", wire_name(&record.status)));
+                steps.push(json!({"index": record.index, "status": record.status}));
+            }
+        }
+    }
+    steps
+}
+
 fn wire_name<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_value(value)
         .ok()

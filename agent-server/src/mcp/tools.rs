@@ -14,7 +14,9 @@ use super::render::{self, ToolError};
 use super::{McpTools, Parameters};
 use crate::api::{timeout, ScheduleRequest};
 use crate::error::ApiError;
-use crate::sandboxes::{CreateSandboxRequest, SandboxList, SandboxView};
+use crate::sandboxes::{
+    sandbox_plan_error, CreateSandboxRequest, PlanRequest, SandboxList, SandboxView,
+};
 
 /// What every tool answers: a result, or a tool error (`isError: true`) saying why not.
 type ToolResult = Result<CallToolResult, ToolError>;
@@ -119,6 +121,20 @@ pub(crate) struct JobArgs {
     /// answer gives the job's id and status, and `wait_job` waits on.
     #[serde(default)]
     wait_secs: Option<u64>,
+}
+
+/// Arguments of `plan_in_sandbox`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PlanArgs {
+    /// The sandbox (`sandbox_id` from create_sandbox).
+    sandbox_id: String,
+    /// What to do now, in plain language; the server's LLM plans it (needs a configured
+    /// provider), told the workspace's files and that stateful Python variables persist.
+    prompt: String,
+    /// How many times a failed step may go back to the LLM for a repair (default 2, at most 20).
+    #[serde(default)]
+    max_repairs: Option<u64>,
 }
 
 /// Arguments of `wait_job`.
@@ -248,6 +264,24 @@ impl McpTools {
     }
 
     #[tool(
+        description = "Hand a sandbox to the server's planner: its LLM plans the task (told the files in /workspace and that stateful Python variables persist), runs the steps in this sandbox and repairs failed ones (max_repairs, default 2). Returns the status and each step's exit code and output tails; the sandbox lives on."
+    )]
+    async fn plan_in_sandbox(&self, Parameters(args): Parameters<PlanArgs>) -> ToolResult {
+        let args = args?;
+        let id = sandbox_id(&args.sandbox_id)?;
+        let request = PlanRequest {
+            prompt: args.prompt,
+            max_repairs: args.max_repairs,
+        };
+        let run = self
+            .manager
+            .sandbox_plan(id, request.prompt.clone(), request.max_repairs()?)
+            .await
+            .map_err(sandbox_plan_error)?;
+        Ok(render::plan_result(&run))
+    }
+
+    #[tool(
         description = "Schedule a job in a fresh sandbox and wait for it (wait_secs, default 300): a prompt the server's LLM plans, or explicit steps such as [{\"type\":\"shell\",\"command\":\"...\"}, {\"type\":\"python\",\"code\":\"...\"}, {\"type\":\"write_file\",\"path\":\"...\",\"content\":\"...\"}]. Returns its status and each step's exit code and output tails, or its job_id if it is still running."
     )]
     async fn run_job(&self, Parameters(args): Parameters<JobArgs>) -> ToolResult {
@@ -287,7 +321,7 @@ impl McpTools {
 #[tool_handler(
     router = self.tool_router,
     name = "containerized-agent",
-    instructions = "Isolated Linux sandboxes in Docker (no network by default). create_sandbox, then run_command / run_python (stateful) / write_file / read_file on its sandbox_id, then destroy_sandbox. run_job runs a whole job (a prompt or explicit steps) in a throw-away sandbox and waits for it."
+    instructions = "Isolated Linux sandboxes in Docker (no network by default). create_sandbox, then run_command / run_python (stateful) / write_file / read_file / plan_in_sandbox on its sandbox_id, then destroy_sandbox. run_job runs a whole job (a prompt or explicit steps) in a throw-away sandbox and waits for it."
 )]
 impl ServerHandler for McpTools {}
 

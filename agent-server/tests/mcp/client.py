@@ -25,6 +25,7 @@ TOOLS = {
     "run_python",
     "write_file",
     "read_file",
+    "plan_in_sandbox",
     "destroy_sandbox",
     "run_job",
     "wait_job",
@@ -186,6 +187,17 @@ async def exercise_http(session):
     refused(await session.call_tool("destroy_sandbox", {"sandbox_id": sandbox}), "already_finished", "destroying twice")
     listed = ok(await session.call_tool("list_sandboxes", {}), "list_sandboxes")
     check(sandbox not in [x["sandbox_id"] for x in listed["sandboxes"]], "a destroyed sandbox is not listed", listed)
+    refused(await session.call_tool("plan_in_sandbox", {"sandbox_id": sandbox, "prompt": "more"}), "already_finished", "planning in a destroyed sandbox")
+
+    # A sandbox handed to the server's planner: the plan runs in it, recorded as its steps.
+    other = ok(await session.call_tool("create_sandbox", {}), "a second sandbox")["sandbox_id"]
+    r = await session.call_tool("plan_in_sandbox", {"sandbox_id": other, "prompt": "print the answer (planned-in-sandbox)"})
+    s = ok(r, "plan_in_sandbox")
+    check(s["status"] == "succeeded" and "planned 42" in text_of(r), "the plan ran in the sandbox", r)
+    check([x["index"] for x in s["steps"]] == [0], "the plan's step is the sandbox's first", r)
+    refused(await session.call_tool("plan_in_sandbox", {"sandbox_id": other, "prompt": " "}), "invalid_input", "a blank prompt to plan")
+    refused(await session.call_tool("plan_in_sandbox", {"sandbox_id": other, "prompt": "x", "max_repairs": 99}), "invalid_input", "too many repairs")
+    ok(await session.call_tool("destroy_sandbox", {"sandbox_id": other}), "destroying the second sandbox")
     return {"sandbox_id": sandbox, "job_id": job, "job_secs": round(job_secs, 3)}
 
 
