@@ -633,6 +633,11 @@ pub struct JobSpec {
     /// planner is told they exist.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub inputs: Vec<crate::inputs::InputFile>,
+    /// The tenant that owns the job: the name of the API token that submitted it, stamped by
+    /// the server at admission (a request cannot set it). `None`: submitted by the admin, or by
+    /// a server without tenants. A tenant sees and controls only its own jobs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 /// What a job asks for when its sandbox is to be continued as a live sandbox after its steps:
@@ -750,6 +755,7 @@ impl Default for JobSpec {
             live: None,
             keep_sandbox: None,
             inputs: Vec::new(),
+            tenant: None,
         }
     }
 }

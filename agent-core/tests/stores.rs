@@ -229,7 +229,13 @@ mod sqlite {
                 .unwrap();
             assert_eq!(
                 indexes,
-                ["jobs_created", "jobs_finished", "jobs_status_created"]
+                [
+                    "jobs_created",
+                    "jobs_finished",
+                    "jobs_status_created",
+                    "jobs_tenant_created",
+                    "jobs_tenant_status_created"
+                ]
             );
         }
         // Reopening an up-to-date database changes nothing.
@@ -245,7 +251,7 @@ mod sqlite {
     }
 
     #[tokio::test]
-    async fn migrations_2_and_3_fill_the_summary_columns_and_counts_of_existing_jobs() {
+    async fn migrations_2_to_4_fill_the_summary_columns_and_counts_of_existing_jobs() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("agent.db");
         let store = SqliteStore::open(&path).unwrap();
@@ -275,7 +281,9 @@ mod sqlite {
         {
             let conn = rusqlite::Connection::open(&path).unwrap();
             conn.execute_batch(
-                "ALTER TABLE jobs DROP COLUMN prompt_head; ALTER TABLE jobs DROP COLUMN steps; \
+                "DROP INDEX jobs_tenant_created; DROP INDEX jobs_tenant_status_created; \
+                 ALTER TABLE jobs DROP COLUMN tenant; \
+                 ALTER TABLE jobs DROP COLUMN prompt_head; ALTER TABLE jobs DROP COLUMN steps; \
                  ALTER TABLE jobs DROP COLUMN started_at; ALTER TABLE jobs DROP COLUMN error; \
                  ALTER TABLE jobs DROP COLUMN provider; ALTER TABLE jobs DROP COLUMN first_step; \
                  ALTER TABLE jobs DROP COLUMN prompt_tokens; \
@@ -298,6 +306,14 @@ mod sqlite {
         for (listed, job) in page.jobs.iter().zip(jobs.iter().rev()) {
             assert_eq!(*listed, agent_core::store::JobSummary::from_job(job));
         }
+        // Migration 4: the old jobs have no tenant; a new tenant's job is listed on its own.
+        let mut owned = Job::new(JobId::new(), JobSpec::from_prompt("owned"));
+        owned.spec.tenant = Some("alice".into());
+        store.insert_job(&owned).await.unwrap();
+        let alice = JobFilter::default().of_tenant("alice");
+        let page = store.list_summaries(&alice).await.unwrap();
+        assert_eq!(page.total, 1);
+        assert_eq!(page.jobs[0].id, owned.id);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

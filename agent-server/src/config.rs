@@ -84,6 +84,13 @@ pub struct ServerConfig {
     #[arg(long, env = "AGENT_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<SecretString>,
 
+    /// A JSON file of named tenants and the SHA-256 of each one's token (see
+    /// [`crate::tenants`]; `agent token new NAME` makes an entry). Each tenant sees and
+    /// controls only its own jobs and sandboxes; `AGENT_API_TOKEN`, when also set, stays the
+    /// admin's.
+    #[arg(long, env = "AGENT_API_TOKENS_FILE")]
+    pub tokens_file: Option<PathBuf>,
+
     /// Serve `/docs` and `/openapi.json` without the token.
     #[arg(long, env = "AGENT_PUBLIC_DOCS", default_value_t = false)]
     pub public_docs: bool,
@@ -243,6 +250,16 @@ impl ServerConfig {
     /// The API token, if one is set and not empty.
     pub fn token(&self) -> Option<&SecretString> {
         self.api_token.as_ref().filter(|t| !t.expose().is_empty())
+    }
+
+    /// The API's tokens: `AGENT_API_TOKEN` (the admin) and the tenants of
+    /// `AGENT_API_TOKENS_FILE`. A malformed file is an error naming its line or field.
+    pub fn tokens(&self) -> Result<crate::tenants::Tokens, String> {
+        let tenants = match &self.tokens_file {
+            Some(path) => crate::tenants::load_tokens_file(path)?,
+            None => Vec::new(),
+        };
+        crate::tenants::Tokens::new(self.token(), &tenants)
     }
 
     /// How often the reaper runs (`None`: only at start-up and after an engine outage).

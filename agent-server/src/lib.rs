@@ -26,6 +26,7 @@ pub mod server;
 pub mod server_events;
 pub mod server_info;
 pub mod session;
+pub mod tenants;
 pub mod ui;
 pub mod uploads;
 

@@ -175,7 +175,7 @@ impl JobManager {
             status: JobStatus::Queued,
             error: None,
         });
-        self.enqueue(id, events);
+        self.enqueue(&job, events);
         Ok(id)
     }
 

@@ -9,14 +9,16 @@ use super::availability::Wait;
 use super::run::SandboxSlot;
 use super::JobManager;
 use crate::events::EventSink;
-use crate::job::JobId;
+use crate::job::Job;
 
 impl JobManager {
     /// Queues a stored job: it runs when a worker is free, unless cancelled or shut down first.
-    pub(super) fn enqueue(&self, id: JobId, events: EventSink) {
+    pub(super) fn enqueue(&self, job: &Job, events: EventSink) {
+        let id = job.id;
         let cancel = self.track(id, events.clone());
         let manager = self.clone();
-        let span = info_span!("job", job_id = %id);
+        let tenant = job.spec.tenant.as_deref().unwrap_or_default();
+        let span = info_span!("job", job_id = %id, tenant);
         self.inner.tasks.spawn(
             async move {
                 let permit = tokio::select! {

@@ -53,7 +53,7 @@ impl JobManager {
                 } else {
                     info!(job_id = %job.id, "re-queueing a job from the last run");
                     queued.insert(job.id);
-                    self.enqueue(job.id, events);
+                    self.enqueue(&job, events);
                 }
             }
         }

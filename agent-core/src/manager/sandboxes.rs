@@ -80,6 +80,8 @@ pub struct SandboxInfo {
     pub services: Vec<Service>,
     /// The finished job whose sandbox it continues ([`JobSpec::keep_sandbox`]), if any.
     pub continues: Option<JobId>,
+    /// The tenant that owns it ([`JobSpec::tenant`]).
+    pub tenant: Option<String>,
 }
 
 impl SandboxInfo {
@@ -101,6 +103,7 @@ impl SandboxInfo {
             error: job.error.clone(),
             services: job.spec.services.clone(),
             continues: job.continues,
+            tenant: job.spec.tenant.clone(),
         }
     }
 }
@@ -271,6 +274,7 @@ impl JobManager {
         let counted = Counted(self.inner.clone());
         let idle_timeout = job.spec.live.unwrap_or_default().idle_timeout;
         let lifetime = job.spec.job_timeout;
+        let job_tenant = job.spec.tenant.clone();
         let now = Instant::now();
         let session = Arc::new(Session {
             id,
@@ -296,7 +300,11 @@ impl JobManager {
                 let (status, error) = manager.watch(&session).await;
                 manager.end_session(&session, status, error).await;
             }
-            .instrument(info_span!("sandbox", job_id = %id)),
+            .instrument(info_span!(
+                "sandbox",
+                job_id = %id,
+                tenant = job_tenant.as_deref().unwrap_or_default()
+            )),
         );
         info!(job_id = %id, "live sandbox ready");
     }

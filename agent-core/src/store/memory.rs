@@ -111,7 +111,6 @@ pub(crate) fn check_events(id: JobId, last: u64, events: &[JobEvent]) -> Result<
     Ok(())
 }
 
-/// The keys of a page of `filter`, newest first, and the total that matched.
 /// The keys of `set` older than `after`, newest first.
 fn older(
     set: &BTreeSet<OrderKey>,
@@ -125,8 +124,32 @@ fn older(
     .copied()
 }
 
+/// A page of `filter` by a scan of every job, newest first (tenant filters: the memory store
+/// keeps no index by tenant).
+fn scanned_keys(inner: &Inner, filter: &JobFilter) -> (Vec<OrderKey>, u64) {
+    let matching = |k: &OrderKey| inner.jobs.get(&k.1).is_some_and(|e| filter.matches(&e.job));
+    let total = inner.all.iter().filter(|k| matching(k)).count();
+    let keys = older(&inner.all, filter.after)
+        .filter(|k| matching(k))
+        .skip(filter.offset)
+        .take(filter.limit.min(MAX_PAGE_SIZE) + 1)
+        .collect();
+    (keys, total as u64)
+}
+
+/// The keys of a page of `filter`, newest first, the total that matched and the next page's
+/// cursor.
 fn page_keys(inner: &Inner, filter: &JobFilter) -> (Vec<OrderKey>, u64, Option<JobCursor>) {
     let limit = filter.limit.min(MAX_PAGE_SIZE);
+    if filter.tenant.is_some() {
+        let (mut keys, total) = scanned_keys(inner, filter);
+        let next = (keys.len() > limit).then(|| {
+            keys.truncate(limit);
+            keys.last()
+                .map(|&(created_at, id)| JobCursor::of(created_at, id))
+        });
+        return (keys, total, next.flatten());
+    }
     let mut statuses = filter.statuses.clone();
     statuses.sort();
     statuses.dedup();

@@ -30,6 +30,9 @@ pub struct JobFilter {
     /// Only jobs older than this position (keyset pagination: a page's
     /// [`next`](JobPage::next) cursor).
     pub after: Option<JobCursor>,
+    /// Only jobs of this tenant ([`JobSpec::tenant`](crate::JobSpec::tenant)); `None`: every
+    /// job, whoever owns it.
+    pub tenant: Option<String>,
 }
 
 impl Default for JobFilter {
@@ -39,6 +42,7 @@ impl Default for JobFilter {
             limit: 50,
             offset: 0,
             after: None,
+            tenant: None,
         }
     }
 }
@@ -62,6 +66,21 @@ impl JobFilter {
     pub fn after(mut self, cursor: JobCursor) -> Self {
         self.after = Some(cursor);
         self
+    }
+
+    /// Only the jobs of `tenant`.
+    pub fn of_tenant(mut self, tenant: impl Into<String>) -> Self {
+        self.tenant = Some(tenant.into());
+        self
+    }
+
+    /// Whether `job` passes the filter's status and tenant conditions (not its page).
+    pub fn matches(&self, job: &Job) -> bool {
+        (self.statuses.is_empty() || self.statuses.contains(&job.status))
+            && self
+                .tenant
+                .as_deref()
+                .is_none_or(|t| job.spec.tenant.as_deref() == Some(t))
     }
 }
 
@@ -155,6 +174,8 @@ pub struct JobSummary {
     pub first_step: Option<String>,
     /// LLM tokens used.
     pub usage: TokenUsage,
+    /// The tenant that owns it.
+    pub tenant: Option<String>,
 }
 
 impl JobSummary {
@@ -172,6 +193,7 @@ impl JobSummary {
             provider: job.provider.clone(),
             first_step: first_step_headline(job),
             usage: job.usage,
+            tenant: job.spec.tenant.clone(),
         }
     }
 }

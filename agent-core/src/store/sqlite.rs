@@ -20,14 +20,16 @@
 //! - Statements are prepared once per connection and cached; a batch of events is appended in
 //!   one transaction.
 //!
-//! Schema (version 3): `jobs(id TEXT PRIMARY KEY, status TEXT, created_at INTEGER, finished_at
+//! Schema (version 4): `jobs(id TEXT PRIMARY KEY, status TEXT, created_at INTEGER, finished_at
 //! INTEGER, record TEXT, prompt_head TEXT, steps INTEGER, started_at INTEGER, error TEXT,
-//! provider TEXT, first_step TEXT, prompt_tokens, completion_tokens, total_tokens INTEGER)` where
+//! provider TEXT, first_step TEXT, prompt_tokens, completion_tokens, total_tokens INTEGER,
+//! tenant TEXT)` where
 //! `record` is the [`Job`] as JSON, the times are nanoseconds since the Unix epoch, and the last
 //! nine columns (with `status` and the times) are
 //! what a [`JobSummary`] shows, so
-//! [`JobStore::list_summaries`] decodes no records; `jobs` is indexed on `(created_at, id)`, `(status, created_at, id)` and
-//! `finished_at`; `events(job_id, seq, at, kind, PRIMARY KEY (job_id, seq))` where `kind` is the
+//! [`JobStore::list_summaries`] decodes no records; `jobs` is indexed on `(created_at, id)`, `(status, created_at, id)`,
+//! `finished_at`, and for jobs with a tenant on `(tenant, created_at, id)` and `(tenant, status,
+//! created_at, id)`; `events(job_id, seq, at, kind, PRIMARY KEY (job_id, seq))` where `kind` is the
 //! [`EventKind`] as JSON, deleted with their job (`ON DELETE CASCADE`); `job_counts(status,
 //! n)`, kept by triggers on `jobs`, answers totals without counting rows. Lists page by keyset
 //! (`(created_at, id) < cursor`, see [`JobCursor`]) on the `(created_at, id)` index.
@@ -120,6 +122,14 @@ const MIGRATIONS: &[&str] = &[
         INSERT INTO job_counts (status, n) VALUES (NEW.status, 1)
             ON CONFLICT (status) DO UPDATE SET n = n + 1;
     END;
+    "#,
+    // 4: the tenant that owns a job (`JobSpec::tenant`), so a tenant's list is filtered and
+    // paged in SQL on its own indexes. Jobs stored before it have none (the admin's).
+    r#"
+    ALTER TABLE jobs ADD COLUMN tenant TEXT;
+    CREATE INDEX jobs_tenant_created ON jobs (tenant, created_at, id) WHERE tenant IS NOT NULL;
+    CREATE INDEX jobs_tenant_status_created ON jobs (tenant, status, created_at, id)
+        WHERE tenant IS NOT NULL;
     "#,
 ];
 
@@ -325,7 +335,7 @@ fn fill_summaries(tx: &Connection) -> Result<(), StoreError> {
         .prepare("SELECT rowid, record FROM jobs WHERE rowid > ?1 ORDER BY rowid LIMIT 1000")
         .map_err(sql("read the jobs to migrate"))?;
     let mut update = tx
-        .prepare(UPDATE_JOB)
+        .prepare(UPDATE_SUMMARY)
         .map_err(sql("prepare the migration of the jobs"))?;
     let mut after = 0i64;
     loop {
@@ -519,10 +529,10 @@ fn apply(conn: &Connection, op: &WriteOp) -> Result<WriteOutcome, StoreError> {
                 .prepare_cached(
                     "INSERT INTO jobs (id, status, created_at, finished_at, record, prompt_head, \
                      steps, started_at, error, provider, first_step, prompt_tokens, \
-                     completion_tokens, total_tokens) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                     completion_tokens, total_tokens, tenant) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
                 )
-                .and_then(|mut stmt| stmt.execute(row.params()));
+                .and_then(|mut stmt| stmt.execute(row.params_with_tenant()));
             match result {
                 Ok(_) => Ok(WriteOutcome::Done),
                 Err(e) if is_unique_violation(&e) => Err(StoreError::new(
@@ -535,7 +545,7 @@ fn apply(conn: &Connection, op: &WriteOp) -> Result<WriteOutcome, StoreError> {
         WriteOp::Update(row) => {
             let changed = conn
                 .prepare_cached(UPDATE_JOB)
-                .and_then(|mut stmt| stmt.execute(row.params()))
+                .and_then(|mut stmt| stmt.execute(row.params_with_tenant()))
                 .map_err(sql("update a job"))?;
             if changed == 0 {
                 return Err(StoreError::new(
@@ -608,11 +618,18 @@ fn apply(conn: &Connection, op: &WriteOp) -> Result<WriteOutcome, StoreError> {
     }
 }
 
-/// Replaces a job's columns with a [`JobRow`]'s [`params`](JobRow::params).
-const UPDATE_JOB: &str = "UPDATE jobs SET status = ?2, created_at = ?3, finished_at = ?4, \
+/// Replaces a job's columns of schema version 2 with a [`JobRow`]'s
+/// [`params`](JobRow::params) (migration 2 fills them; later columns do not exist yet then).
+const UPDATE_SUMMARY: &str = "UPDATE jobs SET status = ?2, created_at = ?3, finished_at = ?4, \
     record = ?5, prompt_head = ?6, steps = ?7, started_at = ?8, error = ?9, provider = ?10, \
     first_step = ?11, prompt_tokens = ?12, completion_tokens = ?13, total_tokens = ?14 \
     WHERE id = ?1";
+
+/// Replaces a job's columns with a [`JobRow`]'s [`params_with_tenant`](JobRow::params_with_tenant).
+const UPDATE_JOB: &str = "UPDATE jobs SET status = ?2, created_at = ?3, finished_at = ?4, \
+    record = ?5, prompt_head = ?6, steps = ?7, started_at = ?8, error = ?9, provider = ?10, \
+    first_step = ?11, prompt_tokens = ?12, completion_tokens = ?13, total_tokens = ?14, \
+    tenant = ?15 WHERE id = ?1";
 
 /// A job ready to be written: its columns.
 struct JobRow {
@@ -631,6 +648,7 @@ struct JobRow {
     first_step: Option<String>,
     /// Prompt, completion and total tokens.
     tokens: [i64; 3],
+    tenant: Option<String>,
 }
 
 impl JobRow {
@@ -664,6 +682,7 @@ impl JobRow {
                 to_i64(job.usage.completion_tokens),
                 to_i64(job.usage.total_tokens),
             ],
+            tenant: job.spec.tenant.clone(),
         })
     }
 
@@ -685,6 +704,12 @@ impl JobRow {
             &self.tokens[1],
             &self.tokens[2],
         ]
+    }
+
+    /// `?1`…`?15`: [`params`](JobRow::params) and the tenant.
+    fn params_with_tenant(&self) -> [&dyn rusqlite::ToSql; 15] {
+        let [a, b, c, d, e, f, g, h, i, j, k, l, m, n] = self.params();
+        [a, b, c, d, e, f, g, h, i, j, k, l, m, n, &self.tenant]
     }
 }
 
@@ -741,6 +766,30 @@ fn count_jobs(conn: &Connection, statuses: &[&'static str]) -> Result<u64, Store
     Ok(u64::try_from(total).unwrap_or(0))
 }
 
+/// How many jobs of a tenant have one of `statuses` (all its jobs when empty); `values` are the
+/// tenant, then the statuses.
+fn count_tenant_jobs(
+    conn: &Connection,
+    statuses: &[&'static str],
+    values: &[rusqlite::types::Value],
+) -> Result<u64, StoreError> {
+    let count_sql = if statuses.is_empty() {
+        "SELECT COUNT(*) FROM jobs WHERE tenant = ?1".to_string()
+    } else {
+        format!(
+            "SELECT COUNT(*) FROM jobs WHERE tenant = ?1 AND {}",
+            status_in(statuses.len(), 2)
+        )
+    };
+    let total: i64 = conn
+        .prepare_cached(&count_sql)
+        .and_then(|mut stmt| {
+            stmt.query_row(rusqlite::params_from_iter(values.iter()), |row| row.get(0))
+        })
+        .map_err(sql("count a tenant's jobs"))?;
+    Ok(u64::try_from(total).unwrap_or(0))
+}
+
 /// One page of a job list, as SQL: statuses, keyset position, limit and offset.
 struct PageQuery {
     statuses: Vec<&'static str>,
@@ -748,6 +797,7 @@ struct PageQuery {
     offset: i64,
     /// `(created_at, id)` of the last job of the previous page.
     after: Option<(i64, String)>,
+    tenant: Option<String>,
 }
 
 impl PageQuery {
@@ -760,6 +810,7 @@ impl PageQuery {
             limit: filter.limit.min(MAX_PAGE_SIZE),
             offset: to_i64(filter.offset as u64),
             after: filter.after.map(|c| (c.created_nanos(), c.id.to_string())),
+            tenant: filter.tenant.clone(),
         }
     }
 
@@ -775,7 +826,6 @@ impl PageQuery {
         let tx = conn
             .unchecked_transaction()
             .map_err(sql("start a read transaction"))?;
-        let total = count_jobs(&tx, &self.statuses)?;
         let mut values: Vec<rusqlite::types::Value> =
             vec![to_i64(self.limit as u64 + 1).into(), self.offset.into()];
         let mut conditions = Vec::new();
@@ -784,10 +834,21 @@ impl PageQuery {
             values.push((*at).into());
             values.push(id.clone().into());
         }
+        // The conditions the total counts (all but the cursor), from this parameter on.
+        let first_counted = values.len();
+        if let Some(tenant) = &self.tenant {
+            conditions.push(format!("tenant = ?{}", values.len() + 1));
+            values.push(tenant.clone().into());
+        }
         if !self.statuses.is_empty() {
             conditions.push(status_in(self.statuses.len(), values.len() + 1));
             values.extend(self.statuses.iter().map(|s| s.to_string().into()));
         }
+        let total = match &self.tenant {
+            None => count_jobs(&tx, &self.statuses)?,
+            // A tenant's jobs are counted on its index (the per-status counts are server-wide).
+            Some(_) => count_tenant_jobs(&tx, &self.statuses, &values[first_counted..])?,
+        };
         let filter = if conditions.is_empty() {
             String::new()
         } else {
@@ -818,7 +879,7 @@ impl PageQuery {
 }
 
 /// A summary from `id, status, prompt_head, steps, created_at, started_at, finished_at, error,
-/// provider, first_step, prompt_tokens, completion_tokens, total_tokens`.
+/// provider, first_step, prompt_tokens, completion_tokens, total_tokens, tenant`.
 fn summary_from_row(row: &rusqlite::Row<'_>) -> Result<JobSummary, StoreError> {
     let text = |i: usize| -> Result<&str, StoreError> {
         row.get_ref(i)
@@ -860,6 +921,7 @@ fn summary_from_row(row: &rusqlite::Row<'_>) -> Result<JobSummary, StoreError> {
             completion_tokens: tokens(11)?,
             total_tokens: tokens(12)?,
         },
+        tenant: opt_text(13)?,
     })
 }
 
@@ -914,7 +976,7 @@ impl JobStore for SqliteStore {
             let (jobs, total, next) = query.run(
                 conn,
                 "id, status, prompt_head, steps, created_at, started_at, finished_at, error, \
-                 provider, first_step, prompt_tokens, completion_tokens, total_tokens",
+                 provider, first_step, prompt_tokens, completion_tokens, total_tokens, tenant",
                 |row| {
                     let summary = summary_from_row(row)?;
                     let at = JobCursor::of(summary.created_at, summary.id);

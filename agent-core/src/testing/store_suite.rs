@@ -41,7 +41,9 @@ use crate::store::{
 ///   missing job (`NotFound`), events of an unknown job (empty);
 /// - `finished_before` (in batches, those that finished first first), `delete_jobs` and
 ///   `count_by_status`;
-/// - concurrent inserts and appends from several tasks to different jobs.
+/// - concurrent inserts and appends from several tasks to different jobs;
+/// - tenants: a tenant filter (alone, with statuses, with a cursor) lists only that tenant's
+///   jobs, newest first, with its own total, in `list_jobs` and `list_summaries` alike.
 pub async fn store_suite<F, Fut>(make: F)
 where
     F: Fn() -> Fut,
@@ -55,6 +57,7 @@ where
     deletion(make().await).await;
     retention_and_counts(make().await).await;
     concurrency(make().await).await;
+    tenants(make().await).await;
 }
 
 fn at(secs: i64) -> DateTime<Utc> {
@@ -1030,4 +1033,69 @@ async fn mixed_writes(store: Arc<dyn JobStore>, existing: Job, jobs: u64, existi
         existing_last,
         "mixed writes: refused appends stored nothing"
     );
+}
+
+async fn tenants(store: Arc<dyn JobStore>) {
+    let owners = [
+        Some("a"),
+        Some("b"),
+        None,
+        Some("a"),
+        Some("a"),
+        None,
+        Some("b"),
+    ];
+    let mut jobs = Vec::new();
+    for (i, owner) in owners.iter().enumerate() {
+        let mut job = job_at(i as i64);
+        job.spec.tenant = owner.map(str::to_string);
+        if i % 2 == 1 {
+            job.transition(JobStatus::Running).unwrap();
+        }
+        store.insert_job(&job).await.unwrap();
+        jobs.push(job);
+    }
+    let got = store.get_job(jobs[0].id).await.unwrap().unwrap();
+    assert_eq!(got.spec.tenant.as_deref(), Some("a"), "tenants: round trip");
+    jobs.reverse(); // newest first
+    for (tenant, statuses) in [
+        ("a", vec![]),
+        ("b", vec![]),
+        ("a", vec![JobStatus::Running]),
+        ("a", vec![JobStatus::Queued, JobStatus::Running]),
+        ("nobody", vec![]),
+    ] {
+        let mut filter = JobFilter::default().of_tenant(tenant);
+        filter.statuses = statuses.clone();
+        let want: Vec<JobId> = jobs
+            .iter()
+            .filter(|j| filter.matches(j))
+            .map(|j| j.id)
+            .collect();
+        let what = format!("tenants: {tenant} {statuses:?}");
+        let total = store.list_jobs(&filter).await.unwrap().total;
+        assert_eq!(total, want.len() as u64, "{what}: total");
+        let ids = walk(&*store, filter.page(2, 0), &what).await;
+        assert_eq!(ids, want, "{what}: lists its own jobs");
+    }
+    // A status change keeps the job its tenant's.
+    let mut moved = jobs[0].clone();
+    moved.transition(JobStatus::Running).unwrap();
+    store.update_job(&moved).await.unwrap();
+    let running_b = JobFilter::default()
+        .of_tenant("b")
+        .with_status(JobStatus::Running)
+        .page(2, 0);
+    let ids = walk(&*store, running_b, "tenants: after an update").await;
+    assert!(
+        ids.contains(&moved.id),
+        "tenants: an updated job stays listed"
+    );
+    let all = walk(
+        &*store,
+        JobFilter::default().page(2, 0),
+        "tenants: no filter",
+    )
+    .await;
+    assert_eq!(all.len(), owners.len(), "tenants: no filter lists all");
 }

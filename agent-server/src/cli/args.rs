@@ -162,6 +162,24 @@ pub enum Command {
         #[arg(long, short = 'o', value_name = "PATH")]
         out: Option<PathBuf>,
     },
+    /// API tokens of tenants (`AGENT_API_TOKENS_FILE`).
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+/// `agent token …`.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Make a tenant's token: prints the token once (on the first line; it is stored nowhere)
+    /// and the entry to add to the `tenants` list of `AGENT_API_TOKENS_FILE` (its SHA-256,
+    /// never the token).
+    New {
+        /// The tenant's name (ASCII letters, digits, `-`, `_`, `.`; at most 64).
+        name: String,
+        /// Give it the admin scope: it sees and controls every tenant's jobs.
+        #[arg(long)]
+        admin: bool,
+    },
 }
 
 /// Reads a plan file: `{"steps":[…]}` (a plan, the summary optional) or a bare array of steps.

@@ -13,7 +13,7 @@ mod progress;
 mod remote;
 mod sandbox;
 
-pub use args::{read_plan, Cli, Command, JobArgs, SandboxCommand};
+pub use args::{read_plan, Cli, Command, JobArgs, SandboxCommand, TokenCommand};
 
 use agent_core::{JobId, JobStatus};
 
@@ -169,7 +169,27 @@ async fn run_command(cli: Cli) -> Result<Exit, Exit> {
             let id = parse_id(id)?;
             remote::download(&client()?, id, out.as_deref(), json).await
         }
+        Command::Token(TokenCommand::New { ref name, admin }) => new_token(name, admin, json),
     }
+}
+
+/// `agent token new`: the token on stdout's first line, the file entry on the second.
+fn new_token(name: &str, admin: bool, json: bool) -> Result<Exit, Exit> {
+    let token = crate::tenants::new_token();
+    let entry =
+        crate::tenants::file_entry(name, &token, admin).map_err(|e| fail(Exit::Usage, e))?;
+    if json {
+        let entry: serde_json::Value =
+            serde_json::from_str(&entry).map_err(|e| fail(Exit::Internal, e))?;
+        println!("{}", serde_json::json!({"token": token, "entry": entry}));
+    } else {
+        println!("{token}\n{entry}");
+        eprintln!(
+            "The first line is {name}'s token: give it to them now, it is not stored anywhere.\n\
+             Add the second line to the \"tenants\" list of AGENT_API_TOKENS_FILE and restart the server."
+        );
+    }
+    Ok(Exit::Ok)
 }
 
 async fn sandbox_command(client: &Client, cmd: &SandboxCommand, json: bool) -> Result<Exit, Exit> {
