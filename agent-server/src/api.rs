@@ -319,6 +319,9 @@ pub struct StatusResponse {
     /// LLM tokens used over the whole job (planning and repairs; zeros for explicit steps).
     #[serde(default)]
     pub usage: UsageView,
+    /// The tenant that submitted it (absent: the admin, or a server without tenants).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     /// Every step run so far.
     pub steps: Vec<StepView>,
     /// The result ZIP, once written.
@@ -404,6 +407,7 @@ impl StatusResponse {
             error: job.error.clone(),
             provider: job.provider.clone(),
             usage: UsageView::from(job.usage),
+            tenant: job.spec.tenant.clone(),
             steps: job
                 .steps
                 .iter()
@@ -509,6 +513,9 @@ pub struct JobSummary {
     /// Tokens its LLM calls used.
     #[serde(default)]
     pub usage: UsageView,
+    /// The tenant that submitted it (absent: the admin, or a server without tenants).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 impl JobSummary {
@@ -532,6 +539,7 @@ impl From<agent_core::store::JobSummary> for JobSummary {
             provider: s.provider,
             first_step: s.first_step,
             usage: s.usage.into(),
+            tenant: s.tenant,
         }
     }
 }

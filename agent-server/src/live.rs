@@ -186,8 +186,10 @@ pub fn checks_own_access(path: &str) -> bool {
     path.starts_with("/desktop/") || path.starts_with("/jupyter/")
 }
 
-/// The job id, the first segment of the path.
-struct LiveJob(JobId);
+/// The job id, the first segment of the path, and whether the API's auth layer identified the
+/// caller by a bearer token (a tenant's token is taken only for its own jobs: the auth layer
+/// answers 404 for the others before this runs).
+struct LiveJob(JobId, bool);
 
 impl<S: Send + Sync> FromRequestParts<S> for LiveJob {
     type Rejection = ApiError;
@@ -203,9 +205,13 @@ impl<S: Send + Sync> FromRequestParts<S> for LiveJob {
             .nth(2)
             .unwrap_or_default()
             .to_string();
-        raw.parse::<JobId>().map(LiveJob).map_err(|e| {
-            ApiError::new(StatusCode::BAD_REQUEST, "invalid_job_id", e.to_string()).with_field("id")
-        })
+        let bearer = parts.extensions.get::<crate::tenants::Caller>().is_some();
+        raw.parse::<JobId>()
+            .map(|id| LiveJob(id, bearer))
+            .map_err(|e| {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_job_id", e.to_string())
+                    .with_field("id")
+            })
     }
 }
 
@@ -231,7 +237,7 @@ struct Granted {
 
 fn check_access(
     state: &LiveState,
-    job: JobId,
+    (job, bearer): (JobId, bool),
     service: AccessService,
     uri: &Uri,
     headers: &HeaderMap,
@@ -243,7 +249,7 @@ fn check_access(
             grant: None,
             from_query: None,
         }),
-        (None, Some(api)) if bearer_matches(headers, api) => Ok(Granted {
+        (None, Some(api)) if bearer || bearer_matches(headers, api) => Ok(Granted {
             grant: None,
             from_query: None,
         }),
@@ -409,13 +415,18 @@ fn asset_response(path: &str, cache: bool) -> Response {
 /// The viewer page.
 async fn viewer(
     State(state): State<LiveState>,
-    LiveJob(job): LiveJob,
+    LiveJob(job, bearer): LiveJob,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let Granted { grant, from_query } =
-        check_access(&state, job, AccessService::Desktop, &uri, &headers)?;
+    let Granted { grant, from_query } = check_access(
+        &state,
+        (job, bearer),
+        AccessService::Desktop,
+        &uri,
+        &headers,
+    )?;
     if let (Some(token), Some(grant)) = (&from_query, &grant) {
         if wants_redirect(&method, &headers) {
             return Ok(cookie_redirect(
@@ -450,11 +461,17 @@ async fn viewer(
 /// The viewer's script and noVNC's files.
 async fn asset(
     State(state): State<LiveState>,
-    LiveJob(job): LiveJob,
+    LiveJob(job, bearer): LiveJob,
     uri: Uri,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    check_access(&state, job, AccessService::Desktop, &uri, &headers)?;
+    check_access(
+        &state,
+        (job, bearer),
+        AccessService::Desktop,
+        &uri,
+        &headers,
+    )?;
     let path = uri
         .path()
         .splitn(4, '/')
@@ -477,12 +494,18 @@ async fn asset(
 /// token).
 async fn websockify(
     State(state): State<LiveState>,
-    LiveJob(job): LiveJob,
+    LiveJob(job, bearer): LiveJob,
     uri: Uri,
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> ApiResult<Response> {
-    let Granted { grant, .. } = check_access(&state, job, AccessService::Desktop, &uri, &headers)?;
+    let Granted { grant, .. } = check_access(
+        &state,
+        (job, bearer),
+        AccessService::Desktop,
+        &uri,
+        &headers,
+    )?;
     let ws = ws.map_err(|e| ApiError::new(e.status(), "websocket_expected", e.body_text()))?;
     let port = if grant.is_some_and(|g| g.view_only) {
         VNC_VIEW_PORT
@@ -508,12 +531,12 @@ async fn websockify(
 /// Jupyter Lab, proxied.
 async fn jupyter(
     State(state): State<LiveState>,
-    LiveJob(job): LiveJob,
+    LiveJob(job, bearer): LiveJob,
     req: Request,
 ) -> ApiResult<Response> {
     let Granted { grant, from_query } = check_access(
         &state,
-        job,
+        (job, bearer),
         AccessService::Jupyter,
         req.uri(),
         req.headers(),

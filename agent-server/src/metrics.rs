@@ -99,6 +99,33 @@ struct Inner {
     step_duration: BTreeMap<&'static str, Histogram>,
     finished: BTreeMap<&'static str, u64>,
     llm: BTreeMap<String, LlmStats>,
+    /// Jobs made, by tenant label.
+    tenant_created: BTreeMap<String, u64>,
+    /// Jobs finished, by tenant label and status.
+    tenant_finished: BTreeMap<(String, &'static str), u64>,
+    /// Every tenant label (`admin` and the configured tenants): each is rendered, zeros too.
+    tenant_labels: Vec<String>,
+}
+
+/// What a job event counts for its tenant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TenantCount {
+    /// A new job (its first status).
+    Created,
+    /// A job that reached this final status.
+    Finished(&'static str),
+}
+
+impl TenantCount {
+    fn of(event: &JobEvent) -> Option<Self> {
+        match &event.kind {
+            EventKind::Status { status, .. } if status.is_terminal() => {
+                Some(Self::Finished(status.as_str()))
+            }
+            EventKind::Status { .. } if event.seq == 1 => Some(Self::Created),
+            _ => None,
+        }
+    }
 }
 
 /// The server's metrics registry. Cheap to share (`Arc`).
@@ -141,6 +168,9 @@ impl Metrics {
                 step_duration: BTreeMap::new(),
                 finished: BTreeMap::new(),
                 llm: BTreeMap::new(),
+                tenant_created: BTreeMap::new(),
+                tenant_finished: BTreeMap::new(),
+                tenant_labels: vec![crate::tenants::ADMIN_LABEL.to_string()],
             }),
         }
     }
@@ -225,14 +255,59 @@ impl Metrics {
         }
     }
 
-    /// Feeds every event of every job into the registry until the manager stops.
-    pub fn spawn_collector(self: &Arc<Self>, manager: &JobManager) -> tokio::task::JoinHandle<()> {
+    /// Counts a job event for the tenant labelled `label`.
+    fn record_tenant(&self, label: &str, count: TenantCount) {
+        let mut inner = self.lock();
+        match count {
+            TenantCount::Created => {
+                *inner.tenant_created.entry(label.to_string()).or_insert(0) += 1
+            }
+            TenantCount::Finished(status) => {
+                *inner
+                    .tenant_finished
+                    .entry((label.to_string(), status))
+                    .or_insert(0) += 1;
+            }
+        }
+    }
+
+    /// Feeds every event of every job into the registry until the manager stops. A job's
+    /// creation and end are also counted for its tenant (read from the store), labelled as
+    /// [`Tokens::label`](crate::tenants::Tokens::label) says.
+    pub fn spawn_collector(
+        self: &Arc<Self>,
+        manager: &JobManager,
+        tokens: crate::tenants::Tokens,
+    ) -> tokio::task::JoinHandle<()> {
         let mut rx = manager.subscribe_all();
+        // The store, not the manager: holding the manager would keep its event channel open.
+        let store = Arc::clone(manager.store());
         let metrics = Arc::clone(self);
+        {
+            let mut inner = self.lock();
+            let mut labels = vec![crate::tenants::ADMIN_LABEL.to_string()];
+            labels.extend(tokens.names().iter().cloned());
+            if tokens.has_tenants() {
+                labels.push(crate::tenants::OTHER_LABEL.to_string());
+            }
+            inner.tenant_labels = labels;
+        }
         tokio::spawn(async move {
             loop {
                 match rx.recv().await {
-                    Ok(event) => metrics.record_event(&event),
+                    Ok(event) => {
+                        metrics.record_event(&event);
+                        if let Some(count) = TenantCount::of(&event) {
+                            let tenant = match store.get_job(event.job_id).await {
+                                Ok(job) => job.and_then(|j| j.spec.tenant),
+                                Err(e) => {
+                                    tracing::debug!(error = %e, "metrics: reading a job's tenant failed");
+                                    None
+                                }
+                            };
+                            metrics.record_tenant(tokens.label(tenant.as_deref()), count);
+                        }
+                    }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                         tracing::debug!(skipped = n, "metrics collector lagged behind job events");
                     }
@@ -299,6 +374,33 @@ impl Metrics {
         {
             let n = inner.finished.get(st.as_str()).copied().unwrap_or(0);
             let _ = writeln!(out, "agent_jobs_finished_total{{status=\"{st}\"}} {n}");
+        }
+        out.push_str("# HELP agent_tenant_jobs_created_total Jobs (and live sandboxes) made since the server started, by tenant (`admin`: the admin's; `other`: a tenant no longer configured).\n# TYPE agent_tenant_jobs_created_total counter\n");
+        for label in &inner.tenant_labels {
+            let n = inner.tenant_created.get(label).copied().unwrap_or(0);
+            let _ = writeln!(
+                out,
+                "agent_tenant_jobs_created_total{{tenant=\"{}\"}} {n}",
+                escape_label(label)
+            );
+        }
+        out.push_str("# HELP agent_tenant_jobs_finished_total Jobs that reached a final status since the server started, by tenant and status.\n# TYPE agent_tenant_jobs_finished_total counter\n");
+        for label in &inner.tenant_labels {
+            for st in agent_core::JobStatus::ALL
+                .iter()
+                .filter(|s| s.is_terminal())
+            {
+                let n = inner
+                    .tenant_finished
+                    .get(&(label.clone(), st.as_str()))
+                    .copied()
+                    .unwrap_or(0);
+                let _ = writeln!(
+                    out,
+                    "agent_tenant_jobs_finished_total{{tenant=\"{}\",status=\"{st}\"}} {n}",
+                    escape_label(label)
+                );
+            }
         }
         out.push_str("# HELP agent_step_duration_seconds Wall time of steps, by outcome.\n# TYPE agent_step_duration_seconds histogram\n");
         for outcome in ["succeeded", "failed"] {

@@ -12,7 +12,7 @@ use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
@@ -33,13 +33,17 @@ use crate::extract::{ApiJson, JobIdParam};
 use crate::logs::{event_name, LogFormatter};
 use crate::metrics::Metrics;
 use crate::openapi::openapi_json;
+use crate::tenants::Caller;
 use agent_core::SecretString;
 
 /// Settings of the HTTP layer.
 #[derive(Clone, Debug)]
 pub struct ApiSettings {
-    /// When set, every endpoint but `GET /` needs this bearer token.
+    /// When set, every endpoint but `GET /` needs this bearer token (the admin's).
     pub api_token: Option<SecretString>,
+    /// Every token the API takes: the admin's and the tenants' ([`crate::tenants`]). Empty:
+    /// made from `api_token` alone.
+    pub tokens: crate::tenants::Tokens,
     /// Serve `/docs` and `/openapi.json` without the token.
     pub public_docs: bool,
     /// Largest request body, in bytes.
@@ -84,6 +88,7 @@ impl Default for ApiSettings {
     fn default() -> Self {
         Self {
             api_token: None,
+            tokens: crate::tenants::Tokens::default(),
             public_docs: false,
             max_body_bytes: 1 << 20,
             defaults: JobDefaults::default(),
@@ -126,10 +131,24 @@ impl AppState {
         metrics: Arc<Metrics>,
         llm_providers: Vec<String>,
     ) -> Self {
-        metrics.spawn_collector(&manager);
+        let mut settings = settings;
+        if !settings.tokens.required() {
+            // A token that is also a tenant's is refused when the server is configured; here
+            // there are no tenants.
+            settings.tokens =
+                crate::tenants::Tokens::new(settings.api_token.as_ref(), &[]).unwrap_or_default();
+        }
+        metrics.spawn_collector(&manager, settings.tokens.clone());
+        // The live paths take the admin's bearer token themselves, and a tenant's through the
+        // auth layer; with tenants but no admin token, theirs is one nobody holds.
+        let live_token = match (&settings.api_token, settings.tokens.required()) {
+            (Some(token), _) => Some(token.clone()),
+            (None, true) => Some(SecretString::new(crate::tenants::new_token())),
+            (None, false) => None,
+        };
         let live = crate::live::LiveState {
             signer: crate::access::AccessSigner::random(),
-            api_token: settings.api_token.clone(),
+            api_token: live_token,
             services: Arc::new(crate::live::ManagerServices::new(manager.clone())),
         };
         Self {
@@ -158,13 +177,25 @@ impl AppState {
         &self.inner.settings
     }
 
+    /// The API's tokens.
+    pub fn tokens(&self) -> &crate::tenants::Tokens {
+        &self.inner.settings.tokens
+    }
+
     /// Checks a job's (or live sandbox's) spec against the operator policy before it goes to the
     /// job manager: 403 `policy_refused` naming the field and the limit. Every front end that
     /// makes jobs (`/schedule`, `/sandboxes`, MCP) calls it.
     /// (The spec's own validation runs first, so a malformed value is a 422 naming it, as
     /// before.)
-    pub fn admit(&self, spec: &agent_core::JobSpec) -> ApiResult<()> {
-        self.inner.settings.policy.admit(spec)
+    /// The job is stamped as `caller`'s ([`Caller::stamp`](crate::tenants::Caller::stamp)).
+    pub fn admit(
+        &self,
+        caller: &crate::tenants::Caller,
+        spec: &mut agent_core::JobSpec,
+    ) -> ApiResult<()> {
+        self.inner.settings.policy.admit(spec)?;
+        caller.stamp(spec);
+        Ok(())
     }
 
     /// The operator policy.
@@ -184,7 +215,7 @@ impl AppState {
 /// The API's router, with auth, the body limit and the JSON 404/405 fallbacks. (No per-request
 /// tracing layer: it cost a noticeable share of `GET /status` throughput; 5xx answers are logged.)
 pub fn app(state: AppState) -> Router {
-    let sessions = crate::session::Sessions::new(state.inner.settings.api_token.clone());
+    let sessions = crate::session::Sessions::new(state.tokens().clone());
     let docs: Router<AppState> = SwaggerUi::new("/docs")
         .external_url_unchecked("/openapi.json", openapi_json())
         .into();
@@ -240,35 +271,56 @@ fn is_public(settings: &ApiSettings, method: &Method, path: &str) -> bool {
 
 /// Whether `headers` carry `Authorization: Bearer <token>`; compares in constant time.
 pub fn bearer_matches(headers: &HeaderMap, token: &SecretString) -> bool {
-    let Some(value) = headers.get(header::AUTHORIZATION) else {
-        return false;
-    };
-    let value = value.as_bytes();
-    let Some(presented) = value
-        .get(..7)
-        .filter(|scheme| scheme.eq_ignore_ascii_case(b"bearer "))
-        .and_then(|_| value.get(7..))
-    else {
-        return false;
-    };
-    let presented = presented.trim_ascii();
-    bool::from(presented.ct_eq(token.expose().as_bytes()))
+    crate::tenants::bearer_token(headers)
+        .is_some_and(|presented| bool::from(presented.ct_eq(token.expose().as_bytes())))
 }
 
+/// Identifies the caller (a bearer token, else the login cookie; everyone is the admin on a
+/// server without tokens), refuses an unknown one with 401 off the public paths, and puts the
+/// [`Caller`](crate::tenants::Caller) in the request's extensions for the handlers. A tenant's
+/// request naming a job it does not own (`/{route}/{job id}/…`, every such route) is answered
+/// 404 exactly as for an unknown id, before any handler runs.
 async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let settings = &state.inner.settings;
-    if let Some(token) = settings.api_token.as_ref() {
-        if !is_public(settings, req.method(), req.uri().path())
-            && !bearer_matches(req.headers(), token)
-            && req
-                .extensions()
-                .get::<crate::session::SessionAuth>()
-                .is_none()
-        {
-            return ApiError::unauthorized().into_response();
+    let tokens = state.tokens();
+    let path = req.uri().path();
+    let caller = if !tokens.required() {
+        Some(crate::tenants::Caller::admin())
+    } else if let Some(caller) = tokens.bearer(req.headers()) {
+        Some(caller)
+    } else if crate::live::checks_own_access(path) {
+        // The desktop and Jupyter paths take a signed access token, or a bearer token; not the
+        // login cookie.
+        None
+    } else {
+        req.extensions()
+            .get::<crate::session::SessionAuth>()
+            .map(|s| s.0.clone())
+    };
+    let Some(caller) = caller else {
+        if is_public(&state.inner.settings, req.method(), path) {
+            return next.run(req).await;
+        }
+        return ApiError::unauthorized().into_response();
+    };
+    let (mut parts, body) = req.into_parts();
+    if let Some(id) = job_in_path(&mut parts).await {
+        if let Err(e) = caller.check(&state.inner.manager, id).await {
+            return ApiError::from(e).into_response();
         }
     }
-    next.run(req).await
+    parts.extensions.insert(caller);
+    next.run(Request::from_parts(parts, body)).await
+}
+
+/// The job id of the route's `{id}` (percent-decoded, as the handler sees it), when it is one.
+/// (A layer of the router runs after routing, so the route's captures are known.)
+async fn job_in_path(parts: &mut axum::http::request::Parts) -> Option<agent_core::JobId> {
+    use axum::extract::FromRequestParts as _;
+    let params = axum::extract::RawPathParams::from_request_parts(parts, &())
+        .await
+        .ok()?;
+    let (_, id) = params.iter().find(|(name, _)| *name == "id")?;
+    id.parse().ok()
 }
 
 async fn not_found() -> ApiError {
@@ -342,6 +394,7 @@ pub(crate) async fn health(State(state): State<AppState>) -> (StatusCode, Json<H
     security(("bearer" = [])))]
 pub(crate) async fn schedule(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     req: Request,
 ) -> ApiResult<(StatusCode, HeaderMap, Json<ScheduleResponse>)> {
     let (req, inputs) = if crate::uploads::is_multipart(req.headers()) {
@@ -354,8 +407,8 @@ pub(crate) async fn schedule(
         let ApiJson(req) = ApiJson::<ScheduleRequest>::from_request(req, &state).await?;
         (req, None)
     };
-    let spec = req.into_spec(&state.inner.settings.defaults)?;
-    state.admit(&spec)?;
+    let mut spec = req.into_spec(&state.inner.settings.defaults)?;
+    state.admit(&caller, &mut spec)?;
     let manager = &state.inner.manager;
     let job_id = match inputs {
         Some(inputs) if !inputs.is_empty() => manager.submit_with_inputs(spec, inputs).await?,
@@ -456,6 +509,7 @@ fn parse_number(field: &str, value: Option<&str>, default: usize, max: usize) ->
     security(("bearer" = [])))]
 pub(crate) async fn list_jobs(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     query: Result<Query<JobsQuery>, QueryRejection>,
 ) -> ApiResult<Json<JobsResponse>> {
     let Query(q) = query.map_err(|e| ApiError::bad_request("query", e.body_text()))?;
@@ -487,7 +541,11 @@ pub(crate) async fn list_jobs(
             .map_err(|e: agent_core::Error| ApiError::bad_request("cursor", e.to_string()))?;
         filter = filter.after(cursor);
     }
-    let page = state.inner.manager.list_summaries(&filter).await?;
+    let page = state
+        .inner
+        .manager
+        .list_summaries(&caller.narrow(filter))
+        .await?;
     Ok(Json(JobsResponse {
         jobs: page.jobs.into_iter().map(JobSummary::from).collect(),
         total: page.total,
@@ -674,11 +732,24 @@ pub(crate) async fn logs_stream(
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
-/// Prometheus metrics (text exposition format).
+/// Prometheus metrics (text exposition format). The admin's only: they count every tenant's
+/// jobs (a tenant's token gets 403 `forbidden`).
 #[utoipa::path(get, path = "/metrics", tag = "service",
-    responses((status = 200, description = "Metrics", content_type = "text/plain", body = String)),
+    responses((status = 200, description = "Metrics", content_type = "text/plain", body = String),
+              (status = 403, description = "A tenant's token (`forbidden`: the metrics are the admin's)", body = ErrorBody)),
     security(("bearer" = [])))]
-pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
+pub(crate) async fn metrics(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Response {
+    if !caller.is_admin() {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the metrics count every tenant's jobs: they need an admin token",
+        )
+        .into_response();
+    }
     let text = state.inner.metrics.render(&state.inner.manager).await;
     let mut resp = Response::new(Body::from(text));
     resp.headers_mut().insert(

@@ -35,7 +35,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
-use agent_core::manager::{SandboxInfo, TextSink, MAX_PUT_FILE_BYTES};
+use agent_core::manager::{JobManager, SandboxInfo, TextSink, MAX_PUT_FILE_BYTES};
 use agent_core::{
     JobId, JobSpec, JobStatus, LiveSettings, NetworkMode, OutputStream, ResourceLimits, Service,
     Step, StepRecord, StepResult, StepStatus,
@@ -348,6 +348,20 @@ pub struct SandboxList {
     pub sandboxes: Vec<SandboxView>,
 }
 
+impl SandboxList {
+    /// The live sandboxes `caller` may see, oldest first.
+    pub async fn of(manager: &JobManager, caller: &crate::tenants::Caller) -> Self {
+        let sandboxes = manager.sandboxes().await;
+        Self {
+            sandboxes: sandboxes
+                .iter()
+                .filter(|s| caller.owns(s.tenant.as_deref()))
+                .map(SandboxView::from_info)
+                .collect(),
+        }
+    }
+}
+
 /// `POST /sandboxes/{id}/steps`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -583,10 +597,11 @@ fn file_path(query: Result<Query<PathQuery>, QueryRejection>) -> ApiResult<Strin
     security(("bearer" = [])))]
 pub(crate) async fn create(
     State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<crate::tenants::Caller>,
     ApiJson(req): ApiJson<CreateSandboxRequest>,
 ) -> ApiResult<(StatusCode, HeaderMap, Json<SandboxView>)> {
-    let spec = req.into_spec(&state.settings().defaults)?;
-    state.admit(&spec)?;
+    let mut spec = req.into_spec(&state.settings().defaults)?;
+    state.admit(&caller, &mut spec)?;
     let job = state.manager().create_sandbox(spec).await?;
     let info = state.manager().sandbox(job.id).await?;
     let mut headers = HeaderMap::new();
@@ -600,15 +615,15 @@ pub(crate) async fn create(
     ))
 }
 
-/// Lists the live sandboxes.
+/// Lists the live sandboxes (a tenant's: its own).
 #[utoipa::path(get, path = "/sandboxes", tag = "sandboxes",
     responses((status = 200, body = SandboxList)),
     security(("bearer" = [])))]
-pub(crate) async fn list(State(state): State<AppState>) -> Json<SandboxList> {
-    let sandboxes = state.manager().sandboxes().await;
-    Json(SandboxList {
-        sandboxes: sandboxes.iter().map(SandboxView::from_info).collect(),
-    })
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<crate::tenants::Caller>,
+) -> Json<SandboxList> {
+    Json(SandboxList::of(state.manager(), &caller).await)
 }
 
 /// One live sandbox (an ended one is a 409 that says how it ended; `/status/{id}` keeps its

@@ -93,6 +93,7 @@ pub async fn build_state(config: &ServerConfig) -> Result<AppState, ServeError> 
         )));
     }
     let defaults = config.job_defaults().map_err(ServeError::Config)?;
+    let tokens = config.tokens().map_err(ServeError::Config)?;
     let policy = config.operator_policy().map_err(ServeError::Config)?;
     tokio::fs::create_dir_all(&config.output_dir)
         .await
@@ -137,13 +138,15 @@ pub async fn build_state(config: &ServerConfig) -> Result<AppState, ServeError> 
         output_dir = %config.output_dir.display(),
         image = %config.image,
         llm = %if names.is_empty() { "none (explicit steps only)".to_string() } else { names.join(" -> ") },
-        auth = config.token().is_some(),
+        auth = tokens.required(),
+        tenants = tokens.has_tenants(),
         allowed_images = %policy.images().collect::<Vec<_>>().join(","),
         allow_network = policy.allows_network(),
         "job manager started"
     );
     let settings = ApiSettings {
         api_token: config.token().cloned(),
+        tokens,
         public_docs: config.public_docs,
         max_body_bytes: config.max_body_bytes,
         defaults,

@@ -17,6 +17,10 @@ use agent_core::{EventKind, JobEvent, JobId, JobStatus};
 
 use crate::error::ErrorBody;
 use crate::routes::AppState;
+use crate::tenants::Caller;
+use agent_core::JobStore;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// One `status` event of `GET /events`: a job changed status (`queued` is a new job).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -52,6 +56,56 @@ impl JobStatusEvent {
     }
 }
 
+/// Whose jobs' events a stream of `GET /events` carries: a tenant's own (each job's owner read
+/// from the store once and remembered), the admin's every job's.
+#[derive(Clone)]
+struct Visible {
+    caller: Caller,
+    store: Arc<dyn JobStore>,
+    known: Arc<Mutex<HashMap<JobId, bool>>>,
+}
+
+/// Jobs whose owner a stream remembers; past it, it forgets them all and reads again.
+const MAX_KNOWN_JOBS: usize = 10_000;
+
+impl Visible {
+    fn new(caller: Caller, store: Arc<dyn JobStore>) -> Self {
+        Self {
+            caller,
+            store,
+            known: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    fn known(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, bool>> {
+        self.known.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    async fn allows(&self, event: &JobEvent) -> bool {
+        if self.caller.is_admin() {
+            return true;
+        }
+        let id = event.job_id;
+        if let Some(&seen) = self.known().get(&id) {
+            return seen;
+        }
+        let seen = match self.store.get_job(id).await {
+            Ok(Some(job)) => self.caller.sees(&job),
+            Ok(None) => false,
+            Err(e) => {
+                tracing::warn!(job_id = %id, error = %e, "events: reading a job's owner failed");
+                return false;
+            }
+        };
+        let mut known = self.known();
+        if known.len() >= MAX_KNOWN_JOBS {
+            known.clear();
+        }
+        known.insert(id, seen);
+        seen
+    }
+}
+
 fn to_sse(item: Result<JobEvent, BroadcastStreamRecvError>) -> Option<Event> {
     match item {
         Ok(event) => {
@@ -67,7 +121,7 @@ fn to_sse(item: Result<JobEvent, BroadcastStreamRecvError>) -> Option<Event> {
     }
 }
 
-/// Every job's status changes, live, as Server-Sent Events: `status` events
+/// Every job's status changes (a tenant's: its own jobs'), live, as Server-Sent Events: `status` events
 /// (`{"job_id","status","error"?,"seq","at"}`) as they happen, and a `lagged` event
 /// (`{"skipped":N}`) when this client fell behind and missed some (re-read `GET /jobs` then).
 /// Nothing is replayed: read `GET /jobs` after connecting. The stream ends when the server
@@ -79,10 +133,22 @@ fn to_sse(item: Result<JobEvent, BroadcastStreamRecvError>) -> Option<Event> {
     security(("bearer" = [])))]
 pub(crate) async fn events(
     State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let rx = state.manager().subscribe_all();
+    let visible = Visible::new(caller, Arc::clone(state.manager().store()));
     let stream = BroadcastStream::new(rx)
-        .filter_map(|item| futures::future::ready(to_sse(item).map(Ok::<_, Infallible>)))
+        .filter_map(move |item| {
+            let visible = visible.clone();
+            async move {
+                if let Ok(event) = &item {
+                    if JobStatusEvent::from_event(event).is_some() && !visible.allows(event).await {
+                        return None;
+                    }
+                }
+                to_sse(item).map(Ok::<_, Infallible>)
+            }
+        })
         .take_until(state.shutdown_token().clone().cancelled_owned());
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }

@@ -132,7 +132,7 @@ pub(crate) async fn info(State(state): State<AppState>) -> Json<ServerInfo> {
         .collect();
     Json(ServerInfo {
         version: env!("CARGO_PKG_VERSION").to_string(),
-        auth_required: settings.api_token.is_some(),
+        auth_required: settings.tokens.required(),
         defaults: InfoDefaults {
             image: settings.image.clone(),
             network: settings.defaults.network.to_string(),

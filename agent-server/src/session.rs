@@ -22,12 +22,11 @@ use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use subtle::ConstantTimeEq;
 use utoipa::ToSchema;
 
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::ApiJson;
-use agent_core::SecretString;
+use crate::tenants::{Caller, Tokens};
 
 /// The session cookie's name.
 pub const COOKIE_NAME: &str = "agent_session";
@@ -41,15 +40,16 @@ pub const SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
 /// The most sessions kept at once; past it the oldest is dropped.
 pub const MAX_SESSIONS: usize = 10_000;
 
-/// Marks a request authenticated by a valid session cookie (set by [`authenticate`], read by the
-/// API's auth check).
-#[derive(Clone, Copy, Debug)]
-pub struct SessionAuth;
+/// Marks a request authenticated by a valid session cookie, with who logged in (set by
+/// [`authenticate`], read by the API's auth check).
+#[derive(Clone, Debug)]
+pub struct SessionAuth(pub Caller);
 
 #[derive(Debug)]
 struct Entry {
     expires: Instant,
     expires_at: DateTime<Utc>,
+    caller: Caller,
 }
 
 #[derive(Debug, Default)]
@@ -60,15 +60,16 @@ struct Table {
 /// The server's sessions (in memory: a restart logs everyone out). Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Sessions {
-    token: Option<SecretString>,
+    tokens: Tokens,
     table: Arc<Mutex<Table>>,
 }
 
 impl Sessions {
-    /// Sessions for a server whose API token is `token` (`None`: no login needed).
-    pub fn new(token: Option<SecretString>) -> Self {
+    /// Sessions for a server that takes `tokens` (none: no login needed). A session remembers
+    /// who logged in: a tenant's dashboard shows only its jobs.
+    pub fn new(tokens: Tokens) -> Self {
         Self {
-            token,
+            tokens,
             table: Arc::new(Mutex::new(Table::default())),
         }
     }
@@ -80,11 +81,11 @@ impl Sessions {
 
     /// Whether the server wants a token at all.
     pub fn required(&self) -> bool {
-        self.token.is_some()
+        self.tokens.required()
     }
 
-    /// A new session: its id (64 hex digits from the OS-seeded CSPRNG) and expiry.
-    fn create(&self) -> (String, DateTime<Utc>) {
+    /// A new session of `caller`: its id (64 hex digits from the OS-seeded CSPRNG) and expiry.
+    fn create(&self, caller: Caller) -> (String, DateTime<Utc>) {
         let bytes: [u8; 32] = rand::random();
         let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         let now = Instant::now();
@@ -107,20 +108,21 @@ impl Sessions {
             Entry {
                 expires: now + SESSION_LIFETIME,
                 expires_at,
+                caller,
             },
         );
         (id, expires_at)
     }
 
-    /// The expiry of a live session.
-    fn lookup(&self, id: &str) -> Option<DateTime<Utc>> {
+    /// The expiry and the caller of a live session.
+    fn lookup(&self, id: &str) -> Option<(DateTime<Utc>, Caller)> {
         let mut table = self.table();
         let entry = table.sessions.get(id)?;
         if entry.expires <= Instant::now() {
             table.sessions.remove(id);
             return None;
         }
-        Some(entry.expires_at)
+        Some((entry.expires_at, entry.caller.clone()))
     }
 
     fn remove(&self, id: &str) {
@@ -137,11 +139,9 @@ impl Sessions {
         self.len() == 0
     }
 
-    fn token_matches(&self, presented: &str) -> bool {
-        match &self.token {
-            Some(t) => bool::from(presented.as_bytes().ct_eq(t.expose().as_bytes())),
-            None => true,
-        }
+    /// Who `presented` is the token of (compared in constant time, see [`Tokens::identify`]).
+    fn identify(&self, presented: &str) -> Option<Caller> {
+        self.tokens.identify(presented.as_bytes())
     }
 }
 
@@ -200,7 +200,7 @@ pub async fn authenticate(
 ) -> Response {
     if sessions.required() && !req.headers().contains_key(header::AUTHORIZATION) {
         let valid = session_cookie(req.headers()).and_then(|id| sessions.lookup(id));
-        if valid.is_some() {
+        if let Some((_, caller)) = valid {
             if !is_safe(req.method()) {
                 if !req.headers().contains_key(CSRF_HEADER) {
                     return forbidden(
@@ -211,7 +211,7 @@ pub async fn authenticate(
                     return forbidden("cross-origin requests may not use the login cookie");
                 }
             }
-            req.extensions_mut().insert(SessionAuth);
+            req.extensions_mut().insert(SessionAuth(caller));
         }
     }
     next.run(req).await
@@ -221,7 +221,7 @@ pub async fn authenticate(
 #[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
-    /// The server's API token (`AGENT_API_TOKEN`).
+    /// An API token of the server (`AGENT_API_TOKEN`, or a tenant's).
     pub token: String,
 }
 
@@ -236,6 +236,24 @@ pub struct SessionInfo {
     /// When the login cookie expires.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<DateTime<Utc>>,
+    /// The tenant logged in (absent for the admin's `AGENT_API_TOKEN`, and when not logged in).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// Whether the caller sees every tenant's jobs (the admin; absent: not).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub admin: bool,
+}
+
+impl SessionInfo {
+    fn of(auth_required: bool, expires_at: Option<DateTime<Utc>>, caller: Option<&Caller>) -> Self {
+        Self {
+            auth_required,
+            authenticated: caller.is_some(),
+            expires_at,
+            tenant: caller.and_then(Caller::name).map(str::to_string),
+            admin: caller.is_some_and(Caller::is_admin),
+        }
+    }
 }
 
 fn cookie_header(value: &str, max_age: u64, secure: bool) -> Option<HeaderValue> {
@@ -262,22 +280,15 @@ pub(crate) async fn session_info(
     headers: HeaderMap,
 ) -> Json<SessionInfo> {
     if !sessions.required() {
-        return Json(SessionInfo {
-            auth_required: false,
-            authenticated: true,
-            expires_at: None,
-        });
+        return Json(SessionInfo::of(false, None, Some(&Caller::admin())));
     }
-    let expires_at = session_cookie(&headers).and_then(|id| sessions.lookup(id));
-    let bearer = sessions
-        .token
-        .as_ref()
-        .is_some_and(|t| crate::routes::bearer_matches(&headers, t));
-    Json(SessionInfo {
-        auth_required: true,
-        authenticated: bearer || expires_at.is_some(),
-        expires_at,
-    })
+    let session = session_cookie(&headers).and_then(|id| sessions.lookup(id));
+    let expires_at = session.as_ref().map(|(at, _)| *at);
+    let caller = sessions
+        .tokens
+        .bearer(&headers)
+        .or_else(|| session.map(|(_, c)| c));
+    Json(SessionInfo::of(true, expires_at, caller.as_ref()))
 }
 
 /// Logs in: trades the API token for an `HttpOnly`, `SameSite=Strict` session cookie
@@ -297,28 +308,18 @@ pub(crate) async fn login(
         return forbidden("cross-origin logins are refused");
     }
     if !sessions.required() {
-        return Json(SessionInfo {
-            auth_required: false,
-            authenticated: true,
-            expires_at: None,
-        })
-        .into_response();
+        return Json(SessionInfo::of(false, None, Some(&Caller::admin()))).into_response();
     }
-    if !sessions.token_matches(req.token.trim()) {
+    let Some(caller) = sessions.identify(req.token.trim()) else {
         return ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
-            "that is not the server's API token",
+            "that is not one of the server's API tokens",
         )
         .into_response();
-    }
-    let (id, expires_at) = sessions.create();
-    let mut resp = Json(SessionInfo {
-        auth_required: true,
-        authenticated: true,
-        expires_at: Some(expires_at),
-    })
-    .into_response();
+    };
+    let (id, expires_at) = sessions.create(caller.clone());
+    let mut resp = Json(SessionInfo::of(true, Some(expires_at), Some(&caller))).into_response();
     if let Some(v) = cookie_header(&id, SESSION_LIFETIME.as_secs(), over_https(&headers)) {
         resp.headers_mut().insert(header::SET_COOKIE, v);
     }
@@ -336,11 +337,12 @@ pub(crate) async fn logout(State(sessions): State<Sessions>, headers: HeaderMap)
     if let Some(id) = session_cookie(&headers) {
         sessions.remove(id);
     }
-    let mut resp = Json(SessionInfo {
-        auth_required: sessions.required(),
-        authenticated: !sessions.required(),
-        expires_at: None,
-    })
+    let anonymous = (!sessions.required()).then(Caller::admin);
+    let mut resp = Json(SessionInfo::of(
+        sessions.required(),
+        None,
+        anonymous.as_ref(),
+    ))
     .into_response();
     if let Some(v) = cookie_header("", 0, over_https(&headers)) {
         resp.headers_mut().insert(header::SET_COOKIE, v);
@@ -411,9 +413,10 @@ mod tests {
 
     #[test]
     fn sessions_are_random_bounded_and_removable() {
-        let s = Sessions::new(Some(SecretString::new("tok")));
-        let (a, _) = s.create();
-        let (b, _) = s.create();
+        let tokens = Tokens::new(Some(&agent_core::SecretString::new("tok")), &[]).unwrap();
+        let s = Sessions::new(tokens);
+        let (a, _) = s.create(Caller::admin());
+        let (b, _) = s.create(Caller::tenant("t", false));
         assert_ne!(a, b);
         assert_eq!(a.len(), 64);
         assert!(!a.contains("tok"));
@@ -421,8 +424,12 @@ mod tests {
         s.remove(&a);
         assert!(s.lookup(&a).is_none());
         assert!(s.lookup(&b).is_some());
-        assert!(s.token_matches("tok"));
-        assert!(!s.token_matches("tok2"));
-        assert!(!s.token_matches(""));
+        assert_eq!(
+            s.lookup(&b).map(|(_, c)| c),
+            Some(Caller::tenant("t", false))
+        );
+        assert_eq!(s.identify("tok"), Some(Caller::admin()));
+        assert!(s.identify("tok2").is_none());
+        assert!(s.identify("").is_none());
     }
 }

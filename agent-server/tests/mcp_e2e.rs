@@ -7,59 +7,13 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
 use serde_json::{json, Value};
 use support::*;
 
-const DEFAULT_VENV: &str = "/opt/containerized-agent/mcp-venv";
 const TOKEN: &str = "mcp-test-token";
-
-/// The venv's Python, with the `mcp` SDK installed (`AGENT_MCP_VENV`, as the setup script).
-fn mcp_python() -> PathBuf {
-    let venv = std::env::var_os("AGENT_MCP_VENV").unwrap_or(DEFAULT_VENV.into());
-    let python = Path::new(&venv).join("bin/python");
-    assert!(
-        python.exists(),
-        "no {python:?}: run scripts/setup-test-tools.sh"
-    );
-    python
-}
-
-/// Runs `client.py ARGS…` with only `env` (and PATH) in its environment; returns its last
-/// stdout line as JSON, failing the test with its output (and `log`) when it fails.
-async fn run_client(
-    args: Vec<String>,
-    env: Vec<(String, String)>,
-    log: impl Fn() -> String,
-) -> Value {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/mcp/client.py");
-    let python = mcp_python();
-    let out = tokio::task::spawn_blocking(move || {
-        let mut cmd = Command::new(python);
-        cmd.env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .arg(script)
-            .args(args);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        cmd.output().unwrap()
-    })
-    .await
-    .unwrap();
-    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
-    if !out.status.success() {
-        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
-        panic!(
-            "the MCP client failed:\n{stdout}\n{stderr}\nserver log:\n{}",
-            log()
-        );
-    }
-    serde_json::from_str(text(&out.stdout).lines().last().unwrap_or("")).unwrap()
-}
 
 /// An MCP `initialize` POSTed to `/mcp` by hand, with `headers`.
 async fn raw_initialize(server: &TestServer, headers: &[(&str, &str)]) -> reqwest::Response {

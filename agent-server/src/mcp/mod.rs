@@ -35,6 +35,7 @@ use agent_core::manager::{JobManager, MAX_PUT_FILE_BYTES};
 use crate::api::JobDefaults;
 use crate::error::ApiError;
 use crate::routes::AppState;
+use crate::tenants::Caller;
 
 pub use render::MAX_TEXT_CHARS;
 
@@ -86,7 +87,7 @@ pub fn service(state: &AppState) -> StreamableHttpService<McpTools, LocalSession
     let mut config = StreamableHttpServerConfig::default()
         .with_cancellation_token(state.shutdown_token().child_token())
         .with_max_request_body_bytes(MAX_REQUEST_BYTES);
-    if state.settings().api_token.is_some() {
+    if state.tokens().required() {
         // rmcp's Host check (loopback names only) guards a token-less server against DNS
         // rebinding. With a bearer token a rebinding page cannot call the API anyway, and the
         // server may be reached under any name.
@@ -122,6 +123,28 @@ pub async fn serve_stdio(tools: McpTools) -> Result<(), McpError> {
         .await
         .map(|_| ())
         .map_err(|e| McpError::Session(e.to_string()))
+}
+
+/// Who calls a tool: over HTTP, the caller the API's auth layer identified for that request
+/// (each call is checked on its own, whatever MCP session it uses); over stdio, the local user,
+/// as the admin. A tenant's tools see and control only its own sandboxes and jobs; another's id
+/// is an unknown one.
+#[derive(Debug)]
+pub(crate) struct McpCaller(pub(crate) Caller);
+
+impl<S> FromContextPart<ToolCallContext<'_, S>> for McpCaller {
+    fn from_context_part(context: &mut ToolCallContext<'_, S>) -> Result<Self, rmcp::ErrorData> {
+        let extensions = &context.request_context.extensions;
+        match extensions.get::<axum::http::request::Parts>() {
+            None => Ok(Self(Caller::admin())),
+            Some(parts) => parts
+                .extensions
+                .get::<Caller>()
+                .cloned()
+                .map(Self)
+                .ok_or_else(|| rmcp::ErrorData::invalid_request("not authenticated", None)),
+        }
+    }
 }
 
 /// A tool's arguments as they were parsed. `Err` holds the REST API's error for the same

@@ -11,12 +11,13 @@ use serde_json::json;
 use agent_core::{JobId, NetworkMode, Step};
 
 use super::render::{self, ToolError};
-use super::{McpTools, Parameters};
+use super::{McpCaller, McpTools, Parameters};
 use crate::api::{timeout, ScheduleRequest};
 use crate::error::ApiError;
 use crate::sandboxes::{
     sandbox_plan_error, CreateSandboxRequest, PlanRequest, SandboxList, SandboxView,
 };
+use crate::tenants::Caller;
 
 /// What every tool answers: a result, or a tool error (`isError: true`) saying why not.
 type ToolResult = Result<CallToolResult, ToolError>;
@@ -155,10 +156,12 @@ impl McpTools {
     )]
     async fn create_sandbox(
         &self,
+        McpCaller(caller): McpCaller,
         Parameters(args): Parameters<CreateSandboxRequest>,
     ) -> ToolResult {
-        let spec = args?.into_spec(&self.defaults)?;
+        let mut spec = args?.into_spec(&self.defaults)?;
         self.policy.admit(&spec)?;
+        caller.stamp(&mut spec);
         let job = self.manager.create_sandbox(spec).await?;
         let view = SandboxView::from_info(&self.manager.sandbox(job.id).await?);
         let text = format!(
@@ -174,15 +177,13 @@ impl McpTools {
         description = "List the live sandboxes (oldest first).",
         annotations(read_only_hint = true)
     )]
-    async fn list_sandboxes(&self, Parameters(args): Parameters<NoArgs>) -> ToolResult {
+    async fn list_sandboxes(
+        &self,
+        McpCaller(caller): McpCaller,
+        Parameters(args): Parameters<NoArgs>,
+    ) -> ToolResult {
         args?;
-        let sandboxes: Vec<SandboxView> = self
-            .manager
-            .sandboxes()
-            .await
-            .iter()
-            .map(SandboxView::from_info)
-            .collect();
+        let SandboxList { sandboxes } = SandboxList::of(&self.manager, &caller).await;
         let mut text = format!("{} live sandbox(es)\n", sandboxes.len());
         for s in &sandboxes {
             text.push_str(&format!(
@@ -201,9 +202,14 @@ impl McpTools {
     #[tool(
         description = "Run a bash command in a sandbox's /workspace. Returns the exit code and the tails of stdout and stderr (a non-zero exit is a result, not an error)."
     )]
-    async fn run_command(&self, Parameters(args): Parameters<CommandArgs>) -> ToolResult {
+    async fn run_command(
+        &self,
+        McpCaller(caller): McpCaller,
+        Parameters(args): Parameters<CommandArgs>,
+    ) -> ToolResult {
         let args = args?;
         self.run(
+            &caller,
             &args.sandbox_id,
             Step::shell(args.command),
             args.timeout_secs,
@@ -214,18 +220,27 @@ impl McpTools {
     #[tool(
         description = "Run Python code in a sandbox's persistent interpreter (cwd /workspace): variables, imports and open files survive between run_python calls, and the value of a final expression is returned. Returns the exit code (1 when the code raised), the value or the exception, and the tails of stdout and stderr."
     )]
-    async fn run_python(&self, Parameters(args): Parameters<PythonArgs>) -> ToolResult {
+    async fn run_python(
+        &self,
+        McpCaller(caller): McpCaller,
+        Parameters(args): Parameters<PythonArgs>,
+    ) -> ToolResult {
         let args = args?;
         let step = Step::python_stateful(args.code);
-        self.run(&args.sandbox_id, step, args.timeout_secs).await
+        self.run(&caller, &args.sandbox_id, step, args.timeout_secs)
+            .await
     }
 
     #[tool(
         description = "Write a text file under a sandbox's /workspace (parent directories are created; at most 16 MiB)."
     )]
-    async fn write_file(&self, Parameters(args): Parameters<WriteArgs>) -> ToolResult {
+    async fn write_file(
+        &self,
+        McpCaller(caller): McpCaller,
+        Parameters(args): Parameters<WriteArgs>,
+    ) -> ToolResult {
         let args = args?;
-        let id = sandbox_id(&args.sandbox_id)?;
+        let id = self.own(&caller, &args.sandbox_id).await?;
         let rel = agent_core::executor::normalize_workspace_path(&args.path)
             .map_err(agent_core::Error::from)?;
         let size = args.content.len();
@@ -243,9 +258,13 @@ impl McpTools {
         description = "Read a file from a sandbox's /workspace as text (at most 16 MiB; a long file is cut, with a note).",
         annotations(read_only_hint = true)
     )]
-    async fn read_file(&self, Parameters(args): Parameters<ReadArgs>) -> ToolResult {
+    async fn read_file(
+        &self,
+        McpCaller(caller): McpCaller,
+        Parameters(args): Parameters<ReadArgs>,
+    ) -> ToolResult {
         let args = args?;
-        let id = sandbox_id(&args.sandbox_id)?;
+        let id = self.own(&caller, &args.sandbox_id).await?;
         let bytes = self.manager.sandbox_get_file(id, &args.path).await?;
         Ok(render::file_text(&bytes))
     }
@@ -254,8 +273,12 @@ impl McpTools {
         description = "Destroy a sandbox: kill what runs in it and remove its container. Its record and logs stay (GET /status/{id}).",
         annotations(destructive_hint = true, idempotent_hint = false)
     )]
-    async fn destroy_sandbox(&self, Parameters(args): Parameters<SandboxArgs>) -> ToolResult {
-        let id = sandbox_id(&args?.sandbox_id)?;
+    async fn destroy_sandbox(
+        &self,
+        McpCaller(caller): McpCaller,
+        Parameters(args): Parameters<SandboxArgs>,
+    ) -> ToolResult {
+        let id = self.own(&caller, &args?.sandbox_id).await?;
         let job = self.manager.destroy_sandbox(id).await?;
         Ok(render::with_structured(
             format!("sandbox {id} destroyed after {} step(s)", job.steps.len()),
@@ -266,9 +289,13 @@ impl McpTools {
     #[tool(
         description = "Hand a sandbox to the server's planner: its LLM plans the task (told the files in /workspace and that stateful Python variables persist), runs the steps in this sandbox and repairs failed ones (max_repairs, default 2). Returns the status and each step's exit code and output tails; the sandbox lives on."
     )]
-    async fn plan_in_sandbox(&self, Parameters(args): Parameters<PlanArgs>) -> ToolResult {
+    async fn plan_in_sandbox(
+        &self,
+        McpCaller(caller): McpCaller,
+        Parameters(args): Parameters<PlanArgs>,
+    ) -> ToolResult {
         let args = args?;
-        let id = sandbox_id(&args.sandbox_id)?;
+        let id = self.own(&caller, &args.sandbox_id).await?;
         let request = PlanRequest {
             prompt: args.prompt,
             max_repairs: args.max_repairs,
@@ -284,7 +311,11 @@ impl McpTools {
     #[tool(
         description = "Schedule a job in a fresh sandbox and wait for it (wait_secs, default 300): a prompt the server's LLM plans, or explicit steps such as [{\"type\":\"shell\",\"command\":\"...\"}, {\"type\":\"python\",\"code\":\"...\"}, {\"type\":\"write_file\",\"path\":\"...\",\"content\":\"...\"}]. Returns its status and each step's exit code and output tails, or its job_id if it is still running."
     )]
-    async fn run_job(&self, Parameters(args): Parameters<JobArgs>) -> ToolResult {
+    async fn run_job(
+        &self,
+        McpCaller(caller): McpCaller,
+        Parameters(args): Parameters<JobArgs>,
+    ) -> ToolResult {
         let args = args?;
         let wait = wait_time(args.wait_secs)?;
         let request = ScheduleRequest {
@@ -297,8 +328,9 @@ impl McpTools {
             env: args.env,
             ..ScheduleRequest::default()
         };
-        let spec = request.into_spec(&self.defaults)?;
+        let mut spec = request.into_spec(&self.defaults)?;
         self.policy.admit(&spec)?;
+        caller.stamp(&mut spec);
         let id = self.manager.submit(spec).await?;
         self.wait_for(id, wait).await
     }
@@ -307,13 +339,18 @@ impl McpTools {
         description = "Wait for a job from run_job to end (wait_secs, default 300) and return its status and each step's exit code and output tails.",
         annotations(read_only_hint = true)
     )]
-    async fn wait_job(&self, Parameters(args): Parameters<WaitArgs>) -> ToolResult {
+    async fn wait_job(
+        &self,
+        McpCaller(caller): McpCaller,
+        Parameters(args): Parameters<WaitArgs>,
+    ) -> ToolResult {
         let args = args?;
         let wait = wait_time(args.wait_secs)?;
         let id = args
             .job_id
             .parse::<JobId>()
             .map_err(|e| ApiError::from(e).with_field("job_id"))?;
+        caller.check(&self.manager, id).await?;
         self.wait_for(id, wait).await
     }
 }
@@ -327,14 +364,27 @@ impl ServerHandler for McpTools {}
 
 impl McpTools {
     /// Runs one step in a live sandbox and renders its result.
-    async fn run(&self, sandbox: &str, mut step: Step, timeout_secs: Option<u64>) -> ToolResult {
-        let id = sandbox_id(sandbox)?;
+    async fn run(
+        &self,
+        caller: &Caller,
+        sandbox: &str,
+        mut step: Step,
+        timeout_secs: Option<u64>,
+    ) -> ToolResult {
+        let id = self.own(caller, sandbox).await?;
         if let Some(secs) = timeout_secs {
             step.timeout = Some(timeout("timeout_secs", Some(secs), Duration::ZERO)?);
         }
         self.policy.check_step("timeout_secs", &step)?;
         let record = self.manager.sandbox_step(id, step, None, None).await?;
         Ok(render::step_result(&record))
+    }
+
+    /// The sandbox id `raw`, when `caller` may use it (another tenant's is an unknown id).
+    async fn own(&self, caller: &Caller, raw: &str) -> Result<JobId, ToolError> {
+        let id = sandbox_id(raw)?;
+        caller.check(&self.manager, id).await?;
+        Ok(id)
     }
 
     /// Waits up to `wait` for job `id` to end and renders it (or says it is still going).

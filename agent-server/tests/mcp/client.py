@@ -2,6 +2,8 @@
 
     client.py http URL TOKEN     the server's /mcp over streamable HTTP
     client.py stdio AGENT_BIN    `AGENT_BIN mcp` over stdio (it inherits this environment)
+    client.py tenant URL TOKEN SANDBOX JOB
+                                 as a tenant: another tenant's SANDBOX and JOB are unknown ids
 
 Lists the tools, calls each one, checks the results and the errors, and prints one JSON line with
 the ids it used (the Rust test checks their records and that their containers are gone). Exits
@@ -274,11 +276,47 @@ async def stdio_main(agent):
     return {"sandbox_id": sandbox, "left_sandbox_id": left}
 
 
+async def tenant_main(url, token, sandbox, job):
+    """Every tool a tenant calls on another tenant's sandbox or job answers exactly as for an
+    unknown id, and list_sandboxes does not show it; the tenant's own sandbox works."""
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30.0, read=120.0)) as http:
+        async with streamable_http_client(url, http_client=http) as (read, write):
+            async with ClientSession(read, write) as session:
+                await session.initialize()
+                listed = ok(await session.call_tool("list_sandboxes", {}), "list_sandboxes")["sandboxes"]
+                check(all(s["sandbox_id"] != sandbox for s in listed), "another tenant's sandbox is not listed", listed)
+                calls = [
+                    ("run_command", {"sandbox_id": sandbox, "command": "touch /workspace/intruder"}),
+                    ("run_python", {"sandbox_id": sandbox, "code": "1"}),
+                    ("write_file", {"sandbox_id": sandbox, "path": "intruder.txt", "content": "x"}),
+                    ("read_file", {"sandbox_id": sandbox, "path": "secret.txt"}),
+                    ("destroy_sandbox", {"sandbox_id": sandbox}),
+                    ("wait_job", {"job_id": job, "wait_secs": 1}),
+                ]
+                for name, args in calls:
+                    foreign = await session.call_tool(name, args)
+                    refused(foreign, "not_found", f"{name} on another tenant's id")
+                    swapped = {k: UNKNOWN_ID if v in (sandbox, job) else v for k, v in args.items()}
+                    unknown = await session.call_tool(name, swapped)
+                    same = text_of(foreign).replace(sandbox, "ID").replace(job, "ID")
+                    check(same == text_of(unknown).replace(UNKNOWN_ID, "ID"), f"{name}: as for an unknown id", (foreign, unknown))
+                own = ok(await session.call_tool("create_sandbox", {}), "create_sandbox")["sandbox_id"]
+                listed = ok(await session.call_tool("list_sandboxes", {}), "list_sandboxes")["sandboxes"]
+                check([s["sandbox_id"] for s in listed] == [own], "the tenant lists its own sandbox", listed)
+                r = await session.call_tool("run_command", {"sandbox_id": own, "command": "echo mine"})
+                check(ok(r, "run_command in its own sandbox")["result"]["exit_code"] == 0, "own sandbox runs", r)
+                ok(await session.call_tool("destroy_sandbox", {"sandbox_id": own}), "destroy its own sandbox")
+    return {"own_sandbox_id": own}
+
+
 def main():
     mode = sys.argv[1]
     try:
         if mode == "http":
             ids = asyncio.run(http_main(sys.argv[2], sys.argv[3]))
+        elif mode == "tenant":
+            ids = asyncio.run(tenant_main(*sys.argv[2:6]))
         elif mode == "stdio":
             ids = asyncio.run(stdio_main(sys.argv[2]))
         else:

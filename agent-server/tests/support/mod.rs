@@ -43,6 +43,7 @@ const SCRUB: &[&str] = &[
     "OPENAI_MODEL",
     "AGENT_LLM_ORDER",
     "AGENT_API_TOKEN",
+    "AGENT_API_TOKENS_FILE",
     "AGENT_BIND",
     "AGENT_OUTPUT_DIR",
     "AGENT_NETWORK",
@@ -813,4 +814,50 @@ impl SseReader {
             self.buf.push_str(&String::from_utf8_lossy(&chunk));
         }
     }
+}
+
+const DEFAULT_MCP_VENV: &str = "/opt/containerized-agent/mcp-venv";
+
+/// The venv's Python, with the `mcp` SDK installed (`AGENT_MCP_VENV`, as the setup script).
+pub fn mcp_python() -> PathBuf {
+    let venv = std::env::var_os("AGENT_MCP_VENV").unwrap_or(DEFAULT_MCP_VENV.into());
+    let python = Path::new(&venv).join("bin/python");
+    assert!(
+        python.exists(),
+        "no {python:?}: run scripts/setup-test-tools.sh"
+    );
+    python
+}
+
+/// Runs `client.py ARGS…` with only `env` (and PATH) in its environment; returns its last
+/// stdout line as JSON, failing the test with its output (and `log`) when it fails.
+pub async fn run_client(
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    log: impl Fn() -> String,
+) -> Value {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/mcp/client.py");
+    let python = mcp_python();
+    let out = tokio::task::spawn_blocking(move || {
+        let mut cmd = Command::new(python);
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .arg(script)
+            .args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    })
+    .await
+    .unwrap();
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    if !out.status.success() {
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        panic!(
+            "the MCP client failed:\n{stdout}\n{stderr}\nserver log:\n{}",
+            log()
+        );
+    }
+    serde_json::from_str(text(&out.stdout).lines().last().unwrap_or("")).unwrap()
 }
