@@ -189,6 +189,7 @@ pub fn checks_own_access(path: &str) -> bool {
 /// The job id, the first segment of the path, and whether the API's auth layer identified the
 /// caller by a bearer token (a tenant's token is taken only for its own jobs: the auth layer
 /// answers 404 for the others before this runs).
+#[derive(Clone, Copy)]
 struct LiveJob(JobId, bool);
 
 impl<S: Send + Sync> FromRequestParts<S> for LiveJob {
@@ -237,7 +238,7 @@ struct Granted {
 
 fn check_access(
     state: &LiveState,
-    (job, bearer): (JobId, bool),
+    LiveJob(job, bearer): LiveJob,
     service: AccessService,
     uri: &Uri,
     headers: &HeaderMap,
@@ -415,18 +416,13 @@ fn asset_response(path: &str, cache: bool) -> Response {
 /// The viewer page.
 async fn viewer(
     State(state): State<LiveState>,
-    LiveJob(job, bearer): LiveJob,
+    live @ LiveJob(job, _): LiveJob,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let Granted { grant, from_query } = check_access(
-        &state,
-        (job, bearer),
-        AccessService::Desktop,
-        &uri,
-        &headers,
-    )?;
+    let Granted { grant, from_query } =
+        check_access(&state, live, AccessService::Desktop, &uri, &headers)?;
     if let (Some(token), Some(grant)) = (&from_query, &grant) {
         if wants_redirect(&method, &headers) {
             return Ok(cookie_redirect(
@@ -461,17 +457,11 @@ async fn viewer(
 /// The viewer's script and noVNC's files.
 async fn asset(
     State(state): State<LiveState>,
-    LiveJob(job, bearer): LiveJob,
+    live: LiveJob,
     uri: Uri,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    check_access(
-        &state,
-        (job, bearer),
-        AccessService::Desktop,
-        &uri,
-        &headers,
-    )?;
+    check_access(&state, live, AccessService::Desktop, &uri, &headers)?;
     let path = uri
         .path()
         .splitn(4, '/')
@@ -494,18 +484,12 @@ async fn asset(
 /// token).
 async fn websockify(
     State(state): State<LiveState>,
-    LiveJob(job, bearer): LiveJob,
+    live @ LiveJob(job, _): LiveJob,
     uri: Uri,
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> ApiResult<Response> {
-    let Granted { grant, .. } = check_access(
-        &state,
-        (job, bearer),
-        AccessService::Desktop,
-        &uri,
-        &headers,
-    )?;
+    let Granted { grant, .. } = check_access(&state, live, AccessService::Desktop, &uri, &headers)?;
     let ws = ws.map_err(|e| ApiError::new(e.status(), "websocket_expected", e.body_text()))?;
     let port = if grant.is_some_and(|g| g.view_only) {
         VNC_VIEW_PORT
@@ -531,12 +515,12 @@ async fn websockify(
 /// Jupyter Lab, proxied.
 async fn jupyter(
     State(state): State<LiveState>,
-    LiveJob(job, bearer): LiveJob,
+    live @ LiveJob(job, _): LiveJob,
     req: Request,
 ) -> ApiResult<Response> {
     let Granted { grant, from_query } = check_access(
         &state,
-        (job, bearer),
+        live,
         AccessService::Jupyter,
         req.uri(),
         req.headers(),

@@ -744,49 +744,35 @@ fn status_in(n: usize, first_param: usize) -> String {
     format!("status IN ({})", params.join(", "))
 }
 
-/// How many jobs have one of `statuses` (all jobs when empty), from the counts the triggers of
-/// migration 3 keep: no scan of the jobs.
-fn count_jobs(conn: &Connection, statuses: &[&'static str]) -> Result<u64, StoreError> {
-    let count_sql = if statuses.is_empty() {
-        "SELECT COALESCE(SUM(n), 0) FROM job_counts".to_string()
-    } else {
-        format!(
-            "SELECT COALESCE(SUM(n), 0) FROM job_counts WHERE {}",
-            status_in(statuses.len(), 1)
-        )
-    };
-    let total: i64 = conn
-        .prepare_cached(&count_sql)
-        .and_then(|mut stmt| {
-            stmt.query_row(rusqlite::params_from_iter(statuses.iter()), |row| {
-                row.get(0)
-            })
-        })
-        .map_err(sql("count jobs"))?;
-    Ok(u64::try_from(total).unwrap_or(0))
-}
-
-/// How many jobs of a tenant have one of `statuses` (all its jobs when empty); `values` are the
-/// tenant, then the statuses.
-fn count_tenant_jobs(
+/// How many jobs have one of `statuses` (all jobs when empty): from the counts the triggers of
+/// migration 3 keep (no scan of the jobs), or for one `tenant`'s jobs on its index.
+fn count_jobs(
     conn: &Connection,
     statuses: &[&'static str],
-    values: &[rusqlite::types::Value],
+    tenant: Option<&str>,
 ) -> Result<u64, StoreError> {
-    let count_sql = if statuses.is_empty() {
-        "SELECT COUNT(*) FROM jobs WHERE tenant = ?1".to_string()
+    let (count, mut conditions, mut values): (_, Vec<String>, Vec<rusqlite::types::Value>) =
+        match tenant {
+            None => ("SELECT COALESCE(SUM(n), 0) FROM job_counts", vec![], vec![]),
+            Some(t) => (
+                "SELECT COUNT(*) FROM jobs",
+                vec!["tenant = ?1".into()],
+                vec![t.to_string().into()],
+            ),
+        };
+    if !statuses.is_empty() {
+        conditions.push(status_in(statuses.len(), values.len() + 1));
+        values.extend(statuses.iter().map(|s| s.to_string().into()));
+    }
+    let count_sql = if conditions.is_empty() {
+        count.to_string()
     } else {
-        format!(
-            "SELECT COUNT(*) FROM jobs WHERE tenant = ?1 AND {}",
-            status_in(statuses.len(), 2)
-        )
+        format!("{count} WHERE {}", conditions.join(" AND "))
     };
     let total: i64 = conn
         .prepare_cached(&count_sql)
-        .and_then(|mut stmt| {
-            stmt.query_row(rusqlite::params_from_iter(values.iter()), |row| row.get(0))
-        })
-        .map_err(sql("count a tenant's jobs"))?;
+        .and_then(|mut stmt| stmt.query_row(rusqlite::params_from_iter(values), |row| row.get(0)))
+        .map_err(sql("count jobs"))?;
     Ok(u64::try_from(total).unwrap_or(0))
 }
 
@@ -834,8 +820,6 @@ impl PageQuery {
             values.push((*at).into());
             values.push(id.clone().into());
         }
-        // The conditions the total counts (all but the cursor), from this parameter on.
-        let first_counted = values.len();
         if let Some(tenant) = &self.tenant {
             conditions.push(format!("tenant = ?{}", values.len() + 1));
             values.push(tenant.clone().into());
@@ -844,11 +828,7 @@ impl PageQuery {
             conditions.push(status_in(self.statuses.len(), values.len() + 1));
             values.extend(self.statuses.iter().map(|s| s.to_string().into()));
         }
-        let total = match &self.tenant {
-            None => count_jobs(&tx, &self.statuses)?,
-            // A tenant's jobs are counted on its index (the per-status counts are server-wide).
-            Some(_) => count_tenant_jobs(&tx, &self.statuses, &values[first_counted..])?,
-        };
+        let total = count_jobs(&tx, &self.statuses, self.tenant.as_deref())?;
         let filter = if conditions.is_empty() {
             String::new()
         } else {
