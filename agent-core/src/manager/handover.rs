@@ -86,6 +86,8 @@ impl JobManager {
             live: Some(LiveSettings {
                 idle_timeout: keep.idle_timeout,
             }),
+            // The sandbox stays its owner's.
+            tenant: from.tenant.clone(),
             ..JobSpec::default()
         };
         spec.validate()?;
