@@ -301,6 +301,8 @@ async fn tenants_see_and_control_only_their_own_jobs_and_sandboxes() {
         (Method::GET, "/sandboxes/{id}/files?path=secret.txt", None),
         (Method::PUT, "/sandboxes/{id}/files?path=put.txt", None),
         (Method::GET, "/sandboxes/{id}/workspace", None),
+        (Method::GET, "/sandboxes/{id}/archive", None),
+        (Method::PUT, "/sandboxes/{id}/archive", None),
         (
             Method::POST,
             "/sandboxes/{id}/extend",
