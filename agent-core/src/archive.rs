@@ -146,7 +146,7 @@ async fn read_export<T: Send + 'static>(
 }
 
 /// Copies the regular files and directories under `root` of a workspace export into a tar of
-/// their own, named relative to `root`.
+/// their own, named relative to `root` (the agent's scratch directory left out, as from a ZIP).
 fn retar(tar_data: impl Read, root: &str, out: File) -> Result<(ArchiveSummary, bool, File)> {
     let io_err = |what: &'static str| move |e: io::Error| Error::io(what, e);
     let mut summary = ArchiveSummary::default();
@@ -162,7 +162,7 @@ fn retar(tar_data: impl Read, root: &str, out: File) -> Result<(ArchiveSummary, 
             .path()
             .map_err(io_err("reading an entry path"))?
             .into_owned();
-        let Some(name) = safe_name(&raw_path) else {
+        let Some(name) = safe_name(&raw_path).filter(|n| !is_scratch(n)) else {
             continue;
         };
         let kind = entry.header().entry_type();

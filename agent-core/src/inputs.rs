@@ -451,6 +451,30 @@ pub async fn place(sandbox: &dyn Sandbox, staged: &Path, root: &str) -> Result<P
     Ok(placed)
 }
 
+/// The regular files of a tar (such as [`crate::archive::subtree`] writes): the first `max`,
+/// and how many there are in all.
+pub fn list_files(tar: &Path, max: usize) -> Result<(Vec<InputFile>, usize)> {
+    let io_err = |e| Error::io("reading the archive", e);
+    let file = File::open(tar).map_err(io_err)?;
+    let mut archive = tar::Archive::new(BufReader::new(file));
+    let mut files = Vec::new();
+    let mut total = 0;
+    for entry in archive.entries().map_err(io_err)? {
+        let entry = entry.map_err(io_err)?;
+        if !entry.header().entry_type().is_file() {
+            continue;
+        }
+        total += 1;
+        if files.len() < max {
+            files.push(InputFile {
+                path: String::from_utf8_lossy(&entry.path_bytes()).into_owned(),
+                size_bytes: entry.size(),
+            });
+        }
+    }
+    Ok((files, total))
+}
+
 /// What kind of tar entry is refused, for the error.
 fn kind_name(kind: tar::EntryType) -> &'static str {
     match kind {
@@ -752,6 +776,11 @@ mod tests {
         assert_eq!(files.len(), 2);
         let executor = crate::testing::FakeExecutor::new();
         let sandbox = executor.create(&SandboxSpec::new()).await.unwrap();
+        let (listed, total) = list_files(&path, 1).unwrap();
+        assert_eq!(
+            (listed[0].path.as_str(), listed[0].size_bytes, total),
+            ("bin/all.bytes", 256, 2)
+        );
         let placed = place(&*sandbox, &path, "in").await.unwrap();
         assert_eq!((placed.files, placed.bytes), (2, 256));
         assert_eq!(sandbox.get_file("in/bin/all.bytes").await.unwrap(), binary);

@@ -65,3 +65,33 @@ async fn a_refused_job_keeps_no_input_files() {
     assert!(manager.submit_with_inputs(spec, inputs).await.is_err());
     assert_eq!(files_in(&manager.inputs_dir()), 0);
 }
+
+#[tokio::test]
+async fn a_queued_job_cancelled_drops_its_input_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let manager =
+        JobManager::builder(Arc::new(FakeExecutor::new()), Arc::new(MemoryStore::new()))
+            .config(JobManagerConfig {
+                artifact_dir: dir.path().join("artifacts"),
+                max_concurrent_jobs: 1,
+                ..JobManagerConfig::default()
+            })
+            .start()
+            .await
+            .unwrap();
+    let blocker = manager
+        .submit(JobSpec::from_steps(vec![Step::shell("sleep 30")]))
+        .await
+        .unwrap();
+    let mut inputs =
+        StagedInputs::new(&manager.inputs_dir(), "files", InputLimits::default()).unwrap();
+    inputs.add_file("a.txt", &b"a"[..], 0o644).unwrap();
+    let spec = JobSpec::from_steps(vec![Step::shell("cat a.txt")]);
+    let id = manager.submit_with_inputs(spec, inputs).await.unwrap();
+    assert_eq!(files_in(&manager.inputs_dir()), 1, "kept while queued");
+    manager.cancel(id).await.unwrap();
+    assert_eq!(manager.wait(id).await.unwrap().status, JobStatus::Cancelled);
+    assert_eq!(files_in(&manager.inputs_dir()), 0, "dropped with the job");
+    manager.cancel(blocker).await.unwrap();
+    manager.wait(blocker).await.unwrap();
+}

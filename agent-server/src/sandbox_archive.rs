@@ -65,7 +65,11 @@ pub struct PutArchiveResponse {
 
 /// The directory of `?path=` (`""`: the workspace).
 fn directory(query: &ArchiveQuery) -> ApiResult<String> {
-    let raw = query.path.as_deref().unwrap_or("");
+    workspace_dir(query.path.as_deref().unwrap_or(""))
+}
+
+/// A directory under `/workspace`, relative (`""`: the workspace itself; `..` refused).
+pub(crate) fn workspace_dir(raw: &str) -> ApiResult<String> {
     let trimmed = raw.trim_end_matches('/');
     if trimmed.is_empty() || trimmed == "/workspace" || trimmed == "." {
         return Ok(String::new());
@@ -83,10 +87,8 @@ fn query(query: Result<Query<ArchiveQuery>, QueryRejection>) -> ApiResult<Archiv
 /// same name are replaced). The whole archive is checked before anything is written.
 #[utoipa::path(put, path = "/sandboxes/{id}/archive", tag = "sandboxes",
     params(("id" = String, Path, description = "Sandbox id (UUID v4)"), ArchiveQuery),
-    request_body(content(
-        (Vec<u8> = "application/x-tar"),
-        (Vec<u8> = "application/gzip"),
-        (Vec<u8> = "application/zip"))),
+    request_body(description = "A tar, gzipped tar or ZIP, told by its first bytes (else by a `Content-Type` of `application/x-tar`, `application/gzip` or `application/zip`)",
+        content = Vec<u8>, content_type = "application/octet-stream"),
     responses((status = 200, description = "Written", body = PutArchiveResponse),
               (status = 400, description = "Malformed id or query", body = ErrorBody),
               (status = 404, description = "Unknown id", body = ErrorBody),

@@ -22,6 +22,7 @@ use crate::routes::AppState;
 /// `POST /schedule` as `multipart/form-data`: the job and its input files.
 #[derive(ToSchema)]
 #[allow(dead_code)] // only its schema is used
+#[serde(deny_unknown_fields)] // no other parts
 pub struct ScheduleUpload {
     /// The job: the JSON `POST /schedule` takes as `application/json`. Required, once.
     #[schema(value_type = ScheduleRequest)]
@@ -283,4 +284,23 @@ pub(crate) async fn spool<E: std::fmt::Display>(
         .await
         .map_err(|e| agent_core::Error::io("writing the upload", e))?;
     Ok(out.into_std().await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_document_describes_both_bodies_of_schedule_and_only_their_parts() {
+        let doc = crate::openapi::openapi_json();
+        let content = &doc["paths"]["/schedule"]["post"]["requestBody"]["content"];
+        assert!(content["application/json"].is_object(), "{content}");
+        let multipart = &content["multipart/form-data"]["schema"];
+        let name = multipart["$ref"].as_str().unwrap_or_default().rsplit('/').next();
+        let schema = &doc["components"]["schemas"][name.unwrap_or_default()];
+        assert_eq!(schema["additionalProperties"], false, "{schema}");
+        assert_eq!(schema["required"], serde_json::json!(["spec"]), "{schema}");
+        let props = schema["properties"].as_object().unwrap();
+        assert_eq!(props.keys().collect::<Vec<_>>(), ["archive", "file", "spec"]);
+    }
 }

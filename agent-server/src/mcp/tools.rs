@@ -79,6 +79,20 @@ pub(crate) struct ReadArgs {
     path: String,
 }
 
+/// Arguments of `list_files`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListArgs {
+    /// The sandbox (`sandbox_id` from create_sandbox).
+    sandbox_id: String,
+    /// A directory relative to /workspace (or absolute under it); default: the whole workspace.
+    #[serde(default)]
+    path: Option<String>,
+}
+
+/// The most files `list_files` names.
+const MAX_LISTED_FILES: usize = 1000;
+
 /// Arguments of `destroy_sandbox`.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -267,6 +281,42 @@ impl McpTools {
         let id = self.own(&caller, &args.sandbox_id).await?;
         let bytes = self.manager.sandbox_get_file(id, &args.path).await?;
         Ok(render::file_text(&bytes))
+    }
+
+    #[tool(
+        description = "List the files under a directory of a sandbox's /workspace, with their sizes (default: the whole workspace; at most 1000 named).",
+        annotations(read_only_hint = true)
+    )]
+    async fn list_files(&self, Parameters(args): Parameters<ListArgs>) -> ToolResult {
+        let args = args?;
+        let id = sandbox_id(&args.sandbox_id)?;
+        let root = crate::sandbox_archive::workspace_dir(args.path.as_deref().unwrap_or(""))?;
+        let (tar, _) = self
+            .manager
+            .sandbox_get_archive(id, &root, agent_core::archive::SubtreeFormat::Tar)
+            .await?;
+        let (files, total) = tokio::task::spawn_blocking(move || {
+            agent_core::inputs::list_files(tar.path(), MAX_LISTED_FILES)
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("listing the files failed: {e}")))??;
+        let dir = format!("/workspace/{root}")
+            .trim_end_matches('/')
+            .to_string();
+        let mut text = format!("{total} files under {dir}\n");
+        for f in &files {
+            text.push_str(&format!("{} ({} bytes)\n", f.path, f.size_bytes));
+        }
+        if total > files.len() {
+            text.push_str(&format!(
+                "[truncated: only the first {} are named]\n",
+                files.len()
+            ));
+        }
+        Ok(render::with_structured(
+            text,
+            json!({"path": dir, "files": files, "total": total, "truncated": total > files.len()}),
+        ))
     }
 
     #[tool(

@@ -28,6 +28,7 @@ TOOLS = {
     "write_file",
     "read_file",
     "plan_in_sandbox",
+    "list_files",
     "destroy_sandbox",
     "run_job",
     "wait_job",
@@ -79,6 +80,7 @@ async def handshake(session):
         check(t.input_schema.get("type") == "object", f"{t.name} input schema", t)
     by_name = {t.name: t for t in tools.tools}
     check(by_name["read_file"].annotations.read_only_hint is True, "read_file is marked read-only", by_name["read_file"])
+    check(by_name["list_files"].annotations.read_only_hint is True, "list_files is marked read-only", by_name["list_files"])
     check(by_name["destroy_sandbox"].annotations.destructive_hint is True, "destroy_sandbox is marked destructive")
     schema = by_name["run_command"].input_schema
     check(set(schema.get("required", [])) == {"sandbox_id", "command"}, "run_command's required args", schema)
@@ -124,6 +126,11 @@ async def exercise_http(session):
     r = await session.call_tool("read_file", {"sandbox_id": sandbox, "path": "/workspace/data/n.txt"})
     ok(r, "read_file")
     check(text_of(r) == content, "the file round trip is exact", r)
+    r = await session.call_tool("list_files", {"sandbox_id": sandbox, "path": "data"})
+    s = ok(r, "list_files")
+    check(s["files"] == [{"path": "n.txt", "size_bytes": len(content.encode())}] and s["path"] == "/workspace/data", "list_files names the file and its size", r)
+    check("n.txt (" in text_of(r), "the listing in the text", r)
+    refused(await session.call_tool("list_files", {"sandbox_id": sandbox, "path": "data/n.txt"}), "file_not_found", "list_files of a file")
     r = await session.call_tool("run_command", {"sandbox_id": sandbox, "command": "wc -c < data/n.txt"})
     check(ok(r, "wc")["result"]["stdout_tail"].strip() == str(len(content.encode())), "the file as the sandbox sees it", r)
 
