@@ -69,16 +69,15 @@ async fn a_refused_job_keeps_no_input_files() {
 #[tokio::test]
 async fn a_queued_job_cancelled_drops_its_input_files() {
     let dir = tempfile::tempdir().unwrap();
-    let manager =
-        JobManager::builder(Arc::new(FakeExecutor::new()), Arc::new(MemoryStore::new()))
-            .config(JobManagerConfig {
-                artifact_dir: dir.path().join("artifacts"),
-                max_concurrent_jobs: 1,
-                ..JobManagerConfig::default()
-            })
-            .start()
-            .await
-            .unwrap();
+    let manager = JobManager::builder(Arc::new(FakeExecutor::new()), Arc::new(MemoryStore::new()))
+        .config(JobManagerConfig {
+            artifact_dir: dir.path().join("artifacts"),
+            max_concurrent_jobs: 1,
+            ..JobManagerConfig::default()
+        })
+        .start()
+        .await
+        .unwrap();
     let blocker = manager
         .submit(JobSpec::from_steps(vec![Step::shell("sleep 30")]))
         .await

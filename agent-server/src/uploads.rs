@@ -296,11 +296,18 @@ mod tests {
         let content = &doc["paths"]["/schedule"]["post"]["requestBody"]["content"];
         assert!(content["application/json"].is_object(), "{content}");
         let multipart = &content["multipart/form-data"]["schema"];
-        let name = multipart["$ref"].as_str().unwrap_or_default().rsplit('/').next();
+        let name = multipart["$ref"]
+            .as_str()
+            .unwrap_or_default()
+            .rsplit('/')
+            .next();
         let schema = &doc["components"]["schemas"][name.unwrap_or_default()];
         assert_eq!(schema["additionalProperties"], false, "{schema}");
         assert_eq!(schema["required"], serde_json::json!(["spec"]), "{schema}");
         let props = schema["properties"].as_object().unwrap();
-        assert_eq!(props.keys().collect::<Vec<_>>(), ["archive", "file", "spec"]);
+        assert_eq!(
+            props.keys().collect::<Vec<_>>(),
+            ["archive", "file", "spec"]
+        );
     }
 }
