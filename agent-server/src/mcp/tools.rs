@@ -287,9 +287,13 @@ impl McpTools {
         description = "List the files under a directory of a sandbox's /workspace, with their sizes (default: the whole workspace; at most 1000 named).",
         annotations(read_only_hint = true)
     )]
-    async fn list_files(&self, Parameters(args): Parameters<ListArgs>) -> ToolResult {
+    async fn list_files(
+        &self,
+        McpCaller(caller): McpCaller,
+        Parameters(args): Parameters<ListArgs>,
+    ) -> ToolResult {
         let args = args?;
-        let id = sandbox_id(&args.sandbox_id)?;
+        let id = self.own(&caller, &args.sandbox_id).await?;
         let root = crate::sandbox_archive::workspace_dir(args.path.as_deref().unwrap_or(""))?;
         let (tar, _) = self
             .manager

@@ -298,6 +298,7 @@ async def tenant_main(url, token, sandbox, job):
                     ("run_python", {"sandbox_id": sandbox, "code": "1"}),
                     ("write_file", {"sandbox_id": sandbox, "path": "intruder.txt", "content": "x"}),
                     ("read_file", {"sandbox_id": sandbox, "path": "secret.txt"}),
+                    ("list_files", {"sandbox_id": sandbox}),
                     ("plan_in_sandbox", {"sandbox_id": sandbox, "prompt": "read secret.txt"}),
                     ("destroy_sandbox", {"sandbox_id": sandbox}),
                     ("wait_job", {"job_id": job, "wait_secs": 1}),
