@@ -453,12 +453,9 @@ async fn bad_inputs_are_refused_naming_the_problem_and_leave_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queued_job_keeps_its_input_files_across_a_restart() {
-    require_docker();
     let opts =
         ServerOptions::new(&unique_scope("inputs-restart")).env("AGENT_MAX_CONCURRENT_JOBS", "1");
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out");
-    let mut server = TestServer::start(&out, &opts);
+    let (_dir, mut server) = TestServer::docker_in_tempdir(&opts);
     let blocker = server.schedule(shell_job("sleep 120")).await;
     server
         .wait_for(&blocker, "running", |v| v["status"] == "running")
@@ -475,7 +472,7 @@ async fn a_queued_job_keeps_its_input_files_across_a_restart() {
     assert_eq!(kept_inputs(&server), [format!("{id}.tar")]);
     server.kill9();
 
-    let server = TestServer::start(&out, &opts);
+    let server = server.restart();
     let status = server.wait_final(&id).await;
     assert_eq!(status["status"], "succeeded", "{status}");
     assert_eq!(seen(&server, &id).await["kept.bin"], hex(&bin));

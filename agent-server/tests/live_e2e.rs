@@ -465,13 +465,10 @@ async fn a_kept_sandbox_is_gone_after_its_keep_alive() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kept_sandbox_of_a_server_killed_with_sigkill_is_reaped_by_the_restarted_one() {
-    require_docker();
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out");
     // The restarted server reaps every second, so the test need not wait out the default minute.
     let opts =
         ServerOptions::new(&unique_scope("kept-restart")).env("AGENT_REAP_INTERVAL_SECS", "1");
-    let mut server = TestServer::start(&out, &opts);
+    let (_dir, mut server) = TestServer::docker_in_tempdir(&opts);
     let id = server
         .schedule(json!({
             "steps": [{"type": "shell", "command": "echo kept > kept.txt"}],
@@ -487,7 +484,7 @@ async fn a_kept_sandbox_of_a_server_killed_with_sigkill_is_reaped_by_the_restart
     assert_eq!(containers_of(&id).len(), 1, "kept after the steps: {st}");
 
     server.kill9();
-    let server = TestServer::start(&out, &opts);
+    let server = server.restart();
     // The job keeps its final status and its ZIP; the sandbox it can no longer reach is not
     // offered, and its container is removed.
     let st = server.status(&id).await;

@@ -384,11 +384,8 @@ async fn an_idle_sandbox_times_out_and_its_container_is_removed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_interrupts_live_sandboxes_and_reaps_their_containers() {
-    require_docker();
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out");
     let opts = ServerOptions::new(&unique_scope("live-restart"));
-    let mut server = TestServer::start(&out, &opts);
+    let (_dir, mut server) = TestServer::docker_in_tempdir(&opts);
     let id = create(&server, json!({})).await;
     shell(&server, &id, "echo kept > state.txt").await;
     server.kill9();
@@ -398,7 +395,7 @@ async fn a_restart_interrupts_live_sandboxes_and_reaps_their_containers() {
         "the crashed server's container"
     );
 
-    let server = TestServer::start(&out, &opts);
+    let server = server.restart();
     let st = server.status(&id).await;
     assert_eq!(st["status"], "interrupted", "{st}");
     assert_eq!(st["steps"].as_array().unwrap().len(), 1);
@@ -606,11 +603,8 @@ async fn a_sandbox_in_use_ends_at_its_hard_lifetime_and_its_container_is_removed
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_finished_job_hands_its_sandbox_over_to_a_live_sandbox_with_its_files_and_python_state() {
-    require_docker();
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out");
     let opts = ServerOptions::new(&unique_scope("keep-sandbox"));
-    let mut server = TestServer::start(&out, &opts);
+    let (_dir, mut server) = TestServer::docker_in_tempdir(&opts);
     let job = server
         .schedule(json!({
             "steps": [
@@ -662,7 +656,7 @@ async fn a_finished_job_hands_its_sandbox_over_to_a_live_sandbox_with_its_files_
 
     // A restart ends it as interrupted, and its container (the job's) is reaped.
     server.kill9();
-    let server = TestServer::start(&out, &opts);
+    let server = server.restart();
     assert_eq!(server.status(&sid).await["status"], "interrupted");
     assert!(
         containers_of(&job).is_empty(),

@@ -507,12 +507,9 @@ async fn sse_fan_out_every_subscriber_gets_every_event_in_order_and_a_stalled_on
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_then_restart_keeps_every_job_and_interrupts_the_running_ones() {
-    require_docker();
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out");
     let scope = unique_scope("kill9");
     let opts = ServerOptions::new(&scope).env("AGENT_MAX_CONCURRENT_JOBS", "2");
-    let mut server = TestServer::start(&out, &opts);
+    let (_dir, mut server) = TestServer::docker_in_tempdir(&opts);
 
     let done = server
         .schedule(json!({"steps": [{"type": "shell", "command": "echo ok > ok.txt"}]}))
@@ -536,7 +533,7 @@ async fn kill_9_then_restart_keeps_every_job_and_interrupts_the_running_ones() {
     // The crashed server's containers are still there.
     assert!(!containers_of(&running_a).is_empty());
 
-    let server = TestServer::start(&out, &opts);
+    let server = server.restart();
     let (code, list) = server.get_json("/jobs?limit=100").await;
     assert_eq!(code, 200);
     assert_eq!(list["total"], 4, "{list}");
@@ -590,12 +587,9 @@ async fn kill_9_then_restart_keeps_every_job_and_interrupts_the_running_ones() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_interrupts_running_jobs_removes_containers_and_exits_0() {
-    require_docker();
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out");
     let scope = unique_scope("term");
     let opts = ServerOptions::new(&scope);
-    let mut server = TestServer::start(&out, &opts);
+    let (_dir, mut server) = TestServer::docker_in_tempdir(&opts);
     let id = server
         .schedule(json!({"steps": [{"type": "shell", "command": "sleep 300"}]}))
         .await;
@@ -615,7 +609,7 @@ async fn sigterm_interrupts_running_jobs_removes_containers_and_exits_0() {
         "container left after SIGTERM"
     );
     assert!(containers_of_scope(&scope).is_empty());
-    let server = TestServer::start(&out, &opts);
+    let server = server.restart();
     assert_eq!(server.status(&id).await["status"], "interrupted");
 }
 

@@ -171,6 +171,8 @@ pub struct TestServer {
     pub log: Arc<Mutex<Vec<String>>>,
     pub http: reqwest::Client,
     pub token: Option<String>,
+    /// What it was started with ([`restart`](Self::restart) starts it again so).
+    pub opts: ServerOptions,
 }
 
 /// How to start a server.
@@ -315,6 +317,7 @@ impl TestServer {
             log,
             http: reqwest::Client::new(),
             token: opts.token.clone(),
+            opts: opts.clone(),
         }
     }
 
@@ -326,11 +329,22 @@ impl TestServer {
         (dir, server)
     }
 
-    /// [`in_tempdir`](Self::in_tempdir) with default options and a reaping scope of its own
-    /// (`e2e-{name}-…`), after checking that Docker and the image are there.
-    pub fn with_docker(name: &str) -> (tempfile::TempDir, TestServer) {
+    /// [`in_tempdir`](Self::in_tempdir), after checking that Docker and the image are there.
+    pub fn docker_in_tempdir(opts: &ServerOptions) -> (tempfile::TempDir, TestServer) {
         require_docker();
-        TestServer::in_tempdir(&ServerOptions::new(&unique_scope(name)))
+        TestServer::in_tempdir(opts)
+    }
+
+    /// [`docker_in_tempdir`](Self::docker_in_tempdir) with default options and a reaping scope
+    /// of its own (`e2e-{name}-…`).
+    pub fn with_docker(name: &str) -> (tempfile::TempDir, TestServer) {
+        TestServer::docker_in_tempdir(&ServerOptions::new(&unique_scope(name)))
+    }
+
+    /// A new server on this one's output directory, with its options (once this one is
+    /// stopped: killed or terminated).
+    pub fn restart(&self) -> TestServer {
+        TestServer::start(&self.output_dir, &self.opts)
     }
 
     pub fn url(&self, path: &str) -> String {
