@@ -14,9 +14,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agent_benches::{
-    after_warmup, bench_sandbox, docker_executor, listing_only, median, ms, rounds, timed_docker,
-};
+use agent_benches::{after_warmup, bench_sandbox, docker_bench, median, ms, timed_docker};
 use agent_core::executor::discard_output;
 use agent_core::{Executor, JobId, JobSpec, RunStep, Sandbox, SandboxSpec, Step, StepRequest};
 use agent_docker::DockerExecutor;
@@ -47,11 +45,9 @@ fn row(name: &str, ours: Duration, base_name: &str, base: Duration, target: f64)
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
-    if listing_only() {
+    let Some((n, config, exec)) = docker_bench("docker", 30).await else {
         return;
-    }
-    let n = rounds(30);
-    let (config, exec) = docker_executor("docker").await;
+    };
     let image = config.image.clone();
     println!("# Docker executor benchmark (N = {n}, image {image})\n");
     println!(

@@ -272,10 +272,9 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load = agent_benches::load_average();
     println!(
-        "# Fan-out: {subscribers} SSE subscribers of one job printing {lines} lines (load average at start: {})",
-        load.trim()
+        "# Fan-out: {subscribers} SSE subscribers of one job printing {lines} lines (load average at start: {load})"
     );
     let rss_start = status_kib(pid, "VmRSS:").unwrap_or(0);
     // A first job warms the server (the image, the pool, the store) and is not counted.

@@ -21,7 +21,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agent_benches::{after_warmup, docker_executor, listing_only, percentile, rounds};
+use agent_benches::{after_warmup, docker_bench, load_average, percentile};
 use agent_core::manager::{JobManager, JobManagerConfig};
 use agent_core::store::sqlite::SqliteStore;
 use agent_core::{EventKind, Job, JobSpec, JobStatus, Step};
@@ -127,14 +127,12 @@ async fn idle_pool_memory(scope: &str) -> Vec<f64> {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
-    if listing_only() {
+    let Some((n, config, plain)) = docker_bench("job", 30).await else {
         return;
-    }
-    let n = rounds(30);
-    let (config, plain) = docker_executor("job").await;
+    };
     let scope = config.scope.clone().unwrap_or_default();
     let image = config.image.clone();
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load = load_average();
     println!("# Whole-job benchmark (N = {n}, image {image}; load average at start: {load})");
 
     // 1. Warm: a pool of 1, refilled before each job.

@@ -74,9 +74,28 @@ pub async fn timed_docker(args: &[&str]) -> Duration {
     t.elapsed()
 }
 
-/// A Docker executor in a scope of its own (`bench-NAME-PID`) with its image present, and its
-/// configuration; a machine without a Docker engine ends the benchmark with a message.
-pub async fn docker_executor(name: &str) -> (DockerConfig, DockerExecutor) {
+/// How a Docker benchmark starts: nothing to do when the harness only lists benchmarks
+/// ([`listing_only`]); else the rounds to measure ([`rounds`]`(default_rounds)`), and a Docker
+/// executor in a scope of its own (`bench-NAME-PID`) with its image present, with its
+/// configuration. A machine without a Docker engine ends the benchmark with a message.
+pub async fn docker_bench(
+    name: &str,
+    default_rounds: usize,
+) -> Option<(usize, DockerConfig, DockerExecutor)> {
+    if listing_only() {
+        return None;
+    }
+    let (config, exec) = docker_executor(name).await;
+    Some((rounds(default_rounds), config, exec))
+}
+
+/// The load average now (`/proc/loadavg`), for the tables.
+pub fn load_average() -> String {
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    load.trim().to_string()
+}
+
+async fn docker_executor(name: &str) -> (DockerConfig, DockerExecutor) {
     let scope = format!("bench-{name}-{}", std::process::id());
     let config = DockerConfig::from_env().with_scope(scope);
     let exec = match DockerExecutor::connect(config.clone()).await {

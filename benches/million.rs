@@ -51,11 +51,8 @@ fn main() {
         .unwrap_or(1_000_000);
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let db = dir.path().join("agent.db");
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    println!(
-        "# A million jobs in SQLite (load average at start: {})",
-        load.trim()
-    );
+    let load = agent_benches::load_average();
+    println!("# A million jobs in SQLite (load average at start: {load})");
     println!("| jobs | start-up ms | page (cursor) p50 / p99 ms | page (offset, half depth) p50 ms | lookup p50 / p99 ms | RSS MB |");
     println!("|---|---|---|---|---|---|");
     let mut stored = 0;

@@ -13,7 +13,7 @@
 
 use std::time::{Duration, Instant};
 
-use agent_benches::{bench_sandbox, docker_executor, listing_only, median, percentile, rounds};
+use agent_benches::{bench_sandbox, docker_bench, load_average, median, percentile};
 use agent_core::executor::SandboxStream;
 use agent_core::testing::tunnels::{
     echo_through, loopback_echo, pattern, start_echo_servers, ECHO_PORT, GREET_PORT,
@@ -58,22 +58,17 @@ async fn tunnel(sb: &dyn Sandbox) -> SandboxStream {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
-    if listing_only() {
+    let Some((n, config, _)) = docker_bench("tunnel", 7).await else {
         return;
-    }
-    let n = rounds(7);
-    let (config, _) = docker_executor("tunnel").await;
+    };
     let exec = DockerExecutor::connect(config.with_tunnel_ports([ECHO_PORT, GREET_PORT]))
         .await
         .expect("an executor with tunnels");
     let sb = bench_sandbox(&exec).await;
     start_echo_servers(&*sb).await;
     let direct = loopback_echo().await;
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    println!(
-        "# Tunnel benchmark (N = {n}; load average at start: {})\n",
-        load.trim()
-    );
+    let load = load_average();
+    println!("# Tunnel benchmark (N = {n}; load average at start: {load})\n");
 
     let data = pattern(BULK, 7);
     bulk(tunnel(&*sb).await, &data).await; // warm-up, not counted
@@ -92,7 +87,7 @@ async fn main() {
     tcp.set_nodelay(true).unwrap();
     let mut direct_rtt = pings(tcp).await;
     let rtt = percentile(&mut tunnel_rtt, 0.5);
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load = load_average();
 
     println!("| figure | tunnel | direct loopback echo (same run) | ratio | goal |");
     println!("|---|---|---|---|---|");
@@ -112,7 +107,7 @@ async fn main() {
             "MISSED"
         }
     );
-    println!("\nload average at the end: {}", load.trim());
+    println!("\nload average at the end: {load}");
     sb.destroy().await.unwrap();
     exec.shutdown().await.unwrap();
 }
