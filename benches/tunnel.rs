@@ -8,6 +8,8 @@
 //!
 //! - throughput: 10 MiB written and read back at once through a tunnel vs through the host's
 //!   loopback echo, the two alternated round by round, medians compared (goal ≥ 0.5×);
+//! - for context, the same 10 MiB through `docker exec -i <same container> cat`: the engine's own
+//!   stream copy, which a tunnel rides on (Docker's attach stream) and which bounds it;
 //! - round trip of a 1-byte message through a tunnel (goal ≤ 1 ms p50), next to the loopback's.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -33,6 +35,34 @@ async fn bulk<S: AsyncRead + AsyncWrite + Unpin + Send>(stream: S, data: &[u8]) 
     let back = echo_through(stream, data).await;
     let d = t.elapsed();
     assert!(back == data, "the echo came back changed");
+    d
+}
+
+/// How long `data` takes through `docker exec -i CONTAINER cat` (written while read back): the
+/// Docker engine's own stream copy, the transport a tunnel rides on (the attach stream).
+async fn docker_cat(container: &str, data: &[u8]) -> Duration {
+    let t = Instant::now();
+    let mut child = tokio::process::Command::new("docker")
+        .args(["exec", "-i", container, "cat"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the docker CLI");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let writer = async {
+        stdin.write_all(data).await.unwrap();
+        drop(stdin);
+    };
+    let reader = async {
+        let mut back = Vec::with_capacity(data.len());
+        stdout.read_to_end(&mut back).await.unwrap();
+        back
+    };
+    let ((), back) = tokio::join!(writer, reader);
+    assert!(child.wait().await.unwrap().success());
+    let d = t.elapsed();
+    assert!(back == data, "docker exec cat changed the bytes");
     d
 }
 
@@ -72,14 +102,15 @@ async fn main() {
 
     let data = pattern(BULK, 7);
     bulk(tunnel(&*sb).await, &data).await; // warm-up, not counted
-    let (mut through, mut base) = (Vec::new(), Vec::new());
+    let (mut through, mut base, mut engine) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..n {
         through.push(bulk(tunnel(&*sb).await, &data).await);
         let tcp = tokio::net::TcpStream::connect(direct).await.unwrap();
         tcp.set_nodelay(true).unwrap();
         base.push(bulk(tcp, &data).await);
+        engine.push(docker_cat(sb.id(), &data).await);
     }
-    let (through, base) = (median(through), median(base));
+    let (through, base, engine) = (median(through), median(base), median(engine));
     let mib = BULK as f64 / f64::from(1 << 20);
     let ratio = base.as_secs_f64() / through.as_secs_f64();
     let mut tunnel_rtt = pings(tunnel(&*sb).await).await;
@@ -96,6 +127,11 @@ async fn main() {
         mib / through.as_secs_f64(),
         mib / base.as_secs_f64(),
         if ratio >= 0.5 { "ok" } else { "MISSED" }
+    );
+    println!(
+        "| the engine's stream alone: `docker exec -i <same container> cat` | {:.1} MiB/s | | {:.3}× | (context) |",
+        mib / engine.as_secs_f64(),
+        base.as_secs_f64() / engine.as_secs_f64()
     );
     println!(
         "| 1-byte round trip p50 ({PINGS}) | {:.3} ms | {:.3} ms | | ≤ 1 ms {} |",
