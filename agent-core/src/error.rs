@@ -84,6 +84,21 @@ pub enum Error {
         /// The configured threshold.
         min_free_bytes: u64,
     },
+    /// The directories where jobs, logs and ZIPs are stored hold more than the configured cap
+    /// ([`JobManagerConfig::max_stored_bytes`](crate::manager::JobManagerConfig::max_stored_bytes)):
+    /// new jobs are refused until retention (or an operator) removes old ones.
+    #[error(
+        "{path} holds {stored_bytes} bytes, over this server's cap of {max_stored_bytes}; no job \
+         is accepted until old jobs are removed (by retention)"
+    )]
+    StorageCapReached {
+        /// The directories measured.
+        path: String,
+        /// Bytes they hold.
+        stored_bytes: u64,
+        /// The cap.
+        max_stored_bytes: u64,
+    },
     /// An LLM provider failed.
     #[error(transparent)]
     Llm(#[from] LlmError),
@@ -203,6 +218,7 @@ impl Error {
             | Error::Timeout(_)
             | Error::QueueFull { .. }
             | Error::InsufficientStorage { .. }
+            | Error::StorageCapReached { .. }
             | Error::AtCapacity { .. } => true,
             _ => false,
         }

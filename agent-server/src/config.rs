@@ -138,6 +138,12 @@ pub struct ServerConfig {
     #[arg(long, env = "AGENT_MIN_FREE_MB", default_value_t = 100)]
     pub min_free_mb: u64,
 
+    /// Most bytes the output directory (database, logs, ZIPs, input files) may hold: above it
+    /// new jobs and sandboxes are refused with 507 `storage_cap_reached` until retention (or an
+    /// operator) removes old jobs. Measured every 2 s in the background. 0: no cap.
+    #[arg(long, env = "AGENT_MAX_OUTPUT_BYTES", default_value_t = 0)]
+    pub max_output_bytes: u64,
+
     /// Log format: `text` or `json` (the level comes from `RUST_LOG`, default `info`).
     #[arg(long, env = "AGENT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

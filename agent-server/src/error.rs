@@ -169,6 +169,11 @@ impl From<agent_core::Error> for ApiError {
             E::ShuttingDown => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", err.to_string())
             }
+            E::StorageCapReached { .. } => ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "storage_cap_reached",
+                err.to_string(),
+            ),
             _ if err.is_storage_full() => ApiError::new(
                 StatusCode::INSUFFICIENT_STORAGE,
                 "insufficient_storage",

@@ -389,7 +389,7 @@ pub(crate) async fn health(State(state): State<AppState>) -> (StatusCode, Json<H
               (status = 403, description = "Refused by the operator's policy (`policy_refused`: an image not allowed, a network, a limit over its maximum; the field in `error.field`)", body = ErrorBody),
               (status = 415, description = "Neither JSON nor multipart, or an `archive` part that is not a ZIP or tar", body = ErrorBody),
               (status = 422, description = "Invalid field (named in `error.field`); a missing `spec` part; an input entry refused (a link, a device, `..`, an absolute path: named in the message)", body = ErrorBody),
-              (status = 507, description = "The server's disk is full or below its free-space threshold (`insufficient_storage`)", body = ErrorBody),
+              (status = 507, description = "The server's disk is full or below its free-space threshold (`insufficient_storage`), or its output directory holds more than `AGENT_MAX_OUTPUT_BYTES` (`storage_cap_reached`)", body = ErrorBody),
               (status = 503, description = "Shutting down, queue full, or the Docker engine has not answered for longer than jobs wait for it (`executor_unavailable`, with `Retry-After`)", body = ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn schedule(

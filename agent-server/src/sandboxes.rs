@@ -593,7 +593,8 @@ fn file_path(query: Result<Query<PathQuery>, QueryRejection>) -> ApiResult<Strin
               (status = 415, description = "Not JSON", body = ErrorBody),
               (status = 404, description = "The image is not on the engine (`image_not_found`)", body = ErrorBody),
               (status = 422, description = "Invalid field (named in `error.field`)", body = ErrorBody),
-              (status = 503, description = "Every sandbox slot is taken (`at_capacity`; jobs and sandboxes count alike), or shutting down", body = ErrorBody)),
+              (status = 503, description = "Every sandbox slot is taken (`at_capacity`; jobs and sandboxes count alike), or shutting down", body = ErrorBody),
+              (status = 507, description = "The server's disk is below its free-space threshold (`insufficient_storage`) or its output directory over `AGENT_MAX_OUTPUT_BYTES` (`storage_cap_reached`)", body = ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn create(
     State(state): State<AppState>,

@@ -125,6 +125,9 @@ pub async fn build_state(config: &ServerConfig) -> Result<AppState, ServeError> 
         executor_wait: config.engine_wait(),
         min_free_bytes: config.min_free_mb.saturating_mul(1 << 20),
         storage_dirs: vec![config.output_dir.clone()],
+        max_stored_bytes: config.max_output_bytes,
+        // Planned steps are held to the operator's step-timeout maximum, as sent ones are.
+        max_step_timeout: Some(policy.maxima().step_timeout),
         ..JobManagerConfig::default()
     };
     let mut builder = JobManager::builder(executor, store).config(manager_config);

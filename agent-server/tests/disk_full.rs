@@ -5,7 +5,8 @@
 //! `insufficient_storage` (admission control), a write that fails for want of space is a 507 with
 //! the same code (not a 500), a job whose result cannot be stored never stays `running` (the
 //! watchdog finishes it as failed once it can write), service is normal once space is freed, and
-//! nothing stored before is lost.
+//! nothing stored before is lost. With `AGENT_MAX_OUTPUT_BYTES`, an output directory over its
+//! cap refuses new jobs and sandboxes (507 `storage_cap_reached`) until old ones go.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -186,4 +187,58 @@ async fn a_full_output_dir_is_a_clear_507_and_no_job_is_left_running() {
     // Nothing stored before was lost.
     server.assert_kept(&before).await;
     drop(server);
+}
+
+/// `POST /schedule` until it answers `code` (the cap is measured every 2 s), bounded.
+async fn schedule_until(server: &TestServer, code: u16) -> Value {
+    let start = Instant::now();
+    loop {
+        let (got, v) = server.post_json("/schedule", &shell_job("true")).await;
+        if got == code {
+            return v;
+        }
+        assert!(got == 202 || got == 507, "{got}: {v}");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "never {code}: {got} {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_output_dir_over_its_cap_refuses_new_jobs_until_old_ones_go() {
+    require_docker();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let opts = ServerOptions::new(&unique_scope("disk-cap"))
+        .env("AGENT_MIN_FREE_MB", "0")
+        .env("AGENT_MAX_OUTPUT_BYTES", "3000000");
+    let server = TestServer::start(&out, &opts);
+
+    // A job whose ZIP (4 MB of random bytes) takes the directory over its 3 MB cap.
+    let big = server
+        .schedule(shell_job("head -c 4000000 /dev/urandom > big.bin"))
+        .await;
+    assert_eq!(server.wait_final(&big).await["status"], "succeeded");
+    let zip_path = out.join(format!("{big}.zip"));
+    assert!(zip_path.metadata().unwrap().len() > 3_000_000);
+
+    // New jobs and sandboxes are refused with their own code, naming the cap.
+    let v = schedule_until(&server, 507).await;
+    assert_eq!(v["error"]["code"], "storage_cap_reached", "{v}");
+    let message = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("cap of 3000000"), "{v}");
+    let (code, v) = server.post_json("/sandboxes", &json!({})).await;
+    assert_eq!(code, 507, "{v}");
+    assert_eq!(v["error"]["code"], "storage_cap_reached", "{v}");
+    // What is stored is still served.
+    let mut zip = server.download(&big).await;
+    assert_eq!(zip.by_name("big.bin").unwrap().size(), 4_000_000);
+
+    // Once the big ZIP goes (an operator, or retention), jobs are taken again.
+    std::fs::remove_file(&zip_path).unwrap();
+    let v = schedule_until(&server, 202).await;
+    let id = v["job_id"].as_str().unwrap();
+    assert_eq!(server.wait_final(id).await["status"], "succeeded");
 }

@@ -726,7 +726,7 @@ async fn keep_sandbox_refuses_invalid_settings_at_the_door() {
 async fn a_live_sandbox_handed_to_the_planner_runs_and_repairs_the_plan_in_place() {
     require_docker();
     let plan = json!({"summary": "count the rows", "steps": [
-        {"type": "shell", "command": "wc -l < data.csv > rows.txt"},
+        {"type": "shell", "command": "wc -l < data.csv > rows.txt", "timeout_secs": 90000},
         {"type": "shell", "command": "echo broken >&2; exit 7"},
     ]});
     let repair = json!({"summary": "use the variable", "steps": [
@@ -734,7 +734,9 @@ async fn a_live_sandbox_handed_to_the_planner_runs_and_repairs_the_plan_in_place
     ]});
     let llm = alchemyst_mock(&plan, &repair).await;
     let (_dir, server) = TestServer::in_tempdir(
-        &ServerOptions::new(&unique_scope("live-plan")).llm(Some(&llm), None),
+        &ServerOptions::new(&unique_scope("live-plan"))
+            .env("AGENT_MAX_STEP_TIMEOUT_SECS", "600")
+            .llm(Some(&llm), None),
     );
     let id = create(&server, json!({"idle_timeout_secs": 600})).await;
     let (code, v) = step(
@@ -806,6 +808,11 @@ async fn a_live_sandbox_handed_to_the_planner_runs_and_repairs_the_plan_in_place
     assert_eq!(st["steps"][4]["attempt"], 1, "{st}");
     let logs = server.logs_text(&id).await;
     assert!(logs.contains("planning in the sandbox"), "{logs}");
+    // The planned step's timeout was held to the operator's maximum.
+    assert!(
+        logs.contains("asked for a 90000 s timeout; lowered to this server's maximum of 600 s"),
+        "{logs}"
+    );
     let rows = server
         .get(&format!("/sandboxes/{id}/files?path=rows.txt"))
         .await;

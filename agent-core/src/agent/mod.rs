@@ -61,6 +61,8 @@ pub struct AgentSettings {
     pub artifacts: ArtifactStore,
     /// Its key in the store.
     pub artifact_key: String,
+    /// The longest timeout a planned step may have (longer ones are lowered to it).
+    pub max_step_timeout: Option<std::time::Duration>,
 }
 
 /// What one run of the agent flow is asked to do: a job's prompt (or its explicit steps) and

@@ -159,10 +159,13 @@ fn charge_failed_plan(state: &mut AgentState, failed: PlanFailed) -> Error {
 
 async fn accept_plan(state: &mut AgentState, planned: Planned, attempt: u32) -> Result<()> {
     let Planned {
-        plan,
+        mut plan,
         provider,
         usage,
     } = planned;
+    if let Some(max) = state.settings.max_step_timeout {
+        clamp_timeouts(&mut plan.steps, max, &state.events);
+    }
     let provider = (!provider.is_empty()).then_some(provider);
     state.events.emit(EventKind::Plan {
         steps: plan.steps.clone(),
@@ -186,6 +189,24 @@ async fn accept_plan(state: &mut AgentState, planned: Planned, attempt: u32) -> 
     }
     // No save here: the execute node saves the record as the first step starts, right after.
     Ok(())
+}
+
+/// Lowers the timeouts of planned steps that ask for more than `max` (the operator's maximum)
+/// to it, saying so in the log.
+fn clamp_timeouts(steps: &mut [Step], max: std::time::Duration, events: &EventSink) {
+    for (i, step) in steps.iter_mut().enumerate() {
+        if let Some(t) = step.timeout.filter(|t| *t > max) {
+            step.timeout = Some(max);
+            events.emit(EventKind::Log {
+                message: format!(
+                    "planned step {i} asked for a {} s timeout; lowered to this server's maximum \
+                     of {} s",
+                    t.as_secs(),
+                    max.as_secs()
+                ),
+            });
+        }
+    }
 }
 
 /// Runs the next pending step.

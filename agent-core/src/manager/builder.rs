@@ -90,6 +90,7 @@ impl JobManagerBuilder {
             kept_sandboxes: Mutex::new(HashMap::new()),
             availability: super::availability::Availability::new(),
             watchdog: AtomicBool::new(false),
+            stored_bytes: Default::default(),
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
         });
@@ -111,6 +112,7 @@ impl JobManagerBuilder {
         if let Err(e) = manager.reap().await {
             warn!(error = %e, "could not reap old sandboxes");
         }
+        manager.start_storage_meter().await;
         manager.spawn_reaper();
         manager.spawn_sweeper();
         Ok(manager)

@@ -59,6 +59,16 @@ pub struct JobManagerConfig {
     /// The directories whose file systems must keep `min_free_bytes` free (the store's, the
     /// artifacts'). Empty: `artifact_dir`.
     pub storage_dirs: Vec<PathBuf>,
+    /// The longest timeout a planned step (from the LLM's plan or a repair) may have: a
+    /// planned step asking for more is lowered to it (the job's log says so). `None`: no
+    /// maximum. Default `None`. (Explicit steps are checked where they are sent.)
+    pub max_step_timeout: Option<Duration>,
+    /// [`JobManager::submit`](super::JobManager::submit) and live sandboxes refuse new jobs
+    /// ([`Error::StorageCapReached`](crate::Error::StorageCapReached)) while `storage_dirs`
+    /// together hold more than this many bytes (measured in the background every
+    /// [`STORED_BYTES_REFRESH`](super::STORED_BYTES_REFRESH), so a job may go over by what
+    /// it writes before the next measure). 0: no cap. Default 0.
+    pub max_stored_bytes: u64,
 }
 
 impl Default for JobManagerConfig {
@@ -81,6 +91,8 @@ impl Default for JobManagerConfig {
             executor_wait: Duration::from_secs(600),
             min_free_bytes: 0,
             storage_dirs: Vec::new(),
+            max_step_timeout: None,
+            max_stored_bytes: 0,
         }
     }
 }

@@ -69,6 +69,7 @@ pub use kept::JobSandbox;
 use live::{LiveJob, Phase};
 pub use sandbox_plan::{SandboxPlanRun, MAX_LISTED_FILES};
 pub use sandboxes::{SandboxInfo, TextSink, MAX_PUT_FILE_BYTES};
+pub use storage::STORED_BYTES_REFRESH;
 
 /// Runs jobs. Cheap to clone; all clones share one manager.
 #[derive(Clone)]
@@ -111,6 +112,8 @@ struct Inner {
     kept_sandboxes: Mutex<HashMap<JobId, kept::Entry>>,
     /// Whether the storage watchdog runs.
     watchdog: AtomicBool,
+    /// The last measure of the storage directories' size, in bytes (with a storage cap).
+    stored_bytes: std::sync::atomic::AtomicU64,
     /// Whether the executor answers; jobs wait out its outages (see [`availability`]).
     availability: availability::Availability,
     /// Cancelled at shutdown: stops the sweeper and queued jobs.

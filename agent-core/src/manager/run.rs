@@ -179,6 +179,7 @@ impl JobManager {
             max_export_bytes: config.max_export_bytes,
             artifacts: self.inner.artifacts.clone(),
             artifact_key: ArtifactStore::key_for(id),
+            max_step_timeout: config.max_step_timeout,
         }
     }
 

@@ -198,6 +198,7 @@ impl JobManager {
         }
         spec.live.get_or_insert_with(LiveSettings::default);
         spec.validate()?;
+        self.check_free_space()?;
         // Refused at the door, as for a job: what the executor cannot honour (services without
         // a services image, a network it does not give).
         self.inner

@@ -25,6 +25,31 @@ const RETRY_FIRST: Duration = Duration::from_millis(500);
 /// Longest pause between attempts.
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
+/// How often the storage directories are measured for
+/// [`max_stored_bytes`](super::JobManagerConfig::max_stored_bytes).
+pub const STORED_BYTES_REFRESH: Duration = Duration::from_secs(2);
+
+/// Bytes of the regular files under `dir` (links not followed; what cannot be read counts 0).
+fn tree_bytes(dir: &Path) -> u64 {
+    let mut total = 0u64;
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => pending.push(entry.path()),
+                Ok(t) if t.is_file() => {
+                    total = total.saturating_add(entry.metadata().map_or(0, |m| m.len()));
+                }
+                _ => {}
+            }
+        }
+    }
+    total
+}
+
 /// Bytes free (to unprivileged users) on the file system of `dir`.
 fn free_bytes(dir: &Path) -> std::io::Result<u64> {
     let st = rustix::fs::statvfs(dir)?;
@@ -36,19 +61,78 @@ impl JobManager {
     /// ([`JobManagerConfig::storage_dirs`](super::JobManagerConfig::storage_dirs), else the
     /// artifact directory), with the directory; `None` when none can be measured.
     pub fn free_space(&self) -> Option<(u64, &Path)> {
-        let config = &self.inner.config;
-        let dirs = if config.storage_dirs.is_empty() {
-            std::slice::from_ref(&config.artifact_dir)
-        } else {
-            &config.storage_dirs[..]
-        };
-        dirs.iter()
+        self.storage_dirs()
+            .iter()
             .filter_map(|d| free_bytes(d).ok().map(|free| (free, d.as_path())))
             .min_by_key(|(free, _)| *free)
     }
 
-    /// Refuses a new job while free space is below the threshold.
+    /// The directories where jobs and ZIPs are stored.
+    fn storage_dirs(&self) -> &[std::path::PathBuf] {
+        let config = &self.inner.config;
+        if config.storage_dirs.is_empty() {
+            std::slice::from_ref(&config.artifact_dir)
+        } else {
+            &config.storage_dirs[..]
+        }
+    }
+
+    /// Bytes the storage directories held together at the last measure (taken every
+    /// [`STORED_BYTES_REFRESH`] while
+    /// [`max_stored_bytes`](super::JobManagerConfig::max_stored_bytes) is set); `None` without
+    /// a cap.
+    pub fn stored_bytes(&self) -> Option<u64> {
+        (self.inner.config.max_stored_bytes > 0)
+            .then(|| self.inner.stored_bytes.load(Ordering::Relaxed))
+    }
+
+    /// Measures the storage directories once, off the runtime's threads.
+    async fn measure_stored_bytes(&self) {
+        let dirs = self.storage_dirs().to_vec();
+        match tokio::task::spawn_blocking(move || dirs.iter().map(|d| tree_bytes(d)).sum()).await {
+            Ok(bytes) => self.inner.stored_bytes.store(bytes, Ordering::Relaxed),
+            Err(e) => warn!(error = %e, "measuring the storage directories failed"),
+        }
+    }
+
+    /// With a storage cap, measures the directories now and then every
+    /// [`STORED_BYTES_REFRESH`] until shutdown (a walk of the tree, off the request path:
+    /// admission reads the last measure).
+    pub(super) async fn start_storage_meter(&self) {
+        if self.inner.config.max_stored_bytes == 0 {
+            return;
+        }
+        self.measure_stored_bytes().await;
+        let manager = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = manager.inner.stop.cancelled() => return,
+                    () = tokio::time::sleep(STORED_BYTES_REFRESH) => {}
+                }
+                manager.measure_stored_bytes().await;
+            }
+        });
+    }
+
+    /// Refuses a new job while free space is below the threshold, or the storage directories
+    /// hold more than their cap.
     pub(super) fn check_free_space(&self) -> Result<()> {
+        let cap = self.inner.config.max_stored_bytes;
+        if let Some(stored) = self.stored_bytes() {
+            if stored > cap {
+                let dirs: Vec<String> = self
+                    .storage_dirs()
+                    .iter()
+                    .map(|d| d.display().to_string())
+                    .collect();
+                return Err(Error::StorageCapReached {
+                    path: dirs.join(", "),
+                    stored_bytes: stored,
+                    max_stored_bytes: cap,
+                });
+            }
+        }
         let min = self.inner.config.min_free_bytes;
         if min == 0 {
             return Ok(());
