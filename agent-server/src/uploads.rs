@@ -288,8 +288,6 @@ pub(crate) async fn spool<E: std::fmt::Display>(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     #[test]
     fn the_document_describes_both_bodies_of_schedule_and_only_their_parts() {
         let doc = crate::openapi::openapi_json();

@@ -70,7 +70,7 @@ pub struct JobArgs {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the REST server (same as the `agent-server` binary).
-    Serve(ServerConfig),
+    Serve(Box<ServerConfig>),
     /// Run one job here, without a server: a sandbox on the local Docker engine; writes the ZIP.
     Run {
         /// The job.

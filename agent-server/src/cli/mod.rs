@@ -112,7 +112,7 @@ async fn run_command(cli: Cli) -> Result<Exit, Exit> {
     match cli.command {
         Command::Serve(config) => {
             init_tracing(config.log_format);
-            Ok(match crate::server::serve(config).await {
+            Ok(match crate::server::serve(*config).await {
                 Ok(()) => Exit::Ok,
                 Err(e) => fail(Exit::Internal, e),
             })
