@@ -15,7 +15,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use agent_core::flow::{Action, Ctx, Flow, Node};
+use agent_core::flow::{Action, Ctx, Flow, PostNode};
 use agent_core::Result;
 use criterion::{Criterion, Throughput};
 
@@ -34,17 +34,8 @@ struct Count {
 const STEP: Count = Count { cycle: false };
 const LOOPING: Count = Count { cycle: true };
 
-impl Node<Shared> for Count {
-    type Prep = ();
-    type Exec = ();
-
-    async fn prep(&self, _shared: &mut Shared, _ctx: &Ctx) -> Result<()> {
-        Ok(())
-    }
-    async fn exec(&self, _prep: &(), _ctx: &Ctx) -> Result<()> {
-        Ok(())
-    }
-    async fn post(&self, shared: &mut Shared, _prep: (), _exec: (), _ctx: &Ctx) -> Result<Action> {
+impl PostNode<Shared> for Count {
+    async fn post(&self, shared: &mut Shared, _ctx: &Ctx) -> Result<Action> {
         shared.n += 1;
         Ok(if !self.cycle {
             Action::DEFAULT

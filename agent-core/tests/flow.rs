@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use agent_core::flow::{
     Action, Batch, BatchFlow, BatchNode, CancellationToken, Ctx, DynNode, Flow, Node,
-    ParallelBatch, ParallelBatchFlow, Params,
+    ParallelBatchFlow, Params, PostNode,
 };
 use agent_core::{Error, Result};
 use futures::future::BoxFuture;
@@ -41,17 +41,8 @@ impl Step {
         }
     }
 }
-impl Node<Shared> for Step {
-    type Prep = ();
-    type Exec = ();
-
-    async fn prep(&self, _shared: &mut Shared, _ctx: &Ctx) -> Result<()> {
-        Ok(())
-    }
-    async fn exec(&self, _prep: &(), _ctx: &Ctx) -> Result<()> {
-        Ok(())
-    }
-    async fn post(&self, shared: &mut Shared, _prep: (), _exec: (), _ctx: &Ctx) -> Result<Action> {
+impl PostNode<Shared> for Step {
+    async fn post(&self, shared: &mut Shared, _ctx: &Ctx) -> Result<Action> {
         shared.log.push(self.name.to_string());
         Ok(self.action.map(Action::new).into())
     }
@@ -352,7 +343,10 @@ async fn max_retries_zero_runs_no_attempt_and_the_fallback_decides() {
         items: vec![1, 2],
         ..Shared::default()
     };
-    Batch(node).run(&mut shared, &Ctx::new()).await.unwrap();
+    Batch::new(node)
+        .run(&mut shared, &Ctx::new())
+        .await
+        .unwrap();
     assert!(attempts.lock().unwrap().is_empty());
     assert_eq!(shared.results, [1001, 1002]);
 }
@@ -499,16 +493,8 @@ struct Looper {
     runs: Arc<AtomicUsize>,
     cancel_at: Option<(usize, CancellationToken)>,
 }
-impl Node<Shared> for Looper {
-    type Prep = ();
-    type Exec = ();
-    async fn prep(&self, _shared: &mut Shared, _ctx: &Ctx) -> Result<()> {
-        Ok(())
-    }
-    async fn exec(&self, _prep: &(), _ctx: &Ctx) -> Result<()> {
-        Ok(())
-    }
-    async fn post(&self, _shared: &mut Shared, _p: (), _e: (), _ctx: &Ctx) -> Result<Action> {
+impl PostNode<Shared> for Looper {
+    async fn post(&self, _shared: &mut Shared, _ctx: &Ctx) -> Result<Action> {
         let n = self.runs.fetch_add(1, Ordering::SeqCst) + 1;
         if let Some((at, token)) = &self.cancel_at {
             if n == *at {
@@ -519,57 +505,53 @@ impl Node<Shared> for Looper {
     }
 }
 
-#[tokio::test]
-async fn a_self_loop_hits_the_transition_limit() {
+/// Runs `flow` with one [`Looper`] looping on itself (its `cancel_at` as given, the run's
+/// cancellation its token): how the run ended and how many times the node ran.
+async fn run_self_loop(
+    mut flow: Flow<Shared>,
+    cancel_at: Option<(usize, CancellationToken)>,
+) -> (Result<Action>, usize) {
+    let ctx = cancel_at
+        .as_ref()
+        .map_or_else(Ctx::new, |(_, token)| Ctx::with_cancel(token.clone()));
     let runs = Arc::new(AtomicUsize::new(0));
-    let mut flow = Flow::new().with_transition_limit(50);
     let node = flow.add(Looper {
         runs: runs.clone(),
-        cancel_at: None,
+        cancel_at,
     });
     flow.connect(node, "again", node).unwrap();
-    let err = flow.run(&mut Shared::default(), &Ctx::new()).await;
+    let result = flow.run(&mut Shared::default(), &ctx).await;
+    (result, runs.load(Ordering::SeqCst))
+}
+
+#[tokio::test]
+async fn a_self_loop_hits_the_transition_limit() {
+    let (err, runs) = run_self_loop(Flow::new().with_transition_limit(50), None).await;
     assert!(
         matches!(err, Err(Error::TransitionLimitExceeded { limit: 50 })),
         "{err:?}"
     );
-    assert_eq!(runs.load(Ordering::SeqCst), 50);
+    assert_eq!(runs, 50);
 
     // The default limit.
-    let runs = Arc::new(AtomicUsize::new(0));
-    let mut flow = Flow::new();
+    let flow = Flow::new();
     assert_eq!(
         flow.transition_limit(),
         Flow::<Shared>::DEFAULT_TRANSITION_LIMIT
     );
-    let node = flow.add(Looper {
-        runs: runs.clone(),
-        cancel_at: None,
-    });
-    flow.connect(node, "again", node).unwrap();
-    let err = flow.run(&mut Shared::default(), &Ctx::new()).await;
+    let (err, runs) = run_self_loop(flow, None).await;
     assert!(
         matches!(err, Err(Error::TransitionLimitExceeded { limit: 10_000 })),
         "{err:?}"
     );
-    assert_eq!(runs.load(Ordering::SeqCst), 10_000);
+    assert_eq!(runs, 10_000);
 }
 
 #[tokio::test]
 async fn cancellation_stops_a_loop_between_nodes() {
-    let token = CancellationToken::new();
-    let runs = Arc::new(AtomicUsize::new(0));
-    let mut flow = Flow::new();
-    let node = flow.add(Looper {
-        runs: runs.clone(),
-        cancel_at: Some((7, token.clone())),
-    });
-    flow.connect(node, "again", node).unwrap();
-    let err = flow
-        .run(&mut Shared::default(), &Ctx::with_cancel(token))
-        .await;
+    let (err, runs) = run_self_loop(Flow::new(), Some((7, CancellationToken::new()))).await;
     assert!(matches!(err, Err(Error::Cancelled)), "{err:?}");
-    assert_eq!(runs.load(Ordering::SeqCst), 7);
+    assert_eq!(runs, 7);
 }
 
 /// An exec that never finishes on its own (it does not watch the token).
@@ -767,7 +749,7 @@ async fn batch_node_runs_exec_per_item_with_retries_in_order() {
     let attempts = node.attempts.clone();
     let max_in_flight = node.max_in_flight.clone();
     let mut flow = Flow::new();
-    flow.add(Batch(node));
+    flow.add(Batch::new(node));
     let mut shared = Shared {
         items: vec![1, 2, 3, 4, 5],
         ..Shared::default()
@@ -784,7 +766,7 @@ async fn batch_node_runs_exec_per_item_with_retries_in_order() {
         items: vec![1, 2, 3],
         ..Shared::default()
     };
-    Batch(Doubler::new(vec![2], 1))
+    Batch::new(Doubler::new(vec![2], 1))
         .run(&mut shared, &Ctx::new())
         .await
         .unwrap();
@@ -792,7 +774,7 @@ async fn batch_node_runs_exec_per_item_with_retries_in_order() {
 
     // No items: post gets empty lists.
     let mut shared = Shared::default();
-    Batch(Doubler::new(vec![], 1))
+    Batch::new(Doubler::new(vec![], 1))
         .run(&mut shared, &Ctx::new())
         .await
         .unwrap();
@@ -804,7 +786,7 @@ async fn parallel_batch_runs_items_concurrently_within_the_bound_in_order() {
     let node = Doubler::new(vec![3, 7], 2);
     let attempts = node.attempts.clone();
     let max_in_flight = node.max_in_flight.clone();
-    let node = ParallelBatch::new(node, 3);
+    let node = Batch::new(node).with_concurrency(3);
     assert_eq!(node.concurrency(), 3);
     let mut shared = Shared {
         items: (1..=10).collect(),
@@ -834,7 +816,8 @@ async fn parallel_batch_fails_when_an_item_fails_for_good() {
             }
         }
     }
-    let err = ParallelBatch::new(Fails, 2)
+    let err = Batch::new(Fails)
+        .with_concurrency(2)
         .run(&mut Shared::default(), &Ctx::new())
         .await
         .unwrap_err();

@@ -6,7 +6,7 @@ use super::{ask_for_plan, plan, AgentState, Packaging, PlanFailed, Planned, Step
 use crate::error::{Error, Result};
 use crate::events::EventSink;
 use crate::executor::SandboxError;
-use crate::flow::{Action, Ctx, Flow, IntoNode, Node};
+use crate::flow::{Action, Ctx, Flow, IntoNode, Node, PostNode};
 use crate::job::{
     Artifact, EventKind, Plan, Step, StepResult, StepStatus, Termination, MAX_REPAIRS, MAX_STEPS,
 };
@@ -54,19 +54,8 @@ fn planned_flow<M, N: IntoNode<AgentState, M>>(
 /// The end of [`sandbox_flow`]: nothing to package.
 struct DoneNode;
 
-impl Node<AgentState> for DoneNode {
-    type Prep = ();
-    type Exec = ();
-
-    async fn prep(&self, _: &mut AgentState, _: &Ctx) -> Result<()> {
-        Ok(())
-    }
-
-    async fn exec(&self, _: &(), _: &Ctx) -> Result<()> {
-        Ok(())
-    }
-
-    async fn post(&self, _: &mut AgentState, _: (), _: (), _: &Ctx) -> Result<Action> {
+impl PostNode<AgentState> for DoneNode {
+    async fn post(&self, _: &mut AgentState, _: &Ctx) -> Result<Action> {
         Ok(Action::DEFAULT)
     }
 

@@ -1,4 +1,4 @@
-//! Batches: [`BatchNode`] run by [`Batch`] (in order) or [`ParallelBatch`] (concurrently);
+//! Batches: [`BatchNode`] run by [`Batch`] (in order, or concurrently);
 //! [`BatchFlow`] (a whole flow once per parameter set, in order) and [`ParallelBatchFlow`] (the
 //! runs concurrently, each on its own child state).
 
@@ -19,8 +19,8 @@ use crate::{Error, Result};
 /// A node over a list of items: `prep` returns the items, `exec` runs once per item (with its own
 /// retries and fallback), `post` gets the items and all results in input order.
 ///
-/// Add it to a flow wrapped in [`Batch`] (items one after another) or [`ParallelBatch`] (items
-/// concurrently). Implement the phases with `async fn`.
+/// Add it to a flow wrapped in [`Batch`] (items one after another, or concurrently). Implement
+/// the phases with `async fn`.
 pub trait BatchNode<S: Send>: Send + Sync {
     /// One item.
     type Item: Send + Sync;
@@ -118,67 +118,39 @@ async fn exec_item<S: Send, B: BatchNode<S>>(
     exec_with_retries(&attempts, ctx, true).await
 }
 
-/// Runs a [`BatchNode`]'s items one after another (PocketFlow's `BatchNode`).
+/// Runs a [`BatchNode`]'s items: one after another (PocketFlow's `BatchNode`), or concurrently,
+/// at most [`concurrency`](Batch::with_concurrency) at a time, keeping the results in input order
+/// (PocketFlow's `AsyncParallelBatchNode`, bounded). Concurrent items run interleaved on the
+/// flow's task (no spawning). The first item that fails for good fails the node and stops the
+/// others.
 #[derive(Clone, Debug)]
-pub struct Batch<B>(pub B);
-
-impl<S: Send, B: BatchNode<S>> Node<S> for Batch<B> {
-    type Prep = Vec<B::Item>;
-    type Exec = Vec<B::Exec>;
-
-    async fn prep(&self, shared: &mut S, ctx: &Ctx) -> Result<Vec<B::Item>> {
-        self.0.prep(shared, ctx).await
-    }
-
-    async fn exec(&self, items: &Vec<B::Item>, ctx: &Ctx) -> Result<Vec<B::Exec>> {
-        let mut results = Vec::with_capacity(items.len());
-        for item in items {
-            results.push(exec_item(&self.0, item, ctx).await?);
-        }
-        Ok(results)
-    }
-
-    async fn post(
-        &self,
-        shared: &mut S,
-        items: Vec<B::Item>,
-        results: Vec<B::Exec>,
-        ctx: &Ctx,
-    ) -> Result<Action> {
-        self.0.post(shared, items, results, ctx).await
-    }
-
-    fn name(&self) -> &str {
-        self.0.name()
-    }
-}
-
-/// Runs a [`BatchNode`]'s items concurrently, at most `concurrency` at a time, keeping the results
-/// in input order (PocketFlow's `AsyncParallelBatchNode`, bounded). The items run interleaved on
-/// the flow's task (no spawning). The first item that fails for good fails the node and stops
-/// the others.
-#[derive(Clone, Debug)]
-pub struct ParallelBatch<B> {
+pub struct Batch<B> {
     inner: B,
     concurrency: usize,
 }
 
-impl<B> ParallelBatch<B> {
-    /// Wraps `node`, running up to `concurrency` items at a time (0 is treated as 1).
-    pub fn new(node: B, concurrency: usize) -> Self {
-        ParallelBatch {
+impl<B> Batch<B> {
+    /// Wraps `node`, running its items one after another.
+    pub fn new(node: B) -> Self {
+        Batch {
             inner: node,
-            concurrency: concurrency.max(1),
+            concurrency: 1,
         }
     }
 
-    /// The concurrency bound.
+    /// Runs up to `concurrency` items at a time (0 is treated as 1).
+    pub fn with_concurrency(mut self, concurrency: usize) -> Self {
+        self.concurrency = concurrency.max(1);
+        self
+    }
+
+    /// The concurrency bound (1: one item after another).
     pub fn concurrency(&self) -> usize {
         self.concurrency
     }
 }
 
-impl<S: Send, B: BatchNode<S>> Node<S> for ParallelBatch<B> {
+impl<S: Send, B: BatchNode<S>> Node<S> for Batch<B> {
     type Prep = Vec<B::Item>;
     type Exec = Vec<B::Exec>;
 

@@ -30,8 +30,8 @@
 //! one `tracing` span named `node` with the node's name; retry attempts are logged at debug level.
 //!
 //! Batches: [`BatchNode`] (`prep` returns items, `exec` per item with retries, `post` gets all
-//! results in input order) runs sequentially through [`Batch`] or concurrently with bounded
-//! concurrency through [`ParallelBatch`]; [`BatchFlow`] runs a whole flow once per parameter set,
+//! results in input order) runs through [`Batch`], sequentially or with bounded concurrency
+//! ([`Batch::with_concurrency`]); [`BatchFlow`] runs a whole flow once per parameter set,
 //! in order, on the shared store; [`ParallelBatchFlow`] runs the flow once per item concurrently,
 //! each run on a typed child state that its `post` merges back into the store.
 //!
@@ -113,10 +113,10 @@ use std::fmt;
 
 pub use tokio_util::sync::CancellationToken;
 
-pub use batch::{Batch, BatchFlow, BatchNode, ParallelBatch, ParallelBatchFlow};
+pub use batch::{Batch, BatchFlow, BatchNode, ParallelBatchFlow};
 pub use ctx::{Ctx, Params};
 pub use graph::{Flow, NodeId};
-pub use node::{AsDynNode, AsNode, DynNode, IntoNode, Node};
+pub use node::{AsDynNode, AsNode, AsPostNode, DynNode, IntoNode, Node, PostNode};
 
 /// What a node's `post` returns; it selects the successor. Cheap to create from a `&'static str`.
 #[derive(Clone, Eq, PartialOrd, Ord)]

@@ -1,4 +1,5 @@
-//! The [`Node`] trait, the object-safe [`DynNode`] that flows hold, and the retry loop.
+//! The [`Node`] trait (and [`PostNode`], a node that only posts), the object-safe [`DynNode`]
+//! that flows hold, and the retry loop.
 
 use std::future::Future;
 use std::marker::PhantomData;
@@ -103,6 +104,49 @@ pub trait Node<S: Send>: Send + Sync {
     }
 }
 
+/// A node with nothing to prepare or execute: it only writes to the shared store and chooses
+/// the successor. A flow runs it as a [`Node`] whose `prep` and `exec` do nothing, with one
+/// attempt ([`IntoNode`]).
+pub trait PostNode<S: Send>: Send + Sync {
+    /// Writes to the shared store and chooses the successor ([`Node::post`]).
+    fn post(&self, shared: &mut S, ctx: &Ctx) -> impl Future<Output = Result<Action>> + Send;
+
+    /// The node's name in traces (default: the type's name without its module path).
+    fn name(&self) -> &str {
+        short_type_name(std::any::type_name::<Self>())
+    }
+}
+
+/// A [`PostNode`] as a [`Node`].
+struct PostOnly<N>(N);
+
+impl<S: Send, N: PostNode<S>> Node<S> for PostOnly<N> {
+    type Prep = ();
+    type Exec = ();
+
+    async fn prep(&self, _: &mut S, _: &Ctx) -> Result<()> {
+        Ok(())
+    }
+
+    async fn exec(&self, _: &(), _: &Ctx) -> Result<()> {
+        Ok(())
+    }
+
+    fn post(
+        &self,
+        shared: &mut S,
+        _: (),
+        _: (),
+        ctx: &Ctx,
+    ) -> impl Future<Output = Result<Action>> + Send {
+        self.0.post(shared, ctx)
+    }
+
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+}
+
 /// A node as a flow holds it: object-safe, one boxed future per run.
 ///
 /// Every [`Node`] becomes one when added to a flow ([`IntoNode`]). Composite nodes — [`Flow`],
@@ -148,8 +192,9 @@ impl<S: Send, N: Node<S>> DynNode<S> for Phases<N> {
     }
 }
 
-/// What [`Flow::add`](super::Flow::add) accepts: any [`Node`] and any [`DynNode`] (a nested
-/// flow, a batch flow). `M` is [`AsNode`] or [`AsDynNode`]; the compiler picks it.
+/// What [`Flow::add`](super::Flow::add) accepts: any [`Node`], any [`PostNode`] and any
+/// [`DynNode`] (a nested flow, a batch flow). `M` is [`AsNode`], [`AsPostNode`] or
+/// [`AsDynNode`]; the compiler picks it.
 pub trait IntoNode<S, M> {
     /// The node as a flow holds it.
     fn into_node(self) -> Arc<dyn DynNode<S>>;
@@ -159,6 +204,10 @@ pub trait IntoNode<S, M> {
 #[derive(Debug)]
 pub enum AsNode {}
 
+/// The [`IntoNode`] marker of [`PostNode`]s.
+#[derive(Debug)]
+pub enum AsPostNode {}
+
 /// The [`IntoNode`] marker of [`DynNode`]s.
 #[derive(Debug)]
 pub enum AsDynNode {}
@@ -166,6 +215,12 @@ pub enum AsDynNode {}
 impl<S: Send, N: Node<S> + 'static> IntoNode<S, AsNode> for N {
     fn into_node(self) -> Arc<dyn DynNode<S>> {
         Arc::new(Phases(self))
+    }
+}
+
+impl<S: Send, N: PostNode<S> + 'static> IntoNode<S, AsPostNode> for N {
+    fn into_node(self) -> Arc<dyn DynNode<S>> {
+        Arc::new(Phases(PostOnly(self)))
     }
 }
 
