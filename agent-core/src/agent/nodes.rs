@@ -64,16 +64,25 @@ impl PostNode<AgentState> for DoneNode {
     }
 }
 
+/// A planning call to make (a plan or a repair): the LLM, the job's events, the prompt.
+struct PlanCall {
+    llm: Arc<dyn LlmProvider>,
+    events: EventSink,
+    message: String,
+}
+
+impl PlanCall {
+    async fn ask(&self) -> std::result::Result<Planned, PlanFailed> {
+        ask_for_plan(&*self.llm, &self.events, self.message.clone()).await
+    }
+}
+
 /// Turns the prompt into a plan (or takes the job's explicit steps).
 struct PlanNode;
 
 enum PlanPrep {
     Explicit(Vec<Step>),
-    Ask {
-        llm: Arc<dyn LlmProvider>,
-        events: EventSink,
-        message: String,
-    },
+    Ask(PlanCall),
 }
 
 impl Node<AgentState> for PlanNode {
@@ -85,11 +94,11 @@ impl Node<AgentState> for PlanNode {
             return Ok(PlanPrep::Explicit(steps.clone()));
         }
         let llm = state.llm.clone().ok_or(Error::NoLlm)?;
-        Ok(PlanPrep::Ask {
+        Ok(PlanPrep::Ask(PlanCall {
             llm,
             events: state.events.clone(),
             message: plan::planning_prompt(&state.task.prompt, state.task.context.as_deref()),
-        })
+        }))
     }
 
     async fn exec(&self, prep: &PlanPrep, _ctx: &Ctx) -> Result<Self::Exec> {
@@ -102,11 +111,7 @@ impl Node<AgentState> for PlanNode {
                 provider: String::new(),
                 usage: Default::default(),
             }),
-            PlanPrep::Ask {
-                llm,
-                events,
-                message,
-            } => ask_for_plan(&**llm, events, message.clone()).await,
+            PlanPrep::Ask(call) => call.ask().await,
         })
     }
 
@@ -282,17 +287,11 @@ impl Node<AgentState> for ExecuteNode {
 /// Sends the failed step back to the LLM and replaces the rest of the plan with its answer.
 struct RepairNode;
 
-struct RepairPrep {
-    llm: Arc<dyn LlmProvider>,
-    events: EventSink,
-    message: String,
-}
-
 impl Node<AgentState> for RepairNode {
-    type Prep = RepairPrep;
+    type Prep = PlanCall;
     type Exec = std::result::Result<Planned, PlanFailed>;
 
-    async fn prep(&self, state: &mut AgentState, _: &Ctx) -> Result<RepairPrep> {
+    async fn prep(&self, state: &mut AgentState, _: &Ctx) -> Result<PlanCall> {
         let llm = state.llm.clone().ok_or(Error::NoLlm)?;
         let failed = state
             .job
@@ -324,21 +323,21 @@ impl Node<AgentState> for RepairNode {
                 state.task.max_repairs
             ),
         });
-        Ok(RepairPrep {
+        Ok(PlanCall {
             llm,
             events: state.events.clone(),
             message,
         })
     }
 
-    async fn exec(&self, prep: &RepairPrep, _: &Ctx) -> Result<Self::Exec> {
-        Ok(ask_for_plan(&*prep.llm, &prep.events, prep.message.clone()).await)
+    async fn exec(&self, call: &PlanCall, _: &Ctx) -> Result<Self::Exec> {
+        Ok(call.ask().await)
     }
 
     async fn post(
         &self,
         state: &mut AgentState,
-        _: RepairPrep,
+        _: PlanCall,
         planned: Self::Exec,
         _: &Ctx,
     ) -> Result<Action> {
