@@ -204,9 +204,8 @@ pub async fn bench_manager(
     agent_core::manager::JobManager::builder(executor, store)
         .config(agent_core::manager::JobManagerConfig {
             max_concurrent_jobs,
-            artifact_dir: dir.join("artifacts"),
             retention: None,
-            ..agent_core::manager::JobManagerConfig::default()
+            ..agent_core::manager::JobManagerConfig::in_dir(dir)
         })
         .start()
         .await

@@ -95,10 +95,7 @@ async fn a_prompt_job_falls_back_to_gemini_and_runs_in_docker() {
         Arc::new(SqliteStore::open(dir.path().join("agent.db")).unwrap());
     let manager = JobManager::builder(Arc::new(executor), store.clone())
         .llm(llm)
-        .config(JobManagerConfig {
-            artifact_dir: dir.path().join("artifacts"),
-            ..JobManagerConfig::default()
-        })
+        .config(JobManagerConfig::in_dir(dir.path()))
         .start()
         .await
         .unwrap();

@@ -23,10 +23,7 @@ async fn jobs_the_executor_cannot_honour_are_refused_at_submit() {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn JobStore> = Arc::new(MemoryStore::new());
     let manager = JobManager::builder(Arc::new(FakeExecutor::new()), store.clone())
-        .config(JobManagerConfig {
-            artifact_dir: dir.path().join("artifacts"),
-            ..JobManagerConfig::default()
-        })
+        .config(JobManagerConfig::in_dir(dir.path()))
         .start()
         .await
         .unwrap();

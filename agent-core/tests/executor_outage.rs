@@ -81,8 +81,7 @@ async fn start(
 ) -> JobManager {
     let mut config = JobManagerConfig {
         max_concurrent_jobs: 1,
-        artifact_dir: dir.path().join("artifacts"),
-        ..JobManagerConfig::default()
+        ..JobManagerConfig::in_dir(dir.path())
     };
     tweak(&mut config);
     JobManager::builder(executor, Arc::new(MemoryStore::new()))

@@ -13,13 +13,20 @@ use agent_core::{JobSpec, JobStatus, NetworkMode, Step};
 
 async fn manager(dir: &std::path::Path) -> JobManager {
     JobManager::builder(Arc::new(FakeExecutor::new()), Arc::new(MemoryStore::new()))
-        .config(JobManagerConfig {
-            artifact_dir: dir.join("artifacts"),
-            ..JobManagerConfig::default()
-        })
+        .config(JobManagerConfig::in_dir(dir))
         .start()
         .await
         .unwrap()
+}
+
+/// `files` (path, content), staged for a job of `manager`.
+fn staged(manager: &JobManager, files: &[(&str, &[u8])]) -> StagedInputs {
+    let mut inputs =
+        StagedInputs::new(&manager.inputs_dir(), "files", InputLimits::default()).unwrap();
+    for (path, content) in files {
+        inputs.add_file(path, *content, 0o644).unwrap();
+    }
+    inputs
 }
 
 fn files_in(dir: &std::path::Path) -> usize {
@@ -30,12 +37,10 @@ fn files_in(dir: &std::path::Path) -> usize {
 async fn inputs_are_placed_before_the_first_step_and_removed_at_the_end() {
     let dir = tempfile::tempdir().unwrap();
     let manager = manager(dir.path()).await;
-    let mut inputs =
-        StagedInputs::new(&manager.inputs_dir(), "files", InputLimits::default()).unwrap();
-    inputs
-        .add_file("data/in.bin", &[0u8, 1, 2, 255][..], 0o644)
-        .unwrap();
-    inputs.add_file("note.txt", &b"hello"[..], 0o644).unwrap();
+    let inputs = staged(
+        &manager,
+        &[("data/in.bin", &[0u8, 1, 2, 255]), ("note.txt", b"hello")],
+    );
     let spec = JobSpec::from_steps(vec![Step::shell(
         "cat note.txt && od -An -tu1 data/in.bin | tr -s ' '",
     )]);
@@ -57,9 +62,7 @@ async fn inputs_are_placed_before_the_first_step_and_removed_at_the_end() {
 async fn a_refused_job_keeps_no_input_files() {
     let dir = tempfile::tempdir().unwrap();
     let manager = manager(dir.path()).await;
-    let mut inputs =
-        StagedInputs::new(&manager.inputs_dir(), "files", InputLimits::default()).unwrap();
-    inputs.add_file("a.txt", &b"a"[..], 0o644).unwrap();
+    let inputs = staged(&manager, &[("a.txt", b"a")]);
     // The fake executor has no network: refused at submit.
     let spec = JobSpec::from_steps(vec![Step::shell("true")]).with_network(NetworkMode::Bridge);
     assert!(manager.submit_with_inputs(spec, inputs).await.is_err());
@@ -71,9 +74,8 @@ async fn a_queued_job_cancelled_drops_its_input_files() {
     let dir = tempfile::tempdir().unwrap();
     let manager = JobManager::builder(Arc::new(FakeExecutor::new()), Arc::new(MemoryStore::new()))
         .config(JobManagerConfig {
-            artifact_dir: dir.path().join("artifacts"),
             max_concurrent_jobs: 1,
-            ..JobManagerConfig::default()
+            ..JobManagerConfig::in_dir(dir.path())
         })
         .start()
         .await
@@ -82,9 +84,7 @@ async fn a_queued_job_cancelled_drops_its_input_files() {
         .submit(JobSpec::from_steps(vec![Step::shell("sleep 30")]))
         .await
         .unwrap();
-    let mut inputs =
-        StagedInputs::new(&manager.inputs_dir(), "files", InputLimits::default()).unwrap();
-    inputs.add_file("a.txt", &b"a"[..], 0o644).unwrap();
+    let inputs = staged(&manager, &[("a.txt", b"a")]);
     let spec = JobSpec::from_steps(vec![Step::shell("cat a.txt")]);
     let id = manager.submit_with_inputs(spec, inputs).await.unwrap();
     assert_eq!(files_in(&manager.inputs_dir()), 1, "kept while queued");

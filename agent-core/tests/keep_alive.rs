@@ -13,9 +13,8 @@ use agent_core::{Error, JobId, JobSpec, JobStatus, Step};
 async fn manager(dir: &tempfile::TempDir) -> JobManager {
     let config = JobManagerConfig {
         max_concurrent_jobs: 1,
-        artifact_dir: dir.path().join("artifacts"),
         max_keep_alive: Duration::from_secs(600),
-        ..JobManagerConfig::default()
+        ..JobManagerConfig::in_dir(dir.path())
     };
     JobManager::builder(Arc::new(FakeExecutor::new()), Arc::new(MemoryStore::new()))
         .config(config)

@@ -26,8 +26,7 @@ struct Harness {
 fn config(dir: &tempfile::TempDir) -> JobManagerConfig {
     JobManagerConfig {
         max_concurrent_jobs: 2,
-        artifact_dir: dir.path().join("artifacts"),
-        ..JobManagerConfig::default()
+        ..JobManagerConfig::in_dir(dir.path())
     }
 }
 

@@ -24,9 +24,8 @@ async fn a_workspace_filled_to_its_cap_is_still_packaged() {
     let dir = tempfile::tempdir().unwrap();
     let manager = JobManager::builder(Arc::new(exec.clone()), Arc::new(MemoryStore::new()))
         .config(JobManagerConfig {
-            artifact_dir: dir.path().join("artifacts"),
             reap_interval: None,
-            ..JobManagerConfig::default()
+            ..JobManagerConfig::in_dir(dir.path())
         })
         .start()
         .await

@@ -1,6 +1,6 @@
 //! The manager's settings and counters.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::artifacts::ArtifactStore;
@@ -93,6 +93,17 @@ impl Default for JobManagerConfig {
             storage_dirs: Vec::new(),
             max_step_timeout: None,
             max_stored_bytes: 0,
+        }
+    }
+}
+
+impl JobManagerConfig {
+    /// The default settings, with the manager's files (result ZIPs, staged inputs) under
+    /// `dir/artifacts`.
+    pub fn in_dir(dir: &Path) -> Self {
+        Self {
+            artifact_dir: dir.join("artifacts"),
+            ..Self::default()
         }
     }
 }

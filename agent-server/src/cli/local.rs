@@ -172,9 +172,8 @@ impl LocalManager {
             JobManager::builder(Arc::new(NoReap(executor)), Arc::new(MemoryStore::new())).config(
                 JobManagerConfig {
                     max_concurrent_jobs,
-                    artifact_dir: scratch.path().join("artifacts"),
                     retention: None,
-                    ..JobManagerConfig::default()
+                    ..JobManagerConfig::in_dir(scratch.path())
                 },
             );
         if let Some((llm, _)) = llm {
