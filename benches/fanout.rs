@@ -268,10 +268,7 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let server = start_server(dir.path(), &[]);
     let pid = server.pid();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = agent_benches::current_thread_runtime();
     let load = agent_benches::load_average();
     println!(
         "# Fan-out: {subscribers} SSE subscribers of one job printing {lines} lines (load average at start: {load})"

@@ -68,13 +68,6 @@ fn cycle() -> Flow<Shared> {
     flow
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 /// Wall-clock and thread CPU time of one timed loop.
 #[derive(Clone, Copy)]
 struct Timing {
@@ -219,7 +212,7 @@ fn pocketflow_baseline(transitions: u64) -> Option<serde_json::Value> {
 }
 
 fn main() {
-    let rt = runtime();
+    let rt = agent_benches::current_thread_runtime();
     let mut criterion = Criterion::default().configure_from_args();
     criterion_benches(&mut criterion, &rt);
     criterion.final_summary();

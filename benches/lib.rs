@@ -18,6 +18,15 @@ pub fn listing_only() -> bool {
     std::env::args().any(|a| a == "--list" || a == "--test")
 }
 
+/// A single-threaded Tokio runtime with its I/O and time drivers.
+pub fn current_thread_runtime() -> tokio::runtime::Runtime {
+    #[allow(clippy::expect_used)] // a benchmark that cannot start has nothing to measure
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a Tokio runtime")
+}
+
 /// How many measured rounds: `AGENT_BENCH_N`, else `default`.
 pub fn rounds(default: usize) -> usize {
     std::env::var("AGENT_BENCH_N")

@@ -57,10 +57,7 @@ async fn median_rate(manager: &JobManager, rounds: usize) -> f64 {
 }
 
 fn bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
     let mut group = c.benchmark_group("job_manager");
     group.throughput(Throughput::Elements(BURST as u64));
     group.sample_size(10);

@@ -36,10 +36,7 @@ fn main() {
     if agent_benches::listing_only() {
         return;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
     if let Some(args) = std::env::var_os(CHILD) {
         let args = args.to_string_lossy().into_owned();
         let (db, sweep) = args.split_once('|').unwrap();

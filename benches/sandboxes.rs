@@ -37,11 +37,7 @@ fn main() {
     if listing_only() {
         return;
     }
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(run());
+    tokio::runtime::Runtime::new().unwrap().block_on(run());
 }
 
 struct Server {

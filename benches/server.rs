@@ -56,10 +56,7 @@ fn main() {
     if agent_benches::listing_only() {
         return;
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = agent_benches::current_thread_runtime();
     let strict = std::env::var("AGENT_BENCH_STRICT").is_ok_and(|v| v == "1");
     let ok = rt.block_on(run());
     if !ok && strict {
