@@ -522,6 +522,11 @@ impl Link {
         tokio::pin!(host_deadline);
         let cancel = request.cancel.clone();
         let mut cancel_sent = false;
+        // What the errors below name.
+        let (sandbox, program) = (
+            self.label(),
+            request.argv.first().map_or("a process", String::as_str),
+        );
         loop {
             tokio::select! {
                 biased;
@@ -531,9 +536,7 @@ impl Link {
                         return Err(SandboxError::new(
                             SandboxErrorKind::Gone,
                             format!(
-                                "sandbox {} died while running {} (removed or killed)",
-                                self.label(),
-                                request.argv.first().map_or("a process", String::as_str),
+                                "sandbox {sandbox} died while running {program} (removed or killed)"
                             ),
                         ));
                     };
@@ -576,9 +579,7 @@ impl Link {
                     return Err(SandboxError::new(
                         SandboxErrorKind::Backend,
                         format!(
-                            "the supervisor in {} did not report the end of {} in time",
-                            self.label(),
-                            request.argv.first().map_or("a process", String::as_str),
+                            "the supervisor in {sandbox} did not report the end of {program} in time"
                         ),
                     ));
                 }

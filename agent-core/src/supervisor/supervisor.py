@@ -53,36 +53,30 @@ def _value(s, i):
     c = s[i]
     if c == '"':
         return _json.scanstring(s, i + 1, True)
-    if c == "{":
-        obj = {}
+    if c in "{[":
+        # An object or an array: items up to the closing bracket, after commas; an object's
+        # items are `key: value`.
+        is_obj = c == "{"
+        close = "}" if is_obj else "]"
+        items = {} if is_obj else []
         i += 1
         while True:
             while s[i] in _WS:
                 i += 1
-            if s[i] == "}":
-                return obj, i + 1
-            if s[i] == ",":
-                i += 1
-                continue
-            key, i = _value(s, i)
-            while s[i] in _WS:
-                i += 1
-            if s[i] != ":":
-                raise ValueError("expected ':' at %d" % i)
-            obj[key], i = _value(s, i + 1)
-    if c == "[":
-        arr = []
-        i += 1
-        while True:
-            while s[i] in _WS:
-                i += 1
-            if s[i] == "]":
-                return arr, i + 1
+            if s[i] == close:
+                return items, i + 1
             if s[i] == ",":
                 i += 1
                 continue
             v, i = _value(s, i)
-            arr.append(v)
+            if not is_obj:
+                items.append(v)
+                continue
+            while s[i] in _WS:
+                i += 1
+            if s[i] != ":":
+                raise ValueError("expected ':' at %d" % i)
+            items[v], i = _value(s, i + 1)
     for word, val in (("true", True), ("false", False), ("null", None)):
         if s.startswith(word, i):
             return val, i + len(word)
