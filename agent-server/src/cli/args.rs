@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use clap::{Parser, Subcommand};
 
 use agent_core::SecretString;
-use agent_core::{NetworkMode, Plan, Service, Step};
+use agent_core::{JobId, NetworkMode, Plan, Service, Step};
 
 use crate::api::ScheduleRequest;
 use crate::config::ServerConfig;
@@ -97,7 +97,7 @@ pub enum Command {
     /// Show a job's status.
     Status {
         /// The job id.
-        id: String,
+        id: JobId,
     },
     /// List jobs, newest first.
     Jobs {
@@ -114,7 +114,7 @@ pub enum Command {
     /// Print a job's log.
     Logs {
         /// The job id.
-        id: String,
+        id: JobId,
         /// Follow it live until the job ends (Server-Sent Events).
         #[arg(long, short = 'f')]
         follow: bool,
@@ -126,13 +126,13 @@ pub enum Command {
     /// Cancel a queued or running job.
     Cancel {
         /// The job id.
-        id: String,
+        id: JobId,
     },
     /// Print a signed URL of a job's live desktop (noVNC in the browser), or, with `--listen`,
     /// serve the desktop's VNC on a local port for a VNC client.
     Desktop {
         /// The job id.
-        id: String,
+        id: JobId,
         /// Watch only: keyboard and mouse input are refused.
         #[arg(long)]
         view_only: bool,
@@ -144,12 +144,12 @@ pub enum Command {
     /// Print a signed URL of a job's Jupyter Lab.
     Jupyter {
         /// The job id.
-        id: String,
+        id: JobId,
     },
     /// End a finished job's kept sandbox now.
     Release {
         /// The job id.
-        id: String,
+        id: JobId,
     },
     /// Live sandboxes on the server: create, exec, cp, shell, ls, rm.
     #[command(subcommand)]
@@ -157,7 +157,7 @@ pub enum Command {
     /// Download a job's result ZIP.
     Download {
         /// The job id.
-        id: String,
+        id: JobId,
         /// Where to write it (default: `./job-<id>.zip`).
         #[arg(long, short = 'o', value_name = "PATH")]
         out: Option<PathBuf>,
@@ -293,7 +293,7 @@ pub enum SandboxCommand {
     /// it comes; exits 0 when it succeeded, 1 when not.
     Exec {
         /// The sandbox id.
-        id: String,
+        id: JobId,
         /// Run the text as Python code.
         #[arg(long)]
         python: bool,
@@ -320,13 +320,13 @@ pub enum SandboxCommand {
     /// are printed. Ends at the end of input or `exit`.
     Shell {
         /// The sandbox id.
-        id: String,
+        id: JobId,
     },
     /// List the live sandboxes.
     Ls,
     /// Destroy a sandbox.
     Rm {
         /// The sandbox id.
-        id: String,
+        id: JobId,
     },
 }

@@ -15,7 +15,7 @@ mod sandbox;
 
 pub use args::{read_plan, Cli, Command, JobArgs, SandboxCommand, TokenCommand};
 
-use agent_core::{JobId, JobStatus};
+use agent_core::JobStatus;
 
 use crate::access::AccessService;
 use crate::client::{Client, ClientError};
@@ -96,10 +96,6 @@ fn print_json(value: &impl serde::Serialize) {
     }
 }
 
-fn parse_id(id: &str) -> Result<JobId, Exit> {
-    id.parse::<JobId>().map_err(|e| fail(Exit::Usage, e))
-}
-
 /// Runs the CLI; returns the process exit code.
 pub async fn main(cli: Cli) -> Exit {
     run_command(cli).await.unwrap_or_else(|exit| exit)
@@ -124,49 +120,28 @@ async fn run_command(cli: Cli) -> Result<Exit, Exit> {
             let req = job.request().map_err(|e| fail(Exit::Usage, e))?;
             remote::submit(&client()?, &req, wait, json).await
         }
-        Command::Status { ref id } => {
-            let id = parse_id(id)?;
-            remote::status(&client()?, id, json).await
-        }
+        Command::Status { id } => remote::status(&client()?, id, json).await,
         Command::Jobs {
             ref status,
             limit,
             offset,
         } => remote::jobs(&client()?, status.as_deref(), limit, offset, json).await,
-        Command::Logs {
-            ref id,
-            follow,
-            raw,
-        } => {
-            let id = parse_id(id)?;
-            remote::logs(&client()?, id, follow, json, raw).await
-        }
-        Command::Cancel { ref id } => {
-            let id = parse_id(id)?;
-            remote::cancel(&client()?, id, json).await
-        }
+        Command::Logs { id, follow, raw } => remote::logs(&client()?, id, follow, json, raw).await,
+        Command::Cancel { id } => remote::cancel(&client()?, id, json).await,
         Command::Desktop {
-            ref id,
+            id,
             view_only,
             listen,
-        } => {
-            let id = parse_id(id)?;
-            match listen {
-                Some(addr) => live::forward_desktop(client()?, id, view_only, addr, json).await,
-                None => live::open(&client()?, id, AccessService::Desktop, view_only, json).await,
-            }
-        }
-        Command::Jupyter { ref id } => {
-            let id = parse_id(id)?;
+        } => match listen {
+            Some(addr) => live::forward_desktop(client()?, id, view_only, addr, json).await,
+            None => live::open(&client()?, id, AccessService::Desktop, view_only, json).await,
+        },
+        Command::Jupyter { id } => {
             live::open(&client()?, id, AccessService::Jupyter, false, json).await
         }
-        Command::Release { ref id } => {
-            let id = parse_id(id)?;
-            live::release(&client()?, id, json).await
-        }
+        Command::Release { id } => live::release(&client()?, id, json).await,
         Command::Sandbox(ref cmd) => sandbox_command(&client()?, cmd, json).await,
-        Command::Download { ref id, ref out } => {
-            let id = parse_id(id)?;
+        Command::Download { id, ref out } => {
             remote::download(&client()?, id, out.as_deref(), json).await
         }
         Command::Token(TokenCommand::New { ref name, admin }) => new_token(name, admin, json),
@@ -220,7 +195,6 @@ async fn sandbox_command(client: &Client, cmd: &SandboxCommand, json: bool) -> R
             timeout,
             command,
         } => {
-            let id = parse_id(id)?;
             let text = command.join(" ");
             let mut step = match (python, stateful) {
                 (true, true) => agent_core::Step::python_stateful(text),
@@ -228,11 +202,11 @@ async fn sandbox_command(client: &Client, cmd: &SandboxCommand, json: bool) -> R
                 _ => agent_core::Step::shell(text),
             };
             step.timeout = timeout.map(std::time::Duration::from_secs);
-            sandbox::exec(client, id, step, json).await
+            sandbox::exec(client, *id, step, json).await
         }
         SandboxCommand::Cp { src, dst } => sandbox::copy(client, src, dst, json).await,
-        SandboxCommand::Shell { id } => sandbox::shell(client, parse_id(id)?).await,
+        SandboxCommand::Shell { id } => sandbox::shell(client, *id).await,
         SandboxCommand::Ls => sandbox::list(client, json).await,
-        SandboxCommand::Rm { id } => sandbox::remove(client, parse_id(id)?, json).await,
+        SandboxCommand::Rm { id } => sandbox::remove(client, *id, json).await,
     }
 }
