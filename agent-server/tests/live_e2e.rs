@@ -33,6 +33,21 @@ async fn access(server: &TestServer, id: &str, body: Value) -> Value {
     v
 }
 
+/// Schedules a job asking for `service`, kept 600 s after its one `step`, and a grant to that
+/// service: when the job was accepted, its id and the grant.
+async fn kept_job_with(
+    server: &TestServer,
+    service: &str,
+    step: Value,
+) -> (Instant, String, Value) {
+    let accepted = Instant::now();
+    let id = server
+        .schedule(json!({"services": [service], "keep_alive_secs": 600, "steps": [step]}))
+        .await;
+    let grant = access(server, &id, json!({"service": service})).await;
+    (accepted, id, grant)
+}
+
 fn ws_url(server: &TestServer, path: &str) -> String {
     format!("ws://{}{path}", server.base.trim_start_matches("http://"))
 }
@@ -81,16 +96,9 @@ fn agent(server: &TestServer, args: &[&str]) -> std::process::Output {
 async fn a_jobs_desktop_is_seen_through_the_server_in_a_browser_and_a_vnc_client() {
     require_docker();
     let (_dir, server) = start();
-    let accepted = Instant::now();
-    let id = server
-        .schedule(json!({
-            "services": ["desktop"],
-            "keep_alive_secs": 600,
-            "steps": [{"type": "shell", "command": "xsetroot -solid '#ff8000' && echo painted"}],
-        }))
-        .await;
     // Desktop ready, cold: from the accepted job to the VNC banner read over the WebSocket.
-    let grant = access(&server, &id, json!({"service": "desktop"})).await;
+    let step = json!({"type": "shell", "command": "xsetroot -solid '#ff8000' && echo painted"});
+    let (accepted, id, grant) = kept_job_with(&server, "desktop", step).await;
     let token = grant["token"].as_str().unwrap().to_string();
     let ws = ws_url(&server, &format!("/desktop/{id}/websockify?access={token}"));
     let banner = loop {
@@ -333,15 +341,8 @@ async fn execute(ws: &mut Ws, code: &str) -> String {
 async fn a_jupyter_kernel_runs_code_through_the_proxy() {
     require_docker();
     let (_dir, server) = start();
-    let accepted = Instant::now();
-    let id = server
-        .schedule(json!({
-            "services": ["jupyter"],
-            "keep_alive_secs": 600,
-            "steps": [{"type": "write_file", "path": "data.txt", "content": "from the step"}],
-        }))
-        .await;
-    let grant = access(&server, &id, json!({"service": "jupyter"})).await;
+    let step = json!({"type": "write_file", "path": "data.txt", "content": "from the step"});
+    let (accepted, id, grant) = kept_job_with(&server, "jupyter", step).await;
     let token = grant["token"].as_str().unwrap().to_string();
     assert!(grant["url"]
         .as_str()
