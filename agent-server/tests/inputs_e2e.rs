@@ -591,14 +591,7 @@ async fn a_directory_goes_into_a_sandbox_and_comes_back_byte_exact_as_tar_and_zi
 
     // Refused uploads name the entry, and nothing of them is written (the whole archive is
     // checked first), in the workspace or outside it.
-    let mut b = tar::Builder::new(Vec::new());
-    b.append_data(
-        &mut file_header(tar::EntryType::Regular, 2),
-        "ok.txt",
-        &b"ok"[..],
-    )
-    .unwrap();
-    let mut evil = b.into_inner().unwrap();
+    let mut evil = tar_of(&[("ok.txt", b"ok")]);
     evil.truncate(evil.len() - 1024); // drop the end marker, then add the bad entry
     evil.extend(tar_with_raw_name("../escape.txt"));
     let (code, v) = put_archive(&server, &id, "bad", evil, "application/x-tar").await;
