@@ -227,6 +227,15 @@ fn constrain_schemas(schemas: &mut serde_json::Map<String, Value>) {
             {"required": ["steps"], "properties": {"steps": {"type": "array"}}},
             {"required": ["prompt"], "properties": {"prompt": {"type": "string", "pattern": patterns::NOT_BLANK}}}
         ]);
+        // keep_sandbox (absent or null, or else) excludes services and a keep-alive
+        // (JobSpec::validate).
+        request["allOf"] = json!([{"anyOf": [
+            {"properties": {"keep_sandbox": {"type": "null"}}},
+            {"properties": {
+                "services": {"maxItems": 0},
+                "keep_alive_secs": {"maximum": 0}
+            }}
+        ]}]);
         if let Some(image) = request.pointer_mut("/properties/image") {
             image["pattern"] = json!(patterns::image());
         }

@@ -29,7 +29,9 @@ pub struct ScheduleUpload {
     spec: (),
     /// Input files, any number of parts named `file`: each part's `filename` is its path under
     /// `/workspace` (relative, `/`-separated; no `..`, backslashes or control characters).
-    #[schema(value_type = Option<Vec<String>>, format = Binary)]
+    /// A part without a filename is refused: it has no path.
+    #[serde(default)]
+    #[schema(value_type = Vec<String>, format = Binary)]
     file: (),
     /// An archive of input files (ZIP, tar or gzipped tar, told by its first bytes or its
     /// `Content-Type`), unpacked under `/workspace`: only regular files and directories; a link,

@@ -221,7 +221,7 @@ async fn an_output_dir_over_its_cap_refuses_new_jobs_until_old_ones_go() {
         .schedule(shell_job("head -c 4000000 /dev/urandom > big.bin"))
         .await;
     assert_eq!(server.wait_final(&big).await["status"], "succeeded");
-    let zip_path = out.join(format!("{big}.zip"));
+    let zip_path = out.join("artifacts").join(format!("{big}.zip"));
     assert!(zip_path.metadata().unwrap().len() > 3_000_000);
 
     // New jobs and sandboxes are refused with their own code, naming the cap.
