@@ -5,6 +5,7 @@
 //! ```text
 //! cargo bench -p agent-benches --bench job     # needs a Docker engine and the image
 //! AGENT_BENCH_N=40 cargo bench -p agent-benches --bench job
+//! RUST_LOG=agent_core=debug,agent_docker=debug cargo bench -p agent-benches --bench job  # + logs
 //! ```
 //!
 //! - warm job: a ready warm pool of 1 (refilled between jobs, as for a newcomer's first job),
@@ -127,6 +128,13 @@ async fn idle_pool_memory(scope: &str) -> Vec<f64> {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
+    // `RUST_LOG=agent_core=debug,agent_docker=debug`: where a job's time goes, on stderr.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let Some((n, config, plain)) = docker_bench("job", 30).await else {
         return;
     };

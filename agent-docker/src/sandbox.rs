@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use bollard::Docker;
 use bytes::Bytes;
 
-use crate::executor::ExecInner;
+use crate::executor::{ExecInner, RefillTrigger};
 
 /// The first 12 characters of a container id.
 pub(crate) fn short(id: &str) -> &str {
@@ -87,6 +87,8 @@ pub struct DockerSandbox {
     executor: Weak<ExecInner>,
     destroyed: AtomicBool,
     services: Vec<ServiceEndpoint>,
+    /// For a warm container: starts its replacement once this sandbox is destroyed (or dropped).
+    refill: std::sync::Mutex<Option<RefillTrigger>>,
 }
 
 impl std::fmt::Debug for DockerSandbox {
@@ -115,7 +117,15 @@ impl DockerSandbox {
             executor,
             destroyed: AtomicBool::new(false),
             services: Vec::new(),
+            refill: std::sync::Mutex::new(None),
         }
+    }
+
+    pub(crate) fn set_refill(&mut self, refill: RefillTrigger) {
+        *self
+            .refill
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(refill);
     }
 
     pub(crate) fn link(&self) -> &Link {
@@ -207,6 +217,14 @@ impl Sandbox for DockerSandbox {
         if self.destroyed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
+        // The job is over: the warm pool may start this container's replacement now, beside
+        // its removal.
+        drop(
+            self.refill
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take(),
+        );
         let res = self.core.remove().await;
         if let Some(exec) = self.executor.upgrade() {
             exec.forget_container(&self.core.container_id);
