@@ -250,8 +250,28 @@ pub fn app(state: AppState) -> Router {
             crate::session::authenticate,
         ))
         .layer(middleware::from_fn(crate::ui::redirect_browsers))
+        .layer(middleware::from_fn(close_after_refused_body))
         .layer(DefaultBodyLimit::max(state.inner.settings.max_body_bytes))
         .with_state(state)
+}
+
+/// An error answer to a request that came with a body closes the connection
+/// (`Connection: close`). The handler may have stopped reading the body part-way — an upload
+/// over its cap, a refused archive, an unknown sandbox — and the server then drops the
+/// connection after the answer; a client told nothing would put it back in its pool and send
+/// its next request into a closed connection.
+async fn close_after_refused_body(req: Request, next: Next) -> Response {
+    let has_body = req.headers().contains_key(header::TRANSFER_ENCODING)
+        || req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
+    let mut resp = next.run(req).await;
+    if has_body && (resp.status().is_client_error() || resp.status().is_server_error()) {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
 }
 
 fn is_public(settings: &ApiSettings, method: &Method, path: &str) -> bool {

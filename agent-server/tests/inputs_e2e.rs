@@ -449,6 +449,9 @@ async fn bad_inputs_are_refused_naming_the_problem_and_leave_nothing() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 415);
+    // A refused request with a body closes its connection, said so: the server may have left
+    // the body unread (a client reusing the connection would send into a closed one).
+    assert_eq!(resp.headers()["connection"], "close");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
