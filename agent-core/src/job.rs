@@ -1216,6 +1216,17 @@ impl TokenUsage {
         self.completion_tokens += other.completion_tokens;
         self.total_tokens += other.total_tokens;
     }
+
+    /// What was used since `before` (an earlier reading of the same counter).
+    pub fn since(&self, before: TokenUsage) -> TokenUsage {
+        TokenUsage {
+            prompt_tokens: self.prompt_tokens.saturating_sub(before.prompt_tokens),
+            completion_tokens: self
+                .completion_tokens
+                .saturating_sub(before.completion_tokens),
+            total_tokens: self.total_tokens.saturating_sub(before.total_tokens),
+        }
+    }
 }
 
 /// A plan produced by the LLM (or given explicitly). Its JSON Schema is

@@ -87,7 +87,7 @@ impl Sessions {
     /// A new session of `caller`: its id (64 hex digits from the OS-seeded CSPRNG) and expiry.
     fn create(&self, caller: Caller) -> (String, DateTime<Utc>) {
         let bytes: [u8; 32] = rand::random();
-        let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let id = crate::tenants::hex(&bytes);
         let now = Instant::now();
         let expires_at = Utc::now()
             + chrono::Duration::from_std(SESSION_LIFETIME).unwrap_or(chrono::Duration::zero());

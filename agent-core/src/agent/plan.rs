@@ -44,7 +44,7 @@ Rules:
 });
 
 /// The most files the planning prompt lists one by one.
-const LISTED_FILES: usize = 200;
+pub(crate) const LISTED_FILES: usize = 200;
 
 /// The first user message: the task, and what the planner should know about the sandbox
 /// (`context`: [`inputs_context`], [`sandbox_context`]).

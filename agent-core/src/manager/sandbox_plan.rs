@@ -23,7 +23,7 @@ use crate::job::{
 use crate::llm::LlmProvider;
 
 /// The most workspace files the planner is told of.
-pub const MAX_LISTED_FILES: usize = 200;
+pub const MAX_LISTED_FILES: usize = crate::agent::plan::LISTED_FILES;
 
 /// How one planned run in a live sandbox went ([`JobManager::sandbox_plan`]).
 #[derive(Clone, Debug, PartialEq)]
@@ -142,20 +142,7 @@ impl JobManager {
             steps: job.steps.get(first..).unwrap_or_default().to_vec(),
             repairs,
             provider: job.provider.clone(),
-            usage: TokenUsage {
-                prompt_tokens: job
-                    .usage
-                    .prompt_tokens
-                    .saturating_sub(usage_before.prompt_tokens),
-                completion_tokens: job
-                    .usage
-                    .completion_tokens
-                    .saturating_sub(usage_before.completion_tokens),
-                total_tokens: job
-                    .usage
-                    .total_tokens
-                    .saturating_sub(usage_before.total_tokens),
-            },
+            usage: job.usage.since(usage_before),
         };
         drop(job);
         match outcome {
