@@ -1,5 +1,7 @@
-//! Tunnel benchmark (issue 10): bytes through a sandbox's supervisor link to an echo server
-//! inside it, against a direct loopback TCP echo on the host, measured in the same run.
+//! Tunnel benchmark (issue 10): bytes through a sandbox's tunnel to an echo server inside it,
+//! against a direct loopback TCP echo on the host, measured in the same run; a tunnel on its own
+//! unix-socket connection (the default with a local engine) and one multiplexed on the
+//! supervisor's attach stream (the fallback) side by side.
 //!
 //! ```text
 //! cargo bench -p agent-benches --bench tunnel     # needs a Docker engine and the image
@@ -7,9 +9,9 @@
 //! ```
 //!
 //! - throughput: 10 MiB written and read back at once through a tunnel vs through the host's
-//!   loopback echo, the two alternated round by round, medians compared (goal ≥ 0.5×);
+//!   loopback echo, alternated round by round, medians compared (goal ≥ 0.5×);
 //! - for context, the same 10 MiB through `docker exec -i <same container> cat`: the engine's own
-//!   stream copy, which a tunnel rides on (Docker's attach stream) and which bounds it;
+//!   stream copy, which the fallback rides on (Docker's attach stream) and which bounds it;
 //! - round trip of a 1-byte message through a tunnel (goal ≤ 1 ms p50), next to the loopback's.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -21,7 +23,7 @@ use agent_core::testing::tunnels::{
     echo_through, loopback_echo, pattern, start_echo_servers, ECHO_PORT, GREET_PORT,
 };
 use agent_core::{Executor, Sandbox};
-use agent_docker::DockerExecutor;
+use agent_docker::{DockerExecutor, TunnelSockets};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Bytes echoed per throughput round.
@@ -91,50 +93,66 @@ async fn main() {
     let Some((n, config, _)) = docker_bench("tunnel", 7).await else {
         return;
     };
-    let exec = DockerExecutor::connect(config.with_tunnel_ports([ECHO_PORT, GREET_PORT]))
+    let config = config.with_tunnel_ports([ECHO_PORT, GREET_PORT]);
+    let exec = DockerExecutor::connect(config.clone())
         .await
         .expect("an executor with tunnels");
+    let link_exec = DockerExecutor::connect(config.with_tunnel_sockets(TunnelSockets::Off))
+        .await
+        .expect("an executor with tunnels over the attach stream");
     let sb = bench_sandbox(&exec).await;
+    let link_sb = bench_sandbox(&link_exec).await;
     start_echo_servers(&*sb).await;
+    start_echo_servers(&*link_sb).await;
     let direct = loopback_echo().await;
     let load = load_average();
     println!("# Tunnel benchmark (N = {n}; load average at start: {load})\n");
 
     let data = pattern(BULK, 7);
     bulk(tunnel(&*sb).await, &data).await; // warm-up, not counted
-    let (mut through, mut base, mut engine) = (Vec::new(), Vec::new(), Vec::new());
+    bulk(tunnel(&*link_sb).await, &data).await;
+    let (mut own, mut link, mut base, mut engine) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..n {
-        through.push(bulk(tunnel(&*sb).await, &data).await);
+        own.push(bulk(tunnel(&*sb).await, &data).await);
         let tcp = tokio::net::TcpStream::connect(direct).await.unwrap();
         tcp.set_nodelay(true).unwrap();
         base.push(bulk(tcp, &data).await);
+        link.push(bulk(tunnel(&*link_sb).await, &data).await);
         engine.push(docker_cat(sb.id(), &data).await);
     }
-    let (through, base, engine) = (median(through), median(base), median(engine));
+    let (own, link, base, engine) = (median(own), median(link), median(base), median(engine));
     let mib = BULK as f64 / f64::from(1 << 20);
-    let ratio = base.as_secs_f64() / through.as_secs_f64();
-    let mut tunnel_rtt = pings(tunnel(&*sb).await).await;
+    let ratio = |d: Duration| base.as_secs_f64() / d.as_secs_f64();
+    let mut own_rtt = pings(tunnel(&*sb).await).await;
+    let mut link_rtt = pings(tunnel(&*link_sb).await).await;
     let tcp = tokio::net::TcpStream::connect(direct).await.unwrap();
     tcp.set_nodelay(true).unwrap();
     let mut direct_rtt = pings(tcp).await;
-    let rtt = percentile(&mut tunnel_rtt, 0.5);
+    let rtt = percentile(&mut own_rtt, 0.5);
     let load = load_average();
 
     println!("| figure | tunnel | direct loopback echo (same run) | ratio | goal |");
     println!("|---|---|---|---|---|");
     println!(
-        "| 10 MiB echoed (median of {n} alternated rounds) | {:.1} MiB/s | {:.1} MiB/s | {ratio:.3}× | ≥ 0.5× {} |",
-        mib / through.as_secs_f64(),
+        "| 10 MiB echoed, own socket (median of {n} alternated rounds) | {:.1} MiB/s | {:.1} MiB/s | {:.3}× | ≥ 0.5× {} |",
+        mib / own.as_secs_f64(),
         mib / base.as_secs_f64(),
-        if ratio >= 0.5 { "ok" } else { "MISSED" }
+        ratio(own),
+        if ratio(own) >= 0.5 { "ok" } else { "MISSED" }
+    );
+    println!(
+        "| 10 MiB echoed, over the attach stream (`TunnelSockets::Off`) | {:.1} MiB/s | | {:.3}× | (fallback) |",
+        mib / link.as_secs_f64(),
+        ratio(link)
     );
     println!(
         "| the engine's stream alone: `docker exec -i <same container> cat` | {:.1} MiB/s | | {:.3}× | (context) |",
         mib / engine.as_secs_f64(),
-        base.as_secs_f64() / engine.as_secs_f64()
+        ratio(engine)
     );
     println!(
-        "| 1-byte round trip p50 ({PINGS}) | {:.3} ms | {:.3} ms | | ≤ 1 ms {} |",
+        "| 1-byte round trip p50 ({PINGS}), own socket | {:.3} ms | {:.3} ms | | ≤ 1 ms {} |",
         rtt.as_secs_f64() * 1e3,
         percentile(&mut direct_rtt, 0.5).as_secs_f64() * 1e3,
         if rtt <= Duration::from_millis(1) {
@@ -143,7 +161,13 @@ async fn main() {
             "MISSED"
         }
     );
+    println!(
+        "| 1-byte round trip p50 ({PINGS}), over the attach stream | {:.3} ms | | | (fallback) |",
+        percentile(&mut link_rtt, 0.5).as_secs_f64() * 1e3,
+    );
     println!("\nload average at the end: {load}");
     sb.destroy().await.unwrap();
+    link_sb.destroy().await.unwrap();
     exec.shutdown().await.unwrap();
+    link_exec.shutdown().await.unwrap();
 }

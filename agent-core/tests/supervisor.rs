@@ -341,3 +341,61 @@ async fn a_supervisor_that_cannot_start_says_why() {
         .unwrap_err();
     assert_eq!(err.kind, SandboxErrorKind::Invalid);
 }
+
+#[tokio::test]
+async fn a_handed_over_tunnel_carries_bytes_and_only_its_key_is_taken() {
+    use agent_core::supervisor::Handoff;
+    use agent_core::testing::tunnels::{echo_through, loopback_echo, pattern};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let ws = tempfile::tempdir().unwrap();
+    let sockets = tempfile::tempdir().unwrap();
+    let sup = LocalSupervisor::start(ws.path()).await.unwrap();
+    let link = sup.link().clone();
+    // A local supervisor sees the host's paths as they are.
+    let path = sockets.path().join("tunnel.sock");
+    let handoff = Handoff::bind(&path, path.to_str().unwrap()).unwrap();
+    let echo = loopback_echo().await;
+
+    let data = pattern(3 << 20, 5);
+    let tunnel = handoff.connect(&link, echo.port()).await.unwrap();
+    let back = tokio::time::timeout(QUICK, echo_through(tunnel, &data))
+        .await
+        .unwrap();
+    assert!(back == data, "3 MiB came back changed");
+
+    // A connection that presents no key it waits for is closed, and takes no tunnel's place.
+    let mut stranger = tokio::net::UnixStream::connect(&path).await.unwrap();
+    stranger.write_all(b"0123456789abcdef\n").await.unwrap();
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(QUICK, stranger.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0, "a stranger's connection was kept");
+    let mut tunnel = handoff.connect(&link, echo.port()).await.unwrap();
+    tunnel.write_all(b"ping").await.unwrap();
+    let mut got = [0u8; 4];
+    tunnel.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"ping");
+    drop(tunnel);
+
+    // No listener on the port: refused, as a tunnel on the link is.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let err = handoff.connect(&link, port).await.err().unwrap();
+    assert_eq!(err.kind, SandboxErrorKind::Refused, "{err}");
+
+    // A socket the supervisor cannot reach: unavailable (the caller falls back to the link).
+    let elsewhere =
+        Handoff::bind(&sockets.path().join("gone.sock"), "/nonexistent/gone.sock").unwrap();
+    let err = elsewhere.connect(&link, echo.port()).await.err().unwrap();
+    assert_eq!(err.kind, SandboxErrorKind::Unavailable, "{err}");
+    assert!(err.message.contains("tunnel socket"), "{err}");
+
+    // Dropping the handoff removes its socket.
+    drop(handoff);
+    assert!(!path.exists());
+    sup.shutdown().await.unwrap();
+}

@@ -113,6 +113,31 @@ pub struct DockerConfig {
     pub services_image: Option<String>,
     /// How long a service may take to listen once started. Default 120 s.
     pub services_timeout: Duration,
+    /// How tunnels ([`Sandbox::connect`](agent_core::Sandbox::connect)) reach the host. Default
+    /// [`TunnelSockets::Auto`]. Env `AGENT_TUNNEL_SOCKETS` (`auto`, `off` or a directory).
+    pub tunnel_sockets: TunnelSockets,
+}
+
+/// How a sandbox's tunnels reach the host ([`DockerConfig::tunnel_sockets`]).
+///
+/// A tunnel either has a unix-socket connection of its own, handed over through a directory
+/// bind-mounted read-only into the sandbox ([`agent_core::supervisor::Handoff`]; the sandbox
+/// keeps its network, `none` by default), or is multiplexed on the supervisor's attach stream.
+/// Own connections are several times faster; they need the engine on this host, as the
+/// directory must be the same on both sides. Only sandboxes with ports open to tunnels (services,
+/// [`DockerConfig::tunnel_ports`]) get the mount, and a sandbox whose socket cannot be reached
+/// uses the attach stream.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TunnelSockets {
+    /// Own connections, in a private temporary directory, when the engine is reached through a
+    /// unix socket (a local engine); else the attach stream.
+    #[default]
+    Auto,
+    /// Own connections, under this directory on the engine's host (created if missing).
+    Dir(std::path::PathBuf),
+    /// Always the attach stream.
+    Off,
 }
 
 impl Default for DockerConfig {
@@ -148,13 +173,14 @@ impl Default for DockerConfig {
             tunnel_ports: Vec::new(),
             services_image: Some(DEFAULT_DESKTOP_IMAGE.to_string()),
             services_timeout: Duration::from_secs(120),
+            tunnel_sockets: TunnelSockets::Auto,
         }
     }
 }
 
 impl DockerConfig {
     /// Defaults, with `DOCKER_HOST`, `AGENT_IMAGE`, `AGENT_WARM_POOL` (pool size),
-    /// `AGENT_DOCKER_RUNTIME`, `AGENT_DOCKER_SCOPE` and `AGENT_DESKTOP_IMAGE` taken from the
+    /// `AGENT_DOCKER_RUNTIME`, `AGENT_DOCKER_SCOPE`, `AGENT_DESKTOP_IMAGE` and `AGENT_TUNNEL_SOCKETS` taken from the
     /// environment when set.
     pub fn from_env() -> Self {
         let mut config = Self::default();
@@ -176,9 +202,21 @@ impl DockerConfig {
         if let Some(image) = non_empty_env("AGENT_DESKTOP_IMAGE") {
             config.services_image = (image != "none").then_some(image);
         }
+        if let Some(sockets) = non_empty_env("AGENT_TUNNEL_SOCKETS") {
+            config.tunnel_sockets = match sockets.as_str() {
+                "auto" => TunnelSockets::Auto,
+                "off" => TunnelSockets::Off,
+                dir => TunnelSockets::Dir(dir.into()),
+            };
+        }
         config
     }
 
+    /// Sets how tunnels reach the host.
+    pub fn with_tunnel_sockets(mut self, sockets: TunnelSockets) -> Self {
+        self.tunnel_sockets = sockets;
+        self
+    }
     /// Sets the engine address.
     pub fn with_docker_host(mut self, host: impl Into<String>) -> Self {
         self.docker_host = Some(host.into());
@@ -373,6 +411,14 @@ impl DockerConfig {
                 || scope.chars().any(char::is_whitespace)
             {
                 return invalid(format!("scope {scope:?} must be a non-empty word"));
+            }
+        }
+        if let TunnelSockets::Dir(dir) = &self.tunnel_sockets {
+            let text = dir.to_string_lossy();
+            if !dir.is_absolute() || text.contains([':', ',']) {
+                return invalid(format!(
+                    "tunnel socket directory {text:?} must be an absolute path without ':' or ','"
+                ));
             }
         }
         for key in self.labels.keys() {

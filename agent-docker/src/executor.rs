@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{DockerConfig, SeccompProfile};
 use crate::sandbox::{remove_container, short, Core, DockerSandbox};
+use crate::sockets::{SandboxSockets, SocketRoot};
 
 /// Label on every container this crate creates.
 pub const LABEL_MANAGED: &str = "agent.managed";
@@ -72,6 +73,12 @@ pub(crate) struct ExecInner {
     shut_down: AtomicBool,
     /// Whether [`DockerConfig::services_image`] was on the engine when connecting.
     services: bool,
+    /// Where sandboxes with ports open to tunnels get their handoff sockets (`None`: tunnels go
+    /// over the attach stream).
+    sockets: Option<SocketRoot>,
+    /// Set when the engine refused a socket directory's bind mount (it is not on this host):
+    /// later sandboxes are made without one.
+    sockets_refused: AtomicBool,
 }
 
 impl ExecInner {
@@ -113,7 +120,7 @@ impl RefillTrigger {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
@@ -187,6 +194,8 @@ struct Blueprint<'a> {
     job_id: Option<JobId>,
     /// Labels asked for by the sandbox's spec.
     extra_labels: Option<&'a BTreeMap<String, String>>,
+    /// Whether the sandbox has ports open to tunnels (it then gets a handoff socket).
+    tunnels: bool,
 }
 
 impl DockerExecutor {
@@ -243,6 +252,8 @@ impl DockerExecutor {
             }
             None => false,
         };
+        let local_engine = host.starts_with("unix://") || host.starts_with('/');
+        let sockets = SocketRoot::new(&config.tunnel_sockets, local_engine);
         let instance = format!("{:032x}", rand::random::<u128>());
         let inner = Arc::new(ExecInner {
             docker,
@@ -256,6 +267,8 @@ impl DockerExecutor {
             stop: CancellationToken::new(),
             shut_down: AtomicBool::new(false),
             services,
+            sockets,
+            sockets_refused: AtomicBool::new(false),
         });
         if let Some(pool) = &inner.pool {
             tokio::spawn(refill_loop(Arc::downgrade(&inner), pool.clone()));
@@ -338,7 +351,11 @@ impl ExecInner {
         labels
     }
 
-    fn container_body(&self, bp: &Blueprint<'_>) -> ContainerCreateBody {
+    fn container_body(
+        &self,
+        bp: &Blueprint<'_>,
+        sockets: Option<&SandboxSockets>,
+    ) -> ContainerCreateBody {
         let c = &self.config;
         let limits = bp.limits;
         let (uid, gid) = c.numeric_ids().unwrap_or((1000, 1000));
@@ -405,7 +422,7 @@ impl ExecInner {
             }),
             runtime: c.runtime.clone(),
             oom_kill_disable: Some(false),
-            binds: None,
+            binds: sockets.map(|s| vec![s.bind()]),
             mounts: None,
             ..Default::default()
         };
@@ -437,7 +454,16 @@ impl ExecInner {
         bp: &Blueprint<'_>,
     ) -> Result<Arc<Core>, SandboxError> {
         let docker = &self.docker;
-        let body = self.container_body(bp);
+        let sockets = match &self.sockets {
+            Some(root) if bp.tunnels && !self.sockets_refused.load(Ordering::Relaxed) => root
+                .sandbox()
+                .inspect_err(|e| {
+                    tracing::warn!("a sandbox's tunnels go over its attach stream: {e}");
+                })
+                .ok(),
+            _ => None,
+        };
+        let body = self.container_body(bp, sockets.as_ref());
         let permit =
             self.create_permits.acquire().await.map_err(|_| {
                 SandboxError::new(SandboxErrorKind::Unavailable, "executor shut down")
@@ -469,6 +495,20 @@ impl ExecInner {
                         ),
                     )
                     .with_source(e));
+                }
+                Err(e)
+                    if sockets.is_some()
+                        && (is_status(&e, 400) || is_status(&e, 500))
+                        && e.to_string().contains("bind") =>
+                {
+                    // The engine is not on this host (or cannot see the directory).
+                    tracing::warn!(
+                        "the engine refused the tunnel sockets' bind mount, so tunnels go over \
+                         the attach stream from now on: {e}"
+                    );
+                    self.sockets_refused.store(true, Ordering::Relaxed);
+                    drop(permit);
+                    return Box::pin(self.start_container(bp)).await;
                 }
                 Err(e) if is_status(&e, 409) && attempt == 1 => {
                     // A container left with this name (a crashed run of the same job): replace it.
@@ -506,6 +546,7 @@ impl ExecInner {
                 docker: docker.clone(),
                 link,
                 removed: AtomicBool::new(false),
+                sockets: Mutex::new(sockets.map(Arc::new)),
             });
             docker
                 .start_container(&id, None::<StartContainerOptions>)
@@ -692,6 +733,7 @@ async fn refill_loop(exec: Weak<ExecInner>, pool: Arc<Pool>) {
                     network: NetworkMode::None,
                     job_id: None,
                     extra_labels: None,
+                    tunnels: !inner.config.tunnel_ports.is_empty(),
                 };
                 inner.start_container(&bp).await
             }
@@ -802,6 +844,7 @@ impl Executor for DockerExecutor {
             network: spec.network,
             job_id: Some(job_id),
             extra_labels: Some(&spec.labels),
+            tunnels: !spec.services.is_empty() || !inner.config.tunnel_ports.is_empty(),
         };
         let core = inner.start_container(&bp).await?;
         let mut sandbox = DockerSandbox::new(core, job_id, name, env, Arc::downgrade(inner));

@@ -8,8 +8,11 @@ mod executor;
 mod image;
 mod sandbox;
 pub mod services;
+mod sockets;
 
-pub use config::{DockerConfig, SeccompProfile, DEFAULT_DESKTOP_IMAGE, DEFAULT_IMAGE};
+pub use config::{
+    DockerConfig, SeccompProfile, TunnelSockets, DEFAULT_DESKTOP_IMAGE, DEFAULT_IMAGE,
+};
 pub use executor::{
     DockerExecutor, LABEL_JOB_ID, LABEL_MANAGED, LABEL_OWNER, LABEL_POOL, LABEL_SCOPE,
 };

@@ -13,7 +13,8 @@ use async_trait::async_trait;
 use bollard::Docker;
 use bytes::Bytes;
 
-use crate::executor::{ExecInner, RefillTrigger};
+use crate::executor::{lock, ExecInner, RefillTrigger};
+use crate::sockets::SandboxSockets;
 
 /// The first 12 characters of a container id.
 pub(crate) fn short(id: &str) -> &str {
@@ -26,6 +27,8 @@ pub(crate) struct Core {
     pub(crate) docker: Docker,
     pub(crate) link: Link,
     pub(crate) removed: AtomicBool,
+    /// The socket its tunnels are handed over on, when it has one (until it is removed).
+    pub(crate) sockets: std::sync::Mutex<Option<Arc<SandboxSockets>>>,
 }
 
 impl Core {
@@ -34,6 +37,7 @@ impl Core {
         if self.removed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
+        drop(lock(&self.sockets).take());
         remove_container(&self.docker, &self.container_id).await
     }
 }
@@ -219,12 +223,7 @@ impl Sandbox for DockerSandbox {
         }
         // The job is over: the warm pool may start this container's replacement now, beside
         // its removal.
-        drop(
-            self.refill
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .take(),
-        );
+        drop(lock(&self.refill).take());
         let res = self.core.remove().await;
         if let Some(exec) = self.executor.upgrade() {
             exec.forget_container(&self.core.container_id);
@@ -245,6 +244,19 @@ impl Sandbox for DockerSandbox {
                     self.name
                 ),
             ));
+        }
+        let sockets = lock(&self.core.sockets).clone();
+        if let Some(sockets) = sockets {
+            match sockets.handoff().connect(&self.core.link, port).await {
+                Ok(stream) => return Ok(Box::new(stream)),
+                // The supervisor could not reach the socket: the attach stream still works.
+                Err(e)
+                    if e.kind == SandboxErrorKind::Unavailable && !self.core.link.is_closed() =>
+                {
+                    tracing::debug!(sandbox = %self.name, "tunnel over the attach stream: {e}");
+                }
+                Err(e) => return Err(e),
+            }
         }
         let tunnel = self
             .core

@@ -12,11 +12,20 @@ use agent_core::testing::tunnels::{
     echo_through, pattern, start_echo_servers, ECHO_PORT, GREET_PORT,
 };
 use agent_core::{Executor, JobSpec, Sandbox, SandboxErrorKind};
+use agent_docker::TunnelSockets;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-async fn sandbox_with_servers(scope: &str) -> (agent_docker::DockerExecutor, Box<dyn Sandbox>) {
-    let exec = connect(config(scope).with_tunnel_ports([ECHO_PORT, GREET_PORT, 7999])).await;
+async fn sandbox_with_servers(
+    scope: &str,
+    sockets: TunnelSockets,
+) -> (agent_docker::DockerExecutor, Box<dyn Sandbox>) {
+    let exec = connect(
+        config(scope)
+            .with_tunnel_ports([ECHO_PORT, GREET_PORT, 7999])
+            .with_tunnel_sockets(sockets),
+    )
+    .await;
     assert!(exec.capabilities().tunnels);
     let sb = sandbox(&exec, &JobSpec::from_prompt("tunnels")).await;
     start_echo_servers(&*sb).await;
@@ -24,11 +33,74 @@ async fn sandbox_with_servers(scope: &str) -> (agent_docker::DockerExecutor, Box
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_mib_each_way_arrive_byte_exact_and_twenty_tunnels_share_the_link() {
+async fn over_own_sockets_ten_mib_each_way_arrive_byte_exact_and_twenty_tunnels_run_at_once() {
     if skipped() {
         return;
     }
-    let (exec, sb) = sandbox_with_servers("tunnels-bulk").await;
+    bulk("tunnels-bulk-sockets", TunnelSockets::Auto).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_link_ten_mib_each_way_arrive_byte_exact_and_twenty_tunnels_share_it() {
+    if skipped() {
+        return;
+    }
+    bulk("tunnels-bulk-link", TunnelSockets::Off).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_own_sockets_a_saturated_tunnel_stalls_nothing_else_and_closes_work_both_ways() {
+    if skipped() {
+        return;
+    }
+    flow("tunnels-flow-sockets", TunnelSockets::Auto).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_link_a_saturated_tunnel_stalls_nothing_else_and_closes_work_both_ways() {
+    if skipped() {
+        return;
+    }
+    flow("tunnels-flow-link", TunnelSockets::Off).await;
+}
+
+async fn bulk(scope: &str, sockets: TunnelSockets) {
+    let own = sockets != TunnelSockets::Off;
+    let (exec, sb) = sandbox_with_servers(scope, sockets).await;
+
+    // With own sockets, the sandbox sees the host's socket in a directory it can neither write
+    // nor list; without, nothing is mounted.
+    let (_, seen, _) = sh(
+        &*sb,
+        "test -S /run/agent-tunnels/tunnel.sock && echo socket; \
+         touch /run/agent-tunnels/x 2>/dev/null && echo writable; \
+         ls /run/agent-tunnels >/dev/null 2>&1 && echo listable; true",
+    )
+    .await;
+    // From the engine: that directory is the one host path mounted, read-only; it is the
+    // sandbox's alone and goes with it.
+    let binds = inspect(&exec, sb.id())
+        .await
+        .host_config
+        .unwrap()
+        .binds
+        .unwrap_or_default();
+    let own_dir = if own {
+        assert_eq!(seen, "socket\n");
+        assert_eq!(binds.len(), 1, "{binds:?}");
+        let source = binds[0]
+            .strip_suffix(":/run/agent-tunnels:ro")
+            .unwrap_or_else(|| panic!("a read-only bind at /run/agent-tunnels: {binds:?}"));
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(source).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o711, "{source}");
+        Some(std::path::PathBuf::from(source))
+    } else {
+        assert!(!seen.contains("socket"), "{seen}");
+        assert!(binds.is_empty(), "{binds:?}");
+        None
+    };
 
     let data = pattern(10 << 20, 7);
     let tunnel = sb.connect(ECHO_PORT).await.unwrap();
@@ -64,18 +136,19 @@ async fn ten_mib_each_way_arrive_byte_exact_and_twenty_tunnels_share_the_link() 
         assert_eq!(byte[0], i as u8);
     }
     finish(exec, &*sb).await;
+    if let Some(dir) = own_dir {
+        assert!(!dir.exists(), "{} outlived its sandbox", dir.display());
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_saturated_tunnel_stalls_nothing_else_and_closes_work_from_either_side() {
-    if skipped() {
-        return;
-    }
-    let (exec, sb) = sandbox_with_servers("tunnels-flow").await;
+async fn flow(scope: &str, sockets: TunnelSockets) {
+    let (exec, sb) = sandbox_with_servers(scope, sockets).await;
 
-    // Saturate one tunnel: write 4 MiB and read nothing back, so the echo stalls on its windows.
+    // Saturate one tunnel: write 48 MiB and read nothing back, so the echo stalls on its windows
+    // (the link's credits; or, on an own socket, the kernel's buffers: several MiB of TCP and
+    // unix-socket buffers on the way in and out).
     let mut stalled = sb.connect(ECHO_PORT).await.unwrap();
-    let flood = pattern(4 << 20, 3);
+    let flood = pattern(48 << 20, 3);
     let mut sent = 0usize;
     for chunk in flood.chunks(64 << 10) {
         match tokio::time::timeout(Duration::from_secs(2), stalled.write_all(chunk)).await {
@@ -88,7 +161,7 @@ async fn a_saturated_tunnel_stalls_nothing_else_and_closes_work_from_either_side
     }
     assert!(
         sent < flood.len(),
-        "4 MiB were accepted without being read: something buffers without bound"
+        "48 MiB were accepted without being read: something buffers without bound"
     );
 
     // Meanwhile a step's output flows, and another tunnel works.

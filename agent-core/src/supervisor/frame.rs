@@ -85,6 +85,20 @@ pub enum Request {
         /// Bytes either side may send ahead of the other's credits.
         window: u64,
     },
+    /// Opens a tunnel handed over on a connection of its own: the supervisor connects to
+    /// `127.0.0.1:port`, then to the unix socket `path` (one the host listens on, as the sandbox
+    /// sees it), writes `key` and a newline there, and copies bytes both ways. Answered by
+    /// [`Event::Started`] once both are connected, or a final [`Event::Err`]
+    /// ([`ErrorKind::Refused`]: nothing listens on the port; [`ErrorKind::Backend`]: the socket
+    /// cannot be reached), then a final [`Event::Ok`] once both directions are done.
+    Handoff {
+        /// The TCP port on the sandbox's loopback.
+        port: u16,
+        /// The host's listening unix socket, as a path inside the sandbox.
+        path: String,
+        /// Names this tunnel to the host's listener (random, one use).
+        key: String,
+    },
     /// Tunnel data for the service (the body), at most the window ahead of its credits.
     Data,
     /// The host has taken `bytes` of the tunnel's data: the supervisor may send that much more.

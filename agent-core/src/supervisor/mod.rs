@@ -41,6 +41,8 @@
 //! own credit window instead, so one busy stream never stalls another.
 
 mod frame;
+#[cfg(unix)]
+mod handoff;
 mod link;
 mod local;
 mod tunnel;
@@ -49,6 +51,8 @@ pub use frame::{
     encode, ErrorKind, Event, Frame, FrameDecoder, KillReason, Ready, Request, RequestId,
     MAX_BODY_BYTES, MAX_HEADER_BYTES,
 };
+#[cfg(unix)]
+pub use handoff::Handoff;
 pub use link::{Handshake, HandshakeError, Link, Replies, SupervisorLog};
 pub use local::LocalSupervisor;
 pub use tunnel::{Tunnel, DEFAULT_TUNNEL_WINDOW};

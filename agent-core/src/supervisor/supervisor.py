@@ -6,7 +6,7 @@
 #   frame  = header "\n" body
 #   header = one line of JSON; when it has "n", exactly n raw body bytes follow the newline.
 #
-# host -> supervisor: {"op": "run"|"kill"|"write"|"read"|"export"|"ping"|"connect"|"service",
+# host -> supervisor: {"op": "run"|"kill"|"write"|"read"|"export"|"ping"|"connect"|"handoff"|"service",
 #                      "id": N, ...}
 # supervisor -> host: {"ev": "ready"|"started"|"out"|"exit"|"ok"|"data"|"chunk"|"err", "id": N, ...}
 #
@@ -1142,6 +1142,121 @@ def op_tunnel(op, rid, req, body):
         t.abort()
 
 
+# Handed-over tunnels: the same byte stream, but on a unix-socket connection of its own rather
+# than multiplexed on the link (the link's framing and credits cost most of a busy tunnel's time).
+# host -> supervisor: {"op": "handoff", "id": N, "port": P, "path": S, "key": K}: connect to
+#   127.0.0.1:P, then to the unix socket S (one the host listens on, mounted read-only into the
+#   sandbox), write K and a newline there, and copy bytes both ways until both directions end.
+# supervisor -> host: {"ev": "started"} once both are connected (else a final {"ev": "err"}:
+#   "refused" when nothing listens on P, "backend" when S cannot be reached), then a final
+#   {"ev": "ok"} once both directions are done. The kernel's socket buffers are the window.
+
+HANDOFF_CHUNK = 262144
+
+
+def op_handoff(rid, req):
+    port, path, key = req.get("port"), req.get("path"), req.get("key")
+    if (not isinstance(port, int) or not 0 < port < 65536 or not isinstance(path, str)
+            or not path.startswith("/") or not isinstance(key, str) or not 0 < len(key) <= 128
+            or "\n" in key):
+        send({"id": rid, "ev": "err", "kind": "invalid", "msg": "handoff: bad port, path or key"})
+        return
+    spawn(rid, handoff_open, rid, port, path, key)
+
+
+def handoff_open(rid, port, path, key):
+    import _socket  # only when a tunnel is opened: not part of the start-up cost
+
+    tcp = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
+    try:
+        tcp.settimeout(10)
+        tcp.connect(("127.0.0.1", port))
+        tcp.settimeout(None)
+        tcp.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+    except OSError as e:
+        tcp.close()
+        if e.errno == errno.ECONNREFUSED:
+            msg = "nothing listens on 127.0.0.1:%d in the sandbox" % port
+        else:
+            msg = "cannot connect to 127.0.0.1:%d: %s" % (port, e.strerror or e)
+        send({"id": rid, "ev": "err", "kind": "refused", "msg": msg})
+        return
+    host = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        host.settimeout(10)
+        host.connect(path)
+        host.sendall(key.encode() + b"\n")
+        host.settimeout(None)
+    except OSError as e:
+        tcp.close()
+        host.close()
+        send({"id": rid, "ev": "err", "kind": "backend",
+              "msg": "cannot reach the host's tunnel socket: %s" % (e.strerror or e)})
+        return
+    send({"id": rid, "ev": "started"})
+    done = _thread.allocate_lock()
+    done.acquire()
+    try:
+        _thread.start_new_thread(handoff_copy, (host, tcp, _socket.MSG_NOSIGNAL, done, False))
+    except RuntimeError:
+        done.release()
+        handoff_shut(tcp, host)
+    handoff_copy(tcp, host, _socket.MSG_NOSIGNAL, None, True)
+    done.acquire()
+    tcp.close()
+    host.close()
+    send({"id": rid, "ev": "ok"})
+
+
+def handoff_copy(src, dst, nosignal, done, linger):
+    """Copies src to dst until src's end of file (or a failed read: the same), then shuts dst's
+    write side. When dst fails and `linger` (src is the service, dst the host, which went away),
+    the service is closed as a client would close: an end of file sent, its remaining bytes read
+    and dropped, so it sees an orderly close rather than a reset."""
+    buf = bytearray(HANDOFF_CHUNK)
+    view = memoryview(buf)
+    try:
+        while True:
+            try:
+                n = src.recv_into(buf)
+            except OSError:
+                n = 0
+            if not n:
+                dst.shutdown(1)  # SHUT_WR: the end of file, passed on
+                break
+            try:
+                dst.sendall(view[:n], nosignal)  # EPIPE, not SIGPIPE (which would kill us)
+            except OSError:
+                if linger:
+                    handoff_linger(src)
+                else:
+                    handoff_shut(src, dst)
+                break
+    except OSError:
+        handoff_shut(src, dst)
+    finally:
+        if done is not None:
+            done.release()
+
+
+def handoff_shut(*socks):
+    for s in socks:
+        try:
+            s.shutdown(2)
+        except OSError:
+            pass
+
+
+def handoff_linger(sock, limit=5.0):
+    try:
+        sock.shutdown(1)
+        sock.settimeout(limit)
+        while sock.recv(HANDOFF_CHUNK):
+            pass
+    except OSError:
+        pass
+
+
 # ---------------------------------------------------------------------------------------------
 # Services: long-lived processes (a desktop, Jupyter Lab) started before the first step
 # ---------------------------------------------------------------------------------------------
@@ -1391,6 +1506,8 @@ def main(args):
             send({"id": rid, "ev": "ok"})
         elif op == "connect":
             op_connect(rid, req)
+        elif op == "handoff":
+            op_handoff(rid, req)
         elif op == "service":
             spawn(rid, op_service, rid, req)
         elif op in ("data", "credit", "close", "abort"):

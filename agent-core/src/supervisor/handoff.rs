@@ -1,0 +1,202 @@
+//! Handed-over tunnels: a byte stream to a port inside the sandbox on a unix-socket connection of
+//! its own ([`Request::Handoff`]), rather than multiplexed on the link like a [`Tunnel`].
+//!
+//! The host listens on a unix socket in a directory the sandbox sees read-only (Docker: a bind
+//! mount). To open a tunnel, the host asks the supervisor, over the link, to connect to the port
+//! and then to that socket, and to write a random one-use key there; the listener gives the
+//! connection carrying that key to the waiting [`Handoff::connect`]. Bytes then move between two
+//! kernel sockets with no framing, no credits and no copy through the link, and the kernel's
+//! socket buffers bound what is in flight, each tunnel apart from every other and from the link.
+//!
+//! The sandbox needs no network for this: a unix socket is reached through the filesystem. The
+//! directory is mounted read-only, so the sandbox cannot put a link or another socket in the
+//! host's way; the socket itself accepts any process that can reach it (mode 0666, as the
+//! sandbox's user differs from the host's), and a connection is only used when it presents a key
+//! the host is waiting for.
+//!
+//! [`Tunnel`]: super::Tunnel
+
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::oneshot;
+
+use super::frame::{ErrorKind, Event, Request};
+use super::link::Link;
+use crate::executor::{SandboxError, SandboxErrorKind};
+
+/// How long a handed-over connection may take to arrive, and to present its key.
+const HANDOFF_WAIT: Duration = Duration::from_secs(10);
+
+/// The longest key line read from a connection (a key is 32 hex digits and a newline).
+const MAX_KEY_LINE: usize = 80;
+
+type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<UnixStream>>>>;
+
+/// A unix socket on the host that a sandbox's supervisor hands tunnels to (see the module docs).
+/// Dropping it stops listening and removes the socket file.
+#[derive(Debug)]
+pub struct Handoff {
+    host_path: PathBuf,
+    sandbox_path: String,
+    pending: Pending,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Handoff {
+    /// Listens on a new unix socket at `host_path`, which the sandbox reaches as `sandbox_path`.
+    /// Must be called within a Tokio runtime.
+    pub fn bind(host_path: &Path, sandbox_path: impl Into<String>) -> io::Result<Self> {
+        let listener = UnixListener::bind(host_path)?;
+        // The sandbox's user is not the host's: anyone may connect, and a key is required.
+        std::fs::set_permissions(
+            host_path,
+            std::os::unix::fs::PermissionsExt::from_mode(0o666),
+        )?;
+        let pending = Pending::default();
+        let accept = tokio::spawn(accept_loop(listener, pending.clone()));
+        Ok(Self {
+            host_path: host_path.to_path_buf(),
+            sandbox_path: sandbox_path.into(),
+            pending,
+            accept,
+        })
+    }
+
+    /// Opens a tunnel to `127.0.0.1:port` inside the sandbox that `link` reaches, handed over on
+    /// this socket. Nothing listening there is a [`SandboxErrorKind::Refused`] error; a
+    /// supervisor that cannot reach the socket (it is not mounted in that sandbox) is a
+    /// [`SandboxErrorKind::Unavailable`] one, and the caller may use [`Link::connect`] instead.
+    pub async fn connect(&self, link: &Link, port: u16) -> Result<UnixStream, SandboxError> {
+        let key = format!("{:032x}", rand::random::<u128>());
+        let (tx, rx) = oneshot::channel();
+        lock(&self.pending).insert(key.clone(), tx);
+        let result = self.open(link, port, &key, rx).await;
+        lock(&self.pending).remove(&key);
+        result
+    }
+
+    async fn open(
+        &self,
+        link: &Link,
+        port: u16,
+        key: &str,
+        arrived: oneshot::Receiver<UnixStream>,
+    ) -> Result<UnixStream, SandboxError> {
+        let request = Request::Handoff {
+            port,
+            path: self.sandbox_path.clone(),
+            key: key.to_string(),
+        };
+        let (id, mut replies) = link.open(&request, b"", None).await?;
+        match replies.recv().await.map(|f| f.event) {
+            Some(Event::Started { .. }) => {}
+            Some(Event::Err { kind, message }) => {
+                link.forget(id);
+                let kind = match kind {
+                    ErrorKind::Refused => SandboxErrorKind::Refused,
+                    ErrorKind::Invalid => SandboxErrorKind::Invalid,
+                    _ => SandboxErrorKind::Unavailable,
+                };
+                return Err(SandboxError::new(kind, message));
+            }
+            Some(other) => {
+                link.forget(id);
+                return Err(SandboxError::new(
+                    SandboxErrorKind::Backend,
+                    format!("the supervisor answered a handoff with {other:?}"),
+                ));
+            }
+            None => return Err(link.gone()),
+        }
+        // The supervisor copies until both directions end, then says so: until then the id is
+        // in use, and its last frame is read (and the id forgotten) in the background.
+        let done = link.clone();
+        tokio::spawn(async move {
+            while let Some(frame) = replies.recv().await {
+                if frame.event.is_final() {
+                    break;
+                }
+            }
+            done.forget(id);
+        });
+        match tokio::time::timeout(HANDOFF_WAIT, arrived).await {
+            Ok(Ok(stream)) => Ok(stream),
+            // The supervisor connected, but its connection never presented the key (in time):
+            // once this waiter is gone the listener drops it, which ends the copy inside.
+            _ => Err(SandboxError::new(
+                SandboxErrorKind::Unavailable,
+                format!("the tunnel to port {port} was not handed over within {HANDOFF_WAIT:?}"),
+            )),
+        }
+    }
+
+    /// The socket's path inside the sandbox.
+    pub fn sandbox_path(&self) -> &str {
+        &self.sandbox_path
+    }
+}
+
+impl Drop for Handoff {
+    fn drop(&mut self) {
+        self.accept.abort();
+        let _ = std::fs::remove_file(&self.host_path);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Accepts connections and gives each, once it presented a key someone waits for, to that
+/// waiter. A connection with no key, a wrong one or none in time is closed.
+async fn accept_loop(listener: UnixListener, pending: Pending) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors, most likely: wait rather than spin.
+                tracing::warn!("tunnel socket: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let pending = pending.clone();
+        tokio::spawn(async move {
+            let Ok(Ok((stream, key))) = tokio::time::timeout(HANDOFF_WAIT, read_key(stream)).await
+            else {
+                return;
+            };
+            let waiter = lock(&pending).remove(&key);
+            if let Some(waiter) = waiter {
+                let _ = waiter.send(stream);
+            }
+        });
+    }
+}
+
+/// Reads the key line byte by byte, so nothing after it is taken from the stream.
+async fn read_key(mut stream: UnixStream) -> io::Result<(UnixStream, String)> {
+    let mut key = Vec::with_capacity(40);
+    loop {
+        let byte = stream.read_u8().await?;
+        if byte == b'\n' {
+            break;
+        }
+        if key.len() == MAX_KEY_LINE {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "key line too long",
+            ));
+        }
+        key.push(byte);
+    }
+    let key = String::from_utf8(key)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "key is not UTF-8"))?;
+    Ok((stream, key))
+}
