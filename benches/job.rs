@@ -13,6 +13,8 @@
 //! - cold job: no pool, the same job, vs `docker run --rm --network none IMAGE true`, the two
 //!   interleaved; each round waits until the job's container is removed (that removal runs after
 //!   the status is published) so it does not overlap the baseline. Goal: ≤ 0.7×.
+//! - job on a prepared container: a pool of 1 container created ahead but not started (it runs
+//!   no process), the job starts it; vs `docker run --rm` again, interleaved. Goal: ≤ 0.7×.
 //! - where the warm job's time goes: `step_finished` and the final status as offsets from the
 //!   job's creation, from its stored events.
 //! - the memory an idle warm container holds (its cgroup's usage), for the default pool size.
@@ -186,6 +188,31 @@ async fn main() {
     let cold_p50 = percentile(&mut cold, 0.5);
     let base_p50 = percentile(&mut base, 0.5);
     let ratio = cold_p50.as_secs_f64() / base_p50.as_secs_f64();
+
+    // 3. Prepared: one container created ahead but not started (no process, no memory),
+    //    refilled before each job, interleaved with `docker run --rm` again.
+    let prepared_dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let prepared = DockerExecutor::connect(config.clone().with_prepared_pool(1))
+        .await
+        .expect("prepared-pool executor");
+    let prepared_manager = manager(prepared.clone(), &prepared_dir).await;
+    let (prepared_ref, manager_ref) = (&prepared, &prepared_manager);
+    let (mut started, mut base2): (Vec<_>, Vec<_>) = after_warmup(n, move || async move {
+        prepared_ref.wait_warm(WARM_WAIT).await;
+        let (d, _) = one_job(manager_ref).await;
+        settled(manager_ref).await;
+        // The replacement is made before the baseline runs, not beside it.
+        prepared_ref.wait_warm(WARM_WAIT).await;
+        let (b, _) = docker_cli(&["run", "--rm", "--network", "none", image_ref, "true"]).await;
+        (d, b)
+    })
+    .await
+    .into_iter()
+    .unzip();
+    prepared_manager.shutdown(SHUTDOWN_GRACE).await.unwrap();
+    let started_p50 = percentile(&mut started, 0.5);
+    let base2_p50 = percentile(&mut base2, 0.5);
+    let prepared_ratio = started_p50.as_secs_f64() / base2_p50.as_secs_f64();
     let verdict = |ok: bool| if ok { "ok" } else { "MISSED" };
 
     println!();
@@ -202,6 +229,12 @@ async fn main() {
         ms(cold_p50),
         ms(base_p50),
         verdict(ratio <= 0.7)
+    );
+    println!(
+        "| job on a prepared container (created ahead, not started: `AGENT_PREPARED_POOL`) | p50 {:.1} ms | `docker run --rm --network none IMAGE true` p50 {:.1} ms | {prepared_ratio:.3}× | ≤ 0.7× {} |",
+        ms(started_p50),
+        ms(base2_p50),
+        verdict(prepared_ratio <= 0.7)
     );
     let mid = step_done.len() / 2;
     println!(

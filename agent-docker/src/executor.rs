@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use agent_core::executor::Capabilities;
 use agent_core::supervisor::HandshakeError;
@@ -87,9 +87,39 @@ impl ExecInner {
     }
 }
 
+/// The containers made ahead of demand: started ones (the warm pool) and created ones.
 struct Pool {
     ready: Mutex<VecDeque<Arc<Core>>>,
+    prepared: Mutex<VecDeque<Prepared>>,
     refill: Notify,
+}
+
+/// A container created and attached to, not started: no process runs in it.
+pub(crate) struct Prepared {
+    core: Arc<Core>,
+    handshake: agent_core::supervisor::Handshake,
+    created: Instant,
+}
+
+/// How long a prepared container waits for a job before it is replaced: well under
+/// [`CREATED_GRACE`], after which another server's reaper would take it for abandoned.
+const PREPARED_MAX_AGE: Duration = Duration::from_secs(240);
+
+/// A container taken from the pool for a job.
+enum Taken {
+    /// Started and ready.
+    Warm(Arc<Core>),
+    /// Created; to be started.
+    Prepared(Prepared),
+}
+
+impl Taken {
+    fn core(&self) -> &Arc<Core> {
+        match self {
+            Taken::Warm(core) => core,
+            Taken::Prepared(p) => &p.core,
+        }
+    }
 }
 
 /// How long the replacement of a warm container taken by a job waits at most for that job's
@@ -232,9 +262,10 @@ impl DockerExecutor {
             .map_err(|_| unavailable(&host, "timed out"))?
             .map_err(|e| unavailable(&host, e))?;
         tracing::debug!(host = %host, api = %docker.client_version(), "connected to the Docker engine");
-        let pool = (config.warm_pool_size > 0).then(|| {
+        let pool = (config.warm_pool_size > 0 || config.prepared_pool_size > 0).then(|| {
             Arc::new(Pool {
                 ready: Mutex::new(VecDeque::new()),
+                prepared: Mutex::new(VecDeque::new()),
                 refill: Notify::new(),
             })
         });
@@ -297,11 +328,22 @@ impl DockerExecutor {
         self.inner.pool.as_ref().map_or(0, |p| lock(&p.ready).len())
     }
 
-    /// Waits until the warm pool is full (or `timeout` passes); returns how many are ready.
+    /// How many prepared (created, not started) containers are waiting now.
+    pub fn prepared_ready(&self) -> usize {
+        self.inner
+            .pool
+            .as_ref()
+            .map_or(0, |p| lock(&p.prepared).len())
+    }
+
+    /// Waits until the warm pool and the prepared containers are full (or `timeout` passes);
+    /// returns how many warm ones are ready.
     pub async fn wait_warm(&self, timeout: Duration) -> usize {
         // `None`: a timeout too large for an `Instant`, i.e. no deadline.
         let deadline = tokio::time::Instant::now().checked_add(timeout);
-        while self.warm_ready() < self.inner.config.warm_pool_size
+        let config = &self.inner.config;
+        while (self.warm_ready() < config.warm_pool_size
+            || self.prepared_ready() < config.prepared_pool_size)
             && deadline.is_none_or(|d| tokio::time::Instant::now() < d)
         {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -453,6 +495,15 @@ impl ExecInner {
         self: &Arc<Self>,
         bp: &Blueprint<'_>,
     ) -> Result<Arc<Core>, SandboxError> {
+        let prepared = self.prepare_container(bp).await?;
+        self.launch(prepared, bp.image).await
+    }
+
+    /// Creates a container and attaches to it, without starting it.
+    async fn prepare_container(
+        self: &Arc<Self>,
+        bp: &Blueprint<'_>,
+    ) -> Result<Prepared, SandboxError> {
         let docker = &self.docker;
         let sockets = match &self.sockets {
             Some(root) if bp.tunnels && !self.sockets_refused.load(Ordering::Relaxed) => root
@@ -483,7 +534,7 @@ impl ExecInner {
                         drop(permit);
                         crate::image::ensure_image(docker, bp.image, &self.host, &self.build_lock)
                             .await?;
-                        return Box::pin(self.start_container(bp)).await;
+                        return Box::pin(self.prepare_container(bp)).await;
                     }
                     return Err(SandboxError::new(
                         SandboxErrorKind::Image,
@@ -508,7 +559,7 @@ impl ExecInner {
                     );
                     self.sockets_refused.store(true, Ordering::Relaxed);
                     drop(permit);
-                    return Box::pin(self.start_container(bp)).await;
+                    return Box::pin(self.prepare_container(bp)).await;
                 }
                 Err(e) if is_status(&e, 409) && attempt == 1 => {
                     // A container left with this name (a crashed run of the same job): replace it.
@@ -521,34 +572,64 @@ impl ExecInner {
         let id = created.id;
         let created_after = began.elapsed();
         lock(&self.owned).insert(id.clone(), bp.name.clone());
-        let result = async {
-            let attach = docker
-                .attach_container(
-                    &id,
-                    Some(
-                        AttachContainerOptionsBuilder::new()
-                            .stream(true)
-                            .stdin(true)
-                            .stdout(true)
-                            .stderr(true)
-                            .build(),
-                    ),
-                )
-                .await
-                .map_err(|e| backend("attaching to the container", e))?;
-            let (link, handshake) = crate::attach::link(
-                format!("container {}", short(&id)),
-                attach.output,
-                attach.input,
-            );
-            let core = Arc::new(Core {
-                container_id: id.clone(),
+        let attached = docker
+            .attach_container(
+                &id,
+                Some(
+                    AttachContainerOptionsBuilder::new()
+                        .stream(true)
+                        .stdin(true)
+                        .stdout(true)
+                        .stderr(true)
+                        .build(),
+                ),
+            )
+            .await;
+        drop(permit);
+        let attach = match attached {
+            Ok(attach) => attach,
+            Err(e) => {
+                let _ = remove_container(docker, &id).await;
+                self.forget_container(&id);
+                return Err(backend("attaching to the container", e));
+            }
+        };
+        let (link, handshake) = crate::attach::link(
+            format!("container {}", short(&id)),
+            attach.output,
+            attach.input,
+        );
+        tracing::debug!(
+            container = %short(&id),
+            create_ms = created_after.as_millis() as u64,
+            attach_ms = (began.elapsed() - created_after).as_millis() as u64,
+            "container created"
+        );
+        Ok(Prepared {
+            core: Arc::new(Core {
+                container_id: id,
                 docker: docker.clone(),
                 link,
                 removed: AtomicBool::new(false),
                 sockets: Mutex::new(sockets.map(Arc::new)),
-            });
-            docker
+            }),
+            handshake,
+            created: Instant::now(),
+        })
+    }
+
+    /// Starts a prepared container and waits for its supervisor (removing it on failure).
+    async fn launch(&self, prepared: Prepared, image: &str) -> Result<Arc<Core>, SandboxError> {
+        let Prepared {
+            core, handshake, ..
+        } = prepared;
+        let id = core.container_id.clone();
+        let began = std::time::Instant::now();
+        let result = async {
+            let permit = self.create_permits.acquire().await.map_err(|_| {
+                SandboxError::new(SandboxErrorKind::Unavailable, "executor shut down")
+            })?;
+            self.docker
                 .start_container(&id, None::<StartContainerOptions>)
                 .await
                 .map_err(|e| backend("starting the container", e))?;
@@ -565,38 +646,36 @@ impl ExecInner {
                     why => SandboxError::new(
                         SandboxErrorKind::Image,
                         format!(
-                            "container {} (image {:?}) could not start its supervisor: {why}; \
-                             the image needs python3",
+                            "container {} (image {image:?}) could not start its supervisor: \
+                             {why}; the image needs python3",
                             short(&id),
-                            bp.image
                         ),
                     ),
                 })?;
-            // Where a cold sandbox's time goes (the engine's start is most of it).
+            // Where a sandbox's start goes (the engine's start is most of it).
             tracing::debug!(
                 container = %short(&id),
                 uid = ?ready.uid,
-                create_ms = created_after.as_millis() as u64,
-                start_ms = (started_after - created_after).as_millis() as u64,
+                start_ms = started_after.as_millis() as u64,
                 ready_ms = (began.elapsed() - started_after).as_millis() as u64,
                 "sandbox ready"
             );
-            Ok::<_, SandboxError>(core)
+            Ok::<_, SandboxError>(())
         }
         .await;
         match result {
-            Ok(core) => Ok(core),
+            Ok(()) => Ok(core),
             Err(e) => {
-                let _ = remove_container(docker, &id).await;
+                let _ = core.remove().await;
                 self.forget_container(&id);
                 Err(e)
             }
         }
     }
 
-    /// Takes a ready warm container for `spec`, if one fits, with the trigger that starts its
-    /// replacement (see [`RefillTrigger`]).
-    fn take_warm(self: &Arc<Self>, spec: &SandboxSpec) -> Option<(Arc<Core>, RefillTrigger)> {
+    /// Takes a container made ahead for `spec`, if one fits: a warm one, else a prepared one;
+    /// with the trigger that starts its replacement (see [`RefillTrigger`]).
+    fn take_pooled(self: &Arc<Self>, spec: &SandboxSpec) -> Option<(Taken, RefillTrigger)> {
         let pool = self.pool.as_ref()?;
         let image_ok = spec.image.as_deref().is_none_or(|i| i == self.config.image);
         if !image_ok
@@ -607,24 +686,38 @@ impl ExecInner {
         {
             return None;
         }
-        let mut ready = lock(&pool.ready);
+        let discard = |core: Arc<Core>| {
+            let me = self.clone();
+            tokio::spawn(async move {
+                let _ = core.remove().await;
+                me.forget_container(&core.container_id);
+            });
+        };
         let mut taken = None;
-        while let Some(core) = ready.pop_front() {
-            if core.link.is_closed() {
-                let core2 = core.clone();
-                let me = self.clone();
-                tokio::spawn(async move {
-                    let _ = core2.remove().await;
-                    me.forget_container(&core2.container_id);
-                });
-                continue;
+        {
+            let mut ready = lock(&pool.ready);
+            while let Some(core) = ready.pop_front() {
+                if core.link.is_closed() {
+                    discard(core);
+                    continue;
+                }
+                taken = Some(Taken::Warm(core));
+                break;
             }
-            taken = Some(core);
-            break;
         }
-        drop(ready);
+        if taken.is_none() {
+            let mut prepared = lock(&pool.prepared);
+            while let Some(p) = prepared.pop_front() {
+                if p.core.link.is_closed() || p.created.elapsed() > PREPARED_MAX_AGE {
+                    discard(p.core);
+                    continue;
+                }
+                taken = Some(Taken::Prepared(p));
+                break;
+            }
+        }
         match taken {
-            Some(core) => Some((core, RefillTrigger::new(pool.clone()))),
+            Some(taken) => Some((taken, RefillTrigger::new(pool.clone()))),
             None => {
                 // Nothing ready (or only dead ones): refill now.
                 pool.refill.notify_one();
@@ -705,11 +798,28 @@ async fn refill_loop(exec: Weak<ExecInner>, pool: Arc<Pool>) {
         if inner.stop.is_cancelled() {
             return;
         }
-        let missing = inner
+        // Prepared containers unused for too long go (and are replaced below).
+        let stale: VecDeque<Prepared> = {
+            let mut prepared = lock(&pool.prepared);
+            let (keep, stale) = prepared
+                .drain(..)
+                .partition(|p| p.created.elapsed() <= PREPARED_MAX_AGE && !p.core.link.is_closed());
+            *prepared = keep;
+            stale
+        };
+        for p in stale {
+            let _ = p.core.remove().await;
+            inner.forget_container(&p.core.container_id);
+        }
+        let warm_missing = inner
             .config
             .warm_pool_size
             .saturating_sub(lock(&pool.ready).len());
-        if missing == 0 {
+        let prepared_missing = inner
+            .config
+            .prepared_pool_size
+            .saturating_sub(lock(&pool.prepared).len());
+        if warm_missing + prepared_missing == 0 {
             let stop = inner.stop.clone();
             drop(inner);
             tokio::select! {
@@ -721,7 +831,7 @@ async fn refill_loop(exec: Weak<ExecInner>, pool: Arc<Pool>) {
         }
         let limits = inner.config.default_limits.clone();
         let image = inner.config.image.clone();
-        let starts = (0..missing).map(|_| {
+        let makes = (0..warm_missing + prepared_missing).map(|i| {
             let inner = inner.clone();
             let limits = limits.clone();
             let image = image.clone();
@@ -735,24 +845,27 @@ async fn refill_loop(exec: Weak<ExecInner>, pool: Arc<Pool>) {
                     extra_labels: None,
                     tunnels: !inner.config.tunnel_ports.is_empty(),
                 };
-                inner.start_container(&bp).await
+                if i < warm_missing {
+                    inner.start_container(&bp).await.map(Taken::Warm)
+                } else {
+                    inner.prepare_container(&bp).await.map(Taken::Prepared)
+                }
             }
         });
-        let results = futures::future::join_all(starts).await;
+        let results = futures::future::join_all(makes).await;
         let mut failed = false;
         for r in results {
             match r {
-                Ok(core) => {
-                    if inner.stop.is_cancelled() {
-                        let _ = core.remove().await;
-                        inner.forget_container(&core.container_id);
-                    } else {
-                        lock(&pool.ready).push_back(core);
-                    }
+                Ok(made) if inner.stop.is_cancelled() => {
+                    let core = made.core();
+                    let _ = core.remove().await;
+                    inner.forget_container(&core.container_id);
                 }
+                Ok(Taken::Warm(core)) => lock(&pool.ready).push_back(core),
+                Ok(Taken::Prepared(p)) => lock(&pool.prepared).push_back(p),
                 Err(e) => {
                     failed = true;
-                    tracing::warn!("warm pool: could not start a container: {e}");
+                    tracing::warn!("warm pool: could not make a container: {e}");
                 }
             }
         }
@@ -815,11 +928,11 @@ impl Executor for DockerExecutor {
             );
         }
         let name = format!("agent-{job_id}");
-        if let Some((core, refill)) = inner.take_warm(spec) {
+        if let Some((taken, refill)) = inner.take_pooled(spec) {
             // Give the container its job's name in the background; the reaper also recognises
             // a pool container by this name.
             let docker = inner.docker.clone();
-            let id = core.container_id.clone();
+            let id = taken.core().container_id.clone();
             let new_name = name.clone();
             lock(&inner.owned).insert(id.clone(), new_name.clone());
             tokio::spawn(async move {
@@ -828,6 +941,10 @@ impl Executor for DockerExecutor {
                     tracing::debug!(container = %short(&id), "rename to {new_name} failed: {e}");
                 }
             });
+            let core = match taken {
+                Taken::Warm(core) => core,
+                Taken::Prepared(prepared) => inner.launch(prepared, &inner.config.image).await?,
+            };
             let mut sandbox = DockerSandbox::new(core, job_id, name, env, Arc::downgrade(inner));
             sandbox.set_refill(refill);
             return Ok(Box::new(sandbox));
@@ -912,7 +1029,8 @@ impl Executor for DockerExecutor {
         inner.shut_down.store(true, Ordering::Release);
         inner.stop.cancel();
         if let Some(pool) = &inner.pool {
-            let cores: Vec<_> = lock(&pool.ready).drain(..).collect();
+            let mut cores: Vec<_> = lock(&pool.ready).drain(..).collect();
+            cores.extend(lock(&pool.prepared).drain(..).map(|p| p.core));
             for core in cores {
                 core.removed.store(true, Ordering::Release);
             }

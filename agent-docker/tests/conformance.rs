@@ -28,6 +28,17 @@ async fn warm_pool_sandboxes_pass_the_conformance_suite() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_pool_sandboxes_pass_the_conformance_suite() {
+    let Some(exec) = docker(config("conformance-prepared").with_prepared_pool(2)).await else {
+        return;
+    };
+    exec.wait_warm(std::time::Duration::from_secs(60)).await;
+    assert_eq!(exec.prepared_ready(), 2);
+    agent_core::testing::executor_suite(Arc::new(exec.clone())).await;
+    exec.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capabilities_follow_the_configuration() {
     let Some(exec) = docker(config("caps")).await else {
         return;

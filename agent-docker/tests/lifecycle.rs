@@ -278,6 +278,83 @@ async fn shutdown_removes_everything_this_executor_created() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_containers_run_nothing_until_taken_then_start_hardened_once() {
+    let Some(exec) = docker(config("prepared").with_prepared_pool(2)).await else {
+        return;
+    };
+    exec.wait_warm(Duration::from_secs(60)).await;
+    assert_eq!(exec.prepared_ready(), 2);
+    assert_eq!(exec.warm_ready(), 0);
+    // Made ahead but not started: no process runs in them.
+    let waiting = pool_containers(&exec).await;
+    assert_eq!(waiting.len(), 2, "{waiting:?}");
+    assert!(
+        waiting.iter().all(|(_, state)| state == "created"),
+        "{waiting:?}"
+    );
+
+    let job = JobId::new();
+    let sb = exec
+        .create(&SandboxSpec::for_job(
+            job,
+            &JobSpec::from_prompt("x").with_env("JOBVAR", "j"),
+        ))
+        .await
+        .unwrap();
+    assert!(
+        waiting.iter().any(|(id, _)| id == sb.id()),
+        "the job took a prepared container"
+    );
+    let (r, out, _) = sh(&*sb, "echo $JOBVAR; id -u; ls /sys/class/net").await;
+    assert!(r.success());
+    assert_eq!(out, "j\n1000\nlo\n");
+    let info = inspect(&exec, sb.id()).await;
+    let hc = info.host_config.unwrap();
+    assert_eq!(hc.readonly_rootfs, Some(true));
+    assert_eq!(hc.cap_drop, Some(vec!["ALL".to_string()]));
+    assert_eq!(hc.network_mode.as_deref(), Some("none"));
+    // Used once; its replacement is prepared (not started) once it is gone.
+    let id = sb.id().to_string();
+    sb.destroy().await.unwrap();
+    exec.wait_warm(Duration::from_secs(60)).await;
+    assert_eq!(exec.prepared_ready(), 2);
+    let now = pool_containers(&exec).await;
+    assert!(
+        now.iter()
+            .all(|(other, state)| other != &id && state == "created"),
+        "{now:?}"
+    );
+    exec.shutdown().await.unwrap();
+    assert!(
+        pool_containers(&exec).await.is_empty(),
+        "shutdown removes them"
+    );
+}
+
+/// The ids and states of the engine's containers of `exec`'s scope.
+async fn pool_containers(exec: &agent_docker::DockerExecutor) -> Vec<(String, String)> {
+    let scope = exec.config().scope.clone().unwrap();
+    let mut filters = std::collections::HashMap::new();
+    filters.insert("label".to_string(), vec![format!("agent.scope={scope}")]);
+    let opts = bollard::query_parameters::ListContainersOptionsBuilder::new()
+        .all(true)
+        .filters(&filters)
+        .build();
+    exec.docker()
+        .list_containers(Some(opts))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| {
+            (
+                c.id.unwrap_or_default(),
+                c.state.map(|s| s.to_string()).unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warm_pool_hands_out_hardened_containers_once() {
     let Some(exec) = docker(config("pool").with_warm_pool(2)).await else {
         return;

@@ -24,6 +24,7 @@ pub fn skipped() -> bool {
 pub fn config(scope: &str) -> DockerConfig {
     DockerConfig::from_env()
         .with_warm_pool(0)
+        .with_prepared_pool(0)
         .with_scope(format!("test-{scope}-{}", std::process::id()))
         .with_label("containerized-agent.test", "1")
 }
