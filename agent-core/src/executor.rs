@@ -402,11 +402,19 @@ pub trait Executor: Send + Sync + 'static {
 
     /// Removes the sandboxes of `jobs` whatever state they are in, even running: the caller
     /// knows their owner is gone (the jobs were running when the last process on this job store
-    /// stopped, and are now interrupted), though a sandbox may not have noticed yet. Returns how
+    /// stopped, and are now interrupted, or their finished job's sandbox was kept by it), though
+    /// a sandbox may not have noticed yet. Returns how
     /// many were removed. The default removes nothing.
     async fn reap_jobs(&self, jobs: &HashSet<JobId>) -> Result<usize, SandboxError> {
         let _ = jobs;
         Ok(0)
+    }
+
+    /// The jobs that have a sandbox in the backend that this instance did not create, in
+    /// whatever state (for restart recovery: a finished job's kept sandbox left by the last
+    /// process shows up here). The default knows of none.
+    async fn sandbox_jobs(&self) -> Result<HashSet<JobId>, SandboxError> {
+        Ok(HashSet::new())
     }
 
     /// Whether the backend answers (for health checks).
@@ -491,6 +499,9 @@ impl<T: Executor + ?Sized> Executor for Arc<T> {
     }
     async fn reap_jobs(&self, jobs: &HashSet<JobId>) -> Result<usize, SandboxError> {
         (**self).reap_jobs(jobs).await
+    }
+    async fn sandbox_jobs(&self) -> Result<HashSet<JobId>, SandboxError> {
+        (**self).sandbox_jobs().await
     }
     async fn ping(&self) -> Result<(), SandboxError> {
         (**self).ping().await

@@ -1287,6 +1287,77 @@ pub struct Job {
     /// For a live sandbox made from a finished job's sandbox: that job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub continues: Option<JobId>,
+    /// Its sandbox kept after its steps ([`JobSpec::keep_alive`]): until when, and once it is
+    /// gone, when and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept_sandbox: Option<KeptSandbox>,
+}
+
+/// A finished job's kept sandbox, as its record tells it ([`Job::kept_sandbox`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct KeptSandbox {
+    /// When it was to go at the latest (its keep-alive's expiry).
+    pub until: DateTime<Utc>,
+    /// When and why it went; `None` while it is kept (or when the process keeping it died
+    /// without saying: restart recovery then ends it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended: Option<SandboxEnd>,
+}
+
+impl KeptSandbox {
+    /// A sandbox kept until `until`.
+    pub fn new(until: DateTime<Utc>) -> Self {
+        Self { until, ended: None }
+    }
+}
+
+/// When and why a kept sandbox went.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct SandboxEnd {
+    /// When.
+    pub at: DateTime<Utc>,
+    /// Why.
+    pub reason: SandboxEndReason,
+}
+
+impl SandboxEnd {
+    /// A sandbox gone now for `reason`.
+    pub fn now(reason: SandboxEndReason) -> Self {
+        Self {
+            at: Utc::now(),
+            reason,
+        }
+    }
+}
+
+/// Why a kept sandbox went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum SandboxEndReason {
+    /// Its keep-alive ran out.
+    Expired,
+    /// It was released (`release`, or a cancel of the finished job).
+    Released,
+    /// The server stopped (a graceful shutdown removes the sandboxes it keeps).
+    ServerStopped,
+    /// The server that kept it stopped without removing it (a crash, a kill): the restarted
+    /// server cannot reach it (its link was the old process's) and removed its container.
+    ServerRestarted,
+}
+
+impl SandboxEndReason {
+    /// Its name in the API (`expired`, `released`, `server_stopped`, `server_restarted`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Expired => "expired",
+            Self::Released => "released",
+            Self::ServerStopped => "server_stopped",
+            Self::ServerRestarted => "server_restarted",
+        }
+    }
 }
 
 impl Job {
@@ -1307,6 +1378,7 @@ impl Job {
             artifact: None,
             continued_in: None,
             continues: None,
+            kept_sandbox: None,
         }
     }
 

@@ -28,9 +28,9 @@ pub use executor::{
     ServiceEndpoint,
 };
 pub use job::{
-    EventKind, Job, JobEvent, JobId, JobSpec, JobStatus, KeepSandbox, LiveSettings, NetworkMode,
-    OutputStream, Plan, PythonOutcome, ResourceLimits, Service, Step, StepKind, StepRecord,
-    StepResult, StepStatus, Termination, TokenUsage,
+    EventKind, Job, JobEvent, JobId, JobSpec, JobStatus, KeepSandbox, KeptSandbox, LiveSettings,
+    NetworkMode, OutputStream, Plan, PythonOutcome, ResourceLimits, SandboxEnd, SandboxEndReason,
+    Service, Step, StepKind, StepRecord, StepResult, StepStatus, Termination, TokenUsage,
 };
 pub use llm::{ChatChunk, ChatRequest, ChatResponse, LlmError, LlmErrorKind, LlmProvider, Message};
 pub use secret::SecretString;

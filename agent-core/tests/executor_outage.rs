@@ -66,6 +66,10 @@ impl Executor for Flaky {
         self.check()?;
         self.inner.reap_jobs(jobs).await
     }
+    async fn sandbox_jobs(&self) -> Result<HashSet<JobId>, SandboxError> {
+        self.check()?;
+        self.inner.sandbox_jobs().await
+    }
     async fn ping(&self) -> Result<(), SandboxError> {
         self.check()
     }

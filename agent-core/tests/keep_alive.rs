@@ -1,5 +1,6 @@
 //! Kept sandboxes: a job with `keep_alive` keeps its sandbox after its steps (status final, ZIP
-//! made, worker given back) until it expires, is released, is cancelled or is swept.
+//! made, worker given back) until it expires, is released, is cancelled or is swept; the job's
+//! record says it is kept, and once it is gone, why.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use std::time::Duration;
 use agent_core::manager::{JobManager, JobManagerConfig};
 use agent_core::store::memory::MemoryStore;
 use agent_core::testing::FakeExecutor;
-use agent_core::{Error, JobId, JobSpec, JobStatus, Step};
+use agent_core::{Error, JobId, JobSpec, JobStatus, SandboxEndReason, Step};
 
 async fn manager(dir: &tempfile::TempDir) -> JobManager {
     let config = JobManagerConfig {
@@ -25,6 +26,12 @@ async fn manager(dir: &tempfile::TempDir) -> JobManager {
 
 fn kept_job(keep: Duration) -> JobSpec {
     JobSpec::from_steps(vec![Step::shell("echo kept > out.txt")]).with_keep_alive(keep)
+}
+
+/// Why the job's record says its kept sandbox went (`None`: not gone, or never kept).
+async fn ended(manager: &JobManager, id: JobId) -> Option<SandboxEndReason> {
+    let job = manager.get(id).await.unwrap();
+    job.kept_sandbox?.ended.map(|e| e.reason)
 }
 
 /// Waits (bounded) until `id` has no sandbox any more.
@@ -49,6 +56,17 @@ async fn a_kept_sandbox_outlives_its_steps_without_holding_a_worker_and_release_
 
     let kept = m.job_sandbox(id).expect("the sandbox is kept");
     let until = kept.kept_until.expect("with an expiry");
+    let mut recorded = None;
+    for _ in 0..500 {
+        recorded = m.get(id).await.unwrap().kept_sandbox;
+        if recorded.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let recorded = recorded.expect("the record says the sandbox is kept");
+    assert_eq!(recorded.until, until);
+    assert!(recorded.ended.is_none());
     let left = until - chrono::Utc::now();
     assert!(left > chrono::Duration::seconds(500), "{left}");
     assert_eq!(m.stats().live_sandboxes, 1);
@@ -75,6 +93,11 @@ async fn a_kept_sandbox_outlives_its_steps_without_holding_a_worker_and_release_
     assert!(gone(&m, id).await, "released");
     assert!(!m.release(id), "nothing left to release");
     assert_eq!(m.get(id).await.unwrap().status, JobStatus::Succeeded);
+    assert_eq!(ended(&m, id).await, Some(SandboxEndReason::Released));
+    assert!(
+        m.get(other.id).await.unwrap().kept_sandbox.is_none(),
+        "a job without keep-alive has no kept sandbox to record"
+    );
     m.shutdown(Duration::from_secs(5)).await.unwrap();
 }
 
@@ -86,6 +109,7 @@ async fn kept_sandboxes_expire_and_cancelling_a_finished_job_releases_its_sandbo
     m.wait(short).await.unwrap();
     assert!(m.job_sandbox(short).is_some());
     assert!(gone(&m, short).await, "expired after a second");
+    assert_eq!(ended(&m, short).await, Some(SandboxEndReason::Expired));
 
     let id = m.submit(kept_job(Duration::from_secs(600))).await.unwrap();
     m.wait(id).await.unwrap();
@@ -97,6 +121,7 @@ async fn kept_sandboxes_expire_and_cancelling_a_finished_job_releases_its_sandbo
         "the status stays what it was"
     );
     assert!(gone(&m, id).await, "cancel released the kept sandbox");
+    assert_eq!(ended(&m, id).await, Some(SandboxEndReason::Released));
     assert!(matches!(
         m.cancel(id).await,
         Err(Error::AlreadyFinished { .. })
@@ -132,6 +157,7 @@ async fn keep_alive_is_bounded_not_kept_for_cancelled_jobs_and_ends_with_sweep_a
     assert_eq!(m.job_sandbox(id).unwrap().kept_until, None);
     assert_eq!(m.cancel(id).await.unwrap().status, JobStatus::Cancelled);
     assert!(gone(&m, id).await, "not kept after a cancel");
+    assert!(m.get(id).await.unwrap().kept_sandbox.is_none());
 
     // The retention sweep removes a kept job's sandbox with the job.
     let swept = m.submit(kept_job(Duration::from_secs(600))).await.unwrap();
@@ -148,4 +174,5 @@ async fn keep_alive_is_bounded_not_kept_for_cancelled_jobs_and_ends_with_sweep_a
         .expect("shutdown does not wait for the keep-alive")
         .unwrap();
     assert_eq!(m.stats().live_sandboxes, 0);
+    assert_eq!(ended(&m, last).await, Some(SandboxEndReason::ServerStopped));
 }

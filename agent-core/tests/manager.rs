@@ -752,6 +752,11 @@ impl agent_core::Executor for Quirky {
     ) -> Result<usize, agent_core::SandboxError> {
         self.0.reap_jobs(jobs).await
     }
+    async fn sandbox_jobs(
+        &self,
+    ) -> Result<std::collections::HashSet<JobId>, agent_core::SandboxError> {
+        self.0.sandbox_jobs().await
+    }
     async fn ping(&self) -> Result<(), agent_core::SandboxError> {
         self.0.ping().await
     }

@@ -739,6 +739,32 @@ impl ExecInner {
     /// Removes the managed containers of this scope that this instance did not create and that
     /// `doomed` picks. Returns how many were removed; failures to remove one are logged.
     async fn sweep(&self, doomed: impl Fn(&Candidate) -> bool) -> Result<usize, SandboxError> {
+        let mut victims = Vec::new();
+        for (id, candidate, owner) in self.others().await? {
+            if doomed(&candidate) {
+                tracing::debug!(
+                    container = %short(&id),
+                    owner = owner.as_deref().unwrap_or("?"),
+                    state = %candidate.state,
+                    "removing a container whose owner is gone"
+                );
+                victims.push(id);
+            }
+        }
+        let removals = victims.iter().map(|id| remove_container(&self.docker, id));
+        let mut removed = 0;
+        for r in futures::future::join_all(removals).await {
+            match r {
+                Ok(()) => removed += 1,
+                Err(e) => tracing::warn!("reaper: {e}"),
+            }
+        }
+        Ok(removed)
+    }
+
+    /// The managed containers of this scope that this instance did not create: each one's id,
+    /// what [`sweep`](Self::sweep) judges it by, and its owner label.
+    async fn others(&self) -> Result<Vec<(String, Candidate, Option<String>)>, SandboxError> {
         let mut filters = HashMap::new();
         let mut label_filters = vec![format!("{LABEL_MANAGED}=true")];
         if let Some(scope) = &self.config.scope {
@@ -755,37 +781,21 @@ impl ExecInner {
             .await
             .map_err(|e| backend("listing containers", e))?;
         let owned: HashSet<String> = lock(&self.owned).keys().cloned().collect();
-        let mut victims = Vec::new();
+        let mut others = Vec::new();
         for c in list {
             let Some(id) = c.id else { continue };
             if owned.contains(&id) {
                 continue;
             }
-            let labels = c.labels.unwrap_or_default();
+            let mut labels = c.labels.unwrap_or_default();
             let candidate = Candidate {
                 state: c.state.map(|s| s.to_string()).unwrap_or_default(),
                 created: u64::try_from(c.created.unwrap_or(0)).unwrap_or(0),
                 job: job_of(&labels, &c.names.unwrap_or_default()),
             };
-            if doomed(&candidate) {
-                tracing::debug!(
-                    container = %short(&id),
-                    owner = labels.get(LABEL_OWNER).map_or("?", String::as_str),
-                    state = %candidate.state,
-                    "removing a container whose owner is gone"
-                );
-                victims.push(id);
-            }
+            others.push((id, candidate, labels.remove(LABEL_OWNER)));
         }
-        let removals = victims.iter().map(|id| remove_container(&self.docker, id));
-        let mut removed = 0;
-        for r in futures::future::join_all(removals).await {
-            match r {
-                Ok(()) => removed += 1,
-                Err(e) => tracing::warn!("reaper: {e}"),
-            }
-        }
-        Ok(removed)
+        Ok(others)
     }
 }
 
@@ -1010,9 +1020,22 @@ impl Executor for DockerExecutor {
             .sweep(|c| c.job.is_some_and(|j| jobs.contains(&j)))
             .await?;
         if removed > 0 {
-            tracing::info!(removed, "removed the containers of interrupted jobs");
+            tracing::info!(
+                removed,
+                "removed the containers of jobs the last process left"
+            );
         }
         Ok(removed)
+    }
+
+    async fn sandbox_jobs(&self) -> Result<HashSet<JobId>, SandboxError> {
+        Ok(self
+            .inner
+            .others()
+            .await?
+            .into_iter()
+            .filter_map(|(_, c, _)| c.job)
+            .collect())
     }
 
     async fn ping(&self) -> Result<(), SandboxError> {

@@ -191,6 +191,14 @@ async fn a_reaper_removes_only_containers_whose_owner_is_gone() {
     // The second server starts and reaps, sparing the jobs it will resume.
     let second = connect(cfg.clone()).await;
     assert_ne!(second.instance_id(), first.instance_id());
+    // It sees whose jobs' sandboxes other instances made (restart recovery settles those of
+    // its own store's finished jobs): the dead owner's two jobs and the first server's one.
+    let jobs = second.sandbox_jobs().await.unwrap();
+    assert!(
+        jobs.contains(&dead_job) && jobs.contains(&live_job),
+        "{jobs:?}"
+    );
+    assert_eq!(jobs.len(), 3, "{jobs:?}");
     let mut live = HashSet::new();
     live.insert(live_job);
     let removed = second.reap(&live).await.unwrap();

@@ -69,8 +69,9 @@ pub struct ScheduleRequest {
     pub services: Option<Vec<Service>>,
     /// Keep the sandbox this many seconds after the steps end (at most the server's
     /// `AGENT_MAX_KEEP_ALIVE_SECS`), so its desktop or notebook can still be used; the job's
-    /// status is final meanwhile. `POST /release/{id}` ends it early. (The maximum stated here
-    /// is the default of `AGENT_MAX_KEEP_ALIVE_SECS`.)
+    /// status is final meanwhile. `POST /release/{id}` ends it early. A server restart ends it
+    /// too (it is not taken over by the new process: `sandbox_ended` says `server_restarted`).
+    /// (The maximum stated here is the default of `AGENT_MAX_KEEP_ALIVE_SECS`.)
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
@@ -355,6 +356,23 @@ pub struct StatusResponse {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>, format = Uuid)]
     pub continues: Option<JobId>,
+    /// Once the job's kept sandbox is gone: when and why (`sandbox`, `keep_alive_until` and
+    /// `service_links` are then absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox_ended: Option<SandboxEndView>,
+}
+
+/// How a job's kept sandbox went, in `GET /status/{id}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SandboxEndView {
+    /// `expired` (its keep-alive ran out), `released` (`POST /release/{id}`, or a cancel of
+    /// the finished job), `server_stopped` (a shutdown removed it) or `server_restarted` (the
+    /// server that kept it stopped without removing it; the restarted one removed its container:
+    /// a kept sandbox is not taken over by a new process).
+    #[schema(example = "expired")]
+    pub reason: String,
+    /// When (RFC 3339).
+    pub at: DateTime<Utc>,
 }
 
 /// A job's sandbox in `GET /status/{id}`.
@@ -436,12 +454,21 @@ impl StatusResponse {
             service_links: None,
             continued_in: job.continued_in,
             continues: job.continues,
+            sandbox_ended: job
+                .kept_sandbox
+                .as_ref()
+                .and_then(|k| k.ended.as_ref())
+                .map(|end| SandboxEndView {
+                    reason: end.reason.as_str().to_string(),
+                    at: end.at,
+                }),
         }
     }
 
     /// The view of a stored job and its sandbox, when it has one now.
     pub fn with_sandbox(mut self, job: &Job, sandbox: Option<&JobSandbox>) -> Self {
         if let Some(sandbox) = sandbox {
+            self.sandbox_ended = None;
             self.sandbox = Some(SandboxView {
                 state: if sandbox.kept_until.is_some() {
                     "kept"

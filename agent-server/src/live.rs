@@ -608,14 +608,19 @@ impl ManagerServices {
             why: why.to_string(),
         };
         let Some(sandbox) = self.manager.job_sandbox(job) else {
-            return Err(not_running(match record.status {
-                JobStatus::Queued => "the job is queued",
-                JobStatus::Running => "the sandbox is starting",
-                _ if record.spec.keep_alive.is_zero() => {
-                    "the job finished; ask for keep_alive_secs to keep its sandbox after the steps"
-                }
-                _ => "the job finished and its kept sandbox expired or was released",
-            }));
+            let ended = record.kept_sandbox.as_ref().and_then(|k| k.ended.as_ref());
+            return Err(match (record.status, ended) {
+                (JobStatus::Queued, _) => not_running("the job is queued"),
+                (JobStatus::Running, _) => not_running("the sandbox is starting"),
+                (_, Some(end)) => not_running(&format!(
+                    "the job finished and its kept sandbox is gone: {}",
+                    end.reason.as_str()
+                )),
+                _ if record.spec.keep_alive.is_zero() => not_running(
+                    "the job finished; ask for keep_alive_secs to keep its sandbox after the steps",
+                ),
+                _ => not_running("the job finished and its kept sandbox expired or was released"),
+            });
         };
         match sandbox.sandbox.service(service.into()) {
             Some(endpoint) => Ok((sandbox, endpoint)),

@@ -61,7 +61,8 @@ use crate::session::{LoginRequest, SessionInfo};
         UsageView, ArchiveListing, ArchiveEntry, JobStatusEvent, ServerInfo, InfoDefaults,
         InfoLimits, InfoCapacity, ProviderInfo, LoginRequest, SessionInfo,
         crate::live::AccessRequest, crate::live::AccessResponse, crate::access::AccessService,
-        crate::live::ReleaseResponse, crate::api::SandboxView, crate::api::ServiceLinks,
+        crate::live::ReleaseResponse, crate::api::SandboxView, crate::api::SandboxEndView,
+        crate::api::ServiceLinks,
         crate::api::KeepSandboxRequest
     )),
     modifiers(&BearerAuth),

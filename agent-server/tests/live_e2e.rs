@@ -2,7 +2,8 @@
 //! Docker engine (the desktop image, network none): the RFB banner over the server's WebSocket,
 //! the noVNC viewer in headless Chromium showing the colour a step painted, a Jupyter kernel
 //! running code through the proxy (HTTP and the kernel's WebSocket), the signed-URL rules, the
-//! CLI's URLs and `--listen` forwarder, release, and keep-alive expiry. Prints the cold ready
+//! CLI's URLs and `--listen` forwarder, release, keep-alive expiry, and a restarted server ending
+//! the sandboxes the last one kept (recorded in the job's status). Prints the cold ready
 //! times (job accepted → VNC banner; → kernel answers) as figures, asserting nothing of them.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -292,6 +293,10 @@ async fn a_jobs_desktop_is_seen_through_the_server_in_a_browser_and_a_vnc_client
         containers_gone(&id),
         "the released sandbox's container is gone"
     );
+    let st = server
+        .wait_for(&id, "the end recorded", |v| v["sandbox_ended"].is_object())
+        .await;
+    assert_eq!(st["sandbox_ended"]["reason"], "released", "{st}");
     assert!(
         rfb_banner(&ws).await.is_err(),
         "no desktop after the release"
@@ -462,45 +467,88 @@ async fn a_kept_sandbox_is_gone_after_its_keep_alive() {
         .await;
     assert_eq!(st["status"], "succeeded", "the status stays what it was");
     assert!(containers_gone(&id), "the container is removed at expiry");
+    let st = server
+        .wait_for(&id, "the end recorded", |v| v["sandbox_ended"].is_object())
+        .await;
+    assert_eq!(st["sandbox_ended"]["reason"], "expired", "{st}");
+}
+
+/// What a finished job's status says of the job itself (not of its sandbox).
+fn job_part(st: &Value) -> Value {
+    json!({
+        "status": st["status"], "finished_at": st["finished_at"], "error": st["error"],
+        "steps": st["steps"], "download_link": st["download_link"],
+        "services": st["services"], "keep_alive_secs": st["keep_alive_secs"],
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_kept_sandbox_of_a_server_killed_with_sigkill_is_reaped_by_the_restarted_one() {
-    // The restarted server reaps every second, so the test need not wait out the default minute.
-    let opts =
-        ServerOptions::new(&unique_scope("kept-restart")).env("AGENT_REAP_INTERVAL_SECS", "1");
+async fn restart_recovery_ends_the_sandboxes_the_last_server_kept() {
+    // No periodic reaper in the window: what removes the kept container is restart recovery.
+    let opts = ServerOptions::new(&unique_scope("kept-restart")).token(TOKEN);
     let (_dir, mut server) = TestServer::docker_in_tempdir(&opts);
     let id = server
         .schedule(json!({
-            "steps": [{"type": "shell", "command": "echo kept > kept.txt"}],
+            "services": ["desktop"],
             "keep_alive_secs": 600,
+            "steps": [{"type": "shell", "command": "echo kept > kept.txt"}],
         }))
         .await;
-    let st = server
+    let before = server
         .wait_for(&id, "a kept sandbox after its steps", |v| {
-            v["status"] == "succeeded" && v["keep_alive_until"].is_string()
+            v["status"] == "succeeded" && v["sandbox"]["state"] == "kept"
         })
         .await;
-    assert!(st["sandbox"].is_object(), "{st}");
-    assert_eq!(containers_of(&id).len(), 1, "kept after the steps: {st}");
+    assert_eq!(
+        before["service_links"]["desktop"],
+        format!("/desktop/{id}/")
+    );
+    assert!(before["sandbox_ended"].is_null(), "{before}");
+    assert_eq!(
+        containers_of(&id).len(),
+        1,
+        "kept after the steps: {before}"
+    );
 
+    // Killed: nothing of the old process removes the container or says so.
     server.kill9();
-    let server = server.restart();
-    // The job keeps its final status and its ZIP; the sandbox it can no longer reach is not
-    // offered, and its container is removed.
+    assert_eq!(
+        containers_of(&id).len(),
+        1,
+        "the kill left the kept container"
+    );
+    let mut server = server.restart();
+    // Recovery removed it before the new server listened.
+    assert!(
+        containers_of(&id).is_empty(),
+        "the kept container outlived its server's restart\n{}",
+        server.log_text()
+    );
     let st = server.status(&id).await;
-    assert_eq!(st["status"], "succeeded", "{st}");
+    assert_eq!(
+        job_part(&st),
+        job_part(&before),
+        "the job is as it was: {st}"
+    );
     assert!(st["sandbox"].is_null(), "{st}");
     assert!(st["keep_alive_until"].is_null(), "{st}");
-    let start = Instant::now();
-    while !containers_of(&id).is_empty() {
-        assert!(
-            start.elapsed() < PATIENCE,
-            "the kept container outlived its server's restart\n{}",
-            server.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    assert!(st["service_links"].is_null(), "no desktop link: {st}");
+    assert_eq!(st["sandbox_ended"]["reason"], "server_restarted", "{st}");
+    assert!(st["sandbox_ended"]["at"].is_string(), "{st}");
+    let first_end = st["sandbox_ended"].clone();
+    assert!(
+        server.log_text().contains("removing a kept sandbox"),
+        "{}",
+        server.log_text()
+    );
+    // The desktop is not offered any more: its WebSocket is refused (409 not_running).
+    let grant = access(&server, &id, json!({"service": "desktop"})).await;
+    let token = grant["token"].as_str().unwrap();
+    let ws = ws_url(&server, &format!("/desktop/{id}/websockify?access={token}"));
+    let err = rfb_banner(&ws)
+        .await
+        .expect_err("a desktop after the restart");
+    assert!(err.contains("409"), "{err}");
     let mut zip = server.download(&id).await;
     assert_eq!(zip_file(&mut zip, "kept.txt"), "kept\n");
     let (code, v) = server
@@ -511,4 +559,28 @@ async fn a_kept_sandbox_of_a_server_killed_with_sigkill_is_reaped_by_the_restart
         v["released"], false,
         "nothing to release after the restart: {v}"
     );
+
+    // A graceful stop removes the sandboxes it keeps, and says so.
+    let plain = server
+        .schedule(json!({"keep_alive_secs": 600, "steps": [{"type": "shell", "command": "true"}]}))
+        .await;
+    server
+        .wait_for(&plain, "a kept sandbox", |v| {
+            v["sandbox"]["state"] == "kept"
+        })
+        .await;
+    assert_eq!(server.terminate(), Some(0));
+    assert!(
+        containers_of(&plain).is_empty(),
+        "shutdown removes the kept container"
+    );
+    let server = server.restart();
+    let st = server.status(&plain).await;
+    assert_eq!(st["status"], "succeeded", "{st}");
+    assert!(st["sandbox"].is_null(), "{st}");
+    assert_eq!(st["sandbox_ended"]["reason"], "server_stopped", "{st}");
+    // Another restart leaves the first job's end as it was recorded.
+    let again = server.status(&id).await;
+    assert_eq!(again["sandbox_ended"], first_end, "{again}");
+    assert_eq!(job_part(&again), job_part(&before));
 }

@@ -96,17 +96,21 @@ impl JobManagerBuilder {
         });
         let manager = JobManager { inner };
         let recovered = manager.recover().await?;
-        // The interrupted jobs' sandboxes first: their owner was the last process on this
-        // store, so they go even if they have not noticed yet and still run.
-        match manager
-            .inner
-            .executor
-            .reap_jobs(&recovered.interrupted)
-            .await
-        {
+        // The interrupted jobs' sandboxes and the finished jobs' kept ones first: their owner
+        // was the last process on this store, so they go even if they have not noticed yet and
+        // still run.
+        let left: std::collections::HashSet<_> = recovered
+            .interrupted
+            .union(&recovered.finished)
+            .copied()
+            .collect();
+        match manager.inner.executor.reap_jobs(&left).await {
             Ok(0) => {}
-            Ok(n) => info!(removed = n, "removed the sandboxes of interrupted jobs"),
-            Err(e) => warn!(error = %e, "could not remove the sandboxes of interrupted jobs"),
+            Ok(n) => info!(
+                removed = n,
+                "removed the sandboxes of interrupted jobs and kept ones"
+            ),
+            Err(e) => warn!(error = %e, "could not remove the sandboxes the last process left"),
         }
         // The re-queued jobs are live now: the reaper spares their sandboxes.
         if let Err(e) = manager.reap().await {

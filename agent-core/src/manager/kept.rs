@@ -5,9 +5,15 @@
 //! it was made when the steps ended; it gives its worker back, still counts in
 //! `live_sandboxes`, and is removed when its keep-alive expires, when it is released
 //! ([`JobManager::release`], or a cancel of the finished job), when its job is swept by
-//! retention, or at shutdown. Kept sandboxes live in memory only: after a restart their
-//! containers are gone with their owner (the reaper removes what is left) and the job's status
-//! shows no sandbox.
+//! retention, or at shutdown. The job's record says that its sandbox is kept, until when, and
+//! once it is gone, when and why ([`Job::kept_sandbox`]).
+//!
+//! A kept sandbox is not taken over by a restarted server: its link (the supervisor's stdio, a
+//! Docker attach stream) belonged to the process that started it and went with it, and the
+//! supervisor ends when that stream closes. Restart recovery ([`JobManager::recover`]) instead
+//! finds the finished jobs whose sandboxes the last process left, records theirs as gone
+//! ([`SandboxEndReason::ServerRestarted`]) and removes their containers before the server takes
+//! requests; the job keeps its status and its ZIP.
 
 use std::collections::HashMap;
 use std::sync::{Arc, MutexGuard};
@@ -18,7 +24,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Inner, JobManager};
 use crate::executor::Sandbox;
-use crate::job::{JobId, JobSpec, JobStatus};
+use crate::job::{Job, JobId, JobSpec, JobStatus, KeptSandbox, SandboxEnd, SandboxEndReason};
+use crate::store::StoreErrorKind;
 
 /// A job's sandbox while it can be reached ([`JobManager::job_sandbox`]).
 #[derive(Clone)]
@@ -114,23 +121,57 @@ impl JobManager {
         (!entry.keep_alive.is_zero() && !entry.release.is_cancelled()).then_some(entry.keep_alive)
     }
 
-    /// Keeps a finished job's sandbox for `keep`, or until it is released or the manager stops.
-    pub(super) async fn keep_sandbox(&self, id: JobId, keep: Duration) {
+    /// Keeps a finished job's sandbox for `keep`, or until it is released or the manager stops,
+    /// and writes into the job's record that it is kept ([`Job::kept_sandbox`]): restart
+    /// recovery reads that back. Returns why the keeping ended (`None`: nothing was kept).
+    pub(super) async fn keep_sandbox(&self, id: JobId, keep: Duration) -> Option<SandboxEndReason> {
+        let until = chrono::Duration::from_std(keep)
+            .ok()
+            .and_then(|d| Utc::now().checked_add_signed(d))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
         let release = {
             let mut kept = self.inner.kept();
-            let Some(entry) = kept.get_mut(&id) else {
-                return;
-            };
-            entry.view.kept_until = chrono::Duration::from_std(keep)
-                .ok()
-                .and_then(|d| Utc::now().checked_add_signed(d));
+            let entry = kept.get_mut(&id)?;
+            entry.view.kept_until = Some(until);
             entry.release.clone()
         };
+        self.update_record(id, |job| job.kept_sandbox = Some(KeptSandbox::new(until)))
+            .await;
         tracing::info!(keep_secs = keep.as_secs(), "keeping the sandbox");
-        tokio::select! {
-            () = tokio::time::sleep(keep) => {}
-            () = release.cancelled() => {}
-            () = self.inner.stop.cancelled() => {}
+        Some(tokio::select! {
+            () = tokio::time::sleep(keep) => SandboxEndReason::Expired,
+            () = release.cancelled() => SandboxEndReason::Released,
+            () = self.inner.stop.cancelled() => SandboxEndReason::ServerStopped,
+        })
+    }
+
+    /// Writes into a job's record that its kept sandbox is gone, and why.
+    pub(super) async fn record_sandbox_end(&self, id: JobId, reason: SandboxEndReason) {
+        tracing::info!(reason = reason.as_str(), "the kept sandbox is gone");
+        self.update_record(id, |job| {
+            if let Some(kept) = &mut job.kept_sandbox {
+                kept.ended.get_or_insert_with(|| SandboxEnd::now(reason));
+            }
+        })
+        .await;
+    }
+
+    /// Changes a finished job's stored record. A job no longer stored (swept by retention) is
+    /// left so; a store error is logged (the record then says less than it could, no more).
+    async fn update_record(&self, id: JobId, change: impl FnOnce(&mut Job)) {
+        let store = &self.inner.store;
+        let result = match store.get_job(id).await {
+            Ok(Some(mut job)) => {
+                change(&mut job);
+                store.update_job(&job).await
+            }
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => {}
+            Err(e) if e.kind == StoreErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(error = %e, "could not record the kept sandbox in the job"),
         }
     }
 

@@ -87,12 +87,16 @@ impl JobManager {
                 if settled {
                     manager.forget(id);
                 }
+                let mut ended = None;
                 if let Some(keep) = keep {
                     // A kept sandbox gives its worker back while it waits.
                     sandbox.release_permit();
-                    manager.keep_sandbox(id, keep).await;
+                    ended = manager.keep_sandbox(id, keep).await;
                 }
                 manager.unregister_sandbox(id);
+                if let Some(reason) = ended {
+                    manager.record_sandbox_end(id, reason).await;
+                }
                 // (Nothing to remove when the sandbox was handed over to a live sandbox.)
                 sandbox.remove().await;
             }

@@ -1,5 +1,6 @@
 //! Start-up recovery of the jobs a previous process left queued or running (a queued job keeps
-//! its input files; input files no queued job owns are removed).
+//! its input files; input files no queued job owns are removed), and of the finished jobs whose
+//! kept sandboxes it left (recorded as gone, their containers removed).
 
 use std::collections::HashSet;
 
@@ -7,7 +8,7 @@ use tracing::{info, warn};
 
 use super::JobManager;
 use crate::error::Result;
-use crate::job::{JobId, JobStatus};
+use crate::job::{JobId, JobStatus, SandboxEnd, SandboxEndReason};
 use crate::store::{JobFilter, MAX_PAGE_SIZE};
 
 impl JobManager {
@@ -59,7 +60,52 @@ impl JobManager {
         }
         // A queued job keeps its input files; any other's are left by a crash.
         self.sweep_inputs(&queued);
-        Ok(Recovered { interrupted })
+        let finished = self.left_sandboxes(&interrupted, &queued).await?;
+        Ok(Recovered {
+            interrupted,
+            finished,
+        })
+    }
+
+    /// The finished jobs of this store whose sandboxes the last process left in the executor,
+    /// above all the kept ones ([`JobSpec::keep_alive`](crate::JobSpec::keep_alive)): a kept
+    /// sandbox is not taken over (its link was the old process's Docker attach stream, gone
+    /// with it), so its record says it went, [`SandboxEndReason::ServerRestarted`], and the
+    /// caller removes its container. The job's status and ZIP stay as they were.
+    async fn left_sandboxes(
+        &self,
+        interrupted: &HashSet<JobId>,
+        queued: &HashSet<JobId>,
+    ) -> Result<HashSet<JobId>> {
+        let store = &self.inner.store;
+        let found = match self.inner.executor.sandbox_jobs().await {
+            Ok(found) => found,
+            Err(e) => {
+                // The periodic reaper removes them once the executor answers.
+                warn!(error = %e, "could not list the sandboxes the last process left");
+                return Ok(HashSet::new());
+            }
+        };
+        let mut finished = HashSet::new();
+        for id in found {
+            if interrupted.contains(&id) || queued.contains(&id) {
+                continue;
+            }
+            // Another store's job (a server sharing the engine) is not ours to settle.
+            let Some(mut job) = store.get_job(id).await? else {
+                continue;
+            };
+            if !job.status.is_terminal() {
+                continue;
+            }
+            if let Some(kept) = job.kept_sandbox.as_mut().filter(|k| k.ended.is_none()) {
+                warn!(job_id = %id, "removing a kept sandbox: the server that kept it stopped");
+                kept.ended = Some(SandboxEnd::now(SandboxEndReason::ServerRestarted));
+                store.update_job(&job).await?;
+            }
+            finished.insert(id);
+        }
+        Ok(finished)
     }
 }
 
@@ -67,4 +113,6 @@ impl JobManager {
 pub(super) struct Recovered {
     /// Running jobs now interrupted: their sandboxes' owner is gone, running or not.
     pub interrupted: HashSet<JobId>,
+    /// Finished jobs whose sandboxes (kept ones above all) the last process left.
+    pub finished: HashSet<JobId>,
 }

@@ -48,6 +48,10 @@ impl Executor for NoReap {
     async fn reap_jobs(&self, _jobs: &HashSet<JobId>) -> Result<usize, SandboxError> {
         Ok(0)
     }
+    /// Not forwarded: the engine's other containers are not this run's to settle.
+    async fn sandbox_jobs(&self) -> Result<HashSet<JobId>, SandboxError> {
+        Ok(HashSet::new())
+    }
     async fn ping(&self) -> Result<(), SandboxError> {
         self.0.ping().await
     }
