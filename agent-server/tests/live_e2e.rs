@@ -3,7 +3,8 @@
 //! the noVNC viewer in headless Chromium showing the colour a step painted, a Jupyter kernel
 //! running code through the proxy (HTTP and the kernel's WebSocket), the signed-URL rules, the
 //! CLI's URLs and `--listen` forwarder, release, keep-alive expiry, and a restarted server ending
-//! the sandboxes the last one kept (recorded in the job's status). Prints the cold ready
+//! the sandboxes the last one kept (recorded in the job's status); the dashboard's desktop and
+//! Jupyter panels opened with clicks in Chromium. Prints the cold ready
 //! times (job accepted → VNC banner; → kernel answers) as figures, asserting nothing of them.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -302,6 +303,92 @@ async fn a_jobs_desktop_is_seen_through_the_server_in_a_browser_and_a_vnc_client
         "no desktop after the release"
     );
     server.wait_final(&other).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_opens_a_kept_jobs_desktop_and_jupyter_lab_on_a_click() {
+    require_docker();
+    let (_dir, server) = start();
+    let tests = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("ui-tests");
+    assert!(
+        tests.join("node_modules/playwright-core").is_dir(),
+        "playwright-core is not installed in {}: run scripts/setup-host.sh",
+        tests.display()
+    );
+    let id = server
+        .schedule(json!({
+            "services": ["desktop", "jupyter"],
+            "keep_alive_secs": 600,
+            "steps": [{"type": "shell",
+                       "command": "xsetroot -solid '#3366cc' && echo painted > painted.txt"}],
+        }))
+        .await;
+    let st = server
+        .wait_for(&id, "a kept sandbox with both services", |v| {
+            v["sandbox"]["state"] == "kept"
+        })
+        .await;
+    assert_eq!(st["status"], "succeeded", "{st}");
+    assert_eq!(st["service_links"]["desktop"], format!("/desktop/{id}/"));
+    assert_eq!(st["service_links"]["jupyter"], format!("/jupyter/{id}/lab"));
+
+    let shots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/ui-screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let out = tokio::task::spawn_blocking({
+        let (base, job, shots) = (server.base.clone(), id.clone(), shots.clone());
+        move || {
+            Command::new("node")
+                .arg("live-panels.test.mjs")
+                .current_dir(&tests)
+                .env("BASE_URL", &base)
+                .env("AGENT_TOKEN", TOKEN)
+                .env("JOB_ID", &job)
+                .env("EXPECT_RGB", "51,102,204")
+                .env("SCREENSHOT_DIR", &shots)
+                .env(
+                    "CHROMIUM",
+                    std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()),
+                )
+                .output()
+                .expect("running node")
+        }
+    })
+    .await
+    .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the browser test failed:\n{printed}\n{}\nserver log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        server.log_text()
+    );
+    for line in [
+        "dashboard colour 51,102,204",
+        "jupyter lab ",
+        "sandbox gone released",
+    ] {
+        assert!(printed.contains(line), "no {line:?} in:\n{printed}");
+    }
+    for png in [
+        "dashboard-desktop-panel.png",
+        "dashboard-jupyter-panel.png",
+        "dashboard-sandbox-gone.png",
+    ] {
+        let path = shots.join(png);
+        assert!(
+            std::fs::metadata(&path).is_ok_and(|m| m.len() > 1000),
+            "no screenshot {}",
+            path.display()
+        );
+    }
+    // The page's release went through the API: the sandbox is gone, the job as it was.
+    let st = server.status(&id).await;
+    assert_eq!(st["status"], "succeeded", "{st}");
+    assert_eq!(st["sandbox_ended"]["reason"], "released", "{st}");
+    assert!(
+        containers_gone(&id),
+        "the released sandbox's container is gone"
+    );
 }
 
 /// Sends a Jupyter execute request over the kernel's WebSocket and returns what it printed.

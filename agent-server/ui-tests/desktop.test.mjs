@@ -69,7 +69,8 @@ try {
   assert.deepEqual(viewer.errors, []);
   console.log(`colour ${rgb.join(",")}`);
 
-  // The dashboard's job page embeds the same viewer (it asks for its own signed URL).
+  // The dashboard's job page embeds the same viewer on a click of "Show desktop" (it asks for
+  // its own signed URL).
   const base = process.env.DASHBOARD_URL;
   if (base) {
     assert.ok(process.env.AGENT_TOKEN && process.env.JOB_ID, "AGENT_TOKEN and JOB_ID go with DASHBOARD_URL");
@@ -80,8 +81,9 @@ try {
     await dash.page.getByRole("heading", { name: "Jobs" }).waitFor({ timeout: PATIENCE });
     await dash.page.goto(`${base}/ui/#/jobs/${process.env.JOB_ID}`);
     await dash.page.getByRole("heading", { name: "Live sandbox" }).waitFor({ timeout: PATIENCE });
-    // The job asked for a desktop only: no Jupyter button.
-    assert.equal(await dash.page.getByRole("link", { name: "Open Jupyter Lab" }).count(), 0);
+    // The job asked for a desktop only: no Jupyter button. The panel opens on a click.
+    assert.equal(await dash.page.getByRole("button", { name: "Show Jupyter Lab" }).count(), 0);
+    await dash.page.getByRole("button", { name: "Show desktop" }).click();
     const iframe = dash.page.locator("iframe.desktop-frame");
     await iframe.waitFor({ timeout: PATIENCE });
     const src = await iframe.getAttribute("src");

@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import test from "node:test";
 import { cleanText, duration, headline, jobDuration, stepHeadline, bytes } from "../ui/js/dom.js";
-import { requestedServices, serviceLinks } from "../ui/js/job.js";
+import { requestedServices } from "../ui/js/job.js";
 import { fileUrl } from "../ui/js/api.js";
 
 test("terminal escapes and control characters are removed, text kept", () => {
@@ -37,13 +37,8 @@ test("file URLs encode each path segment, not the slashes", () => {
   assert.equal(fileUrl("j", "dir/my file#1.txt"), "/download/j/files/dir/my%20file%231.txt");
 });
 
-test("desktop and Jupyter links are found in the shapes a status may carry them", () => {
-  assert.deepEqual(serviceLinks({}), { desktop: null, jupyter: null });
-  assert.deepEqual(serviceLinks({ services: { desktop: { url: "/desktop/x/" }, jupyter: "/jupyter/x/" } }),
-    { desktop: "/desktop/x/", jupyter: "/jupyter/x/" });
-  assert.deepEqual(serviceLinks({ links: { desktop: "/d" } }), { desktop: "/d", jupyter: null });
-  assert.deepEqual(serviceLinks({ jupyter_url: "/j" }), { desktop: null, jupyter: "/j" });
-  assert.deepEqual(serviceLinks({ services: ["desktop"] }), { desktop: null, jupyter: null });
+test("the services a job asked for are read from its status", () => {
+  assert.deepEqual(requestedServices({}), []);
   assert.deepEqual(requestedServices({ services: ["desktop", { name: "jupyter" }] }), ["desktop", "jupyter"]);
   assert.deepEqual(requestedServices({ services: { desktop: {} } }), []);
 });

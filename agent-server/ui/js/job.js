@@ -14,23 +14,6 @@ const MAX_OUTPUT_CHARS = 2_000_000;
 /** Bytes of a file shown in the viewer. */
 const MAX_VIEW_BYTES = 512 * 1024;
 
-/**
- * The live desktop and Jupyter of a job (issue 10). A status that carries ready URLs is used as
- * is (`services: {desktop: {url}, jupyter: {url}}`, `links: {desktop, jupyter}` or
- * `desktop_url` / `jupyter_url`); a status that only names the services the job asked for
- * (`services: ["desktop", "jupyter"]`) gets a short-lived signed URL from `POST /access/{id}`.
- */
-export function serviceLinks(st) {
-  const pick = (name) => {
-    const s = st.services && !Array.isArray(st.services) ? st.services[name] : null;
-    if (s && typeof s === "object" && s.url) return s.url;
-    if (typeof s === "string") return s;
-    if (st.links && typeof st.links[name] === "string") return st.links[name];
-    return st[`${name}_url`] || st[`${name}_link`] || null;
-  };
-  return { desktop: pick("desktop"), jupyter: pick("jupyter") };
-}
-
 /** The services a job asked for, when its status lists them by name. */
 export function requestedServices(st) {
   if (!Array.isArray(st.services)) return [];
@@ -123,37 +106,117 @@ export function renderJob(main, { id }) {
     if (withServices) drawServices();
   }
 
-  const signed = {}; // service -> Promise of a signed URL (asked once per page)
+  // The live sandbox ---------------------------------------------------------------------------
+  // A job that asked for a desktop or Jupyter gets a card while its sandbox runs or is kept:
+  // a button per service opens its panel (an embedded viewer or Lab, at a signed URL asked for
+  // on the click: `POST /access/{id}`) and closes it again. Once the sandbox is gone the card
+  // says so, and why (`sandbox_ended`).
+  const SERVICES = {
+    desktop: { label: "desktop", tab: "Open the desktop in a new tab", title: "The job's live desktop (noVNC)" },
+    jupyter: { label: "Jupyter Lab", tab: "Open Jupyter Lab in a new tab", title: "The job's Jupyter Lab" },
+  };
+  const ENDED = {
+    expired: "its keep-alive ran out",
+    released: "it was released",
+    server_stopped: "the server stopped",
+    server_restarted: "the server restarted (a kept sandbox is not taken over by a new server)",
+  };
+  const panels = {}; // service -> {button, newTab, box}
+  const sandboxState = h("p", { class: "muted", id: "sandbox-state", role: "status" });
+  const panelButtons = h("div", { class: "row mb" });
+  const panelBoxes = h("div", {});
 
-  async function signedUrl(service) {
-    if (!signed[service]) {
-      signed[service] = api(`/access/${id}`, { method: "POST", body: { service } })
-        .then((r) => r.url)
-        .catch((e) => { delete signed[service]; throw e; });
+  async function togglePanel(name) {
+    const p = panels[name];
+    if (p.box.firstChild) {
+      closePanel(name);
+      return;
     }
-    return signed[service];
+    p.button.disabled = true;
+    try {
+      const { url } = await api(`/access/${id}`, { method: "POST", body: { service: name } });
+      if (stopped) return;
+      p.box.replaceChildren(h("iframe", {
+        class: `service-frame ${name}-frame`, src: url, title: SERVICES[name].title,
+        allow: "clipboard-read; clipboard-write",
+      }));
+      p.box.hidden = false;
+      p.button.textContent = `Hide ${SERVICES[name].label}`;
+      p.button.setAttribute("aria-expanded", "true");
+      // A new tab gets its own signed URL on its click too.
+      p.newTab.hidden = false;
+    } catch (e) {
+      alert.textContent = `Could not open the ${SERVICES[name].label}: ${e.message}`;
+    } finally {
+      p.button.disabled = false;
+    }
   }
 
-  async function drawServices() {
-    const links = serviceLinks(st);
-    const live = !TERMINAL.has(st.status) || st.sandbox || st.keep_alive_until;
-    for (const name of requestedServices(st)) {
-      if (!links[name] && live && (name === "desktop" || name === "jupyter")) {
-        try { links[name] = await signedUrl(name); } catch { /* not up (yet) */ }
-      }
+  function closePanel(name) {
+    const p = panels[name];
+    p.box.replaceChildren();
+    p.box.hidden = true;
+    p.newTab.hidden = true;
+    p.button.textContent = `Show ${SERVICES[name].label}`;
+    p.button.setAttribute("aria-expanded", "false");
+  }
+
+  async function openInNewTab(name) {
+    // Opened in the click (a pop-up blocker allows that), pointed at the signed URL once known.
+    const tab = window.open("", "_blank");
+    if (tab) tab.opener = null;
+    try {
+      const { url } = await api(`/access/${id}`, { method: "POST", body: { service: name } });
+      if (tab) tab.location = url;
+    } catch (e) {
+      if (tab) tab.close();
+      alert.textContent = `Could not open the ${SERVICES[name].label}: ${e.message}`;
     }
-    if (stopped || (!links.desktop && !links.jupyter)) {
+  }
+
+  function drawServices() {
+    const wanted = requestedServices(st).filter((n) => n in SERVICES);
+    if (stopped || wanted.length === 0) {
       services.hidden = true;
       return;
     }
-    if (services.dataset.desktop === (links.desktop || "") && services.dataset.jupyter === (links.jupyter || "")) return;
-    services.dataset.desktop = links.desktop || "";
-    services.dataset.jupyter = links.jupyter || "";
+    const up = !TERMINAL.has(st.status) || Boolean(st.sandbox);
+    if (!up && !st.sandbox_ended) {
+      services.hidden = true;
+      return;
+    }
+    if (!services.firstChild) {
+      for (const name of wanted) {
+        const box = h("div", { class: "service-panel", id: `${name}-panel`, hidden: true });
+        const button = h("button", {
+          type: "button", class: "primary", id: `show-${name}`, "aria-expanded": "false",
+          "aria-controls": `${name}-panel`, onclick: () => togglePanel(name),
+        }, `Show ${SERVICES[name].label}`);
+        const newTab = h("button", {
+          type: "button", hidden: true, onclick: () => openInNewTab(name),
+        }, SERVICES[name].tab);
+        panels[name] = { button, newTab, box };
+        panelButtons.append(button, newTab);
+        panelBoxes.append(box);
+      }
+      replace(services, h("h2", { id: "services-title" }, "Live sandbox"), sandboxState, panelButtons, panelBoxes);
+    }
     services.hidden = false;
-    replace(services,
-      h("h2", { id: "services-title" }, "Live sandbox"),
-      links.jupyter ? h("p", {}, h("a", { class: "button", href: links.jupyter, target: "_blank", rel: "noopener" }, "Open Jupyter Lab")) : null,
-      links.desktop ? h("iframe", { class: "desktop-frame", src: links.desktop, title: "The job's live desktop (noVNC)", allow: "clipboard-read; clipboard-write" }) : null);
+    if (up) {
+      sandboxState.textContent = st.sandbox && st.sandbox.state === "kept"
+        ? `The steps ended; the sandbox is kept until ${when(st.keep_alive_until || st.sandbox.expires_at)}.`
+        : "The sandbox is running.";
+      sandboxState.dataset.state = st.sandbox ? st.sandbox.state : "running";
+    } else {
+      const why = ENDED[st.sandbox_ended.reason] || st.sandbox_ended.reason;
+      sandboxState.textContent = `The sandbox is gone: ${why} (${when(st.sandbox_ended.at)}).`;
+      sandboxState.dataset.state = "gone";
+      sandboxState.dataset.reason = st.sandbox_ended.reason;
+    }
+    panelButtons.hidden = !up;
+    for (const name of Object.keys(panels)) {
+      if (!up) closePanel(name);
+    }
   }
 
   async function refresh() {
@@ -446,7 +509,13 @@ export function renderJob(main, { id }) {
     if (live) live.textContent = "";
   }
 
-  const ticker = setInterval(() => { if (st && !TERMINAL.has(st.status) && st.started_at) drawFacts(false); }, 1000);
+  let ticks = 0;
+  const ticker = setInterval(() => {
+    ticks += 1;
+    if (st && !TERMINAL.has(st.status) && st.started_at) drawFacts(false);
+    // A finished job's sandbox changes with no status event (kept, then gone): look again.
+    else if (st && TERMINAL.has(st.status) && st.sandbox && ticks % 3 === 0) refresh();
+  }, 1000);
   refresh().then(() => { if (!stopped) follow(); });
   return stop;
 }
