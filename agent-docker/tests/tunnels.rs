@@ -64,6 +64,33 @@ async fn over_the_link_a_saturated_tunnel_stalls_nothing_else_and_closes_work_bo
     flow("tunnels-flow-link", TunnelSockets::Off).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_that_cannot_reach_its_socket_tunnels_over_the_link() {
+    if skipped() {
+        return;
+    }
+    let (exec, sb) = sandbox_with_servers("tunnels-fallback", TunnelSockets::Auto).await;
+    let binds = inspect(&exec, sb.id())
+        .await
+        .host_config
+        .unwrap()
+        .binds
+        .unwrap_or_default();
+    let dir = binds[0].strip_suffix(":/run/agent-tunnels:ro").unwrap();
+    // The socket goes away under the sandbox (as when the engine mounted another directory).
+    std::fs::remove_file(std::path::Path::new(dir).join("tunnel.sock")).unwrap();
+    let data = pattern(1 << 20, 11);
+    let tunnel = sb.connect(ECHO_PORT).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(60), echo_through(tunnel, &data))
+        .await
+        .expect("1 MiB echoed over the link");
+    assert!(got == data, "1 MiB came back changed");
+    // Refusals are still refusals, not fallbacks.
+    let err = sb.connect(7999).await.err().expect("no listener on 7999");
+    assert_eq!(err.kind, SandboxErrorKind::Refused, "{err}");
+    finish(exec, &*sb).await;
+}
+
 async fn bulk(scope: &str, sockets: TunnelSockets) {
     let own = sockets != TunnelSockets::Off;
     let (exec, sb) = sandbox_with_servers(scope, sockets).await;
