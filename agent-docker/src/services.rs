@@ -53,9 +53,13 @@ fn launch(service: Service, job: JobId, with_desktop: bool) -> Launch {
             ));
             env.insert("JUPYTER_TOKEN".into(), token.expose().to_string());
             // HOME and the runtime directories are on the /tmp tmpfs (the root is read-only).
-            let script =
-                "mkdir -p \"${HOME:-/tmp/home}\" \"${JUPYTER_RUNTIME_DIR:-/tmp/runtime/jupyter}\" \
-                          && exec \"$@\"";
+            // Lab's own "notified about Jupyter news?" prompt is answered (no: the sandbox has
+            // no network), unless the user's settings already say.
+            let script = "mkdir -p \"${HOME:-/tmp/home}\" \"${JUPYTER_RUNTIME_DIR:-/tmp/runtime/jupyter}\" \
+                 && s=\"${HOME:-/tmp/home}/.jupyter/lab/user-settings/@jupyterlab/apputils-extension\" \
+                 && mkdir -p \"$s\" && { [ -e \"$s/notification.jupyterlab-settings\" ] \
+                 || printf '{\"fetchNews\": \"false\", \"checkForUpdates\": false}' \
+                 > \"$s/notification.jupyterlab-settings\"; } && exec \"$@\"";
             let mut argv: Vec<String> = vec!["sh".into(), "-c".into(), script.into(), "sh".into()];
             argv.extend([
                 "jupyter".to_string(),
