@@ -86,31 +86,36 @@ impl JobManager {
             .then(|| self.inner.stored_bytes.load(Ordering::Relaxed))
     }
 
-    /// Measures the storage directories once, off the runtime's threads.
-    async fn measure_stored_bytes(&self) {
+    /// Measures the storage directories once, off the runtime's threads; returns how long the
+    /// walk took.
+    async fn measure_stored_bytes(&self) -> Duration {
         let dirs = self.storage_dirs().to_vec();
+        let began = std::time::Instant::now();
         match tokio::task::spawn_blocking(move || dirs.iter().map(|d| tree_bytes(d)).sum()).await {
             Ok(bytes) => self.inner.stored_bytes.store(bytes, Ordering::Relaxed),
             Err(e) => warn!(error = %e, "measuring the storage directories failed"),
         }
+        began.elapsed()
     }
 
-    /// With a storage cap, measures the directories now and then every
-    /// [`STORED_BYTES_REFRESH`] until shutdown (a walk of the tree, off the request path:
-    /// admission reads the last measure).
-    pub(super) async fn start_storage_meter(&self) {
+    /// With a storage cap, measures the directories in the background, then again every
+    /// [`STORED_BYTES_REFRESH`] until shutdown — or, for a tree so large that a walk takes
+    /// longer than a tenth of that, ten walks' time apart, so the meter never takes more than
+    /// about a tenth of a core. Off the request path (admission reads the last measure) and off
+    /// start-up (until the first walk ends, nothing is counted).
+    pub(super) fn start_storage_meter(&self) {
         if self.inner.config.max_stored_bytes == 0 {
             return;
         }
-        self.measure_stored_bytes().await;
         let manager = self.clone();
         tokio::spawn(async move {
             loop {
+                let walk = manager.measure_stored_bytes().await;
+                let pause = STORED_BYTES_REFRESH.max(walk.saturating_mul(10));
                 tokio::select! {
                     () = manager.inner.stop.cancelled() => return,
-                    () = tokio::time::sleep(STORED_BYTES_REFRESH) => {}
+                    () = tokio::time::sleep(pause) => {}
                 }
-                manager.measure_stored_bytes().await;
             }
         });
     }
