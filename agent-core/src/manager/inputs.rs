@@ -34,6 +34,8 @@ impl JobManager {
     ) -> Result<JobId> {
         spec.inputs = inputs.files().to_vec();
         let id = JobId::new();
+        // Refused before the files are written and synced, not after.
+        self.admit(id, &spec)?;
         let dest = self.inputs_file(id);
         // Kept before the job is stored: a crash in between leaves a file that start-up
         // recovery removes, never a queued job without its files.

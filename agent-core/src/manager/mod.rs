@@ -134,6 +134,22 @@ impl JobManager {
 
     /// [`JobManager::submit`] under a given id.
     async fn submit_as(&self, id: JobId, spec: JobSpec) -> Result<JobId> {
+        self.admit(id, &spec)?;
+        let job = Job::new(id, spec);
+        self.inner.store.insert_job(&job).await?;
+        let id = job.id;
+        let events = self.new_sink(id, 0);
+        events.emit(EventKind::Status {
+            status: JobStatus::Queued,
+            error: None,
+        });
+        self.enqueue(&job, events);
+        Ok(id)
+    }
+
+    /// Whether a job of `spec` would be taken now: every check of a submission but storing it
+    /// (cheap, in memory: done before anything is written).
+    pub(super) fn admit(&self, id: JobId, spec: &JobSpec) -> Result<()> {
         if !self.inner.accepting.load(Ordering::Acquire) {
             return Err(Error::ShuttingDown);
         }
@@ -169,17 +185,8 @@ impl JobManager {
         self.inner
             .executor
             .capabilities()
-            .check(&SandboxSpec::for_job(id, &spec))?;
-        let job = Job::new(id, spec);
-        self.inner.store.insert_job(&job).await?;
-        let id = job.id;
-        let events = self.new_sink(id, 0);
-        events.emit(EventKind::Status {
-            status: JobStatus::Queued,
-            error: None,
-        });
-        self.enqueue(&job, events);
-        Ok(id)
+            .check(&SandboxSpec::for_job(id, spec))?;
+        Ok(())
     }
 
     /// A job by id.
