@@ -13,12 +13,14 @@ use agent_docker::LABEL_OWNER;
 use bollard::query_parameters::ListContainersOptionsBuilder;
 use common::*;
 
-async fn containers_in_scope(exec: &agent_docker::DockerExecutor) -> Vec<(String, String)> {
+/// The engine's containers of `exec`'s scope.
+async fn summaries_in_scope(
+    exec: &agent_docker::DockerExecutor,
+) -> Vec<bollard::models::ContainerSummary> {
     let scope = exec.config().scope.clone().unwrap();
     let mut filters = std::collections::HashMap::new();
     filters.insert("label".to_string(), vec![format!("agent.scope={scope}")]);
-    let list = exec
-        .docker()
+    exec.docker()
         .list_containers(Some(
             ListContainersOptionsBuilder::new()
                 .all(true)
@@ -26,8 +28,14 @@ async fn containers_in_scope(exec: &agent_docker::DockerExecutor) -> Vec<(String
                 .build(),
         ))
         .await
-        .unwrap();
-    list.into_iter()
+        .unwrap()
+}
+
+/// The ids and names of the engine's containers of `exec`'s scope.
+async fn containers_in_scope(exec: &agent_docker::DockerExecutor) -> Vec<(String, String)> {
+    summaries_in_scope(exec)
+        .await
+        .into_iter()
         .map(|c| (c.id.unwrap(), c.names.unwrap_or_default().join(",")))
         .collect()
 }
@@ -341,17 +349,8 @@ async fn prepared_containers_run_nothing_until_taken_then_start_hardened_once() 
 
 /// The ids and states of the engine's containers of `exec`'s scope.
 async fn pool_containers(exec: &agent_docker::DockerExecutor) -> Vec<(String, String)> {
-    let scope = exec.config().scope.clone().unwrap();
-    let mut filters = std::collections::HashMap::new();
-    filters.insert("label".to_string(), vec![format!("agent.scope={scope}")]);
-    let opts = bollard::query_parameters::ListContainersOptionsBuilder::new()
-        .all(true)
-        .filters(&filters)
-        .build();
-    exec.docker()
-        .list_containers(Some(opts))
+    summaries_in_scope(exec)
         .await
-        .unwrap()
         .into_iter()
         .map(|c| {
             (

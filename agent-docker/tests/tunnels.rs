@@ -33,34 +33,20 @@ async fn sandbox_with_servers(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn over_own_sockets_ten_mib_each_way_arrive_byte_exact_and_twenty_tunnels_run_at_once() {
+async fn ten_mib_each_way_arrive_byte_exact_and_twenty_tunnels_run_at_once_on_either_transport() {
     if skipped() {
         return;
     }
     bulk("tunnels-bulk-sockets", TunnelSockets::Auto).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn over_the_link_ten_mib_each_way_arrive_byte_exact_and_twenty_tunnels_share_it() {
-    if skipped() {
-        return;
-    }
     bulk("tunnels-bulk-link", TunnelSockets::Off).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn over_own_sockets_a_saturated_tunnel_stalls_nothing_else_and_closes_work_both_ways() {
+async fn a_saturated_tunnel_stalls_nothing_else_and_closes_work_both_ways_on_either_transport() {
     if skipped() {
         return;
     }
     flow("tunnels-flow-sockets", TunnelSockets::Auto).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn over_the_link_a_saturated_tunnel_stalls_nothing_else_and_closes_work_both_ways() {
-    if skipped() {
-        return;
-    }
     flow("tunnels-flow-link", TunnelSockets::Off).await;
 }
 

@@ -26,7 +26,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::oneshot;
 
-use super::frame::{ErrorKind, Event, Request};
+use super::frame::Request;
 use super::link::Link;
 use crate::executor::{SandboxError, SandboxErrorKind};
 
@@ -94,26 +94,7 @@ impl Handoff {
             key: key.to_string(),
         };
         let (id, mut replies) = link.open(&request, b"", None).await?;
-        match replies.recv().await.map(|f| f.event) {
-            Some(Event::Started { .. }) => {}
-            Some(Event::Err { kind, message }) => {
-                link.forget(id);
-                let kind = match kind {
-                    ErrorKind::Refused => SandboxErrorKind::Refused,
-                    ErrorKind::Invalid => SandboxErrorKind::Invalid,
-                    _ => SandboxErrorKind::Unavailable,
-                };
-                return Err(SandboxError::new(kind, message));
-            }
-            Some(other) => {
-                link.forget(id);
-                return Err(SandboxError::new(
-                    SandboxErrorKind::Backend,
-                    format!("the supervisor answered a handoff with {other:?}"),
-                ));
-            }
-            None => return Err(link.gone()),
-        }
+        super::tunnel::opened(link, id, &mut replies, SandboxErrorKind::Unavailable).await?;
         // The supervisor copies until both directions end, then says so: until then the id is
         // in use, and its last frame is read (and the id forgotten) in the background.
         let done = link.clone();

@@ -82,27 +82,9 @@ impl Link {
             window: window as u64,
         };
         let (id, mut replies) = self.open(&request, b"", None).await?;
-        let first = replies.recv().await;
-        match first.map(|f| f.event) {
-            Some(Event::Started { .. }) => {}
-            Some(Event::Err { kind, message }) => {
-                self.forget(id);
-                let kind = match kind {
-                    ErrorKind::Refused => SandboxErrorKind::Refused,
-                    ErrorKind::Invalid => SandboxErrorKind::Invalid,
-                    _ => SandboxErrorKind::Backend,
-                };
-                return Err(SandboxError::new(kind, message));
-            }
-            Some(other) => {
-                self.forget(id);
-                let _ = self.send(Some(id), &Request::Abort, b"").await;
-                return Err(SandboxError::new(
-                    SandboxErrorKind::Backend,
-                    format!("the supervisor answered a tunnel with {other:?}"),
-                ));
-            }
-            None => return Err(self.gone()),
+        if let Err(e) = opened(self, id, &mut replies, SandboxErrorKind::Backend).await {
+            let _ = self.send(Some(id), &Request::Abort, b"").await;
+            return Err(e);
         }
         let (user, pump_end) = tokio::io::duplex(window);
         let (alive, dropped) = oneshot::channel();
@@ -113,6 +95,35 @@ impl Link {
             _alive: alive,
         })
     }
+}
+
+/// Waits for a tunnel's first answer: `Ok` once it is open; else its error (the id forgotten),
+/// [`SandboxErrorKind::Refused`] when nothing listens and `failed` when the supervisor could not
+/// open it for another reason.
+pub(super) async fn opened(
+    link: &Link,
+    id: RequestId,
+    replies: &mut Replies,
+    failed: SandboxErrorKind,
+) -> Result<(), SandboxError> {
+    let error = match replies.recv().await.map(|f| f.event) {
+        Some(Event::Started { .. }) => return Ok(()),
+        None => return Err(link.gone()),
+        Some(Event::Err { kind, message }) => {
+            let kind = match kind {
+                ErrorKind::Refused => SandboxErrorKind::Refused,
+                ErrorKind::Invalid => SandboxErrorKind::Invalid,
+                _ => failed,
+            };
+            SandboxError::new(kind, message)
+        }
+        Some(other) => SandboxError::new(
+            SandboxErrorKind::Backend,
+            format!("the supervisor answered a tunnel with {other:?}"),
+        ),
+    };
+    link.forget(id);
+    Err(error)
 }
 
 /// Moves a tunnel's bytes between the link and the duplex pipe, until both directions end.
