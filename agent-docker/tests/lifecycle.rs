@@ -309,21 +309,11 @@ async fn prepared_containers_run_nothing_until_taken_then_start_hardened_once() 
         "{waiting:?}"
     );
 
-    let job = JobId::new();
-    let sb = exec
-        .create(&SandboxSpec::for_job(
-            job,
-            &JobSpec::from_prompt("x").with_env("JOBVAR", "j"),
-        ))
-        .await
-        .unwrap();
+    let (_, sb) = pooled_job(&exec).await;
     assert!(
         waiting.iter().any(|(id, _)| id == sb.id()),
         "the job took a prepared container"
     );
-    let (r, out, _) = sh(&*sb, "echo $JOBVAR; id -u; ls /sys/class/net").await;
-    assert!(r.success());
-    assert_eq!(out, "j\n1000\nlo\n");
     let info = inspect(&exec, sb.id()).await;
     let hc = info.host_config.unwrap();
     assert_eq!(hc.readonly_rootfs, Some(true));
@@ -347,6 +337,23 @@ async fn prepared_containers_run_nothing_until_taken_then_start_hardened_once() 
     );
 }
 
+/// A job's sandbox with a variable of its own, checked to see it, as the non-root user, with
+/// no network but loopback.
+async fn pooled_job(exec: &agent_docker::DockerExecutor) -> (JobId, Box<dyn agent_core::Sandbox>) {
+    let job = JobId::new();
+    let sb = exec
+        .create(&SandboxSpec::for_job(
+            job,
+            &JobSpec::from_prompt("x").with_env("JOBVAR", "j"),
+        ))
+        .await
+        .unwrap();
+    let (r, out, _) = sh(&*sb, "echo $JOBVAR; id -u; ls /sys/class/net").await;
+    assert!(r.success());
+    assert_eq!(out, "j\n1000\nlo\n");
+    (job, sb)
+}
+
 /// The ids and states of the engine's containers of `exec`'s scope.
 async fn pool_containers(exec: &agent_docker::DockerExecutor) -> Vec<(String, String)> {
     summaries_in_scope(exec)
@@ -367,17 +374,7 @@ async fn warm_pool_hands_out_hardened_containers_once() {
         return;
     };
     assert_eq!(exec.wait_warm(Duration::from_secs(60)).await, 2);
-    let job = JobId::new();
-    let sb = exec
-        .create(&SandboxSpec::for_job(
-            job,
-            &JobSpec::from_prompt("x").with_env("JOBVAR", "j"),
-        ))
-        .await
-        .unwrap();
-    let (r, out, _) = sh(&*sb, "echo $JOBVAR; id -u; ls /sys/class/net").await;
-    assert!(r.success());
-    assert_eq!(out, "j\n1000\nlo\n");
+    let (job, sb) = pooled_job(&exec).await;
     // It carries the pool label and gets the job's name.
     let mut named = false;
     for _ in 0..50 {
