@@ -107,6 +107,10 @@ struct Inner {
     tenant_labels: Vec<String>,
 }
 
+/// The most running jobs whose tenants the collector remembers (past it, it forgets them all
+/// and reads each again from the store when it ends).
+const MAX_REMEMBERED_TENANTS: usize = 100_000;
+
 /// What a job event counts for its tenant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum TenantCount {
@@ -293,11 +297,25 @@ impl Metrics {
             inner.tenant_labels = labels;
         }
         tokio::spawn(async move {
+            // The tenants of the jobs running now, read once when each is created.
+            let mut running: std::collections::HashMap<agent_core::JobId, Option<String>> =
+                std::collections::HashMap::new();
             loop {
                 match rx.recv().await {
                     Ok(event) => {
                         metrics.record_event(&event);
-                        if let Some(count) = TenantCount::of(&event) {
+                        let Some(count) = TenantCount::of(&event) else {
+                            continue;
+                        };
+                        // With no tenants configured, every job is the admin's: nothing to read.
+                        let tenant = if !tokens.has_tenants() {
+                            None
+                        } else if let Some(known) = match count {
+                            TenantCount::Finished(_) => running.remove(&event.job_id),
+                            TenantCount::Created => None,
+                        } {
+                            known
+                        } else {
                             let tenant = match store.get_job(event.job_id).await {
                                 Ok(job) => job.and_then(|j| j.spec.tenant),
                                 Err(e) => {
@@ -305,8 +323,16 @@ impl Metrics {
                                     None
                                 }
                             };
-                            metrics.record_tenant(tokens.label(tenant.as_deref()), count);
-                        }
+                            if count == TenantCount::Created {
+                                // Bounded: ends missed while lagging would otherwise stay.
+                                if running.len() >= MAX_REMEMBERED_TENANTS {
+                                    running.clear();
+                                }
+                                running.insert(event.job_id, tenant.clone());
+                            }
+                            tenant
+                        };
+                        metrics.record_tenant(tokens.label(tenant.as_deref()), count);
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                         tracing::debug!(skipped = n, "metrics collector lagged behind job events");
