@@ -100,11 +100,21 @@ impl Caller {
     /// Fails with [`agent_core::Error::JobNotFound`] — exactly as for an unknown id — unless
     /// the caller may see job `id`. The admin is not looked up.
     pub async fn check(&self, manager: &JobManager, id: JobId) -> Result<(), agent_core::Error> {
+        self.checked(manager, id).await.map(drop)
+    }
+
+    /// [`check`](Self::check), handing back the job it read to tell (`None` for the admin,
+    /// who is not looked up), so a handler that needs the job does not read it again.
+    pub async fn checked(
+        &self,
+        manager: &JobManager,
+        id: JobId,
+    ) -> Result<Option<Job>, agent_core::Error> {
         if self.admin {
-            return Ok(());
+            return Ok(None);
         }
         match manager.get(id).await {
-            Ok(job) if self.sees(&job) => Ok(()),
+            Ok(job) if self.sees(&job) => Ok(Some(job)),
             Ok(_) | Err(agent_core::Error::JobNotFound(_)) => {
                 Err(agent_core::Error::JobNotFound(id))
             }
