@@ -83,7 +83,8 @@ async fn schemathesis_finds_no_difference_between_the_document_and_the_server() 
         .env("NO_COLOR", "1")
         .kill_on_drop(true)
         .output();
-    let out = tokio::time::timeout(PATIENCE * 2, out)
+    // Only a guard against a hang: the run takes 3–4 minutes here, and more on a loaded machine.
+    let out = tokio::time::timeout(PATIENCE * 5, out)
         .await
         .expect("schemathesis did not finish")
         .expect("running schemathesis");
