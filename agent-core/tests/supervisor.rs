@@ -399,3 +399,53 @@ async fn a_handed_over_tunnel_carries_bytes_and_only_its_key_is_taken() {
     assert!(!path.exists());
     sup.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn connections_without_a_key_hold_few_host_descriptors_and_only_slow_their_own_tunnels() {
+    use agent_core::supervisor::Handoff;
+    use agent_core::testing::tunnels::{echo_through, loopback_echo, pattern};
+    use tokio::io::AsyncReadExt;
+
+    let ws = tempfile::tempdir().unwrap();
+    let sockets = tempfile::tempdir().unwrap();
+    let sup = LocalSupervisor::start(ws.path()).await.unwrap();
+    let link = sup.link().clone();
+    let path = sockets.path().join("tunnel.sock");
+    let handoff = Handoff::bind(&path, path.to_str().unwrap()).unwrap();
+    let echo = loopback_echo().await;
+
+    // 50 connections that send nothing: all but a few are closed at once.
+    let mut idle = Vec::new();
+    for _ in 0..50 {
+        idle.push(tokio::net::UnixStream::connect(&path).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut closed = 0;
+    for s in &mut idle {
+        let mut byte = [0u8; 1];
+        if let Ok(Ok(0)) = tokio::time::timeout(Duration::from_millis(50), s.read(&mut byte)).await
+        {
+            closed += 1;
+        }
+    }
+    assert!(
+        closed >= 40,
+        "only {closed} of 50 keyless connections were closed"
+    );
+    // While they hold the rest, a tunnel still opens: handed over once they are cut off, or
+    // else on the caller's other transport (an `Unavailable` error).
+    match handoff.connect(&link, echo.port()).await {
+        Ok(tunnel) => {
+            let data = pattern(100_000, 3);
+            assert!(echo_through(tunnel, &data).await == data);
+        }
+        Err(e) => assert_eq!(e.kind, SandboxErrorKind::Unavailable, "{e}"),
+    }
+    drop(idle);
+    // Once they are gone, tunnels are handed over again.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let tunnel = handoff.connect(&link, echo.port()).await.unwrap();
+    let data = pattern(100_000, 4);
+    assert!(echo_through(tunnel, &data).await == data);
+    sup.shutdown().await.unwrap();
+}

@@ -464,8 +464,8 @@ impl ExecInner {
             }),
             runtime: c.runtime.clone(),
             oom_kill_disable: Some(false),
-            binds: sockets.map(|s| vec![s.bind()]),
-            mounts: None,
+            binds: None,
+            mounts: sockets.map(|s| vec![s.mount()]),
             ..Default::default()
         };
         ContainerCreateBody {
@@ -521,6 +521,7 @@ impl ExecInner {
             })?;
         let opts = CreateContainerOptionsBuilder::new().name(&bp.name).build();
         let began = std::time::Instant::now();
+        let created_at = Instant::now();
         let mut attempt = 0;
         let created = loop {
             attempt += 1;
@@ -547,15 +548,13 @@ impl ExecInner {
                     )
                     .with_source(e));
                 }
-                Err(e)
-                    if sockets.is_some()
-                        && (is_status(&e, 400) || is_status(&e, 500))
-                        && e.to_string().contains("bind") =>
-                {
-                    // The engine is not on this host (or cannot see the directory).
+                Err(e) if sockets.is_some() && (is_status(&e, 400) || is_status(&e, 500)) => {
+                    // The engine is not on this host, or cannot see the directory (Docker
+                    // Desktop: not a shared path); or the refusal is of something else, which
+                    // the next try, without the mount, reports.
                     tracing::warn!(
-                        "the engine refused the tunnel sockets' bind mount, so tunnels go over \
-                         the attach stream from now on: {e}"
+                        "the engine refused a sandbox with the tunnel sockets' mount, so tunnels \
+                         go over the attach stream from now on: {e}"
                     );
                     self.sockets_refused.store(true, Ordering::Relaxed);
                     drop(permit);
@@ -614,7 +613,7 @@ impl ExecInner {
                 sockets: Mutex::new(sockets.map(Arc::new)),
             }),
             handshake,
-            created: Instant::now(),
+            created: created_at,
         })
     }
 
@@ -952,12 +951,21 @@ impl Executor for DockerExecutor {
                 }
             });
             let core = match taken {
-                Taken::Warm(core) => core,
-                Taken::Prepared(prepared) => inner.launch(prepared, &inner.config.image).await?,
+                Taken::Warm(core) => Some(core),
+                // One that cannot start (reaped meanwhile, an engine hiccup) is not the job's
+                // failure: the job gets a new container instead.
+                Taken::Prepared(prepared) => inner
+                    .launch(prepared, &inner.config.image)
+                    .await
+                    .inspect_err(|e| tracing::warn!("a prepared container did not start: {e}"))
+                    .ok(),
             };
-            let mut sandbox = DockerSandbox::new(core, job_id, name, env, Arc::downgrade(inner));
-            sandbox.set_refill(refill);
-            return Ok(Box::new(sandbox));
+            if let Some(core) = core {
+                let mut sandbox =
+                    DockerSandbox::new(core, job_id, name, env, Arc::downgrade(inner));
+                sandbox.set_refill(refill);
+                return Ok(Box::new(sandbox));
+            }
         }
         let image = match (&spec.image, &inner.config.services_image) {
             (Some(image), _) => image.as_str(),

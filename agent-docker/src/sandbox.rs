@@ -249,11 +249,13 @@ impl Sandbox for DockerSandbox {
         if let Some(sockets) = sockets {
             match sockets.handoff().connect(&self.core.link, port).await {
                 Ok(stream) => return Ok(Box::new(stream)),
-                // The supervisor could not reach the socket: the attach stream still works.
+                // The supervisor could not reach the socket: the attach stream still works, for
+                // this tunnel and the sandbox's next ones.
                 Err(e)
                     if e.kind == SandboxErrorKind::Unavailable && !self.core.link.is_closed() =>
                 {
-                    tracing::debug!(sandbox = %self.name, "tunnel over the attach stream: {e}");
+                    tracing::debug!(sandbox = %self.name, "tunnels over the attach stream: {e}");
+                    drop(lock(&self.core.sockets).take());
                 }
                 Err(e) => return Err(e),
             }

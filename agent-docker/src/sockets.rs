@@ -38,11 +38,20 @@ impl SocketRoot {
                         _temp: Some(temp),
                     })
                 }),
+            // A private directory inside the one named: its own mode is left as it is (it must
+            // let the sandbox's user pass).
             TunnelSockets::Dir(dir) => std::fs::create_dir_all(dir)
-                .and_then(|()| traversable(dir))
-                .map(|()| Self {
-                    dir: dir.clone(),
-                    _temp: None,
+                .and_then(|()| {
+                    tempfile::Builder::new()
+                        .prefix("agent-tunnels-")
+                        .tempdir_in(dir)
+                })
+                .and_then(|temp| {
+                    traversable(temp.path())?;
+                    Ok(Self {
+                        dir: temp.path().to_path_buf(),
+                        _temp: Some(temp),
+                    })
                 }),
         };
         match made {
@@ -84,9 +93,16 @@ pub(crate) struct SandboxSockets {
 }
 
 impl SandboxSockets {
-    /// The bind mount that shows the directory to the sandbox, read-only.
-    pub(crate) fn bind(&self) -> String {
-        format!("{}:{MOUNT}:ro", self.dir.display())
+    /// The bind mount that shows the directory to the sandbox, read-only (an engine that cannot
+    /// see the directory refuses it, rather than making an empty one).
+    pub(crate) fn mount(&self) -> bollard::models::Mount {
+        bollard::models::Mount {
+            target: Some(MOUNT.to_string()),
+            source: Some(self.dir.display().to_string()),
+            typ: Some(bollard::models::MountTypeEnum::BIND),
+            read_only: Some(true),
+            ..Default::default()
+        }
     }
 
     pub(crate) fn handoff(&self) -> &Handoff {
@@ -99,5 +115,39 @@ impl Drop for SandboxSockets {
         // The handoff removes its socket when it drops, after this: remove it first.
         let _ = std::fs::remove_file(self.dir.join(SOCKET));
         let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_named_directory_keeps_its_mode_and_gets_a_private_one_inside() {
+        let named = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(named.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let root = SocketRoot::new(&TunnelSockets::Dir(named.path().to_path_buf()), false)
+            .expect("a root in the named directory");
+        assert_eq!(root.dir.parent(), Some(named.path()));
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(
+            mode(named.path()),
+            0o1777,
+            "the named directory is left as it was"
+        );
+        assert_eq!(mode(&root.dir), 0o711);
+        let dir = root.dir.clone();
+        drop(root);
+        assert!(
+            !dir.exists(),
+            "the private directory goes with the executor"
+        );
+    }
+
+    #[test]
+    fn auto_uses_sockets_only_with_a_local_engine() {
+        assert!(SocketRoot::new(&TunnelSockets::Auto, false).is_none());
+        assert!(SocketRoot::new(&TunnelSockets::Off, true).is_none());
+        assert!(SocketRoot::new(&TunnelSockets::Auto, true).is_some());
     }
 }

@@ -56,15 +56,15 @@ async fn a_sandbox_that_cannot_reach_its_socket_tunnels_over_the_link() {
         return;
     }
     let (exec, sb) = sandbox_with_servers("tunnels-fallback", TunnelSockets::Auto).await;
-    let binds = inspect(&exec, sb.id())
+    let mounts = inspect(&exec, sb.id())
         .await
         .host_config
         .unwrap()
-        .binds
+        .mounts
         .unwrap_or_default();
-    let dir = binds[0].strip_suffix(":/run/agent-tunnels:ro").unwrap();
+    let dir = mounts[0].source.clone().unwrap();
     // The socket goes away under the sandbox (as when the engine mounted another directory).
-    std::fs::remove_file(std::path::Path::new(dir).join("tunnel.sock")).unwrap();
+    std::fs::remove_file(std::path::Path::new(&dir).join("tunnel.sock")).unwrap();
     let data = pattern(1 << 20, 11);
     let tunnel = sb.connect(ECHO_PORT).await.unwrap();
     let got = tokio::time::timeout(Duration::from_secs(60), echo_through(tunnel, &data))
@@ -92,26 +92,25 @@ async fn bulk(scope: &str, sockets: TunnelSockets) {
     .await;
     // From the engine: that directory is the one host path mounted, read-only; it is the
     // sandbox's alone and goes with it.
-    let binds = inspect(&exec, sb.id())
-        .await
-        .host_config
-        .unwrap()
-        .binds
-        .unwrap_or_default();
+    let hc = inspect(&exec, sb.id()).await.host_config.unwrap();
+    let mounts = hc.mounts.unwrap_or_default();
+    assert!(hc.binds.unwrap_or_default().is_empty());
     let own_dir = if own {
         assert_eq!(seen, "socket\n");
-        assert_eq!(binds.len(), 1, "{binds:?}");
-        let source = binds[0]
-            .strip_suffix(":/run/agent-tunnels:ro")
-            .unwrap_or_else(|| panic!("a read-only bind at /run/agent-tunnels: {binds:?}"));
+        assert_eq!(mounts.len(), 1, "{mounts:?}");
+        let m = &mounts[0];
+        assert_eq!(m.target.as_deref(), Some("/run/agent-tunnels"), "{m:?}");
+        assert_eq!(m.read_only, Some(true), "{m:?}");
+        assert_eq!(m.typ, Some(bollard::models::MountTypeEnum::BIND), "{m:?}");
+        let source = m.source.clone().unwrap();
         let mode = std::os::unix::fs::PermissionsExt::mode(
-            &std::fs::metadata(source).unwrap().permissions(),
+            &std::fs::metadata(&source).unwrap().permissions(),
         );
         assert_eq!(mode & 0o777, 0o711, "{source}");
         Some(std::path::PathBuf::from(source))
     } else {
         assert!(!seen.contains("socket"), "{seen}");
-        assert!(binds.is_empty(), "{binds:?}");
+        assert!(mounts.is_empty(), "{mounts:?}");
         None
     };
 

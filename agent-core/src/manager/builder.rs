@@ -116,7 +116,7 @@ impl JobManagerBuilder {
         if let Err(e) = manager.reap().await {
             warn!(error = %e, "could not reap old sandboxes");
         }
-        manager.start_storage_meter();
+        manager.start_storage_meter().await;
         manager.spawn_reaper();
         manager.spawn_sweeper();
         Ok(manager)

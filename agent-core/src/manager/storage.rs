@@ -29,6 +29,9 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 /// [`max_stored_bytes`](super::JobManagerConfig::max_stored_bytes).
 pub const STORED_BYTES_REFRESH: Duration = Duration::from_secs(2);
 
+/// How long start-up waits for the storage directories' first measure.
+const FIRST_WALK_WAIT: Duration = Duration::from_millis(250);
+
 /// Bytes of the regular files under `dir` (links not followed; what cannot be read counts 0).
 fn tree_bytes(dir: &Path) -> u64 {
     let mut total = 0u64;
@@ -101,16 +104,22 @@ impl JobManager {
     /// With a storage cap, measures the directories in the background, then again every
     /// [`STORED_BYTES_REFRESH`] until shutdown — or, for a tree so large that a walk takes
     /// longer than a tenth of that, ten walks' time apart, so the meter never takes more than
-    /// about a tenth of a core. Off the request path (admission reads the last measure) and off
-    /// start-up (until the first walk ends, nothing is counted).
-    pub(super) fn start_storage_meter(&self) {
+    /// about a tenth of a core. Off the request path: admission reads the last measure. Start-up
+    /// waits for the first walk at most [`FIRST_WALK_WAIT`]; a longer one goes on in the
+    /// background, and until it ends nothing is counted.
+    pub(super) async fn start_storage_meter(&self) {
         if self.inner.config.max_stored_bytes == 0 {
             return;
         }
         let manager = self.clone();
+        let (first, measured) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
+            let mut first = Some(first);
             loop {
                 let walk = manager.measure_stored_bytes().await;
+                if let Some(first) = first.take() {
+                    let _ = first.send(());
+                }
                 let pause = STORED_BYTES_REFRESH.max(walk.saturating_mul(10));
                 tokio::select! {
                     () = manager.inner.stop.cancelled() => return,
@@ -118,6 +127,12 @@ impl JobManager {
                 }
             }
         });
+        if tokio::time::timeout(FIRST_WALK_WAIT, measured)
+            .await
+            .is_err()
+        {
+            info!("the output directory is large: its first measure goes on in the background");
+        }
     }
 
     /// Refuses a new job while free space is below the threshold, or the storage directories

@@ -85,9 +85,9 @@ pub enum Request {
         /// Bytes either side may send ahead of the other's credits.
         window: u64,
     },
-    /// Opens a tunnel handed over on a connection of its own: the supervisor connects to
-    /// `127.0.0.1:port`, then to the unix socket `path` (one the host listens on, as the sandbox
-    /// sees it), writes `key` and a newline there, and copies bytes both ways. Answered by
+    /// Opens a tunnel handed over on a connection of its own: the supervisor connects to the
+    /// unix socket `path` (one the host listens on, as the sandbox sees it) and writes `key` and
+    /// a newline there, then connects to `127.0.0.1:port`, and copies bytes both ways. Answered by
     /// [`Event::Started`] once both are connected, or a final [`Event::Err`]
     /// ([`ErrorKind::Refused`]: nothing listens on the port; [`ErrorKind::Backend`]: the socket
     /// cannot be reached), then a final [`Event::Ok`] once both directions are done.

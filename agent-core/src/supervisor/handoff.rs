@@ -2,9 +2,11 @@
 //! its own ([`Request::Handoff`]), rather than multiplexed on the link like a [`Tunnel`].
 //!
 //! The host listens on a unix socket in a directory the sandbox sees read-only (Docker: a bind
-//! mount). To open a tunnel, the host asks the supervisor, over the link, to connect to the port
-//! and then to that socket, and to write a random one-use key there; the listener gives the
-//! connection carrying that key to the waiting [`Handoff::connect`]. Bytes then move between two
+//! mount). To open a tunnel, the host asks the supervisor, over the link, to connect to that
+//! socket and write a random one-use key there, then to connect to the port; the listener gives
+//! the connection carrying that key to the waiting [`Handoff::connect`]. At most a few
+//! connections may be waiting to present a key at once, so a sandbox cannot tie up the host's
+//! file descriptors. Bytes then move between two
 //! kernel sockets with no framing, no credits and no copy through the link, and the kernel's
 //! socket buffers bound what is in flight, each tunnel apart from every other and from the link.
 //!
@@ -30,8 +32,17 @@ use super::frame::Request;
 use super::link::Link;
 use crate::executor::{SandboxError, SandboxErrorKind};
 
-/// How long a handed-over connection may take to arrive, and to present its key.
+/// How long the supervisor may take to answer a handoff.
 const HANDOFF_WAIT: Duration = Duration::from_secs(10);
+
+/// How long a connection may take to present its key (the supervisor writes it as it connects),
+/// and to arrive once the supervisor answered.
+const KEY_WAIT: Duration = Duration::from_secs(2);
+
+/// The most connections that have not yet presented a key, at once: more are closed at once, so
+/// a sandbox that opens connections and sends nothing holds at most this many of the host's file
+/// descriptors.
+const MAX_UNKEYED: usize = 8;
 
 /// The longest key line read from a connection (a key is 32 hex digits and a newline).
 const MAX_KEY_LINE: usize = 80;
@@ -60,6 +71,7 @@ impl Handoff {
         )?;
         let pending = Pending::default();
         let accept = tokio::spawn(accept_loop(listener, pending.clone()));
+
         Ok(Self {
             host_path: host_path.to_path_buf(),
             sandbox_path: sandbox_path.into(),
@@ -76,9 +88,12 @@ impl Handoff {
         let key = format!("{:032x}", rand::random::<u128>());
         let (tx, rx) = oneshot::channel();
         lock(&self.pending).insert(key.clone(), tx);
-        let result = self.open(link, port, &key, rx).await;
-        lock(&self.pending).remove(&key);
-        result
+        // Removed however this ends, a dropped future included.
+        let _waiting = Waiting {
+            pending: &self.pending,
+            key: &key,
+        };
+        self.open(link, port, &key, rx).await
     }
 
     async fn open(
@@ -94,7 +109,21 @@ impl Handoff {
             key: key.to_string(),
         };
         let (id, mut replies) = link.open(&request, b"", None).await?;
-        super::tunnel::opened(link, id, &mut replies, SandboxErrorKind::Unavailable).await?;
+        let answer = tokio::time::timeout(
+            HANDOFF_WAIT,
+            super::tunnel::opened(link, id, &mut replies, SandboxErrorKind::Unavailable),
+        )
+        .await;
+        match answer {
+            Ok(opened) => opened?,
+            Err(_) => {
+                link.forget(id);
+                return Err(SandboxError::new(
+                    SandboxErrorKind::Unavailable,
+                    format!("the supervisor did not answer a tunnel to port {port} within {HANDOFF_WAIT:?}"),
+                ));
+            }
+        }
         // The supervisor copies until both directions end, then says so: until then the id is
         // in use, and its last frame is read (and the id forgotten) in the background.
         let done = link.clone();
@@ -106,13 +135,14 @@ impl Handoff {
             }
             done.forget(id);
         });
-        match tokio::time::timeout(HANDOFF_WAIT, arrived).await {
+        // The supervisor wrote the key before it answered: the connection is here, or about to
+        // be, unless the listener closed it (too many connections without a key at once).
+        match tokio::time::timeout(KEY_WAIT, arrived).await {
             Ok(Ok(stream)) => Ok(stream),
-            // The supervisor connected, but its connection never presented the key (in time):
-            // once this waiter is gone the listener drops it, which ends the copy inside.
+            // Once this waiter is gone the listener drops a late one, which ends the copy inside.
             _ => Err(SandboxError::new(
                 SandboxErrorKind::Unavailable,
-                format!("the tunnel to port {port} was not handed over within {HANDOFF_WAIT:?}"),
+                format!("the tunnel to port {port} was not handed over within {KEY_WAIT:?}"),
             )),
         }
     }
@@ -130,13 +160,27 @@ impl Drop for Handoff {
     }
 }
 
+/// Removes a waiter's key when dropped.
+struct Waiting<'a> {
+    pending: &'a Pending,
+    key: &'a str,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        lock(self.pending).remove(self.key);
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Accepts connections and gives each, once it presented a key someone waits for, to that
-/// waiter. A connection with no key, a wrong one or none in time is closed.
+/// waiter. A connection with no key, a wrong one or none in time is closed, and so is one that
+/// arrives while [`MAX_UNKEYED`] others are still to present theirs.
 async fn accept_loop(listener: UnixListener, pending: Pending) {
+    let unkeyed = Arc::new(tokio::sync::Semaphore::new(MAX_UNKEYED));
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -147,10 +191,14 @@ async fn accept_loop(listener: UnixListener, pending: Pending) {
                 continue;
             }
         };
+        let Ok(slot) = unkeyed.clone().try_acquire_owned() else {
+            continue; // dropped: closed
+        };
         let pending = pending.clone();
         tokio::spawn(async move {
-            let Ok(Ok((stream, key))) = tokio::time::timeout(HANDOFF_WAIT, read_key(stream)).await
-            else {
+            let read = tokio::time::timeout(KEY_WAIT, read_key(stream)).await;
+            drop(slot);
+            let Ok(Ok((stream, key))) = read else {
                 return;
             };
             let waiter = lock(&pending).remove(&key);

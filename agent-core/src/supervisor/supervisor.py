@@ -1144,9 +1144,10 @@ def op_tunnel(op, rid, req, body):
 
 # Handed-over tunnels: the same byte stream, but on a unix-socket connection of its own rather
 # than multiplexed on the link (the link's framing and credits cost most of a busy tunnel's time).
-# host -> supervisor: {"op": "handoff", "id": N, "port": P, "path": S, "key": K}: connect to
-#   127.0.0.1:P, then to the unix socket S (one the host listens on, mounted read-only into the
-#   sandbox), write K and a newline there, and copy bytes both ways until both directions end.
+# host -> supervisor: {"op": "handoff", "id": N, "port": P, "path": S, "key": K}: connect to the
+#   unix socket S (one the host listens on, mounted read-only into the sandbox) and write K and a
+#   newline there, then connect to 127.0.0.1:P, and copy bytes both ways until both directions
+#   end.
 # supervisor -> host: {"ev": "started"} once both are connected (else a final {"ev": "err"}:
 #   "refused" when nothing listens on P, "backend" when S cannot be reached), then a final
 #   {"ev": "ok"} once both directions are done. The kernel's socket buffers are the window.
@@ -1167,45 +1168,53 @@ def op_handoff(rid, req):
 def handoff_open(rid, port, path, key):
     import _socket  # only when a tunnel is opened: not part of the start-up cost
 
-    tcp = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
+    host = tcp = None
     try:
-        tcp.settimeout(10)
-        tcp.connect(("127.0.0.1", port))
-        tcp.settimeout(None)
-        tcp.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
-    except OSError as e:
-        tcp.close()
-        if e.errno == errno.ECONNREFUSED:
-            msg = "nothing listens on 127.0.0.1:%d in the sandbox" % port
-        else:
-            msg = "cannot connect to 127.0.0.1:%d: %s" % (port, e.strerror or e)
-        send({"id": rid, "ev": "err", "kind": "refused", "msg": msg})
-        return
-    host = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-    try:
-        host.settimeout(10)
-        host.connect(path)
-        host.sendall(key.encode() + b"\n")
-        host.settimeout(None)
-    except OSError as e:
-        tcp.close()
-        host.close()
-        send({"id": rid, "ev": "err", "kind": "backend",
-              "msg": "cannot reach the host's tunnel socket: %s" % (e.strerror or e)})
-        return
-    send({"id": rid, "ev": "started"})
-    done = _thread.allocate_lock()
-    done.acquire()
-    try:
-        _thread.start_new_thread(handoff_copy, (host, tcp, _socket.MSG_NOSIGNAL, done, False))
-    except RuntimeError:
-        done.release()
-        handoff_shut(tcp, host)
-    handoff_copy(tcp, host, _socket.MSG_NOSIGNAL, None, True)
-    done.acquire()
-    tcp.close()
-    host.close()
-    send({"id": rid, "ev": "ok"})
+        # The host's socket first: when it cannot be reached, the service never sees a
+        # connection that is dropped at once (the host then opens the tunnel another way).
+        host = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        try:
+            host.settimeout(10)
+            host.connect(path)
+            host.sendall(key.encode() + b"\n", _socket.MSG_NOSIGNAL)
+            host.settimeout(None)
+        except OSError as e:
+            send({"id": rid, "ev": "err", "kind": "backend",
+                  "msg": "cannot reach the host's tunnel socket: %s" % (e.strerror or e)})
+            return
+        tcp = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
+        try:
+            tcp.settimeout(10)
+            tcp.connect(("127.0.0.1", port))
+            tcp.settimeout(None)
+            tcp.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+        except OSError as e:
+            if e.errno == errno.ECONNREFUSED:
+                msg = "nothing listens on 127.0.0.1:%d in the sandbox" % port
+            else:
+                msg = "cannot connect to 127.0.0.1:%d: %s" % (port, e.strerror or e)
+            send({"id": rid, "ev": "err", "kind": "refused", "msg": msg})
+            return
+        send({"id": rid, "ev": "started"})
+        done = _thread.allocate_lock()
+        done.acquire()
+        try:
+            _thread.start_new_thread(handoff_copy, (host, tcp, _socket.MSG_NOSIGNAL, done, False))
+        except RuntimeError:
+            done.release()
+            handoff_shut(tcp, host)
+        handoff_copy(tcp, host, _socket.MSG_NOSIGNAL, None, True)
+        done.acquire()
+        send({"id": rid, "ev": "ok"})
+    except Exception as e:  # no socket left (EMFILE), no thread: the host must still hear
+        send({"id": rid, "ev": "err", "kind": "backend", "msg": "handoff failed: %r" % (e,)})
+    finally:
+        for s in (tcp, host):
+            if s is not None:
+                try:
+                    s.close()
+                except OSError:
+                    pass
 
 
 def handoff_copy(src, dst, nosignal, done, linger):
@@ -1248,11 +1257,16 @@ def handoff_shut(*socks):
 
 
 def handoff_linger(sock, limit=5.0):
+    deadline = time.monotonic() + limit
     try:
         sock.shutdown(1)
-        sock.settimeout(limit)
-        while sock.recv(HANDOFF_CHUNK):
-            pass
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            sock.settimeout(left)
+            if not sock.recv(HANDOFF_CHUNK):
+                break
     except OSError:
         pass
 
