@@ -345,17 +345,11 @@ async fn a_supervisor_that_cannot_start_says_why() {
 #[tokio::test]
 async fn a_handed_over_tunnel_carries_bytes_and_only_its_key_is_taken() {
     use agent_core::supervisor::Handoff;
-    use agent_core::testing::tunnels::{echo_through, loopback_echo, pattern};
+    use agent_core::testing::tunnels::{echo_through, pattern};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    let ws = tempfile::tempdir().unwrap();
-    let sockets = tempfile::tempdir().unwrap();
-    let sup = LocalSupervisor::start(ws.path()).await.unwrap();
+    let (dirs, sup, handoff, path, echo) = handoff_setup().await;
     let link = sup.link().clone();
-    // A local supervisor sees the host's paths as they are.
-    let path = sockets.path().join("tunnel.sock");
-    let handoff = Handoff::bind(&path, path.to_str().unwrap()).unwrap();
-    let echo = loopback_echo().await;
 
     let data = pattern(3 << 20, 5);
     let tunnel = handoff.connect(&link, echo.port()).await.unwrap();
@@ -389,7 +383,7 @@ async fn a_handed_over_tunnel_carries_bytes_and_only_its_key_is_taken() {
 
     // A socket the supervisor cannot reach: unavailable (the caller falls back to the link).
     let elsewhere =
-        Handoff::bind(&sockets.path().join("gone.sock"), "/nonexistent/gone.sock").unwrap();
+        Handoff::bind(&dirs[1].path().join("gone.sock"), "/nonexistent/gone.sock").unwrap();
     let err = elsewhere.connect(&link, echo.port()).await.err().unwrap();
     assert_eq!(err.kind, SandboxErrorKind::Unavailable, "{err}");
     assert!(err.message.contains("tunnel socket"), "{err}");
@@ -402,17 +396,11 @@ async fn a_handed_over_tunnel_carries_bytes_and_only_its_key_is_taken() {
 
 #[tokio::test]
 async fn connections_without_a_key_hold_few_host_descriptors_and_only_slow_their_own_tunnels() {
-    use agent_core::supervisor::Handoff;
-    use agent_core::testing::tunnels::{echo_through, loopback_echo, pattern};
+    use agent_core::testing::tunnels::{echo_through, pattern};
     use tokio::io::AsyncReadExt;
 
-    let ws = tempfile::tempdir().unwrap();
-    let sockets = tempfile::tempdir().unwrap();
-    let sup = LocalSupervisor::start(ws.path()).await.unwrap();
+    let (_dirs, sup, handoff, path, echo) = handoff_setup().await;
     let link = sup.link().clone();
-    let path = sockets.path().join("tunnel.sock");
-    let handoff = Handoff::bind(&path, path.to_str().unwrap()).unwrap();
-    let echo = loopback_echo().await;
 
     // 50 connections that send nothing: all but a few are closed at once.
     let mut idle = Vec::new();
@@ -448,4 +436,22 @@ async fn connections_without_a_key_hold_few_host_descriptors_and_only_slow_their
     let data = pattern(100_000, 4);
     assert!(echo_through(tunnel, &data).await == data);
     sup.shutdown().await.unwrap();
+}
+
+/// A local supervisor (a workspace and a socket directory, kept alive by the first value) with a
+/// handoff socket, its path (a local supervisor sees the host's paths as they are), and an echo
+/// server on the host's loopback.
+async fn handoff_setup() -> (
+    [tempfile::TempDir; 2],
+    LocalSupervisor,
+    agent_core::supervisor::Handoff,
+    std::path::PathBuf,
+    std::net::SocketAddr,
+) {
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let sup = LocalSupervisor::start(dirs[0].path()).await.unwrap();
+    let path = dirs[1].path().join("tunnel.sock");
+    let handoff = agent_core::supervisor::Handoff::bind(&path, path.to_str().unwrap()).unwrap();
+    let echo = agent_core::testing::tunnels::loopback_echo().await;
+    (dirs, sup, handoff, path, echo)
 }
