@@ -99,6 +99,64 @@ pub(crate) struct Prepared {
     core: Arc<Core>,
     handshake: agent_core::supervisor::Handshake,
     created: Instant,
+    /// Removes the container if it is dropped before it is started and handed out.
+    claim: Unclaimed,
+}
+
+/// A container this executor made that nobody holds yet: removed (in the background) when
+/// dropped armed — e.g. when the `create()` that was making it is cancelled, such as a request
+/// whose client went away — rather than left until shutdown.
+struct Unclaimed {
+    docker: Docker,
+    /// Its name, until the engine said its id.
+    name: String,
+    id: Option<String>,
+    exec: Weak<ExecInner>,
+    armed: bool,
+}
+
+impl Unclaimed {
+    /// It is held now (started and handed out, or removed by the caller).
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Unclaimed {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (docker, exec) = (self.docker.clone(), self.exec.clone());
+        let (name, id) = (self.name.clone(), self.id.clone());
+        handle.spawn(async move {
+            match id {
+                Some(id) => {
+                    if let Err(e) = remove_container(&docker, &id).await {
+                        tracing::warn!("removing an unclaimed container: {e}");
+                    }
+                    if let Some(exec) = exec.upgrade() {
+                        exec.forget_container(&id);
+                    }
+                }
+                // Cut off while the engine was creating it: it may exist under its name, or
+                // appear a moment later.
+                None => {
+                    for pause in [
+                        Duration::ZERO,
+                        Duration::from_secs(1),
+                        Duration::from_secs(3),
+                    ] {
+                        tokio::time::sleep(pause).await;
+                        let _ = remove_container(&docker, &name).await;
+                    }
+                }
+            }
+        });
+    }
 }
 
 /// How long a prepared container waits for a job before it is replaced: well under
@@ -522,13 +580,25 @@ impl ExecInner {
         let opts = CreateContainerOptionsBuilder::new().name(&bp.name).build();
         let began = std::time::Instant::now();
         let created_at = Instant::now();
+        let mut claim = Unclaimed {
+            docker: docker.clone(),
+            name: bp.name.clone(),
+            id: None,
+            exec: Arc::downgrade(self),
+            armed: true,
+        };
         let mut attempt = 0;
         let created = loop {
             attempt += 1;
-            match docker
+            // Armed while the engine creates it; an answer that it did not is an end of that.
+            claim.armed = true;
+            let answer = docker
                 .create_container(Some(opts.clone()), body.clone())
-                .await
-            {
+                .await;
+            if answer.is_err() {
+                claim.disarm();
+            }
+            match answer {
                 Ok(c) => break c,
                 Err(e) if is_status(&e, 404) && attempt == 1 => {
                     if self.config.auto_build_image && bp.image == self.config.image {
@@ -571,6 +641,7 @@ impl ExecInner {
         let id = created.id;
         let created_after = began.elapsed();
         lock(&self.owned).insert(id.clone(), bp.name.clone());
+        claim.id = Some(id.clone());
         let attached = docker
             .attach_container(
                 &id,
@@ -590,6 +661,7 @@ impl ExecInner {
             Err(e) => {
                 let _ = remove_container(docker, &id).await;
                 self.forget_container(&id);
+                claim.disarm();
                 return Err(backend("attaching to the container", e));
             }
         };
@@ -614,13 +686,17 @@ impl ExecInner {
             }),
             handshake,
             created: created_at,
+            claim,
         })
     }
 
     /// Starts a prepared container and waits for its supervisor (removing it on failure).
     async fn launch(&self, prepared: Prepared, image: &str) -> Result<Arc<Core>, SandboxError> {
         let Prepared {
-            core, handshake, ..
+            core,
+            handshake,
+            mut claim,
+            ..
         } = prepared;
         let id = core.container_id.clone();
         let began = std::time::Instant::now();
@@ -662,6 +738,8 @@ impl ExecInner {
             Ok::<_, SandboxError>(())
         }
         .await;
+        // Held from here: by the caller, or removed below.
+        claim.disarm();
         match result {
             Ok(()) => Ok(core),
             Err(e) => {

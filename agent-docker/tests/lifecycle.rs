@@ -369,6 +369,46 @@ async fn pool_containers(exec: &agent_docker::DockerExecutor) -> Vec<(String, St
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_cancelled_midway_leaves_no_container() {
+    let Some(exec) = docker(config("cancelled-create").with_prepared_pool(1)).await else {
+        return;
+    };
+    exec.wait_warm(Duration::from_secs(60)).await;
+    // Cut off at points spread over a container's making (create, attach, start, ready),
+    // cold and from the prepared pool alike; one that finished in time is destroyed.
+    for ms in [5u64, 20, 40, 70, 100, 150, 220, 300, 400] {
+        let spec = SandboxSpec::for_job(JobId::new(), &JobSpec::from_prompt("x"));
+        if let Ok(made) = tokio::time::timeout(Duration::from_millis(ms), exec.create(&spec)).await
+        {
+            made.unwrap().destroy().await.unwrap();
+        }
+        // Labels keep a spec off the pool.
+        let mut cold = SandboxSpec::for_job(JobId::new(), &JobSpec::from_prompt("x"));
+        cold.labels.insert("cold".into(), "1".into());
+        if let Ok(made) = tokio::time::timeout(Duration::from_millis(ms), exec.create(&cold)).await
+        {
+            made.unwrap().destroy().await.unwrap();
+        }
+    }
+    // Only the prepared pool's own container stays (bounded wait for the removals).
+    exec.wait_warm(Duration::from_secs(60)).await;
+    let mut left = Vec::new();
+    for _ in 0..200 {
+        left = pool_containers(&exec).await;
+        if left.len() <= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        left.len() <= 1,
+        "cancelled creates left containers: {left:?}"
+    );
+    exec.shutdown().await.unwrap();
+    assert!(pool_containers(&exec).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warm_pool_hands_out_hardened_containers_once() {
     let Some(exec) = docker(config("pool").with_warm_pool(2)).await else {
         return;
