@@ -11,7 +11,7 @@ import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { mkdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
-import { chromium } from "playwright-core";
+import { launchChromium } from "./browser.mjs";
 
 const BASE = process.env.BASE_URL;
 const TOKEN = process.env.AGENT_TOKEN;
@@ -22,14 +22,7 @@ assert.ok(TOKEN, "AGENT_TOKEN is required");
 mkdirSync(SHOTS, { recursive: true });
 
 // Playwright gives every launch a fresh, temporary profile (the --user-data-dir of COMMON setups).
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  headless: true,
-  args: [
-    "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync",
-  ],
-});
+const browser = await launchChromium();
 
 const results = [];
 async function check(name, fn) {

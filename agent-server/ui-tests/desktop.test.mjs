@@ -12,7 +12,7 @@
 // colour; non-zero with the reason.
 
 import assert from "node:assert/strict";
-import { chromium } from "playwright-core";
+import { launchChromium, screenColour } from "./browser.mjs";
 
 const URL_ = process.env.VIEWER_URL;
 const EXPECT = (process.env.EXPECT_RGB || "").split(",").map(Number);
@@ -34,37 +34,13 @@ async function newPage(origin) {
   return { page, errors };
 }
 
-/** Waits for the viewer in `frame` (a page or an iframe) to connect and show EXPECT mid-screen. */
-async function screenColour(frame) {
-  await frame.waitForSelector('body[data-state="connected"]', { timeout: PATIENCE });
-  const deadline = Date.now() + PATIENCE;
-  let rgb = null;
-  while (Date.now() < deadline) {
-    rgb = await frame.evaluate(() => {
-      const c = document.querySelector("#screen canvas");
-      if (!c || !c.width || !c.height) return null;
-      const d = c.getContext("2d").getImageData(Math.floor(c.width / 2), Math.floor(c.height / 2), 1, 1).data;
-      return [d[0], d[1], d[2]];
-    });
-    if (rgb && rgb.every((v, i) => Math.abs(v - EXPECT[i]) <= 8)) break;
-    await new Promise((r) => setTimeout(r, 200));
-  }
-  assert.ok(rgb, "the viewer drew no canvas");
-  assert.ok(rgb.every((v, i) => Math.abs(v - EXPECT[i]) <= 8), `the screen shows ${rgb}, not ${EXPECT}`);
-  return rgb;
-}
-
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  headless: true,
-  args: ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"],
-});
+const browser = await launchChromium();
 try {
   const viewer = await newPage(new URL(URL_).origin);
   await viewer.page.goto(URL_);
   // The token went into a cookie and out of the address bar.
   assert.ok(!viewer.page.url().includes("access="), `the token stays in the URL: ${viewer.page.url()}`);
-  const rgb = await screenColour(viewer.page);
+  const rgb = await screenColour(viewer.page, EXPECT, PATIENCE);
   if (process.env.SCREENSHOT) await viewer.page.screenshot({ path: process.env.SCREENSHOT });
   assert.deepEqual(viewer.errors, []);
   console.log(`colour ${rgb.join(",")}`);
@@ -91,7 +67,7 @@ try {
     assert.ok(!src.includes(process.env.AGENT_TOKEN), "the API token is never in a URL");
     const inner = await (await iframe.elementHandle()).contentFrame();
     assert.ok(inner, "the panel's viewer has no frame");
-    const seen = await screenColour(inner);
+    const seen = await screenColour(inner, EXPECT, PATIENCE);
     if (process.env.DASHBOARD_SCREENSHOT) {
       await dash.page.screenshot({ path: process.env.DASHBOARD_SCREENSHOT, fullPage: true });
     }

@@ -16,7 +16,7 @@
 
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { chromium } from "playwright-core";
+import { launchChromium, screenColour } from "./browser.mjs";
 
 const BASE = process.env.BASE_URL;
 const TOKEN = process.env.AGENT_TOKEN;
@@ -26,28 +26,6 @@ const EXPECT = (process.env.EXPECT_RGB || "").split(",").map(Number);
 const PATIENCE = 120_000; // a guard against hangs, not a timing check
 assert.ok(BASE && TOKEN && JOB && SHOTS, "BASE_URL, AGENT_TOKEN, JOB_ID and SCREENSHOT_DIR are required");
 assert.equal(EXPECT.length, 3, "EXPECT_RGB is r,g,b");
-
-const near = (rgb) => rgb && rgb.every((v, i) => Math.abs(v - EXPECT[i]) <= 8);
-
-/** Waits for the viewer in `frame` to connect and show EXPECT mid-screen; returns the colour. */
-async function screenColour(frame) {
-  await frame.waitForSelector('body[data-state="connected"]', { timeout: PATIENCE });
-  const deadline = Date.now() + PATIENCE;
-  let rgb = null;
-  while (Date.now() < deadline) {
-    rgb = await frame.evaluate(() => {
-      const c = document.querySelector("#screen canvas");
-      if (!c || !c.width || !c.height) return null;
-      const d = c.getContext("2d").getImageData(Math.floor(c.width / 2), Math.floor(c.height / 2), 1, 1).data;
-      return [d[0], d[1], d[2]];
-    });
-    if (near(rgb)) break;
-    await new Promise((r) => setTimeout(r, 200));
-  }
-  assert.ok(rgb, "the panel's viewer drew no canvas");
-  assert.ok(near(rgb), `the panel shows ${rgb}, not ${EXPECT}`);
-  return rgb;
-}
 
 /** The frame of the iframe `selector` once it has loaded a page of `path` (no token left). */
 async function frameAt(page, selector, path) {
@@ -69,11 +47,7 @@ async function frameAt(page, selector, path) {
   return frame;
 }
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  headless: true,
-  args: ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"],
-});
+const browser = await launchChromium();
 try {
   const page = await browser.newPage({ viewport: { width: 1280, height: 1000 } });
   const elsewhere = [];
@@ -103,7 +77,7 @@ try {
   assert.equal(await showDesktop.getAttribute("aria-expanded"), "false");
   await showDesktop.click();
   const desktop = await frameAt(page, "iframe.desktop-frame", `/desktop/${JOB}/`);
-  const rgb = await screenColour(desktop);
+  const rgb = await screenColour(desktop, EXPECT, PATIENCE);
   assert.equal(await page.getByRole("button", { name: "Hide desktop" }).getAttribute("aria-expanded"), "true");
   await page.screenshot({ path: join(SHOTS, "dashboard-desktop-panel.png"), fullPage: true });
   console.log(`dashboard colour ${rgb.join(",")}`);
