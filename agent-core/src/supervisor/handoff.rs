@@ -146,11 +146,6 @@ impl Handoff {
             )),
         }
     }
-
-    /// The socket's path inside the sandbox.
-    pub fn sandbox_path(&self) -> &str {
-        &self.sandbox_path
-    }
 }
 
 impl Drop for Handoff {
