@@ -25,6 +25,7 @@
 //! `cargo bench -p agent-benches --bench server`
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod conn;
 mod fastapi;
 mod server_child;
 
@@ -38,9 +39,8 @@ use agent_core::{
     Job, JobId, JobSpec, JobStatus, JobStore, Plan, Step, StepRecord, StepResult, StepStatus,
     Termination,
 };
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufStream};
-use tokio::net::TcpStream;
 
+use conn::Conn;
 use server_child::{start_server, status_kib};
 
 const JOBS: usize = 10_000;
@@ -215,73 +215,6 @@ fn start_nginx(bin: &Path, dir: &Path, json: &[u8]) -> Option<Nginx> {
     let log = std::fs::read_to_string(dir.join("nginx-error.log")).unwrap_or_default();
     eprintln!("nginx did not start: {log}");
     None
-}
-
-/// One keep-alive HTTP/1.1 connection.
-struct Conn {
-    addr: String,
-    io: Option<BufStream<TcpStream>>,
-    line: String,
-    body: Vec<u8>,
-}
-
-impl Conn {
-    fn new(addr: &str) -> Self {
-        Self {
-            addr: addr.to_string(),
-            io: None,
-            line: String::new(),
-            body: Vec::new(),
-        }
-    }
-
-    /// Sends one request and reads the whole response; returns its status.
-    async fn request(&mut self, req: &[u8]) -> std::io::Result<u16> {
-        if self.io.is_none() {
-            let s = TcpStream::connect(&self.addr).await?;
-            s.set_nodelay(true)?;
-            self.io = Some(BufStream::new(s));
-        }
-        let io = self.io.as_mut().unwrap();
-        io.write_all(req).await?;
-        io.flush().await?;
-        self.line.clear();
-        if io.read_line(&mut self.line).await? == 0 {
-            self.io = None;
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        let status: u16 = self
-            .line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let mut len = 0usize;
-        let mut close = false;
-        loop {
-            self.line.clear();
-            io.read_line(&mut self.line).await?;
-            let l = self.line.trim_end();
-            if l.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = l.split_once(':') {
-                if k.eq_ignore_ascii_case("content-length") {
-                    len = v.trim().parse().unwrap_or(0);
-                } else if k.eq_ignore_ascii_case("connection")
-                    && v.trim().eq_ignore_ascii_case("close")
-                {
-                    close = true;
-                }
-            }
-        }
-        self.body.resize(len, 0);
-        io.read_exact(&mut self.body).await?;
-        if close {
-            self.io = None;
-        }
-        Ok(status)
-    }
 }
 
 #[derive(Default)]

@@ -6,7 +6,8 @@
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::sync::mpsc::{Receiver, Sender};
+use std::time::{Duration, Instant};
 
 const SERVER_MODE: &str = "AGENT_BENCH_SERVER_MODE";
 
@@ -50,6 +51,21 @@ impl Drop for ServerChild {
 /// Starts the server on a free loopback port with its output and database in `dir`, no token,
 /// no LLM, one worker, and `env` on top; waits until it listens.
 pub(crate) fn start_server(dir: &Path, env: &[(&str, &str)]) -> ServerChild {
+    start(dir, env, None)
+}
+
+/// [`start_server`], and every line the server writes to stderr (its log), with when it came,
+/// from the first on.
+#[allow(dead_code)] // not every bench that includes this module reads the server's log
+pub(crate) fn start_server_with_log(
+    dir: &Path,
+    env: &[(&str, &str)],
+) -> (ServerChild, Receiver<(Instant, String)>) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    (start(dir, env, Some(tx)), rx)
+}
+
+fn start(dir: &Path, env: &[(&str, &str)], log: Option<Sender<(Instant, String)>>) -> ServerChild {
     let scope = format!("bench-{}", std::process::id());
     let mut command = Command::new(std::env::current_exe().unwrap());
     command
@@ -82,6 +98,7 @@ pub(crate) fn start_server(dir: &Path, env: &[(&str, &str)]) -> ServerChild {
         let mut tx = Some(tx);
         for line in BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
+            let at = Instant::now();
             if let Some(pos) = line.find("listening on http://") {
                 let addr: String = line[pos + 20..]
                     .chars()
@@ -92,6 +109,9 @@ pub(crate) fn start_server(dir: &Path, env: &[(&str, &str)]) -> ServerChild {
                 }
             } else if line.contains("ERROR") || line.contains("error:") {
                 eprintln!("server: {line}");
+            }
+            if let Some(log) = &log {
+                let _ = log.send((at, line));
             }
         }
     });
