@@ -101,9 +101,6 @@ impl JobManager {
                 job.id
             ),
         });
-        self.inner
-            .live_sandboxes
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.start_session(live, sandbox, permit, events, cancel);
         job.continued_in = Some(id);
         Ok(id)

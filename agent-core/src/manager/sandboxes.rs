@@ -169,8 +169,15 @@ impl Drop for Busy {
     }
 }
 
-/// Counts a sandbox in the manager's `live_sandboxes` until dropped.
+/// Counts a sandbox in the manager's `live_sandboxes` from its making until dropped.
 struct Counted(Arc<super::Inner>);
+
+impl Counted {
+    fn new(inner: &Arc<super::Inner>) -> Self {
+        inner.live_sandboxes.fetch_add(1, Ordering::Relaxed);
+        Counted(Arc::clone(inner))
+    }
+}
 
 impl Drop for Counted {
     fn drop(&mut self) {
@@ -236,7 +243,6 @@ impl JobManager {
                 return Err(error);
             }
         };
-        self.inner.live_sandboxes.fetch_add(1, Ordering::Relaxed);
         self.start_session(job.clone(), sandbox, permit, events, cancel);
         Ok(job)
     }
@@ -260,9 +266,8 @@ impl JobManager {
         Ok((events, cancel))
     }
 
-    /// Makes `sandbox` the live sandbox of `job` (stored by [`Self::open_sandbox_record`]; the
-    /// sandbox already counted in `live_sandboxes`, which it leaves when it ends) and watches
-    /// its clock until it ends.
+    /// Makes `sandbox` the live sandbox of `job` (stored by [`Self::open_sandbox_record`]),
+    /// counts it in `live_sandboxes` until it ends, and watches its clock until then.
     pub(super) fn start_session(
         &self,
         job: Job,
@@ -272,7 +277,7 @@ impl JobManager {
         cancel: CancellationToken,
     ) {
         let id = job.id;
-        let counted = Counted(self.inner.clone());
+        let counted = Counted::new(&self.inner);
         let idle_timeout = job.spec.live.unwrap_or_default().idle_timeout;
         let lifetime = job.spec.job_timeout;
         let job_tenant = job.spec.tenant.clone();
