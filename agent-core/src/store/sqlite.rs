@@ -44,7 +44,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, ErrorCode, OpenFlags, TransactionBehavior};
 
 use crate::job::{EventKind, Job, JobEvent, JobId, JobStatus, TokenUsage};
 use crate::store::memory::check_events;
@@ -955,14 +955,23 @@ impl JobStore for SqliteStore {
 
     async fn get_job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
         self.read_point(move |conn| {
-            let record: Option<String> = conn
+            // The key on the stack, and the record decoded where SQLite holds it: no copies.
+            let mut key = [0u8; uuid::fmt::Hyphenated::LENGTH];
+            let key: &str = id.as_uuid().hyphenated().encode_lower(&mut key);
+            let mut stmt = conn
                 .prepare_cached("SELECT record FROM jobs WHERE id = ?1")
-                .and_then(|mut stmt| {
-                    stmt.query_row([id.to_string()], |row| row.get(0))
-                        .optional()
-                })
                 .map_err(sql("read a job"))?;
-            record.as_deref().map(decode_job).transpose()
+            let mut rows = stmt.query([key]).map_err(sql("read a job"))?;
+            match rows.next().map_err(sql("read a job"))? {
+                None => Ok(None),
+                Some(row) => {
+                    let record = row
+                        .get_ref(0)
+                        .and_then(|v| v.as_str().map_err(Into::into))
+                        .map_err(sql("read a job"))?;
+                    decode_job(record).map(Some)
+                }
+            }
         })
         .await
     }
