@@ -262,17 +262,11 @@ impl<S> Flow<S> {
             ctx.check()?;
             prep(shared, ctx)?;
         }
-        let last = self.orchestrate(start, shared, ctx).await?;
-        match &self.post {
-            Some(post) => post(shared, last, ctx),
-            None => Ok(last),
-        }
-    }
-
-    /// PocketFlow's `_orch`: follow the successors from `current` until an action has none.
-    async fn orchestrate(&self, mut current: usize, shared: &mut S, ctx: &Ctx) -> Result<Action> {
+        // PocketFlow's `_orch`: follow the successors from the start node until an action has
+        // none. (Inline: a nested future of its own costs every run.)
+        let mut current = start;
         let mut transitions = 0usize;
-        loop {
+        let last = loop {
             ctx.check()?;
             transitions += 1;
             if transitions > self.transition_limit {
@@ -281,20 +275,20 @@ impl<S> Flow<S> {
                 });
             }
             let entry = &self.nodes[current];
-            // Without any tracing subscriber no span can be enabled: skip making one (with
-            // tracing's `log` feature a disabled span still records its fields for `log`, which
-            // would cost more than the rest of the transition).
-            let span = if tracing::dispatcher::has_been_set() {
-                tracing::info_span!("node", name = &*entry.name)
-            } else {
-                tracing::Span::none()
-            };
             let run = entry.node.run_dyn(shared, ctx);
-            // Nor is a disabled span entered at every poll.
-            let action = if span.is_disabled() {
-                run.await?
+            // Without any tracing subscriber no span can be enabled: none is made (with
+            // tracing's `log` feature a disabled span still records its fields for `log`, which
+            // would cost more than the rest of the transition), and a disabled one is not
+            // entered at every poll.
+            let action = if tracing::dispatcher::has_been_set() {
+                let span = tracing::info_span!("node", name = &*entry.name);
+                if span.is_disabled() {
+                    run.await?
+                } else {
+                    run.instrument(span).await?
+                }
             } else {
-                run.instrument(span).await?
+                run.await?
             };
             match entry.successors.iter().find(|(a, _)| *a == action) {
                 Some(&(_, next)) => current = next,
@@ -307,9 +301,13 @@ impl<S> Flow<S> {
                             "flow ends: no successor for the action",
                         );
                     }
-                    return Ok(action);
+                    break action;
                 }
             }
+        };
+        match &self.post {
+            Some(post) => post(shared, last, ctx),
+            None => Ok(last),
         }
     }
 }

@@ -250,12 +250,33 @@ async fn run_phases<S: Send, N: Node<S>>(node: &N, shared: &mut S, ctx: &Ctx) ->
             Poll::Pending => (prep.await?, true),
         }
     };
-    let attempts = NodeAttempts {
-        node,
-        prep: &prep,
-        _shared: PhantomData,
+    let exec = if node.max_attempts() == 1 && node.interruptible() {
+        // The usual node: one interruptible attempt. The same as `exec_with_retries` does with
+        // one attempt, without its retry loop in every node run's future.
+        if suspended {
+            ctx.check()?;
+        }
+        tracing::debug!(attempt = 1, max_attempts = 1, "exec");
+        // Polled here first: an `exec` that is ready at once costs a poll, nothing more.
+        let mut exec = pin!(node.exec(&prep, ctx));
+        let result = match futures::poll!(exec.as_mut()) {
+            Poll::Ready(result) => result,
+            Poll::Pending => race(exec, ctx).await?,
+        };
+        match result {
+            Ok(v) => v,
+            Err(_) if ctx.is_cancelled() => return Err(Error::Cancelled),
+            Err(err) => or_cancelled(node.exec_fallback(&prep, err, ctx), ctx).await??,
+        }
+    } else {
+        let attempts = NodeAttempts {
+            node,
+            prep: &prep,
+            _shared: PhantomData,
+        };
+        // Boxed: only nodes that retry (or must not be interrupted) pay for the retry loop.
+        Box::pin(exec_with_retries(&attempts, ctx, suspended)).await?
     };
-    let exec = exec_with_retries(&attempts, ctx, suspended).await?;
     node.post(shared, prep, exec, ctx).await
 }
 
@@ -310,6 +331,12 @@ async fn or_cancelled<F: Future>(future: F, ctx: &Ctx) -> Result<F::Output> {
     if let Poll::Ready(v) = futures::poll!(future.as_mut()) {
         return Ok(v);
     }
+    race(future, ctx).await
+}
+
+/// `future`'s output, or [`Error::Cancelled`] when `ctx` is cancelled first; for a future that
+/// was polled already and is pinned where it is.
+async fn race<F: Future>(future: std::pin::Pin<&mut F>, ctx: &Ctx) -> Result<F::Output> {
     // Boxed: the waiter is only needed by a future that waits anyway, and inline it would
     // grow every node run's future.
     let cancelled = Box::pin(ctx.cancelled());
