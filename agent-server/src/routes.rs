@@ -244,29 +244,50 @@ pub fn app(state: AppState) -> Router {
         .merge(crate::session::routes(sessions.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(state.clone(), auth))
         .layer(middleware::from_fn_with_state(
-            sessions,
-            crate::session::authenticate,
+            FrontDoor {
+                state: state.clone(),
+                sessions,
+            },
+            front_door,
         ))
-        .layer(middleware::from_fn(crate::ui::redirect_browsers))
-        .layer(middleware::from_fn(close_after_refused_body))
         .layer(DefaultBodyLimit::max(state.inner.settings.max_body_bytes))
         .with_state(state)
 }
 
-/// An error answer to a request that came with a body closes the connection
-/// (`Connection: close`). The handler may have stopped reading the body part-way — an upload
-/// over its cap, a refused archive, an unknown sandbox — and the server then drops the
-/// connection after the answer; a client told nothing would put it back in its pool and send
-/// its next request into a closed connection.
-async fn close_after_refused_body(req: Request, next: Next) -> Response {
+/// What the front door needs: the API's state and the login sessions.
+#[derive(Clone)]
+struct FrontDoor {
+    state: AppState,
+    sessions: crate::session::Sessions,
+}
+
+/// Every request's way in, in one layer (each layer of its own costs every request a boxed
+/// future and a clone of the service behind it):
+/// 1. `GET /` from a browser is redirected to the dashboard;
+/// 2. a login cookie is checked ([`crate::session::authenticate`]);
+/// 3. the caller is identified and its access to the route's job checked ([`auth`]);
+/// 4. an error answer to a request that came with a body closes the connection
+///    (`Connection: close`). The handler may have stopped reading the body part-way — an
+///    upload over its cap, a refused archive, an unknown sandbox — and the server then drops
+///    the connection after the answer; a client told nothing would put it back in its pool and
+///    send its next request into a closed connection.
+async fn front_door(State(door): State<FrontDoor>, mut req: Request, next: Next) -> Response {
+    if let Some(redirect) = crate::ui::browser_redirect(&req) {
+        return redirect;
+    }
     let has_body = req.headers().contains_key(header::TRANSFER_ENCODING)
         || req
             .headers()
             .get(header::CONTENT_LENGTH)
             .is_some_and(|v| v.as_bytes() != b"0");
-    let mut resp = next.run(req).await;
+    let mut resp = match crate::session::authenticate(&door.sessions, &mut req) {
+        Ok(()) => match auth(&door.state, req).await {
+            Ok(req) => next.run(req).await,
+            Err(refused) => refused,
+        },
+        Err(refused) => refused,
+    };
     if has_body && (resp.status().is_client_error() || resp.status().is_server_error()) {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -299,8 +320,8 @@ pub fn bearer_matches(headers: &HeaderMap, token: &SecretString) -> bool {
 /// server without tokens), refuses an unknown one with 401 off the public paths, and puts the
 /// [`Caller`](crate::tenants::Caller) in the request's extensions for the handlers. A tenant's
 /// request naming a job it does not own (`/{route}/{job id}/…`, every such route) is answered
-/// 404 exactly as for an unknown id, before any handler runs.
-async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// 404 exactly as for an unknown id, before any handler runs. `Err` is the answer to a refusal.
+async fn auth(state: &AppState, req: Request) -> Result<Request, Response> {
     let tokens = state.tokens();
     let path = req.uri().path();
     let caller = if !tokens.required() {
@@ -318,25 +339,28 @@ async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Respon
     };
     let Some(caller) = caller else {
         if is_public(&state.inner.settings, req.method(), path) {
-            return next.run(req).await;
+            return Ok(req);
         }
-        return ApiError::unauthorized().into_response();
+        return Err(ApiError::unauthorized().into_response());
     };
-    let (mut parts, body) = req.into_parts();
     // An admin may use any id: no path to parse, no record to read.
-    if !caller.is_admin() {
-        if let Some(id) = job_in_path(&mut parts).await {
-            match caller.checked(&state.inner.manager, id).await {
-                Ok(Some(job)) => {
-                    parts.extensions.insert(crate::extract::CheckedJob(job));
-                }
-                Ok(None) => {}
-                Err(e) => return ApiError::from(e).into_response(),
+    if caller.is_admin() {
+        let mut req = req;
+        req.extensions_mut().insert(caller);
+        return Ok(req);
+    }
+    let (mut parts, body) = req.into_parts();
+    if let Some(id) = job_in_path(&mut parts).await {
+        match caller.checked(&state.inner.manager, id).await {
+            Ok(Some(job)) => {
+                parts.extensions.insert(crate::extract::CheckedJob(job));
             }
+            Ok(None) => {}
+            Err(e) => return Err(ApiError::from(e).into_response()),
         }
     }
     parts.extensions.insert(caller);
-    next.run(Request::from_parts(parts, body)).await
+    Ok(Request::from_parts(parts, body))
 }
 
 /// The job id of the route's `{id}` (percent-decoded, as the handler sees it), when it is one.
@@ -488,10 +512,7 @@ pub(crate) async fn status(
     let sandbox = state.inner.manager.job_sandbox(id);
     // About 300 bytes of job and links, 180 per step (a document of 3 steps is ~860 bytes).
     let size = 512 + 192 * job.steps.len() + job.spec.prompt.len();
-    Ok(SizedJson(
-        StatusResponse::from_job(&job).with_sandbox(&job, sandbox.as_ref()),
-        size,
-    ))
+    Ok(SizedJson(StatusResponse::of(job, sandbox.as_ref()), size))
 }
 
 /// A JSON answer encoded straight into a buffer of about its size (`.1`, a guess: it still

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -189,32 +188,31 @@ fn forbidden(message: &str) -> Response {
     ApiError::new(StatusCode::FORBIDDEN, "forbidden", message).into_response()
 }
 
-/// Middleware: a request with a valid session cookie gets [`SessionAuth`] in its extensions
-/// (which the API's auth check accepts); a cookie-authenticated state-changing request without
-/// [`CSRF_HEADER`] or from another origin is refused with 403 `forbidden`. A request that also
-/// carries a bearer header is left to the bearer check.
-pub async fn authenticate(
-    State(sessions): State<Sessions>,
-    mut req: Request,
-    next: Next,
-) -> Response {
+/// The API's front door calls this on every request (`crate::routes`): a request with a valid
+/// session cookie gets [`SessionAuth`] in its extensions (which the API's auth check accepts); a
+/// cookie-authenticated state-changing request without [`CSRF_HEADER`] or from another origin is
+/// refused with 403 `forbidden` (the `Err`). A request that also carries a bearer header is left
+/// to the bearer check.
+pub(crate) fn authenticate(sessions: &Sessions, req: &mut Request) -> Result<(), Response> {
     if sessions.required() && !req.headers().contains_key(header::AUTHORIZATION) {
         let valid = session_cookie(req.headers()).and_then(|id| sessions.lookup(id));
         if let Some((_, caller)) = valid {
             if !is_safe(req.method()) {
                 if !req.headers().contains_key(CSRF_HEADER) {
-                    return forbidden(
+                    return Err(forbidden(
                         "a request authenticated by the login cookie must carry an X-Agent-CSRF header",
-                    );
+                    ));
                 }
                 if !same_origin(req.headers()) {
-                    return forbidden("cross-origin requests may not use the login cookie");
+                    return Err(forbidden(
+                        "cross-origin requests may not use the login cookie",
+                    ));
                 }
             }
             req.extensions_mut().insert(SessionAuth(caller));
         }
     }
-    next.run(req).await
+    Ok(())
 }
 
 /// `POST /session`.

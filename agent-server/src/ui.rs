@@ -9,7 +9,6 @@
 use axum::body::Body;
 use axum::extract::{Path, Request};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::Router;
@@ -125,12 +124,11 @@ pub fn wants_html(headers: &HeaderMap) -> bool {
     }
 }
 
-/// Middleware: `GET /` from a browser is redirected (303) to the dashboard.
-pub async fn redirect_browsers(req: Request, next: Next) -> Response {
-    if req.method() == Method::GET && req.uri().path() == "/" && wants_html(req.headers()) {
-        return (StatusCode::SEE_OTHER, [(header::LOCATION, "/ui/")]).into_response();
-    }
-    next.run(req).await
+/// `GET /` from a browser is redirected (303) to the dashboard: the redirect, for the API's
+/// front door (`crate::routes`).
+pub(crate) fn browser_redirect(req: &Request) -> Option<Response> {
+    (req.method() == Method::GET && req.uri().path() == "/" && wants_html(req.headers()))
+        .then(|| (StatusCode::SEE_OTHER, [(header::LOCATION, "/ui/")]).into_response())
 }
 
 #[cfg(test)]
