@@ -414,74 +414,88 @@ fn service_links(job: &Job, sandbox: &JobSandbox) -> Option<ServiceLinks> {
 impl StatusResponse {
     /// The view of a stored job.
     pub fn from_job(job: &Job) -> Self {
+        Self::of(job.clone(), None)
+    }
+
+    /// The view of a stored job and its sandbox, when it has one now; made from the job by
+    /// value (its strings move into the view rather than being copied).
+    pub fn of(job: Job, sandbox: Option<&JobSandbox>) -> Self {
+        let service_links = sandbox.and_then(|sandbox| service_links(&job, sandbox));
         let id = job.id;
-        Self {
+        let download_link = job.artifact.as_ref().map(|_| format!("/download/{id}"));
+        let keep_alive_secs =
+            (!job.spec.keep_alive.is_zero()).then_some(job.spec.keep_alive.as_secs());
+        let sandbox_ended = job
+            .kept_sandbox
+            .as_ref()
+            .and_then(|k| k.ended.as_ref())
+            .map(|end| SandboxEndView {
+                reason: end.reason.as_str().to_string(),
+                at: end.at,
+            });
+        let view = Self {
             job_id: id,
             status: job.status,
-            prompt: job.spec.prompt.clone(),
+            prompt: job.spec.prompt,
             created_at: job.created_at,
             started_at: job.started_at,
             finished_at: job.finished_at,
-            error: job.error.clone(),
-            provider: job.provider.clone(),
+            error: job.error,
+            provider: job.provider,
             usage: UsageView::from(job.usage),
-            tenant: job.spec.tenant.clone(),
+            tenant: job.spec.tenant,
             steps: job
                 .steps
-                .iter()
-                .map(|rec| StepView {
-                    index: rec.index,
-                    kind: rec.step.kind.type_name().to_string(),
-                    description: rec.step.description.clone(),
-                    status: rec.status,
-                    exit_code: rec.result.as_ref().map(|r| r.exit_code),
-                    duration_ms: rec
-                        .result
-                        .as_ref()
-                        .map(|r| u64::try_from(r.duration.as_millis()).unwrap_or(u64::MAX)),
-                    termination: rec.result.as_ref().map(|r| r.termination),
-                    attempt: rec.attempt,
-                    python: rec.result.as_ref().and_then(|r| r.python.clone()),
+                .into_iter()
+                .map(|rec| {
+                    let result = rec.result;
+                    StepView {
+                        index: rec.index,
+                        kind: rec.step.kind.type_name().to_string(),
+                        description: rec.step.description,
+                        status: rec.status,
+                        exit_code: result.as_ref().map(|r| r.exit_code),
+                        duration_ms: result
+                            .as_ref()
+                            .map(|r| u64::try_from(r.duration.as_millis()).unwrap_or(u64::MAX)),
+                        termination: result.as_ref().map(|r| r.termination),
+                        attempt: rec.attempt,
+                        python: result.and_then(|r| r.python),
+                    }
                 })
                 .collect(),
-            download_link: job.artifact.as_ref().map(|_| format!("/download/{id}")),
+            download_link,
             logs_link: format!("/logs/{id}"),
-            services: job.spec.services.clone(),
-            keep_alive_secs: (!job.spec.keep_alive.is_zero())
-                .then_some(job.spec.keep_alive.as_secs()),
+            services: job.spec.services,
+            keep_alive_secs,
             sandbox: None,
             keep_alive_until: None,
             service_links: None,
             continued_in: job.continued_in,
             continues: job.continues,
-            sandbox_ended: job
-                .kept_sandbox
-                .as_ref()
-                .and_then(|k| k.ended.as_ref())
-                .map(|end| SandboxEndView {
-                    reason: end.reason.as_str().to_string(),
-                    at: end.at,
-                }),
+            sandbox_ended,
+        };
+        match sandbox {
+            Some(sandbox) => view.with_sandbox_view(sandbox, service_links),
+            None => view,
         }
     }
 
-    /// The view of a stored job and its sandbox, when it has one now.
-    pub fn with_sandbox(mut self, job: &Job, sandbox: Option<&JobSandbox>) -> Self {
-        if let Some(sandbox) = sandbox {
-            self.sandbox_ended = None;
-            self.sandbox = Some(SandboxView {
-                state: if sandbox.kept_until.is_some() {
-                    "kept"
-                } else {
-                    "running"
-                }
-                .to_string(),
-                id: sandbox.sandbox.id().to_string(),
-                expires_at: sandbox.kept_until,
-            });
-            self.keep_alive_until = sandbox.kept_until;
-            self.service_links = service_links(job, sandbox);
-        }
+    /// The view with the job's sandbox (it has one now) and its service links.
+    fn with_sandbox_view(mut self, sandbox: &JobSandbox, links: Option<ServiceLinks>) -> Self {
+        self.sandbox_ended = None;
+        self.sandbox = Some(SandboxView {
+            state: if sandbox.kept_until.is_some() {
+                "kept"
+            } else {
+                "running"
+            }
+            .to_string(),
+            id: sandbox.sandbox.id().to_string(),
+            expires_at: sandbox.kept_until,
+        });
+        self.keep_alive_until = sandbox.kept_until;
+        self.service_links = links;
         self
     }
 }
