@@ -282,11 +282,11 @@ async fn front_door(State(door): State<FrontDoor>, mut req: Request, next: Next)
             .get(header::CONTENT_LENGTH)
             .is_some_and(|v| v.as_bytes() != b"0");
     let mut resp = match crate::session::authenticate(&door.sessions, &mut req) {
-        Ok(()) => match auth(&door.state, req).await {
+        None => match auth(&door.state, req).await {
             Ok(req) => next.run(req).await,
             Err(refused) => refused,
         },
-        Err(refused) => refused,
+        Some(refused) => refused,
     };
     if has_body && (resp.status().is_client_error() || resp.status().is_server_error()) {
         resp.headers_mut()

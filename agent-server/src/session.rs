@@ -191,20 +191,20 @@ fn forbidden(message: &str) -> Response {
 /// The API's front door calls this on every request (`crate::routes`): a request with a valid
 /// session cookie gets [`SessionAuth`] in its extensions (which the API's auth check accepts); a
 /// cookie-authenticated state-changing request without [`CSRF_HEADER`] or from another origin is
-/// refused with 403 `forbidden` (the `Err`). A request that also carries a bearer header is left
-/// to the bearer check.
-pub(crate) fn authenticate(sessions: &Sessions, req: &mut Request) -> Result<(), Response> {
+/// refused with 403 `forbidden` (the answer returned). A request that also carries a bearer
+/// header is left to the bearer check.
+pub(crate) fn authenticate(sessions: &Sessions, req: &mut Request) -> Option<Response> {
     if sessions.required() && !req.headers().contains_key(header::AUTHORIZATION) {
         let valid = session_cookie(req.headers()).and_then(|id| sessions.lookup(id));
         if let Some((_, caller)) = valid {
             if !is_safe(req.method()) {
                 if !req.headers().contains_key(CSRF_HEADER) {
-                    return Err(forbidden(
+                    return Some(forbidden(
                         "a request authenticated by the login cookie must carry an X-Agent-CSRF header",
                     ));
                 }
                 if !same_origin(req.headers()) {
-                    return Err(forbidden(
+                    return Some(forbidden(
                         "cross-origin requests may not use the login cookie",
                     ));
                 }
@@ -212,7 +212,7 @@ pub(crate) fn authenticate(sessions: &Sessions, req: &mut Request) -> Result<(),
             req.extensions_mut().insert(SessionAuth(caller));
         }
     }
-    Ok(())
+    None
 }
 
 /// `POST /session`.
