@@ -370,6 +370,43 @@ async fn cur_retry_is_visible_to_exec_as_the_attempt_number() {
     assert_eq!(Ctx::new().attempt(), 1);
 }
 
+/// A node whose `exec` runs `inner` (a node of one attempt) with the context it was given, and
+/// fails its own first attempt.
+struct Nesting {
+    inner: Flaky,
+}
+impl Node<Shared> for Nesting {
+    type Prep = ();
+    type Exec = ();
+    async fn prep(&self, _shared: &mut Shared, _ctx: &Ctx) -> Result<()> {
+        Ok(())
+    }
+    async fn exec(&self, _prep: &(), ctx: &Ctx) -> Result<()> {
+        self.inner.run(&mut Shared::default(), ctx).await?;
+        if ctx.attempt() < 2 {
+            return Err(Error::other("the outer node's first attempt fails"));
+        }
+        Ok(())
+    }
+    fn max_attempts(&self) -> usize {
+        2
+    }
+}
+
+#[tokio::test]
+async fn a_node_run_inside_another_nodes_retry_counts_its_own_attempts() {
+    // The inner node always fails and falls back; it runs in both attempts of the outer node,
+    // and each time its exec is attempt 1 and its fallback sees attempt 1.
+    let mut inner = Flaky::new(usize::MAX, 1);
+    inner.fallback = Some("fell back");
+    let seen = inner.seen_attempts.clone();
+    Nesting { inner }
+        .run(&mut Shared::default(), &Ctx::new())
+        .await
+        .unwrap();
+    assert_eq!(*seen.lock().unwrap(), [1, 101, 1, 101]);
+}
+
 /// Returns the action stored in `shared.branch`.
 struct Branch;
 impl Node<Shared> for Branch {

@@ -188,11 +188,11 @@ fn forbidden(message: &str) -> Response {
     ApiError::new(StatusCode::FORBIDDEN, "forbidden", message).into_response()
 }
 
-/// The API's front door calls this on every request (`crate::routes`): a request with a valid
-/// session cookie gets [`SessionAuth`] in its extensions (which the API's auth check accepts); a
-/// cookie-authenticated state-changing request without [`CSRF_HEADER`] or from another origin is
-/// refused with 403 `forbidden` (the answer returned). A request that also carries a bearer
-/// header is left to the bearer check.
+/// The API's front door calls this on every request it does not redirect (`crate::routes`): a
+/// request with a valid session cookie gets [`SessionAuth`] in its extensions (which the API's
+/// auth check accepts); a cookie-authenticated state-changing request without [`CSRF_HEADER`] or
+/// from another origin is refused with 403 `forbidden` (the answer returned). A request that also
+/// carries a bearer header is left to the bearer check.
 pub(crate) fn authenticate(sessions: &Sessions, req: &mut Request) -> Option<Response> {
     if sessions.required() && !req.headers().contains_key(header::AUTHORIZATION) {
         let valid = session_cookie(req.headers()).and_then(|id| sessions.lookup(id));

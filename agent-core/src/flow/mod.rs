@@ -36,7 +36,7 @@
 //! each run on a typed child state that its `post` merges back into the store.
 //!
 //! Nodes implement the phases with plain `async fn`s (no `#[async_trait]`): a node run costs one
-//! allocation, and a transition well under 100 ns (`benches/flow.rs`).
+//! allocation (two for a node that retries), and a transition under 100 ns (`benches/flow.rs`).
 //!
 //! # Example
 //!

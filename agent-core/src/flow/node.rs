@@ -19,7 +19,8 @@ use crate::{Error, Result};
 /// gets the run's [`Ctx`] (its params, its cancellation, in `exec` the attempt number).
 ///
 /// Implement the phases with `async fn` (no `#[async_trait]`): the engine runs a node without
-/// boxing its phases, one allocation per node run.
+/// boxing its phases, one allocation per node run (two for a node that retries or is not
+/// interruptible: its retry loop is boxed).
 pub trait Node<S: Send>: Send + Sync {
     /// What `prep` hands to `exec` (and then to `post`).
     type Prep: Send + Sync;
@@ -256,17 +257,24 @@ async fn run_phases<S: Send, N: Node<S>>(node: &N, shared: &mut S, ctx: &Ctx) ->
         if suspended {
             ctx.check()?;
         }
-        tracing::debug!(attempt = 1, max_attempts = 1, "exec");
-        // Polled here first: an `exec` that is ready at once costs a poll, nothing more.
-        let mut exec = pin!(node.exec(&prep, ctx));
-        let result = match futures::poll!(exec.as_mut()) {
-            Poll::Ready(result) => result,
-            Poll::Pending => race(exec, ctx).await?,
+        tracing::debug!(attempt = 1usize, max_attempts = 1usize, "exec");
+        // Attempt 1, also when this node runs inside another node's later attempt (borrowed in
+        // the usual case).
+        let attempt_ctx = ctx.for_retry(0);
+        let attempt_ctx = &*attempt_ctx;
+        let result = {
+            // Polled here first: an `exec` that is ready at once costs a poll, nothing more.
+            // Dropped before the fallback runs.
+            let mut exec = pin!(node.exec(&prep, attempt_ctx));
+            match futures::poll!(exec.as_mut()) {
+                Poll::Ready(result) => result,
+                Poll::Pending => race(exec, ctx).await?,
+            }
         };
         match result {
             Ok(v) => v,
             Err(_) if ctx.is_cancelled() => return Err(Error::Cancelled),
-            Err(err) => or_cancelled(node.exec_fallback(&prep, err, ctx), ctx).await??,
+            Err(err) => or_cancelled(node.exec_fallback(&prep, err, attempt_ctx), ctx).await??,
         }
     } else {
         let attempts = NodeAttempts {
