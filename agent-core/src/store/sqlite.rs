@@ -751,6 +751,15 @@ fn decode_job(record: &str) -> Result<Job, StoreError> {
     serde_json::from_str(record).map_err(|e| corrupt("a stored job", e))
 }
 
+/// The job in `row`'s first column (its `record`), decoded where SQLite holds the text.
+fn decode_job_column(row: &rusqlite::Row<'_>, doing: &'static str) -> Result<Job, StoreError> {
+    let record = row
+        .get_ref(0)
+        .and_then(|v| v.as_str().map_err(Into::into))
+        .map_err(sql(doing))?;
+    decode_job(record)
+}
+
 /// An event ready to be written: its columns.
 struct EventRow {
     seq: i64,
@@ -964,13 +973,7 @@ impl JobStore for SqliteStore {
             let mut rows = stmt.query([key]).map_err(sql("read a job"))?;
             match rows.next().map_err(sql("read a job"))? {
                 None => Ok(None),
-                Some(row) => {
-                    let record = row
-                        .get_ref(0)
-                        .and_then(|v| v.as_str().map_err(Into::into))
-                        .map_err(sql("read a job"))?;
-                    decode_job(record).map(Some)
-                }
+                Some(row) => decode_job_column(row, "read a job").map(Some),
             }
         })
         .await
@@ -980,11 +983,7 @@ impl JobStore for SqliteStore {
         let query = PageQuery::new(filter);
         self.read(move |conn| {
             let (jobs, total, next) = query.run(conn, "record", |row| {
-                let record = row
-                    .get_ref(0)
-                    .and_then(|v| v.as_str().map_err(Into::into))
-                    .map_err(sql("list jobs"))?;
-                let job = decode_job(record)?;
+                let job = decode_job_column(row, "list jobs")?;
                 let at = JobCursor::of(job.created_at, job.id);
                 Ok((job, at))
             })?;
