@@ -362,3 +362,234 @@ mod sqlite {
         assert_eq!(err.kind, StoreErrorKind::Corrupt, "{err}");
     }
 }
+
+/// The record cache over both stores: the suite, and what it keeps, drops and never hides.
+mod cached {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use agent_core::store::cached::CachedStore;
+    use agent_core::store::memory::MemoryStore;
+    use agent_core::store::{JobPage, StoreError};
+    use agent_core::testing::store_suite;
+    use agent_core::{Job, JobEvent, JobFilter, JobId, JobSpec, JobStatus, JobStore};
+    use async_trait::async_trait;
+    use chrono::{DateTime, Utc};
+    use tokio::sync::oneshot;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cached_memory_store_passes_the_store_suite() {
+        store_suite(|| async {
+            Arc::new(CachedStore::new(MemoryStore::new(), 1 << 20)) as Arc<dyn JobStore>
+        })
+        .await;
+    }
+
+    #[cfg(feature = "sqlite")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cached_sqlite_store_with_a_small_cache_passes_the_store_suite() {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let n = AtomicUsize::new(0);
+        store_suite(|| {
+            let path = dir
+                .path()
+                .join(format!("db-{}", n.fetch_add(1, Ordering::SeqCst)))
+                .join("agent.db");
+            async move {
+                let sqlite = agent_core::store::sqlite::SqliteStore::open(path).unwrap();
+                // A few records at a time: the suite's reads also go through evictions.
+                Arc::new(CachedStore::new(sqlite, 16 << 10)) as Arc<dyn JobStore>
+            }
+        })
+        .await;
+    }
+
+    /// A memory store that counts reads of records and can hold one read after it has read,
+    /// until the test lets it answer.
+    #[derive(Default)]
+    struct Watched {
+        store: MemoryStore,
+        reads: AtomicUsize,
+        hold: Mutex<Option<(oneshot::Sender<()>, oneshot::Receiver<()>)>>,
+    }
+
+    impl Watched {
+        /// Holds the next read once it has read: `read` fires then, and it answers once
+        /// `release` fires.
+        fn hold_next(&self) -> (oneshot::Receiver<()>, oneshot::Sender<()>) {
+            let (read_tx, read) = oneshot::channel();
+            let (release, release_rx) = oneshot::channel();
+            *self.hold.lock().unwrap() = Some((read_tx, release_rx));
+            (read, release)
+        }
+    }
+
+    #[async_trait]
+    impl JobStore for Watched {
+        async fn insert_job(&self, job: &Job) -> Result<(), StoreError> {
+            self.store.insert_job(job).await
+        }
+        async fn update_job(&self, job: &Job) -> Result<(), StoreError> {
+            self.store.update_job(job).await
+        }
+        async fn get_job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            let job = self.store.get_job(id).await;
+            let hold = self.hold.lock().unwrap().take();
+            if let Some((read, release)) = hold {
+                read.send(()).unwrap();
+                release.await.unwrap();
+            }
+            job
+        }
+        async fn list_jobs(&self, filter: &JobFilter) -> Result<JobPage, StoreError> {
+            self.store.list_jobs(filter).await
+        }
+        async fn delete_job(&self, id: JobId) -> Result<bool, StoreError> {
+            self.store.delete_job(id).await
+        }
+        async fn append_events(&self, id: JobId, events: &[JobEvent]) -> Result<(), StoreError> {
+            self.store.append_events(id, events).await
+        }
+        async fn events(
+            &self,
+            id: JobId,
+            after: u64,
+            limit: usize,
+        ) -> Result<Vec<JobEvent>, StoreError> {
+            self.store.events(id, after, limit).await
+        }
+        async fn last_seq(&self, id: JobId) -> Result<u64, StoreError> {
+            self.store.last_seq(id).await
+        }
+        async fn finished_before(
+            &self,
+            cutoff: DateTime<Utc>,
+            limit: usize,
+        ) -> Result<Vec<JobId>, StoreError> {
+            self.store.finished_before(cutoff, limit).await
+        }
+        async fn count_by_status(&self) -> Result<Vec<(JobStatus, u64)>, StoreError> {
+            self.store.count_by_status().await
+        }
+    }
+
+    fn finished(prompt: &str) -> Job {
+        let mut job = Job::new(JobId::new(), JobSpec::from_prompt(prompt));
+        job.status = JobStatus::Succeeded;
+        job.finished_at = Some(Utc::now());
+        job
+    }
+
+    fn cache(capacity: u64) -> Arc<CachedStore<Arc<Watched>>> {
+        Arc::new(CachedStore::new(Arc::new(Watched::default()), capacity))
+    }
+
+    #[tokio::test]
+    async fn a_finished_job_is_read_from_the_store_once_until_it_is_written() {
+        let store = cache(1 << 20);
+        let job = finished("p");
+        store.insert_job(&job).await.unwrap();
+        let first = store.get_job_shared(job.id).await.unwrap().unwrap();
+        let second = store.get_job_shared(job.id).await.unwrap().unwrap();
+        assert!(Arc::ptr_eq(&first, &second), "the same record is shared");
+        assert_eq!(store.get_job(job.id).await.unwrap().unwrap(), job);
+        assert_eq!(store.inner().reads.load(Ordering::SeqCst), 1);
+        assert_eq!(store.cached(), 1);
+
+        let mut changed = job.clone();
+        changed.error = Some("rewritten".into());
+        store.update_job(&changed).await.unwrap();
+        let third = store.get_job_shared(job.id).await.unwrap().unwrap();
+        assert_eq!(*third, changed, "an update is seen at once");
+        assert!(!Arc::ptr_eq(&first, &third));
+        assert_eq!(store.inner().reads.load(Ordering::SeqCst), 2);
+
+        assert!(store.delete_job(job.id).await.unwrap());
+        assert!(store.get_job_shared(job.id).await.unwrap().is_none());
+        assert_eq!(store.cached(), 0);
+        // Deleted in a batch too.
+        let other = finished("q");
+        store.insert_job(&other).await.unwrap();
+        store.get_job(other.id).await.unwrap().unwrap();
+        assert_eq!(store.delete_jobs(&[other.id]).await.unwrap(), 1);
+        assert!(store.get_job(other.id).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_running_job_is_read_from_the_store_every_time() {
+        let store = cache(1 << 20);
+        let mut job = Job::new(JobId::new(), JobSpec::from_prompt("p"));
+        job.status = JobStatus::Running;
+        store.insert_job(&job).await.unwrap();
+        for _ in 0..3 {
+            store.get_job_shared(job.id).await.unwrap().unwrap();
+        }
+        assert_eq!(store.inner().reads.load(Ordering::SeqCst), 3);
+        assert_eq!(store.cached(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_that_raced_a_write_never_hides_the_newer_record() {
+        let store = cache(1 << 20);
+        let job = finished("before");
+        store.insert_job(&job).await.unwrap();
+        // A read fetches the old record, and is held before it can keep it.
+        let (read, release) = store.inner().hold_next();
+        let reader = tokio::spawn({
+            let store = Arc::clone(&store);
+            async move { store.get_job_shared(job.id).await.unwrap().unwrap() }
+        });
+        read.await.unwrap();
+        // Meanwhile the job is rewritten, and the write ends.
+        let mut changed = job.clone();
+        changed.error = Some("after".into());
+        store.update_job(&changed).await.unwrap();
+        release.send(()).unwrap();
+        assert_eq!(
+            *reader.await.unwrap(),
+            job,
+            "the held read answers what it read"
+        );
+        // What it read is not kept: the next read sees the write.
+        assert_eq!(
+            *store.get_job_shared(job.id).await.unwrap().unwrap(),
+            changed
+        );
+        assert_eq!(store.inner().reads.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn the_cache_holds_no_more_than_its_capacity() {
+        let capacity = 64 << 10;
+        let store = cache(capacity);
+        let mut ids = Vec::new();
+        // 200 records of about 2 KiB: 400 KiB read, 64 KiB kept.
+        for n in 0..200 {
+            let job = finished(&format!("{n} {}", "x".repeat(2000)));
+            store.insert_job(&job).await.unwrap();
+            store.get_job(job.id).await.unwrap().unwrap();
+            ids.push(job.id);
+        }
+        let kept = store.cached();
+        assert!(kept > 0, "some are kept");
+        assert!(kept <= 32, "at most 64 KiB of 2 KiB records, kept {kept}");
+        // A record over an eighth of the capacity is never kept.
+        let heavy = finished(&"y".repeat(capacity as usize / 4));
+        store.insert_job(&heavy).await.unwrap();
+        let before = store.inner().reads.load(Ordering::SeqCst);
+        store.get_job(heavy.id).await.unwrap().unwrap();
+        store.get_job(heavy.id).await.unwrap().unwrap();
+        assert_eq!(store.inner().reads.load(Ordering::SeqCst), before + 2);
+    }
+
+    #[tokio::test]
+    async fn a_zero_capacity_keeps_nothing() {
+        let store = cache(0);
+        let job = finished("p");
+        store.insert_job(&job).await.unwrap();
+        store.get_job(job.id).await.unwrap().unwrap();
+        store.get_job(job.id).await.unwrap().unwrap();
+        assert_eq!(store.inner().reads.load(Ordering::SeqCst), 2);
+    }
+}

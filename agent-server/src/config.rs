@@ -10,6 +10,9 @@ use agent_core::{LiveSettings, NetworkMode, ResourceLimits};
 use crate::api::{JobDefaults, MAX_TIMEOUT_SECS};
 use crate::policy::{ImageRule, Maxima, Policy};
 
+/// [`ServerConfig::record_cache_bytes`]'s default: 16 MiB.
+pub const DEFAULT_RECORD_CACHE_BYTES: u64 = 16 << 20;
+
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -143,6 +146,12 @@ pub struct ServerConfig {
     /// operator) removes old jobs. Measured every 2 s in the background (a tree whose walk takes longer than 0.2 s: ten walks apart). 0: no cap.
     #[arg(long, env = "AGENT_MAX_OUTPUT_BYTES", default_value_t = 0)]
     pub max_output_bytes: u64,
+
+    /// Bytes of memory for finished jobs' records and their `GET /status` answers, so a client
+    /// polling a finished job is answered without reading the database (weighed by JSON size;
+    /// the records and the answers get half each). 0: no cache.
+    #[arg(long, env = "AGENT_RECORD_CACHE_BYTES", default_value_t = DEFAULT_RECORD_CACHE_BYTES)]
+    pub record_cache_bytes: u64,
 
     /// Log format: `text` or `json` (the level comes from `RUST_LOG`, default `info`).
     #[arg(long, env = "AGENT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]

@@ -162,15 +162,15 @@ impl<S: Send + Sync> FromRequestParts<S> for JobIdParam {
 /// The job the auth layer read to check a tenant's access to the route's `{id}` (in the
 /// request's extensions), so the handler need not read it again.
 #[derive(Clone, Debug)]
-pub struct CheckedJob(pub agent_core::Job);
+pub struct CheckedJob(pub std::sync::Arc<agent_core::Job>);
 
 /// Takes the [`CheckedJob`] out of the request, if the auth layer left one (never fails).
 #[derive(Debug, Default)]
-pub struct Checked(Option<agent_core::Job>);
+pub struct Checked(Option<std::sync::Arc<agent_core::Job>>);
 
 impl Checked {
     /// The job read by the auth layer, when it is job `id`.
-    pub fn job_of(self, id: JobId) -> Option<agent_core::Job> {
+    pub fn job_of(self, id: JobId) -> Option<std::sync::Arc<agent_core::Job>> {
         self.0.filter(|job| job.id == id)
     }
 }

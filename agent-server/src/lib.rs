@@ -4,6 +4,7 @@
 
 pub mod accept;
 pub mod access;
+mod answers;
 pub mod api;
 pub mod archive_browse;
 pub mod cli;

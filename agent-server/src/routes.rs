@@ -22,7 +22,7 @@ use utoipa::IntoParams;
 use utoipa_swagger_ui::SwaggerUi;
 
 use agent_core::manager::JobManager;
-use agent_core::{JobFilter, JobStatus};
+use agent_core::{Job, JobFilter, JobStatus};
 
 use crate::api::{
     CancelResponse, ExecutorHealth, HealthResponse, JobDefaults, JobSummary, JobsResponse,
@@ -60,6 +60,10 @@ pub struct ApiSettings {
     pub policy: crate::policy::Policy,
     /// Caps of input files (multipart `POST /schedule`, directory uploads into sandboxes).
     pub inputs: agent_core::inputs::InputLimits,
+    /// Bytes of encoded `GET /status` answers of finished jobs kept for the next request (0:
+    /// none). They are reused only with a store that shares unchanged records
+    /// ([`CachedStore`](agent_core::store::cached::CachedStore)).
+    pub status_cache_bytes: u64,
 }
 
 /// Asks the executor how many warm sandboxes are ready now.
@@ -97,9 +101,13 @@ impl Default for ApiSettings {
             warm_ready: None,
             policy: crate::policy::Policy::default(),
             inputs: agent_core::inputs::InputLimits::default(),
+            status_cache_bytes: DEFAULT_STATUS_CACHE_BYTES,
         }
     }
 }
+
+/// [`ApiSettings::status_cache_bytes`]'s default: 8 MiB (about eight thousand answers).
+pub const DEFAULT_STATUS_CACHE_BYTES: u64 = 8 << 20;
 
 struct Inner {
     manager: JobManager,
@@ -108,6 +116,7 @@ struct Inner {
     llm_providers: Vec<String>,
     shutdown: CancellationToken,
     live: crate::live::LiveState,
+    answers: crate::answers::StatusAnswers,
 }
 
 impl axum::extract::FromRef<AppState> for crate::live::LiveState {
@@ -151,8 +160,10 @@ impl AppState {
             api_token: live_token,
             services: Arc::new(crate::live::ManagerServices::new(manager.clone())),
         };
+        let answers = crate::answers::StatusAnswers::new(settings.status_cache_bytes);
         Self {
             inner: Arc::new(Inner {
+                answers,
                 live,
                 manager,
                 metrics,
@@ -504,15 +515,56 @@ pub(crate) async fn status(
     State(state): State<AppState>,
     JobIdParam(id): JobIdParam,
     checked: crate::extract::Checked,
-) -> ApiResult<SizedJson<StatusResponse>> {
+) -> ApiResult<Response> {
     let job = match checked.job_of(id) {
         Some(job) => job,
-        None => state.inner.manager.get(id).await?,
+        None => state.inner.manager.get_shared(id).await?,
     };
     let sandbox = state.inner.manager.job_sandbox(id);
+    // A finished job with no sandbox to reach always gets the same answer: encoded once per
+    // record.
+    let lasting = sandbox.is_none() && job.status.is_terminal();
+    if lasting {
+        if let Some(body) = state.inner.answers.get(&job) {
+            return Ok(json_response(body));
+        }
+    }
     // About 300 bytes of job and links, 180 per step (a document of 3 steps is ~860 bytes).
     let size = 512 + 192 * job.steps.len() + job.spec.prompt.len();
-    Ok(SizedJson(StatusResponse::of(job, sandbox.as_ref()), size))
+    let record = if lasting {
+        Job::clone(&job)
+    } else {
+        Arc::unwrap_or_clone(Arc::clone(&job))
+    };
+    let view = StatusResponse::of(record, sandbox.as_ref());
+    if !lasting {
+        return Ok(SizedJson(view, size).into_response());
+    }
+    let body = Bytes::from(
+        encode_json(&view, size)
+            .map_err(|e| ApiError::internal(format!("encoding the status of job {id}: {e}")))?,
+    );
+    state.inner.answers.put(&job, body.clone());
+    Ok(json_response(body))
+}
+
+/// `body`, already JSON, as a 200 answer.
+fn json_response(body: Bytes) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// `value` encoded into a buffer of about its size (`size`, a guess: it still grows if short).
+fn encode_json<T: serde::Serialize>(value: &T, size: usize) -> serde_json::Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(size);
+    serde_json::to_writer(&mut buf, value)?;
+    Ok(buf)
 }
 
 /// A JSON answer encoded straight into a buffer of about its size (`.1`, a guess: it still
@@ -522,16 +574,8 @@ pub(crate) struct SizedJson<T>(pub(crate) T, pub(crate) usize);
 
 impl<T: serde::Serialize> IntoResponse for SizedJson<T> {
     fn into_response(self) -> Response {
-        let mut buf = Vec::with_capacity(self.1);
-        match serde_json::to_writer(&mut buf, &self.0) {
-            Ok(()) => (
-                [(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                )],
-                buf,
-            )
-                .into_response(),
+        match encode_json(&self.0, self.1) {
+            Ok(buf) => json_response(Bytes::from(buf)),
             // Json's own answer to a value that cannot be encoded.
             Err(_) => Json(self.0).into_response(),
         }
@@ -672,7 +716,7 @@ pub(crate) async fn download(
 ) -> ApiResult<Response> {
     let job = match checked.job_of(id) {
         Some(job) => job,
-        None => state.inner.manager.get(id).await?,
+        None => state.inner.manager.get_shared(id).await?,
     };
     let artifact = artifact_of(&job)?;
     let opened = state

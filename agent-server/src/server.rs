@@ -5,6 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use agent_core::manager::{JobManager, JobManagerConfig};
+use agent_core::store::cached::CachedStore;
 use agent_core::store::sqlite::SqliteStore;
 use agent_core::{Executor, JobStore, LlmProvider};
 use agent_docker::DockerConfig;
@@ -103,8 +104,10 @@ pub async fn build_state(config: &ServerConfig) -> Result<AppState, ServeError> 
         })?;
     restrict(&config.output_dir, 0o700)?;
     let db = config.database_path();
+    let sqlite = SqliteStore::open(&db).map_err(agent_core::Error::from)?;
+    // Half the memory for finished records, half for their encoded `GET /status` answers.
     let store: Arc<dyn JobStore> =
-        Arc::new(SqliteStore::open(&db).map_err(agent_core::Error::from)?);
+        Arc::new(CachedStore::new(sqlite, config.record_cache_bytes / 2));
     restrict(&db, 0o600)?;
     let docker = build_docker(config).await?;
     let warm = docker.clone();
@@ -158,6 +161,7 @@ pub async fn build_state(config: &ServerConfig) -> Result<AppState, ServeError> 
         warm_ready: Some(crate::routes::WarmProbe::new(move || warm.warm_ready())),
         policy,
         inputs: config.input_limits(),
+        status_cache_bytes: config.record_cache_bytes / 2,
     };
     Ok(AppState::new(manager, settings, metrics, names))
 }

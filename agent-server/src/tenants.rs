@@ -109,11 +109,11 @@ impl Caller {
         &self,
         manager: &JobManager,
         id: JobId,
-    ) -> Result<Option<Job>, agent_core::Error> {
+    ) -> Result<Option<std::sync::Arc<Job>>, agent_core::Error> {
         if self.admin {
             return Ok(None);
         }
-        match manager.get(id).await {
+        match manager.get_shared(id).await {
             Ok(job) if self.sees(&job) => Ok(Some(job)),
             Ok(_) | Err(agent_core::Error::JobNotFound(_)) => {
                 Err(agent_core::Error::JobNotFound(id))

@@ -198,6 +198,16 @@ impl JobManager {
             .ok_or(Error::JobNotFound(id))
     }
 
+    /// A job by id, shared (see [`JobStore::get_job_shared`]): the same `Arc` while its
+    /// record is unchanged when the store caches records.
+    pub async fn get_shared(&self, id: JobId) -> Result<Arc<Job>> {
+        self.inner
+            .store
+            .get_job_shared(id)
+            .await?
+            .ok_or(Error::JobNotFound(id))
+    }
+
     /// Jobs, newest first.
     pub async fn list(&self, filter: &JobFilter) -> Result<JobPage> {
         check_page_size(filter)?;

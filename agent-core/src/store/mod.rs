@@ -2,6 +2,8 @@
 //!
 //! Implementations: [`MemoryStore`](crate::store::memory::MemoryStore) and, with the `sqlite`
 //! feature (default), [`SqliteStore`](crate::store::sqlite::SqliteStore).
+//! [`CachedStore`](crate::store::cached::CachedStore) wraps either and answers repeated reads of
+//! finished jobs from memory.
 
 use std::sync::Arc;
 
@@ -10,6 +12,7 @@ use chrono::{DateTime, Utc};
 
 use crate::job::{Job, JobEvent, JobId, JobStatus, Step, StepKind, TokenUsage};
 
+pub mod cached;
 pub mod memory;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
@@ -329,6 +332,14 @@ pub trait JobStore: Send + Sync + 'static {
     /// One job.
     async fn get_job(&self, id: JobId) -> Result<Option<Job>, StoreError>;
 
+    /// One job, shared: for readers that only look at it. The default wraps
+    /// [`get_job`](JobStore::get_job)'s record in a new `Arc` each time; a store that keeps
+    /// records in memory ([`CachedStore`](cached::CachedStore)) hands out the same one until
+    /// the job is written again, so `Arc::ptr_eq` on two answers tells an unchanged record.
+    async fn get_job_shared(&self, id: JobId) -> Result<Option<Arc<Job>>, StoreError> {
+        Ok(self.get_job(id).await?.map(Arc::new))
+    }
+
     /// Jobs matching a filter, newest first.
     async fn list_jobs(&self, filter: &JobFilter) -> Result<JobPage, StoreError>;
 
@@ -397,6 +408,9 @@ impl<T: JobStore + ?Sized> JobStore for Arc<T> {
     }
     async fn get_job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
         (**self).get_job(id).await
+    }
+    async fn get_job_shared(&self, id: JobId) -> Result<Option<Arc<Job>>, StoreError> {
+        (**self).get_job_shared(id).await
     }
     async fn list_jobs(&self, filter: &JobFilter) -> Result<JobPage, StoreError> {
         (**self).list_jobs(filter).await
