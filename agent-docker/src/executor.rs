@@ -20,6 +20,7 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::{DockerConfig, SeccompProfile};
 use crate::sandbox::{remove_container, short, Core, DockerSandbox};
@@ -71,6 +72,10 @@ pub(crate) struct ExecInner {
     build_lock: tokio::sync::Mutex<()>,
     stop: CancellationToken,
     shut_down: AtomicBool,
+    /// The pool's refill and the removals of unclaimed containers: [`shutdown`]
+    /// (Executor::shutdown) waits for them, so a container whose create was under way when
+    /// the executor stopped is removed too, not left behind.
+    tasks: TaskTracker,
     /// Whether [`DockerConfig::services_image`] was on the engine when connecting.
     services: bool,
     /// Where sandboxes with ports open to tunnels get their handoff sockets (`None`: tunnels go
@@ -132,7 +137,7 @@ impl Drop for Unclaimed {
         };
         let (docker, exec) = (self.docker.clone(), self.exec.clone());
         let (name, id) = (self.name.clone(), self.id.clone());
-        handle.spawn(async move {
+        let removal = async move {
             match id {
                 Some(id) => {
                     if let Err(e) = remove_container(&docker, &id).await {
@@ -155,9 +160,18 @@ impl Drop for Unclaimed {
                     }
                 }
             }
-        });
+        };
+        // Tracked, so a shutdown waits for it.
+        match self.exec.upgrade() {
+            Some(exec) => drop(exec.tasks.spawn_on(removal, &handle)),
+            None => drop(handle.spawn(removal)),
+        }
     }
 }
+
+/// How long a shutdown waits for the pool's refill (a create under way) and for removals
+/// under way to end.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(20);
 
 /// How long a prepared container waits for a job before it is replaced: well under
 /// [`CREATED_GRACE`], after which another server's reaper would take it for abandoned.
@@ -355,12 +369,15 @@ impl DockerExecutor {
             build_lock: tokio::sync::Mutex::new(()),
             stop: CancellationToken::new(),
             shut_down: AtomicBool::new(false),
+            tasks: TaskTracker::new(),
             services,
             sockets,
             sockets_refused: AtomicBool::new(false),
         });
         if let Some(pool) = &inner.pool {
-            tokio::spawn(refill_loop(Arc::downgrade(&inner), pool.clone()));
+            inner
+                .tasks
+                .spawn(refill_loop(Arc::downgrade(&inner), pool.clone()));
         }
         Ok(Self { inner })
     }
@@ -956,9 +973,13 @@ async fn refill_loop(exec: Weak<ExecInner>, pool: Arc<Pool>) {
                 }
             }
         }
+        let stop = inner.stop.clone();
         drop(inner);
         if failed {
-            tokio::time::sleep(backoff).await;
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = stop.cancelled() => return,
+            }
             backoff = (backoff * 2).min(Duration::from_secs(30));
         } else {
             backoff = Duration::from_millis(500);
@@ -1143,6 +1164,18 @@ impl Executor for DockerExecutor {
             for core in cores {
                 core.removed.store(true, Ordering::Release);
             }
+        }
+        // The refill may be making containers right now (a server stopped just after it
+        // started): it removes them once made. Removals of unclaimed containers end too.
+        inner.tasks.close();
+        if tokio::time::timeout(SHUTDOWN_WAIT, inner.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "shutdown: the warm pool's refill did not end within {SHUTDOWN_WAIT:?}; removing \
+                 what it made so far"
+            );
         }
         let ids: Vec<String> = lock(&inner.owned).keys().cloned().collect();
         let results =

@@ -293,6 +293,59 @@ async fn shutdown_removes_everything_this_executor_created() {
     drop(b);
 }
 
+/// A server stopped just after it started: its executor is shut down while the pool's first
+/// containers are being made, then the process ends (here: the runtime is dropped, so nothing
+/// the executor left running goes on).
+#[test]
+fn a_shutdown_while_the_pool_fills_leaves_no_container() {
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let server = runtime();
+    let scope = server.block_on(async {
+        let exec = docker(
+            config("early-shutdown")
+                .with_warm_pool(2)
+                .with_prepared_pool(1),
+        )
+        .await?;
+        // Let the refill send its first creates to the engine.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(exec.warm_ready() < 2, "the pool was still filling");
+        exec.shutdown().await.unwrap();
+        exec.config().scope.clone()
+    });
+    drop(server);
+    let Some(scope) = scope else {
+        return;
+    };
+    runtime().block_on(async {
+        let docker = bollard::Docker::connect_with_local_defaults().unwrap();
+        let mut filters = HashMap::new();
+        filters.insert("label".to_string(), vec![format!("agent.scope={scope}")]);
+        let list = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        // Nothing is left, nor appears later (a create the engine was still doing).
+        for pause in [Duration::ZERO, Duration::from_secs(2)] {
+            tokio::time::sleep(pause).await;
+            let left: Vec<_> = docker
+                .list_containers(Some(list.clone()))
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|c| (c.names, c.state))
+                .collect();
+            assert!(left.is_empty(), "left behind: {left:?}");
+        }
+    });
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prepared_containers_run_nothing_until_taken_then_start_hardened_once() {
     let Some(exec) = docker(config("prepared").with_prepared_pool(2)).await else {
