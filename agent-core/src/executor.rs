@@ -15,6 +15,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::job::{JobId, JobSpec, NetworkMode, OutputStream, ResourceLimits, Service, StepResult};
@@ -458,6 +459,21 @@ pub trait Sandbox: Send + Sync {
     /// as links, never followed).
     async fn export(&self) -> Result<TarStream, SandboxError>;
 
+    /// The regular files under the workspace directory `dir` (`""`: the whole workspace), with
+    /// their sizes, without reading them: the first `max` in the export's order (sorted, depth
+    /// first; paths relative to `dir`) and how many there are. Links are neither followed nor
+    /// listed. A missing directory (or a file) is [`SandboxErrorKind::NotFound`].
+    ///
+    /// The default answers [`SandboxErrorKind::Unsupported`]; callers then list an
+    /// [`export`](Sandbox::export) instead, which reads every file.
+    async fn list_files(&self, dir: &str, max: usize) -> Result<FileListing, SandboxError> {
+        let _ = (dir, max);
+        Err(SandboxError::new(
+            SandboxErrorKind::Unsupported,
+            "this sandbox lists files only through an export",
+        ))
+    }
+
     /// Kills everything and removes the sandbox. Idempotent.
     async fn destroy(&self) -> Result<(), SandboxError>;
 
@@ -479,6 +495,15 @@ pub trait Sandbox: Send + Sync {
         let _ = service;
         None
     }
+}
+
+/// The regular files under a workspace directory ([`Sandbox::list_files`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileListing {
+    /// The first files, in the export's order, with paths relative to the directory listed.
+    pub files: Vec<crate::inputs::InputFile>,
+    /// How many regular files there are under it in all.
+    pub total: usize,
 }
 
 /// Forwards every method, provided ones too (the lint names any left out).

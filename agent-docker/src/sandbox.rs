@@ -3,7 +3,9 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 
-use agent_core::executor::{normalize_workspace_path, ExecRequest, TarStream, MAX_GET_FILE_BYTES};
+use agent_core::executor::{
+    normalize_workspace_path, ExecRequest, FileListing, TarStream, MAX_GET_FILE_BYTES,
+};
 use agent_core::supervisor::Link;
 use agent_core::{
     JobId, OutputSink, Sandbox, SandboxError, SandboxErrorKind, Service, ServiceEndpoint,
@@ -215,6 +217,21 @@ impl Sandbox for DockerSandbox {
     async fn export(&self) -> Result<TarStream, SandboxError> {
         self.check_alive()?;
         self.core.link.export().await
+    }
+
+    async fn list_files(&self, dir: &str, max: usize) -> Result<FileListing, SandboxError> {
+        self.check_alive()?;
+        let trimmed = dir.trim_end_matches('/');
+        let rel = if trimmed.is_empty() || trimmed == "." || trimmed == "/workspace" {
+            String::new()
+        } else {
+            normalize_workspace_path(trimmed)?
+        };
+        let shown = format!("/workspace/{rel}");
+        self.core
+            .link
+            .list_files(&rel, max, shown.trim_end_matches('/'))
+            .await
     }
 
     async fn destroy(&self) -> Result<(), SandboxError> {

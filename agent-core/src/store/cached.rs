@@ -14,8 +14,8 @@
 //!   a read keeps what it fetched only if no write of its stripe ended in between, and undoes
 //!   its own insert if one ended meanwhile. So a record written after a read began is never
 //!   hidden behind the older one that read fetched.
-//! - **Bounded by size**: records are weighed by the length of their JSON form (close to what
-//!   they hold in memory), and the least useful go first when the weights exceed the capacity
+//! - **Bounded by size**: records are weighed by an estimate of the memory they hold (their
+//!   inline size plus the length of their JSON form), and the least useful go first when the weights exceed the capacity
 //!   ([`quick_cache`]'s CLOCK-Pro policy: a scan of many jobs read once does not push out those
 //!   read often). A record heavier than an eighth of the capacity is not kept.
 
@@ -32,9 +32,9 @@ use crate::job::{Job, JobEvent, JobId, JobStatus};
 /// caching, so more stripes mean fewer fills lost to unrelated writes.
 const STRIPES: usize = 64;
 
-/// The capacity [`CachedStore::new`] is usually given: 8 MiB of records (about two thousand
-/// finished jobs of a few steps).
-pub const DEFAULT_CACHE_BYTES: u64 = 8 << 20;
+/// A capacity for [`CachedStore::new`]: 4 MiB of records (about a thousand finished jobs of
+/// a few steps).
+pub const DEFAULT_CACHE_BYTES: u64 = 4 << 20;
 
 /// A [`JobStore`] that answers reads of finished jobs from a bounded in-memory cache; see the
 /// [module docs](self).
@@ -64,8 +64,8 @@ impl quick_cache::Weighter<JobId, Entry> for ByWeight {
 }
 
 impl<S: JobStore> CachedStore<S> {
-    /// Wraps `inner`, keeping up to `capacity_bytes` of finished jobs' records (weighed by the
-    /// length of their JSON form). A capacity of 0 keeps nothing.
+    /// Wraps `inner`, keeping up to about `capacity_bytes` of finished jobs' records (each
+    /// weighed by an estimate of its memory). A capacity of 0 keeps nothing.
     pub fn new(inner: S, capacity_bytes: u64) -> Self {
         // A typical finished record is a few KiB.
         let estimated_items = usize::try_from(capacity_bytes / 4096)
@@ -116,7 +116,7 @@ impl<S: JobStore> CachedStore<S> {
         if stripe.load(Ordering::SeqCst) != before {
             return;
         }
-        let weight = json_len(job).max(1);
+        let weight = memory_estimate(job);
         if weight > self.max_weight {
             return;
         }
@@ -134,6 +134,14 @@ impl<S: JobStore> CachedStore<S> {
                 .remove_if(&job.id, |entry| Arc::ptr_eq(&entry.job, job));
         }
     }
+}
+
+/// About what `job` holds in memory: its inline parts, and the length of its JSON form for
+/// what they point to (the strings, and what an allocation costs besides).
+fn memory_estimate(job: &Job) -> u64 {
+    let inline = std::mem::size_of::<Job>()
+        + job.steps.len() * std::mem::size_of::<crate::job::StepRecord>();
+    json_len(job).saturating_add(inline as u64)
 }
 
 /// The length of `job`'s JSON form, counted without keeping it.

@@ -71,6 +71,16 @@ pub enum Request {
     },
     /// Streams the workspace as a tar: [`Event::Chunk`]s, then [`Event::Ok`] or [`Event::Err`].
     Export,
+    /// Lists the regular files under a workspace directory without reading them. Answered by
+    /// [`Event::Data`] whose body is `{"files": [[path, size], …], "total": n}` (the first
+    /// `max` in the export's order, paths relative to the directory; links neither followed
+    /// nor listed), or [`Event::Err`] (`not_found`: no such directory).
+    List {
+        /// Workspace-relative directory (`""`: the workspace).
+        path: String,
+        /// The most files named (all are counted in `total`).
+        max: u64,
+    },
     /// Answered by [`Event::Ok`].
     Ping,
     /// Opens a tunnel: a byte stream to `127.0.0.1:port` inside the sandbox. Answered by

@@ -13,7 +13,9 @@ use tokio::sync::{mpsc, oneshot};
 use super::frame::{
     encode, ErrorKind, Event, Frame, FrameDecoder, KillReason, Ready, Request, RequestId,
 };
-use crate::executor::{ExecRequest, OutputSink, SandboxError, SandboxErrorKind, TarStream};
+use crate::executor::{
+    ExecRequest, FileListing, OutputSink, SandboxError, SandboxErrorKind, TarStream,
+};
 use crate::job::{OutputStream, StepResult, Termination};
 
 /// How long past a process's own timeout the host waits for the supervisor to report its end.
@@ -422,6 +424,52 @@ impl Link {
             .await?;
         match frame.event {
             Event::Data => Ok(frame.body),
+            other => Err(file_error(&other, shown)),
+        }
+    }
+
+    /// The regular files under the workspace-relative directory `rel` ([`Request::List`]):
+    /// the first `max`, and how many there are.
+    pub async fn list_files(
+        &self,
+        rel: &str,
+        max: usize,
+        shown: &str,
+    ) -> Result<FileListing, SandboxError> {
+        let request = Request::List {
+            path: rel.into(),
+            max: u64::try_from(max).unwrap_or(u64::MAX),
+        };
+        let frame = self.call(&request, b"").await?;
+        match frame.event {
+            Event::Data => {
+                #[derive(serde::Deserialize)]
+                struct Listed {
+                    files: Vec<(String, u64)>,
+                    total: usize,
+                }
+                let listed: Listed = serde_json::from_slice(&frame.body).map_err(|e| {
+                    SandboxError::new(
+                        SandboxErrorKind::Backend,
+                        format!("the supervisor's listing of /workspace/{rel} is malformed: {e}"),
+                    )
+                })?;
+                Ok(FileListing {
+                    files: listed
+                        .files
+                        .into_iter()
+                        .map(|(path, size_bytes)| crate::inputs::InputFile { path, size_bytes })
+                        .collect(),
+                    total: listed.total,
+                })
+            }
+            Event::Err {
+                kind: ErrorKind::NotFound,
+                ..
+            } => Err(SandboxError::new(
+                SandboxErrorKind::NotFound,
+                format!("{shown} is not a directory"),
+            )),
             other => Err(file_error(&other, shown)),
         }
     }

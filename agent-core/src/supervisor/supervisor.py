@@ -857,6 +857,75 @@ def op_read(rid, req):
         file_error(rid, e)
 
 
+def open_dir(rel):
+    """Opens the workspace directory `rel` ("" is the workspace itself), confined as resolve()."""
+    if not split_rel(rel):
+        return os.open(WS, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fd, name = resolve(rel, create=False)
+    try:
+        return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+    except NotADirectoryError:
+        raise NotFound()
+    finally:
+        os.close(fd)
+
+
+def shown_name(rel):
+    """`rel` as UTF-8 text (a name that is not UTF-8 gets replacement characters)."""
+    try:
+        rel.encode("utf-8")
+        return rel
+    except UnicodeEncodeError:
+        return rel.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def op_list(rid, req):
+    """The regular files under a workspace directory, in the export's order (sorted, depth
+    first), without reading them: {"files": [[path, size], ...] (the first `max`), "total": N},
+    paths relative to that directory. Links are not followed (nor listed)."""
+    try:
+        top = open_dir(req["path"])
+    except Exception as e:
+        file_error(rid, e)
+        return
+    try:
+        limit = req.get("max", 1000)
+        files = []
+        total = 0
+        pending = [""]
+        while pending:
+            rel_root = pending.pop()
+            try:
+                fd = os.open(rel_root or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                             dir_fd=top)
+                try:
+                    with os.scandir(fd) as it:
+                        entries = sorted(
+                            (e.name, e.is_dir(follow_symlinks=False),
+                             e.stat(follow_symlinks=False).st_size if e.is_file(follow_symlinks=False) else None)
+                            for e in it)
+                finally:
+                    os.close(fd)
+            except OSError as e:
+                log("list: skipped %s: %s" % (rel_root or ".", e.strerror))
+                continue
+            subdirs = []
+            for name, is_dir, size in entries:
+                rel = rel_root + "/" + name if rel_root else name
+                if is_dir:
+                    subdirs.append(rel)
+                elif size is not None:
+                    total += 1
+                    if len(files) < limit:
+                        files.append([shown_name(rel), size])
+            pending.extend(reversed(subdirs))
+        send({"id": rid, "ev": "data"}, dumps({"files": files, "total": total}).encode())
+    except Exception as e:
+        send({"id": rid, "ev": "err", "kind": "backend", "msg": "list failed: %r" % (e,)})
+    finally:
+        os.close(top)
+
+
 class ChunkWriter:
     def __init__(self, rid):
         self.rid = rid
@@ -1516,6 +1585,8 @@ def main(args):
             spawn(rid, op_read, rid, req)
         elif op == "export":
             spawn(rid, op_export, rid)
+        elif op == "list":
+            spawn(rid, op_list, rid, req)
         elif op == "ping":
             send({"id": rid, "ev": "ok"})
         elif op == "connect":

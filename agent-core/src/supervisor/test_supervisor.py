@@ -293,6 +293,45 @@ class Protocol(unittest.TestCase):
             f.write("x")
         self.assertEqual(self.export(), ["out.txt"])
 
+    def list(self, path, limit=1000, rid=40):
+        self.s.send(b'{"id": %d, "op": "list", "path": "%s", "max": %d}\n' % (rid, path.encode(), limit))
+        hdr, data = self.s.answers([rid])[rid]
+        return hdr, (json.loads(data) if hdr["ev"] == "data" else None)
+
+    def test_list_names_regular_files_and_their_sizes_without_reading_them(self):
+        ws = self.tmp.name
+        os.makedirs(os.path.join(ws, "d", "e"))
+        for rel, size in (("b.txt", 3), ("d/a.bin", 0), ("d/e/z", 5)):
+            with open(os.path.join(ws, rel), "wb") as f:
+                f.write(b"x" * size)
+        # A sparse file of 1 GiB: listed by its size, not read.
+        with open(os.path.join(ws, "d", "big"), "wb") as f:
+            f.truncate(1 << 30)
+        os.symlink("/etc", os.path.join(ws, "out"))  # links are neither followed nor listed
+        os.symlink("b.txt", os.path.join(ws, "d", "link"))
+        os.mkfifo(os.path.join(ws, "d", "fifo"))
+        hdr, got = self.list("")
+        self.assertEqual(hdr["ev"], "data")
+        self.assertEqual(got, {"files": [["b.txt", 3], ["d/a.bin", 0], ["d/big", 1 << 30], ["d/e/z", 5]],
+                               "total": 4})
+        # A subdirectory: paths relative to it; a limit keeps the first names and the total.
+        self.assertEqual(self.list("d/", limit=1)[1], {"files": [["a.bin", 0]], "total": 3})
+        self.assertEqual(self.list("./d/e")[1], {"files": [["z", 5]], "total": 1})
+
+    def test_list_of_a_file_a_missing_directory_or_a_link_out_is_an_error(self):
+        ws = self.tmp.name
+        with open(os.path.join(ws, "f"), "w") as f:
+            f.write("x")
+        os.symlink("/etc", os.path.join(ws, "out"))
+        os.mkdir(os.path.join(ws, "in"))
+        os.symlink("in", os.path.join(ws, "alias"))
+        self.assertEqual(self.list("f")[0]["kind"], "not_found")
+        self.assertEqual(self.list("missing")[0]["kind"], "not_found")
+        self.assertEqual(self.list("out")[0]["kind"], "path_refused")
+        self.assertEqual(self.list("../x")[0]["kind"], "path_refused")
+        # A link inside the workspace is followed, as for a read.
+        self.assertEqual(self.list("alias")[1], {"files": [], "total": 0})
+
     def test_unknown_ops_and_refused_paths_are_errors_not_crashes(self):
         self.s.send(
             b'{"id": 1, "op": "teleport"}\n'

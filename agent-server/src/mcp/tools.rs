@@ -295,15 +295,10 @@ impl McpTools {
         let args = args?;
         let id = self.own(&caller, &args.sandbox_id).await?;
         let root = crate::sandbox_archive::workspace_dir(args.path.as_deref().unwrap_or(""))?;
-        let (tar, _) = self
+        let agent_core::executor::FileListing { files, total } = self
             .manager
-            .sandbox_get_archive(id, &root, agent_core::archive::SubtreeFormat::Tar)
+            .sandbox_list_files(id, &root, MAX_LISTED_FILES)
             .await?;
-        let (files, total) = tokio::task::spawn_blocking(move || {
-            agent_core::inputs::list_files(tar.path(), MAX_LISTED_FILES)
-        })
-        .await
-        .map_err(|e| ApiError::internal(format!("listing the files failed: {e}")))??;
         let dir = format!("/workspace/{root}")
             .trim_end_matches('/')
             .to_string();
