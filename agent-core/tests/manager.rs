@@ -797,6 +797,13 @@ impl agent_core::Sandbox for QuirkySandbox {
         }
         self.0.export().await
     }
+    async fn list_files(
+        &self,
+        dir: &str,
+        max: usize,
+    ) -> Result<agent_core::executor::FileListing, agent_core::SandboxError> {
+        self.0.list_files(dir, max).await
+    }
     async fn connect(
         &self,
         port: u16,

@@ -8,7 +8,7 @@ use agent_core::inputs::InputFile;
 use agent_core::manager::{JobManager, JobManagerConfig};
 use agent_core::store::memory::MemoryStore;
 use agent_core::testing::FakeExecutor;
-use agent_core::{Error, JobSpec, Sandbox, SandboxErrorKind};
+use agent_core::{Error, JobSpec, SandboxErrorKind};
 use bytes::Bytes;
 
 async fn manager(dir: &tempfile::TempDir) -> JobManager {
