@@ -956,7 +956,13 @@ async fn refill_loop(exec: Weak<ExecInner>, pool: Arc<Pool>) {
                 }
             }
         });
-        let results = futures::future::join_all(makes).await;
+        // A shutdown stops the makes: each container made so far is removed by its unclaimed
+        // guard, in a task the shutdown waits for.
+        let stop = inner.stop.clone();
+        let results = tokio::select! {
+            results = futures::future::join_all(makes) => results,
+            _ = stop.cancelled() => return,
+        };
         let mut failed = false;
         for r in results {
             match r {

@@ -106,9 +106,9 @@ impl Default for ApiSettings {
     }
 }
 
-/// [`ApiSettings::status_cache_bytes`]'s default: 4 MiB (about four thousand answers of a
-/// few steps).
-pub const DEFAULT_STATUS_CACHE_BYTES: u64 = 4 << 20;
+/// [`ApiSettings::status_cache_bytes`]'s default: 1 MiB (about a thousand answers of a few
+/// steps).
+pub const DEFAULT_STATUS_CACHE_BYTES: u64 = 1 << 20;
 
 struct Inner {
     manager: JobManager,
@@ -522,25 +522,18 @@ pub(crate) async fn status(
         None => state.inner.manager.get_shared(id).await?,
     };
     let sandbox = state.inner.manager.job_sandbox(id);
-    // A finished job with no sandbox to reach always gets the same answer: encoded once per
-    // record.
-    let lasting = sandbox.is_none() && job.status.is_terminal();
-    if lasting {
-        if let Some(body) = state.inner.answers.get(&job) {
-            return Ok(json_response(body));
-        }
-    }
     // About 300 bytes of job and links, 180 per step (a document of 3 steps is ~860 bytes).
     let size = 512 + 192 * job.steps.len() + job.spec.prompt.len();
-    let record = if lasting {
-        Job::clone(&job)
-    } else {
-        Arc::unwrap_or_clone(Arc::clone(&job))
-    };
-    let view = StatusResponse::of(record, sandbox.as_ref());
-    if !lasting {
+    // A finished job with no sandbox to reach always gets the same answer: encoded once per
+    // record. Any other is made from the record (moved out of it when nobody else holds it).
+    if sandbox.is_some() || !job.status.is_terminal() {
+        let view = StatusResponse::of(Arc::unwrap_or_clone(job), sandbox.as_ref());
         return Ok(SizedJson(view, size).into_response());
     }
+    if let Some(body) = state.inner.answers.get(&job) {
+        return Ok(json_response(body));
+    }
+    let view = StatusResponse::of(Job::clone(&job), None);
     let body = Bytes::from(
         encode_json(&view, size)
             .map_err(|e| ApiError::internal(format!("encoding the status of job {id}: {e}")))?,

@@ -161,7 +161,7 @@ pub async fn build_state(config: &ServerConfig) -> Result<AppState, ServeError> 
         warm_ready: Some(crate::routes::WarmProbe::new(move || warm.warm_ready())),
         policy,
         inputs: config.input_limits(),
-        status_cache_bytes: config.record_cache_bytes / 2,
+        status_cache_bytes: config.record_cache_split().1,
     };
     Ok(AppState::new(manager, settings, metrics, names))
 }

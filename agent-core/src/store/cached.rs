@@ -10,17 +10,20 @@
 //! - **Every write invalidates**: `insert_job`, `update_job`, `delete_job` and `delete_jobs` drop
 //!   the cached records of the jobs they name once the write has been applied (or has failed).
 //! - **No stale fill**: a read that missed fetches the record from the store below while a write
-//!   may be applying. Each write bumps a counter of its id's stripe before it drops the entry;
-//!   a read keeps what it fetched only if no write of its stripe ended in between, and undoes
-//!   its own insert if one ended meanwhile. So a record written after a read began is never
-//!   hidden behind the older one that read fetched.
+//!   may be applying. Each write, once it has ended, bumps a counter of its id's stripe and
+//!   drops the entry under the stripe's lock; a read keeps what it fetched only if, under the
+//!   same lock, no write of its stripe has ended since it began. So once a write has returned,
+//!   no read answers the record it replaced. (A write whose future is dropped is treated as
+//!   ended then; a store below that still applies it afterwards can leave the older record
+//!   cached until it is written again or evicted.)
 //! - **Bounded by size**: records are weighed by an estimate of the memory they hold (their
 //!   inline size plus the length of their JSON form), and the least useful go first when the weights exceed the capacity
 //!   ([`quick_cache`]'s CLOCK-Pro policy: a scan of many jobs read once does not push out those
-//!   read often). A record heavier than an eighth of the capacity is not kept.
+//!   read often). A record heavier than an eighth of the capacity (or than one shard of the
+//!   cache holds) is not kept.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -32,18 +35,18 @@ use crate::job::{Job, JobEvent, JobId, JobStatus};
 /// caching, so more stripes mean fewer fills lost to unrelated writes.
 const STRIPES: usize = 64;
 
-/// A capacity for [`CachedStore::new`]: 4 MiB of records (about a thousand finished jobs of
-/// a few steps).
-pub const DEFAULT_CACHE_BYTES: u64 = 4 << 20;
+/// A capacity for [`CachedStore::new`]: 3 MiB of records (about 750 finished jobs of a few
+/// steps; what the bundled server keeps by default).
+pub const DEFAULT_CACHE_BYTES: u64 = 3 << 20;
 
 /// A [`JobStore`] that answers reads of finished jobs from a bounded in-memory cache; see the
 /// [module docs](self).
 pub struct CachedStore<S> {
     inner: S,
     records: quick_cache::sync::Cache<JobId, Entry, ByWeight>,
-    /// Bumped by every write of a job of the stripe, after the write and before its entry is
-    /// dropped.
-    writes: [AtomicU64; STRIPES],
+    /// Bumped by every write of a job of the stripe once it has ended, with its entry dropped
+    /// under the same lock.
+    writes: [Mutex<u64>; STRIPES],
     /// The heaviest record kept.
     max_weight: u64,
 }
@@ -71,15 +74,15 @@ impl<S: JobStore> CachedStore<S> {
         let estimated_items = usize::try_from(capacity_bytes / 4096)
             .unwrap_or(usize::MAX)
             .max(16);
+        let records =
+            quick_cache::sync::Cache::with_weighter(estimated_items, capacity_bytes, ByWeight);
+        // The cache refuses an item over the hot part of one shard (about 97% of it).
+        let max_weight = (capacity_bytes / 8).min(records.shard_capacity() / 10 * 9);
         Self {
             inner,
-            records: quick_cache::sync::Cache::with_weighter(
-                estimated_items,
-                capacity_bytes,
-                ByWeight,
-            ),
-            writes: std::array::from_fn(|_| AtomicU64::new(0)),
-            max_weight: capacity_bytes / 8,
+            records,
+            writes: std::array::from_fn(|_| Mutex::new(0)),
+            max_weight,
         }
     }
 
@@ -93,31 +96,35 @@ impl<S: JobStore> CachedStore<S> {
         self.records.len()
     }
 
-    fn stripe(&self, id: JobId) -> &AtomicU64 {
+    fn stripe(&self, id: JobId) -> MutexGuard<'_, u64> {
         // The low bits of a v4 id are random.
         let low = id.as_uuid().as_u128() as usize;
-        &self.writes[low % STRIPES]
+        self.writes[low % STRIPES]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// After a write of `id` (applied or failed): ends every fill of its stripe that began
-    /// before, then drops the cached record.
+    /// After a write of `id` (applied, failed or abandoned): ends every fill of its stripe that
+    /// began before, and drops the cached record, in one step with respect to fills.
     fn written(&self, id: JobId) {
-        self.stripe(id).fetch_add(1, Ordering::SeqCst);
+        let mut stripe = self.stripe(id);
+        *stripe = stripe.wrapping_add(1);
         self.records.remove(&id);
     }
 
     /// Keeps `job`, just read from the store below, unless a write of its stripe ended since
-    /// `before` was read (then the store may already hold a newer record).
+    /// `before` was read (then the store may already hold a newer record). The check and the
+    /// insert hold the stripe, so no write can end between them.
     fn fill(&self, job: &Arc<Job>, before: u64) {
         if !job.status.is_terminal() {
             return;
         }
-        let stripe = self.stripe(job.id);
-        if stripe.load(Ordering::SeqCst) != before {
-            return;
-        }
         let weight = memory_estimate(job);
         if weight > self.max_weight {
+            return;
+        }
+        let stripe = self.stripe(job.id);
+        if *stripe != before {
             return;
         }
         self.records.insert(
@@ -127,12 +134,20 @@ impl<S: JobStore> CachedStore<S> {
                 weight,
             },
         );
-        // A write that ended between the check above and the insert may have dropped the entry
-        // before it was there: undo the insert (only ours; a newer fill stays).
-        if stripe.load(Ordering::SeqCst) != before {
-            self.records
-                .remove_if(&job.id, |entry| Arc::ptr_eq(&entry.job, job));
+        drop(stripe);
+    }
+
+    /// Runs the write `write` of job `id`, then [`written`](Self::written) — also when the
+    /// write's future is dropped before it ends (the store below may still apply it).
+    async fn writing<T>(&self, id: JobId, write: impl Future<Output = T>) -> T {
+        struct Written<'a, S: JobStore>(&'a CachedStore<S>, JobId);
+        impl<S: JobStore> Drop for Written<'_, S> {
+            fn drop(&mut self) {
+                self.0.written(self.1);
+            }
         }
+        let _written = Written(self, id);
+        write.await
     }
 }
 
@@ -167,15 +182,11 @@ fn json_len(job: &Job) -> u64 {
 #[async_trait]
 impl<S: JobStore> JobStore for CachedStore<S> {
     async fn insert_job(&self, job: &Job) -> Result<(), StoreError> {
-        let result = self.inner.insert_job(job).await;
-        self.written(job.id);
-        result
+        self.writing(job.id, self.inner.insert_job(job)).await
     }
 
     async fn update_job(&self, job: &Job) -> Result<(), StoreError> {
-        let result = self.inner.update_job(job).await;
-        self.written(job.id);
-        result
+        self.writing(job.id, self.inner.update_job(job)).await
     }
 
     async fn get_job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
@@ -186,7 +197,7 @@ impl<S: JobStore> JobStore for CachedStore<S> {
         if let Some(entry) = self.records.get(&id) {
             return Ok(Some(entry.job));
         }
-        let before = self.stripe(id).load(Ordering::SeqCst);
+        let before = *self.stripe(id);
         let Some(job) = self.inner.get_job(id).await? else {
             return Ok(None);
         };
@@ -204,9 +215,7 @@ impl<S: JobStore> JobStore for CachedStore<S> {
     }
 
     async fn delete_job(&self, id: JobId) -> Result<bool, StoreError> {
-        let result = self.inner.delete_job(id).await;
-        self.written(id);
-        result
+        self.writing(id, self.inner.delete_job(id)).await
     }
 
     async fn append_events(&self, id: JobId, events: &[JobEvent]) -> Result<(), StoreError> {
@@ -235,11 +244,16 @@ impl<S: JobStore> JobStore for CachedStore<S> {
     }
 
     async fn delete_jobs(&self, ids: &[JobId]) -> Result<usize, StoreError> {
-        let result = self.inner.delete_jobs(ids).await;
-        for id in ids {
-            self.written(*id);
+        struct Written<'a, S: JobStore>(&'a CachedStore<S>, &'a [JobId]);
+        impl<S: JobStore> Drop for Written<'_, S> {
+            fn drop(&mut self) {
+                for id in self.1 {
+                    self.0.written(*id);
+                }
+            }
         }
-        result
+        let _written = Written(self, ids);
+        self.inner.delete_jobs(ids).await
     }
 
     async fn count_by_status(&self) -> Result<Vec<(JobStatus, u64)>, StoreError> {

@@ -692,6 +692,11 @@ class NotRegular(Exception):
     pass
 
 
+class NotDirectory(Refused):
+    """A component before the last one is not a directory (refused like any bad path, except
+    when listing: then the directory asked for does not exist)."""
+
+
 def split_rel(path):
     parts = []
     for comp in path.split("/"):
@@ -758,7 +763,7 @@ def resolve(rel, create):
                         comp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd
                     )
                 except NotADirectoryError:
-                    raise Refused("%s is not a directory" % "/".join(parts[: i + 1]))
+                    raise NotDirectory("%s is not a directory" % "/".join(parts[: i + 1]))
                 os.close(fd)
                 fd = nfd
                 cur = cur + "/" + comp
@@ -861,7 +866,10 @@ def open_dir(rel):
     """Opens the workspace directory `rel` ("" is the workspace itself), confined as resolve()."""
     if not split_rel(rel):
         return os.open(WS, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    fd, name = resolve(rel, create=False)
+    try:
+        fd, name = resolve(rel, create=False)
+    except NotDirectory:
+        raise NotFound()
     try:
         return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
     except NotADirectoryError:
@@ -879,6 +887,18 @@ def shown_name(rel):
         return rel.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
+def listed_entries(it):
+    """(name, "dir" | "file" | "other", size, (dev, ino)) of each entry of a directory scan,
+    links not followed; an entry gone before it could be looked at is left out."""
+    for e in it:
+        try:
+            st = e.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        kind = "dir" if stat.S_ISDIR(st.st_mode) else "file" if stat.S_ISREG(st.st_mode) else "other"
+        yield e.name, kind, st.st_size, (st.st_dev, st.st_ino)
+
+
 def op_list(rid, req):
     """The regular files under a workspace directory, in the export's order (sorted, depth
     first), without reading them: {"files": [[path, size], ...] (the first `max`), "total": N},
@@ -892,29 +912,33 @@ def op_list(rid, req):
         limit = req.get("max", 1000)
         files = []
         total = 0
-        pending = [""]
+        top_st = os.fstat(top)
+        pending = [("", (top_st.st_dev, top_st.st_ino))]
         while pending:
-            rel_root = pending.pop()
+            rel_root, identity = pending.pop()
             try:
                 fd = os.open(rel_root or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
                              dir_fd=top)
                 try:
+                    # The directory scanned, not one swapped in for it since (through a link
+                    # put in place of a directory above it).
+                    st = os.fstat(fd)
+                    if (st.st_dev, st.st_ino) != identity:
+                        log("list: skipped %s: it changed while listed" % rel_root)
+                        continue
                     with os.scandir(fd) as it:
-                        entries = sorted(
-                            (e.name, e.is_dir(follow_symlinks=False),
-                             e.stat(follow_symlinks=False).st_size if e.is_file(follow_symlinks=False) else None)
-                            for e in it)
+                        entries = sorted(listed_entries(it))
                 finally:
                     os.close(fd)
             except OSError as e:
                 log("list: skipped %s: %s" % (rel_root or ".", e.strerror))
                 continue
             subdirs = []
-            for name, is_dir, size in entries:
+            for name, kind, size, identity in entries:
                 rel = rel_root + "/" + name if rel_root else name
-                if is_dir:
-                    subdirs.append(rel)
-                elif size is not None:
+                if kind == "dir":
+                    subdirs.append((rel, identity))
+                elif kind == "file":
                     total += 1
                     if len(files) < limit:
                         files.append([shown_name(rel), size])

@@ -326,6 +326,7 @@ class Protocol(unittest.TestCase):
         os.mkdir(os.path.join(ws, "in"))
         os.symlink("in", os.path.join(ws, "alias"))
         self.assertEqual(self.list("f")[0]["kind"], "not_found")
+        self.assertEqual(self.list("f/sub")[0]["kind"], "not_found")
         self.assertEqual(self.list("missing")[0]["kind"], "not_found")
         self.assertEqual(self.list("out")[0]["kind"], "path_refused")
         self.assertEqual(self.list("../x")[0]["kind"], "path_refused")
