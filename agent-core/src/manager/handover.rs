@@ -35,10 +35,15 @@ impl JobManager {
         let refusal = if self.inner.stop.is_cancelled() || !self.accepting() {
             Some("the server is stopping".to_string())
         } else {
-            match slot.take_over() {
+            match slot.take_over(&self.inner) {
                 None => Some("the job has no sandbox".to_string()),
-                Some((sandbox, permit)) => {
-                    match self.hand_over(job, keep, sandbox.clone(), permit).await {
+                Some((sandbox, permit, counted)) => {
+                    // Counted until the live sandbox counts it, or until it is destroyed.
+                    let mut counted = Some(counted);
+                    match self
+                        .hand_over(job, keep, sandbox.clone(), &mut counted, permit)
+                        .await
+                    {
                         Ok(id) => {
                             events.emit(EventKind::Log {
                                 message: format!(
@@ -53,6 +58,7 @@ impl JobManager {
                             if let Err(e) = sandbox.destroy().await {
                                 warn!(error = %e, "could not destroy the sandbox");
                             }
+                            drop(counted);
                             Some(e.to_string())
                         }
                     }
@@ -66,12 +72,14 @@ impl JobManager {
         }
     }
 
-    /// Makes a live sandbox of `sandbox`, continuing `job`; returns its id.
+    /// Makes a live sandbox of `sandbox`, continuing `job`, and hands it the sandbox's count
+    /// (`counted`, taken once the live sandbox holds it); returns its id.
     async fn hand_over(
         &self,
         job: &mut Job,
         keep: KeepSandbox,
         sandbox: Arc<dyn Sandbox>,
+        counted: &mut Option<super::sandboxes::Counted>,
         permit: tokio::sync::OwnedSemaphorePermit,
     ) -> Result<JobId> {
         let from = &job.spec;
@@ -101,7 +109,10 @@ impl JobManager {
                 job.id
             ),
         });
-        self.start_session(live, sandbox, permit, events, cancel);
+        let counted = counted
+            .take()
+            .unwrap_or_else(|| super::sandboxes::Counted::new(&self.inner));
+        self.start_session(live, sandbox, counted, permit, events, cancel);
         job.continued_in = Some(id);
         Ok(id)
     }

@@ -273,19 +273,24 @@ impl<'a> SandboxSlot<'a> {
         self.permit.take();
     }
 
-    /// Takes the sandbox and the permit out (a handover to a live sandbox, which counts the
-    /// sandbox from then on); `None` when there is no sandbox.
-    pub(super) fn take_over(&mut self) -> Option<(Arc<dyn Sandbox>, OwnedSemaphorePermit)> {
-        let sandbox = self.sandbox.take()?;
-        self.counter.fetch_sub(1, Ordering::Relaxed);
-        match self.permit.take() {
-            Some(permit) => Some((sandbox, permit)),
-            None => {
-                self.sandbox = Some(sandbox);
-                self.counter.fetch_add(1, Ordering::Relaxed);
-                None
-            }
+    /// Takes the sandbox and the permit out (a handover to a live sandbox), with the sandbox's
+    /// count in `inner.live_sandboxes` (this slot's counter) handed over too, so it never
+    /// drops out of the count; `None` when there is no sandbox.
+    pub(super) fn take_over(
+        &mut self,
+        inner: &Arc<super::Inner>,
+    ) -> Option<(
+        Arc<dyn Sandbox>,
+        OwnedSemaphorePermit,
+        super::sandboxes::Counted,
+    )> {
+        debug_assert!(std::ptr::eq(self.counter, &inner.live_sandboxes));
+        if self.sandbox.is_none() {
+            return None;
         }
+        let permit = self.permit.take()?;
+        let sandbox = self.sandbox.take()?;
+        Some((sandbox, permit, super::sandboxes::Counted::adopt(inner)))
     }
 
     /// Keeps a job's new sandbox (and counts it).

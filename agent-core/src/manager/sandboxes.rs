@@ -170,12 +170,19 @@ impl Drop for Busy {
     }
 }
 
-/// Counts a sandbox in the manager's `live_sandboxes` from its making until dropped.
-struct Counted(Arc<super::Inner>);
+/// Counts a sandbox in the manager's `live_sandboxes` until dropped.
+pub(super) struct Counted(Arc<super::Inner>);
 
 impl Counted {
-    fn new(inner: &Arc<super::Inner>) -> Self {
+    /// Counts one more sandbox.
+    pub(super) fn new(inner: &Arc<super::Inner>) -> Self {
         inner.live_sandboxes.fetch_add(1, Ordering::Relaxed);
+        Counted(Arc::clone(inner))
+    }
+
+    /// Takes over the count of a sandbox already counted (a job's, handed over to a live
+    /// sandbox): it stays counted without a gap.
+    pub(super) fn adopt(inner: &Arc<super::Inner>) -> Self {
         Counted(Arc::clone(inner))
     }
 }
@@ -244,7 +251,8 @@ impl JobManager {
                 return Err(error);
             }
         };
-        self.start_session(job.clone(), sandbox, permit, events, cancel);
+        let counted = Counted::new(&self.inner);
+        self.start_session(job.clone(), sandbox, counted, permit, events, cancel);
         Ok(job)
     }
 
@@ -268,17 +276,18 @@ impl JobManager {
     }
 
     /// Makes `sandbox` the live sandbox of `job` (stored by [`Self::open_sandbox_record`]),
-    /// counts it in `live_sandboxes` until it ends, and watches its clock until then.
+    /// keeps it counted in `live_sandboxes` (`counted`) until it ends, and watches its clock
+    /// until then.
     pub(super) fn start_session(
         &self,
         job: Job,
         sandbox: Arc<dyn Sandbox>,
+        counted: Counted,
         permit: OwnedSemaphorePermit,
         events: EventSink,
         cancel: CancellationToken,
     ) {
         let id = job.id;
-        let counted = Counted::new(&self.inner);
         let idle_timeout = job.spec.live.unwrap_or_default().idle_timeout;
         let lifetime = job.spec.job_timeout;
         let job_tenant = job.spec.tenant.clone();
