@@ -285,9 +285,7 @@ impl<'a> SandboxSlot<'a> {
         super::sandboxes::Counted,
     )> {
         debug_assert!(std::ptr::eq(self.counter, &inner.live_sandboxes));
-        if self.sandbox.is_none() {
-            return None;
-        }
+        self.sandbox.as_ref()?;
         let permit = self.permit.take()?;
         let sandbox = self.sandbox.take()?;
         Some((sandbox, permit, super::sandboxes::Counted::adopt(inner)))
