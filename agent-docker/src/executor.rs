@@ -956,8 +956,9 @@ async fn refill_loop(exec: Weak<ExecInner>, pool: Arc<Pool>) {
                 }
             }
         });
-        // A shutdown stops the makes: each container made so far is removed by its unclaimed
-        // guard, in a task the shutdown waits for.
+        // A shutdown stops the makes: a container still being made is removed by its
+        // unclaimed guard, in a task the shutdown waits for; one already started is among the
+        // owned ones the shutdown removes after.
         let stop = inner.stop.clone();
         let results = tokio::select! {
             results = futures::future::join_all(makes) => results,

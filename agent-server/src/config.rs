@@ -493,6 +493,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_record_cache_gives_three_quarters_to_records() {
+        let config = parse(&[]);
+        assert_eq!(config.record_cache_bytes, DEFAULT_RECORD_CACHE_BYTES);
+        assert_eq!(config.record_cache_split(), (3 << 20, 1 << 20));
+        let config = parse(&["--record-cache-bytes", "0"]);
+        assert_eq!(config.record_cache_split(), (0, 0));
+    }
+
+    #[test]
     fn colour_only_on_a_terminal_without_no_color() {
         use std::ffi::OsStr;
         assert!(use_colour(true, None));

@@ -105,9 +105,8 @@ pub async fn build_state(config: &ServerConfig) -> Result<AppState, ServeError> 
     restrict(&config.output_dir, 0o700)?;
     let db = config.database_path();
     let sqlite = SqliteStore::open(&db).map_err(agent_core::Error::from)?;
-    // Half the memory for finished records, half for their encoded `GET /status` answers.
-    let store: Arc<dyn JobStore> =
-        Arc::new(CachedStore::new(sqlite, config.record_cache_bytes / 2));
+    let (records_bytes, _) = config.record_cache_split();
+    let store: Arc<dyn JobStore> = Arc::new(CachedStore::new(sqlite, records_bytes));
     restrict(&db, 0o600)?;
     let docker = build_docker(config).await?;
     let warm = docker.clone();

@@ -902,7 +902,8 @@ def listed_entries(it):
 def op_list(rid, req):
     """The regular files under a workspace directory, in the export's order (sorted, depth
     first), without reading them: {"files": [[path, size], ...] (the first `max`), "total": N},
-    paths relative to that directory. Links are not followed (nor listed)."""
+    paths relative to that directory. Links are not followed (nor listed). A tree deeper than
+    the file descriptors left is listed down to that depth (the rest is logged as skipped)."""
     try:
         top = open_dir(req["path"])
     except Exception as e:
@@ -912,37 +913,55 @@ def op_list(rid, req):
         limit = req.get("max", 1000)
         files = []
         total = 0
-        top_st = os.fstat(top)
-        pending = [("", (top_st.st_dev, top_st.st_ino))]
-        while pending:
-            rel_root, identity = pending.pop()
-            try:
-                fd = os.open(rel_root or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                             dir_fd=top)
-                try:
-                    # The directory scanned, not one swapped in for it since (through a link
-                    # put in place of a directory above it).
-                    st = os.fstat(fd)
-                    if (st.st_dev, st.st_ino) != identity:
-                        log("list: skipped %s: it changed while listed" % rel_root)
-                        continue
-                    with os.scandir(fd) as it:
-                        entries = sorted(listed_entries(it))
-                finally:
-                    os.close(fd)
-            except OSError as e:
-                log("list: skipped %s: %s" % (rel_root or ".", e.strerror))
-                continue
+        # Depth first, each directory opened from its parent's descriptor by name with
+        # O_NOFOLLOW: no link is ever followed, even one put in place of a directory already
+        # scanned. Open descriptors: one per level.
+        frames = []
+
+        def enter(fd, rel_root):
+            nonlocal total
+            with os.scandir(fd) as it:
+                entries = sorted(listed_entries(it))
             subdirs = []
             for name, kind, size, identity in entries:
                 rel = rel_root + "/" + name if rel_root else name
                 if kind == "dir":
-                    subdirs.append((rel, identity))
+                    subdirs.append((name, rel, identity))
                 elif kind == "file":
                     total += 1
                     if len(files) < limit:
                         files.append([shown_name(rel), size])
-            pending.extend(reversed(subdirs))
+            frames.append((fd, iter(subdirs)))
+
+        try:
+            enter(top, "")
+            while frames:
+                fd, subdirs = frames[-1]
+                nxt = next(subdirs, None)
+                if nxt is None:
+                    frames.pop()
+                    if fd != top:
+                        os.close(fd)
+                    continue
+                name, rel, identity = nxt
+                try:
+                    sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                  dir_fd=fd)
+                except OSError as e:
+                    log("list: skipped %s: %s" % (rel, e.strerror))
+                    continue
+                try:
+                    st = os.fstat(sub)
+                    if (st.st_dev, st.st_ino) != identity:  # another directory since the scan
+                        raise OSError(errno.ESTALE, "it changed while listed")
+                    enter(sub, rel)
+                except OSError as e:
+                    os.close(sub)
+                    log("list: skipped %s: %s" % (rel, e.strerror))
+        finally:
+            for fd, _ in frames:
+                if fd != top:
+                    os.close(fd)
         send({"id": rid, "ev": "data"}, dumps({"files": files, "total": total}).encode())
     except Exception as e:
         send({"id": rid, "ev": "err", "kind": "backend", "msg": "list failed: %r" % (e,)})
