@@ -38,10 +38,8 @@ impl JobManager {
             match slot.take_over(&self.inner) {
                 None => Some("the job has no sandbox".to_string()),
                 Some((sandbox, permit, counted)) => {
-                    // Counted until the live sandbox counts it, or until it is destroyed.
-                    let mut counted = Some(counted);
                     match self
-                        .hand_over(job, keep, sandbox.clone(), &mut counted, permit)
+                        .hand_over(job, keep, sandbox.clone(), counted, permit)
                         .await
                     {
                         Ok(id) => {
@@ -55,10 +53,6 @@ impl JobManager {
                         }
                         Err(e) => {
                             warn!(error = %e, "could not hand the sandbox over");
-                            if let Err(e) = sandbox.destroy().await {
-                                warn!(error = %e, "could not destroy the sandbox");
-                            }
-                            drop(counted);
                             Some(e.to_string())
                         }
                     }
@@ -72,16 +66,40 @@ impl JobManager {
         }
     }
 
-    /// Makes a live sandbox of `sandbox`, continuing `job`, and hands it the sandbox's count
-    /// (`counted`, taken once the live sandbox holds it); returns its id.
+    /// Makes a live sandbox of `sandbox`, continuing `job`, and hands it the sandbox's count;
+    /// returns its id. On failure the sandbox is destroyed (counted until then).
     async fn hand_over(
         &self,
         job: &mut Job,
         keep: KeepSandbox,
         sandbox: Arc<dyn Sandbox>,
-        counted: &mut Option<super::sandboxes::Counted>,
+        counted: super::sandboxes::Counted,
         permit: tokio::sync::OwnedSemaphorePermit,
     ) -> Result<JobId> {
+        match self.live_record_for(job, keep).await {
+            Ok((live, events, cancel)) => {
+                let id = live.id;
+                self.start_session(live, sandbox, counted, permit, events, cancel);
+                job.continued_in = Some(id);
+                Ok(id)
+            }
+            Err(e) => {
+                // Counted until it is gone.
+                if let Err(e) = sandbox.destroy().await {
+                    warn!(error = %e, "could not destroy the sandbox");
+                }
+                drop(counted);
+                Err(e)
+            }
+        }
+    }
+
+    /// Stores the record of the live sandbox that will continue `job`.
+    async fn live_record_for(
+        &self,
+        job: &Job,
+        keep: KeepSandbox,
+    ) -> Result<(Job, EventSink, tokio_util::sync::CancellationToken)> {
         let from = &job.spec;
         let spec = JobSpec {
             image: from.image.clone(),
@@ -102,19 +120,13 @@ impl JobManager {
         let mut live = Job::new(JobId::new(), spec);
         live.continues = Some(job.id);
         let (events, cancel) = self.open_sandbox_record(&mut live).await?;
-        let id = live.id;
         events.emit(EventKind::Log {
             message: format!(
                 "continues job {}: its sandbox, with its workspace and Python state",
                 job.id
             ),
         });
-        let counted = counted
-            .take()
-            .unwrap_or_else(|| super::sandboxes::Counted::new(&self.inner));
-        self.start_session(live, sandbox, counted, permit, events, cancel);
-        job.continued_in = Some(id);
-        Ok(id)
+        Ok((live, events, cancel))
     }
 
     fn accepting(&self) -> bool {

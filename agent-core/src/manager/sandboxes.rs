@@ -484,12 +484,13 @@ impl JobManager {
         max: usize,
     ) -> Result<FileListing> {
         let session = self.session(id).await?;
-        let _busy = session.busy();
+        let busy = session.busy();
         match session.sandbox.list_files(root, max).await {
             Err(e) if e.kind == SandboxErrorKind::Unsupported => {}
             listed => return Ok(listed?),
         }
-        drop(_busy);
+        // The export below marks the sandbox busy itself.
+        drop(busy);
         let (tar, _) = self
             .sandbox_get_archive(id, root, crate::archive::SubtreeFormat::Tar)
             .await?;

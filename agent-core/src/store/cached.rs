@@ -137,16 +137,19 @@ impl<S: JobStore> CachedStore<S> {
         drop(stripe);
     }
 
-    /// Runs the write `write` of job `id`, then [`written`](Self::written) — also when the
-    /// write's future is dropped before it ends (the store below may still apply it).
-    async fn writing<T>(&self, id: JobId, write: impl Future<Output = T>) -> T {
-        struct Written<'a, S: JobStore>(&'a CachedStore<S>, JobId);
+    /// Runs the write `write` of the jobs `ids`, then [`written`](Self::written) for each —
+    /// also when the write's future is dropped before it ends (the store below may still apply
+    /// it).
+    async fn writing<T>(&self, ids: &[JobId], write: impl Future<Output = T>) -> T {
+        struct Written<'a, S: JobStore>(&'a CachedStore<S>, &'a [JobId]);
         impl<S: JobStore> Drop for Written<'_, S> {
             fn drop(&mut self) {
-                self.0.written(self.1);
+                for id in self.1 {
+                    self.0.written(*id);
+                }
             }
         }
-        let _written = Written(self, id);
+        let _written = Written(self, ids);
         write.await
     }
 }
@@ -182,11 +185,11 @@ fn json_len(job: &Job) -> u64 {
 #[async_trait]
 impl<S: JobStore> JobStore for CachedStore<S> {
     async fn insert_job(&self, job: &Job) -> Result<(), StoreError> {
-        self.writing(job.id, self.inner.insert_job(job)).await
+        self.writing(&[job.id], self.inner.insert_job(job)).await
     }
 
     async fn update_job(&self, job: &Job) -> Result<(), StoreError> {
-        self.writing(job.id, self.inner.update_job(job)).await
+        self.writing(&[job.id], self.inner.update_job(job)).await
     }
 
     async fn get_job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
@@ -215,7 +218,7 @@ impl<S: JobStore> JobStore for CachedStore<S> {
     }
 
     async fn delete_job(&self, id: JobId) -> Result<bool, StoreError> {
-        self.writing(id, self.inner.delete_job(id)).await
+        self.writing(&[id], self.inner.delete_job(id)).await
     }
 
     async fn append_events(&self, id: JobId, events: &[JobEvent]) -> Result<(), StoreError> {
@@ -244,16 +247,7 @@ impl<S: JobStore> JobStore for CachedStore<S> {
     }
 
     async fn delete_jobs(&self, ids: &[JobId]) -> Result<usize, StoreError> {
-        struct Written<'a, S: JobStore>(&'a CachedStore<S>, &'a [JobId]);
-        impl<S: JobStore> Drop for Written<'_, S> {
-            fn drop(&mut self) {
-                for id in self.1 {
-                    self.0.written(*id);
-                }
-            }
-        }
-        let _written = Written(self, ids);
-        self.inner.delete_jobs(ids).await
+        self.writing(ids, self.inner.delete_jobs(ids)).await
     }
 
     async fn count_by_status(&self) -> Result<Vec<(JobStatus, u64)>, StoreError> {
